@@ -1,0 +1,1 @@
+//! aarch64: EL2 setup, translation-table formats, exceptions, PL011.

@@ -1,0 +1,1 @@
+//! Generic page-table builder (one walker, one entry format per flavour).

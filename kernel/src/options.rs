@@ -1,0 +1,76 @@
+//! Kernel command-line options (`key=value` words; unknown words are
+//! reported and ignored).
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// How the kernel ends a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitMethod {
+    /// Stop the CPU (`cli; hlt` / `wfi` loop). Default on hardware.
+    Halt = 0,
+    /// x86: write to QEMU's `isa-debug-exit` port 0xf4.
+    DebugExit = 1,
+    /// arm64: semihosting SYS_EXIT (needs `-semihosting-config enable=on`).
+    Semihosting = 2,
+    /// arm64: PSCI SYSTEM_OFF (QEMU exits with status 0 either way).
+    Psci = 3,
+}
+
+impl ExitMethod {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ExitMethod::DebugExit,
+            2 => ExitMethod::Semihosting,
+            3 => ExitMethod::Psci,
+            _ => ExitMethod::Halt,
+        }
+    }
+}
+
+static EXIT_METHOD: AtomicU8 = AtomicU8::new(0);
+
+/// The exit method from the command line, for panic and crash paths that
+/// have no `Options` at hand.
+pub fn current_exit_method() -> ExitMethod {
+    ExitMethod::from_u8(EXIT_METHOD.load(Ordering::Relaxed))
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub log_level: log::LevelFilter,
+    pub exit: ExitMethod,
+    /// `selftest=crash`: take a deliberate fault (needs the test-hooks feature).
+    pub selftest_crash: bool,
+}
+
+impl Options {
+    pub fn parse(cmdline: &str) -> Options {
+        let mut o = Options {
+            log_level: log::LevelFilter::Info,
+            exit: ExitMethod::Halt,
+            selftest_crash: false,
+        };
+        for word in cmdline.split_ascii_whitespace() {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            match (key, value) {
+                ("loglevel", v) => {
+                    o.log_level = match v {
+                        "error" => log::LevelFilter::Error,
+                        "warn" => log::LevelFilter::Warn,
+                        "debug" => log::LevelFilter::Debug,
+                        "trace" => log::LevelFilter::Trace,
+                        _ => log::LevelFilter::Info,
+                    }
+                }
+                ("exit", "debugexit") => o.exit = ExitMethod::DebugExit,
+                ("exit", "semihosting") => o.exit = ExitMethod::Semihosting,
+                ("exit", "psci") => o.exit = ExitMethod::Psci,
+                ("exit", "halt") => o.exit = ExitMethod::Halt,
+                ("selftest", "crash") => o.selftest_crash = true,
+                _ => {}
+            }
+        }
+        EXIT_METHOD.store(o.exit as u8, Ordering::Relaxed);
+        o
+    }
+}
