@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod frame;
+pub mod handoff;
 pub mod memory;
 
 pub use memory::{MemoryKind, MemoryMap, MemoryRegion};
