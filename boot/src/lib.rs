@@ -7,6 +7,7 @@
 //! reads physical memory takes it as a byte slice supplied by the caller.
 #![cfg_attr(not(test), no_std)]
 
+pub mod dtb;
 pub mod frame;
 pub mod handoff;
 pub mod memory;
