@@ -8,9 +8,13 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod dtb;
+pub mod acpi;
 pub mod frame;
 pub mod handoff;
 pub mod memory;
+pub mod multiboot1;
+pub mod multiboot2;
+pub mod phys;
 
 pub use memory::{MemoryKind, MemoryMap, MemoryRegion};
 
