@@ -1,4 +1,525 @@
-fn main() {
-    eprintln!("xtask: not written yet");
-    std::process::exit(2);
+//! `cargo xtask`: the one build / run / test entry point of the project.
+//!
+//! - `build`: the kernel (and the UEFI loader) for one or both architectures.
+//! - `image`: a bootable artifact for one boot path (arm64 Image, GRUB ISO, ESP directory).
+//! - `run`: boots the hypervisor in QEMU with the serial console on this terminal.
+//! - `test`: host unit tests, then the emulator scenarios of `test.rs`.
+//!
+//! Everything it writes goes under `<target dir>/xtask/` (`target/xtask/` by default).
+
+mod build;
+mod deps;
+mod image;
+mod qemu;
+mod test;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Every xtask error is a message for the user.
+pub type Result<T, E = String> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Arch {
+    #[value(name = "x86_64")]
+    X86_64,
+    #[value(name = "aarch64", alias = "arm64")]
+    Aarch64,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The architecture this xtask was compiled for (the host's).
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// The boot path `run` uses when none is given.
+    pub fn default_boot(self) -> Boot {
+        match self {
+            Arch::X86_64 => Boot::Multiboot1,
+            Arch::Aarch64 => Boot::Image,
+        }
+    }
+
+    /// The kernel command-line word that makes the kernel end the run with
+    /// an emulator exit status (33 success / 35 failure).
+    pub fn exit_word(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "exit=debugexit",
+            Arch::Aarch64 => "exit=semihosting",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Boot {
+    /// x86: Multiboot1 through QEMU `-kernel`.
+    Multiboot1,
+    /// x86: Multiboot2 through GRUB (an ISO made by grub-mkrescue).
+    Multiboot2,
+    /// Our UEFI loader from an EFI system partition (OVMF / QEMU_EFI.fd).
+    Uefi,
+    /// arm64: the Linux arm64 Image through QEMU `-kernel`.
+    Image,
+}
+
+impl Boot {
+    pub fn name(self) -> &'static str {
+        match self {
+            Boot::Multiboot1 => "multiboot1",
+            Boot::Multiboot2 => "multiboot2",
+            Boot::Uefi => "uefi",
+            Boot::Image => "image",
+        }
+    }
+
+    /// Rejects boot paths an architecture does not have.
+    pub fn check(self, arch: Arch) -> Result<()> {
+        match (arch, self) {
+            (Arch::X86_64, Boot::Multiboot1 | Boot::Multiboot2 | Boot::Uefi) => Ok(()),
+            (Arch::Aarch64, Boot::Image | Boot::Uefi) => Ok(()),
+            (Arch::X86_64, Boot::Image) => Err(
+                "--boot image is the arm64 Linux Image protocol; x86_64 boots with \
+                 multiboot1, multiboot2 or uefi"
+                    .into(),
+            ),
+            (Arch::Aarch64, _) => Err(format!(
+                "--boot {} is an x86 boot protocol; aarch64 boots with image or uefi",
+                self.name()
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    /// KVM only when it can help: the guest has the host's architecture,
+    /// /dev/kvm exists and the host CPU offers virtualization to nested
+    /// guests (`svm` or `vmx` in /proc/cpuinfo). Otherwise TCG.
+    pub fn detect(arch: Arch) -> Accel {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self::choose(
+            arch == Arch::host(),
+            Path::new("/dev/kvm").exists(),
+            &cpuinfo,
+        )
+    }
+
+    fn choose(same_arch: bool, dev_kvm: bool, cpuinfo: &str) -> Accel {
+        let nested = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "svm" || f == "vmx"));
+        if same_arch && dev_kvm && nested {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+}
+
+/// Where things are: the repository, cargo's target directory and our output.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub root: PathBuf,
+    /// Cargo's target directory (`CARGO_TARGET_DIR` or `<root>/target`).
+    pub target: PathBuf,
+    /// `<target>/xtask`: images, ESPs, logs.
+    pub out: PathBuf,
+}
+
+impl Paths {
+    pub fn locate() -> Paths {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives one level below the workspace root")
+            .to_path_buf();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(d) if !d.is_empty() => {
+                let d = PathBuf::from(d);
+                if d.is_absolute() {
+                    d
+                } else {
+                    std::env::current_dir().unwrap_or_default().join(d)
+                }
+            }
+            _ => root.join("target"),
+        };
+        let out = target.join("xtask");
+        Paths { root, target, out }
+    }
+
+    /// `path` relative to the current directory when it is below it (shorter messages).
+    pub fn show(path: &Path) -> String {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        path.strip_prefix(&cwd)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, boot and test the hypervisor",
+    after_help = "See README.md for the boot paths and the kernel command line."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel (and the UEFI loader) for one or both architectures.
+    Build(BuildArgs),
+    /// Build a bootable artifact for one boot path under target/xtask/.
+    Image(ImageArgs),
+    /// Boot the hypervisor in QEMU with its serial console on this terminal.
+    Run(RunArgs),
+    /// Run the host unit tests and the emulator scenarios.
+    Test(test::TestArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Architecture(s) to build for (default: both).
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// Build with the `test-hooks` kernel feature (what `cargo xtask test` uses).
+    #[arg(long)]
+    test_hooks: bool,
+    #[arg(long)]
+    release: bool,
+}
+
+/// What to boot: shared by `image` and `run`.
+#[derive(Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// Architecture to boot (default: the host's).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Boot path (default: multiboot1 on x86_64, image on aarch64).
+    #[arg(long)]
+    pub boot: Option<Boot>,
+    /// Extra kernel command-line words, after the exit method for the emulator.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub append: String,
+    /// Build the kernel (and loader) in release mode.
+    #[arg(long)]
+    pub release: bool,
+    /// Build the kernel with the `test-hooks` feature.
+    #[arg(long)]
+    pub test_hooks: bool,
+    /// Multiboot1: boot through GRUB's `multiboot` command (a GRUB ISO)
+    /// instead of QEMU -kernel.
+    #[arg(long)]
+    pub grub: bool,
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Accelerator (default: kvm only if the host offers nested virtualization).
+    #[arg(long)]
+    accel: Option<Accel>,
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    smp: u32,
+    /// RAM in MiB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536))]
+    mem: u32,
+}
+
+impl TargetArgs {
+    /// The resolved (arch, boot) pair, or why it does not exist.
+    fn resolve(&self) -> Result<(Arch, Boot)> {
+        let arch = self.arch.unwrap_or_else(Arch::host);
+        let boot = self.boot.unwrap_or_else(|| arch.default_boot());
+        boot.check(arch)?;
+        Ok((arch, boot))
+    }
+
+    fn spec(&self) -> Result<image::BootSpec> {
+        let (arch, boot) = self.resolve()?;
+        let spec = image::BootSpec {
+            arch,
+            boot,
+            cmdline: kernel_cmdline(arch, &self.append),
+            release: self.release,
+            test_hooks: self.test_hooks,
+            grub: self.grub,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// `target/xtask/<arch>-<boot>[-release][-hooks]`.
+    fn out_dir(&self, paths: &Paths) -> Result<PathBuf> {
+        let (arch, boot) = self.resolve()?;
+        let mut name = format!("{}-{}", arch.name(), boot.name());
+        if self.grub {
+            name.push_str("-grub");
+        }
+        if self.release {
+            name.push_str("-release");
+        }
+        if self.test_hooks {
+            name.push_str("-hooks");
+        }
+        Ok(paths.out.join(name))
+    }
+}
+
+/// The kernel command line: the emulator exit method first, then the user's
+/// words (the kernel takes the last `exit=`, so `--append exit=halt` wins).
+pub fn kernel_cmdline(arch: Arch, append: &str) -> String {
+    let extra = append.split_whitespace().collect::<Vec<_>>().join(" ");
+    if extra.is_empty() {
+        arch.exit_word().to_string()
+    } else {
+        format!("{} {}", arch.exit_word(), extra)
+    }
+}
+
+/// Maps the emulator's exit status to ours: 33 (kernel success) → 0,
+/// 35 (kernel failure) → 1, anything else is passed through.
+pub fn map_exit_status(status: i32) -> i32 {
+    match status {
+        33 => 0,
+        35 => 1,
+        s => s,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let paths = Paths::locate();
+    let result = match cli.cmd {
+        Cmd::Build(a) => cmd_build(&paths, a),
+        Cmd::Image(a) => cmd_image(&paths, a),
+        Cmd::Run(a) => cmd_run(&paths, a),
+        Cmd::Test(a) => test::run(&paths, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn cmd_build(paths: &Paths, a: BuildArgs) -> Result<i32> {
+    let arches = match a.arch {
+        Some(arch) => vec![arch],
+        None => vec![Arch::X86_64, Arch::Aarch64],
+    };
+    for arch in arches {
+        let k = build::KernelBuild {
+            arch,
+            test_hooks: a.test_hooks,
+            release: a.release,
+        };
+        let elf = build::build_kernel(paths, &k, false)?;
+        println!("kernel: {}", Paths::show(&elf));
+        let efi = build::build_loader(paths, arch, a.release, false)?;
+        println!("loader: {}", Paths::show(&efi));
+    }
+    Ok(0)
+}
+
+fn cmd_image(paths: &Paths, a: ImageArgs) -> Result<i32> {
+    let spec = a.target.spec()?;
+    deps::ensure(&deps::for_image(spec.uses_grub()))?;
+    let media = image::prepare(paths, &spec, &a.target.out_dir(paths)?, false)?;
+    println!("{}", media.describe());
+    Ok(0)
+}
+
+fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
+    let spec = a.target.spec()?;
+    let accel = a.accel.unwrap_or_else(|| Accel::detect(spec.arch));
+    if accel == Accel::Kvm && spec.arch != Arch::host() {
+        return Err(format!(
+            "--accel kvm needs a {} host; this one is {}",
+            spec.arch.name(),
+            Arch::host().name()
+        ));
+    }
+    deps::ensure(&deps::for_run(spec.arch, spec.boot, spec.uses_grub()))?;
+    let media = image::prepare(paths, &spec, &a.target.out_dir(paths)?, false)?;
+    let machine = qemu::Machine {
+        arch: spec.arch,
+        accel,
+        smp: a.smp,
+        mem_mib: a.mem,
+        media,
+        cmdline: spec.cmdline.clone(),
+    };
+    let (program, args) = machine.command_line();
+    println!(
+        "xtask: booting {} via {} ({}, {} CPUs, {} MiB); Ctrl-C ends QEMU",
+        spec.arch.name(),
+        spec.boot.name(),
+        if accel == Accel::Kvm { "kvm" } else { "tcg" },
+        a.smp,
+        a.mem
+    );
+    println!("xtask: {}", qemu::shell_words(&program, &args));
+    let status = std::process::Command::new(&program)
+        .args(&args)
+        .status()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let code = match status.code() {
+        Some(c) => map_exit_status(c),
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }
+    };
+    println!(
+        "xtask: QEMU exited with status {} → {}",
+        status
+            .code()
+            .map_or_else(|| "by a signal".to_string(), |c| c.to_string()),
+        match code {
+            0 => "success",
+            1 => "failure",
+            _ => "no status from the kernel",
+        }
+    );
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_mapping() {
+        assert_eq!(map_exit_status(33), 0);
+        assert_eq!(map_exit_status(35), 1);
+        assert_eq!(map_exit_status(0), 0);
+        assert_eq!(map_exit_status(1), 1);
+        assert_eq!(map_exit_status(124), 124);
+    }
+
+    #[test]
+    fn boot_paths_per_arch() {
+        assert!(Boot::Multiboot1.check(Arch::X86_64).is_ok());
+        assert!(Boot::Multiboot2.check(Arch::X86_64).is_ok());
+        assert!(Boot::Uefi.check(Arch::X86_64).is_ok());
+        assert!(Boot::Image.check(Arch::Aarch64).is_ok());
+        assert!(Boot::Uefi.check(Arch::Aarch64).is_ok());
+        let e = Boot::Image.check(Arch::X86_64).unwrap_err();
+        assert!(e.contains("arm64"), "{e}");
+        let e = Boot::Multiboot2.check(Arch::Aarch64).unwrap_err();
+        assert!(e.contains("multiboot2"), "{e}");
+        assert!(Boot::Multiboot1.check(Arch::Aarch64).is_err());
+    }
+
+    #[test]
+    fn default_boot_is_valid() {
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            assert!(arch.default_boot().check(arch).is_ok());
+        }
+    }
+
+    #[test]
+    fn accel_needs_kvm_nested_and_same_arch() {
+        let vmx = "processor\t: 0\nflags\t\t: fpu vme vmx sse\n";
+        let svm = "flags\t\t: fpu svm\n";
+        let none = "flags\t\t: fpu sse hypervisor\n";
+        assert_eq!(Accel::choose(true, true, vmx), Accel::Kvm);
+        assert_eq!(Accel::choose(true, true, svm), Accel::Kvm);
+        assert_eq!(Accel::choose(true, true, none), Accel::Tcg);
+        assert_eq!(Accel::choose(true, false, vmx), Accel::Tcg);
+        assert_eq!(Accel::choose(false, true, vmx), Accel::Tcg);
+        // "vmx" inside another flag name does not count.
+        assert_eq!(Accel::choose(true, true, "flags : vmx_foo\n"), Accel::Tcg);
+    }
+
+    #[test]
+    fn cmdline_puts_exit_first() {
+        assert_eq!(kernel_cmdline(Arch::X86_64, ""), "exit=debugexit");
+        assert_eq!(
+            kernel_cmdline(Arch::Aarch64, "  loglevel=debug   selftest=crash "),
+            "exit=semihosting loglevel=debug selftest=crash"
+        );
+    }
+
+    #[test]
+    fn cli_parses_run_options() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "run",
+            "--arch",
+            "aarch64",
+            "--boot",
+            "uefi",
+            "--smp",
+            "4",
+            "--mem",
+            "1024",
+            "--accel",
+            "tcg",
+            "--append",
+            "loglevel=debug",
+        ])
+        .unwrap();
+        let Cmd::Run(r) = cli.cmd else {
+            panic!("not run")
+        };
+        assert_eq!(r.target.resolve().unwrap(), (Arch::Aarch64, Boot::Uefi));
+        assert_eq!(r.smp, 4);
+        assert_eq!(r.mem, 1024);
+        assert_eq!(r.accel, Some(Accel::Tcg));
+        assert!(Cli::try_parse_from(["xtask", "run", "--smp", "0"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "run", "--boot", "floppy"]).is_err());
+        // Parses, but the combination is rejected with a message.
+        let cli = Cli::try_parse_from(["xtask", "run", "--arch", "arm64", "--boot", "multiboot1"])
+            .unwrap();
+        let Cmd::Run(r) = cli.cmd else {
+            panic!("not run")
+        };
+        assert!(r.target.resolve().is_err());
+        // --grub only with the multiboot paths.
+        let cli = Cli::try_parse_from(["xtask", "image", "--boot", "uefi", "--grub"]).unwrap();
+        let Cmd::Image(i) = cli.cmd else {
+            panic!("not image")
+        };
+        assert!(i.target.spec().unwrap_err().contains("--grub"));
+        let cli = Cli::try_parse_from(["xtask", "image", "--arch", "x86_64", "--grub"]).unwrap();
+        let Cmd::Image(i) = cli.cmd else {
+            panic!("not image")
+        };
+        let spec = i.target.spec().unwrap();
+        assert!(spec.uses_grub() && spec.boot == Boot::Multiboot1);
+    }
 }

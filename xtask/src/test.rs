@@ -1,0 +1,779 @@
+//! `cargo xtask test`: host unit tests, then emulator scenarios.
+//!
+//! A scenario is data: what to boot, what the serial console must show (in
+//! order), what it must not show, and the emulator exit status. Each prints
+//! one `PASS <name> (<secs>s)` or `FAIL <name>: <reason>` line; the run ends
+//! with `N passed, N failed`.
+
+use crate::build::{self, KernelBuild};
+use crate::image::{self, BootSpec};
+use crate::qemu::{self, Machine, Media};
+use crate::{deps, kernel_cmdline, Accel, Arch, Boot, Paths, Result};
+use clap::Args;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// Run only what has this substring in its name (`host-tests` included).
+    #[arg(long, allow_hyphen_values = true)]
+    filter: Option<String>,
+    /// Skip the host unit tests.
+    #[arg(long)]
+    no_host: bool,
+    /// Scenarios run at the same time (default: the number of cores).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    jobs: Option<u32>,
+    /// Accelerator for the scenarios of the host's architecture (default as for `run`).
+    #[arg(long)]
+    accel: Option<crate::Accel>,
+    /// Build the kernel in release mode.
+    #[arg(long)]
+    release: bool,
+    /// Print the scenario names and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+/// One emulator run and what it must show.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub arch: Arch,
+    pub boot: Boot,
+    /// Kernel command-line words after the architecture's exit method.
+    pub append: &'static str,
+    /// Build the kernel with the `test-hooks` feature.
+    pub test_hooks: bool,
+    /// Multiboot1 through GRUB's `multiboot` command instead of QEMU -kernel.
+    pub grub: bool,
+    pub smp: u32,
+    pub mem_mib: u32,
+    pub timeout: Duration,
+    /// The emulator's exit status: 33 = kernel success, 35 = kernel failure.
+    pub expect_status: i32,
+    /// Substrings that must appear on the serial console, in this order.
+    pub expect: &'static [&'static str],
+    /// Substrings that must not appear anywhere.
+    pub forbid: &'static [&'static str],
+}
+
+pub const STATUS_SUCCESS: i32 = 33;
+pub const STATUS_FAILURE: i32 = 35;
+
+/// The banner (`report_platform`) and a clean end.
+const BANNER_AND_SUCCESS: &[&str] = &["cpu:", "virt:", "cpus:", "HV-EXIT: success"];
+/// Signs of a crash: our exception report, a Rust panic, an EDK2 exception.
+const NO_CRASH: &[&str] = &["*** EXCEPTION", "panicked", "!!!! ", "HV-EXIT: failure"];
+const NO_SUCCESS: &[&str] = &["HV-EXIT: success", "panicked"];
+
+const KERNEL_TIMEOUT: Duration = Duration::from_secs(60);
+const UEFI_TIMEOUT: Duration = Duration::from_secs(120);
+
+const fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Scenario {
+    Scenario {
+        name,
+        arch,
+        boot,
+        append: "",
+        test_hooks: true,
+        grub: false,
+        smp: 2,
+        mem_mib: 512,
+        timeout,
+        expect_status: STATUS_SUCCESS,
+        expect: BANNER_AND_SUCCESS,
+        forbid: NO_CRASH,
+    }
+}
+
+/// Every scenario, in the order they are started.
+pub fn scenarios() -> Vec<Scenario> {
+    use Arch::*;
+    use Boot::*;
+    vec![
+        boot("boot-x86-multiboot1", X86_64, Multiboot1, KERNEL_TIMEOUT),
+        boot("boot-x86-multiboot2", X86_64, Multiboot2, KERNEL_TIMEOUT),
+        Scenario {
+            grub: true,
+            ..boot(
+                "boot-x86-grub-multiboot1",
+                X86_64,
+                Multiboot1,
+                KERNEL_TIMEOUT,
+            )
+        },
+        boot("boot-x86-uefi", X86_64, Uefi, UEFI_TIMEOUT),
+        boot("boot-arm64-image", Aarch64, Image, KERNEL_TIMEOUT),
+        boot("boot-arm64-uefi", Aarch64, Uefi, UEFI_TIMEOUT),
+        Scenario {
+            append: "selftest=crash",
+            expect_status: STATUS_FAILURE,
+            expect: &["*** EXCEPTION", "RIP=", "HV-EXIT: failure"],
+            forbid: NO_SUCCESS,
+            ..boot("crash-report-x86", X86_64, Multiboot1, KERNEL_TIMEOUT)
+        },
+        Scenario {
+            append: "selftest=crash",
+            expect_status: STATUS_FAILURE,
+            expect: &["*** EXCEPTION", "ESR_EL2=", "HV-EXIT: failure"],
+            forbid: NO_SUCCESS,
+            ..boot("crash-report-arm64", Aarch64, Image, KERNEL_TIMEOUT)
+        },
+    ]
+}
+
+impl Scenario {
+    fn spec(&self, release: bool) -> BootSpec {
+        BootSpec {
+            arch: self.arch,
+            boot: self.boot,
+            cmdline: kernel_cmdline(self.arch, self.append),
+            release,
+            test_hooks: self.test_hooks,
+            grub: self.grub,
+        }
+    }
+}
+
+/// Keeps the scenarios whose name contains `filter`.
+pub fn select<'a>(all: &'a [Scenario], filter: Option<&str>) -> Vec<&'a Scenario> {
+    all.iter()
+        .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
+        .collect()
+}
+
+/// Drops terminal escape sequences (firmware draws with them), carriage
+/// returns and other control bytes, keeping text, tabs and newlines.
+pub fn clean_serial(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == 0x1b {
+            i += 1;
+            if raw.get(i) == Some(&b'[') {
+                // CSI: parameter and intermediate bytes, then one final byte 0x40..=0x7e.
+                i += 1;
+                while i < raw.len() && !(0x40..=0x7e).contains(&raw[i]) {
+                    i += 1;
+                }
+            } else {
+                // nF (e.g. `ESC ( B`): intermediate bytes 0x20..=0x2f, then a final byte.
+                while i < raw.len() && (0x20..=0x2f).contains(&raw[i]) {
+                    i += 1;
+                }
+            }
+            i += 1; // the final byte
+            continue;
+        }
+        if b == b'\n' || b == b'\t' || b >= 0x20 && b != 0x7f {
+            out.push(b);
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Finds `expect` in `text` in order; on failure, the index of the first one
+/// not found after the previous match.
+pub fn find_in_order(text: &str, expect: &[&str]) -> Result<(), usize> {
+    let mut at = 0;
+    for (i, e) in expect.iter().enumerate() {
+        match text[at..].find(e) {
+            Some(p) => at += p + e.len(),
+            None => return Err(i),
+        }
+    }
+    Ok(())
+}
+
+/// Judges one run. `status` is `None` when the run was killed at the timeout.
+pub fn check(sc: &Scenario, serial: &str, status: Option<i32>) -> Result<(), String> {
+    let order = find_in_order(serial, sc.expect);
+    let Some(status) = status else {
+        let mut reason = format!("timeout after {}s", sc.timeout.as_secs());
+        if let Err(i) = order {
+            reason.push_str(&format!("; never saw `{}`", sc.expect[i]));
+        }
+        return Err(reason);
+    };
+    let mut problems = Vec::new();
+    for f in sc.forbid {
+        if serial.contains(f) {
+            problems.push(format!("found `{f}`"));
+        }
+    }
+    if let Err(i) = order {
+        let e = sc.expect[i];
+        if serial.contains(e) {
+            problems.push(format!("`{e}` out of order"));
+        } else {
+            problems.push(format!("missing `{e}`"));
+        }
+    }
+    if status != sc.expect_status {
+        problems.push(format!(
+            "exit status {status}, expected {}",
+            sc.expect_status
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// What a finished child run produced.
+struct Captured {
+    /// `None`: killed at the timeout.
+    status: Option<ExitStatus>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    secs: f64,
+}
+
+fn pump(
+    mut from: impl Read + Send + 'static,
+    sink: Arc<Mutex<Vec<u8>>>,
+    log: Option<File>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut log = log;
+        let mut buf = [0u8; 4096];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if let Some(f) = log.as_mut() {
+                        let _ = f.write_all(&buf[..n]);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs `program args` in its own process group under `timeout -s KILL`
+/// (a backstop if xtask itself dies), streaming stdout into `log`; at
+/// `limit` the whole group is killed so no emulator is left behind.
+fn run_captured(
+    program: &str,
+    args: &[String],
+    cwd: &Path,
+    limit: Duration,
+    log: &Path,
+) -> Result<Captured> {
+    let log_file =
+        File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let backstop = (limit.as_secs() + 30).to_string();
+    let start = Instant::now();
+    let mut child = Command::new("timeout")
+        .args(["-s", "KILL", &backstop, program])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    let t_out = pump(child.stdout.take().unwrap(), out.clone(), Some(log_file));
+    let t_err = pump(child.stderr.take().unwrap(), err.clone(), None);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if start.elapsed() >= limit => {
+                // The group id is the child's pid (process_group(0)).
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(25)),
+            Err(e) => return Err(format!("waiting for {program}: {e}")),
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let _ = t_out.join();
+    let _ = t_err.join();
+    let stdout = std::mem::take(&mut *out.lock().unwrap());
+    let stderr = std::mem::take(&mut *err.lock().unwrap());
+    Ok(Captured {
+        status,
+        stdout,
+        stderr,
+        secs,
+    })
+}
+
+/// One finished scenario (or host-test run).
+struct Outcome {
+    name: String,
+    secs: f64,
+    result: Result<(), String>,
+    tail: Vec<String>,
+    log: Option<PathBuf>,
+}
+
+impl Outcome {
+    fn print(&self) {
+        match &self.result {
+            Ok(()) => println!("PASS {} ({:.1}s)", self.name, self.secs),
+            Err(reason) => {
+                println!("FAIL {}: {reason}", self.name);
+                for l in &self.tail {
+                    println!("    | {l}");
+                }
+                if let Some(log) = &self.log {
+                    println!("    full log: {}", Paths::show(log));
+                }
+            }
+        }
+    }
+}
+
+fn exit_code(s: &ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+}
+
+fn run_host_tests(paths: &Paths) -> Outcome {
+    let log = paths.out.join("logs/host-tests.log");
+    let mut args: Vec<String> = [
+        "test", "-p", "boot", "-p", "vmm", "-p", "arch", "-p", "xtask",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // The loader is a UEFI binary; its pure parts, if it grows a lib, test on the host.
+    let loader_lib = paths.root.join("boot/uefi-loader/src/lib.rs").is_file();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("xtask: running host unit tests");
+    let mut secs = 0.0;
+    let mut text = String::new();
+    let mut result = Ok(());
+    let mut runs = vec![args.clone()];
+    if loader_lib {
+        args = vec![
+            "test".into(),
+            "-p".into(),
+            "uefi-loader".into(),
+            "--lib".into(),
+        ];
+        runs.push(args);
+    }
+    for args in runs {
+        match run_captured(&cargo, &args, &paths.root, Duration::from_secs(900), &log) {
+            Ok(c) => {
+                secs += c.secs;
+                text.push_str(&String::from_utf8_lossy(&c.stderr));
+                text.push_str(&String::from_utf8_lossy(&c.stdout));
+                match c.status {
+                    None => result = Err("timeout after 900s".to_string()),
+                    Some(s) if !s.success() => {
+                        result = Err(format!("cargo {} failed ({s})", args.join(" ")))
+                    }
+                    Some(_) => continue,
+                }
+            }
+            Err(e) => result = Err(e),
+        }
+        break;
+    }
+    let _ = std::fs::write(&log, &text);
+    Outcome {
+        name: "host-tests".into(),
+        secs,
+        tail: if result.is_err() {
+            tail(&text, 30).into_iter().map(String::from).collect()
+        } else {
+            Vec::new()
+        },
+        result,
+        log: Some(log),
+    }
+}
+
+fn run_scenario(paths: &Paths, sc: &Scenario, machine: &Machine) -> Outcome {
+    let log = paths.out.join("logs").join(format!("{}.log", sc.name));
+    let (program, args) = machine.command_line();
+    let fail = |reason: String, tail: Vec<String>| Outcome {
+        name: sc.name.into(),
+        secs: 0.0,
+        result: Err(reason),
+        tail,
+        log: Some(log.clone()),
+    };
+    let c = match run_captured(&program, &args, &paths.root, sc.timeout, &log) {
+        Ok(c) => c,
+        Err(e) => return fail(e, Vec::new()),
+    };
+    let serial = clean_serial(&c.stdout);
+    let stderr = String::from_utf8_lossy(&c.stderr).into_owned();
+    let code = c.status.as_ref().map(exit_code);
+    // After the serial text: QEMU's own messages and how the run ended.
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log) {
+        let _ = writeln!(f, "\n--- xtask: {}", qemu::shell_words(&program, &args));
+        if !stderr.is_empty() {
+            let _ = write!(f, "--- qemu stderr:\n{stderr}");
+        }
+        let _ = writeln!(
+            f,
+            "--- xtask: {} after {:.1}s",
+            code.map_or("killed at the timeout".into(), |c| format!(
+                "exit status {c}"
+            )),
+            c.secs
+        );
+    }
+    let result = check(sc, &serial, code);
+    let mut lines: Vec<String> = Vec::new();
+    if result.is_err() {
+        lines = tail(&serial, 30).into_iter().map(String::from).collect();
+        for l in tail(&stderr, 5) {
+            lines.push(format!("qemu: {l}"));
+        }
+    }
+    Outcome {
+        name: sc.name.into(),
+        secs: c.secs,
+        result,
+        tail: lines,
+        log: Some(log),
+    }
+}
+
+/// Builds every kernel and loader the scenarios need (each once), then makes
+/// each scenario's boot media under `target/xtask/scenarios/<name>/`.
+fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Media>> {
+    let mut kernels: HashMap<KernelBuild, Result<PathBuf>> = HashMap::new();
+    let mut loaders: HashMap<Arch, Result<PathBuf>> = HashMap::new();
+    for sc in scs {
+        let spec = sc.spec(release);
+        let kb = spec.kernel_build();
+        kernels
+            .entry(kb)
+            .or_insert_with(|| build::build_kernel(paths, &kb, true));
+        if spec.needs_loader() {
+            loaders
+                .entry(spec.arch)
+                .or_insert_with(|| build::build_loader(paths, spec.arch, release, true));
+        }
+    }
+    scs.iter()
+        .map(|sc| {
+            let spec = sc.spec(release);
+            let elf = kernels[&spec.kernel_build()]
+                .as_ref()
+                .map_err(|e| format!("kernel build failed: {e}"))?;
+            let loader = match loaders.get(&spec.arch) {
+                Some(Ok(l)) if spec.needs_loader() => Some(l.as_path()),
+                Some(Err(e)) if spec.needs_loader() => {
+                    return Err(format!("loader build failed: {e}"))
+                }
+                _ => None,
+            };
+            let dir = paths.out.join("scenarios").join(sc.name);
+            image::make_media(paths, &spec, elf, loader, &dir).map_err(|e| format!("image: {e}"))
+        })
+        .collect()
+}
+
+pub fn run(paths: &Paths, a: TestArgs) -> Result<i32> {
+    let all = scenarios();
+    if a.list {
+        println!("host-tests");
+        for s in &all {
+            println!("{}", s.name);
+        }
+        return Ok(0);
+    }
+    let start = Instant::now();
+    let filter = a.filter.as_deref();
+    let selected = select(&all, filter);
+    let host = !a.no_host && filter.is_none_or(|f| "host-tests".contains(f));
+    if selected.is_empty() && !host {
+        return Err(format!(
+            "nothing matches --filter {:?} (see `cargo xtask test --list`)",
+            filter.unwrap_or("")
+        ));
+    }
+    std::fs::create_dir_all(paths.out.join("logs"))
+        .map_err(|e| format!("cannot create {}: {e}", paths.out.display()))?;
+
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    if host {
+        let o = run_host_tests(paths);
+        o.print();
+        outcomes.push(o);
+    }
+
+    if !selected.is_empty() {
+        let mut needs = Vec::new();
+        for sc in &selected {
+            let spec = sc.spec(a.release);
+            needs.extend(deps::for_run(sc.arch, sc.boot, spec.uses_grub()));
+        }
+        deps::ensure(&needs)?;
+        let media = prepare_all(paths, &selected, a.release);
+        let jobs = a.jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(2, |n| n.get()),
+            |j| j as usize,
+        );
+        let accel_of = |arch: Arch| match a.accel {
+            Some(Accel::Kvm) if arch == Arch::host() => Accel::Kvm,
+            Some(_) => Accel::Tcg,
+            None => Accel::detect(arch),
+        };
+        println!(
+            "xtask: running {} scenario(s), {} at a time",
+            selected.len(),
+            jobs.min(selected.len())
+        );
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = mpsc::channel::<Outcome>();
+        std::thread::scope(|s| {
+            for _ in 0..jobs.min(selected.len()) {
+                let tx = tx.clone();
+                let (next, selected, media) = (&next, &selected, &media);
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(sc) = selected.get(i) else { break };
+                    let o = match &media[i] {
+                        Err(e) => Outcome {
+                            name: sc.name.into(),
+                            secs: 0.0,
+                            result: Err(e.clone()),
+                            tail: Vec::new(),
+                            log: None,
+                        },
+                        Ok(m) => {
+                            let machine = Machine {
+                                arch: sc.arch,
+                                accel: accel_of(sc.arch),
+                                smp: sc.smp,
+                                mem_mib: sc.mem_mib,
+                                media: m.clone(),
+                                cmdline: kernel_cmdline(sc.arch, sc.append),
+                            };
+                            run_scenario(paths, sc, &machine)
+                        }
+                    };
+                    if tx.send(o).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            for o in rx {
+                o.print();
+                outcomes.push(o);
+            }
+        });
+    }
+
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    let passed = outcomes.len() - failed;
+    println!(
+        "xtask: total {:.1}s; logs in {}",
+        start.elapsed().as_secs_f64(),
+        Paths::show(&paths.out.join("logs"))
+    );
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot_sc() -> Scenario {
+        scenarios()
+            .into_iter()
+            .find(|s| s.name == "boot-x86-multiboot1")
+            .unwrap()
+    }
+
+    fn crash_sc() -> Scenario {
+        scenarios()
+            .into_iter()
+            .find(|s| s.name == "crash-report-arm64")
+            .unwrap()
+    }
+
+    const GOOD: &str = "[INFO ] hypervisor booting\n[INFO ] cpu: AuthenticAMD\n\
+                        [INFO ] virt: SVM NPT\n[INFO ] cpus: 2 (APIC IDs 0 1)\n\
+                        [INFO ] HV-EXIT: success\n";
+
+    #[test]
+    fn required_scenarios_exist_and_are_consistent() {
+        let all = scenarios();
+        for name in [
+            "boot-x86-multiboot1",
+            "boot-x86-multiboot2",
+            "boot-x86-uefi",
+            "boot-arm64-image",
+            "boot-arm64-uefi",
+            "crash-report-x86",
+            "crash-report-arm64",
+        ] {
+            assert!(all.iter().any(|s| s.name == name), "{name} missing");
+        }
+        for (i, s) in all.iter().enumerate() {
+            assert!(s.spec(false).check().is_ok(), "{}", s.name);
+            assert!(!s.expect.is_empty(), "{}", s.name);
+            assert!(
+                all[i + 1..].iter().all(|t| t.name != s.name),
+                "duplicate {}",
+                s.name
+            );
+            // A scenario can only expect what it does not forbid.
+            for e in s.expect {
+                assert!(!s.forbid.contains(e), "{}: {e}", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn ordered_substrings() {
+        assert_eq!(find_in_order("a b c", &["a", "b", "c"]), Ok(()));
+        assert_eq!(find_in_order("a b c", &["a", "c", "b"]), Err(2));
+        assert_eq!(find_in_order("a b c", &["x"]), Err(0));
+        assert_eq!(find_in_order("", &[]), Ok(()));
+        // Each match starts after the previous one ends.
+        assert_eq!(find_in_order("ab", &["ab", "b"]), Err(1));
+        assert_eq!(find_in_order("abab", &["ab", "b"]), Ok(()));
+        // "cpu:" is not found inside "cpus:".
+        assert_eq!(find_in_order("cpus: 2", &["cpu:"]), Err(0));
+    }
+
+    #[test]
+    fn check_pass_and_each_failure_reason() {
+        let sc = boot_sc();
+        assert_eq!(check(&sc, GOOD, Some(33)), Ok(()));
+        assert_eq!(
+            check(&sc, GOOD, Some(0)).unwrap_err(),
+            "exit status 0, expected 33"
+        );
+        let e = check(&sc, "cpu: x\n", None).unwrap_err();
+        assert_eq!(e, "timeout after 60s; never saw `virt:`");
+        assert_eq!(check(&sc, GOOD, None).unwrap_err(), "timeout after 60s");
+        let crashed = format!("{GOOD}*** EXCEPTION #PF\n");
+        assert_eq!(
+            check(&sc, &crashed, Some(33)).unwrap_err(),
+            "found `*** EXCEPTION`"
+        );
+        let no_banner = "[INFO ] HV-EXIT: success\n";
+        assert_eq!(
+            check(&sc, no_banner, Some(33)).unwrap_err(),
+            "missing `cpu:`"
+        );
+        let swapped = "cpu: a\ncpus: 1\nvirt: b\nHV-EXIT: success\n";
+        assert_eq!(
+            check(&sc, swapped, Some(33)).unwrap_err(),
+            "`cpus:` out of order"
+        );
+        let e = check(&sc, "panicked at x\n", Some(35)).unwrap_err();
+        assert!(e.contains("found `panicked`"), "{e}");
+        assert!(e.contains("missing `cpu:`"), "{e}");
+        assert!(e.contains("exit status 35, expected 33"), "{e}");
+    }
+
+    #[test]
+    fn crash_scenario_checks() {
+        let sc = crash_sc();
+        let report = "cpu: x\n*** EXCEPTION: synchronous at EL2\nESR_EL2=0x96000045 (EC 0x25 \
+                      data abort)\nFAR_EL2=0x0\nHV-EXIT: failure\n";
+        assert_eq!(check(&sc, report, Some(35)), Ok(()));
+        assert!(check(&sc, report, Some(33)).is_err());
+        // A crash scenario that does not crash fails.
+        assert!(check(&sc, GOOD, Some(33)).is_err());
+        let e = check(&sc, "HV-EXIT: failure\n", Some(35)).unwrap_err();
+        assert_eq!(e, "missing `*** EXCEPTION`");
+    }
+
+    #[test]
+    fn serial_cleaning() {
+        let raw = b"\x1b[2J\x1b[01;01H\x1b[=3hBdsDxe: starting\r\n\x1b(Bcpu: x\r\n\x07done\x7f\n";
+        assert_eq!(clean_serial(raw), "BdsDxe: starting\ncpu: x\ndone\n");
+        // Truncated escapes at the end do not panic.
+        assert_eq!(clean_serial(b"ok\x1b"), "ok");
+        assert_eq!(clean_serial(b"ok\x1b[12"), "ok");
+        // Invalid UTF-8 is replaced, not fatal.
+        assert_eq!(clean_serial(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn filter_selects_by_substring() {
+        let all = scenarios();
+        let names = |f| select(&all, f).iter().map(|s| s.name).collect::<Vec<_>>();
+        assert_eq!(names(None).len(), all.len());
+        assert_eq!(
+            names(Some("crash")),
+            ["crash-report-x86", "crash-report-arm64"]
+        );
+        assert_eq!(names(Some("arm64-uefi")), ["boot-arm64-uefi"]);
+        assert!(names(Some("nope")).is_empty());
+    }
+
+    #[test]
+    fn tail_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), ["b", "c"]);
+        assert_eq!(tail("a", 5), ["a"]);
+        assert!(tail("", 3).is_empty());
+    }
+
+    #[test]
+    fn hung_process_is_killed_at_the_timeout() {
+        let dir = std::env::temp_dir();
+        let log = dir.join(format!("xtask-hang-{}.log", std::process::id()));
+        let args: Vec<String> = ["-c", "echo started; sleep 30 & sleep 30"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let start = Instant::now();
+        let c = run_captured("sh", &args, &dir, Duration::from_millis(500), &log).unwrap();
+        assert!(c.status.is_none());
+        // Killing the group also closed the pipe the background sleep held.
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(String::from_utf8_lossy(&c.stdout), "started\n");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "started\n");
+        let _ = std::fs::remove_file(&log);
+    }
+
+    #[test]
+    fn exit_status_is_captured() {
+        let dir = std::env::temp_dir();
+        let log = dir.join(format!("xtask-exit-{}.log", std::process::id()));
+        let args: Vec<String> = ["-c", "echo out; echo err >&2; exit 33"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let c = run_captured("sh", &args, &dir, Duration::from_secs(20), &log).unwrap();
+        assert_eq!(c.status.as_ref().map(exit_code), Some(33));
+        assert_eq!(c.stdout, b"out\n");
+        assert_eq!(c.stderr, b"err\n");
+        let _ = std::fs::remove_file(&log);
+    }
+}
