@@ -3,7 +3,26 @@
 //! `vmm` defines the interface a hardware backend provides (see DESIGN.md)
 //! and implements VMs, guest memory, I/O buses, devices and loaders on top of
 //! it. It contains no unsafe code and is tested on the host.
+//!
+//! - [`exit`]: the normalized exit every backend reports, and [`event`]: what
+//!   the vmm injects back (with payloads applied at delivery).
+//! - [`backend`]: the `Vcpu` and `Stage2` traits the backends implement.
+//! - [`mem`]: the guest memory map, the only way to touch guest memory.
+//! - [`bus`] and [`devices`]: port and MMIO buses with master-abort default.
+//! - [`loader`]: ELF and Multiboot1 loaders producing a [`backend::BootState`].
+//! - [`vm`]: VM lifecycle and exit dispatch; [`hypercall`]: the guest ABI.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+pub mod backend;
+pub mod bus;
+pub mod devices;
+pub mod event;
+pub mod exit;
+pub mod mem;
+pub mod regs;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

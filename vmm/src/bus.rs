@@ -1,0 +1,254 @@
+//! I/O-port and MMIO buses: devices claim non-overlapping address ranges and
+//! get accesses with the offset into their range.
+//!
+//! Rule `master_abort`: an access that no device claims behaves like a PCI
+//! master abort — reads return all ones of the access size, writes are
+//! dropped. It never faults the guest and never returns stale or host data.
+//! An access that straddles the end of a device's range is unclaimed too
+//! (no device sees a partial access).
+//!
+//! Dispatch is a binary search over a sorted table and never allocates.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::any::Any;
+
+use crate::regs::AccessSize;
+
+/// What a device write asks of the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOutcome {
+    Done,
+    /// Stop the VM with this exit code (`isa-debug-exit`).
+    Stop {
+        code: u64,
+    },
+}
+
+/// An emulated device on a bus.
+pub trait BusDevice: Any + Send {
+    /// Short name for logs and reports.
+    fn name(&self) -> &'static str;
+    /// A read of `size` bytes at `offset`; only the low `size` bytes count.
+    fn read(&mut self, offset: u64, size: AccessSize) -> u64;
+    /// A write of the low `size` bytes of `value` at `offset`.
+    fn write(&mut self, offset: u64, size: AccessSize, value: u64) -> IoOutcome;
+}
+
+/// Handle returned by [`Bus::register`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceId(usize);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusError {
+    ZeroLength,
+    /// The range wraps or goes past the end of the bus.
+    OutOfRange,
+    /// The range overlaps this device's.
+    Overlap(&'static str),
+}
+
+struct Slot {
+    base: u64,
+    last: u64,
+    id: usize,
+}
+
+/// One bus: ports (last address 0xFFFF) or MMIO (last address u64::MAX).
+pub struct Bus {
+    last_addr: u64,
+    devices: Vec<Box<dyn BusDevice>>,
+    /// Sorted by `base`, non-overlapping.
+    map: Vec<Slot>,
+    unclaimed: u64,
+}
+
+impl Bus {
+    /// The x86 I/O-port space, 64 KiB.
+    pub fn ports() -> Bus {
+        Bus::new(0xffff)
+    }
+
+    /// A guest-physical MMIO space.
+    pub fn mmio() -> Bus {
+        Bus::new(u64::MAX)
+    }
+
+    fn new(last_addr: u64) -> Bus {
+        Bus {
+            last_addr,
+            devices: Vec::new(),
+            map: Vec::new(),
+            unclaimed: 0,
+        }
+    }
+
+    /// Claims `[base, base+len)` for `dev`.
+    pub fn register(
+        &mut self,
+        base: u64,
+        len: u64,
+        dev: Box<dyn BusDevice>,
+    ) -> Result<DeviceId, BusError> {
+        if len == 0 {
+            return Err(BusError::ZeroLength);
+        }
+        let last = base
+            .checked_add(len - 1)
+            .filter(|&l| l <= self.last_addr)
+            .ok_or(BusError::OutOfRange)?;
+        if let Some(s) = self.map.iter().find(|s| s.base <= last && base <= s.last) {
+            return Err(BusError::Overlap(self.devices[s.id].name()));
+        }
+        let id = self.devices.len();
+        self.devices.push(dev);
+        let i = self.map.partition_point(|s| s.base < base);
+        self.map.insert(i, Slot { base, last, id });
+        Ok(DeviceId(id))
+    }
+
+    /// The device behind `id`, if it is a `T`.
+    pub fn device_mut<T: BusDevice>(&mut self, id: DeviceId) -> Option<&mut T> {
+        let dev: &mut dyn Any = self.devices.get_mut(id.0)?.as_mut();
+        dev.downcast_mut::<T>()
+    }
+
+    /// The device that fully contains `[addr, addr+size)` and the offset.
+    fn claim(&mut self, addr: u64, size: AccessSize) -> Option<(&mut dyn BusDevice, u64)> {
+        let last = addr.checked_add(size.bytes() as u64 - 1)?;
+        let i = self
+            .map
+            .partition_point(|s| s.base <= addr)
+            .checked_sub(1)?;
+        let s = &self.map[i];
+        if last > s.last {
+            return None;
+        }
+        let off = addr - s.base;
+        Some((self.devices[s.id].as_mut(), off))
+    }
+
+    /// A read; all ones of `size` if unclaimed (rule `master_abort`).
+    pub fn read(&mut self, addr: u64, size: AccessSize) -> u64 {
+        match self.claim(addr, size) {
+            Some((dev, off)) => dev.read(off, size) & size.mask(),
+            None => {
+                self.unclaimed += 1;
+                size.mask()
+            }
+        }
+    }
+
+    /// A write; dropped if unclaimed (rule `master_abort`).
+    pub fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> IoOutcome {
+        match self.claim(addr, size) {
+            Some((dev, off)) => dev.write(off, size, value & size.mask()),
+            None => {
+                self.unclaimed += 1;
+                IoOutcome::Done
+            }
+        }
+    }
+
+    /// How many accesses hit no device (for statistics and tests).
+    pub fn unclaimed(&self) -> u64 {
+        self.unclaimed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDevice;
+    use AccessSize::*;
+
+    #[test]
+    fn register_rejects_bad_ranges() {
+        let mut b = Bus::ports();
+        b.register(0x3f8, 8, Box::new(TestDevice::new("uart")))
+            .unwrap();
+        assert_eq!(
+            b.register(0x3ff, 1, Box::new(TestDevice::new("x"))),
+            Err(BusError::Overlap("uart"))
+        );
+        assert_eq!(
+            b.register(0x3f0, 9, Box::new(TestDevice::new("x"))),
+            Err(BusError::Overlap("uart"))
+        );
+        assert_eq!(
+            b.register(0x100, 0, Box::new(TestDevice::new("x"))),
+            Err(BusError::ZeroLength)
+        );
+        assert_eq!(
+            b.register(0xffff, 2, Box::new(TestDevice::new("x"))),
+            Err(BusError::OutOfRange)
+        );
+        b.register(0xffff, 1, Box::new(TestDevice::new("top")))
+            .unwrap();
+        b.register(0x3f0, 8, Box::new(TestDevice::new("below")))
+            .unwrap();
+        let mut m = Bus::mmio();
+        assert_eq!(
+            m.register(u64::MAX, 2, Box::new(TestDevice::new("x"))),
+            Err(BusError::OutOfRange)
+        );
+        m.register(u64::MAX - 7, 8, Box::new(TestDevice::new("x")))
+            .unwrap();
+    }
+
+    #[test]
+    fn dispatch_by_offset() {
+        let mut b = Bus::mmio();
+        let a = b
+            .register(0x1000, 0x100, Box::new(TestDevice::new("a")))
+            .unwrap();
+        let c = b
+            .register(0x2000, 0x100, Box::new(TestDevice::new("c")))
+            .unwrap();
+        b.write(0x1010, B4, 0x1234_5678_9abc);
+        b.write(0x20ff, B1, 0x1ff);
+        assert_eq!(
+            b.device_mut::<TestDevice>(a).unwrap().writes,
+            vec![(0x10, B4, 0x5678_9abc)]
+        );
+        assert_eq!(
+            b.device_mut::<TestDevice>(c).unwrap().writes,
+            vec![(0xff, B1, 0xff)]
+        );
+        // TestDevice reads return (offset | 0xa5a5_0000) truncated to size.
+        assert_eq!(b.read(0x1004, B2), 0x0004);
+        assert_eq!(b.read(0x1004, B8), 0xa5a5_0004);
+        assert_eq!(b.unclaimed(), 0);
+    }
+
+    #[test]
+    fn inv_master_abort_unclaimed_reads_all_ones() {
+        let mut b = Bus::mmio();
+        b.register(0x1000, 0x100, Box::new(TestDevice::new("a")))
+            .unwrap();
+        assert_eq!(b.read(0xfff, B1), 0xff);
+        assert_eq!(b.read(0x1100, B2), 0xffff);
+        assert_eq!(b.read(0, B4), 0xffff_ffff);
+        assert_eq!(b.read(u64::MAX, B1), 0xff);
+        assert_eq!(b.read(u64::MAX - 3, B8), u64::MAX); // would wrap
+                                                        // Straddling the end of a device: unclaimed, the device sees nothing.
+        assert_eq!(b.read(0x10fe, B4), 0xffff_ffff);
+        assert_eq!(b.unclaimed(), 6);
+        let mut p = Bus::ports();
+        assert_eq!(p.read(0x80, B1), 0xff);
+        assert_eq!(p.read(0xffff, B4), 0xffff_ffff);
+    }
+
+    #[test]
+    fn inv_master_abort_unclaimed_writes_dropped() {
+        let mut b = Bus::mmio();
+        let a = b
+            .register(0x1000, 0x100, Box::new(TestDevice::new("a")))
+            .unwrap();
+        assert_eq!(b.write(0x10fc, B8, 1), IoOutcome::Done);
+        assert_eq!(b.write(0xff8, B8, 1), IoOutcome::Done);
+        assert_eq!(b.write(u64::MAX, B2, 1), IoOutcome::Done);
+        assert!(b.device_mut::<TestDevice>(a).unwrap().writes.is_empty());
+        assert_eq!(b.unclaimed(), 3);
+    }
+}
