@@ -1,1 +1,17 @@
 //! x86_64: CPU setup, paging formats, exceptions, SVM (and later VMX).
+//!
+//! Pure parts (descriptor encodings, exception frames and reports, CPUID
+//! decoding) compile everywhere and are host-tested; the parts that execute
+//! privileged instructions are only built for the bare-metal target.
+
+pub mod cpuid;
+pub mod descriptors;
+pub mod exception;
+pub mod kmap;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod devices;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod instr;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod tables;

@@ -1,0 +1,57 @@
+//! The two devices the kernel itself uses on x86: the COM1 UART (through
+//! `uart_16550`, polled) and QEMU's `isa-debug-exit` port.
+
+use super::instr::{inb, outl};
+use uart_16550::SerialPort;
+
+pub const COM1: u16 = 0x3f8;
+/// Line Status Register offset and its "transmitter empty" bit (TEMT):
+/// both the holding register and the shift register are empty.
+const LSR: u16 = 5;
+const LSR_TEMT: u8 = 1 << 6;
+
+fn com1() -> SerialPort {
+    // SAFETY: 0x3F8 is the standard COM1 base on PC platforms; the
+    // hypervisor owns the UART (guests only ever see an emulated one).
+    unsafe { SerialPort::new(COM1) }
+}
+
+/// Programs COM1 (38400 8N1, FIFOs on).
+pub fn serial_init() {
+    com1().init();
+}
+
+/// Sends one byte, waiting while the transmit holding register is full.
+pub fn serial_putc(b: u8) {
+    com1().send_raw(b);
+}
+
+/// Waits until every byte sent so far has left the UART, so that nothing
+/// is lost when the emulator exits right after (seen with Bochs).
+pub fn serial_flush() {
+    for _ in 0..1_000_000 {
+        // SAFETY: reading COM1's line status register has no side effects.
+        if unsafe { inb(COM1 + LSR) } & LSR_TEMT != 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// I/O port of QEMU's `-device isa-debug-exit,iobase=0xf4,iosize=0x04`.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Values written for success / failure: QEMU exits with `(v << 1) | 1`,
+/// i.e. 33 and 35.
+pub const DEBUG_EXIT_SUCCESS: u32 = 0x10;
+pub const DEBUG_EXIT_FAILURE: u32 = 0x11;
+
+/// Asks QEMU to exit with `(value << 1) | 1`. Without the device the write
+/// is ignored and this returns.
+///
+/// # Safety
+/// Port 0xF4 must not belong to a real device: only call this when the
+/// command line asked for `exit=debugexit`.
+pub unsafe fn debug_exit(value: u32) {
+    // SAFETY: the caller vouches that port 0xF4 is QEMU's debug-exit device.
+    unsafe { outl(DEBUG_EXIT_PORT, value) };
+}
