@@ -9,6 +9,13 @@ use crate::event::{Event, EventError, Queued};
 use crate::exit::{Action, Exit};
 use crate::regs::Reg;
 
+/// The architecture a VM's guest runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestArch {
+    X86_64,
+    Aarch64,
+}
+
 /// A physical CPU, by the index the kernel gave it (not an APIC ID/MPIDR).
 pub type PhysCpu = u32;
 

@@ -21,6 +21,7 @@ pub mod bus;
 pub mod devices;
 pub mod event;
 pub mod exit;
+pub mod loader;
 pub mod mem;
 pub mod regs;
 

@@ -204,6 +204,11 @@ impl<B: Backing> GuestMemory<B> {
         Ok(r)
     }
 
+    /// Checks that `[gpa, gpa+len)` is entirely RAM (zero length: always).
+    pub fn check(&self, gpa: u64, len: u64) -> Result<(), MemError> {
+        walk(&self.regions, gpa, len, |_, _, _| Ok(()))
+    }
+
     /// Whether `gpa` is RAM.
     pub fn is_ram(&self, gpa: u64) -> bool {
         walk(&self.regions, gpa, 1, |_, _, _| Ok(())).is_ok()
