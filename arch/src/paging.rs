@@ -330,19 +330,9 @@ impl<F: Format> PageTable<F> {
         attrs: Attrs,
         max_block: PageSize,
     ) -> Result<(), MapError> {
-        check_aligned(va, size)?;
-        if !pa.is_multiple_of(PAGE_SIZE) {
-            return Err(MapError::Unaligned);
-        }
-        self.fmt.check_attrs(&attrs)?;
-        if size == 0 {
+        let Some(r) = self.check_map(va, pa, size, &attrs)? else {
             return Ok(());
-        }
-        let r = self.input_range(va, size)?;
-        match pa.checked_add(size - 1) {
-            Some(last) if fits_output(&self.fmt, last) => {}
-            _ => return Err(MapError::OutOfRange),
-        }
+        };
         let mut op = MapOp {
             fmt: self.fmt,
             delta: pa.wrapping_sub(r.start),
@@ -356,6 +346,58 @@ impl<F: Format> PageTable<F> {
         op.walk(alloc, access, self.root, top, r.start, r.end)?;
         op.commit = true;
         op.walk(alloc, access, self.root, top, r.start, r.end)
+    }
+
+    /// Maps like [`PageTable::map`] but replaces whatever `[va, va + size)`
+    /// mapped before (new output, new attributes, or both); blocks that stick
+    /// out of the range are split first and keep their mapping outside it.
+    ///
+    /// Break-before-make: the old entries are cleared, then
+    /// [`TableAccess::invalidate`] is called once for the whole range, then
+    /// the new entries are written, so the range is briefly unmapped (do not
+    /// remap the code or stack doing the remap). Tables left empty by the
+    /// unmap are reused, so a range once split gets small pages again. Bad
+    /// arguments are refused before anything changes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn remap(
+        &mut self,
+        alloc: &mut impl TableAlloc,
+        access: &mut impl TableAccess,
+        va: u64,
+        pa: u64,
+        size: u64,
+        attrs: Attrs,
+        max_block: PageSize,
+    ) -> Result<(), MapError> {
+        if self.check_map(va, pa, size, &attrs)?.is_none() {
+            return Ok(());
+        }
+        self.unmap(alloc, access, va, size)?;
+        access.invalidate(va, size);
+        self.map(alloc, access, va, pa, size, attrs, max_block)
+    }
+
+    /// Validates map arguments; `None` for an empty range.
+    fn check_map(
+        &self,
+        va: u64,
+        pa: u64,
+        size: u64,
+        attrs: &Attrs,
+    ) -> Result<Option<InputRange>, MapError> {
+        check_aligned(va, size)?;
+        if !pa.is_multiple_of(PAGE_SIZE) {
+            return Err(MapError::Unaligned);
+        }
+        self.fmt.check_attrs(attrs)?;
+        if size == 0 {
+            return Ok(None);
+        }
+        let r = self.input_range(va, size)?;
+        match pa.checked_add(size - 1) {
+            Some(last) if fits_output(&self.fmt, last) => Ok(Some(r)),
+            _ => Err(MapError::OutOfRange),
+        }
     }
 
     /// Removes every mapping in `[va, va + size)`; holes are fine. A block
@@ -1100,6 +1142,17 @@ mod tests {
             self.pt
                 .map(&mut self.frames, &mut self.mem, va, pa, size, attrs, max)
         }
+        fn remap(
+            &mut self,
+            va: u64,
+            pa: u64,
+            size: u64,
+            attrs: Attrs,
+            max: PageSize,
+        ) -> Result<(), MapError> {
+            self.pt
+                .remap(&mut self.frames, &mut self.mem, va, pa, size, attrs, max)
+        }
         fn unmap(&mut self, va: u64, size: u64) -> Result<(), MapError> {
             self.pt.unmap(&mut self.frames, &mut self.mem, va, size)
         }
@@ -1475,6 +1528,81 @@ mod tests {
         assert!(w.leaves().is_empty());
     });
 
+    both_formats!(remap_replaces_and_splits, |fmt| {
+        let mut w = World::new(fmt);
+        w.map(0, 0, G1, Attrs::RWX, PageSize::Size1G).unwrap();
+        // Make one 4 KiB page read-only code and move another page.
+        w.remap(M2 + K4, M2 + K4, K4, Attrs::RX, PageSize::Size1G)
+            .unwrap();
+        w.remap(3 * M2, 0x7000_0000, K4, Attrs::RW, PageSize::Size4K)
+            .unwrap();
+        let t = w.tr(M2 + K4).unwrap();
+        assert_eq!(
+            (t.pa, t.attrs.write, t.size),
+            (M2 + K4, false, PageSize::Size4K)
+        );
+        let t = w.tr(3 * M2 + 8).unwrap();
+        assert_eq!((t.pa, t.attrs.execute), (0x7000_0008, false));
+        // Everything else is as before.
+        for va in [0, M2, M2 + 2 * K4, 3 * M2 + K4, 4 * M2, G1 - 1] {
+            let t = w.tr(va).unwrap();
+            assert_eq!((t.pa, t.attrs.write, t.attrs.execute), (va, true, true));
+        }
+        assert_eq!(w.sizes(), [2 * 512, 510, 0]);
+        // Break-before-make order: splits, then the whole remapped range.
+        assert_eq!(
+            w.mem.invalidations,
+            [(0, G1), (M2, M2), (M2 + K4, K4), (3 * M2, M2), (3 * M2, K4)]
+        );
+        // Remapping over holes and a partly mapped range.
+        w.remap(G1 - K4, 5 * G1, 2 * K4, Attrs::RO, PageSize::Size4K)
+            .unwrap();
+        assert_eq!(w.tr(G1 - K4).unwrap().pa, 5 * G1);
+        assert_eq!(w.tr(G1).unwrap().pa, 5 * G1 + K4);
+    });
+
+    both_formats!(remap_refuses_bad_arguments_without_change, |fmt| {
+        let mut w = World::new(fmt);
+        w.map(0, 0, M2, Attrs::RW, PageSize::Size2M).unwrap();
+        let before = w.leaves();
+        assert_eq!(
+            w.remap(0, 0x800, K4, Attrs::RO, PageSize::Size4K),
+            Err(MapError::Unaligned)
+        );
+        let none = Attrs {
+            read: false,
+            ..Attrs::RW
+        };
+        assert_eq!(
+            w.remap(0, 0, K4, none, PageSize::Size4K),
+            Err(MapError::UnsupportedAttrs)
+        );
+        let oa = 1u64 << fmt.output_bits();
+        assert_eq!(
+            w.remap(0, oa - K4, 2 * K4, Attrs::RW, PageSize::Size4K),
+            Err(MapError::OutOfRange)
+        );
+        w.remap(0, 0, 0, Attrs::RO, PageSize::Size4K).unwrap();
+        assert_eq!(w.leaves(), before);
+        assert!(w.mem.invalidations.is_empty());
+    });
+
+    both_formats!(inv_s2_block_remap_keeps_rule, |fmt| {
+        // Remap a 2 MiB-aligned region whose new output is misaligned: the
+        // old block is replaced by pages, never by a block reaching outside.
+        let mut w = World::new(fmt);
+        w.map(G1, G1, G1, Attrs::RW, PageSize::Size1G).unwrap();
+        w.remap(G1 + M2, 0x8000_1000, M2, Attrs::RW, PageSize::Size1G)
+            .unwrap();
+        for (va, pa, s, _) in w.leaves() {
+            if (G1 + M2..G1 + 2 * M2).contains(&va) {
+                assert_eq!((s, pa), (PageSize::Size4K, va - (G1 + M2) + 0x8000_1000));
+            } else {
+                assert_eq!(pa, va);
+            }
+        }
+    });
+
     #[test]
     fn unmap_higher_half_invalidates_canonical_address() {
         let mut w = World::new(X86Long4);
@@ -1761,7 +1889,7 @@ mod tests {
         let mut model: HashMap<u64, (u64, Attrs)> = HashMap::new();
         let span = 64 * M2; // 128 MiB of input space, 32768 pages
         let attrs = [Attrs::RW, Attrs::RX, Attrs::DEVICE];
-        for _ in 0..60 {
+        for _ in 0..80 {
             let pages = 1 + rng(&mut s) % 1500;
             let va = (rng(&mut s) % (span / K4 - pages)) * K4;
             let size = pages * K4;
@@ -1788,6 +1916,13 @@ mod tests {
                     _ => None,
                 }
             });
+            if rng(&mut s).is_multiple_of(5) {
+                w.remap(va, pa, size, a, max).unwrap();
+                for p in 0..pages {
+                    model.insert(va + p * K4, (pa + p * K4, a));
+                }
+                continue;
+            }
             let r = w.map(va, pa, size, a, max);
             match conflict {
                 Some(v) => assert_eq!(r, Err(MapError::AlreadyMapped { va: v })),
