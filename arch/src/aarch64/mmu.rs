@@ -1,0 +1,249 @@
+//! The EL2 stage-1 MMU (non-VHE regime, HCR_EL2.E2H = 0): register values,
+//! the enable sequence, TLB and cache maintenance.
+//!
+//! Register layouts from the Arm ARM (DDI 0487) D19.2: TCR_EL2, SCTLR_EL2,
+//! MAIR_EL2. The translation tables themselves are built by
+//! [`crate::paging::PageTable`] with the [`crate::paging::Aarch64Stage1`]
+//! format (4 KiB granule, 48-bit VA, walk from level 0), whose AttrIndx
+//! values match [`MAIR_EL2`].
+//!
+//! Every write that changes translation (TTBR, TCR, MAIR, SCTLR.M) and every
+//! TLBI goes through the functions here, which carry the barriers the
+//! architecture requires (Arm ARM D8.14 "Translation Lookaside Buffers",
+//! D8.16 "Ordering of translation table updates"; SEED-INVARIANTS rule
+//! `arm_tlb_isb`: TLBI → DSB → ISB).
+
+use crate::paging::Aarch64Stage1;
+
+/// MAIR_EL2 value: AttrIndx 0 = Normal WB RW-allocate, 1 = Device-nGnRE.
+pub const MAIR_EL2: u64 = Aarch64Stage1::MAIR;
+
+/// Input-address bits of the EL2 stage-1 tables (TCR_EL2.T0SZ = 64 - 48).
+pub const VA_BITS: u32 = 48;
+
+// TCR_EL2 (E2H = 0) fields.
+const TCR_RES1: u64 = (1 << 31) | (1 << 23);
+const TCR_IRGN0_WBWA: u64 = 0b01 << 8;
+const TCR_ORGN0_WBWA: u64 = 0b01 << 10;
+const TCR_SH0_INNER: u64 = 0b11 << 12;
+const TCR_TG0_4K: u64 = 0b00 << 14;
+const TCR_PS_SHIFT: u32 = 16;
+
+/// TCR_EL2 for 48-bit VAs, 4 KiB granule, table walks Inner Shareable
+/// write-back cacheable, and PS = the CPU's PARange capped at 48 bits
+/// (52-bit output addresses would need FEAT_LPA/LPA2 descriptors, which
+/// [`Aarch64Stage1`] does not produce). `pa_range` is
+/// ID_AA64MMFR0_EL1.PARange; reserved values give `None`.
+pub const fn tcr_el2(pa_range: u8) -> Option<u64> {
+    if pa_range > 7 {
+        return None;
+    }
+    let ps = if pa_range > 5 { 5 } else { pa_range } as u64;
+    Some(
+        TCR_RES1
+            | (64 - VA_BITS as u64)
+            | TCR_IRGN0_WBWA
+            | TCR_ORGN0_WBWA
+            | TCR_SH0_INNER
+            | TCR_TG0_4K
+            | (ps << TCR_PS_SHIFT),
+    )
+}
+
+// SCTLR_EL2 (E2H = 0) bits.
+/// RES1 bits of SCTLR_EL2 when E2H = 0: 4, 5, 11, 16, 18, 22, 23, 28, 29.
+pub const SCTLR_EL2_RES1: u64 = (1 << 29)
+    | (1 << 28)
+    | (1 << 23)
+    | (1 << 22)
+    | (1 << 18)
+    | (1 << 16)
+    | (1 << 11)
+    | (1 << 5)
+    | (1 << 4);
+pub const SCTLR_M: u64 = 1 << 0;
+pub const SCTLR_A: u64 = 1 << 1;
+pub const SCTLR_C: u64 = 1 << 2;
+pub const SCTLR_SA: u64 = 1 << 3;
+pub const SCTLR_I: u64 = 1 << 12;
+pub const SCTLR_WXN: u64 = 1 << 19;
+pub const SCTLR_EE: u64 = 1 << 25;
+
+/// SCTLR_EL2 with the MMU and caches off, little endian: the state the
+/// kernel sets at entry whatever the firmware left.
+pub const SCTLR_EL2_MMU_OFF: u64 = SCTLR_EL2_RES1;
+
+/// SCTLR_EL2 with the MMU, data and instruction caches and SP alignment
+/// checking on; alignment checking (A) and WXN off, little endian.
+pub const SCTLR_EL2_MMU_ON: u64 = SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I;
+
+/// Smallest data cache line from CTR_EL0.DminLine (bits [19:16], log2 of
+/// the number of 4-byte words).
+pub const fn dcache_line_size(ctr_el0: u64) -> usize {
+    4 << ((ctr_el0 >> 16) & 0xf)
+}
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub use hw::*;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+mod hw {
+    use core::arch::asm;
+
+    /// Turns the EL2 stage-1 MMU on with the given tables.
+    ///
+    /// Sequence (Arm ARM D8.2 and D8.14): make the table writes visible
+    /// (DSB), program MAIR/TCR/TTBR0, ISB so they are in effect, invalidate
+    /// any EL2 TLB entries left by firmware (TLBI ALLE2, DSB, ISB),
+    /// invalidate the instruction cache, then set SCTLR_EL2 and ISB.
+    ///
+    /// # Safety
+    /// The MMU must be off. `ttbr0` must be the root of complete EL2 stage-1
+    /// tables (format matching `mair`/`tcr`) that identity-map at least the
+    /// code executing this function, its stack, and everything the caller
+    /// touches afterwards, with the same contents as seen with the MMU off
+    /// (caches cleaned or invalidated as needed).
+    pub unsafe fn enable_el2(mair: u64, tcr: u64, ttbr0: u64, sctlr: u64) {
+        // SAFETY: the caller guarantees the tables identity-map this code and
+        // its data, so execution continues at the next instruction with the
+        // same view of memory once SCTLR_EL2.M is set.
+        unsafe {
+            asm!(
+                "dsb ish",
+                "msr mair_el2, {mair}",
+                "msr tcr_el2, {tcr}",
+                "msr ttbr0_el2, {ttbr}",
+                "isb",
+                "tlbi alle2",
+                "dsb ish",
+                "isb",
+                "ic iallu",
+                "dsb ish",
+                "isb",
+                "msr sctlr_el2, {sctlr}",
+                "isb",
+                mair = in(reg) mair,
+                tcr = in(reg) tcr,
+                ttbr = in(reg) ttbr0,
+                sctlr = in(reg) sctlr,
+                options(nostack),
+            );
+        }
+    }
+
+    /// Writes SCTLR_EL2 at entry (MMU off): the firmware may have left the
+    /// MMU on (UEFI) or set EE; we restart from a known state.
+    ///
+    /// # Safety
+    /// The code and data in use must be reachable with the MMU off (i.e.
+    /// the firmware's mapping, if any, was an identity map) and the caches
+    /// must have been cleaned to the point of coherency by the loader.
+    pub unsafe fn write_sctlr_el2(value: u64) {
+        // SAFETY: see the function contract; the ISB makes the new value
+        // take effect before the next instruction.
+        unsafe { asm!("dsb sy", "msr sctlr_el2, {v}", "isb", v = in(reg) value, options(nostack)) };
+    }
+
+    /// Invalidates all EL2 stage-1 TLB entries on every CPU of the Inner
+    /// Shareable domain: DSB ISHST (table writes visible first), TLBI
+    /// ALLE2IS, DSB ISH (completion), ISB (rule `arm_tlb_isb`).
+    pub fn flush_tlb_el2() {
+        // SAFETY: TLB invalidation only drops cached translations; the
+        // tables stay authoritative, so no memory becomes inaccessible.
+        unsafe {
+            asm!(
+                "dsb ishst",
+                "tlbi alle2is",
+                "dsb ish",
+                "isb",
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+
+    fn line_size() -> usize {
+        let ctr: u64;
+        // SAFETY: reading CTR_EL0 has no side effects.
+        unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
+        super::dcache_line_size(ctr)
+    }
+
+    /// Invalidates the data cache to the point of coherency for
+    /// `[start, end)` (DC IVAC), then DSB SY. Used on memory written with
+    /// the MMU and caches off, so that stale lines the firmware left cannot
+    /// shadow it once the caches are on.
+    ///
+    /// # Safety
+    /// No dirty line in the range may hold data that is still needed (it is
+    /// discarded): true for memory written only with caches off after the
+    /// loader cleaned the caches.
+    pub unsafe fn invalidate_dcache_range(start: u64, end: u64) {
+        let line = line_size() as u64;
+        let mut a = start & !(line - 1);
+        while a < end {
+            // SAFETY: see the function contract.
+            unsafe { asm!("dc ivac, {}", in(reg) a, options(nostack, preserves_flags)) };
+            a += line;
+        }
+        // SAFETY: a barrier only orders memory accesses.
+        unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+    }
+
+    /// Cleans and invalidates `[start, end)` to the point of coherency
+    /// (DC CIVAC), then DSB SY: for handing memory to an observer that does
+    /// not snoop the caches (a CPU with its MMU off, a non-coherent device).
+    pub fn clean_invalidate_dcache_range(start: u64, end: u64) {
+        let line = line_size() as u64;
+        let mut a = start & !(line - 1);
+        while a < end {
+            // SAFETY: writing back and dropping lines never loses data.
+            unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+            a += line;
+        }
+        // SAFETY: a barrier only orders memory accesses.
+        unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcr_values() {
+        // a72: PARange 4 (44 bits) → PS = 4.
+        let t = tcr_el2(4).unwrap();
+        assert_eq!(t & 0x3f, 16, "T0SZ for 48-bit VA");
+        assert_eq!((t >> 16) & 7, 4);
+        assert_eq!((t >> 14) & 3, 0, "4 KiB granule");
+        assert_eq!((t >> 12) & 3, 3, "inner shareable walks");
+        assert_eq!((t >> 8) & 0xf, 0b0101, "WB WA walks");
+        assert_eq!(t & TCR_RES1, TCR_RES1);
+        // max: PARange 6 (52 bits) is capped at 48 bits (PS = 5).
+        assert_eq!((tcr_el2(6).unwrap() >> 16) & 7, 5);
+        assert_eq!(tcr_el2(8), None);
+        assert_eq!(tcr_el2(0xf), None);
+    }
+
+    #[test]
+    fn sctlr_values() {
+        assert_eq!(
+            SCTLR_EL2_MMU_OFF & (SCTLR_M | SCTLR_C | SCTLR_I | SCTLR_EE),
+            0
+        );
+        assert_eq!(SCTLR_EL2_MMU_ON & (SCTLR_WXN | SCTLR_A | SCTLR_EE), 0);
+        assert_eq!(
+            SCTLR_EL2_MMU_ON & (SCTLR_M | SCTLR_C | SCTLR_I | SCTLR_SA),
+            SCTLR_M | SCTLR_C | SCTLR_I | SCTLR_SA
+        );
+        // Linux (arch/arm64/include/asm/sysreg.h) has the same RES1 set.
+        assert_eq!(SCTLR_EL2_RES1, 0x30c5_0830);
+    }
+
+    #[test]
+    fn cache_line_from_ctr() {
+        // CTR_EL0 on Cortex-A72: 0x8444c004 → DminLine 4 → 64 bytes.
+        assert_eq!(dcache_line_size(0x8444_c004), 64);
+        assert_eq!(dcache_line_size(0), 4);
+    }
+}
