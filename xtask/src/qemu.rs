@@ -62,7 +62,12 @@ impl Machine {
             // q35 for UEFI: the 4M OVMF pair is built for it.
             Arch::X86_64 if uefi => push(&["-machine", "q35"]),
             Arch::X86_64 => {}
-            // EL2 on entry, and GICv3 (the default would be GICv2).
+            // EL2 on entry, and GICv3 (the default would be GICv2). Under
+            // UEFI, acpi=off makes the firmware pass QEMU's DTB on (with ACPI
+            // tables present it installs no DTB, and the kernel reads the DTB).
+            Arch::Aarch64 if uefi => {
+                push(&["-machine", "virt,virtualization=on,gic-version=3,acpi=off"])
+            }
             Arch::Aarch64 => push(&["-machine", "virt,virtualization=on,gic-version=3"]),
         }
         match self.accel {
@@ -107,6 +112,9 @@ impl Machine {
             // Semihosting SYS_EXIT carries the status (33 / 35) at EL2.
             Arch::Aarch64 => push(&["-semihosting-config", "enable=on,target=native"]),
         }
+        // No NIC: the hypervisor does not use QEMU's, and without one the
+        // firmware does not spend minutes on PXE when the loader fails.
+        push(&["-nic", "none"]);
         push(&[
             "-display",
             "none",
@@ -166,7 +174,7 @@ mod tests {
             line(&m),
             "qemu-system-x86_64 -accel tcg -cpu max -m 512M -smp 2 -kernel /o/hypervisor.elf \
              -append exit=debugexit -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-             -display none -serial stdio -monitor none -no-reboot"
+             -nic none -display none -serial stdio -monitor none -no-reboot"
         );
     }
 
@@ -203,8 +211,8 @@ mod tests {
             line(&m),
             "qemu-system-aarch64 -machine virt,virtualization=on,gic-version=3 -accel tcg \
              -cpu max -m 1024M -smp 4 -kernel /o/Image -append 'exit=semihosting selftest=crash' \
-             -semihosting-config enable=on,target=native -display none -serial stdio \
-             -monitor none -no-reboot"
+             -semihosting-config enable=on,target=native -nic none -display none \
+             -serial stdio -monitor none -no-reboot"
         );
     }
 
@@ -212,6 +220,12 @@ mod tests {
     fn arm64_uefi() {
         let m = machine(Arch::Aarch64, Media::Esp("/o/esp".into()));
         let l = line(&m);
+        assert!(
+            l.starts_with(
+                "qemu-system-aarch64 -machine virt,virtualization=on,gic-version=3,acpi=off "
+            ),
+            "{l}"
+        );
         assert!(l.contains(
             "-bios /usr/share/qemu-efi-aarch64/QEMU_EFI.fd -drive if=virtio,format=raw,\
              file=fat:rw:/o/esp -boot menu=on,splash-time=0"

@@ -68,8 +68,9 @@ pub struct Scenario {
 pub const STATUS_SUCCESS: i32 = 33;
 pub const STATUS_FAILURE: i32 = 35;
 
-/// The banner (`report_platform`) and a clean end.
-const BANNER_AND_SUCCESS: &[&str] = &["cpu:", "virt:", "cpus:", "HV-EXIT: success"];
+/// The banner (`report_platform`, with the CPUs found in the MADT / DTB of
+/// a 2-CPU machine) and a clean end.
+const BANNER_AND_SUCCESS: &[&str] = &["cpu:", "virt:", "cpus: 2", "HV-EXIT: success"];
 /// Signs of a crash: our exception report, a Rust panic, an EDK2 exception.
 const NO_CRASH: &[&str] = &["*** EXCEPTION", "panicked", "!!!! ", "HV-EXIT: failure"];
 const NO_SUCCESS: &[&str] = &["HV-EXIT: success", "panicked"];
@@ -495,10 +496,21 @@ fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Me
                 _ => None,
             };
             let dir = paths.out.join("scenarios").join(sc.name);
-            image::make_media(paths, &spec, elf, loader, &dir).map_err(|e| format!("image: {e}"))
+            let media = image::make_media(paths, &spec, elf, loader, &dir)
+                .map_err(|e| format!("image: {e}"))?;
+            if let Media::Esp(esp) = &media {
+                std::fs::write(esp.join("startup.nsh"), STARTUP_NSH)
+                    .map_err(|e| format!("cannot write startup.nsh: {e}"))?;
+            }
+            Ok(media)
         })
         .collect()
 }
+
+/// When our loader returns (it failed), the firmware starts its shell, which
+/// runs `startup.nsh` from the ESP after 5 s: power off, so a failing UEFI
+/// scenario ends in seconds (exit status 0) instead of at its timeout.
+const STARTUP_NSH: &str = "echo \"startup.nsh: the loader returned; powering off\"\r\nreset -s\r\n";
 
 pub fn run(paths: &Paths, a: TestArgs) -> Result<i32> {
     let all = scenarios();
@@ -648,6 +660,10 @@ mod tests {
                 "duplicate {}",
                 s.name
             );
+            // The banner's CPU count is the machine's.
+            if s.expect.contains(&"cpus: 2") {
+                assert_eq!(s.smp, 2, "{}", s.name);
+            }
             // A scenario can only expect what it does not forbid.
             for e in s.expect {
                 assert!(!s.forbid.contains(e), "{}: {e}", s.name);
@@ -689,10 +705,15 @@ mod tests {
             check(&sc, no_banner, Some(33)).unwrap_err(),
             "missing `cpu:`"
         );
-        let swapped = "cpu: a\ncpus: 1\nvirt: b\nHV-EXIT: success\n";
+        let swapped = "cpu: a\ncpus: 2\nvirt: b\nHV-EXIT: success\n";
         assert_eq!(
             check(&sc, swapped, Some(33)).unwrap_err(),
-            "`cpus:` out of order"
+            "`cpus: 2` out of order"
+        );
+        let one_cpu = "cpu: a\nvirt: b\ncpus: 1\nHV-EXIT: success\n";
+        assert_eq!(
+            check(&sc, one_cpu, Some(33)).unwrap_err(),
+            "missing `cpus: 2`"
         );
         let e = check(&sc, "panicked at x\n", Some(35)).unwrap_err();
         assert!(e.contains("found `panicked`"), "{e}");
