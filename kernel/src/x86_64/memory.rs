@@ -226,6 +226,44 @@ fn is_ram(kind: MemoryKind) -> bool {
     !matches!(kind, MemoryKind::Reserved | MemoryKind::BadMemory)
 }
 
+/// Walks the new tables for a few addresses whose mapping matters before
+/// they go live: a mistake here would otherwise surface as an unexplained
+/// fault much later (or never, for a missing guard page).
+fn verify(pt: &PageTable<X86Long4>, access: &IdentityTables, nx: bool) {
+    use arch::paging::MemType;
+    let (kstart, kend) = kernel_image();
+    let rodata = &raw const __rodata_start as u64;
+    let data = &raw const __data_start as u64;
+    let t = |a: u64| pt.translate(access, a);
+    let bad = |what: &str, ok: bool| {
+        if !ok {
+            panic!("kernel page tables: self-check failed: {what}");
+        }
+    };
+    bad("page 0 must be unmapped", t(0).is_none());
+    for (guard, name) in guard_pages() {
+        bad(name, t(guard).is_none());
+        bad(name, t(guard + PAGE).is_some_and(|x| x.attrs.write));
+    }
+    bad(
+        "kernel text must be read-only and executable",
+        t(kstart).is_some_and(|x| !x.attrs.write && x.attrs.execute && x.pa == kstart),
+    );
+    bad(
+        "kernel rodata must be read-only",
+        t(rodata).is_some_and(|x| !x.attrs.write && (!x.attrs.execute || !nx)),
+    );
+    bad(
+        "kernel data must be writable, not executable",
+        t(data).is_some_and(|x| x.attrs.write && (!x.attrs.execute || !nx)),
+    );
+    bad("kernel end must be mapped", t(kend - 1).is_some());
+    bad(
+        "the local APIC page must be uncached",
+        t(0xfee0_0000).is_some_and(|x| x.attrs.mem == MemType::Device),
+    );
+}
+
 fn check(what: &str, r: Result<(), MapError>) {
     if let Err(e) = r {
         panic!("kernel page tables: cannot map {what}: {e:?}");
@@ -319,6 +357,7 @@ pub fn init_memory(info: &BootInfo, frames: &mut FrameAllocator) {
     map("kernel data", cursor, kend, Attrs::RW);
 
     let tables = alloc.count;
+    verify(&pt, &access, cpu.nx);
     // SAFETY: the new map covers everything in use: the kernel image
     // (code, stacks except their unused guard pages, statics), all RAM
     // (boot structures, frames) and the device ranges below 4 GiB. EFER.NXE
