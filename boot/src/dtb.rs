@@ -203,10 +203,10 @@ impl<'a> Fdt<'a> {
                 .map(|end| &blob[off..end])
                 .ok_or(DtbError::BadHeader(what))
         };
-        if off_struct % 4 != 0 {
+        if !off_struct.is_multiple_of(4) {
             return Err(DtbError::BadHeader("structure block misaligned"));
         }
-        if off_rsv % 8 != 0 {
+        if !off_rsv.is_multiple_of(8) {
             return Err(DtbError::BadHeader("reservation block misaligned"));
         }
         let structs = block(off_struct, size_struct, "structure block outside the blob")?;
@@ -596,7 +596,7 @@ fn translate(levels: &[Level], mut addr: u64, size: u64) -> Option<u64> {
         }
         let (ca, pa, sc) = (node.address_cells, parent.address_cells, node.size_cells);
         let entry = ((ca + pa + sc) * 4) as usize;
-        if entry == 0 || ranges.len() % entry != 0 || ca > 2 || pa > 2 || sc > 2 {
+        if entry == 0 || !ranges.len().is_multiple_of(entry) || ca > 2 || pa > 2 || sc > 2 {
             return None;
         }
         let mut found = None;
@@ -629,7 +629,7 @@ fn for_each_reg(
         return Err(DtbError::BadProperty(what));
     }
     let entry = ((ac + sc) * 4) as usize;
-    if reg.is_empty() || reg.len() % entry != 0 {
+    if reg.is_empty() || !reg.len().is_multiple_of(entry) {
         return Err(DtbError::BadProperty(what));
     }
     for e in reg.chunks_exact(entry) {
@@ -1449,9 +1449,7 @@ mod tests {
         for _ in 0..MAX_DEPTH + 2 {
             deep.extend([FDT_BEGIN_NODE, 0]);
         }
-        for _ in 0..MAX_DEPTH + 2 {
-            deep.push(FDT_END_NODE);
-        }
+        deep.extend(std::iter::repeat_n(FDT_END_NODE, MAX_DEPTH + 2));
         deep.push(FDT_END);
         assert_eq!(DtbInfo::parse(&mk_blob(&deep, strings)).unwrap_err(), DtbError::TooDeep);
         // property after a subnode

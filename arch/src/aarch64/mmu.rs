@@ -246,4 +246,97 @@ mod tests {
         assert_eq!(dcache_line_size(0x8444_c004), 64);
         assert_eq!(dcache_line_size(0), 4);
     }
+
+    /// Instruction strings of each `asm!` block in `src` (string literals at
+    /// the start of a line, up to the operands).
+    fn asm_blocks(src: &str) -> Vec<Vec<String>> {
+        let mut blocks = Vec::new();
+        let mut cur: Option<Vec<String>> = None;
+        for line in src.lines() {
+            let t = line.trim();
+            if t.contains("asm!(") {
+                cur = Some(Vec::new());
+                // `asm!("dsb sy", "msr ...", ...)` on one line.
+                if let Some(rest) = t.split("asm!(").nth(1) {
+                    for part in rest.split('"').skip(1).step_by(2) {
+                        cur.as_mut().unwrap().push(part.to_string());
+                    }
+                }
+                continue;
+            }
+            if let Some(b) = cur.as_mut() {
+                if let Some(ins) = t.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                    b.push(ins.to_string());
+                } else {
+                    blocks.push(cur.take().unwrap());
+                }
+            }
+        }
+        blocks
+    }
+
+    /// Rule `arm_tlb_isb` over a list of asm blocks: every TLBI is followed
+    /// by a DSB and then an ISB; every write to a register that controls
+    /// translation is followed by an ISB, in the same block.
+    fn check_barriers(blocks: &[Vec<String>]) -> Result<(), String> {
+        const TRANSLATION_REGS: [&str; 7] = [
+            "ttbr0_el2",
+            "tcr_el2",
+            "mair_el2",
+            "sctlr_el2",
+            "vttbr_el2",
+            "vtcr_el2",
+            "hcr_el2",
+        ];
+        for b in blocks {
+            for (i, ins) in b.iter().enumerate() {
+                let rest = &b[i + 1..];
+                if ins.starts_with("tlbi") {
+                    let dsb = rest.iter().position(|x| x.starts_with("dsb"));
+                    let ok =
+                        dsb.is_some_and(|d| rest[d + 1..].iter().any(|x| x.starts_with("isb")));
+                    if !ok {
+                        return Err(format!("`{ins}` without DSB then ISB after it: {b:?}"));
+                    }
+                }
+                if ins.starts_with("msr") && TRANSLATION_REGS.iter().any(|r| ins.contains(r)) {
+                    if !rest.iter().any(|x| x.starts_with("isb")) {
+                        return Err(format!("`{ins}` without a following ISB: {b:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SEED-INVARIANTS rule arm_tlb_isb, checked on this module's own
+    /// assembly (the one place that writes TTBR/TCR/SCTLR and issues TLBI
+    /// for the EL2 tables).
+    #[test]
+    fn inv_arm_tlb_isb_in_mmu_helpers() {
+        let blocks = asm_blocks(include_str!("mmu.rs"));
+        let all: Vec<&String> = blocks.iter().flatten().collect();
+        assert!(
+            all.iter().any(|i| i.starts_with("tlbi alle2")),
+            "{blocks:?}"
+        );
+        assert!(
+            all.iter().any(|i| i.starts_with("msr ttbr0_el2")),
+            "{blocks:?}"
+        );
+        check_barriers(&blocks).unwrap();
+        // The checker itself catches the bugs it is meant to catch.
+        let bad = |v: &[&str]| vec![v.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+        assert!(check_barriers(&bad(&["tlbi alle2", "isb"])).is_err());
+        assert!(check_barriers(&bad(&["tlbi alle2", "isb", "dsb ish"])).is_err());
+        assert!(check_barriers(&bad(&["msr vttbr_el2, {}", "tlbi vmalls12e1"])).is_err());
+        assert!(check_barriers(&bad(&[
+            "msr vttbr_el2, {}",
+            "isb",
+            "tlbi vmalls12e1",
+            "dsb ish",
+            "isb"
+        ]))
+        .is_ok());
+    }
 }

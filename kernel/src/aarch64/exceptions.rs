@@ -45,7 +45,7 @@ pub struct ExceptionFrame {
 }
 
 const FRAME_SIZE: usize = core::mem::size_of::<ExceptionFrame>();
-const _: () = assert!(FRAME_SIZE == 288 && FRAME_SIZE % 16 == 0);
+const _: () = assert!(FRAME_SIZE == 288 && FRAME_SIZE.is_multiple_of(16));
 
 #[repr(C, align(16))]
 struct CrashStack([u8; CRASH_STACK_SIZE]);

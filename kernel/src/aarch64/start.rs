@@ -29,7 +29,7 @@ fn dtb_slice(addr: u64) -> Result<&'static [u8], &'static str> {
     if addr == 0 {
         return Err("no DTB pointer");
     }
-    if addr % 8 != 0 {
+    if !addr.is_multiple_of(8) {
         return Err("DTB pointer not 8-byte aligned");
     }
     // SAFETY: the boot protocol puts a DTB header at `addr` (checked: non-zero,
@@ -60,7 +60,7 @@ unsafe fn phys_slice<T>(addr: u64, len: u64, max: u64) -> Option<&'static [T]> {
         return Some(&[]);
     }
     let bytes = len.checked_mul(core::mem::size_of::<T>() as u64)?;
-    if addr == 0 || addr % core::mem::align_of::<T>() as u64 != 0 || len > max {
+    if addr == 0 || !addr.is_multiple_of(core::mem::align_of::<T>() as u64) || len > max {
         return None;
     }
     addr.checked_add(bytes)?;
@@ -77,7 +77,7 @@ extern "C" fn aarch64_start(x0: u64, x1: u64, x2: u64) -> ! {
     let uefi = x2 == HANDOFF_MAGIC && x1 != 0;
 
     let handoff: Option<Handoff> = if uefi {
-        if x1 % 8 != 0 {
+        if !x1.is_multiple_of(8) {
             fatal_early("UEFI handoff pointer misaligned");
         }
         // SAFETY: x2 carries the loader's magic, so x1 is the physical
