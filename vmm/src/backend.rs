@@ -56,7 +56,11 @@ pub trait Vcpu {
     fn run(&mut self) -> Result<Exit, BackendError>;
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError>;
     fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), BackendError>;
-    /// Skips the instruction that caused the last exit.
+    /// Skips the instruction that caused the last exit. Backends normalize
+    /// exits whose hardware already moved past the instruction (arm64 HVC:
+    /// ELR_EL2 is the next instruction): after every exit the PC reads as
+    /// the exiting instruction, so that an injected exception (an UNDEF for
+    /// a bad HVC) reports the right address and `advance_pc` is uniform.
     fn advance_pc(&mut self) -> Result<(), BackendError>;
     /// Queues an event for delivery at the next entry.
     fn inject(&mut self, event: Event) -> Result<Queued, BackendError>;

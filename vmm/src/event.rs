@@ -103,8 +103,23 @@ impl Event {
     /// arm64 synchronous external abort on a data access at `far`, taken from
     /// the current EL1 (ESR: EC 0x25, IL, DFSC 0x10; Arm ARM D17.2.37).
     pub fn arm64_external_data_abort(far: u64) -> Event {
+        Self::arm64_external_abort(crate::exit::AccessKind::Read, far)
+    }
+
+    /// arm64 synchronous external abort for an access of `kind` at `far`:
+    /// a data abort (EC 0x25, WnR for writes) or an instruction abort
+    /// (EC 0x21), fault status 0x10, as if taken from EL1. A backend that
+    /// delivers it to a guest running at EL0 uses the lower-EL classes
+    /// (0x24 / 0x20) instead.
+    pub fn arm64_external_abort(kind: crate::exit::AccessKind, far: u64) -> Event {
+        use crate::exit::AccessKind;
+        let (ec, wnr) = match kind {
+            AccessKind::Fetch => (0x21, 0),
+            AccessKind::Read => (0x25, 0),
+            AccessKind::Write => (0x25, 1 << 6),
+        };
         Event::Arm64Sync {
-            esr: (0x25 << 26) | (1 << 25) | 0x10,
+            esr: (ec << 26) | (1 << 25) | wnr | 0x10,
             payload: Payload::Far(far),
         }
     }

@@ -34,8 +34,14 @@ pub enum Exit {
     Hypercall(Hypercall),
     /// A nested/stage-2 page fault on a GPA that the backend could not turn
     /// into an [`Exit::Mmio`] (undecodable instruction, instruction fetch).
-    /// `access` is the kind of THIS fault (rule `exit_qual`).
-    Stage2Fault { gpa: u64, access: AccessKind },
+    /// `access` is the kind of THIS fault (rule `exit_qual`); `gva` is the
+    /// guest virtual address when the hardware reports it (FAR_EL2, EPT
+    /// guest-linear address).
+    Stage2Fault {
+        gpa: u64,
+        gva: Option<u64>,
+        access: AccessKind,
+    },
     /// A physical interrupt arrived while the guest ran; the host handles it.
     ExternalInterrupt,
     /// The time slice armed before entry expired.

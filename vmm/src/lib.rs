@@ -21,9 +21,12 @@ pub mod bus;
 pub mod devices;
 pub mod event;
 pub mod exit;
+pub mod hypercall;
 pub mod loader;
 pub mod mem;
+pub mod psci;
 pub mod regs;
+pub mod vm;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
