@@ -114,5 +114,12 @@ fn read_handoff(mem: &IdentityPhys, addr: u64) -> Result<BootInfo, &'static str>
         mem.slice(h.cmdline, cmdline_len)
             .ok_or("command line unreadable")?
     };
-    boot::handoff::to_boot_info(&h, regions, modules, cmdline).map_err(|_| "memory map too large")
+    let mut bi = boot::handoff::to_boot_info(&h, regions, modules, cmdline)
+        .map_err(|_| "memory map too large")?;
+    // The loader reports the kernel's range too; the linker's is authoritative.
+    let (kstart, kend) = memory::kernel_image();
+    bi.memory_map
+        .reserve(kstart, kend, boot::MemoryKind::Kernel)
+        .map_err(|_| "memory map too large")?;
+    Ok(bi)
 }

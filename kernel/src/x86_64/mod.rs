@@ -22,12 +22,16 @@ use arch::x86_64::tables::{install_idt, CpuTables};
 use arch::x86_64::{devices, instr};
 use boot::BootInfo;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use memory::init_memory;
 
 pub const ARCH_NAME: &str = "x86_64";
 /// Keep real-mode memory (below 1 MiB) for the SMP start-up trampoline.
 pub const FRAME_FLOOR: u64 = 0x10_0000;
+
+/// Set by the first exception report.
+static CRASHING: AtomicBool = AtomicBool::new(false);
 
 /// The boot CPU's GDT and TSS.
 static BSP_TABLES: CpuTables = CpuTables::new();
@@ -53,6 +57,16 @@ pub fn console_putc(b: u8) {
 fn crash_handler(frame: &mut ExceptionFrame) {
     let cr2 = instr::read_cr2();
     let mut w = crate::console::emergency_writer();
+    // A fault while reporting one (or on another CPU at the same time):
+    // one line, then stop, rather than recursing into a triple fault.
+    if CRASHING.swap(true, Ordering::SeqCst) {
+        let _ = writeln!(
+            w,
+            "\n*** EXCEPTION vector {} at RIP={:#x} CR2={cr2:#x} while already reporting a crash",
+            frame.vector, frame.rip
+        );
+        exit(ExitStatus::Failure, crate::options::current_exit_method())
+    }
     let _ = write_report(&mut w, frame, cr2, instr::read_cr3());
     if frame.vector == 14 || frame.vector == 8 {
         for (guard, name) in memory::guard_pages() {
