@@ -2,7 +2,7 @@
 //! exit, and a [`Stage2`] mapper for a VM's guest-physical address space.
 //!
 //! `arch::x86_64::svm`, `arch::x86_64::vmx` and `arch::aarch64::el2`
-//! implement these traits; [`crate::testing`] implements them with scripted
+//! implement these traits; `vmm::testing` (feature `testing`) implements them with scripted
 //! exits so that everything above is tested on the host.
 
 use crate::event::{Event, EventError, Queued};
@@ -33,7 +33,7 @@ pub enum BackendError {
     BadEvent(EventError),
     /// The hardware refused to enter the guest (VMRUN/VMLAUNCH/ERET failure).
     EntryFailed(&'static str),
-    /// A scripted vCPU ran out of script ([`crate::testing`]).
+    /// A scripted vCPU ran out of script (`vmm::testing`).
     ScriptEnded,
 }
 

@@ -212,8 +212,8 @@ pub enum SysRegOp {
 
 /// Decodes the ISS of ESR_EL2.EC = 0x18 (trapped MSR/MRS/system
 /// instruction, Arm ARM D17.2.37 "ISS encoding for an exception from MSR,
-/// MRS, or System instruction execution"): Op0 [21:20], Op2 [19:17],
-/// Op1 [16:14], CRn [13:10], Rt [9:5], CRm [4:1], Direction [0] (1 = read).
+/// MRS, or System instruction execution"): Op0 bits 21:20, Op2 19:17,
+/// Op1 16:14, CRn 13:10, Rt 9:5, CRm 4:1, Direction 0 (1 = read).
 /// Returns the register, Rt and whether it is a read.
 pub fn decode_sysreg_iss(iss: u32) -> (SysRegId, Reg, bool) {
     let f = |shift: u32, bits: u32| ((iss >> shift) & ((1 << bits) - 1)) as u8;

@@ -111,8 +111,8 @@ pub fn mpidr_of(index: u32) -> Option<u64> {
     (index < 256).then_some(u64::from(index))
 }
 
-/// The vCPU index of an MPIDR affinity value (bits Aff3 [39:32],
-/// Aff2..Aff0 [23:0]; other bits ignored as DEN0022 §5.1.4 says).
+/// The vCPU index of an MPIDR affinity value (Aff3 in bits 39:32,
+/// Aff2..Aff0 in bits 23:0; other bits ignored as DEN0022 §5.1.4 says).
 pub fn index_of(mpidr: u64) -> Option<u32> {
     let aff = mpidr & 0xff_00ff_ffff;
     (aff < 256).then_some(aff as u32)

@@ -1463,6 +1463,12 @@ mod tests {
         );
     }
 
+    #[test]
+    fn vm_can_move_between_cpus() {
+        fn send<T: Send>() {}
+        send::<Vm<VecBacking>>();
+    }
+
     /// A sink that stores nothing, so the measurement sees only the vmm.
     struct CountSink(core::sync::atomic::AtomicUsize);
 
