@@ -94,7 +94,7 @@ pub fn find_rsdp_bios(mem: &impl PhysMemory) -> Option<u64> {
         .slice(0x40e, 2)
         .and_then(|b| le_u16(b, 0))
         .map(|seg| u64::from(seg) << 4)
-        .filter(|&a| a >= 0x8_0000 && a < 0xa_0000);
+        .filter(|a| (0x8_0000..0xa_0000).contains(a));
     ebda.and_then(|a| scan(a, 1024))
         .or_else(|| scan(0xe_0000, 0x2_0000))
 }

@@ -226,17 +226,16 @@ pub fn parse(info: &[u8], info_addr: u64, kernel: (u64, u64)) -> Result<BootInfo
                     }
                 }
             }
-            TAG_FRAMEBUFFER => {
-                // u64 addr, u32 pitch, u32 width, u32 height, u8 bpp, u8 type.
-                if b.len() >= 30 && b[29] == 1 {
-                    bi.framebuffer = Some(Framebuffer {
-                        address: le_u64(b, 8).unwrap_or(0),
-                        pitch: le_u32(b, 16).unwrap_or(0),
-                        width: le_u32(b, 20).unwrap_or(0),
-                        height: le_u32(b, 24).unwrap_or(0),
-                        bpp: b[28],
-                    });
-                }
+            // u64 addr, u32 pitch, u32 width, u32 height, u8 bpp, u8 type
+            // (1 = direct RGB; indexed and EGA text are not used).
+            TAG_FRAMEBUFFER if b.len() >= 30 && b[29] == 1 => {
+                bi.framebuffer = Some(Framebuffer {
+                    address: le_u64(b, 8).unwrap_or(0),
+                    pitch: le_u32(b, 16).unwrap_or(0),
+                    width: le_u32(b, 20).unwrap_or(0),
+                    height: le_u32(b, 24).unwrap_or(0),
+                    bpp: b[28],
+                });
             }
             // The RSDP copy follows the 8-byte tag header; ACPI 1.0 RSDPs
             // are 20 bytes, 2.0+ ones 36.
@@ -283,7 +282,7 @@ mod tests {
             v.extend_from_slice(&t.to_le_bytes());
             v.extend_from_slice(&(8 + payload.len() as u32).to_le_bytes());
             v.extend_from_slice(payload);
-            while v.len() % 8 != 0 {
+            while !v.len().is_multiple_of(8) {
                 v.push(0);
             }
         }

@@ -41,13 +41,13 @@ pub fn le_u64(b: &[u8], off: usize) -> Option<u64> {
 /// unreadable page is still read. Returns the number of bytes copied (the
 /// NUL excluded) and whether the string ended (NUL seen) within `max`.
 pub fn read_cstr(mem: &impl PhysMemory, addr: u64, out: &mut [u8]) -> (usize, bool) {
-    for i in 0..out.len() {
+    for (i, slot) in out.iter_mut().enumerate() {
         let Some(a) = addr.checked_add(i as u64) else {
             return (i, false);
         };
         match mem.slice(a, 1) {
             Some([0]) => return (i, true),
-            Some([b]) => out[i] = *b,
+            Some([b]) => *slot = *b,
             _ => return (i, false),
         }
     }

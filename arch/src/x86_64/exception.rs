@@ -66,7 +66,7 @@ pub const fn exception_name(vector: u64) -> (&'static str, &'static str) {
         28 => ("#HV", "hypervisor injection"),
         29 => ("#VC", "VMM communication"),
         30 => ("#SX", "security exception"),
-        0..=31 => ("#??", "reserved vector"),
+        15 | 22..=27 | 31 => ("#??", "reserved vector"),
         _ => ("INT", "external interrupt"),
     }
 }

@@ -130,7 +130,7 @@ pub fn phys_array<T: PlainData>(mem: &IdentityPhys, addr: u64, len: usize) -> Op
     }
     let bytes = len.checked_mul(core::mem::size_of::<T>())?;
     let b = mem.slice(addr, bytes)?;
-    if addr % core::mem::align_of::<T>() as u64 != 0 {
+    if !addr.is_multiple_of(core::mem::align_of::<T>() as u64) {
         return None;
     }
     // SAFETY: `b` covers len * size_of::<T>() readable bytes at an address
@@ -196,14 +196,14 @@ pub struct IdentityTables;
 
 impl TableAccess for IdentityTables {
     fn read(&self, table_pa: u64, index: usize) -> u64 {
-        debug_assert!(index < 512 && table_pa % PAGE == 0);
+        debug_assert!(index < 512 && table_pa.is_multiple_of(PAGE));
         // SAFETY: table_pa is a table frame allocated by FrameTables (or a
         // live table of the kernel's map), identity-mapped and 8-byte aligned.
         unsafe { ((table_pa + index as u64 * 8) as *const u64).read_volatile() }
     }
 
     fn write(&mut self, table_pa: u64, index: usize, entry: u64) {
-        debug_assert!(index < 512 && table_pa % PAGE == 0);
+        debug_assert!(index < 512 && table_pa.is_multiple_of(PAGE));
         // SAFETY: as for `read`; the page-table builder only writes entries
         // of tables it owns.
         unsafe { ((table_pa + index as u64 * 8) as *mut u64).write_volatile(entry) }
