@@ -7,8 +7,9 @@
 //! reads physical memory takes it as a byte slice supplied by the caller.
 #![cfg_attr(not(test), no_std)]
 
-pub mod dtb;
 pub mod acpi;
+pub mod cpio;
+pub mod dtb;
 pub mod frame;
 pub mod handoff;
 pub mod memory;
@@ -42,9 +43,9 @@ impl BootProtocol {
 
 /// Maximum number of boot modules kept.
 pub const MAX_MODULES: usize = 16;
-/// Command lines and module names longer than this are truncated (and flagged).
+/// Command lines and module strings (path + options) longer than these are truncated (and flagged).
 pub const CMDLINE_MAX: usize = 512;
-pub const MODULE_NAME_MAX: usize = 64;
+pub const MODULE_NAME_MAX: usize = 256;
 
 /// A fixed-capacity UTF-8 string (no heap before the heap exists).
 #[derive(Clone, Copy)]

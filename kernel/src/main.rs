@@ -20,6 +20,7 @@ mod platform;
 mod console;
 mod heap;
 mod options;
+mod vms;
 
 use boot::frame::FrameAllocator;
 use boot::BootInfo;
@@ -63,8 +64,21 @@ pub fn kernel_main(info: &BootInfo) -> ! {
         selftest_crash();
     }
 
-    log::info!("nothing to run yet: stopping");
-    exit(ExitStatus::Success, &opts)
+    match vms::run(info, &mut frames) {
+        vms::Outcome::NoVms => {
+            log::info!("no VMs given (boot modules / vms.cpio): stopping");
+            exit(ExitStatus::Success, &opts)
+        }
+        vms::Outcome::Error => exit(ExitStatus::Failure, &opts),
+        vms::Outcome::AllStopped { first_code, .. } => {
+            if opts.guest_exit_code {
+                let status = vms::guest_status(first_code);
+                log::info!("HV-EXIT: guest status {status}");
+                platform::exit_with_status(status, opts.exit)
+            }
+            exit(ExitStatus::Success, &opts)
+        }
+    }
 }
 
 #[cfg(feature = "test-hooks")]

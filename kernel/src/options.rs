@@ -41,6 +41,9 @@ pub struct Options {
     pub exit: ExitMethod,
     /// `selftest=crash`: take a deliberate fault (needs the test-hooks feature).
     pub selftest_crash: bool,
+    /// `exitcode=guest`: end the run with the (single) guest's own exit code
+    /// instead of the hypervisor's success/failure status.
+    pub guest_exit_code: bool,
 }
 
 impl Options {
@@ -49,6 +52,7 @@ impl Options {
             log_level: log::LevelFilter::Info,
             exit: ExitMethod::Halt,
             selftest_crash: false,
+            guest_exit_code: false,
         };
         for word in cmdline.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -67,6 +71,7 @@ impl Options {
                 ("exit", "psci") => o.exit = ExitMethod::Psci,
                 ("exit", "halt") => o.exit = ExitMethod::Halt,
                 ("selftest", "crash") => o.selftest_crash = true,
+                ("exitcode", "guest") => o.guest_exit_code = true,
                 _ => {}
             }
         }

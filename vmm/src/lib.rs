@@ -18,6 +18,7 @@ extern crate alloc;
 
 pub mod backend;
 pub mod bus;
+pub mod config;
 pub mod devices;
 pub mod event;
 pub mod exit;

@@ -17,6 +17,7 @@ mod entry;
 pub mod exceptions;
 pub mod memory;
 mod start;
+pub mod virt;
 
 use crate::options::ExitMethod;
 use crate::ExitStatus;
@@ -338,6 +339,27 @@ pub(crate) fn psci_off_or_halt() -> ! {
         }
     }
     halt()
+}
+
+/// Ends the run with a chosen emulator exit status (a guest's own exit code,
+/// `exitcode=guest`): exact with semihosting; PSCI always gives 0.
+pub fn exit_with_status(status: u8, method: ExitMethod) -> ! {
+    if method == ExitMethod::Semihosting {
+        uart().flush();
+        let tag = if status == 0 {
+            exceptions::EXIT_STATUS_SUCCESS
+        } else {
+            exceptions::EXIT_STATUS_FAILURE
+        };
+        exceptions::EXIT_STATUS.store(tag, Ordering::Relaxed);
+        semihosting::exit(u32::from(status));
+    }
+    let s = if status == 0 {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    };
+    exit(s, method)
 }
 
 pub fn exit(status: ExitStatus, method: ExitMethod) -> ! {

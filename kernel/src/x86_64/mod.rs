@@ -13,6 +13,7 @@
 
 mod entry;
 mod memory;
+pub mod virt;
 
 use crate::options::ExitMethod;
 use crate::ExitStatus;
@@ -161,6 +162,19 @@ pub fn deliberate_fault() {
     // init_memory, so this store raises #PF and never returns; if it were
     // mapped it would only clobber an unused page of .bss.
     unsafe { core::ptr::write_volatile(guard as *mut u64, 0xdead) };
+}
+
+/// Ends the run with a chosen emulator exit status (a guest's own exit code,
+/// `exitcode=guest`). isa-debug-exit can only produce odd statuses
+/// (`(v << 1) | 1`): an even `status` comes out as `status | 1`.
+pub fn exit_with_status(status: u8, method: ExitMethod) -> ! {
+    devices::serial_flush();
+    if method == ExitMethod::DebugExit {
+        // SAFETY: the command line said exit=debugexit, i.e. port 0xF4 is
+        // QEMU's isa-debug-exit device.
+        unsafe { devices::debug_exit(u32::from(status >> 1)) };
+    }
+    instr::halt_forever()
 }
 
 pub fn exit(status: ExitStatus, method: ExitMethod) -> ! {

@@ -1,0 +1,351 @@
+//! Creates the VMs handed over at boot and runs them.
+//!
+//! VMs come from the boot modules: a `vms.cpio` bundle (cpio newc: guest
+//! images plus `vms.conf`, see `vmm::config`) or plain modules whose command
+//! line is `<path> [name=..] [mem=MiB] [smp=N] [append="..."]`. Each VM gets
+//! its RAM as one physically contiguous, zeroed range from the frame
+//! allocator, its own stage-2 tables and vCPUs from the arch backend
+//! (`platform::virt`), and all VMs run round-robin on the boot CPU.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use boot::frame::FrameAllocator;
+use boot::{cpio, BootInfo};
+use vmm::backend::GuestArch;
+use vmm::backend::Vcpu as _;
+use vmm::config::{self, VmSpec};
+use vmm::devices::ConsoleSink;
+use vmm::mem::{Backing, MemError};
+use vmm::vm::{Flow, Vm, VmConfig};
+
+use crate::platform::virt;
+
+#[cfg(target_arch = "x86_64")]
+const GUEST_ARCH: GuestArch = GuestArch::X86_64;
+#[cfg(target_arch = "aarch64")]
+const GUEST_ARCH: GuestArch = GuestArch::Aarch64;
+
+/// Exits handled per vCPU before the next vCPU gets the CPU. There is no
+/// timer preemption yet: a guest that never exits keeps the CPU.
+const SLICE_EXITS: u64 = 256;
+/// All VMs run on the boot CPU until SMP scheduling lands.
+const BOOT_CPU: u32 = 0;
+/// Guest RAM is 2 MiB aligned so stage 2 can use 2 MiB blocks.
+const RAM_ALIGN: u64 = 2 << 20;
+
+/// One VM spec with the image it boots.
+struct Pending {
+    spec: VmSpec,
+    image: &'static [u8],
+}
+
+/// How the run of all VMs ended.
+pub enum Outcome {
+    /// There was nothing to run.
+    NoVms,
+    /// Every VM stopped; the first VM's exit code (None if it crashed).
+    AllStopped {
+        first_code: Option<u64>,
+        crashed: usize,
+    },
+    /// A VM could not be created or the hardware cannot run VMs.
+    Error,
+}
+
+/// Host access to one VM's RAM frames, which the kernel maps 1:1.
+/// Checks every access against the VM's own range (defence in depth below
+/// `vmm::mem`'s guest-physical checks).
+struct HostFrames {
+    base: u64,
+    len: u64,
+}
+
+impl HostFrames {
+    fn check(&self, hpa: u64, len: usize) -> Result<(), MemError> {
+        let end = hpa
+            .checked_add(len as u64)
+            .ok_or(MemError::Backing { hpa })?;
+        if hpa < self.base || end > self.base + self.len {
+            return Err(MemError::Backing { hpa });
+        }
+        Ok(())
+    }
+}
+
+impl Backing for HostFrames {
+    fn read(&self, hpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.check(hpa, buf.len())?;
+        // SAFETY: [hpa, hpa+len) lies inside this VM's RAM, which the frame
+        // allocator gave to this VM alone and the kernel maps 1:1 as normal
+        // memory; `buf` is a distinct kernel buffer.
+        unsafe { core::ptr::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&mut self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.check(hpa, data.len())?;
+        // SAFETY: as in `read`; the range belongs to this VM only.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), hpa as *mut u8, data.len()) };
+        Ok(())
+    }
+}
+
+/// Guest console lines go to the hypervisor console, prefixed with the VM name.
+struct Console;
+
+impl ConsoleSink for Console {
+    fn line(&self, vm: &str, line: &str) {
+        log::info!("[{vm}] {line}");
+    }
+}
+
+/// A boot module as a byte slice.
+fn module_bytes(m: &boot::Module) -> &'static [u8] {
+    let len = m.end.saturating_sub(m.start) as usize;
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: boot modules are reserved (`MemoryKind::BootModule`) in the
+    // memory map, so the frame allocator never hands them out and nothing
+    // writes them; all RAM is mapped 1:1, so the range is readable for the
+    // kernel's whole lifetime.
+    unsafe { core::slice::from_raw_parts(m.start as *const u8, len) }
+}
+
+/// Collects the VM specs from the boot modules. Errors are reported and the
+/// offending module or line is skipped: one bad VM must not stop the others.
+fn collect(info: &BootInfo) -> (Vec<Pending>, usize) {
+    let mut out = Vec::new();
+    let mut errors = 0;
+    for m in info.modules() {
+        let data = module_bytes(m);
+        let label = m.name.as_str();
+        if cpio::is_cpio(data) {
+            let conf = match cpio::find(data, "vms.conf") {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    log::error!("module {label:?}: cpio bundle without vms.conf");
+                    errors += 1;
+                    continue;
+                }
+                Err(e) => {
+                    log::error!("module {label:?}: bad cpio bundle: {e:?}");
+                    errors += 1;
+                    continue;
+                }
+            };
+            let Ok(conf) = core::str::from_utf8(conf) else {
+                log::error!("module {label:?}: vms.conf is not UTF-8");
+                errors += 1;
+                continue;
+            };
+            for (n, line) in conf.lines().enumerate() {
+                match config::parse_conf_line(line) {
+                    Ok(None) => {}
+                    Ok(Some(spec)) => match cpio::find(data, &spec.kernel) {
+                        Ok(Some(image)) => out.push(Pending { spec, image }),
+                        _ => {
+                            log::error!(
+                                "vms.conf:{}: kernel {:?} not in the bundle",
+                                n + 1,
+                                spec.kernel
+                            );
+                            errors += 1;
+                        }
+                    },
+                    Err(e) => {
+                        log::error!("vms.conf:{}: {e}", n + 1);
+                        errors += 1;
+                    }
+                }
+            }
+        } else {
+            match config::parse_module_line(label) {
+                Ok(spec) => out.push(Pending { spec, image: data }),
+                Err(e) => {
+                    log::error!("module {label:?}: {e}");
+                    errors += 1;
+                }
+            }
+        }
+    }
+    (out, errors)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum VcpuState {
+    Runnable,
+    Halted,
+    Off,
+}
+
+struct Slot {
+    vm: Vm<HostFrames>,
+    vcpus: Vec<(virt::Vcpu, VcpuState)>,
+    /// Kept alive as long as the VM: the vCPUs run on these tables.
+    _s2: virt::Stage2,
+    done: bool,
+}
+
+fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot, String> {
+    use alloc::format;
+    let mem = p.spec.mem_mib << 20;
+    let ram = frames
+        .alloc_contiguous(mem, RAM_ALIGN)
+        .ok_or_else(|| format!("no {} MiB of contiguous RAM left", p.spec.mem_mib))?;
+    // SAFETY: [ram, ram+mem) was just taken from the frame allocator for this
+    // VM alone and is mapped 1:1; zeroing it keeps earlier contents (of the
+    // hypervisor or of other guests) from leaking into the guest.
+    unsafe { core::ptr::write_bytes(ram as *mut u8, 0, mem as usize) };
+    let mut cfg = VmConfig::new(&p.spec.name, GUEST_ARCH, mem, p.image);
+    cfg.vcpus = p.spec.vcpus;
+    cfg.cmdline = &p.spec.cmdline;
+    let mut s2 = virt::new_stage2(frames, index, cfg.addr_bits).map_err(String::from)?;
+    let backing = HostFrames {
+        base: ram,
+        len: mem,
+    };
+    let sink: Arc<dyn ConsoleSink> = Arc::new(Console);
+    let policy = virt::exit_policy(index, cfg.vcpus);
+    let mut vm =
+        Vm::new(&cfg, backing, ram, &mut s2, sink, policy).map_err(|e| format!("{e:?}"))?;
+    let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
+    for i in 0..cfg.vcpus {
+        let vcpu = virt::new_vcpu(frames, &s2, index, i).map_err(String::from)?;
+        vcpus.push((vcpu, VcpuState::Off));
+    }
+    vm.start_vcpu(0, &mut vcpus[0].0)
+        .map_err(|e| format!("{e:?}"))?;
+    vcpus[0].1 = VcpuState::Runnable;
+    log::info!(
+        "vm {}: {} MiB at {:#x}, {} vCPU(s), {:?} kernel, entry {:#x}",
+        p.spec.name,
+        p.spec.mem_mib,
+        ram,
+        cfg.vcpus,
+        vm.kernel_format(),
+        vm.boot_state().pc
+    );
+    Ok(Slot {
+        vm,
+        vcpus,
+        _s2: s2,
+        done: false,
+    })
+}
+
+/// Runs one round-robin pass over the slot's runnable vCPUs.
+fn run_slot(slot: &mut Slot) {
+    let Slot { vm, vcpus, .. } = slot;
+    for i in 0..vcpus.len() {
+        if vcpus[i].1 != VcpuState::Runnable {
+            continue;
+        }
+        // Bind around each slice: VMX allows one current VMCS per CPU, and
+        // a later scheduler may move vCPUs between CPUs (rule `tlb_tag`).
+        if let Err(e) = vcpus[i].0.bind(BOOT_CPU) {
+            log::error!("vm {}: vCPU {i} cannot bind: {e:?}", vm.name());
+            vcpus[i].1 = VcpuState::Off;
+            continue;
+        }
+        let flow = vm.run(i as u32, &mut vcpus[i].0, SLICE_EXITS);
+        let _ = vcpus[i].0.unbind();
+        match flow {
+            Flow::Continue | Flow::Yield => {}
+            Flow::Halt => vcpus[i].1 = VcpuState::Halted,
+            Flow::VcpuOff => vcpus[i].1 = VcpuState::Off,
+            Flow::StartVcpu { index } => {
+                let target = index as usize;
+                match vcpus.get_mut(target) {
+                    Some((vcpu, state)) => match vm.start_vcpu(index, vcpu) {
+                        Ok(()) => *state = VcpuState::Runnable,
+                        Err(e) => log::warn!("vm {}: cannot start vCPU {index}: {e:?}", vm.name()),
+                    },
+                    None => log::warn!("vm {}: no vCPU {index}", vm.name()),
+                }
+            }
+            Flow::Stopped => return,
+        }
+    }
+}
+
+/// Creates every VM from the boot modules and runs them until all stopped.
+pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
+    let (pending, mut errors) = collect(info);
+    if pending.is_empty() {
+        return if errors > 0 {
+            Outcome::Error
+        } else {
+            Outcome::NoVms
+        };
+    }
+    if let Err(msg) = virt::virt_init(frames) {
+        log::error!("cannot run VMs: {msg}");
+        return Outcome::Error;
+    }
+    let mut slots = Vec::new();
+    for (i, p) in pending.iter().enumerate() {
+        match create(i, p, frames) {
+            Ok(s) => slots.push(s),
+            Err(e) => {
+                log::error!("vm {}: not created: {e}", p.spec.name);
+                errors += 1;
+            }
+        }
+    }
+    if errors > 0 {
+        log::error!("{errors} VM(s) could not be set up; not running any");
+        return Outcome::Error;
+    }
+    log::info!("running {} VM(s)", slots.len());
+    loop {
+        let mut active = 0;
+        for slot in slots.iter_mut().filter(|s| !s.done) {
+            run_slot(slot);
+            if let Some(stop) = slot.vm.stop() {
+                slot.done = true;
+                let code = stop.reason.exit_code();
+                match code {
+                    Some(c) => log::info!(
+                        "vm {}: stopped: {} (exit code {c})",
+                        slot.vm.name(),
+                        stop.reason
+                    ),
+                    None => log::warn!("vm {}: stopped: {}", slot.vm.name(), stop.reason),
+                }
+                if let Some(report) = &stop.report {
+                    log::warn!("vm {}: registers: {report}", slot.vm.name());
+                }
+            } else if slot.vcpus.iter().all(|(_, s)| *s != VcpuState::Runnable) {
+                // No interrupt sources exist yet, so nothing can wake it.
+                slot.done = true;
+                log::warn!(
+                    "vm {}: stopped: all vCPUs halted with nothing to wake them",
+                    slot.vm.name()
+                );
+            } else {
+                active += 1;
+            }
+        }
+        if active == 0 {
+            break;
+        }
+    }
+    let crashed = slots
+        .iter()
+        .filter(|s| s.vm.stop().is_none_or(|st| st.reason.is_crash()))
+        .count();
+    let first_code = slots[0].vm.stop().and_then(|s| s.reason.exit_code());
+    log::info!("all {} VM(s) stopped ({crashed} crashed)", slots.len());
+    Outcome::AllStopped {
+        first_code,
+        crashed,
+    }
+}
+
+/// Exit status for `exitcode=guest`: the guest's code, or 0xff if it crashed.
+pub fn guest_status(first_code: Option<u64>) -> u8 {
+    first_code.map_or(0xff, |c| c as u8)
+}

@@ -1,0 +1,296 @@
+//! VM specifications as the hypervisor receives them at boot.
+//!
+//! Two sources, one syntax of `key=value` words (values may be
+//! double-quoted to hold spaces; no escapes):
+//! - a line of `vms.conf` inside the `vms.cpio` bundle:
+//!   `name=web kernel=web.elf mem=64 smp=1 append="console=ttyS0"`
+//!   (`#` starts a comment line; blank lines are ignored);
+//! - the command line of a plain boot module, whose first word is the file
+//!   itself: `/boot/web.elf name=web mem=64`.
+//!
+//! Keys: `name` (1-32 of `[A-Za-z0-9._-]`; default: the kernel file name
+//! without directory and extension), `kernel` (file in the bundle;
+//! required in vms.conf), `mem` (MiB, default 64), `smp` (vCPUs, default 1),
+//! `append` (the guest's command line). Unknown keys are errors: a typo
+//! must not silently give a VM other resources than asked for.
+
+use alloc::string::String;
+
+pub const DEFAULT_MEM_MIB: u64 = 64;
+/// Upper bound on one VM's RAM accepted from a spec (the VM layer and the
+/// frame allocator apply the real limits).
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    pub name: String,
+    pub kernel: String,
+    pub mem_mib: u64,
+    pub vcpus: u32,
+    pub cmdline: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A word without `=` or with an unknown key.
+    UnknownKey(String),
+    /// A value that does not parse (key, value).
+    BadValue(&'static str, String),
+    /// A quoted value without its closing quote.
+    UnterminatedQuote,
+    /// vms.conf line without `kernel=`.
+    MissingKernel,
+    /// The same key twice on one line.
+    Duplicate(&'static str),
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::UnknownKey(w) => write!(f, "unknown option {w:?}"),
+            ConfigError::BadValue(k, v) => write!(f, "bad value {v:?} for {k}"),
+            ConfigError::UnterminatedQuote => write!(f, "unterminated quote"),
+            ConfigError::MissingKernel => write!(f, "missing kernel=FILE"),
+            ConfigError::Duplicate(k) => write!(f, "{k} given twice"),
+        }
+    }
+}
+
+/// Splits `key=value` / `key="quoted value"` words.
+fn words(line: &str) -> impl Iterator<Item = Result<(&str, &str), ConfigError>> {
+    let mut rest = line;
+    core::iter::from_fn(move || {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest
+            .find(|c: char| c.is_ascii_whitespace() || c == '=')
+            .unwrap_or(rest.len());
+        let key = &rest[..end];
+        rest = &rest[end..];
+        let Some(after_eq) = rest.strip_prefix('=') else {
+            return Some(Err(ConfigError::UnknownKey(key.into())));
+        };
+        let value;
+        if let Some(quoted) = after_eq.strip_prefix('"') {
+            let Some(close) = quoted.find('"') else {
+                rest = "";
+                return Some(Err(ConfigError::UnterminatedQuote));
+            };
+            value = &quoted[..close];
+            rest = &quoted[close + 1..];
+        } else {
+            let end = after_eq
+                .find(|c: char| c.is_ascii_whitespace())
+                .unwrap_or(after_eq.len());
+            value = &after_eq[..end];
+            rest = &after_eq[end..];
+        }
+        Some(Ok((key, value)))
+    })
+}
+
+/// The default VM name for a kernel path: file name without extension,
+/// characters outside `[A-Za-z0-9._-]` replaced by `_`, at most 32 bytes.
+pub fn default_name(kernel: &str) -> String {
+    let file = kernel.rsplit('/').next().unwrap_or(kernel);
+    let stem = match file.rfind('.') {
+        Some(i) if i > 0 => &file[..i],
+        _ => file,
+    };
+    let mut name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    if name.is_empty() {
+        name.push_str("vm");
+    }
+    name
+}
+
+fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<(), ConfigError> {
+    let mut seen = [false; 5];
+    for w in words(words_of) {
+        let (key, value) = w?;
+        let (slot, key) = match key {
+            "name" => (0, "name"),
+            "kernel" => (1, "kernel"),
+            "mem" => (2, "mem"),
+            "smp" => (3, "smp"),
+            "append" => (4, "append"),
+            _ => return Err(ConfigError::UnknownKey(key.into())),
+        };
+        if core::mem::replace(&mut seen[slot], true) {
+            return Err(ConfigError::Duplicate(key));
+        }
+        match key {
+            "name" => spec.name = value.into(),
+            "kernel" => {
+                if value.is_empty() {
+                    return Err(ConfigError::BadValue("kernel", value.into()));
+                }
+                spec.kernel = value.into();
+                *seen_kernel = true;
+            }
+            "mem" => {
+                spec.mem_mib = value
+                    .parse()
+                    .ok()
+                    .filter(|m| (1..=MAX_MEM_MIB).contains(m))
+                    .ok_or_else(|| ConfigError::BadValue("mem", value.into()))?
+            }
+            "smp" => {
+                spec.vcpus = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| ConfigError::BadValue("smp", value.into()))?
+            }
+            _ => spec.cmdline = value.into(),
+        }
+    }
+    Ok(())
+}
+
+fn empty_spec() -> VmSpec {
+    VmSpec {
+        name: String::new(),
+        kernel: String::new(),
+        mem_mib: DEFAULT_MEM_MIB,
+        vcpus: 1,
+        cmdline: String::new(),
+    }
+}
+
+/// Parses one `vms.conf` line; `Ok(None)` for blank and comment lines.
+pub fn parse_conf_line(line: &str) -> Result<Option<VmSpec>, ConfigError> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let mut spec = empty_spec();
+    let mut has_kernel = false;
+    apply(&mut spec, line, &mut has_kernel)?;
+    if !has_kernel {
+        return Err(ConfigError::MissingKernel);
+    }
+    if spec.name.is_empty() {
+        spec.name = default_name(&spec.kernel);
+    }
+    Ok(Some(spec))
+}
+
+/// Parses a boot module's command line: `<path> [key=value ...]`.
+pub fn parse_module_line(line: &str) -> Result<VmSpec, ConfigError> {
+    let line = line.trim();
+    let (path, opts) = line
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .unwrap_or((line, ""));
+    let mut spec = empty_spec();
+    spec.kernel = path.into();
+    let mut has_kernel = false;
+    apply(&mut spec, opts, &mut has_kernel)?;
+    if spec.name.is_empty() {
+        spec.name = default_name(&spec.kernel);
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_lines() {
+        assert_eq!(parse_conf_line("  # comment").unwrap(), None);
+        assert_eq!(parse_conf_line("").unwrap(), None);
+        let s =
+            parse_conf_line(r#"name=web kernel=web.elf mem=32 smp=2 append="console=ttyS0 quiet""#)
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            s,
+            VmSpec {
+                name: "web".into(),
+                kernel: "web.elf".into(),
+                mem_mib: 32,
+                vcpus: 2,
+                cmdline: "console=ttyS0 quiet".into()
+            }
+        );
+        let s = parse_conf_line("kernel=guests/hello.elf").unwrap().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.mem_mib, s.vcpus),
+            ("hello", DEFAULT_MEM_MIB, 1)
+        );
+    }
+
+    #[test]
+    fn conf_errors_are_reported_not_guessed() {
+        assert_eq!(parse_conf_line("name=a"), Err(ConfigError::MissingKernel));
+        assert_eq!(
+            parse_conf_line("kernel=a memory=3"),
+            Err(ConfigError::UnknownKey("memory".into()))
+        );
+        assert_eq!(
+            parse_conf_line("kernel=a mem=0"),
+            Err(ConfigError::BadValue("mem", "0".into()))
+        );
+        assert_eq!(
+            parse_conf_line("kernel=a mem=-1"),
+            Err(ConfigError::BadValue("mem", "-1".into()))
+        );
+        assert_eq!(
+            parse_conf_line("kernel=a smp=0"),
+            Err(ConfigError::BadValue("smp", "0".into()))
+        );
+        assert_eq!(
+            parse_conf_line("kernel=a smp=99999999999"),
+            Err(ConfigError::BadValue("smp", "99999999999".into()))
+        );
+        assert_eq!(
+            parse_conf_line(r#"kernel=a append="x"#),
+            Err(ConfigError::UnterminatedQuote)
+        );
+        assert_eq!(
+            parse_conf_line("kernel=a kernel=b"),
+            Err(ConfigError::Duplicate("kernel"))
+        );
+        assert_eq!(
+            parse_conf_line("kernel=a bare"),
+            Err(ConfigError::UnknownKey("bare".into()))
+        );
+        assert_eq!(
+            parse_conf_line("kernel="),
+            Err(ConfigError::BadValue("kernel", "".into()))
+        );
+    }
+
+    #[test]
+    fn module_lines() {
+        let s = parse_module_line("/boot/guest-1.elf mem=16 append=\"a b\"").unwrap();
+        assert_eq!(
+            (
+                s.kernel.as_str(),
+                s.name.as_str(),
+                s.mem_mib,
+                s.cmdline.as_str()
+            ),
+            ("/boot/guest-1.elf", "guest-1", 16, "a b")
+        );
+        let s = parse_module_line("weird name!.bin").unwrap_err();
+        assert_eq!(s, ConfigError::UnknownKey("name!.bin".into()));
+        assert_eq!(default_name("/x/we ird$.elf"), "we_ird_");
+        assert_eq!(default_name(".hidden"), ".hidden");
+        assert_eq!(default_name(""), "vm");
+        assert_eq!(default_name(&"a".repeat(100)).len(), 32);
+    }
+}
