@@ -221,7 +221,7 @@ boot_pd:    .skip 4 * 4096
     .global __boot_stack_guard, __boot_stack_top
     .global __ist_df_guard, __ist_df_top, __ist_nmi_guard, __ist_nmi_top, __ist_mc_guard, __ist_mc_top
 __boot_stack_guard: .skip 4096
-    .skip 64 * 1024
+    .skip 256 * 1024  /* BootInfo (~12 KiB) is moved by value a few times in debug builds */
 __boot_stack_top:
 __ist_df_guard:     .skip 4096
     .skip 16 * 1024
