@@ -1003,6 +1003,186 @@ impl Format for Aarch64Stage1 {
     }
 }
 
+// ---------------------------------------------------------------------------
+// VMSAv8-64 stage 2 (EL1&0 regime, VTCR_EL2/VTTBR_EL2), 4 KiB granule.
+// Arm ARM D8.3 (descriptors), D8.4.2 (stage 2 permissions, S2AP/XN),
+// D8.6.5 (stage 2 memory attributes, MemAttr), D8.2.6 (initial lookup level
+// and concatenated tables).
+
+/// arm64 stage-2 tables for one VM: IPA → PA.
+///
+/// The geometry is a run-time property (rule `s2_levels`): see
+/// [`Aarch64Stage2::new`]. Memory attributes are encoded directly in the
+/// descriptor (MemAttr[3:0], no MAIR): Normal Inner/Outer Write-Back for RAM,
+/// Device-nGnRE for pass-through device memory. Stage 2 has no privilege
+/// levels (`user` is refused) and no global bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Aarch64Stage2 {
+    ipa_bits: u32,
+    levels: usize,
+    pa_bits: u32,
+}
+
+impl Aarch64Stage2 {
+    pub const VALID: u64 = 1 << 0;
+    /// Bit 1: table (levels 0-2) or page (level 3); clear for a block.
+    pub const TABLE_OR_PAGE: u64 = 1 << 1;
+    pub const MEMATTR_SHIFT: u32 = 2;
+    pub const MEMATTR_MASK: u64 = 0b1111 << 2;
+    /// MemAttr 0b1111: Normal, Outer Write-Back, Inner Write-Back.
+    pub const MEMATTR_NORMAL_WB: u64 = 0b1111;
+    /// MemAttr 0b0001: Device-nGnRE.
+    pub const MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
+    /// S2AP[0] (bit 6): reads allowed.
+    pub const S2AP_R: u64 = 1 << 6;
+    /// S2AP[1] (bit 7): writes allowed.
+    pub const S2AP_W: u64 = 1 << 7;
+    pub const SH_INNER: u64 = 0b11 << 8;
+    pub const AF: u64 = 1 << 10;
+    /// XN[1] (bit 54) with XN[0] (bit 53) = 0: execute-never at EL1 and EL0.
+    pub const XN: u64 = 1 << 54;
+    /// Output-address bits 47:12.
+    pub const ADDR: u64 = 0x0000_ffff_ffff_f000;
+
+    /// Largest IPA size these descriptors can express with a 4 KiB granule
+    /// (52-bit IPAs need FEAT_LPA2 descriptors).
+    pub const MAX_IPA_BITS: u32 = 48;
+    /// Smallest IPA size accepted (the smallest PARange, 32 bits).
+    pub const MIN_IPA_BITS: u32 = 32;
+
+    /// Stage-2 geometry for `ipa_bits` of IPA and output addresses of
+    /// `pa_bits` (the CPU's PARange, capped at 48).
+    ///
+    /// Rule `s2_levels` (Arm ARM D8.2.6, as KVM's `stage2_pgtable_levels`):
+    /// with a 4 KiB granule each level resolves 9 bits and the page offset
+    /// 12; the initial level may resolve up to 4 more bits by concatenating
+    /// up to 16 tables. So the fewest levels that cover `ipa_bits` are
+    /// `levels = (ipa_bits - 12 - 4 + 8) / 9 = (ipa_bits - 8) / 9`, i.e.
+    /// 32-34 bits: 2 levels (start at level 2, 4-16 tables); 35-43 bits:
+    /// 3 levels (level 1, 1-16 tables); 44-48 bits: 4 levels (level 0, one
+    /// table of 32-512 entries).
+    pub const fn new(ipa_bits: u32, pa_bits: u32) -> Option<Self> {
+        if ipa_bits < Self::MIN_IPA_BITS || ipa_bits > Self::MAX_IPA_BITS {
+            return None;
+        }
+        if pa_bits < Self::MIN_IPA_BITS || pa_bits > Self::MAX_IPA_BITS {
+            return None;
+        }
+        Some(Self {
+            ipa_bits,
+            levels: ((ipa_bits - 8) / 9) as usize,
+            pa_bits,
+        })
+    }
+
+    /// The lookup level the walk starts at (0, 1 or 2).
+    pub const fn start_level(&self) -> usize {
+        4 - self.levels
+    }
+
+    /// Number of concatenated tables at the initial level (1..=16).
+    pub const fn root_tables(&self) -> usize {
+        let root_bits = self.ipa_bits - (12 + 9 * (self.levels as u32 - 1));
+        if root_bits <= 9 {
+            1
+        } else {
+            1 << (root_bits - 9)
+        }
+    }
+
+    /// VTCR_EL2.SL0 for the start level with a 4 KiB granule (Arm ARM
+    /// D19.2 VTCR_EL2: 0b00 = level 2, 0b01 = level 1, 0b10 = level 0).
+    pub const fn sl0(&self) -> u64 {
+        (2 - self.start_level()) as u64
+    }
+
+    pub const fn ipa_bits(&self) -> u32 {
+        self.ipa_bits
+    }
+}
+
+impl Format for Aarch64Stage2 {
+    fn levels(&self) -> usize {
+        self.levels
+    }
+    fn input_bits(&self) -> u32 {
+        self.ipa_bits
+    }
+    fn output_bits(&self) -> u32 {
+        self.pa_bits
+    }
+    fn leaf_allowed(&self, height: usize) -> bool {
+        // Pages at level 3, blocks at levels 1 and 2 (1 GiB, 2 MiB).
+        height <= 2
+    }
+    fn check_attrs(&self, attrs: &Attrs) -> Result<(), MapError> {
+        if attrs.user || attrs.global {
+            Err(MapError::UnsupportedAttrs)
+        } else {
+            Ok(())
+        }
+    }
+    fn table_entry(&self, _height: usize, table_pa: u64) -> u64 {
+        (table_pa & Self::ADDR) | Self::TABLE_OR_PAGE | Self::VALID
+    }
+    fn leaf_entry(&self, height: usize, pa: u64, a: &Attrs) -> u64 {
+        let mut e = (pa & Self::ADDR) | Self::VALID | Self::AF | Self::SH_INNER;
+        if height == 0 {
+            e |= Self::TABLE_OR_PAGE;
+        }
+        let mem = match a.mem {
+            MemType::Normal => Self::MEMATTR_NORMAL_WB,
+            MemType::Device => Self::MEMATTR_DEVICE_NGNRE,
+        };
+        e |= mem << Self::MEMATTR_SHIFT;
+        if a.read {
+            e |= Self::S2AP_R;
+        }
+        if a.write {
+            e |= Self::S2AP_W;
+        }
+        if !a.execute {
+            e |= Self::XN;
+        }
+        e
+    }
+    fn decode(&self, height: usize, e: u64) -> Desc {
+        if e & Self::VALID == 0 {
+            return Desc::Invalid;
+        }
+        let bit1 = e & Self::TABLE_OR_PAGE != 0;
+        match height {
+            0 if bit1 => Desc::Leaf(e & Self::ADDR),
+            1 | 2 if bit1 => Desc::Table(e & Self::ADDR),
+            1 | 2 => {
+                let low = (1u64 << shift(height)) - 1;
+                if e & Self::ADDR & low != 0 {
+                    Desc::Reserved
+                } else {
+                    Desc::Leaf(e & Self::ADDR & !low)
+                }
+            }
+            3 if bit1 => Desc::Table(e & Self::ADDR),
+            _ => Desc::Reserved,
+        }
+    }
+    fn leaf_attrs(&self, _height: usize, e: u64) -> Attrs {
+        let mem = (e & Self::MEMATTR_MASK) >> Self::MEMATTR_SHIFT;
+        Attrs {
+            read: e & Self::S2AP_R != 0,
+            write: e & Self::S2AP_W != 0,
+            execute: e & Self::XN == 0,
+            user: false,
+            mem: if mem == Self::MEMATTR_NORMAL_WB {
+                MemType::Normal
+            } else {
+                MemType::Device
+            },
+            global: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1941,10 +2121,9 @@ mod tests {
             for off in (0..sz.bytes()).step_by(K4 as usize) {
                 let (q, b) = model[&(va + off)];
                 assert_eq!(q, pa + off);
-                let mut b = b;
-                if fmt_is_arm(&fmt) {
-                    b.global = true;
-                }
+                // What the format can express of the requested attributes
+                // (Arm stage 1 is always global, stage 2 never).
+                let b = fmt.leaf_attrs(0, fmt.leaf_entry(0, 0, &b));
                 assert_eq!(b, a);
                 seen += 1;
             }
@@ -1968,5 +2147,131 @@ mod tests {
         for seed in 1..6u64 {
             inv_s2_block_random(Aarch64Stage1, seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
         }
+    }
+    fn s2(ipa: u32) -> Aarch64Stage2 {
+        Aarch64Stage2::new(ipa, 48).unwrap()
+    }
+
+    #[test]
+    fn inv_s2_block_random_arm64_stage2() {
+        for (i, ipa) in [32u32, 36, 40, 44, 48].into_iter().enumerate() {
+            inv_s2_block_random(s2(ipa), (i as u64 + 7).wrapping_mul(0x5851_f42d_4c95_7f2d));
+        }
+    }
+
+    /// Rule s2_block on stage 2: a region whose IPA and PA are not equally
+    /// 2 MiB aligned gets only 4 KiB pages; an aligned one gets blocks only
+    /// where the whole block is inside the region.
+    #[test]
+    fn inv_s2_block_stage2_alignment() {
+        let mut w = World::new(s2(40));
+        // IPA 1 GiB + 4 KiB → PA 2 MiB + 8 KiB: never equally aligned.
+        w.map(G1 + K4, M2 + 2 * K4, 4 * M2, Attrs::RWX, PageSize::Size1G)
+            .unwrap();
+        assert_eq!(w.sizes(), [2048, 0, 0]);
+        let mut w = World::new(s2(40));
+        // Equally aligned but starting 4 KiB into a block: head/tail pages.
+        w.map(G1 + K4, 3 * G1 + K4, 2 * M2, Attrs::RWX, PageSize::Size1G)
+            .unwrap();
+        assert_eq!(w.sizes(), [512, 1, 0]);
+        let mut w = World::new(s2(40));
+        w.map(G1, 5 * M2, 3 * M2, Attrs::RWX, PageSize::Size1G)
+            .unwrap();
+        assert_eq!(w.sizes(), [0, 3, 0]);
+        let mut w = World::new(s2(40));
+        w.map(G1, 2 * G1, G1 + M2, Attrs::RWX, PageSize::Size1G)
+            .unwrap();
+        assert_eq!(w.sizes(), [0, 1, 1]);
+    }
+
+    /// Rule s2_levels over every IPA size: fewest levels with at most 16
+    /// concatenated initial tables, SL0 matching the start level.
+    #[test]
+    fn inv_s2_levels_geometry_every_ipa_size() {
+        for ipa in 32..=48u32 {
+            let f = s2(ipa);
+            let levels = f.levels();
+            let root_bits = ipa - (12 + 9 * (levels as u32 - 1));
+            assert!(root_bits <= 13, "ipa {ipa}: root resolves {root_bits} bits");
+            // One level fewer would need more than 16 concatenated tables.
+            assert!(
+                ipa - (12 + 9 * (levels as u32 - 2)) > 13,
+                "ipa {ipa}: {levels} levels is not the minimum"
+            );
+            assert_eq!(f.root_tables(), 1 << root_bits.saturating_sub(9));
+            assert_eq!(f.start_level(), 4 - levels);
+            assert_eq!(f.sl0(), 2 - f.start_level() as u64);
+            let expect = match ipa {
+                32..=34 => (2, 2),
+                35..=43 => (3, 1),
+                _ => (4, 0),
+            };
+            assert_eq!((levels, f.start_level()), expect, "ipa {ipa}");
+            // The walker agrees: the root is that many tables, the last IPA
+            // maps and the first one beyond is refused (rule ipa_size).
+            let mut w = World::with_frames(f, 40);
+            assert_eq!(w.pt.root() % (f.root_tables() as u64 * K4), 0);
+            let last = (1u64 << ipa) - K4;
+            w.map(last, 0x1000, K4, Attrs::RW, PageSize::Size4K)
+                .unwrap();
+            assert_eq!(w.tr(last + 0xfff).unwrap().pa, 0x1fff);
+            assert_eq!(
+                w.map(1u64 << ipa, 0, K4, Attrs::RW, PageSize::Size4K),
+                Err(MapError::OutOfRange)
+            );
+        }
+        assert_eq!(Aarch64Stage2::new(31, 48), None);
+        assert_eq!(Aarch64Stage2::new(49, 48), None);
+        assert_eq!(Aarch64Stage2::new(52, 48), None);
+        assert_eq!(Aarch64Stage2::new(40, 52), None);
+        // KVM's examples: 40-bit IPA = 3 levels from level 1 with 2 tables.
+        assert_eq!((s2(40).levels(), s2(40).root_tables()), (3, 2));
+        assert_eq!((s2(44).levels(), s2(44).root_tables()), (4, 1));
+    }
+
+    #[test]
+    fn stage2_entry_bits_match_arm_arm() {
+        let f = s2(40);
+        // Page: bits[1:0] = 0b11, MemAttr[5:2] = 0b1111, S2AP[7:6] = 0b11,
+        // SH = 0b11, AF, XN[54] for non-executable.
+        let e = f.leaf_entry(0, 0x8000_0000, &Attrs::RW);
+        assert_eq!(
+            e,
+            0x8000_0000 | 0b11 | 0b1111 << 2 | 0b11 << 6 | 0b11 << 8 | 1 << 10 | 1 << 54
+        );
+        let e = f.leaf_entry(1, 0x4020_0000, &Attrs::DEVICE);
+        assert_eq!(e & 0b11, 0b01);
+        assert_eq!((e >> 2) & 0xf, 0b0001);
+        let ro = f.leaf_entry(0, 0x1000, &Attrs::RX);
+        assert_eq!((ro >> 6) & 0b11, 0b01);
+        assert_eq!(ro & (0b11 << 53), 0);
+        let none = Attrs {
+            read: false,
+            write: false,
+            ..Attrs::RW
+        };
+        assert_eq!((f.leaf_entry(0, 0x1000, &none) >> 6) & 0b11, 0);
+        for a in [Attrs::RW, Attrs::RX, Attrs::RWX, Attrs::DEVICE, none] {
+            assert_eq!(f.leaf_attrs(0, f.leaf_entry(0, 0x1000, &a)), a);
+        }
+        assert_eq!(
+            f.check_attrs(&Attrs {
+                user: true,
+                ..Attrs::RW
+            }),
+            Err(MapError::UnsupportedAttrs)
+        );
+        assert_eq!(f.table_entry(2, 0x1234_5000), 0x1234_5000 | 0b11);
+        assert_eq!(f.decode(2, 0x4000_0000 | 0b01), Desc::Leaf(0x4000_0000));
+        assert_eq!(f.decode(1, 0x20_1000 | 0b01), Desc::Reserved);
+        assert_eq!(f.decode(3, 0x4000_0000 | 0b01), Desc::Reserved);
+        // Output beyond PARange is refused.
+        let mut w = World::new(Aarch64Stage2::new(40, 40).unwrap());
+        assert_eq!(
+            w.map(0, 1 << 40, K4, Attrs::RW, PageSize::Size4K),
+            Err(MapError::OutOfRange)
+        );
+        w.map(0, (1 << 40) - K4, K4, Attrs::RW, PageSize::Size4K)
+            .unwrap();
     }
 }

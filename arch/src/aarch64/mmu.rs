@@ -161,6 +161,94 @@ mod hw {
         };
     }
 
+    /// Installs a VM's stage-2 configuration: VTCR_EL2 then VTTBR_EL2 (VMID
+    /// and root), then ISB so that no later TLB maintenance or guest entry
+    /// uses the old values (rule `arm_tlb_isb`, KVM's
+    /// `__load_stage2`/`__tlb_switch_to_guest`).
+    pub fn write_vtcr_vttbr(vtcr: u64, vttbr: u64) {
+        // SAFETY: VTCR/VTTBR only affect EL1&0 stage-2 translation, which
+        // is not in use while the hypervisor runs at EL2.
+        unsafe {
+            asm!(
+                "msr vtcr_el2, {vtcr}",
+                "msr vttbr_el2, {vttbr}",
+                "isb",
+                vtcr = in(reg) vtcr,
+                vttbr = in(reg) vttbr,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+
+    /// Writes HCR_EL2, then ISB (rule `arm_tlb_isb`: the routing and trap
+    /// controls are in effect before the next guest entry).
+    pub fn write_hcr_el2(value: u64) {
+        // SAFETY: HCR_EL2 controls EL1&0 behaviour; the hypervisor itself
+        // runs with E2H = 0, which callers never change through this.
+        unsafe { asm!("msr hcr_el2, {}", "isb", in(reg) value, options(nostack, preserves_flags)) };
+    }
+
+    /// Invalidates every stage-1 and stage-2 TLB entry of the VM whose
+    /// VTTBR_EL2 value is `vttbr` (its VMID), in the Inner Shareable
+    /// domain: table writes visible (DSB ISHST), VTTBR_EL2 selects the
+    /// VMID (then ISB, rule `arm_tlb_isb`), TLBI VMALLS12E1IS, DSB ISH,
+    /// ISB. Leaves VTTBR_EL2 = `vttbr`; the next vCPU entry writes its own.
+    pub fn flush_s2_vmid(vttbr: u64) {
+        // SAFETY: TLB invalidation only drops cached translations of the
+        // guest regime; VTTBR_EL2 is not used at EL2.
+        unsafe {
+            asm!(
+                "dsb ishst",
+                "msr vttbr_el2, {vttbr}",
+                "isb",
+                "tlbi vmalls12e1is",
+                "dsb ish",
+                "isb",
+                vttbr = in(reg) vttbr,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+
+    /// Invalidates the stage-2 entry for IPA `ipa` of the VM `vttbr`, and
+    /// then all its stage-1 entries (which may cache the combined
+    /// translation; Arm ARM D8.14.5, as KVM's `__kvm_tlb_flush_vmid_ipa`):
+    /// DSB ISHST, VTTBR + ISB, TLBI IPAS2E1IS, DSB ISH, TLBI VMALLE1IS,
+    /// DSB ISH, ISB.
+    pub fn flush_s2_ipa(vttbr: u64, ipa: u64) {
+        // SAFETY: as for `flush_s2_vmid`.
+        unsafe {
+            asm!(
+                "dsb ishst",
+                "msr vttbr_el2, {vttbr}",
+                "isb",
+                "tlbi ipas2e1is, {page}",
+                "dsb ish",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "isb",
+                vttbr = in(reg) vttbr,
+                page = in(reg) (ipa >> 12) & 0x0000_000f_ffff_ffff,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+
+    /// Invalidates all EL1&0 TLB entries of every VMID (at start-up: the
+    /// firmware may have run guests): TLBI ALLE1IS, DSB ISH, ISB.
+    pub fn flush_all_guests() {
+        // SAFETY: only guest-regime translations are dropped.
+        unsafe {
+            asm!(
+                "dsb ishst",
+                "tlbi alle1is",
+                "dsb ish",
+                "isb",
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+
     fn line_size() -> usize {
         let ctr: u64;
         // SAFETY: reading CTR_EL0 has no side effects.
@@ -324,12 +412,38 @@ mod tests {
             all.iter().any(|i| i.starts_with("msr ttbr0_el2")),
             "{blocks:?}"
         );
+        // The stage-2 sequences of the EL2 backend live here too (the one
+        // helper): VTTBR/VTCR/HCR writes and per-VMID / per-IPA TLBI.
+        for needed in [
+            "msr vttbr_el2",
+            "msr vtcr_el2",
+            "msr hcr_el2",
+            "tlbi vmalls12e1is",
+            "tlbi ipas2e1is",
+            "tlbi vmalle1is",
+            "tlbi alle1is",
+        ] {
+            assert!(
+                all.iter().any(|i| i.starts_with(needed)),
+                "missing {needed}: {blocks:?}"
+            );
+        }
         check_barriers(&blocks).unwrap();
         // The checker itself catches the bugs it is meant to catch.
         let bad = |v: &[&str]| vec![v.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
         assert!(check_barriers(&bad(&["tlbi alle2", "isb"])).is_err());
         assert!(check_barriers(&bad(&["tlbi alle2", "isb", "dsb ish"])).is_err());
         assert!(check_barriers(&bad(&["msr vttbr_el2, {}", "tlbi vmalls12e1"])).is_err());
+        assert!(check_barriers(&bad(&["msr hcr_el2, {}"])).is_err());
+        assert!(check_barriers(&bad(&[
+            "msr vttbr_el2, {}",
+            "isb",
+            "tlbi ipas2e1is, {}",
+            "dsb ish",
+            "tlbi vmalle1is",
+            "isb"
+        ]))
+        .is_err());
         assert!(check_barriers(&bad(&[
             "msr vttbr_el2, {}",
             "isb",

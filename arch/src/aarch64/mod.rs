@@ -4,6 +4,7 @@
 //! tested on the host; everything that executes privileged instructions is
 //! gated on `target_os = "none"`.
 
+pub mod el2;
 pub mod esr;
 pub mod id;
 pub mod mmu;

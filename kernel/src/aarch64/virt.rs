@@ -1,85 +1,131 @@
-//! The virtualization backend as the kernel's VM layer (`vms.rs`) sees it.
-//!
-//! PLACEHOLDER until the backend lands: every entry point reports that VMs
-//! are not supported yet, so a boot with VM modules fails clearly.
+//! The arm64 virtualization backend as the kernel's VM code sees it
+//! (`crate::vms`): EL2 set-up, per-VM stage 2, vCPUs and the exit policy.
+//! The hardware work is in `arch::aarch64::el2`.
 
 use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use arch::aarch64::el2::hw::{self, El2Stage2, El2Vcpu};
+use arch::aarch64::el2::{filter_id_reg, s2_config};
+use arch::aarch64::id::{Mmfr0, Mmfr1};
+use arch::aarch64::regs;
+use arch::paging::TableAlloc;
 use boot::frame::FrameAllocator;
-use vmm::backend::{BackendError, BootState, PhysCpu, S2Attrs, Stage2Error};
-use vmm::event::{Event, Queued};
-use vmm::exit::Exit;
-use vmm::regs::Reg;
+use vmm::exit::SysRegId;
+use vmm::vm::{ExitPolicy, UnknownExitAction};
 
-/// Uninhabited until the backend exists.
-pub enum Vcpu {}
-/// Uninhabited until the backend exists.
-pub enum Stage2 {}
+pub type Vcpu = El2Vcpu;
+pub type Stage2 = El2Stage2<FramePool>;
 
-const UNSUPPORTED: &str = "virtualization backend not implemented yet";
+/// Table frames reserved per VM for its stage-2 tables (the root comes on
+/// top). Guest RAM is one 2 MiB-aligned region, mapped with blocks, so a
+/// handful of tables suffice; the rest covers 4 KiB splits of MMIO holes.
+const POOL_FRAMES: usize = 64;
 
-pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
-    Err(UNSUPPORTED)
+/// Stage-2 table frames of one VM, taken from the frame allocator when the
+/// VM is created (the `Stage2` trait has no allocator argument).
+pub struct FramePool {
+    /// The (possibly concatenated) root, handed out once.
+    root: Option<(u64, usize)>,
+    frames: Vec<u64>,
 }
 
+impl TableAlloc for FramePool {
+    fn alloc_table(&mut self) -> Option<u64> {
+        self.frames.pop()
+    }
+    fn alloc_tables(&mut self, count: usize) -> Option<u64> {
+        match self.root {
+            Some((pa, n)) if n == count => {
+                self.root = None;
+                Some(pa)
+            }
+            _ if count == 1 => self.alloc_table(),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that we run at EL2 with a 4 KiB stage-2 granule, installs the
+/// guest-exit vectors and the EL2 controls.
+pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
+    if regs::current_el() != 2 {
+        return Err("not running at EL2 (QEMU needs -M virt,virtualization=on)");
+    }
+    let mmfr0 = Mmfr0(regs::id_aa64mmfr0_el1());
+    let mmfr1 = Mmfr1(regs::id_aa64mmfr1_el1());
+    if !mmfr0.tgran4_stage2() {
+        return Err("the CPU has no 4 KiB stage-2 granule");
+    }
+    if regs::hcr_el2() & arch::aarch64::el2::HCR_E2H != 0 {
+        return Err("HCR_EL2.E2H is set (the backend is non-VHE)");
+    }
+    hw::install_vectors();
+    log::info!(
+        "virt: arm64 EL2 backend (non-VHE): IPA up to {} bits (PARange {}), {}-bit VMIDs, \
+         HCR_EL2={:#x} for guests, GIC not virtualized",
+        mmfr0.pa_bits().map_or(0, |b| b.min(48)),
+        mmfr0.pa_range(),
+        mmfr1.vmid_bits().unwrap_or(8),
+        arch::aarch64::el2::HCR_EL2_GUEST
+    );
+    Ok(())
+}
+
+/// Empty stage-2 tables for VM `vm_index` (VMID `vm_index + 1`), IPA of
+/// `addr_bits` (refused if the CPU cannot do it, rule `ipa_size`).
 pub fn new_stage2(
-    _frames: &mut FrameAllocator,
-    _vm: usize,
-    _addr_bits: u32,
+    frames: &mut FrameAllocator,
+    vm_index: usize,
+    addr_bits: u32,
 ) -> Result<Stage2, &'static str> {
-    Err(UNSUPPORTED)
+    let vmid_bits = u32::from(Mmfr1(regs::id_aa64mmfr1_el1()).vmid_bits().unwrap_or(8));
+    let vmid = u32::try_from(vm_index + 1).map_err(|_| "too many VMs")?;
+    let cfg =
+        s2_config(addr_bits, regs::id_aa64mmfr0_el1(), vmid_bits, vmid).map_err(|e| e.message())?;
+    let n = cfg.format.root_tables();
+    let root = frames
+        .alloc_contiguous(n as u64 * 4096, n as u64 * 4096)
+        .ok_or("no memory for the stage-2 root")?;
+    let mut pool = Vec::with_capacity(POOL_FRAMES);
+    for _ in 0..POOL_FRAMES {
+        pool.push(frames.alloc_frame().ok_or("no memory for stage-2 tables")?);
+    }
+    El2Stage2::new(
+        cfg,
+        FramePool {
+            root: Some((root, n)),
+            frames: pool,
+        },
+    )
+    .map_err(|_| "cannot build the stage-2 root")
 }
 
 pub fn new_vcpu(
     _frames: &mut FrameAllocator,
     s2: &Stage2,
-    _vm: usize,
-    _vcpu: u32,
+    _vm_index: usize,
+    vcpu_index: u32,
 ) -> Result<Vcpu, &'static str> {
-    match *s2 {}
+    El2Vcpu::new(s2.config(), s2.root(), vcpu_index)
 }
 
-pub fn exit_policy(_vm: usize, _vcpus: u32) -> Box<dyn vmm::vm::ExitPolicy> {
-    Box::new(vmm::vm::DenyAll)
-}
+/// The arm64 exit policy: the ID registers (trapped by HCR_EL2.TID3) read
+/// as the hardware's with unvirtualized features hidden; every other
+/// trapped system register and every unknown exit gives the guest an
+/// UNDEFINED exception.
+struct Arm64Policy;
 
-impl vmm::backend::Vcpu for Vcpu {
-    fn run(&mut self) -> Result<Exit, BackendError> {
-        match *self {}
+impl ExitPolicy for Arm64Policy {
+    fn sysreg_read(&mut self, id: SysRegId) -> Option<u64> {
+        filter_id_reg(id, 0)?;
+        filter_id_reg(id, hw::read_id_reg(id.crm, id.op2))
     }
-    fn reg(&mut self, _reg: Reg) -> Result<u64, BackendError> {
-        match *self {}
-    }
-    fn set_reg(&mut self, _reg: Reg, _value: u64) -> Result<(), BackendError> {
-        match *self {}
-    }
-    fn advance_pc(&mut self) -> Result<(), BackendError> {
-        match *self {}
-    }
-    fn inject(&mut self, _event: Event) -> Result<Queued, BackendError> {
-        match *self {}
-    }
-    fn apply_boot_state(&mut self, _state: &BootState) -> Result<(), BackendError> {
-        match *self {}
-    }
-    fn bind(&mut self, _cpu: PhysCpu) -> Result<(), BackendError> {
-        match *self {}
-    }
-    fn unbind(&mut self) -> Result<(), BackendError> {
-        match *self {}
+    fn unknown_exit(&mut self, _reason: u64, _qualification: u64) -> UnknownExitAction {
+        UnknownExitAction::InjectUndefined
     }
 }
 
-impl vmm::backend::Stage2 for Stage2 {
-    fn map(&mut self, _gpa: u64, _hpa: u64, _len: u64, _attrs: S2Attrs) -> Result<(), Stage2Error> {
-        match *self {}
-    }
-    fn unmap(&mut self, _gpa: u64, _len: u64) -> Result<(), Stage2Error> {
-        match *self {}
-    }
-    fn protect(&mut self, _gpa: u64, _len: u64, _attrs: S2Attrs) -> Result<(), Stage2Error> {
-        match *self {}
-    }
-    fn flush(&mut self) {
-        match *self {}
-    }
+pub fn exit_policy(_vm_index: usize, _vcpus: u32) -> Box<dyn ExitPolicy> {
+    Box::new(Arm64Policy)
 }

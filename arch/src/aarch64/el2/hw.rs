@@ -1,0 +1,890 @@
+//! The EL2 backend on the machine: the world switch, the vCPU and the
+//! stage-2 mapper.
+//!
+//! World switch (as KVM's nVHE `__guest_enter`/`__guest_exit` and Hafnium's
+//! `vcpu_switch`): [`__el2_guest_enter`] saves the host's callee-saved
+//! registers and SP in the [`GuestContext`], puts the context's address in
+//! TPIDR_EL2, loads all 31 guest GPRs, ELR_EL2 and SPSR_EL2 and ERETs. Any
+//! exception from the guest arrives on [`GUEST_VECTORS`] (installed in
+//! VBAR_EL2 by [`install_vectors`]; its current-EL entries branch to the
+//! kernel's own crash vectors), which stores every guest GPR plus
+//! ELR/SPSR/ESR/FAR/HPFAR into the context and returns to the caller of
+//! `__el2_guest_enter` with the vector index.
+//!
+//! EL1 system registers are switched around every entry (the hypervisor
+//! never uses them, but injection and register access then always work on
+//! memory). FP/SIMD registers are switched in `bind`/`unbind` only: the
+//! hypervisor is built soft-float, so nothing between two entries of the
+//! same vCPU touches them.
+
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use super::{
+    decode_sync, sync_delivery, ExitRegs, S2Config, CNTHCTL_EL2_GUEST, CPTR_EL2_GUEST,
+    ESR_UNDEFINED, HCR_EL2_GUEST, PSTATE_EL1H_MASKED,
+};
+use crate::aarch64::mmu;
+use crate::paging::{
+    Aarch64Stage2, Attrs, MapError, MemType, PageSize, PageTable, TableAccess, TableAlloc,
+};
+use vmm::backend::{
+    check_s2_range, BackendError, BootState, EntryMode, PhysCpu, S2Attrs, Stage2, Stage2Error, Vcpu,
+};
+use vmm::event::{Event, PendingEvents, Queued};
+use vmm::exit::Exit;
+use vmm::regs::Reg;
+
+/// Guest registers saved by the world switch (layout shared with the
+/// assembly below).
+#[repr(C)]
+#[derive(Clone, Debug)]
+pub struct GuestContext {
+    pub x: [u64; 31],
+    /// ELR_EL2: the guest PC.
+    pub pc: u64,
+    /// SPSR_EL2: the guest PSTATE.
+    pub pstate: u64,
+    pub esr: u64,
+    pub far: u64,
+    pub hpfar: u64,
+    /// Host x19..x30, SP, padding.
+    host: [u64; 14],
+}
+
+const _: () = assert!(core::mem::size_of::<GuestContext>() == 400);
+
+extern "C" {
+    /// Enters the guest of `ctx`; returns the index (8..=15) of the vector
+    /// the guest exited through.
+    fn __el2_guest_enter(ctx: *mut GuestContext) -> u64;
+    static __el2_guest_vectors: u8;
+}
+
+global_asm!(
+    r#"
+    .macro TO_HOST idx
+    .balign 0x80
+    b       __el2_vectors + (\idx * 0x80)
+    .endm
+    .macro FROM_GUEST idx
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #\idx
+    b       __el2_guest_exit
+    .endm
+
+    .section .text.el2_guest_vectors, "ax"
+    .balign 0x800
+    .global __el2_guest_vectors
+__el2_guest_vectors:
+    TO_HOST 0
+    TO_HOST 1
+    TO_HOST 2
+    TO_HOST 3
+    TO_HOST 4
+    TO_HOST 5
+    TO_HOST 6
+    TO_HOST 7
+    FROM_GUEST 8
+    FROM_GUEST 9
+    FROM_GUEST 10
+    FROM_GUEST 11
+    FROM_GUEST 12
+    FROM_GUEST 13
+    FROM_GUEST 14
+    FROM_GUEST 15
+
+    .balign 0x80
+__el2_guest_exit:
+    mrs     x1, tpidr_el2
+    stp     x2, x3, [x1, #16]
+    stp     x4, x5, [x1, #32]
+    stp     x6, x7, [x1, #48]
+    stp     x8, x9, [x1, #64]
+    stp     x10, x11, [x1, #80]
+    stp     x12, x13, [x1, #96]
+    stp     x14, x15, [x1, #112]
+    stp     x16, x17, [x1, #128]
+    stp     x18, x19, [x1, #144]
+    stp     x20, x21, [x1, #160]
+    stp     x22, x23, [x1, #176]
+    stp     x24, x25, [x1, #192]
+    stp     x26, x27, [x1, #208]
+    stp     x28, x29, [x1, #224]
+    str     x30, [x1, #240]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x1, #0]
+    mrs     x2, elr_el2
+    mrs     x3, spsr_el2
+    stp     x2, x3, [x1, #248]
+    mrs     x2, esr_el2
+    mrs     x3, far_el2
+    stp     x2, x3, [x1, #264]
+    mrs     x2, hpfar_el2
+    str     x2, [x1, #280]
+    ldp     x19, x20, [x1, #288]
+    ldp     x21, x22, [x1, #304]
+    ldp     x23, x24, [x1, #320]
+    ldp     x25, x26, [x1, #336]
+    ldp     x27, x28, [x1, #352]
+    ldp     x29, x30, [x1, #368]
+    ldr     x2, [x1, #384]
+    mov     sp, x2
+    ret
+
+    .section .text.el2_guest_enter, "ax"
+    .global __el2_guest_enter
+__el2_guest_enter:
+    stp     x19, x20, [x0, #288]
+    stp     x21, x22, [x0, #304]
+    stp     x23, x24, [x0, #320]
+    stp     x25, x26, [x0, #336]
+    stp     x27, x28, [x0, #352]
+    stp     x29, x30, [x0, #368]
+    mov     x2, sp
+    str     x2, [x0, #384]
+    msr     tpidr_el2, x0
+    ldp     x2, x3, [x0, #248]
+    msr     elr_el2, x2
+    msr     spsr_el2, x3
+    ldp     x2, x3, [x0, #16]
+    ldp     x4, x5, [x0, #32]
+    ldp     x6, x7, [x0, #48]
+    ldp     x8, x9, [x0, #64]
+    ldp     x10, x11, [x0, #80]
+    ldp     x12, x13, [x0, #96]
+    ldp     x14, x15, [x0, #112]
+    ldp     x16, x17, [x0, #128]
+    ldp     x18, x19, [x0, #144]
+    ldp     x20, x21, [x0, #160]
+    ldp     x22, x23, [x0, #176]
+    ldp     x24, x25, [x0, #192]
+    ldp     x26, x27, [x0, #208]
+    ldp     x28, x29, [x0, #224]
+    ldr     x30, [x0, #240]
+    ldp     x0, x1, [x0, #0]
+    eret
+    // No speculation past ERET.
+    dsb     nsh
+    isb
+"#
+);
+
+/// Whether the CPU has pointer authentication (keys switched per vCPU).
+static HAS_PAUTH: AtomicBool = AtomicBool::new(false);
+
+/// Points VBAR_EL2 at the guest-exit vectors (whose current-EL entries go
+/// to the kernel's crash vectors), sets the EL2 controls every guest uses
+/// and drops every stale guest TLB entry.
+pub fn install_vectors() {
+    let isar1 = mrs_isar1();
+    // ID_AA64ISAR1_EL1 APA (7:4), API (11:8), GPA (27:24), GPI (31:28).
+    let pauth = (isar1 >> 4) & 0xff != 0 || (isar1 >> 24) & 0xff != 0 || isar2_apa3() != 0;
+    HAS_PAUTH.store(pauth, Ordering::Relaxed);
+    let vbar = &raw const __el2_guest_vectors as u64;
+    // SAFETY: the new table keeps the kernel's handling of EL2 exceptions
+    // (its first eight entries branch to `__el2_vectors`) and adds the
+    // guest-exit entries; CPTR/CNTHCTL/CNTVOFF only affect lower ELs and FP
+    // at EL2 (which the soft-float hypervisor never uses).
+    unsafe {
+        asm!(
+            "msr vbar_el2, {vbar}",
+            "msr cptr_el2, {cptr}",
+            "msr cnthctl_el2, {cnthctl}",
+            "msr cntvoff_el2, xzr",
+            "isb",
+            vbar = in(reg) vbar,
+            cptr = in(reg) CPTR_EL2_GUEST,
+            cnthctl = in(reg) CNTHCTL_EL2_GUEST,
+            options(nostack, preserves_flags)
+        )
+    };
+    mmu::flush_all_guests();
+}
+
+fn mrs_isar1() -> u64 {
+    let v: u64;
+    // SAFETY: reading an ID register has no side effects.
+    unsafe {
+        asm!("mrs {}, id_aa64isar1_el1", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+/// ID_AA64ISAR2_EL1.APA3 (bits 15:12); the register reads as zero on CPUs
+/// before Armv8.7 (it is in the RAZ ID space).
+fn isar2_apa3() -> u64 {
+    let v: u64;
+    // SAFETY: as above; S3_0_C0_C6_2 is ID_AA64ISAR2_EL1, RAZ if absent.
+    unsafe { asm!("mrs {}, S3_0_C0_C6_2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    (v >> 12) & 0xf
+}
+
+/// Reads the ID register (op0 3, op1 0, CRn 0, `crm`, `op2`) the guest asked
+/// for through a TID3 trap. Every encoding in CRm 1..=7 is in the ID space,
+/// which reads as zero where nothing is allocated; anything else gives 0.
+pub fn read_id_reg(crm: u8, op2: u8) -> u64 {
+    macro_rules! mrs {
+        ($r:literal) => {{
+            let v: u64;
+            // SAFETY: an MRS of the ID register space (RAZ where
+            // unallocated) has no side effects at EL2.
+            unsafe { asm!(concat!("mrs {}, ", $r), out(reg) v, options(nomem, nostack, preserves_flags)) };
+            v
+        }};
+    }
+    match (crm, op2) {
+        (1, 0) => mrs!("S3_0_C0_C1_0"),
+        (1, 1) => mrs!("S3_0_C0_C1_1"),
+        (1, 2) => mrs!("S3_0_C0_C1_2"),
+        (1, 3) => mrs!("S3_0_C0_C1_3"),
+        (1, 4) => mrs!("S3_0_C0_C1_4"),
+        (1, 5) => mrs!("S3_0_C0_C1_5"),
+        (1, 6) => mrs!("S3_0_C0_C1_6"),
+        (1, 7) => mrs!("S3_0_C0_C1_7"),
+        (2, 0) => mrs!("S3_0_C0_C2_0"),
+        (2, 1) => mrs!("S3_0_C0_C2_1"),
+        (2, 2) => mrs!("S3_0_C0_C2_2"),
+        (2, 3) => mrs!("S3_0_C0_C2_3"),
+        (2, 4) => mrs!("S3_0_C0_C2_4"),
+        (2, 5) => mrs!("S3_0_C0_C2_5"),
+        (2, 6) => mrs!("S3_0_C0_C2_6"),
+        (2, 7) => mrs!("S3_0_C0_C2_7"),
+        (3, 0) => mrs!("S3_0_C0_C3_0"),
+        (3, 1) => mrs!("S3_0_C0_C3_1"),
+        (3, 2) => mrs!("S3_0_C0_C3_2"),
+        (3, 3) => mrs!("S3_0_C0_C3_3"),
+        (3, 4) => mrs!("S3_0_C0_C3_4"),
+        (3, 5) => mrs!("S3_0_C0_C3_5"),
+        (3, 6) => mrs!("S3_0_C0_C3_6"),
+        (3, 7) => mrs!("S3_0_C0_C3_7"),
+        (4, 0) => mrs!("S3_0_C0_C4_0"),
+        (4, 1) => mrs!("S3_0_C0_C4_1"),
+        (4, 2) => mrs!("S3_0_C0_C4_2"),
+        (4, 3) => mrs!("S3_0_C0_C4_3"),
+        (4, 4) => mrs!("S3_0_C0_C4_4"),
+        (4, 5) => mrs!("S3_0_C0_C4_5"),
+        (4, 6) => mrs!("S3_0_C0_C4_6"),
+        (4, 7) => mrs!("S3_0_C0_C4_7"),
+        (5, 0) => mrs!("S3_0_C0_C5_0"),
+        (5, 1) => mrs!("S3_0_C0_C5_1"),
+        (5, 2) => mrs!("S3_0_C0_C5_2"),
+        (5, 3) => mrs!("S3_0_C0_C5_3"),
+        (5, 4) => mrs!("S3_0_C0_C5_4"),
+        (5, 5) => mrs!("S3_0_C0_C5_5"),
+        (5, 6) => mrs!("S3_0_C0_C5_6"),
+        (5, 7) => mrs!("S3_0_C0_C5_7"),
+        (6, 0) => mrs!("S3_0_C0_C6_0"),
+        (6, 1) => mrs!("S3_0_C0_C6_1"),
+        (6, 2) => mrs!("S3_0_C0_C6_2"),
+        (6, 3) => mrs!("S3_0_C0_C6_3"),
+        (6, 4) => mrs!("S3_0_C0_C6_4"),
+        (6, 5) => mrs!("S3_0_C0_C6_5"),
+        (6, 6) => mrs!("S3_0_C0_C6_6"),
+        (6, 7) => mrs!("S3_0_C0_C6_7"),
+        (7, 0) => mrs!("S3_0_C0_C7_0"),
+        (7, 1) => mrs!("S3_0_C0_C7_1"),
+        (7, 2) => mrs!("S3_0_C0_C7_2"),
+        (7, 3) => mrs!("S3_0_C0_C7_3"),
+        (7, 4) => mrs!("S3_0_C0_C7_4"),
+        (7, 5) => mrs!("S3_0_C0_C7_5"),
+        (7, 6) => mrs!("S3_0_C0_C7_6"),
+        (7, 7) => mrs!("S3_0_C0_C7_7"),
+        _ => 0,
+    }
+}
+
+/// EL1 (and EL0) system registers of a vCPU, switched around each entry.
+#[derive(Clone, Debug, Default)]
+pub struct El1Regs {
+    pub sctlr: u64,
+    pub cpacr: u64,
+    pub ttbr0: u64,
+    pub ttbr1: u64,
+    pub tcr: u64,
+    pub esr: u64,
+    pub afsr0: u64,
+    pub afsr1: u64,
+    pub far: u64,
+    pub mair: u64,
+    pub amair: u64,
+    pub vbar: u64,
+    pub contextidr: u64,
+    pub cntkctl: u64,
+    pub par: u64,
+    pub tpidr_el1: u64,
+    pub sp_el1: u64,
+    pub elr: u64,
+    pub spsr: u64,
+    pub sp_el0: u64,
+    pub tpidr_el0: u64,
+    pub tpidrro_el0: u64,
+    pub mdscr: u64,
+    pub csselr: u64,
+    pub cntv_ctl: u64,
+    pub cntv_cval: u64,
+    pub cntp_ctl: u64,
+    pub cntp_cval: u64,
+    /// APIA, APIB, APDA, APDB, APGA keys (lo, hi), when the CPU has PAuth.
+    pub pauth: [u64; 10],
+}
+
+/// SCTLR_EL1 at reset: RES1 bits (29, 28, 23, 22, 20, 11), MMU and caches
+/// off, little endian (Linux arm64 booting.rst).
+pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+
+macro_rules! switch_regs {
+    ($($field:ident => $reg:literal),* $(,)?) => {
+        fn load_el1(r: &El1Regs) {
+            $(
+                // SAFETY: EL1/EL0 registers do not affect EL2 execution;
+                // they take effect at the guest entry (ERET synchronizes).
+                unsafe { asm!(concat!("msr ", $reg, ", {}"), in(reg) r.$field, options(nostack, preserves_flags)) };
+            )*
+        }
+        fn save_el1(r: &mut El1Regs) {
+            $(
+                // SAFETY: reading EL1/EL0 registers has no side effects.
+                unsafe { asm!(concat!("mrs {}, ", $reg), out(reg) r.$field, options(nomem, nostack, preserves_flags)) };
+            )*
+        }
+    };
+}
+
+switch_regs! {
+    sctlr => "sctlr_el1",
+    cpacr => "cpacr_el1",
+    ttbr0 => "ttbr0_el1",
+    ttbr1 => "ttbr1_el1",
+    tcr => "tcr_el1",
+    esr => "esr_el1",
+    afsr0 => "afsr0_el1",
+    afsr1 => "afsr1_el1",
+    far => "far_el1",
+    mair => "mair_el1",
+    amair => "amair_el1",
+    vbar => "vbar_el1",
+    contextidr => "contextidr_el1",
+    cntkctl => "cntkctl_el1",
+    par => "par_el1",
+    tpidr_el1 => "tpidr_el1",
+    sp_el1 => "sp_el1",
+    elr => "elr_el1",
+    spsr => "spsr_el1",
+    sp_el0 => "sp_el0",
+    tpidr_el0 => "tpidr_el0",
+    tpidrro_el0 => "tpidrro_el0",
+    mdscr => "mdscr_el1",
+    csselr => "csselr_el1",
+    cntv_ctl => "cntv_ctl_el0",
+    cntv_cval => "cntv_cval_el0",
+    cntp_ctl => "cntp_ctl_el0",
+    cntp_cval => "cntp_cval_el0",
+}
+
+macro_rules! switch_pauth {
+    ($($i:literal => $reg:literal),* $(,)?) => {
+        fn load_pauth(k: &[u64; 10]) {
+            $(
+                // SAFETY: key registers only affect EL1/EL0 PAC instructions
+                // (HCR_EL2.APK/API); the soft-float hypervisor uses none.
+                unsafe { asm!(concat!("msr ", $reg, ", {}"), in(reg) k[$i], options(nostack, preserves_flags)) };
+            )*
+        }
+        fn save_pauth(k: &mut [u64; 10]) {
+            $(
+                // SAFETY: reading key registers has no side effects.
+                unsafe { asm!(concat!("mrs {}, ", $reg), out(reg) k[$i], options(nomem, nostack, preserves_flags)) };
+            )*
+        }
+    };
+}
+
+// APIAKeyLo_EL1 = S3_0_C2_C1_0 ... APGAKeyHi_EL1 = S3_0_C2_C3_1.
+switch_pauth! {
+    0 => "S3_0_C2_C1_0", 1 => "S3_0_C2_C1_1", 2 => "S3_0_C2_C1_2", 3 => "S3_0_C2_C1_3",
+    4 => "S3_0_C2_C2_0", 5 => "S3_0_C2_C2_1", 6 => "S3_0_C2_C2_2", 7 => "S3_0_C2_C2_3",
+    8 => "S3_0_C2_C3_0", 9 => "S3_0_C2_C3_1",
+}
+
+/// FP/SIMD state: V0..V31, FPSR, FPCR.
+#[repr(C, align(16))]
+#[derive(Clone, Debug)]
+pub struct FpRegs {
+    pub v: [[u64; 2]; 32],
+    pub fpsr: u64,
+    pub fpcr: u64,
+}
+
+impl Default for FpRegs {
+    fn default() -> Self {
+        FpRegs {
+            v: [[0; 2]; 32],
+            fpsr: 0,
+            fpcr: 0,
+        }
+    }
+}
+
+fn fp_save(f: &mut FpRegs) {
+    let p = f as *mut FpRegs;
+    // SAFETY: `p` points to a 16-byte aligned FpRegs of 528 bytes; CPTR_EL2.TFP
+    // is clear (install_vectors) so FP access at EL2 does not trap.
+    unsafe {
+        asm!(
+            ".arch_extension fp",
+            ".arch_extension simd",
+            "stp q0, q1, [{p}, #0]",
+            "stp q2, q3, [{p}, #32]",
+            "stp q4, q5, [{p}, #64]",
+            "stp q6, q7, [{p}, #96]",
+            "stp q8, q9, [{p}, #128]",
+            "stp q10, q11, [{p}, #160]",
+            "stp q12, q13, [{p}, #192]",
+            "stp q14, q15, [{p}, #224]",
+            "stp q16, q17, [{p}, #256]",
+            "stp q18, q19, [{p}, #288]",
+            "stp q20, q21, [{p}, #320]",
+            "stp q22, q23, [{p}, #352]",
+            "stp q24, q25, [{p}, #384]",
+            "stp q26, q27, [{p}, #416]",
+            "stp q28, q29, [{p}, #448]",
+            "stp q30, q31, [{p}, #480]",
+            "mrs {t}, fpsr",
+            "str {t}, [{p}, #512]",
+            "mrs {t}, fpcr",
+            "str {t}, [{p}, #520]",
+            p = in(reg) p,
+            t = out(reg) _,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+fn fp_load(f: &FpRegs) {
+    let p = f as *const FpRegs;
+    // SAFETY: as in `fp_save`; the hypervisor is soft-float, so the
+    // registers loaded here stay the guest's until `fp_save`.
+    unsafe {
+        asm!(
+            ".arch_extension fp",
+            ".arch_extension simd",
+            "ldp q0, q1, [{p}, #0]",
+            "ldp q2, q3, [{p}, #32]",
+            "ldp q4, q5, [{p}, #64]",
+            "ldp q6, q7, [{p}, #96]",
+            "ldp q8, q9, [{p}, #128]",
+            "ldp q10, q11, [{p}, #160]",
+            "ldp q12, q13, [{p}, #192]",
+            "ldp q14, q15, [{p}, #224]",
+            "ldp q16, q17, [{p}, #256]",
+            "ldp q18, q19, [{p}, #288]",
+            "ldp q20, q21, [{p}, #320]",
+            "ldp q22, q23, [{p}, #352]",
+            "ldp q24, q25, [{p}, #384]",
+            "ldp q26, q27, [{p}, #416]",
+            "ldp q28, q29, [{p}, #448]",
+            "ldp q30, q31, [{p}, #480]",
+            "ldr {t}, [{p}, #512]",
+            "msr fpsr, {t}",
+            "ldr {t}, [{p}, #520]",
+            "msr fpcr, {t}",
+            p = in(reg) p,
+            t = out(reg) _,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// HCR_EL2.VSE: a virtual SError is pending for the guest.
+const HCR_VSE: u64 = 1 << 8;
+
+/// One vCPU of a VM.
+pub struct El2Vcpu {
+    ctx: GuestContext,
+    el1: El1Regs,
+    fp: FpRegs,
+    events: PendingEvents,
+    vtcr: u64,
+    vttbr: u64,
+    vmpidr: u64,
+    bound: Option<PhysCpu>,
+    /// Virtual SError to raise on the next entry.
+    vserror: bool,
+}
+
+impl El2Vcpu {
+    /// vCPU `index` of the VM whose stage 2 is `cfg` with root `s2_root`.
+    pub fn new(cfg: &S2Config, s2_root: u64, index: u32) -> Result<Self, &'static str> {
+        let aff = vmm::psci::mpidr_of(index).ok_or("vCPU index beyond 255")?;
+        Ok(El2Vcpu {
+            ctx: GuestContext {
+                x: [0; 31],
+                pc: 0,
+                pstate: PSTATE_EL1H_MASKED,
+                esr: 0,
+                far: 0,
+                hpfar: 0,
+                host: [0; 14],
+            },
+            el1: El1Regs {
+                sctlr: SCTLR_EL1_RESET,
+                ..El1Regs::default()
+            },
+            fp: FpRegs::default(),
+            events: PendingEvents::default(),
+            vtcr: cfg.vtcr,
+            vttbr: super::vttbr(s2_root, cfg.vmid),
+            // VMPIDR_EL2: bit 31 RES1, U (bit 30) = 0: a multiprocessor.
+            vmpidr: (1 << 31) | aff,
+            bound: None,
+            vserror: false,
+        })
+    }
+
+    /// Delivers the next pending event into the saved state.
+    fn deliver(&mut self) -> Result<(), BackendError> {
+        let Some(ev) = self.events.take(true, true) else {
+            return Ok(());
+        };
+        let esr = match ev {
+            Event::Undefined => ESR_UNDEFINED,
+            Event::Arm64Sync { esr, .. } => esr,
+            Event::Arm64SError => {
+                self.vserror = true;
+                return Ok(());
+            }
+            // x86 events cannot reach an arm64 vCPU (inject refuses them).
+            _ => return Ok(()),
+        };
+        // Rule exc_payload: FAR_EL1 is written now, at delivery.
+        if let Some((Reg::FarEl1, far)) = ev.payload_write(|_| 0) {
+            self.el1.far = far;
+        }
+        let d = sync_delivery(esr, self.ctx.pc, self.ctx.pstate, self.el1.vbar);
+        self.el1.esr = d.esr_el1;
+        self.el1.elr = d.elr_el1;
+        self.el1.spsr = d.spsr_el1;
+        self.ctx.pc = d.pc;
+        self.ctx.pstate = d.pstate;
+        Ok(())
+    }
+}
+
+impl Vcpu for El2Vcpu {
+    fn run(&mut self) -> Result<Exit, BackendError> {
+        if self.bound.is_none() {
+            return Err(BackendError::NotBound);
+        }
+        self.deliver()?;
+        let pauth = HAS_PAUTH.load(Ordering::Relaxed);
+        if self.vserror {
+            mmu::write_hcr_el2(HCR_EL2_GUEST | HCR_VSE);
+        }
+        load_el1(&self.el1);
+        if pauth {
+            load_pauth(&self.el1.pauth);
+        }
+        // SAFETY: the context is a valid GuestContext; the guest runs at
+        // EL1 under this VM's stage 2 (installed by `bind`), so it can only
+        // reach its own RAM; every exception from it comes back through
+        // GUEST_VECTORS, which restores the callee-saved registers and SP
+        // saved here and returns to this call.
+        let vector = unsafe { __el2_guest_enter(&mut self.ctx) };
+        save_el1(&mut self.el1);
+        if pauth {
+            save_pauth(&mut self.el1.pauth);
+        }
+        if self.vserror {
+            // The virtual SError was taken (or is still pending in VSE,
+            // which we drop: one delivery attempt).
+            self.vserror = false;
+            mmu::write_hcr_el2(HCR_EL2_GUEST);
+        }
+        let regs = ExitRegs {
+            esr: self.ctx.esr,
+            far: self.ctx.far,
+            hpfar: self.ctx.hpfar,
+        };
+        Ok(match vector {
+            8 => {
+                // HVC: ELR_EL2 is the next instruction; normalize to the
+                // HVC itself (see vmm::backend::Vcpu::advance_pc).
+                if (regs.esr >> 26) & 0x3f == super::ec::HVC64 {
+                    self.ctx.pc = self.ctx.pc.wrapping_sub(4);
+                }
+                decode_sync(&regs, &self.ctx.x)
+            }
+            9 | 10 => Exit::ExternalInterrupt,
+            v => Exit::Unknown {
+                reason: regs.esr,
+                qualification: v,
+            },
+        })
+    }
+
+    fn reg(&mut self, reg: Reg) -> Result<u64, BackendError> {
+        Ok(match reg {
+            Reg::X(n) if n <= 30 => self.ctx.x[usize::from(n)],
+            Reg::Xzr => 0,
+            Reg::Pc => self.ctx.pc,
+            Reg::Pstate => self.ctx.pstate,
+            Reg::SpEl1 => self.el1.sp_el1,
+            Reg::ElrEl1 => self.el1.elr,
+            Reg::SpsrEl1 => self.el1.spsr,
+            Reg::EsrEl1 => self.el1.esr,
+            Reg::FarEl1 => self.el1.far,
+            Reg::VbarEl1 => self.el1.vbar,
+            r => return Err(BackendError::NoSuchRegister(r)),
+        })
+    }
+
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), BackendError> {
+        match reg {
+            Reg::X(n) if n <= 30 => self.ctx.x[usize::from(n)] = value,
+            Reg::Xzr => {}
+            Reg::Pc => self.ctx.pc = value,
+            Reg::Pstate => self.ctx.pstate = value,
+            Reg::SpEl1 => self.el1.sp_el1 = value,
+            Reg::ElrEl1 => self.el1.elr = value,
+            Reg::SpsrEl1 => self.el1.spsr = value,
+            Reg::EsrEl1 => self.el1.esr = value,
+            Reg::FarEl1 => self.el1.far = value,
+            Reg::VbarEl1 => self.el1.vbar = value,
+            r => return Err(BackendError::NoSuchRegister(r)),
+        }
+        Ok(())
+    }
+
+    fn advance_pc(&mut self) -> Result<(), BackendError> {
+        // AArch64 instructions are 4 bytes (ESR_EL2.IL = 1).
+        self.ctx.pc = self.ctx.pc.wrapping_add(4);
+        Ok(())
+    }
+
+    fn inject(&mut self, event: Event) -> Result<Queued, BackendError> {
+        match event {
+            Event::Undefined | Event::Arm64Sync { .. } | Event::Arm64SError => {
+                Ok(self.events.queue(event)?)
+            }
+            _ => Err(BackendError::BadEvent(
+                vmm::event::EventError::PayloadMismatch,
+            )),
+        }
+    }
+
+    fn apply_boot_state(&mut self, state: &BootState) -> Result<(), BackendError> {
+        if state.mode != EntryMode::Arm64El1h {
+            return Err(BackendError::EntryFailed("not an arm64 EL1h boot state"));
+        }
+        self.ctx.x = [0; 31];
+        self.el1 = El1Regs {
+            sctlr: SCTLR_EL1_RESET,
+            ..El1Regs::default()
+        };
+        self.fp = FpRegs::default();
+        self.events = PendingEvents::default();
+        self.ctx.pc = state.pc;
+        self.ctx.pstate = PSTATE_EL1H_MASKED;
+        for &(r, v) in state.regs() {
+            self.set_reg(r, v)?;
+        }
+        if self.bound.is_some() {
+            fp_load(&self.fp);
+        }
+        Ok(())
+    }
+
+    fn bind(&mut self, cpu: PhysCpu) -> Result<(), BackendError> {
+        if let Some(c) = self.bound {
+            return Err(BackendError::AlreadyBound(c));
+        }
+        // Rule tlb_tag: each VM has its own VMID, so switching VMs needs
+        // no flush; the new VTTBR/VTCR are synchronized by the helper.
+        mmu::write_vtcr_vttbr(self.vtcr, self.vttbr);
+        mmu::write_hcr_el2(HCR_EL2_GUEST);
+        let midr: u64;
+        // SAFETY: reading MIDR_EL1 has no side effects; VPIDR/VMPIDR only
+        // change what the guest reads for MIDR_EL1/MPIDR_EL1.
+        unsafe {
+            asm!("mrs {m}, midr_el1", "msr vpidr_el2, {m}", "msr vmpidr_el2, {a}",
+                 m = out(reg) midr, a = in(reg) self.vmpidr, options(nostack, preserves_flags))
+        };
+        let _ = midr;
+        fp_load(&self.fp);
+        self.bound = Some(cpu);
+        Ok(())
+    }
+
+    fn unbind(&mut self) -> Result<(), BackendError> {
+        if self.bound.take().is_some() {
+            fp_save(&mut self.fp);
+        }
+        Ok(())
+    }
+}
+
+/// Table memory through the kernel's 1:1 map of RAM.
+pub struct IdentityTables;
+
+impl TableAccess for IdentityTables {
+    fn read(&self, table_pa: u64, index: usize) -> u64 {
+        assert!(index < crate::paging::ENTRIES * crate::paging::MAX_ROOT_TABLES);
+        // SAFETY: `table_pa` is a stage-2 table frame (from the VM's table
+        // allocator, identity-mapped as normal memory by the kernel) and
+        // the index is inside the (possibly concatenated) table.
+        unsafe { core::ptr::read_volatile((table_pa as *const u64).add(index)) }
+    }
+    fn write(&mut self, table_pa: u64, index: usize, entry: u64) {
+        assert!(index < crate::paging::ENTRIES * crate::paging::MAX_ROOT_TABLES);
+        // SAFETY: as for `read`; table frames belong to these tables only.
+        unsafe { core::ptr::write_volatile((table_pa as *mut u64).add(index), entry) }
+    }
+}
+
+/// Break-before-make invalidation for one VM's tables.
+struct S2Access {
+    vttbr: u64,
+}
+
+impl TableAccess for S2Access {
+    fn read(&self, t: u64, i: usize) -> u64 {
+        IdentityTables.read(t, i)
+    }
+    fn write(&mut self, t: u64, i: usize, e: u64) {
+        IdentityTables.write(t, i, e)
+    }
+    fn invalidate(&mut self, _input: u64, _size: u64) {
+        mmu::flush_s2_vmid(self.vttbr);
+    }
+}
+
+/// The stage-2 mapper of one VM, with frames from `A`.
+pub struct El2Stage2<A: TableAlloc> {
+    pt: PageTable<Aarch64Stage2>,
+    alloc: A,
+    cfg: S2Config,
+}
+
+impl<A: TableAlloc> El2Stage2<A> {
+    /// Empty tables for `cfg`; flushes anything cached for its VMID.
+    pub fn new(cfg: S2Config, mut alloc: A) -> Result<Self, MapError> {
+        let pt = PageTable::with_format(cfg.format, &mut alloc, &mut IdentityTables)?;
+        mmu::flush_s2_vmid(super::vttbr(pt.root(), cfg.vmid));
+        Ok(El2Stage2 { pt, alloc, cfg })
+    }
+
+    pub fn root(&self) -> u64 {
+        self.pt.root()
+    }
+
+    pub fn config(&self) -> &S2Config {
+        &self.cfg
+    }
+
+    fn vttbr(&self) -> u64 {
+        super::vttbr(self.pt.root(), self.cfg.vmid)
+    }
+
+    fn attrs(a: S2Attrs) -> Attrs {
+        Attrs {
+            read: a.perms.read,
+            write: a.perms.write,
+            execute: a.perms.exec,
+            user: false,
+            mem: match a.mem {
+                vmm::backend::MemType::Normal => MemType::Normal,
+                vmm::backend::MemType::Device => MemType::Device,
+            },
+            global: false,
+        }
+    }
+
+    fn check(&self, gpa: u64, hpa: u64, len: u64) -> Result<(), Stage2Error> {
+        use crate::paging::Format;
+        check_s2_range(gpa, hpa, len, self.cfg.format.ipa_bits())?;
+        check_s2_range(hpa, 0, len, self.cfg.format.output_bits())
+    }
+}
+
+fn map_err(e: MapError) -> Stage2Error {
+    match e {
+        MapError::Unaligned => Stage2Error::Misaligned,
+        MapError::AlreadyMapped { .. } => Stage2Error::Conflict,
+        MapError::NoMemory | MapError::BadTableFrame => Stage2Error::NoMemory,
+        _ => Stage2Error::OutOfRange,
+    }
+}
+
+impl<A: TableAlloc> Stage2 for El2Stage2<A> {
+    fn map(&mut self, gpa: u64, hpa: u64, len: u64, attrs: S2Attrs) -> Result<(), Stage2Error> {
+        self.check(gpa, hpa, len)?;
+        let a = Self::attrs(attrs);
+        let mut acc = S2Access {
+            vttbr: self.vttbr(),
+        };
+        self.pt
+            .map(
+                &mut self.alloc,
+                &mut acc,
+                gpa,
+                hpa,
+                len,
+                a,
+                PageSize::Size1G,
+            )
+            .map_err(map_err)
+    }
+
+    fn unmap(&mut self, gpa: u64, len: u64) -> Result<(), Stage2Error> {
+        self.check(gpa, 0, len)?;
+        let mut acc = S2Access {
+            vttbr: self.vttbr(),
+        };
+        let r = self
+            .pt
+            .unmap(&mut self.alloc, &mut acc, gpa, len)
+            .map_err(map_err);
+        if len == crate::paging::PAGE_SIZE {
+            mmu::flush_s2_ipa(self.vttbr(), gpa);
+        } else {
+            mmu::flush_s2_vmid(self.vttbr());
+        }
+        r
+    }
+
+    fn protect(&mut self, gpa: u64, len: u64, attrs: S2Attrs) -> Result<(), Stage2Error> {
+        self.check(gpa, 0, len)?;
+        // Every page must be mapped; keep each page's output address.
+        let mut page = gpa;
+        let end = gpa + len;
+        while page < end {
+            let Some(t) = self.pt.translate(&IdentityTables, page) else {
+                return Err(Stage2Error::Conflict);
+            };
+            let run = (t.size.bytes() - (page & (t.size.bytes() - 1))).min(end - page);
+            let mut acc = S2Access {
+                vttbr: self.vttbr(),
+            };
+            self.pt
+                .remap(
+                    &mut self.alloc,
+                    &mut acc,
+                    page,
+                    t.pa,
+                    run,
+                    Self::attrs(attrs),
+                    PageSize::Size1G,
+                )
+                .map_err(map_err)?;
+            page += run;
+        }
+        mmu::flush_s2_vmid(self.vttbr());
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        mmu::flush_s2_vmid(self.vttbr());
+    }
+}
