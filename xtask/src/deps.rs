@@ -76,6 +76,21 @@ pub fn for_run(arch: Arch, boot: Boot, grub: bool) -> Vec<Need> {
     v
 }
 
+/// What a script scenario needs (by its name).
+/// `uefi-loader-suite` (boot/uefi-loader/qemu-test.sh): both QEMUs and both
+/// UEFI firmwares, and python3 (it writes a binary test module with it).
+pub fn for_script(name: &str) -> Vec<Need> {
+    match name {
+        "uefi-loader-suite" => {
+            let mut v = for_run(Arch::X86_64, Boot::Uefi, false);
+            v.extend(for_run(Arch::Aarch64, Boot::Uefi, false));
+            v.push(program("python3", "python3"));
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn in_path(name: &str) -> bool {
     let Some(path) = std::env::var_os("PATH") else {
         return false;
@@ -202,6 +217,18 @@ mod tests {
             ["qemu-system-arm", "qemu-efi-aarch64"]
         );
         assert!(for_image(false).is_empty());
+        assert_eq!(
+            names(for_script("uefi-loader-suite")),
+            [
+                "qemu-system-x86",
+                "ovmf",
+                "ovmf",
+                "qemu-system-arm",
+                "qemu-efi-aarch64",
+                "python3"
+            ]
+        );
+        assert!(for_script("unknown").is_empty());
         assert_eq!(for_image(true).len(), 5);
     }
 

@@ -19,7 +19,12 @@ pub struct BootSpec {
     pub test_hooks: bool,
     /// Multiboot1 through GRUB's `multiboot` command instead of QEMU `-kernel`.
     pub grub: bool,
+    /// The VM bundle (`vms.cpio`) to hand to the kernel as a boot module.
+    pub bundle: Option<PathBuf>,
 }
+
+/// The bundle's name on the boot media (GRUB ISO `/boot/`, ESP root).
+pub const BUNDLE_NAME: &str = "vms.cpio";
 
 impl BootSpec {
     pub fn kernel_build(&self) -> KernelBuild {
@@ -73,23 +78,29 @@ pub fn make_media(
 ) -> Result<Media> {
     spec.check()?;
     mkdir(out_dir)?;
+    let bundle = spec.bundle.as_deref();
     match spec.boot {
         Boot::Multiboot1 if spec.grub => Ok(Media::Cdrom(make_iso(
             out_dir,
             elf,
             &spec.cmdline,
             GrubEntry::Multiboot1,
+            bundle,
         )?)),
         Boot::Multiboot1 => {
             let k = out_dir.join("hypervisor.elf");
             copy(elf, &k)?;
-            Ok(Media::Kernel(k))
+            Ok(Media::Kernel {
+                kernel: k,
+                initrd: initrd(bundle)?,
+            })
         }
         Boot::Multiboot2 => Ok(Media::Cdrom(make_iso(
             out_dir,
             elf,
             &spec.cmdline,
             GrubEntry::Multiboot2,
+            bundle,
         )?)),
         Boot::Uefi => {
             let loader = loader.ok_or("internal: UEFI boot without a loader")?;
@@ -99,9 +110,27 @@ pub fn make_media(
                 loader,
                 elf,
                 &spec.cmdline,
+                bundle,
             )?))
         }
-        Boot::Image => Ok(Media::Kernel(make_arm64_image(paths, out_dir, elf)?)),
+        Boot::Image => Ok(Media::Kernel {
+            kernel: make_arm64_image(paths, out_dir, elf)?,
+            initrd: initrd(bundle)?,
+        }),
+    }
+}
+
+/// The bundle for QEMU `-initrd`, which splits its argument at commas
+/// (several Multiboot modules) and takes the rest as the module's command
+/// line: a path with a comma would not arrive whole.
+fn initrd(bundle: Option<&Path>) -> Result<Option<PathBuf>> {
+    match bundle {
+        Some(b) if b.to_string_lossy().contains(',') => Err(format!(
+            "{}: QEMU -initrd cannot take a path with a comma (it separates modules)",
+            b.display()
+        )),
+        Some(b) => Ok(Some(b.to_path_buf())),
+        None => Ok(None),
     }
 }
 
@@ -221,10 +250,12 @@ fn grub_word(word: &str) -> Result<String> {
     })
 }
 
-/// grub.cfg with a Multiboot2 and a Multiboot1 entry for the same kernel.
-/// GRUB talks on COM1 too, so its errors land in the serial log, and it
-/// powers off when loading fails instead of waiting at its menu.
-pub fn grub_cfg(cmdline: &str, default: GrubEntry) -> Result<String> {
+/// grub.cfg with a Multiboot2 and a Multiboot1 entry for the same kernel,
+/// each loading `modules` (files in `/boot/`, passed with their name as the
+/// module's command line). GRUB talks on COM1 too, so its errors land in
+/// the serial log, and it powers off when loading fails instead of waiting
+/// at its menu.
+pub fn grub_cfg(cmdline: &str, default: GrubEntry, modules: &[&str]) -> Result<String> {
     let mut args = String::new();
     for w in cmdline.split_whitespace() {
         args.push(' ');
@@ -234,10 +265,28 @@ pub fn grub_cfg(cmdline: &str, default: GrubEntry) -> Result<String> {
         GrubEntry::Multiboot2 => 0,
         GrubEntry::Multiboot1 => 1,
     };
-    let entry = |title: &str, command: &str| {
+    let mut module_names = Vec::new();
+    for m in modules {
+        if m.is_empty()
+            || !m
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(format!(
+                "module name {m:?}: only letters, digits, '.', '_' and '-' go into grub.cfg"
+            ));
+        }
+        module_names.push(*m);
+    }
+    let entry = |title: &str, command: &str, module_command: &str| {
+        let loads: String = module_names
+            .iter()
+            .map(|m| format!("    {module_command} /boot/{m} {m}\n"))
+            .collect();
         format!(
             "menuentry \"{title}\" {{\n    \
-             {command} /boot/hypervisor.elf{args}\n    \
+             {command} /boot/hypervisor.elf{args}\n\
+             {loads}    \
              boot\n    \
              echo \"GRUB: {command} boot failed\"\n    \
              halt\n\
@@ -251,21 +300,36 @@ pub fn grub_cfg(cmdline: &str, default: GrubEntry) -> Result<String> {
          set timeout=0\n\
          set default={default}\n\
          \n{}\n{}",
-        entry("hypervisor", "multiboot2"),
-        entry("hypervisor (multiboot1)", "multiboot"),
+        entry("hypervisor", "multiboot2", "module2"),
+        entry("hypervisor (multiboot1)", "multiboot", "module"),
     ))
 }
 
 /// A GRUB rescue ISO (BIOS and, when grub-efi is installed, UEFI El Torito
-/// images) with the kernel and a grub.cfg that boots it at once.
-pub fn make_iso(out_dir: &Path, elf: &Path, cmdline: &str, entry: GrubEntry) -> Result<PathBuf> {
+/// images) with the kernel, the VM bundle if any (`/boot/vms.cpio`, a
+/// Multiboot module) and a grub.cfg that boots it at once.
+pub fn make_iso(
+    out_dir: &Path,
+    elf: &Path,
+    cmdline: &str,
+    entry: GrubEntry,
+    bundle: Option<&Path>,
+) -> Result<PathBuf> {
     let tree = out_dir.join("iso");
     if tree.exists() {
         fs::remove_dir_all(&tree).map_err(|e| format!("cannot clean {}: {e}", tree.display()))?;
     }
     mkdir(&tree.join("boot/grub"))?;
     copy(elf, &tree.join("boot/hypervisor.elf"))?;
-    write(&tree.join("boot/grub/grub.cfg"), &grub_cfg(cmdline, entry)?)?;
+    let mut modules = Vec::new();
+    if let Some(b) = bundle {
+        copy(b, &tree.join("boot").join(BUNDLE_NAME))?;
+        modules.push(BUNDLE_NAME);
+    }
+    write(
+        &tree.join("boot/grub/grub.cfg"),
+        &grub_cfg(cmdline, entry, &modules)?,
+    )?;
     let iso = out_dir.join("hypervisor.iso");
     run_tool(
         Command::new("grub-mkrescue").arg("-o").arg(&iso).arg(&tree),
@@ -284,13 +348,15 @@ pub fn efi_boot_name(arch: Arch) -> &'static str {
 
 /// An EFI system partition as a directory (QEMU serves it as FAT with
 /// `fat:rw:`): the loader as the default boot application, the kernel ELF
-/// and its command line next to it.
+/// and its command line next to it, and the VM bundle if any, listed in
+/// `modules.txt` (boot/uefi-loader/README.md).
 pub fn make_esp(
     out_dir: &Path,
     arch: Arch,
     loader: &Path,
     elf: &Path,
     cmdline: &str,
+    bundle: Option<&Path>,
 ) -> Result<PathBuf> {
     let esp = out_dir.join("esp");
     if esp.exists() {
@@ -301,6 +367,10 @@ pub fn make_esp(
     copy(loader, &esp.join("EFI/BOOT").join(efi_boot_name(arch)))?;
     copy(elf, &esp.join("hypervisor.elf"))?;
     write(&esp.join("cmdline.txt"), cmdline)?;
+    if let Some(b) = bundle {
+        copy(b, &esp.join(BUNDLE_NAME))?;
+        write(&esp.join("modules.txt"), &format!("{BUNDLE_NAME}\n"))?;
+    }
     Ok(esp)
 }
 
@@ -310,7 +380,7 @@ mod tests {
 
     #[test]
     fn grub_cfg_boots_multiboot2_by_default() {
-        let cfg = grub_cfg("exit=debugexit loglevel=debug", GrubEntry::Multiboot2).unwrap();
+        let cfg = grub_cfg("exit=debugexit loglevel=debug", GrubEntry::Multiboot2, &[]).unwrap();
         assert!(cfg.contains("\nset timeout=0\nset default=0\n"), "{cfg}");
         assert!(
             cfg.contains(
@@ -322,17 +392,55 @@ mod tests {
         assert!(cfg.contains("    multiboot /boot/hypervisor.elf exit=debugexit loglevel=debug\n"));
         assert_eq!(cfg.matches("menuentry").count(), 2);
         assert_eq!(cfg.matches("    halt\n}\n").count(), 2);
-        let cfg = grub_cfg("", GrubEntry::Multiboot1).unwrap();
+        let cfg = grub_cfg("", GrubEntry::Multiboot1, &[]).unwrap();
         assert!(cfg.contains("set default=1\n"));
         assert!(cfg.contains("    multiboot2 /boot/hypervisor.elf\n"));
     }
 
     #[test]
     fn grub_cfg_quotes_or_rejects_special_words() {
-        let cfg = grub_cfg("a=$x b;c", GrubEntry::Multiboot2).unwrap();
+        let cfg = grub_cfg("a=$x b;c", GrubEntry::Multiboot2, &[]).unwrap();
         assert!(cfg.contains("hypervisor.elf 'a=$x' 'b;c'\n"), "{cfg}");
-        assert!(grub_cfg("it's", GrubEntry::Multiboot2).is_err());
-        assert!(grub_cfg("a\u{7}b", GrubEntry::Multiboot2).is_err());
+        assert!(grub_cfg("it's", GrubEntry::Multiboot2, &[]).is_err());
+        assert!(grub_cfg("a\u{7}b", GrubEntry::Multiboot2, &[]).is_err());
+    }
+
+    #[test]
+    fn grub_cfg_loads_modules_in_both_entries() {
+        let cfg = grub_cfg("exit=debugexit", GrubEntry::Multiboot2, &["vms.cpio"]).unwrap();
+        assert!(
+            cfg.contains(
+                "    multiboot2 /boot/hypervisor.elf exit=debugexit\n    \
+                 module2 /boot/vms.cpio vms.cpio\n    boot\n"
+            ),
+            "{cfg}"
+        );
+        assert!(
+            cfg.contains(
+                "    multiboot /boot/hypervisor.elf exit=debugexit\n    \
+                 module /boot/vms.cpio vms.cpio\n    boot\n"
+            ),
+            "{cfg}"
+        );
+        assert_eq!(cfg.matches("module").count(), 2);
+        for bad in ["", "a b", "x;y", "../x", "$v"] {
+            assert!(
+                grub_cfg("", GrubEntry::Multiboot2, &[bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn initrd_path_without_commas() {
+        assert_eq!(initrd(None).unwrap(), None);
+        assert_eq!(
+            initrd(Some(Path::new("/t/vms.cpio"))).unwrap(),
+            Some(PathBuf::from("/t/vms.cpio"))
+        );
+        assert!(initrd(Some(Path::new("/t/a,b/vms.cpio")))
+            .unwrap_err()
+            .contains("comma"));
     }
 
     #[test]
@@ -354,9 +462,9 @@ mod tests {
         let elf = dir.join("k.elf");
         fs::write(&loader, b"MZ").unwrap();
         fs::write(&elf, b"\x7fELF").unwrap();
-        let esp = make_esp(&dir, Arch::Aarch64, &loader, &elf, "exit=semihosting").unwrap();
+        let esp = make_esp(&dir, Arch::Aarch64, &loader, &elf, "exit=semihosting", None).unwrap();
         fs::write(esp.join("NvVars"), b"stale").unwrap();
-        let esp = make_esp(&dir, Arch::Aarch64, &loader, &elf, "exit=semihosting").unwrap();
+        let esp = make_esp(&dir, Arch::Aarch64, &loader, &elf, "exit=semihosting", None).unwrap();
         assert_eq!(fs::read(esp.join("EFI/BOOT/BOOTAA64.EFI")).unwrap(), b"MZ");
         assert_eq!(fs::read(esp.join("hypervisor.elf")).unwrap(), b"\x7fELF");
         assert_eq!(
@@ -364,6 +472,24 @@ mod tests {
             "exit=semihosting"
         );
         assert!(!esp.join("NvVars").exists());
+        assert!(!esp.join("modules.txt").exists());
+        let bundle = dir.join("b.cpio");
+        fs::write(&bundle, b"070701").unwrap();
+        let esp = make_esp(
+            &dir,
+            Arch::X86_64,
+            &loader,
+            &elf,
+            "exit=debugexit",
+            Some(&bundle),
+        )
+        .unwrap();
+        assert!(esp.join("EFI/BOOT/BOOTX64.EFI").is_file());
+        assert_eq!(fs::read(esp.join("vms.cpio")).unwrap(), b"070701");
+        assert_eq!(
+            fs::read_to_string(esp.join("modules.txt")).unwrap(),
+            "vms.cpio\n"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

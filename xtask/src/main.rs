@@ -8,9 +8,12 @@
 //! Everything it writes goes under `<target dir>/xtask/` (`target/xtask/` by default).
 
 mod build;
+mod bundle;
 mod deps;
+mod guests;
 mod image;
 mod qemu;
+mod scenarios;
 mod test;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -220,7 +223,8 @@ pub struct TargetArgs {
     /// Boot path (default: multiboot1 on x86_64, image on aarch64).
     #[arg(long)]
     pub boot: Option<Boot>,
-    /// Extra kernel command-line words, after the exit method for the emulator.
+    /// Extra kernel command-line words, after the exit method for the
+    /// emulator. `run --guest`: the guest's command line instead.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub append: String,
     /// Build the kernel (and loader) in release mode.
@@ -248,12 +252,94 @@ struct RunArgs {
     /// Accelerator (default: kvm only if the host offers nested virtualization).
     #[arg(long)]
     accel: Option<Accel>,
-    /// Number of CPUs.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// QEMU -cpu model under TCG (default: max), e.g. EPYC,+svm,+npt or cortex-a72.
+    #[arg(long, value_name = "MODEL")]
+    cpu: Option<String>,
+    /// Number of CPUs [default: 2]. With --guest: the guest VM's vCPUs
+    /// [default: 1]; the machine gets max(2, N) CPUs.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    smp: Option<u32>,
+    /// RAM in MiB [default: 512, at least 64]. With --guest: each guest
+    /// VM's RAM [default: 64]; the machine gets the guests' RAM + 256 MiB.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    mem: Option<u32>,
+    /// Run this guest image (x86_64: Multiboot1 or ELF64; aarch64: ELF64 or
+    /// arm64 Image) in a VM; repeat for more VMs. --append, --smp and --mem
+    /// then apply to each guest, `exitcode=guest` is passed and xtask exits
+    /// with the (first) guest's exit status.
+    #[arg(long = "guest", value_name = "FILE")]
+    guests: Vec<PathBuf>,
+    /// Extra hypervisor command-line words (with or without --guest).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    hv_append: String,
+}
+
+/// RAM the hypervisor gets on top of its guests' RAM (`run --guest`).
+const HV_MEM_MIB: u32 = scenarios::HV_MEM_MIB;
+/// Guest defaults for `run --guest` (the kernel's `vmm::config` defaults).
+const GUEST_MEM_MIB: u32 = 64;
+const GUEST_SMP: u32 = 1;
+
+/// What `run` boots: the machine's size and the hypervisor's command-line
+/// words, and the VMs when --guest is given.
+#[derive(Debug, PartialEq, Eq)]
+struct RunPlan {
     smp: u32,
-    /// RAM in MiB.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536))]
-    mem: u32,
+    mem_mib: u32,
+    /// Kernel command-line words after the exit method.
+    hv_words: String,
+    vms: Vec<bundle::VmLine>,
+    /// (file name in the bundle, host path) for each VM's image.
+    sources: Vec<(String, PathBuf)>,
+}
+
+impl RunArgs {
+    /// Checks the options (and reads every guest file) before anything is
+    /// built or booted.
+    fn plan(&self, arch: Arch) -> Result<RunPlan> {
+        let join = |a: &str, b: &str| {
+            a.split_whitespace()
+                .chain(b.split_whitespace())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if self.guests.is_empty() {
+            let mem_mib = self.mem.unwrap_or(512);
+            if mem_mib < 64 {
+                return Err(format!(
+                    "--mem {mem_mib}: the hypervisor needs at least 64 MiB"
+                ));
+            }
+            return Ok(RunPlan {
+                smp: self.smp.unwrap_or(2),
+                mem_mib,
+                hv_words: join(&self.target.append, &self.hv_append),
+                vms: Vec::new(),
+                sources: Vec::new(),
+            });
+        }
+        let guest_mem = self.mem.unwrap_or(GUEST_MEM_MIB);
+        let guest_smp = self.smp.unwrap_or(GUEST_SMP);
+        let (vms, sources) = guests::run_vms(
+            arch,
+            &self.guests,
+            guest_mem,
+            guest_smp,
+            &self.target.append,
+        )?;
+        let mem_mib = (vms.len() as u32)
+            .checked_mul(guest_mem)
+            .and_then(|m| m.checked_add(HV_MEM_MIB))
+            .filter(|&m| m <= 1 << 20)
+            .ok_or_else(|| format!("{} guests of {guest_mem} MiB: too much RAM", vms.len()))?;
+        Ok(RunPlan {
+            smp: guest_smp.max(2),
+            mem_mib,
+            hv_words: join("exitcode=guest", &self.hv_append),
+            vms,
+            sources,
+        })
+    }
 }
 
 impl TargetArgs {
@@ -266,14 +352,20 @@ impl TargetArgs {
     }
 
     fn spec(&self) -> Result<image::BootSpec> {
+        self.spec_with(&self.append)
+    }
+
+    /// The spec with `words` after the exit method on the kernel command line.
+    fn spec_with(&self, words: &str) -> Result<image::BootSpec> {
         let (arch, boot) = self.resolve()?;
         let spec = image::BootSpec {
             arch,
             boot,
-            cmdline: kernel_cmdline(arch, &self.append),
+            cmdline: kernel_cmdline(arch, words),
             release: self.release,
             test_hooks: self.test_hooks,
             grub: self.grub,
+            bundle: None,
         };
         spec.check()?;
         Ok(spec)
@@ -363,7 +455,9 @@ fn cmd_image(paths: &Paths, a: ImageArgs) -> Result<i32> {
 }
 
 fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
-    let spec = a.target.spec()?;
+    let (arch, _) = a.target.resolve()?;
+    let plan = a.plan(arch)?;
+    let mut spec = a.target.spec_with(&plan.hv_words)?;
     let accel = a.accel.unwrap_or_else(|| Accel::detect(spec.arch));
     if accel == Accel::Kvm && spec.arch != Arch::host() {
         return Err(format!(
@@ -373,13 +467,44 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
         ));
     }
     deps::ensure(&deps::for_run(spec.arch, spec.boot, spec.uses_grub()))?;
-    let media = image::prepare(paths, &spec, &a.target.out_dir(paths)?, false)?;
+    let out_dir = a.target.out_dir(paths)?;
+    if !plan.vms.is_empty() {
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+        let cpio = out_dir.join(image::BUNDLE_NAME);
+        let sources: Vec<(String, &Path)> = plan
+            .sources
+            .iter()
+            .map(|(f, p)| (f.clone(), p.as_path()))
+            .collect();
+        bundle::write_bundle(&cpio, &plan.vms, &sources)?;
+        for vm in &plan.vms {
+            println!(
+                "xtask: VM {}: {} ({} MiB, {} vCPU(s), append {:?})",
+                vm.name,
+                Paths::show(
+                    &plan
+                        .sources
+                        .iter()
+                        .find(|(f, _)| *f == vm.file)
+                        .map_or_else(PathBuf::new, |(_, p)| p.clone())
+                ),
+                vm.mem_mib,
+                vm.smp,
+                vm.append
+            );
+        }
+        println!("xtask: VM bundle {}", Paths::show(&cpio));
+        spec.bundle = Some(cpio);
+    }
+    let media = image::prepare(paths, &spec, &out_dir, false)?;
     let machine = qemu::Machine {
         arch: spec.arch,
         accel,
-        smp: a.smp,
-        mem_mib: a.mem,
+        smp: plan.smp,
+        mem_mib: plan.mem_mib,
         media,
+        cpu: a.cpu.clone(),
         cmdline: spec.cmdline.clone(),
     };
     let (program, args) = machine.command_line();
@@ -388,26 +513,36 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
         spec.arch.name(),
         spec.boot.name(),
         if accel == Accel::Kvm { "kvm" } else { "tcg" },
-        a.smp,
-        a.mem
+        plan.smp,
+        plan.mem_mib
     );
     println!("xtask: {}", qemu::shell_words(&program, &args));
-    let status = std::process::Command::new(&program)
-        .args(&args)
-        .status()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let (status, guest_status) = run_tee(&program, &args)?;
+    let qemu_status = status
+        .code()
+        .map_or_else(|| "by a signal".to_string(), |c| c.to_string());
     let code = match status.code() {
-        Some(c) => map_exit_status(c),
+        Some(c) => c,
         None => {
             use std::os::unix::process::ExitStatusExt;
             128 + status.signal().unwrap_or(0)
         }
     };
+    if !plan.vms.is_empty() {
+        return match guest_status {
+            Some(n) => {
+                println!("xtask: QEMU exited with status {qemu_status}; guest exit status {n}");
+                Ok(n)
+            }
+            None => Err(format!(
+                "QEMU exited with status {qemu_status} and the hypervisor reported no guest \
+                 exit status (no `{GUEST_STATUS}N` line): the VM did not run to its end"
+            )),
+        };
+    }
+    let code = map_exit_status(code);
     println!(
-        "xtask: QEMU exited with status {} → {}",
-        status
-            .code()
-            .map_or_else(|| "by a signal".to_string(), |c| c.to_string()),
+        "xtask: QEMU exited with status {qemu_status} → {}",
         match code {
             0 => "success",
             1 => "failure",
@@ -415,6 +550,62 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
         }
     );
     Ok(code)
+}
+
+/// The kernel's line with `exitcode=guest` before it ends the run.
+const GUEST_STATUS: &str = "HV-EXIT: guest status ";
+
+/// The guest status in one serial line, if it is the kernel's report.
+fn guest_status_in(line: &str) -> Option<i32> {
+    let rest = &line[line.find(GUEST_STATUS)? + GUEST_STATUS.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok().filter(|n| (0..=255).contains(n))
+}
+
+/// Runs QEMU with its serial output passed through to our stdout (stdin and
+/// stderr stay the terminal's) while watching for the guest status line.
+fn run_tee(program: &str, args: &[String]) -> Result<(std::process::ExitStatus, Option<i32>)> {
+    use std::io::{Read, Write};
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let mut from = child.stdout.take().ok_or("no pipe from QEMU")?;
+    let mut out = std::io::stdout();
+    let mut line: Vec<u8> = Vec::new();
+    let mut found = None;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let _ = out.write_all(&buf[..n]);
+        let _ = out.flush();
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                let text = test::clean_serial(&line);
+                if let Some(s) = guest_status_in(&text) {
+                    found = Some(s);
+                }
+                line.clear();
+            } else if line.len() < 4096 {
+                line.push(b);
+            }
+        }
+    }
+    if !line.is_empty() {
+        if let Some(s) = guest_status_in(&test::clean_serial(&line)) {
+            found = Some(s);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {program}: {e}"))?;
+    Ok((status, found))
 }
 
 #[cfg(test)]
@@ -497,8 +688,8 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(r.target.resolve().unwrap(), (Arch::Aarch64, Boot::Uefi));
-        assert_eq!(r.smp, 4);
-        assert_eq!(r.mem, 1024);
+        assert_eq!(r.smp, Some(4));
+        assert_eq!(r.mem, Some(1024));
         assert_eq!(r.accel, Some(Accel::Tcg));
         assert!(Cli::try_parse_from(["xtask", "run", "--smp", "0"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "run", "--boot", "floppy"]).is_err());

@@ -15,8 +15,13 @@ pub const AARCH64_EFI: &str = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Media {
     /// Loaded by QEMU itself with `-kernel` (x86 Multiboot1 ELF, arm64 Image)
-    /// and given the command line with `-append`.
-    Kernel(PathBuf),
+    /// and given the command line with `-append`; `initrd` (the VM bundle)
+    /// with `-initrd`: a Multiboot module on x86 (its command line is its
+    /// path), the initrd named in the DTB's `/chosen` on arm64.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+    },
     /// A GRUB ISO; the command line is in its grub.cfg.
     Cdrom(PathBuf),
     /// An ESP directory served as a FAT disk to UEFI firmware; the command
@@ -27,7 +32,18 @@ pub enum Media {
 impl Media {
     pub fn describe(&self) -> String {
         match self {
-            Media::Kernel(p) => format!("kernel: {}", Paths::show(p)),
+            Media::Kernel {
+                kernel,
+                initrd: None,
+            } => format!("kernel: {}", Paths::show(kernel)),
+            Media::Kernel {
+                kernel,
+                initrd: Some(i),
+            } => format!(
+                "kernel: {}\ninitrd: {}",
+                Paths::show(kernel),
+                Paths::show(i)
+            ),
             Media::Cdrom(p) => format!("iso: {}", Paths::show(p)),
             Media::Esp(p) => format!("esp: {}", Paths::show(p)),
         }
@@ -42,6 +58,8 @@ pub struct Machine {
     pub smp: u32,
     pub mem_mib: u32,
     pub media: Media,
+    /// The `-cpu` model under TCG (`None`: `max`); KVM always uses `host`.
+    pub cpu: Option<String>,
     /// Passed with `-append` for [`Media::Kernel`]; baked into the media otherwise.
     pub cmdline: String,
 }
@@ -53,10 +71,11 @@ impl Machine {
     pub fn command_line(&self) -> (String, Vec<String>) {
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: &[&str]| a.extend(s.iter().map(|s| s.to_string()));
-        let (program, cpu) = match self.arch {
-            Arch::X86_64 => ("qemu-system-x86_64", "max"),
-            Arch::Aarch64 => ("qemu-system-aarch64", "max"),
+        let program = match self.arch {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
         };
+        let cpu = self.cpu.as_deref().unwrap_or("max");
         let uefi = matches!(self.media, Media::Esp(_));
         match self.arch {
             // q35 for UEFI: the 4M OVMF pair is built for it.
@@ -78,9 +97,13 @@ impl Machine {
         let smp = self.smp.to_string();
         push(&["-m", &mem, "-smp", &smp]);
         match (&self.media, self.arch) {
-            (Media::Kernel(k), _) => {
-                let k = k.display().to_string();
+            (Media::Kernel { kernel, initrd }, _) => {
+                let k = kernel.display().to_string();
                 push(&["-kernel", &k, "-append", &self.cmdline]);
+                if let Some(i) = initrd {
+                    let i = i.display().to_string();
+                    push(&["-initrd", &i]);
+                }
             }
             (Media::Cdrom(iso), _) => {
                 let iso = iso.display().to_string();
@@ -158,7 +181,15 @@ mod tests {
             smp: 2,
             mem_mib: 512,
             media,
+            cpu: None,
             cmdline: arch.exit_word().to_string(),
+        }
+    }
+
+    fn kernel(path: &str) -> Media {
+        Media::Kernel {
+            kernel: path.into(),
+            initrd: None,
         }
     }
 
@@ -169,7 +200,7 @@ mod tests {
 
     #[test]
     fn x86_multiboot1() {
-        let m = machine(Arch::X86_64, Media::Kernel("/o/hypervisor.elf".into()));
+        let m = machine(Arch::X86_64, kernel("/o/hypervisor.elf"));
         assert_eq!(
             line(&m),
             "qemu-system-x86_64 -accel tcg -cpu max -m 512M -smp 2 -kernel /o/hypervisor.elf \
@@ -203,7 +234,7 @@ mod tests {
 
     #[test]
     fn arm64_image() {
-        let mut m = machine(Arch::Aarch64, Media::Kernel("/o/Image".into()));
+        let mut m = machine(Arch::Aarch64, kernel("/o/Image"));
         m.cmdline = "exit=semihosting selftest=crash".into();
         m.smp = 4;
         m.mem_mib = 1024;
@@ -238,11 +269,46 @@ mod tests {
 
     #[test]
     fn kvm_uses_host_cpu() {
-        let mut m = machine(Arch::X86_64, Media::Kernel("/k".into()));
+        let mut m = machine(Arch::X86_64, kernel("/k"));
         m.accel = Accel::Kvm;
         let l = line(&m);
         assert!(l.contains("-accel kvm -cpu host "), "{l}");
         assert!(!l.contains("tcg"), "{l}");
+    }
+
+    #[test]
+    fn cpu_model_and_initrd() {
+        let mut m = machine(
+            Arch::X86_64,
+            Media::Kernel {
+                kernel: "/o/hypervisor.elf".into(),
+                initrd: Some("/o/vms.cpio".into()),
+            },
+        );
+        m.cpu = Some("EPYC,+svm,+npt".into());
+        let l = line(&m);
+        assert!(
+            l.contains(" -accel tcg -cpu EPYC,+svm,+npt -m 512M "),
+            "{l}"
+        );
+        assert!(
+            l.contains(" -kernel /o/hypervisor.elf -append exit=debugexit -initrd /o/vms.cpio "),
+            "{l}"
+        );
+        let mut m = machine(
+            Arch::Aarch64,
+            Media::Kernel {
+                kernel: "/o/Image".into(),
+                initrd: Some("/o/vms.cpio".into()),
+            },
+        );
+        m.cpu = Some("cortex-a72".into());
+        let l = line(&m);
+        assert!(l.contains(" -cpu cortex-a72 "), "{l}");
+        assert!(l.contains(" -initrd /o/vms.cpio "), "{l}");
+        // KVM ignores the model: the host CPU is the only choice.
+        m.accel = Accel::Kvm;
+        assert!(line(&m).contains("-accel kvm -cpu host "));
     }
 
     #[test]

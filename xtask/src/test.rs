@@ -8,7 +8,9 @@
 use crate::build::{self, KernelBuild};
 use crate::image::{self, BootSpec};
 use crate::qemu::{self, Machine, Media};
-use crate::{deps, kernel_cmdline, Accel, Arch, Boot, Paths, Result};
+use crate::scenarios::all as scenarios;
+pub use crate::scenarios::Scenario;
+use crate::{deps, guests, kernel_cmdline, Accel, Arch, Paths, Result};
 use clap::Args;
 use std::collections::HashMap;
 use std::fs::File;
@@ -42,95 +44,6 @@ pub struct TestArgs {
     list: bool,
 }
 
-/// One emulator run and what it must show.
-#[derive(Clone, Debug)]
-pub struct Scenario {
-    pub name: &'static str,
-    pub arch: Arch,
-    pub boot: Boot,
-    /// Kernel command-line words after the architecture's exit method.
-    pub append: &'static str,
-    /// Build the kernel with the `test-hooks` feature.
-    pub test_hooks: bool,
-    /// Multiboot1 through GRUB's `multiboot` command instead of QEMU -kernel.
-    pub grub: bool,
-    pub smp: u32,
-    pub mem_mib: u32,
-    pub timeout: Duration,
-    /// The emulator's exit status: 33 = kernel success, 35 = kernel failure.
-    pub expect_status: i32,
-    /// Substrings that must appear on the serial console, in this order.
-    pub expect: &'static [&'static str],
-    /// Substrings that must not appear anywhere.
-    pub forbid: &'static [&'static str],
-}
-
-pub const STATUS_SUCCESS: i32 = 33;
-pub const STATUS_FAILURE: i32 = 35;
-
-/// The banner (`report_platform`, with the CPUs found in the MADT / DTB of
-/// a 2-CPU machine) and a clean end.
-const BANNER_AND_SUCCESS: &[&str] = &["cpu:", "virt:", "cpus: 2", "HV-EXIT: success"];
-/// Signs of a crash: our exception report, a Rust panic, an EDK2 exception.
-const NO_CRASH: &[&str] = &["*** EXCEPTION", "panicked", "!!!! ", "HV-EXIT: failure"];
-const NO_SUCCESS: &[&str] = &["HV-EXIT: success", "panicked"];
-
-const KERNEL_TIMEOUT: Duration = Duration::from_secs(60);
-const UEFI_TIMEOUT: Duration = Duration::from_secs(120);
-
-const fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Scenario {
-    Scenario {
-        name,
-        arch,
-        boot,
-        append: "",
-        test_hooks: true,
-        grub: false,
-        smp: 2,
-        mem_mib: 512,
-        timeout,
-        expect_status: STATUS_SUCCESS,
-        expect: BANNER_AND_SUCCESS,
-        forbid: NO_CRASH,
-    }
-}
-
-/// Every scenario, in the order they are started.
-pub fn scenarios() -> Vec<Scenario> {
-    use Arch::*;
-    use Boot::*;
-    vec![
-        boot("boot-x86-multiboot1", X86_64, Multiboot1, KERNEL_TIMEOUT),
-        boot("boot-x86-multiboot2", X86_64, Multiboot2, KERNEL_TIMEOUT),
-        Scenario {
-            grub: true,
-            ..boot(
-                "boot-x86-grub-multiboot1",
-                X86_64,
-                Multiboot1,
-                KERNEL_TIMEOUT,
-            )
-        },
-        boot("boot-x86-uefi", X86_64, Uefi, UEFI_TIMEOUT),
-        boot("boot-arm64-image", Aarch64, Image, KERNEL_TIMEOUT),
-        boot("boot-arm64-uefi", Aarch64, Uefi, UEFI_TIMEOUT),
-        Scenario {
-            append: "selftest=crash",
-            expect_status: STATUS_FAILURE,
-            expect: &["*** EXCEPTION", "RIP=", "HV-EXIT: failure"],
-            forbid: NO_SUCCESS,
-            ..boot("crash-report-x86", X86_64, Multiboot1, KERNEL_TIMEOUT)
-        },
-        Scenario {
-            append: "selftest=crash",
-            expect_status: STATUS_FAILURE,
-            expect: &["*** EXCEPTION", "ESR_EL2=", "HV-EXIT: failure"],
-            forbid: NO_SUCCESS,
-            ..boot("crash-report-arm64", Aarch64, Image, KERNEL_TIMEOUT)
-        },
-    ]
-}
-
 impl Scenario {
     fn spec(&self, release: bool) -> BootSpec {
         BootSpec {
@@ -140,6 +53,7 @@ impl Scenario {
             release,
             test_hooks: self.test_hooks,
             grub: self.grub,
+            bundle: None,
         }
     }
 }
@@ -416,9 +330,9 @@ fn run_host_tests(paths: &Paths) -> Outcome {
     }
 }
 
-fn run_scenario(paths: &Paths, sc: &Scenario, machine: &Machine) -> Outcome {
+/// Runs a scenario's program (QEMU, or its script) and judges the output.
+fn run_scenario(paths: &Paths, sc: &Scenario, program: &str, args: &[String]) -> Outcome {
     let log = paths.out.join("logs").join(format!("{}.log", sc.name));
-    let (program, args) = machine.command_line();
     let fail = |reason: String, tail: Vec<String>| Outcome {
         name: sc.name.into(),
         secs: 0.0,
@@ -426,7 +340,7 @@ fn run_scenario(paths: &Paths, sc: &Scenario, machine: &Machine) -> Outcome {
         tail,
         log: Some(log.clone()),
     };
-    let c = match run_captured(&program, &args, &paths.root, sc.timeout, &log) {
+    let c = match run_captured(program, args, &paths.root, sc.timeout, &log) {
         Ok(c) => c,
         Err(e) => return fail(e, Vec::new()),
     };
@@ -435,9 +349,9 @@ fn run_scenario(paths: &Paths, sc: &Scenario, machine: &Machine) -> Outcome {
     let code = c.status.as_ref().map(exit_code);
     // After the serial text: QEMU's own messages and how the run ended.
     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log) {
-        let _ = writeln!(f, "\n--- xtask: {}", qemu::shell_words(&program, &args));
+        let _ = writeln!(f, "\n--- xtask: {}", qemu::shell_words(program, args));
         if !stderr.is_empty() {
-            let _ = write!(f, "--- qemu stderr:\n{stderr}");
+            let _ = write!(f, "--- stderr:\n{stderr}");
         }
         let _ = writeln!(
             f,
@@ -453,7 +367,7 @@ fn run_scenario(paths: &Paths, sc: &Scenario, machine: &Machine) -> Outcome {
     if result.is_err() {
         lines = tail(&serial, 30).into_iter().map(String::from).collect();
         for l in tail(&stderr, 5) {
-            lines.push(format!("qemu: {l}"));
+            lines.push(format!("stderr: {l}"));
         }
     }
     Outcome {
@@ -465,12 +379,14 @@ fn run_scenario(paths: &Paths, sc: &Scenario, machine: &Machine) -> Outcome {
     }
 }
 
-/// Builds every kernel and loader the scenarios need (each once), then makes
-/// each scenario's boot media under `target/xtask/scenarios/<name>/`.
-fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Media>> {
+/// Builds every kernel, loader and guest crate the scenarios need (each
+/// once), then makes each scenario's boot media (and VM bundle) under
+/// `target/xtask/scenarios/<name>/`. `Ok(None)`: a script scenario.
+fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Option<Media>>> {
     let mut kernels: HashMap<KernelBuild, Result<PathBuf>> = HashMap::new();
     let mut loaders: HashMap<Arch, Result<PathBuf>> = HashMap::new();
-    for sc in scs {
+    let mut guest_builds: HashMap<Arch, Result<PathBuf>> = HashMap::new();
+    for sc in scs.iter().filter(|s| s.script.is_none()) {
         let spec = sc.spec(release);
         let kb = spec.kernel_build();
         kernels
@@ -481,10 +397,18 @@ fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Me
                 .entry(spec.arch)
                 .or_insert_with(|| build::build_loader(paths, spec.arch, release, true));
         }
+        if !sc.vms.is_empty() {
+            guest_builds
+                .entry(sc.arch)
+                .or_insert_with(|| guests::build_guests(paths, sc.arch, release, true));
+        }
     }
     scs.iter()
         .map(|sc| {
-            let spec = sc.spec(release);
+            if sc.script.is_some() {
+                return Ok(None);
+            }
+            let mut spec = sc.spec(release);
             let elf = kernels[&spec.kernel_build()]
                 .as_ref()
                 .map_err(|e| format!("kernel build failed: {e}"))?;
@@ -496,13 +420,24 @@ fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Me
                 _ => None,
             };
             let dir = paths.out.join("scenarios").join(sc.name);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            if !sc.vms.is_empty() {
+                if let Some(Err(e)) = guest_builds.get(&sc.arch) {
+                    return Err(format!("guest build failed: {e}"));
+                }
+                let bundle = dir.join(image::BUNDLE_NAME);
+                guests::scenario_bundle(paths, sc.arch, release, sc.vms, &bundle)
+                    .map_err(|e| format!("bundle: {e}"))?;
+                spec.bundle = Some(bundle);
+            }
             let media = image::make_media(paths, &spec, elf, loader, &dir)
                 .map_err(|e| format!("image: {e}"))?;
             if let Media::Esp(esp) = &media {
                 std::fs::write(esp.join("startup.nsh"), STARTUP_NSH)
                     .map_err(|e| format!("cannot write startup.nsh: {e}"))?;
             }
-            Ok(media)
+            Ok(Some(media))
         })
         .collect()
 }
@@ -544,6 +479,10 @@ pub fn run(paths: &Paths, a: TestArgs) -> Result<i32> {
     if !selected.is_empty() {
         let mut needs = Vec::new();
         for sc in &selected {
+            if sc.script.is_some() {
+                needs.extend(deps::for_script(sc.name));
+                continue;
+            }
             let spec = sc.spec(a.release);
             needs.extend(deps::for_run(sc.arch, sc.boot, spec.uses_grub()));
         }
@@ -580,16 +519,25 @@ pub fn run(paths: &Paths, a: TestArgs) -> Result<i32> {
                             tail: Vec::new(),
                             log: None,
                         },
-                        Ok(m) => {
+                        Ok(None) => {
+                            let script = sc.script.unwrap_or(&[]);
+                            let program = paths.root.join(script.first().copied().unwrap_or(""));
+                            let args: Vec<String> =
+                                script.iter().skip(1).map(|s| s.to_string()).collect();
+                            run_scenario(paths, sc, &program.display().to_string(), &args)
+                        }
+                        Ok(Some(m)) => {
                             let machine = Machine {
                                 arch: sc.arch,
                                 accel: accel_of(sc.arch),
                                 smp: sc.smp,
                                 mem_mib: sc.mem_mib,
                                 media: m.clone(),
+                                cpu: sc.cpu.map(String::from),
                                 cmdline: kernel_cmdline(sc.arch, sc.append),
                             };
-                            run_scenario(paths, sc, &machine)
+                            let (program, args) = machine.command_line();
+                            run_scenario(paths, sc, &program, &args)
                         }
                     };
                     if tx.send(o).is_err() {
@@ -668,7 +616,51 @@ mod tests {
             for e in s.expect {
                 assert!(!s.forbid.contains(e), "{}: {e}", s.name);
             }
+            // The machine holds the hypervisor and every VM; each VM is a
+            // valid vms.conf line and names are distinct.
+            let vm_mem: u32 = s.vms.iter().map(|v| v.mem_mib).sum();
+            assert!(
+                s.mem_mib >= vm_mem + crate::scenarios::HV_MEM_MIB,
+                "{}: {} MiB is too little",
+                s.name,
+                s.mem_mib
+            );
+            let lines: Vec<_> = s
+                .vms
+                .iter()
+                .map(|v| crate::bundle::VmLine {
+                    name: v.name.into(),
+                    file: v.bin.into(),
+                    mem_mib: v.mem_mib,
+                    smp: v.smp,
+                    append: v.append.into(),
+                })
+                .collect();
+            if let Err(e) = crate::bundle::vms_conf(&lines) {
+                panic!("{}: {e}", s.name);
+            }
+            if s.script.is_some() {
+                assert!(s.vms.is_empty() && s.expect_status == 0, "{}", s.name);
+            }
         }
+    }
+
+    #[test]
+    fn guest_scenario_defaults() {
+        use crate::scenarios::{guests, vm, BANNER_AND_SUCCESS, NO_CRASH};
+        const VMS: &[crate::scenarios::GuestVm] = &[vm("hello", "h1"), vm("hello", "h2")];
+        let s = guests("g", Arch::Aarch64, VMS, &["[h1] hi", "HV-EXIT: success"]);
+        assert_eq!(s.boot, crate::Boot::Image);
+        assert_eq!((s.smp, s.mem_mib, s.cpu), (2, 512, None));
+        assert_eq!(s.vms.len(), 2);
+        assert_eq!(
+            (s.vms[0].mem_mib, s.vms[0].smp, s.vms[0].append),
+            (16, 1, "")
+        );
+        assert_eq!(s.forbid, NO_CRASH);
+        let x = guests("g", Arch::X86_64, VMS, BANNER_AND_SUCCESS);
+        assert_eq!(x.boot, crate::Boot::Multiboot1);
+        assert!(x.spec(false).check().is_ok());
     }
 
     #[test]

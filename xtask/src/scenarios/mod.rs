@@ -1,0 +1,143 @@
+//! The emulator scenarios of `cargo xtask test`, as data.
+//!
+//! One file per family so that people adding scenarios do not edit the
+//! same file: `boot.rs` (boot paths, crash reports, the UEFI loader's own
+//! suite), `svm.rs` (x86 guests under AMD SVM), `arm64.rs` (arm64 guests
+//! at EL2). [`all`] collects them in that order.
+
+use crate::{Arch, Boot};
+use std::time::Duration;
+
+mod arm64;
+mod boot;
+mod svm;
+
+/// One emulator run and what it must show.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub arch: Arch,
+    pub boot: Boot,
+    /// Kernel command-line words after the architecture's exit method.
+    pub append: &'static str,
+    /// Build the kernel with the `test-hooks` feature.
+    pub test_hooks: bool,
+    /// Multiboot1 through GRUB's `multiboot` command instead of QEMU -kernel.
+    pub grub: bool,
+    /// QEMU `-cpu` model under TCG (`None`: `max`), e.g. `EPYC,+svm,+npt`
+    /// or `cortex-a72`. KVM always uses `-cpu host`.
+    pub cpu: Option<&'static str>,
+    pub smp: u32,
+    /// Machine RAM: enough for the hypervisor (256 MiB) plus every VM.
+    pub mem_mib: u32,
+    /// Guest VMs, packed into a `vms.cpio` bundle (images + `vms.conf`)
+    /// that reaches the kernel as a boot module on every boot path.
+    /// Images come from the guest crate of the scenario's architecture
+    /// (`guests/x86`, package `x86-guests`; `guests/arm64`, package
+    /// `arm64-guests`), built with the kernel's profile.
+    pub vms: &'static [GuestVm],
+    /// Instead of QEMU: a program (relative to the workspace root) with its
+    /// arguments; it must exit with status 0. `boot`, `append`, `vms`, ...
+    /// then do not apply.
+    pub script: Option<&'static [&'static str]>,
+    pub timeout: Duration,
+    /// The emulator's exit status: 33 = kernel success, 35 = kernel failure
+    /// (with `exitcode=guest`: the first guest's own exit code).
+    pub expect_status: i32,
+    /// Substrings that must appear on the serial console, in this order.
+    pub expect: &'static [&'static str],
+    /// Substrings that must not appear anywhere.
+    pub forbid: &'static [&'static str],
+}
+
+/// One VM of a scenario: a line of the bundle's `vms.conf`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestVm {
+    /// The `[[bin]]` of the guest crate; also its file name in the bundle.
+    pub bin: &'static str,
+    /// The VM name (1-32 of `[A-Za-z0-9._-]`): console lines are `[name] ...`.
+    pub name: &'static str,
+    pub mem_mib: u32,
+    /// vCPUs.
+    pub smp: u32,
+    /// The guest's command line.
+    pub append: &'static str,
+}
+
+/// A VM running guest `bin` with 16 MiB, 1 vCPU and no command line.
+#[allow(dead_code)] // for svm.rs / arm64.rs
+pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
+    GuestVm {
+        bin,
+        name,
+        mem_mib: 16,
+        smp: 1,
+        append: "",
+    }
+}
+
+pub const STATUS_SUCCESS: i32 = 33;
+pub const STATUS_FAILURE: i32 = 35;
+
+/// The banner (`report_platform`, with the CPUs found in the MADT / DTB of
+/// a 2-CPU machine) and a clean end.
+pub const BANNER_AND_SUCCESS: &[&str] = &["cpu:", "virt:", "cpus: 2", "HV-EXIT: success"];
+/// Signs of a crash: our exception report, a Rust panic, an EDK2 exception.
+pub const NO_CRASH: &[&str] = &["*** EXCEPTION", "panicked", "!!!! ", "HV-EXIT: failure"];
+pub const NO_SUCCESS: &[&str] = &["HV-EXIT: success", "panicked"];
+
+pub const KERNEL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const UEFI_TIMEOUT: Duration = Duration::from_secs(120);
+/// RAM the hypervisor itself gets on top of its VMs' RAM.
+pub const HV_MEM_MIB: u32 = 256;
+
+/// A boot scenario: the test-hooks kernel on 2 CPUs and 512 MiB, no VMs,
+/// expecting the banner and `HV-EXIT: success`.
+pub const fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Scenario {
+    Scenario {
+        name,
+        arch,
+        boot,
+        append: "",
+        test_hooks: true,
+        grub: false,
+        cpu: None,
+        smp: 2,
+        mem_mib: 512,
+        vms: &[],
+        script: None,
+        timeout,
+        expect_status: STATUS_SUCCESS,
+        expect: BANNER_AND_SUCCESS,
+        forbid: NO_CRASH,
+    }
+}
+
+/// A guest scenario: the architecture's default boot path, 2 CPUs,
+/// 512 MiB, `vms`, expecting `expect` and no crash. Override fields with
+/// `Scenario { cpu: Some("EPYC,+svm,+npt"), ..guests(...) }`.
+#[allow(dead_code)] // for svm.rs / arm64.rs
+pub const fn guests(
+    name: &'static str,
+    arch: Arch,
+    vms: &'static [GuestVm],
+    expect: &'static [&'static str],
+) -> Scenario {
+    let boot_path = match arch {
+        Arch::X86_64 => Boot::Multiboot1,
+        Arch::Aarch64 => Boot::Image,
+    };
+    Scenario {
+        vms,
+        expect,
+        ..boot(name, arch, boot_path, KERNEL_TIMEOUT)
+    }
+}
+
+/// Every scenario, in the order they are started.
+pub fn all() -> Vec<Scenario> {
+    let mut v = boot::scenarios();
+    v.extend(svm::scenarios());
+    v.extend(arm64::scenarios());
+    v
+}
