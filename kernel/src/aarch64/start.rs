@@ -73,6 +73,18 @@ unsafe fn phys_slice<T>(addr: u64, len: u64, max: u64) -> Option<&'static [T]> {
 /// MMU off.
 #[no_mangle]
 extern "C" fn aarch64_start(x0: u64, x1: u64, x2: u64) -> ! {
+    // `prepare`'s frame (several copies of the ~20 KiB BootInfo in debug
+    // builds) is gone before kernel_main runs: the 64 KiB boot stack is
+    // then left to kernel_main and the VMs it runs.
+    crate::kernel_main(prepare(x0, x1, x2))
+}
+
+/// The boot information, built once by `prepare` (after the MMU is on, so
+/// the Once's atomics are safe).
+static BOOT_INFO: spin::Once<BootInfo> = spin::Once::new();
+
+#[inline(never)]
+fn prepare(x0: u64, x1: u64, x2: u64) -> &'static BootInfo {
     let el = regs::current_el();
     let uefi = x2 == HANDOFF_MAGIC && x1 != 0;
 
@@ -184,7 +196,7 @@ extern "C" fn aarch64_start(x0: u64, x1: u64, x2: u64) -> ! {
         uefi,
         mmu,
     });
-    crate::kernel_main(&info)
+    BOOT_INFO.call_once(|| info)
 }
 
 fn boot_info_from_handoff(h: &Handoff) -> Result<BootInfo, &'static str> {
