@@ -5,6 +5,8 @@
 //! `// SAFETY:` comment each.
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
 pub mod paging;
 
 pub mod x86_64;

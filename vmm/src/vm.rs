@@ -20,6 +20,7 @@ use crate::bus::{Bus, BusError, DeviceId, IoOutcome};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE};
 use crate::devices::fw_cfg::{FwCfg, FW_CFG_PORT, FW_CFG_PORTS};
 use crate::devices::pl011::{Pl011, PL011_BASE, PL011_SIZE};
+use crate::devices::testdev::{TestDev, TESTDEV_BASE, TESTDEV_SIZE};
 use crate::devices::uart16550::{Uart16550, COM1_PORT, UART_PORTS};
 use crate::devices::{ConsoleSink, LineOutput};
 use crate::event::{Event, Queued};
@@ -373,6 +374,7 @@ impl<B: Backing> Vm<B> {
                 )?;
                 let fw = FwCfg::new(cfg.mem_size, cfg.vcpus as u16, cfg.cmdline);
                 ports.register(u64::from(FW_CFG_PORT), FW_CFG_PORTS, Box::new(fw))?;
+                mmio.register(TESTDEV_BASE, TESTDEV_SIZE, Box::<TestDev>::default())?;
                 uart
             }
             GuestArch::Aarch64 => {

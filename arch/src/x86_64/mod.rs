@@ -8,6 +8,9 @@ pub mod cpuid;
 pub mod descriptors;
 pub mod exception;
 pub mod kmap;
+/// AMD SVM + NPT backend (its decoder dependency is x86-only).
+#[cfg(target_arch = "x86_64")]
+pub mod svm;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod devices;

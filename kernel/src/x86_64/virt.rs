@@ -1,85 +1,159 @@
-//! The virtualization backend as the kernel's VM layer (`vms.rs`) sees it.
+//! The x86 virtualization backend as the kernel's VM layer (`vms.rs`) sees
+//! it: AMD SVM with nested paging (`arch::x86_64::svm`).
 //!
-//! PLACEHOLDER until the backend lands: every entry point reports that VMs
-//! are not supported yet, so a boot with VM modules fails clearly.
+//! Global state set up once by [`virt_init`] on the boot CPU: SVM enabled
+//! (EFER.SVME, VM_HSAVE_PA, host VMSAVE area), one MSR permission map and one
+//! I/O permission map shared by every vCPU (all ones: every MSR and port is
+//! intercepted), and the SVM features the vCPUs adapt to.
 
 use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use arch::x86_64::cpuid::{CpuInfo, Cpuid, CpuidSource};
+use arch::x86_64::svm::hw::{self, Machine, PhysTables, MAX_TRACKED_ASIDS};
+use arch::x86_64::svm::npt::Npt;
+use arch::x86_64::svm::policy::SvmPolicy;
+use arch::x86_64::svm::vcpu::{Features, SvmVcpu, IOPM_SIZE, MSRPM_SIZE};
+use arch::x86_64::svm::vmcb::Vmcb;
 use boot::frame::FrameAllocator;
-use vmm::backend::{BackendError, BootState, PhysCpu, S2Attrs, Stage2Error};
-use vmm::event::{Event, Queued};
-use vmm::exit::Exit;
-use vmm::regs::Reg;
 
-/// Uninhabited until the backend exists.
-pub enum Vcpu {}
-/// Uninhabited until the backend exists.
-pub enum Stage2 {}
+pub type Vcpu = SvmVcpu<Machine, PhysTables>;
+pub type Stage2 = Npt<PhysTables>;
 
-const UNSUPPORTED: &str = "virtualization backend not implemented yet";
+/// Table frames each VM's NPT may use (RAM is mapped with 2 MiB / 1 GiB
+/// blocks where allowed, so a few tables suffice).
+const NPT_POOL_FRAMES: usize = 64;
+const PAGE: u64 = 4096;
 
-pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
-    Err(UNSUPPORTED)
+struct Globals {
+    features: Features,
+    asids: u32,
+    page_1g: bool,
+    msrpm: u64,
+    iopm: u64,
+}
+
+static GLOBALS: spin::Once<Globals> = spin::Once::new();
+
+fn fill(pa: u64, len: usize, byte: u8) {
+    // SAFETY: [pa, pa+len) was just taken from the frame allocator by the
+    // caller for this purpose and is identity-mapped RAM.
+    unsafe { core::ptr::write_bytes(pa as *mut u8, byte, len) };
+}
+
+pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
+    if GLOBALS.is_completed() {
+        return Ok(());
+    }
+    let cpu = CpuInfo::read(&Cpuid);
+    let svm = cpu.svm.as_ref();
+    if let Some(why) =
+        hw::svm_unusable_reason(svm.is_some(), svm.is_some_and(|s| s.nested_paging()))
+    {
+        return Err(why);
+    }
+    let info = svm.ok_or("no SVM")?;
+    let e81 = Cpuid.cpuid(0x8000_0001, 0);
+    let page_1g = e81.edx & (1 << 26) != 0;
+    let features = Features::from_edx(info.features);
+    let hsave = frames.alloc_frame().ok_or("no frame for VM_HSAVE_PA")?;
+    let host = frames
+        .alloc_frame()
+        .ok_or("no frame for the host VMSAVE area")?;
+    fill(hsave, PAGE as usize, 0);
+    fill(host, PAGE as usize, 0);
+    // SAFETY: CPUID reported SVM; both pages are fresh and owned by CPU 0
+    // from now on; the GDT/TSS were loaded by the early CPU init.
+    unsafe { hw::enable_on_this_cpu(0, hsave, host)? };
+    let msrpm = frames
+        .alloc_contiguous(MSRPM_SIZE as u64, PAGE)
+        .ok_or("no memory for the MSR permission map")?;
+    let iopm = frames
+        .alloc_contiguous(IOPM_SIZE as u64, PAGE)
+        .ok_or("no memory for the I/O permission map")?;
+    fill(msrpm, MSRPM_SIZE, 0xff);
+    fill(iopm, IOPM_SIZE, 0xff);
+    let asids = info.asids.min(MAX_TRACKED_ASIDS as u32);
+    if asids < 2 {
+        return Err("the CPU reports fewer than 2 ASIDs");
+    }
+    log::info!(
+        "virt: SVM enabled, {} ASIDs (using {}), NRIPS={} decode-assists={} flush-by-ASID={} VMCB-clean={} 1G-NPT={}",
+        info.asids,
+        asids - 1,
+        features.nrips as u8,
+        features.decode_assists as u8,
+        features.flush_by_asid as u8,
+        info.vmcb_clean() as u8,
+        page_1g as u8
+    );
+    GLOBALS.call_once(|| Globals {
+        features,
+        asids,
+        page_1g,
+        msrpm,
+        iopm,
+    });
+    Ok(())
+}
+
+fn globals() -> Result<&'static Globals, &'static str> {
+    GLOBALS.get().ok_or("virt_init has not run")
 }
 
 pub fn new_stage2(
-    _frames: &mut FrameAllocator,
-    _vm: usize,
-    _addr_bits: u32,
+    frames: &mut FrameAllocator,
+    _vm_index: usize,
+    addr_bits: u32,
 ) -> Result<Stage2, &'static str> {
-    Err(UNSUPPORTED)
+    let g = globals()?;
+    let mut pool = Vec::with_capacity(NPT_POOL_FRAMES);
+    for _ in 0..NPT_POOL_FRAMES {
+        pool.push(frames.alloc_frame().ok_or("no frames for the NPT")?);
+    }
+    Npt::new(PhysTables, pool, addr_bits, g.page_1g)
 }
 
 pub fn new_vcpu(
-    _frames: &mut FrameAllocator,
+    frames: &mut FrameAllocator,
     s2: &Stage2,
-    _vm: usize,
-    _vcpu: u32,
+    vm_index: usize,
+    _vcpu_index: u32,
 ) -> Result<Vcpu, &'static str> {
-    match *s2 {}
+    let g = globals()?;
+    if !hw::enabled_on(0) {
+        return Err("SVM is not enabled on the boot CPU");
+    }
+    let pa = frames.alloc_frame().ok_or("no frame for a VMCB")?;
+    // SAFETY: `pa` is a fresh 4 KiB-aligned identity-mapped frame that only
+    // this vCPU will ever use (the frame allocator never returns it again);
+    // Vmcb is a plain 4 KiB byte array valid for any contents.
+    let vmcb: &'static mut Vmcb = unsafe { &mut *(pa as *mut Vmcb) };
+    // ASID 0 is the host's; VMs share 1..asids-1 round-robin (a shared ASID
+    // is flushed on switch, rule `tlb_tag`).
+    let asid = (vm_index as u32 % (g.asids - 1)) + 1;
+    Ok(SvmVcpu::new(
+        vmcb,
+        Machine,
+        s2.root(),
+        PhysTables,
+        s2.generation(),
+        g.features,
+        vm_index,
+        asid,
+        g.msrpm,
+        g.iopm,
+    ))
 }
 
-pub fn exit_policy(_vm: usize, _vcpus: u32) -> Box<dyn vmm::vm::ExitPolicy> {
-    Box::new(vmm::vm::DenyAll)
-}
-
-impl vmm::backend::Vcpu for Vcpu {
-    fn run(&mut self) -> Result<Exit, BackendError> {
-        match *self {}
-    }
-    fn reg(&mut self, _reg: Reg) -> Result<u64, BackendError> {
-        match *self {}
-    }
-    fn set_reg(&mut self, _reg: Reg, _value: u64) -> Result<(), BackendError> {
-        match *self {}
-    }
-    fn advance_pc(&mut self) -> Result<(), BackendError> {
-        match *self {}
-    }
-    fn inject(&mut self, _event: Event) -> Result<Queued, BackendError> {
-        match *self {}
-    }
-    fn apply_boot_state(&mut self, _state: &BootState) -> Result<(), BackendError> {
-        match *self {}
-    }
-    fn bind(&mut self, _cpu: PhysCpu) -> Result<(), BackendError> {
-        match *self {}
-    }
-    fn unbind(&mut self) -> Result<(), BackendError> {
-        match *self {}
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects; CR4.TSD is clear in the hypervisor.
+    #[allow(unused_unsafe)]
+    unsafe {
+        core::arch::x86_64::_rdtsc()
     }
 }
 
-impl vmm::backend::Stage2 for Stage2 {
-    fn map(&mut self, _gpa: u64, _hpa: u64, _len: u64, _attrs: S2Attrs) -> Result<(), Stage2Error> {
-        match *self {}
-    }
-    fn unmap(&mut self, _gpa: u64, _len: u64) -> Result<(), Stage2Error> {
-        match *self {}
-    }
-    fn protect(&mut self, _gpa: u64, _len: u64, _attrs: S2Attrs) -> Result<(), Stage2Error> {
-        match *self {}
-    }
-    fn flush(&mut self) {
-        match *self {}
-    }
+pub fn exit_policy(_vm_index: usize, _vcpus: u32) -> Box<dyn vmm::vm::ExitPolicy> {
+    Box::new(SvmPolicy::new(Cpuid, rdtsc))
 }

@@ -6,6 +6,7 @@ use alloc::sync::Arc;
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod pl011;
+pub mod testdev;
 pub mod uart16550;
 
 /// Where guest console lines go (the hypervisor console in the kernel).

@@ -1,0 +1,241 @@
+//! What an x86 guest sees of CPUID and the MSRs that the vmm handles
+//! (the MSRs backed by VMCB fields — EFER, PAT, the SYSCALL/SYSENTER set,
+//! FS/GS base — are handled inside the vCPU).
+//!
+//! CPUID is the host's, filtered: no SVM or VMX (no nested virtualization),
+//! no MONITOR/MWAIT (intercepted), no x2APIC / TSC-deadline (not emulated),
+//! no XSAVE (XCR0 is not context-switched), no architectural PMU, and the
+//! "hypervisor present" bit (CPUID.1:ECX[31]) plus our leaves at 0x4000_0000.
+
+use super::super::cpuid::{CpuidRegs, CpuidSource};
+use vmm::vm::ExitPolicy;
+
+/// Signature in CPUID 0x4000_0000 EBX, ECX, EDX.
+pub const HV_SIGNATURE: &[u8; 12] = b"RustHvRustHv";
+/// Highest hypervisor leaf.
+pub const HV_MAX_LEAF: u32 = 0x4000_0001;
+
+pub mod msr {
+    pub const TSC: u32 = 0x10;
+    pub const PLATFORM_ID: u32 = 0x17;
+    pub const APIC_BASE: u32 = 0x1b;
+    pub const BIOS_SIGN_ID: u32 = 0x8b;
+    pub const MTRRCAP: u32 = 0xfe;
+    pub const MCG_CAP: u32 = 0x179;
+    pub const MCG_STATUS: u32 = 0x17a;
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    pub const HWCR: u32 = 0xc001_0015;
+}
+
+const ECX1_MONITOR: u32 = 1 << 3;
+const ECX1_VMX: u32 = 1 << 5;
+const ECX1_PDCM: u32 = 1 << 15;
+const ECX1_X2APIC: u32 = 1 << 21;
+const ECX1_TSC_DEADLINE: u32 = 1 << 24;
+const ECX1_XSAVE: u32 = 1 << 26;
+const ECX1_OSXSAVE: u32 = 1 << 27;
+const ECX1_HYPERVISOR: u32 = 1 << 31;
+const ECX81_SVM: u32 = 1 << 2;
+const ECX81_PERFCTR_CORE: u32 = 1 << 23;
+
+/// The policy of one x86 VM on an SVM host.
+pub struct SvmPolicy<C: CpuidSource + Send> {
+    cpuid: C,
+    tsc: fn() -> u64,
+    mtrr_def_type: u64,
+    max_basic: u32,
+    max_ext: u32,
+}
+
+impl<C: CpuidSource + Send> SvmPolicy<C> {
+    pub fn new(cpuid: C, tsc: fn() -> u64) -> Self {
+        let max_basic = cpuid.cpuid(0, 0).eax;
+        let max_ext = cpuid.cpuid(0x8000_0000, 0).eax;
+        SvmPolicy {
+            cpuid,
+            tsc,
+            mtrr_def_type: 0x6,
+            max_basic,
+            max_ext,
+        }
+    }
+
+    fn filtered(&self, leaf: u32, sub: u32) -> CpuidRegs {
+        let in_range = if leaf >= 0x8000_0000 {
+            leaf <= self.max_ext
+        } else {
+            leaf <= self.max_basic
+        };
+        if (0x4000_0000..0x5000_0000).contains(&leaf) {
+            return match leaf {
+                0x4000_0000 => {
+                    let w = |i: usize| {
+                        u32::from_le_bytes([
+                            HV_SIGNATURE[i],
+                            HV_SIGNATURE[i + 1],
+                            HV_SIGNATURE[i + 2],
+                            HV_SIGNATURE[i + 3],
+                        ])
+                    };
+                    CpuidRegs {
+                        eax: HV_MAX_LEAF,
+                        ebx: w(0),
+                        ecx: w(4),
+                        edx: w(8),
+                    }
+                }
+                _ => CpuidRegs::default(),
+            };
+        }
+        if !in_range {
+            // AMD: leaves above the maximum return zeros.
+            return CpuidRegs::default();
+        }
+        let mut r = self.cpuid.cpuid(leaf, sub);
+        match leaf {
+            1 => {
+                r.ecx &= !(ECX1_MONITOR
+                    | ECX1_VMX
+                    | ECX1_PDCM
+                    | ECX1_X2APIC
+                    | ECX1_TSC_DEADLINE
+                    | ECX1_XSAVE
+                    | ECX1_OSXSAVE);
+                r.ecx |= ECX1_HYPERVISOR;
+                // One logical processor per package, initial APIC ID 0.
+                r.ebx &= 0x0000_ffff;
+                r.ebx |= 1 << 16;
+                // EDX bit 28 HTT stays meaningful with a count of 1.
+            }
+            // MONITOR/MWAIT, thermal/power, PMU, x2APIC topology, XSAVE.
+            5 | 6 | 0xa | 0xb | 0xd | 0x1f => r = CpuidRegs::default(),
+            7 if sub == 0 => {
+                // EBX bit 2 SGX, ECX bit 5 WAITPKG, bit 16 LA57: host-only.
+                r.ebx &= !(1 << 2);
+                r.ecx &= !((1 << 5) | (1 << 16));
+            }
+            0x8000_0001 => {
+                r.ecx &= !(ECX81_SVM | ECX81_PERFCTR_CORE);
+            }
+            // SVM features.
+            0x8000_000a => r = CpuidRegs::default(),
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<C: CpuidSource + Send> ExitPolicy for SvmPolicy<C> {
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = self.filtered(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
+    fn msr_read(&mut self, m: u32) -> Option<u64> {
+        Some(match m {
+            msr::TSC => (self.tsc)(),
+            // Enabled, BSP, at the architectural default base (xAPIC only).
+            msr::APIC_BASE => 0xfee0_0000 | (1 << 11) | (1 << 8),
+            msr::PLATFORM_ID | msr::BIOS_SIGN_ID | msr::MCG_CAP | msr::MCG_STATUS => 0,
+            // No fixed or variable MTRRs; the default type (WB) applies.
+            msr::MTRRCAP => 0,
+            msr::MTRR_DEF_TYPE => self.mtrr_def_type,
+            // Fast strings.
+            msr::MISC_ENABLE => 1,
+            msr::HWCR => 0,
+            _ => return None,
+        })
+    }
+
+    fn msr_write(&mut self, m: u32, value: u64) -> bool {
+        match m {
+            // Microcode update trigger: ignored, as on a CPU without updates.
+            msr::BIOS_SIGN_ID | msr::MCG_STATUS if value == 0 => true,
+            // Type in bits 7:0 (UC 0, WC 1, WT 4, WP 5, WB 6), E bit 11.
+            msr::MTRR_DEF_TYPE => {
+                let ty = value & 0xff;
+                let ok = value & !0xcff == 0 && matches!(ty, 0 | 1 | 4 | 5 | 6);
+                if ok {
+                    self.mtrr_def_type = value;
+                }
+                ok
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake;
+    impl CpuidSource for Fake {
+        fn cpuid(&self, leaf: u32, _sub: u32) -> CpuidRegs {
+            match leaf {
+                0 => CpuidRegs {
+                    eax: 0xd,
+                    ..Default::default()
+                },
+                0x8000_0000 => CpuidRegs {
+                    eax: 0x8000_001f,
+                    ..Default::default()
+                },
+                _ => CpuidRegs {
+                    eax: 0xffff_ffff,
+                    ebx: 0xffff_ffff,
+                    ecx: 0xffff_ffff,
+                    edx: 0xffff_ffff,
+                },
+            }
+        }
+    }
+
+    fn policy() -> SvmPolicy<Fake> {
+        SvmPolicy::new(Fake, || 42)
+    }
+
+    #[test]
+    fn cpuid_hides_virtualization_and_adds_our_leaves() {
+        let mut p = policy();
+        let l1 = p.cpuid(1, 0);
+        assert_eq!(l1[2] & ECX1_VMX, 0);
+        assert_eq!(l1[2] & ECX1_X2APIC, 0);
+        assert_eq!(l1[2] & ECX1_MONITOR, 0);
+        assert_ne!(l1[2] & ECX1_HYPERVISOR, 0);
+        assert_eq!(l1[1] >> 24, 0);
+        assert_eq!(p.cpuid(0x8000_0001, 0)[2] & ECX81_SVM, 0);
+        assert_eq!(p.cpuid(0x8000_000a, 0), [0; 4]);
+        assert_eq!(p.cpuid(5, 0), [0; 4]);
+        assert_eq!(p.cpuid(0xa, 0), [0; 4]);
+        let hv = p.cpuid(0x4000_0000, 0);
+        assert_eq!(hv[0], HV_MAX_LEAF);
+        let mut sig = [0u8; 12];
+        for (i, w) in hv[1..].iter().enumerate() {
+            sig[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(&sig, HV_SIGNATURE);
+        assert_eq!(p.cpuid(0x4000_0001, 0), [0; 4]);
+        // Out of range: zeros (not the host's highest leaf).
+        assert_eq!(p.cpuid(0xe, 0), [0; 4]);
+        assert_eq!(p.cpuid(0x8000_0020, 0), [0; 4]);
+        assert_eq!(p.cpuid(u32::MAX, u32::MAX), [0; 4]);
+    }
+
+    #[test]
+    fn msr_allow_list() {
+        let mut p = policy();
+        assert_eq!(p.msr_read(msr::TSC), Some(42));
+        assert_eq!(p.msr_read(msr::APIC_BASE), Some(0xfee0_0900));
+        assert_eq!(p.msr_read(0x1234_5678), None);
+        assert_eq!(p.msr_read(0xc001_0117), None); // VM_HSAVE_PA stays hidden
+        assert!(p.msr_write(msr::MTRR_DEF_TYPE, 0x806));
+        assert_eq!(p.msr_read(msr::MTRR_DEF_TYPE), Some(0x806));
+        assert!(!p.msr_write(msr::MTRR_DEF_TYPE, 0x2)); // reserved type
+        assert!(!p.msr_write(msr::MTRR_DEF_TYPE, 1 << 40));
+        assert!(!p.msr_write(msr::APIC_BASE, 0));
+        assert!(!p.msr_write(msr::TSC, 0));
+        assert!(p.msr_write(msr::BIOS_SIGN_ID, 0));
+    }
+}

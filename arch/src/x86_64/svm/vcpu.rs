@@ -1,0 +1,1210 @@
+//! The SVM vCPU: VMCB setup, event delivery, exit decoding.
+//!
+//! Everything here is pure logic over a [`Vmcb`] and the guest GPRs; the
+//! machine is reached through [`Hw`] (VMRUN, host-physical reads, per-CPU
+//! ASID bookkeeping), so the whole exit path is host-tested with a scripted
+//! `Hw`. Exits that the backend completes itself (MSRs backed by VMCB fields,
+//! debug-register moves, #PF reflection, SVM instructions) never leave
+//! [`vmm::backend::Vcpu::run`].
+
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::decode::{self, MAX_INSN};
+use super::vmcb::{
+    ctrl, event_inj, exitcode, misc1, misc2, save, tlb, Vmcb, VmcbSeg, EFER_SVME, PAT_DEFAULT,
+};
+use super::walk::{self, GuestPhys, PagingRegs};
+use crate::paging::{PageTable, TableAccess, X86Long4};
+use vmm::backend::{x86_mode_state, BackendError, BootState, PhysCpu, Segment};
+use vmm::event::{vector, Event, PendingEvents, Queued};
+use vmm::exit::{Conduit, Exit, Hypercall, IoOp, PortIo, ShutdownKind};
+use vmm::regs::{AccessSize, Reg};
+
+/// Guest GPRs that the VMCB does not hold, indexed by ModRM number
+/// (slots 0 = RAX and 4 = RSP are unused: those live in the VMCB).
+/// The layout is used by the VMRUN assembly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gprs(pub [u64; 16]);
+
+/// What the machine provides to a vCPU.
+pub trait Hw {
+    /// Runs the guest until the next #VMEXIT (CLGI, VMLOAD, VMRUN, VMSAVE,
+    /// host VMLOAD, STGI).
+    fn vmrun(&mut self, cpu: PhysCpu, vmcb: &mut Vmcb, gprs: &mut Gprs);
+    /// Reads host-physical memory (NPT tables, guest RAM); false if it is
+    /// not readable.
+    fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool;
+    /// Records that `vm` last ran with `asid` on `cpu`; returns the previous
+    /// owner (rule `tlb_tag`: ASIDs are reused when VMs outnumber them).
+    fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize>;
+}
+
+/// Optional SVM features (CPUID 8000_000A EDX) the vCPU adapts to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Bit 3: the VMCB holds the next RIP after intercepted instructions.
+    pub nrips: bool,
+    /// Bit 6: TLB_CONTROL = 3 flushes just this ASID.
+    pub flush_by_asid: bool,
+    /// Bit 7: the VMCB holds the bytes of the faulting instruction.
+    pub decode_assists: bool,
+}
+
+impl Features {
+    pub fn from_edx(edx: u32) -> Features {
+        Features {
+            nrips: edx & (1 << 3) != 0,
+            flush_by_asid: edx & (1 << 6) != 0,
+            decode_assists: edx & (1 << 7) != 0,
+        }
+    }
+}
+
+/// The TLB_CONTROL value for an entry (rule `tlb_tag`): flush when this vCPU
+/// never ran, moved to another CPU, its VM's NPT changed, or another VM used
+/// the same ASID on this CPU since. Without flush-by-ASID the only flush is
+/// the whole TLB.
+pub fn tlb_control(must_flush: bool, flush_by_asid: bool) -> u8 {
+    match (must_flush, flush_by_asid) {
+        (false, _) => tlb::DO_NOTHING,
+        (true, true) => tlb::FLUSH_ASID,
+        (true, false) => tlb::FLUSH_ALL,
+    }
+}
+
+pub mod msrs {
+    pub const EFER: u32 = 0xc000_0080;
+    pub const STAR: u32 = 0xc000_0081;
+    pub const LSTAR: u32 = 0xc000_0082;
+    pub const CSTAR: u32 = 0xc000_0083;
+    pub const SFMASK: u32 = 0xc000_0084;
+    pub const FS_BASE: u32 = 0xc000_0100;
+    pub const GS_BASE: u32 = 0xc000_0101;
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    pub const SYSENTER_CS: u32 = 0x174;
+    pub const SYSENTER_ESP: u32 = 0x175;
+    pub const SYSENTER_EIP: u32 = 0x176;
+    pub const PAT: u32 = 0x277;
+}
+
+/// EFER bits a guest may set: SCE, LME, LMA (kept by hardware), NXE, FFXSR.
+const EFER_GUEST_BITS: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 14);
+const EFER_LMA: u64 = 1 << 10;
+const CR4_DE: u64 = 1 << 3;
+const RFLAGS_IF: u64 = 1 << 9;
+/// DR6/DR7 reserved bits (APM Vol. 2 §13.1.1.3/4): DR6 bits 11:4 and 31:16
+/// read as one, bit 12 and bits 63:32 as zero; DR7 bit 10 reads as one,
+/// bits 11, 12, 14, 15 and 63:32 as zero.
+pub const DR6_FIXED1: u64 = 0xffff_0ff0;
+pub const DR6_WRITABLE: u64 = 0xe00f;
+pub const DR7_FIXED1: u64 = 0x400;
+pub const DR7_WRITABLE: u64 = 0xffff_23ff;
+
+/// MSR permission map: 2 bits per MSR for three ranges, 8 KiB (APM Vol. 2
+/// §15.11); all ones intercepts every access.
+pub const MSRPM_SIZE: usize = 8192;
+/// I/O permission map: one bit per port plus 3 bytes, 12 KiB (§15.10.1).
+pub const IOPM_SIZE: usize = 12288;
+
+/// Guest physical memory as this vCPU reaches it: through its VM's NPT
+/// (only mapped RAM), then host-physical reads.
+struct NptPhys<'a, H: Hw, A: TableAccess> {
+    hw: &'a H,
+    npt: &'a PageTable<X86Long4>,
+    access: &'a A,
+}
+
+impl<H: Hw, A: TableAccess> GuestPhys for NptPhys<'_, H, A> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = gpa.wrapping_add(done as u64);
+            let Some(t) = self.npt.translate(self.access, at) else {
+                return false;
+            };
+            let n = (buf.len() - done).min((0x1000 - (at & 0xfff)) as usize);
+            if !self.hw.read_phys(t.pa, &mut buf[done..done + n]) {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+}
+
+/// One SVM vCPU.
+pub struct SvmVcpu<H: Hw, A: TableAccess> {
+    vmcb: &'static mut Vmcb,
+    gprs: Gprs,
+    hw: H,
+    npt: PageTable<X86Long4>,
+    npt_access: A,
+    npt_generation: Arc<AtomicU64>,
+    seen_generation: u64,
+    features: Features,
+    vm_index: usize,
+    asid: u32,
+    bound: Option<PhysCpu>,
+    last_cpu: Option<PhysCpu>,
+    pending: PendingEvents,
+    /// An event whose delivery an exit interrupted (EXITINTINFO), re-injected
+    /// before anything new (APM Vol. 2 §15.7.2).
+    reinject: Option<u64>,
+    /// Shadow DR0-3 and the guest's DR7 (rule `dr_intercept`): the real
+    /// DR0-3 keep the host's values and the VMCB DR7 has no breakpoints on.
+    dr: [u64; 4],
+    dr7: u64,
+    /// RIP after the instruction of the last exit, when known.
+    next_rip: Option<u64>,
+    /// Exits handled inside `run` (statistics).
+    pub internal_exits: u64,
+}
+
+impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
+    /// Sets up the VMCB: intercepts, permission maps, ASID, NPT.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vmcb: &'static mut Vmcb,
+        hw: H,
+        npt_root: u64,
+        npt_access: A,
+        npt_generation: Arc<AtomicU64>,
+        features: Features,
+        vm_index: usize,
+        asid: u32,
+        msrpm_pa: u64,
+        iopm_pa: u64,
+    ) -> Self {
+        *vmcb = Vmcb::zeroed();
+        // All DR reads and writes (rule `dr_intercept`).
+        vmcb.write32(ctrl::INTERCEPT_DR, 0x00ff_00ff);
+        // #PF is reflected with its CR2 payload applied at delivery (rule `exc_payload`).
+        vmcb.write32(ctrl::INTERCEPT_EXCEPTIONS, 1 << vector::PF);
+        vmcb.write32(
+            ctrl::INTERCEPT_MISC1,
+            misc1::INTR
+                | misc1::NMI
+                | misc1::SMI
+                | misc1::INIT
+                | misc1::CPUID
+                | misc1::INVD
+                | misc1::HLT
+                | misc1::INVLPGA
+                | misc1::IOIO_PROT
+                | misc1::MSR_PROT
+                | misc1::TASK_SWITCH
+                | misc1::SHUTDOWN,
+        );
+        vmcb.write32(
+            ctrl::INTERCEPT_MISC2,
+            misc2::VMRUN
+                | misc2::VMMCALL
+                | misc2::VMLOAD
+                | misc2::VMSAVE
+                | misc2::STGI
+                | misc2::CLGI
+                | misc2::SKINIT
+                | misc2::ICEBP
+                | misc2::MONITOR
+                | misc2::MWAIT
+                | misc2::MWAIT_COND,
+        );
+        vmcb.write64(ctrl::IOPM_BASE_PA, iopm_pa);
+        vmcb.write64(ctrl::MSRPM_BASE_PA, msrpm_pa);
+        vmcb.write32(ctrl::GUEST_ASID, asid);
+        vmcb.write64(ctrl::NP_ENABLE, 1);
+        vmcb.write64(ctrl::N_CR3, npt_root);
+        vmcb.write64(save::G_PAT, PAT_DEFAULT);
+        vmcb.write64(save::DR6, DR6_FIXED1);
+        vmcb.write64(save::DR7, DR7_FIXED1);
+        vmcb.write64(save::EFER, EFER_SVME);
+        vmcb.write64(save::RFLAGS, 2);
+        let seen_generation = npt_generation.load(Ordering::Acquire);
+        SvmVcpu {
+            vmcb,
+            gprs: Gprs::default(),
+            hw,
+            npt: PageTable::from_root(X86Long4, npt_root),
+            npt_access,
+            npt_generation,
+            seen_generation,
+            features,
+            vm_index,
+            asid,
+            bound: None,
+            last_cpu: None,
+            pending: PendingEvents::new(),
+            reinject: None,
+            dr: [0; 4],
+            dr7: DR7_FIXED1,
+            next_rip: None,
+            internal_exits: 0,
+        }
+    }
+
+    pub fn vmcb(&self) -> &Vmcb {
+        self.vmcb
+    }
+
+    pub fn hw(&mut self) -> &mut H {
+        &mut self.hw
+    }
+
+    fn paging(&self) -> PagingRegs {
+        PagingRegs {
+            cr0: self.vmcb.read64(save::CR0),
+            cr3: self.vmcb.read64(save::CR3),
+            cr4: self.vmcb.read64(save::CR4),
+            efer: self.vmcb.read64(save::EFER),
+        }
+    }
+
+    fn bitness(&self) -> u32 {
+        let cs = self.vmcb.read16(save::CS + save::SEG_ATTRIB);
+        decode::bitness(cs, self.vmcb.read64(save::EFER) & EFER_LMA != 0)
+    }
+
+    /// The bytes of the instruction at the guest's RIP: from the decode
+    /// assists when present, else fetched through the guest's page tables.
+    fn fetch_insn(&self, buf: &mut [u8; MAX_INSN]) -> usize {
+        if self.features.decode_assists {
+            let n = usize::from(self.vmcb.read8(ctrl::INSN_LEN)).min(MAX_INSN);
+            if n > 0 {
+                buf[..n].copy_from_slice(&self.vmcb.0[ctrl::INSN_BYTES..ctrl::INSN_BYTES + n]);
+                return n;
+            }
+        }
+        let mem = NptPhys {
+            hw: &self.hw,
+            npt: &self.npt,
+            access: &self.npt_access,
+        };
+        let cs_base = self.vmcb.read64(save::CS + save::SEG_BASE);
+        let mut la = self.vmcb.rip().wrapping_add(cs_base);
+        if self.bitness() != 64 {
+            la &= 0xffff_ffff;
+        }
+        walk::fetch(&mem, &self.paging(), la, buf)
+    }
+
+    fn gpr(&self, r: Reg) -> u64 {
+        match r {
+            Reg::Rax => self.vmcb.read64(save::RAX),
+            Reg::Rsp => self.vmcb.read64(save::RSP),
+            _ => gpr_index(r).map_or(0, |i| self.gprs.0[i]),
+        }
+    }
+
+    fn set_gpr(&mut self, r: Reg, v: u64) {
+        match r {
+            Reg::Rax => self.vmcb.write64(save::RAX, v),
+            Reg::Rsp => self.vmcb.write64(save::RSP, v),
+            _ => {
+                if let Some(i) = gpr_index(r) {
+                    self.gprs.0[i] = v;
+                }
+            }
+        }
+    }
+
+    /// Sets the next RIP for an instruction of fixed length `len`, or from
+    /// the VMCB with NRIPS.
+    fn next_rip_fixed(&mut self, len: u64) {
+        self.next_rip = Some(if self.features.nrips {
+            self.vmcb.read64(ctrl::NRIP)
+        } else {
+            self.vmcb.rip().wrapping_add(len)
+        });
+    }
+
+    fn skip(&mut self, len: usize) {
+        let rip = self.vmcb.rip().wrapping_add(len as u64);
+        self.vmcb.write64(save::RIP, rip);
+        self.vmcb.write64(ctrl::INTERRUPT_SHADOW, 0);
+    }
+
+    fn queue(&mut self, e: Event) -> Result<Queued, BackendError> {
+        Ok(self.pending.queue(e)?)
+    }
+
+    /// Programs EVENTINJ for the next entry. The payload of an exception
+    /// (CR2, DR6) is written here, at delivery, never at queueing (rule
+    /// `exc_payload`).
+    pub fn deliver_events(&mut self) -> Result<(), BackendError> {
+        if let Some(info) = self.reinject.take() {
+            self.vmcb.write64(ctrl::EVENTINJ, info);
+            return Ok(());
+        }
+        let shadow = self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0;
+        let irq_open = self.vmcb.read64(save::RFLAGS) & RFLAGS_IF != 0 && !shadow;
+        let Some(e) = self.pending.take(!shadow, irq_open) else {
+            return Ok(());
+        };
+        let inj = match e {
+            Event::Exception {
+                vector, error_code, ..
+            } => event_inj::encode(vector, event_inj::TYPE_EXCEPTION, error_code),
+            Event::Undefined => event_inj::encode(vector::UD, event_inj::TYPE_EXCEPTION, None),
+            Event::Nmi => event_inj::encode(2, event_inj::TYPE_NMI, None),
+            Event::Interrupt { vector } => event_inj::encode(vector, event_inj::TYPE_INTR, None),
+            Event::Arm64Sync { .. } | Event::Arm64SError => {
+                return Err(BackendError::BadEvent(
+                    vmm::event::EventError::PayloadMismatch,
+                ))
+            }
+        };
+        let dr6 = self.vmcb.read64(save::DR6);
+        if let Some((reg, v)) = e.payload_write(|_| dr6) {
+            match reg {
+                Reg::Cr2 => self.vmcb.write64(save::CR2, v),
+                Reg::Dr6 => self.vmcb.write64(save::DR6, v),
+                _ => {}
+            }
+        }
+        self.vmcb.write64(ctrl::EVENTINJ, inj);
+        Ok(())
+    }
+
+    /// TLB_CONTROL for the coming entry (rule `tlb_tag`).
+    fn prepare_tlb(&mut self, cpu: PhysCpu) {
+        let generation = self.npt_generation.load(Ordering::Acquire);
+        let prev_owner = self.hw.swap_asid_owner(cpu, self.asid, self.vm_index);
+        let must = self.last_cpu != Some(cpu)
+            || generation != self.seen_generation
+            || prev_owner != Some(self.vm_index);
+        self.vmcb.write8(
+            ctrl::TLB_CONTROL,
+            tlb_control(must, self.features.flush_by_asid),
+        );
+        self.seen_generation = generation;
+        self.last_cpu = Some(cpu);
+    }
+
+    /// One VMRUN and the decoding of its exit. `None`: handled here, enter again.
+    fn run_once(&mut self, cpu: PhysCpu) -> Result<Option<Exit>, BackendError> {
+        self.deliver_events()?;
+        self.prepare_tlb(cpu);
+        // Everything may have changed: no VMCB clean bits.
+        self.vmcb.write32(ctrl::CLEAN, 0);
+        self.hw.vmrun(cpu, self.vmcb, &mut self.gprs);
+        self.vmcb.write64(ctrl::EVENTINJ, 0);
+        self.vmcb.write8(ctrl::TLB_CONTROL, tlb::DO_NOTHING);
+        let info = self.vmcb.read64(ctrl::EXITINTINFO);
+        if event_inj::is_valid(info) {
+            self.reinject = Some(info);
+        }
+        self.next_rip = None;
+        self.decode_exit()
+    }
+
+    fn decode_exit(&mut self) -> Result<Option<Exit>, BackendError> {
+        let code = self.vmcb.exitcode();
+        let info1 = self.vmcb.read64(ctrl::EXITINFO1);
+        let info2 = self.vmcb.read64(ctrl::EXITINFO2);
+        let exit = match code {
+            exitcode::CPUID => {
+                self.next_rip_fixed(2);
+                Exit::Cpuid {
+                    leaf: self.gpr(Reg::Rax) as u32,
+                    subleaf: self.gpr(Reg::Rcx) as u32,
+                }
+            }
+            exitcode::HLT => {
+                self.next_rip_fixed(1);
+                Exit::Halt
+            }
+            exitcode::VMMCALL => {
+                self.next_rip_fixed(3);
+                let a = [Reg::Rbx, Reg::Rcx, Reg::Rdx, Reg::Rsi, Reg::Rdi, Reg::R8];
+                Exit::Hypercall(Hypercall {
+                    conduit: Conduit::Vmmcall,
+                    imm: 0,
+                    nr: self.gpr(Reg::Rax),
+                    args: a.map(|r| self.gpr(r)),
+                })
+            }
+            exitcode::MSR => {
+                self.next_rip_fixed(2);
+                let msr = self.gpr(Reg::Rcx) as u32;
+                if info1 == 0 {
+                    match self.vmcb_msr_read(msr) {
+                        Some(v) => {
+                            self.set_gpr(Reg::Rax, v & 0xffff_ffff);
+                            self.set_gpr(Reg::Rdx, v >> 32);
+                            return self.internal_done();
+                        }
+                        None => Exit::MsrRead { msr },
+                    }
+                } else {
+                    let value = (self.gpr(Reg::Rdx) << 32) | (self.gpr(Reg::Rax) & 0xffff_ffff);
+                    match self.vmcb_msr_write(msr, value) {
+                        Some(true) => return self.internal_done(),
+                        Some(false) => return self.internal_fault(Event::general_protection(0)),
+                        None => Exit::MsrWrite { msr, value },
+                    }
+                }
+            }
+            exitcode::IOIO => {
+                // EXITINFO2 holds the RIP after IN/OUT (APM Vol. 2 §15.10.2).
+                self.next_rip = Some(info2);
+                match decode_ioio(info1, self.gpr(Reg::Rax)) {
+                    Some(io) => Exit::PortIo(io),
+                    None => Exit::Unknown {
+                        reason: code,
+                        qualification: info1,
+                    },
+                }
+            }
+            exitcode::NPF => self.npf(info1, info2),
+            c if (exitcode::READ_DR0..exitcode::WRITE_DR0 + 16).contains(&c) => {
+                return self.mov_dr(c);
+            }
+            c if c == exitcode::EXCP_BASE + u64::from(vector::PF) => {
+                // Reflect the guest's own #PF: the hardware did not write
+                // CR2 (EXITINFO2 has the address); delivery will.
+                return self.internal_fault(Event::page_fault(info2, info1 as u32));
+            }
+            exitcode::VMRUN
+            | exitcode::VMLOAD
+            | exitcode::VMSAVE
+            | exitcode::STGI
+            | exitcode::CLGI
+            | exitcode::SKINIT
+            | exitcode::INVLPGA
+            | exitcode::MONITOR
+            | exitcode::MWAIT
+            | exitcode::MWAIT_COND => {
+                // SVM and MONITOR are hidden in CPUID: #UD as on such a CPU.
+                return self.internal_fault(Event::Undefined);
+            }
+            exitcode::SHUTDOWN => Exit::Shutdown(ShutdownKind::TripleFault),
+            exitcode::INVALID => Exit::Shutdown(ShutdownKind::InvalidState),
+            exitcode::INTR | exitcode::NMI | exitcode::SMI | exitcode::INIT => {
+                Exit::ExternalInterrupt
+            }
+            exitcode::PAUSE => {
+                self.next_rip_fixed(2);
+                Exit::Yield
+            }
+            _ => Exit::Unknown {
+                reason: code,
+                qualification: info1,
+            },
+        };
+        Ok(Some(exit))
+    }
+
+    fn internal_done(&mut self) -> Result<Option<Exit>, BackendError> {
+        self.internal_exits += 1;
+        if let Some(n) = self.next_rip.take() {
+            self.vmcb.write64(save::RIP, n);
+            self.vmcb.write64(ctrl::INTERRUPT_SHADOW, 0);
+        }
+        Ok(None)
+    }
+
+    fn internal_fault(&mut self, e: Event) -> Result<Option<Exit>, BackendError> {
+        self.internal_exits += 1;
+        self.next_rip = None;
+        match self.queue(e)? {
+            Queued::TripleFault => Ok(Some(Exit::Shutdown(ShutdownKind::TripleFault))),
+            _ => Ok(None),
+        }
+    }
+
+    fn npf(&mut self, info1: u64, gpa: u64) -> Exit {
+        let access = vmm::exit::AccessKind::from_npf_error_code(info1);
+        let fault = Exit::Stage2Fault {
+            gpa,
+            gva: None,
+            access,
+        };
+        // RAM never faults after setup, and guest page tables outside RAM
+        // (bit 33: fault during the guest's own table walk) are not emulated.
+        if self.npt.translate(&self.npt_access, gpa).is_some() || info1 & (1 << 33) != 0 {
+            return fault;
+        }
+        let mut buf = [0u8; MAX_INSN];
+        let n = self.fetch_insn(&mut buf);
+        let bitness = self.bitness();
+        let (exit, len) = decode::npf_exit(info1, gpa, &buf[..n], bitness, |r| self.gpr(r));
+        self.next_rip = len.map(|l| self.vmcb.rip().wrapping_add(l as u64));
+        exit
+    }
+
+    /// Emulates `MOV DRn, reg` / `MOV reg, DRn` (rule `dr_intercept`).
+    fn mov_dr(&mut self, code: u64) -> Result<Option<Exit>, BackendError> {
+        let mut buf = [0u8; MAX_INSN];
+        let n = self.fetch_insn(&mut buf);
+        let Some(m) = decode::decode_mov_dr(&buf[..n], self.bitness()) else {
+            return Ok(Some(Exit::Unknown {
+                reason: code,
+                qualification: self.vmcb.read64(ctrl::EXITINFO1),
+            }));
+        };
+        let mut dr = m.dr;
+        if dr == 4 || dr == 5 {
+            // DR4/DR5 alias DR6/DR7 unless CR4.DE (then #UD).
+            if self.vmcb.read64(save::CR4) & CR4_DE != 0 {
+                return self.internal_fault(Event::Undefined);
+            }
+            dr += 2;
+        }
+        if m.to_dr {
+            let v = self.gpr(m.gpr);
+            if (dr >= 6) && v >> 32 != 0 {
+                return self.internal_fault(Event::general_protection(0));
+            }
+            match dr {
+                0..=3 => self.dr[usize::from(dr)] = v,
+                6 => self
+                    .vmcb
+                    .write64(save::DR6, (v & DR6_WRITABLE) | DR6_FIXED1),
+                _ => self.dr7 = (v & DR7_WRITABLE) | DR7_FIXED1,
+            }
+        } else {
+            let v = match dr {
+                0..=3 => self.dr[usize::from(dr)],
+                6 => self.vmcb.read64(save::DR6),
+                _ => self.dr7,
+            };
+            // A 32-bit destination in legacy mode: the upper half is zero anyway.
+            let v = if self.bitness() == 64 {
+                v
+            } else {
+                v & 0xffff_ffff
+            };
+            self.set_gpr(m.gpr, v);
+        }
+        self.skip(m.len);
+        self.internal_exits += 1;
+        Ok(None)
+    }
+
+    /// MSRs whose value lives in the VMCB. `None`: not one of them.
+    fn vmcb_msr_read(&self, msr: u32) -> Option<u64> {
+        let v = &self.vmcb;
+        Some(match msr {
+            msrs::EFER => v.read64(save::EFER) & !EFER_SVME,
+            msrs::PAT => v.read64(save::G_PAT),
+            msrs::STAR => v.read64(save::STAR),
+            msrs::LSTAR => v.read64(save::LSTAR),
+            msrs::CSTAR => v.read64(save::CSTAR),
+            msrs::SFMASK => v.read64(save::SFMASK),
+            msrs::KERNEL_GS_BASE => v.read64(save::KERNEL_GS_BASE),
+            msrs::FS_BASE => v.read64(save::FS + save::SEG_BASE),
+            msrs::GS_BASE => v.read64(save::GS + save::SEG_BASE),
+            msrs::SYSENTER_CS => v.read64(save::SYSENTER_CS),
+            msrs::SYSENTER_ESP => v.read64(save::SYSENTER_ESP),
+            msrs::SYSENTER_EIP => v.read64(save::SYSENTER_EIP),
+            _ => return None,
+        })
+    }
+
+    /// `Some(false)`: the write is invalid (#GP).
+    fn vmcb_msr_write(&mut self, msr: u32, val: u64) -> Option<bool> {
+        let canonical = |a: u64| ((a as i64) << 16 >> 16) as u64 == a;
+        let at = match msr {
+            msrs::EFER => {
+                if val & !EFER_GUEST_BITS != 0 {
+                    return Some(false);
+                }
+                // LMA is the CPU's to change; SVME stays on (VMRUN needs it)
+                // but is never visible to the guest.
+                let lma = self.vmcb.read64(save::EFER) & EFER_LMA;
+                self.vmcb
+                    .write64(save::EFER, (val & !EFER_LMA) | lma | EFER_SVME);
+                return Some(true);
+            }
+            msrs::PAT => {
+                // Each byte must be a valid memory type (0, 1, 4, 5, 6, 7).
+                let ok = val
+                    .to_le_bytes()
+                    .iter()
+                    .all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7));
+                if !ok {
+                    return Some(false);
+                }
+                save::G_PAT
+            }
+            msrs::STAR => save::STAR,
+            msrs::SFMASK => save::SFMASK,
+            msrs::SYSENTER_CS => save::SYSENTER_CS,
+            msrs::LSTAR
+            | msrs::CSTAR
+            | msrs::KERNEL_GS_BASE
+            | msrs::FS_BASE
+            | msrs::GS_BASE
+            | msrs::SYSENTER_ESP
+            | msrs::SYSENTER_EIP => {
+                if !canonical(val) {
+                    return Some(false);
+                }
+                match msr {
+                    msrs::LSTAR => save::LSTAR,
+                    msrs::CSTAR => save::CSTAR,
+                    msrs::KERNEL_GS_BASE => save::KERNEL_GS_BASE,
+                    msrs::FS_BASE => save::FS + save::SEG_BASE,
+                    msrs::GS_BASE => save::GS + save::SEG_BASE,
+                    msrs::SYSENTER_ESP => save::SYSENTER_ESP,
+                    _ => save::SYSENTER_EIP,
+                }
+            }
+            _ => return None,
+        };
+        self.vmcb.write64(at, val);
+        Some(true)
+    }
+}
+
+fn gpr_index(r: Reg) -> Option<usize> {
+    (0..16u8).position(|n| Reg::x86_gpr(n) == Some(r))
+}
+
+/// Decodes an IOIO intercept's EXITINFO1 (APM Vol. 2 §15.10.2 Figure 15-2):
+/// bit 0 IN, bit 2 string, bit 3 REP, bits 6:4 size (8/16/32), bits 31:16
+/// port. String and REP forms are not normalized (`None`).
+pub fn decode_ioio(info1: u64, rax: u64) -> Option<PortIo> {
+    if info1 & (0b11 << 2) != 0 {
+        return None;
+    }
+    let size = match (info1 >> 4) & 0b111 {
+        0b001 => AccessSize::B1,
+        0b010 => AccessSize::B2,
+        0b100 => AccessSize::B4,
+        _ => return None,
+    };
+    let port = (info1 >> 16) as u16;
+    let op = if info1 & 1 != 0 {
+        IoOp::In
+    } else {
+        IoOp::Out((rax & size.mask()) as u32)
+    };
+    Some(PortIo { port, size, op })
+}
+
+fn seg(s: &Segment) -> VmcbSeg {
+    VmcbSeg {
+        selector: s.selector,
+        attrib: s.vmcb_attrib(),
+        limit: s.limit,
+        base: s.base,
+    }
+}
+
+impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
+    fn run(&mut self) -> Result<Exit, BackendError> {
+        let cpu = self.bound.ok_or(BackendError::NotBound)?;
+        loop {
+            if let Some(exit) = self.run_once(cpu)? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    fn reg(&mut self, reg: Reg) -> Result<u64, BackendError> {
+        let v = &self.vmcb;
+        Ok(match reg {
+            Reg::Rip => v.rip(),
+            Reg::Rflags => v.read64(save::RFLAGS),
+            Reg::Cr0 => v.read64(save::CR0),
+            Reg::Cr2 => v.read64(save::CR2),
+            Reg::Cr3 => v.read64(save::CR3),
+            Reg::Cr4 => v.read64(save::CR4),
+            Reg::Efer => v.read64(save::EFER) & !EFER_SVME,
+            Reg::Dr6 => v.read64(save::DR6),
+            Reg::Dr7 => self.dr7,
+            r if gpr_index(r).is_some() => self.gpr(r),
+            r => return Err(BackendError::NoSuchRegister(r)),
+        })
+    }
+
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), BackendError> {
+        let at = match reg {
+            Reg::Rip => save::RIP,
+            Reg::Rflags => save::RFLAGS,
+            Reg::Cr0 => save::CR0,
+            Reg::Cr2 => save::CR2,
+            Reg::Cr3 => save::CR3,
+            Reg::Cr4 => save::CR4,
+            Reg::Efer => {
+                self.vmcb.write64(save::EFER, value | EFER_SVME);
+                return Ok(());
+            }
+            Reg::Dr6 => save::DR6,
+            Reg::Dr7 => {
+                self.dr7 = (value & DR7_WRITABLE) | DR7_FIXED1;
+                return Ok(());
+            }
+            r if gpr_index(r).is_some() => {
+                self.set_gpr(r, value);
+                return Ok(());
+            }
+            r => return Err(BackendError::NoSuchRegister(r)),
+        };
+        self.vmcb.write64(at, value);
+        Ok(())
+    }
+
+    fn advance_pc(&mut self) -> Result<(), BackendError> {
+        let n = self.next_rip.take().ok_or(BackendError::EntryFailed(
+            "advance_pc: length of the exiting instruction unknown",
+        ))?;
+        self.vmcb.write64(save::RIP, n);
+        self.vmcb.write64(ctrl::INTERRUPT_SHADOW, 0);
+        Ok(())
+    }
+
+    fn inject(&mut self, event: Event) -> Result<Queued, BackendError> {
+        self.queue(event)
+    }
+
+    fn apply_boot_state(&mut self, st: &BootState) -> Result<(), BackendError> {
+        let m = x86_mode_state(st.mode).ok_or(BackendError::EntryFailed("not an x86 boot mode"))?;
+        let v = &mut self.vmcb;
+        v.set_seg(save::CS, seg(&m.cs));
+        for s in [save::DS, save::ES, save::FS, save::GS, save::SS] {
+            v.set_seg(s, seg(&m.data));
+        }
+        v.set_seg(save::TR, seg(&m.tr));
+        // An empty LDT and descriptor tables: the guest loads its own.
+        v.set_seg(save::LDTR, VmcbSeg::default());
+        for t in [save::GDTR, save::IDTR] {
+            v.set_seg(
+                t,
+                VmcbSeg {
+                    limit: 0xffff,
+                    ..VmcbSeg::default()
+                },
+            );
+        }
+        v.write8(save::CPL, 0);
+        v.write64(save::CR0, m.cr0);
+        v.write64(save::CR3, m.cr3);
+        v.write64(save::CR4, m.cr4);
+        v.write64(save::EFER, m.efer | EFER_SVME);
+        v.write64(save::RFLAGS, m.rflags);
+        v.write64(save::RIP, st.pc);
+        v.write64(save::DR6, DR6_FIXED1);
+        v.write64(save::DR7, DR7_FIXED1);
+        for &(r, val) in st.regs() {
+            self.set_reg(r, val)?;
+        }
+        Ok(())
+    }
+
+    fn bind(&mut self, cpu: PhysCpu) -> Result<(), BackendError> {
+        match self.bound {
+            Some(c) if c != cpu => Err(BackendError::AlreadyBound(c)),
+            _ => {
+                self.bound = Some(cpu);
+                Ok(())
+            }
+        }
+    }
+
+    fn unbind(&mut self) -> Result<(), BackendError> {
+        self.bound = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::npt::tests::{npt, MemTables};
+    use super::*;
+    use std::boxed::Box;
+    use std::collections::{HashMap, VecDeque};
+    use std::vec::Vec;
+    use vmm::backend::{EntryMode, S2Attrs, Stage2, Vcpu as _};
+    use vmm::exit::{AccessKind, Mmio, MmioOp};
+
+    /// A scripted machine: each VMRUN applies the next closure to the VMCB.
+    type Step = Box<dyn FnMut(&mut Vmcb, &mut Gprs)>;
+    struct FakeHw {
+        steps: VecDeque<Step>,
+        /// Snapshots of (EVENTINJ, CR2, TLB_CONTROL) at each VMRUN.
+        seen: Vec<(u64, u64, u8)>,
+        ram: Vec<u8>,
+        ram_hpa: u64,
+        owners: HashMap<(u32, u32), usize>,
+    }
+
+    impl Hw for FakeHw {
+        fn vmrun(&mut self, _cpu: PhysCpu, v: &mut Vmcb, g: &mut Gprs) {
+            self.seen.push((
+                v.read64(ctrl::EVENTINJ),
+                v.read64(save::CR2),
+                v.read8(ctrl::TLB_CONTROL),
+            ));
+            v.write64(ctrl::EXITINTINFO, 0);
+            let mut s = self.steps.pop_front().expect("script ended");
+            s(v, g);
+        }
+        fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool {
+            let off = hpa.wrapping_sub(self.ram_hpa) as usize;
+            match self.ram.get(off..off + buf.len()) {
+                Some(s) => {
+                    buf.copy_from_slice(s);
+                    true
+                }
+                None => false,
+            }
+        }
+        fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
+            self.owners.insert((cpu, asid), vm)
+        }
+    }
+
+    const RAM_HPA: u64 = 0x4000_0000;
+
+    fn exit(code: u64, info1: u64, info2: u64) -> Step {
+        Box::new(move |v: &mut Vmcb, _g: &mut Gprs| {
+            v.write64(ctrl::EXITCODE, code);
+            v.write64(ctrl::EXITINFO1, info1);
+            v.write64(ctrl::EXITINFO2, info2);
+        })
+    }
+
+    /// A vCPU in 32-bit protected mode (no paging) at RIP 0x1000 with 1 MiB
+    /// of RAM whose bytes at 0x1000 are `code`.
+    fn vcpu(code: &[u8], steps: Vec<Step>, feats: Features) -> SvmVcpu<FakeHw, MemTables> {
+        let mut n = npt(false);
+        n.map(0, RAM_HPA, 0x10_0000, S2Attrs::RAM).unwrap();
+        let mut ram = vec![0u8; 0x10_0000];
+        ram[0x1000..0x1000 + code.len()].copy_from_slice(code);
+        let hw = FakeHw {
+            steps: steps.into(),
+            seen: Vec::new(),
+            ram,
+            ram_hpa: RAM_HPA,
+            owners: HashMap::new(),
+        };
+        let root = n.root();
+        let g = n.generation();
+        let access = n.access().clone();
+        let vmcb = Box::leak(Box::new(Vmcb::zeroed()));
+        let mut v = SvmVcpu::new(vmcb, hw, root, access, g, feats, 0, 1, 0x1000, 0x3000);
+        v.apply_boot_state(&BootState::new(EntryMode::X86Protected32, 0x1000))
+            .unwrap();
+        v.bind(0).unwrap();
+        v
+    }
+
+    #[test]
+    fn vmcb_setup_intercepts_what_must_be() {
+        let v = vcpu(&[], vec![], Features::default());
+        let m2 = v.vmcb().read32(ctrl::INTERCEPT_MISC2);
+        assert_ne!(m2 & misc2::VMRUN, 0, "VMRUN must be intercepted");
+        assert_ne!(m2 & misc2::VMMCALL, 0);
+        let m1 = v.vmcb().read32(ctrl::INTERCEPT_MISC1);
+        for b in [
+            misc1::CPUID,
+            misc1::HLT,
+            misc1::IOIO_PROT,
+            misc1::MSR_PROT,
+            misc1::SHUTDOWN,
+        ] {
+            assert_ne!(m1 & b, 0);
+        }
+        assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_DR), 0x00ff_00ff);
+        assert_eq!(v.vmcb().read32(ctrl::GUEST_ASID), 1);
+        assert_eq!(v.vmcb().read64(ctrl::NP_ENABLE), 1);
+        assert_ne!(v.vmcb().read64(save::EFER) & EFER_SVME, 0);
+        assert_eq!(v.vmcb().read16(save::CS + 2), 0xc9b);
+    }
+
+    #[test]
+    fn cpuid_hlt_vmmcall_without_nrips_use_known_lengths() {
+        let mut v = vcpu(
+            &[],
+            vec![
+                exit(exitcode::CPUID, 0, 0),
+                exit(exitcode::VMMCALL, 0, 0),
+                exit(exitcode::HLT, 0, 0),
+            ],
+            Features::default(),
+        );
+        v.set_reg(Reg::Rax, 0x4000_0000).unwrap();
+        v.set_reg(Reg::Rbx, 7).unwrap();
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::Cpuid {
+                leaf: 0x4000_0000,
+                subleaf: 0
+            }
+        );
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1002);
+        let Exit::Hypercall(h) = v.run().unwrap() else {
+            panic!()
+        };
+        assert_eq!((h.nr, h.args[0]), (0x4000_0000, 7));
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1005);
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1006);
+        // No second advance for the same exit.
+        assert!(v.advance_pc().is_err());
+    }
+
+    #[test]
+    fn nrips_is_used_when_present() {
+        let mut v = vcpu(
+            &[],
+            vec![Box::new(|v: &mut Vmcb, _: &mut Gprs| {
+                v.write64(ctrl::EXITCODE, exitcode::CPUID);
+                v.write64(ctrl::NRIP, 0x1003);
+            })],
+            Features {
+                nrips: true,
+                ..Default::default()
+            },
+        );
+        v.run().unwrap();
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1003);
+    }
+
+    #[test]
+    fn ioio_decoding() {
+        // OUT dx, al to 0x3f8: size 8, port in 31:16.
+        let out = decode_ioio(0x03f8_0010, 0x1234_5641).unwrap();
+        assert_eq!(
+            out,
+            PortIo {
+                port: 0x3f8,
+                size: AccessSize::B1,
+                op: IoOp::Out(0x41)
+            }
+        );
+        let inl = decode_ioio(0x00f4_0041, 0).unwrap();
+        assert_eq!(
+            (inl.port, inl.size, inl.op),
+            (0xf4, AccessSize::B4, IoOp::In)
+        );
+        assert_eq!(decode_ioio(0x03f8_0014, 0), None); // string
+        assert_eq!(decode_ioio(0x03f8_0018, 0), None); // rep
+        assert_eq!(decode_ioio(0x03f8_0000, 0), None); // no size
+        assert_eq!(decode_ioio(0x03f8_0070, 0), None); // several sizes
+        let mut v = vcpu(
+            &[],
+            vec![exit(exitcode::IOIO, 0x03f8_0010, 0x1001)],
+            Features::default(),
+        );
+        v.set_reg(Reg::Rax, 0x41).unwrap();
+        assert!(matches!(v.run().unwrap(), Exit::PortIo(_)));
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1001);
+    }
+
+    #[test]
+    fn npf_outside_ram_decodes_the_guest_instruction() {
+        // mov [edi], eax (32-bit code) then mov ebx, [edi].
+        let mut v = vcpu(
+            &[0x89, 0x07],
+            vec![
+                exit(exitcode::NPF, 0x1_0000_0006, 0xfeb0_0000),
+                exit(exitcode::NPF, 0x1_0000_0004, 0xfeb0_0000),
+                exit(exitcode::NPF, 0x1_0000_0004, 0x2000),
+                exit(exitcode::NPF, 0x1_0000_0014, 0xfeb0_0000),
+            ],
+            Features::default(),
+        );
+        v.set_reg(Reg::Rax, 0xdead_beef).unwrap();
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::Mmio(Mmio {
+                gpa: 0xfeb0_0000,
+                size: AccessSize::B4,
+                op: MmioOp::Write(0xdead_beef)
+            })
+        );
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1002);
+        // Now the instruction at 0x1002 is 00 00 (add [eax], al): a read
+        // fault whose instruction is not a plain move.
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::Stage2Fault {
+                gpa: 0xfeb0_0000,
+                gva: None,
+                access: AccessKind::Read
+            }
+        );
+        // A fault on RAM is never emulated.
+        assert!(matches!(
+            v.run().unwrap(),
+            Exit::Stage2Fault { gpa: 0x2000, .. }
+        ));
+        // Fetch from outside RAM.
+        assert!(matches!(
+            v.run().unwrap(),
+            Exit::Stage2Fault {
+                access: AccessKind::Fetch,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn inv_dr_intercept_shadows_and_reserved_bits() {
+        // mov dr0, eax; mov ebx, dr0; mov dr7, eax; mov ecx, dr7; mov dr6, eax; mov edx, dr6; then hlt
+        let code = [
+            0x0f, 0x23, 0xc0, 0x0f, 0x21, 0xc3, 0x0f, 0x23, 0xf8, 0x0f, 0x21, 0xf9, 0x0f, 0x23,
+            0xf0, 0x0f, 0x21, 0xf2, 0xf4,
+        ];
+        let step = |c: u64| exit(c, 0, 0);
+        let mut v = vcpu(
+            &code,
+            vec![
+                step(exitcode::WRITE_DR0),
+                step(exitcode::READ_DR0),
+                step(exitcode::WRITE_DR0 + 7),
+                Box::new(|v: &mut Vmcb, _: &mut Gprs| {
+                    v.write64(ctrl::EXITCODE, exitcode::READ_DR0 + 7);
+                }),
+                step(exitcode::WRITE_DR0 + 6),
+                step(exitcode::READ_DR0 + 6),
+                step(exitcode::HLT),
+            ],
+            Features::default(),
+        );
+        v.set_reg(Reg::Rax, 0x1234_5678).unwrap();
+        // Between steps the test changes EAX through the "guest": emulate by
+        // running to the first exit that leaves run().
+        // DR0 <- 0x12345678, EBX <- DR0, DR7 <- 0x12345678 (reserved bits
+        // fixed), ECX <- DR7, DR6 <- same, EDX <- DR6.
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.reg(Reg::Rbx).unwrap(), 0x1234_5678);
+        assert_eq!(
+            v.reg(Reg::Rcx).unwrap(),
+            (0x1234_5678 & DR7_WRITABLE) | DR7_FIXED1
+        );
+        assert_eq!(
+            v.reg(Reg::Rdx).unwrap(),
+            (0x1234_5678 & DR6_WRITABLE) | DR6_FIXED1
+        );
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1000 + 18);
+        // The VMCB DR7 never gets the guest's breakpoints (the real DR0-3 are the host's).
+        assert_eq!(v.vmcb().read64(save::DR7), DR7_FIXED1);
+        assert_eq!(v.internal_exits, 6);
+    }
+
+    #[test]
+    fn inv_exc_payload_cr2_written_only_at_delivery() {
+        let mut v = vcpu(
+            &[],
+            vec![
+                // The guest's own #PF at 0xdead000, intercepted.
+                exit(exitcode::EXCP_BASE + 14, 0x2, 0xdead_000),
+                exit(exitcode::HLT, 0, 0),
+                exit(exitcode::HLT, 0, 0),
+            ],
+            Features::default(),
+        );
+        v.set_reg(Reg::Cr2, 0x1111).unwrap();
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        // First VMRUN: nothing injected, CR2 untouched. Second: #PF(2) with
+        // CR2 = the fault address, written at delivery.
+        assert_eq!(v.hw().seen[0], (0, 0x1111, tlb::FLUSH_ALL));
+        assert_eq!(v.hw().seen[1].0, event_inj::encode(14, 3, Some(2)));
+        assert_eq!(v.hw().seen[1].1, 0xdead_000);
+        // A queued #PF that is not yet delivered leaves CR2 alone.
+        v.set_reg(Reg::Cr2, 0x2222).unwrap();
+        v.inject(Event::page_fault(0x5000, 0)).unwrap();
+        assert_eq!(v.reg(Reg::Cr2).unwrap(), 0x2222);
+        v.advance_pc().unwrap();
+        v.run().unwrap();
+        assert_eq!(v.hw().seen[2].1, 0x5000);
+        assert_eq!(v.hw().seen[2].2, tlb::DO_NOTHING);
+        // #DB payload merges into DR6 at delivery.
+        v.inject(Event::debug(1 << 14)).unwrap();
+        assert_eq!(v.reg(Reg::Dr6).unwrap(), DR6_FIXED1);
+    }
+
+    #[test]
+    fn exitintinfo_is_reinjected_first() {
+        let mut v = vcpu(
+            &[],
+            vec![
+                Box::new(|v: &mut Vmcb, _: &mut Gprs| {
+                    v.write64(ctrl::EXITCODE, exitcode::NPF);
+                    v.write64(ctrl::EXITINFO1, 0x1_0000_0004);
+                    v.write64(ctrl::EXITINFO2, 0x3000);
+                    v.write64(ctrl::EXITINTINFO, event_inj::encode(0x20, 0, None));
+                }),
+                exit(exitcode::HLT, 0, 0),
+            ],
+            Features::default(),
+        );
+        // GPA 0x3000 is RAM: reported, and the interrupted event stays queued.
+        assert!(matches!(v.run().unwrap(), Exit::Stage2Fault { .. }));
+        v.run().unwrap();
+        assert_eq!(v.hw().seen[1].0, event_inj::encode(0x20, 0, None));
+    }
+
+    #[test]
+    fn inv_tlb_tag_flushes() {
+        assert_eq!(tlb_control(false, false), tlb::DO_NOTHING);
+        assert_eq!(tlb_control(true, false), tlb::FLUSH_ALL);
+        assert_eq!(tlb_control(true, true), tlb::FLUSH_ASID);
+        let mut v = vcpu(
+            &[],
+            (0..5).map(|_| exit(exitcode::HLT, 0, 0)).collect(),
+            Features {
+                flush_by_asid: true,
+                ..Default::default()
+            },
+        );
+        let run = |v: &mut SvmVcpu<FakeHw, MemTables>| {
+            v.run().unwrap();
+            v.advance_pc().unwrap();
+            v.hw().seen.last().unwrap().2
+        };
+        assert_eq!(run(&mut v), tlb::FLUSH_ASID); // first run
+        assert_eq!(run(&mut v), tlb::DO_NOTHING);
+        // NPT changed.
+        v.npt_generation.fetch_add(1, Ordering::Release);
+        assert_eq!(run(&mut v), tlb::FLUSH_ASID);
+        // Another VM used this ASID on this CPU meanwhile.
+        v.hw().swap_asid_owner(0, 1, 7);
+        assert_eq!(run(&mut v), tlb::FLUSH_ASID);
+        // Moved to another CPU.
+        v.unbind().unwrap();
+        v.bind(1).unwrap();
+        assert_eq!(run(&mut v), tlb::FLUSH_ASID);
+    }
+
+    #[test]
+    fn msrs_in_the_vmcb_and_svm_instructions() {
+        let mut v = vcpu(
+            &[],
+            vec![
+                exit(exitcode::MSR, 1, 0), // wrmsr EFER
+                exit(exitcode::MSR, 0, 0), // rdmsr EFER
+                exit(exitcode::VMRUN, 0, 0),
+                Box::new(|v: &mut Vmcb, g: &mut Gprs| {
+                    // rdmsr 0x1234: not a VMCB MSR, goes to the vmm.
+                    v.write64(ctrl::EXITCODE, exitcode::MSR);
+                    v.write64(ctrl::EXITINFO1, 0);
+                    g.0[1] = 0x1234;
+                }),
+            ],
+            Features::default(),
+        );
+        v.set_reg(Reg::Rcx, u64::from(msrs::EFER)).unwrap();
+        v.set_reg(Reg::Rax, 0x901).unwrap(); // NXE | LME | SCE
+        assert_eq!(v.run().unwrap(), Exit::MsrRead { msr: 0x1234 });
+        assert_eq!(v.vmcb().read64(save::EFER), 0x901 | EFER_SVME);
+        assert_eq!(v.reg(Reg::Efer).unwrap(), 0x901);
+        assert_eq!(v.reg(Reg::Rax).unwrap(), 0x901);
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1004);
+        // The guest's VMRUN became a #UD at the next entry.
+        assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None));
+        assert_eq!(v.internal_exits, 3);
+    }
+}

@@ -1,0 +1,353 @@
+//! The VMCB (virtual machine control block) layout, APM Vol. 2 Appendix B
+//! ("Layout of VMCB"): the control area at offset 0, the state-save area at
+//! 0x400. Offsets are constants checked against the APM tables by host tests;
+//! [`Vmcb`] is a 4 KiB page with typed accessors.
+
+/// Control area (APM Vol. 2 Table B-1).
+pub mod ctrl {
+    /// Intercept CR reads (bits 15:0) and writes (bits 31:16).
+    pub const INTERCEPT_CR: usize = 0x000;
+    /// Intercept DR reads (bits 15:0) and writes (bits 31:16).
+    pub const INTERCEPT_DR: usize = 0x004;
+    /// Intercept exception vectors 0..31.
+    pub const INTERCEPT_EXCEPTIONS: usize = 0x008;
+    /// Intercepts INTR..SHUTDOWN (see [`super::misc1`]).
+    pub const INTERCEPT_MISC1: usize = 0x00c;
+    /// Intercepts VMRUN..XSETBV (see [`super::misc2`]).
+    pub const INTERCEPT_MISC2: usize = 0x010;
+    pub const PAUSE_FILTER_THRESHOLD: usize = 0x03c;
+    pub const PAUSE_FILTER_COUNT: usize = 0x03e;
+    pub const IOPM_BASE_PA: usize = 0x040;
+    pub const MSRPM_BASE_PA: usize = 0x048;
+    pub const TSC_OFFSET: usize = 0x050;
+    /// Guest ASID (32 bits).
+    pub const GUEST_ASID: usize = 0x058;
+    /// TLB_CONTROL (8 bits, see [`super::tlb`]).
+    pub const TLB_CONTROL: usize = 0x05c;
+    /// V_TPR, V_IRQ, V_INTR_MASKING, V_INTR_VECTOR...
+    pub const VINTR: usize = 0x060;
+    /// Bit 0: interrupt shadow; bit 1: guest interrupt mask (GIF).
+    pub const INTERRUPT_SHADOW: usize = 0x068;
+    pub const EXITCODE: usize = 0x070;
+    pub const EXITINFO1: usize = 0x078;
+    pub const EXITINFO2: usize = 0x080;
+    pub const EXITINTINFO: usize = 0x088;
+    /// Bit 0: NP_ENABLE.
+    pub const NP_ENABLE: usize = 0x090;
+    pub const EVENTINJ: usize = 0x0a8;
+    /// Nested page-table root (nCR3).
+    pub const N_CR3: usize = 0x0b0;
+    pub const LBR_VIRT: usize = 0x0b8;
+    /// VMCB clean bits (32 bits; only with CPUID 8000_000A EDX bit 5).
+    pub const CLEAN: usize = 0x0c0;
+    /// Next sequential instruction pointer (only with NRIPS).
+    pub const NRIP: usize = 0x0c8;
+    /// Number of guest instruction bytes fetched (decode assists).
+    pub const INSN_LEN: usize = 0x0d0;
+    /// Up to 15 guest instruction bytes (decode assists).
+    pub const INSN_BYTES: usize = 0x0d1;
+}
+
+/// State-save area (APM Vol. 2 Table B-2), offsets from the VMCB start.
+pub mod save {
+    pub const ES: usize = 0x400;
+    pub const CS: usize = 0x410;
+    pub const SS: usize = 0x420;
+    pub const DS: usize = 0x430;
+    pub const FS: usize = 0x440;
+    pub const GS: usize = 0x450;
+    pub const GDTR: usize = 0x460;
+    pub const LDTR: usize = 0x470;
+    pub const IDTR: usize = 0x480;
+    pub const TR: usize = 0x490;
+    pub const CPL: usize = 0x4cb;
+    pub const EFER: usize = 0x4d0;
+    pub const CR4: usize = 0x548;
+    pub const CR3: usize = 0x550;
+    pub const CR0: usize = 0x558;
+    pub const DR7: usize = 0x560;
+    pub const DR6: usize = 0x568;
+    pub const RFLAGS: usize = 0x570;
+    pub const RIP: usize = 0x578;
+    pub const RSP: usize = 0x5d8;
+    pub const RAX: usize = 0x5f8;
+    pub const STAR: usize = 0x600;
+    pub const LSTAR: usize = 0x608;
+    pub const CSTAR: usize = 0x610;
+    pub const SFMASK: usize = 0x618;
+    pub const KERNEL_GS_BASE: usize = 0x620;
+    pub const SYSENTER_CS: usize = 0x628;
+    pub const SYSENTER_ESP: usize = 0x630;
+    pub const SYSENTER_EIP: usize = 0x638;
+    pub const CR2: usize = 0x640;
+    pub const G_PAT: usize = 0x668;
+    pub const DBGCTL: usize = 0x670;
+
+    /// Offsets inside a segment register entry (APM Vol. 2 §15.5.1).
+    pub const SEG_SELECTOR: usize = 0;
+    pub const SEG_ATTRIB: usize = 2;
+    pub const SEG_LIMIT: usize = 4;
+    pub const SEG_BASE: usize = 8;
+}
+
+/// Bits of [`ctrl::INTERCEPT_MISC1`] (APM Vol. 2 Table B-1, offset 0x0C).
+pub mod misc1 {
+    pub const INTR: u32 = 1 << 0;
+    pub const NMI: u32 = 1 << 1;
+    pub const SMI: u32 = 1 << 2;
+    pub const INIT: u32 = 1 << 3;
+    pub const RDPMC: u32 = 1 << 15;
+    pub const CPUID: u32 = 1 << 18;
+    pub const INVD: u32 = 1 << 22;
+    pub const PAUSE: u32 = 1 << 23;
+    pub const HLT: u32 = 1 << 24;
+    pub const INVLPGA: u32 = 1 << 26;
+    pub const IOIO_PROT: u32 = 1 << 27;
+    pub const MSR_PROT: u32 = 1 << 28;
+    pub const TASK_SWITCH: u32 = 1 << 29;
+    pub const SHUTDOWN: u32 = 1 << 31;
+}
+
+/// Bits of [`ctrl::INTERCEPT_MISC2`] (APM Vol. 2 Table B-1, offset 0x10).
+pub mod misc2 {
+    pub const VMRUN: u32 = 1 << 0;
+    pub const VMMCALL: u32 = 1 << 1;
+    pub const VMLOAD: u32 = 1 << 2;
+    pub const VMSAVE: u32 = 1 << 3;
+    pub const STGI: u32 = 1 << 4;
+    pub const CLGI: u32 = 1 << 5;
+    pub const SKINIT: u32 = 1 << 6;
+    pub const RDTSCP: u32 = 1 << 7;
+    pub const ICEBP: u32 = 1 << 8;
+    pub const MONITOR: u32 = 1 << 10;
+    pub const MWAIT: u32 = 1 << 11;
+    pub const MWAIT_COND: u32 = 1 << 12;
+    pub const XSETBV: u32 = 1 << 13;
+}
+
+/// TLB_CONTROL values (APM Vol. 2 §15.16.1).
+pub mod tlb {
+    pub const DO_NOTHING: u8 = 0;
+    /// Flush the entire TLB (all ASIDs): the only flush without flush-by-ASID.
+    pub const FLUSH_ALL: u8 = 1;
+    /// Flush this guest's ASID (CPUID 8000_000A EDX bit 6).
+    pub const FLUSH_ASID: u8 = 3;
+}
+
+/// #VMEXIT codes (APM Vol. 2 Appendix C).
+pub mod exitcode {
+    pub const READ_DR0: u64 = 0x20;
+    pub const WRITE_DR0: u64 = 0x30;
+    pub const EXCP_BASE: u64 = 0x40;
+    pub const INTR: u64 = 0x60;
+    pub const NMI: u64 = 0x61;
+    pub const SMI: u64 = 0x62;
+    pub const INIT: u64 = 0x63;
+    pub const VINTR: u64 = 0x64;
+    pub const RDPMC: u64 = 0x6f;
+    pub const CPUID: u64 = 0x72;
+    pub const INVD: u64 = 0x76;
+    pub const PAUSE: u64 = 0x77;
+    pub const HLT: u64 = 0x78;
+    pub const INVLPGA: u64 = 0x7a;
+    pub const IOIO: u64 = 0x7b;
+    pub const MSR: u64 = 0x7c;
+    pub const TASK_SWITCH: u64 = 0x7d;
+    pub const SHUTDOWN: u64 = 0x7f;
+    pub const VMRUN: u64 = 0x80;
+    pub const VMMCALL: u64 = 0x81;
+    pub const VMLOAD: u64 = 0x82;
+    pub const VMSAVE: u64 = 0x83;
+    pub const STGI: u64 = 0x84;
+    pub const CLGI: u64 = 0x85;
+    pub const SKINIT: u64 = 0x86;
+    pub const RDTSCP: u64 = 0x87;
+    pub const ICEBP: u64 = 0x88;
+    pub const MONITOR: u64 = 0x8a;
+    pub const MWAIT: u64 = 0x8b;
+    pub const MWAIT_COND: u64 = 0x8c;
+    pub const XSETBV: u64 = 0x8d;
+    pub const NPF: u64 = 0x400;
+    /// VMRUN refused the guest state.
+    pub const INVALID: u64 = u64::MAX;
+}
+
+/// EFER.SVME: must be set in the host EFER to execute VMRUN and in the
+/// guest's VMCB EFER for VMRUN to accept it (APM Vol. 2 §15.5.1).
+pub const EFER_SVME: u64 = 1 << 12;
+/// The power-on PAT value (APM Vol. 2 §7.8.2).
+pub const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
+
+/// One VMCB: a 4 KiB-aligned page. Fields are read and written by offset
+/// through the accessors, never through Rust references to misaligned data.
+#[repr(C, align(4096))]
+pub struct Vmcb(pub [u8; 4096]);
+
+macro_rules! accessors {
+    ($get:ident, $set:ident, $t:ty) => {
+        #[inline]
+        pub fn $get(&self, off: usize) -> $t {
+            const N: usize = core::mem::size_of::<$t>();
+            let mut b = [0u8; N];
+            b.copy_from_slice(&self.0[off..off + N]);
+            <$t>::from_le_bytes(b)
+        }
+        #[inline]
+        pub fn $set(&mut self, off: usize, v: $t) {
+            const N: usize = core::mem::size_of::<$t>();
+            self.0[off..off + N].copy_from_slice(&v.to_le_bytes());
+        }
+    };
+}
+
+/// A segment register as the VMCB stores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmcbSeg {
+    pub selector: u16,
+    pub attrib: u16,
+    pub limit: u32,
+    pub base: u64,
+}
+
+impl Vmcb {
+    pub const fn zeroed() -> Vmcb {
+        Vmcb([0; 4096])
+    }
+
+    accessors!(read8, write8, u8);
+    accessors!(read16, write16, u16);
+    accessors!(read32, write32, u32);
+    accessors!(read64, write64, u64);
+
+    pub fn seg(&self, at: usize) -> VmcbSeg {
+        VmcbSeg {
+            selector: self.read16(at + save::SEG_SELECTOR),
+            attrib: self.read16(at + save::SEG_ATTRIB),
+            limit: self.read32(at + save::SEG_LIMIT),
+            base: self.read64(at + save::SEG_BASE),
+        }
+    }
+
+    pub fn set_seg(&mut self, at: usize, s: VmcbSeg) {
+        self.write16(at + save::SEG_SELECTOR, s.selector);
+        self.write16(at + save::SEG_ATTRIB, s.attrib);
+        self.write32(at + save::SEG_LIMIT, s.limit);
+        self.write64(at + save::SEG_BASE, s.base);
+    }
+
+    pub fn exitcode(&self) -> u64 {
+        self.read64(ctrl::EXITCODE)
+    }
+
+    pub fn rip(&self) -> u64 {
+        self.read64(save::RIP)
+    }
+}
+
+/// EVENTINJ / EXITINTINFO encoding (APM Vol. 2 §15.20): vector 7:0,
+/// type 10:8, EV (error code valid) bit 11, V bit 31, error code 63:32.
+pub mod event_inj {
+    pub const TYPE_INTR: u64 = 0;
+    pub const TYPE_NMI: u64 = 2;
+    pub const TYPE_EXCEPTION: u64 = 3;
+    pub const TYPE_SOFT_INT: u64 = 4;
+    pub const EV: u64 = 1 << 11;
+    pub const VALID: u64 = 1 << 31;
+
+    pub fn encode(vector: u8, typ: u64, error_code: Option<u32>) -> u64 {
+        let mut v = u64::from(vector) | (typ << 8) | VALID;
+        if let Some(e) = error_code {
+            v |= EV | (u64::from(e) << 32);
+        }
+        v
+    }
+
+    pub fn is_valid(v: u64) -> bool {
+        v & VALID != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_match_apm_tables() {
+        // APM Vol. 2 Table B-1 (control area).
+        assert_eq!(ctrl::IOPM_BASE_PA, 0x40);
+        assert_eq!(ctrl::MSRPM_BASE_PA, 0x48);
+        assert_eq!(ctrl::GUEST_ASID, 0x58);
+        assert_eq!(ctrl::TLB_CONTROL, 0x5c);
+        assert_eq!(ctrl::EXITCODE, 0x70);
+        assert_eq!(ctrl::EXITINTINFO, 0x88);
+        assert_eq!(ctrl::NP_ENABLE, 0x90);
+        assert_eq!(ctrl::EVENTINJ, 0xa8);
+        assert_eq!(ctrl::N_CR3, 0xb0);
+        assert_eq!(ctrl::CLEAN, 0xc0);
+        assert_eq!(ctrl::NRIP, 0xc8);
+        assert_eq!(ctrl::INSN_BYTES, 0xd1);
+        // Table B-2 (state save): segments are 16 bytes apart from 0x400.
+        let segs = [
+            save::ES,
+            save::CS,
+            save::SS,
+            save::DS,
+            save::FS,
+            save::GS,
+            save::GDTR,
+            save::LDTR,
+            save::IDTR,
+            save::TR,
+        ];
+        for (i, s) in segs.iter().enumerate() {
+            assert_eq!(*s, 0x400 + 16 * i);
+        }
+        assert_eq!(save::CPL, 0x4cb);
+        assert_eq!(save::EFER, 0x4d0);
+        assert_eq!(save::CR4, 0x548);
+        assert_eq!(save::RIP, 0x578);
+        assert_eq!(save::RSP, 0x5d8);
+        assert_eq!(save::RAX, 0x5f8);
+        assert_eq!(save::CR2, 0x640);
+        assert_eq!(save::G_PAT, 0x668);
+        assert_eq!(core::mem::size_of::<Vmcb>(), 4096);
+        assert_eq!(core::mem::align_of::<Vmcb>(), 4096);
+    }
+
+    #[test]
+    fn accessors_are_little_endian_and_bounded() {
+        let mut v = alloc_vmcb();
+        v.write64(save::RIP, 0x1122_3344_5566_7788);
+        assert_eq!(v.read8(save::RIP), 0x88);
+        assert_eq!(v.read32(save::RIP + 4), 0x1122_3344);
+        let s = VmcbSeg {
+            selector: 0x10,
+            attrib: 0xc93,
+            limit: 0xffff_ffff,
+            base: 0x1000,
+        };
+        v.set_seg(save::DS, s);
+        assert_eq!(v.seg(save::DS), s);
+        assert_eq!(v.read16(save::DS + 2), 0xc93);
+    }
+
+    #[test]
+    fn event_inj_encoding() {
+        // #GP(0): vector 13, type 3, EV, V.
+        assert_eq!(
+            event_inj::encode(13, event_inj::TYPE_EXCEPTION, Some(0)),
+            0x8000_0b0d
+        );
+        assert_eq!(
+            event_inj::encode(14, event_inj::TYPE_EXCEPTION, Some(2)),
+            0x2_8000_0b0e
+        );
+        assert_eq!(event_inj::encode(2, event_inj::TYPE_NMI, None), 0x8000_0202);
+        assert!(event_inj::is_valid(0x8000_0000));
+        assert!(!event_inj::is_valid(0x7fff_ffff));
+    }
+
+    pub(crate) fn alloc_vmcb() -> Box<Vmcb> {
+        Box::new(Vmcb::zeroed())
+    }
+}
