@@ -38,6 +38,10 @@ pub const MAX_NAME: usize = 32;
 /// x86 guests keep RAM below the 32-bit device hole for now (one region at 0).
 pub const X86_MAX_RAM: u64 = 0xc000_0000;
 
+/// The MMIO test device of arm64 VMs: the first virtio-mmio slot of QEMU
+/// `virt`, free in our guest platform.
+pub const ARM64_TESTDEV_BASE: u64 = 0x0a00_0000;
+
 /// Where guest RAM starts: 0 on x86, 1 GiB on arm64 (QEMU `virt` layout,
 /// devices below).
 pub fn ram_base(arch: GuestArch) -> u64 {
@@ -378,7 +382,9 @@ impl<B: Backing> Vm<B> {
                 uart
             }
             GuestArch::Aarch64 => {
-                mmio.register(PL011_BASE, PL011_SIZE, Box::new(Pl011::new(out)))?
+                let uart = mmio.register(PL011_BASE, PL011_SIZE, Box::new(Pl011::new(out)))?;
+                mmio.register(ARM64_TESTDEV_BASE, TESTDEV_SIZE, Box::<TestDev>::default())?;
+                uart
             }
         };
         let (boot, format) = loader::load_kernel(cfg.arch, &mut mem, cfg.kernel, cfg.cmdline)?;

@@ -25,10 +25,6 @@ mod guest {
         // SAFETY: as above.
         unsafe { asm!("hvc #1", inout("x0") 0u64 => _) };
         check!(undefined_seen().0 == 3, "HVC #1 not UNDEFINED");
-        // An implementation-defined register (trapped by TIDCP, or UNDEFINED).
-        // SAFETY: as above.
-        unsafe { asm!("mrs {}, S3_1_C15_C0_0", out(reg) _) };
-        check!(undefined_seen().0 == 4, "S3_1_C15_C0_0 not UNDEFINED");
         // Unknown SMCCC functions return NOT_SUPPORTED.
         for f in [0xc600_0fffu64, 0x8600_0000, 0xc500_0001] {
             let r = hvc(f, 0, 0, 0);
