@@ -478,17 +478,12 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
             .map(|(f, p)| (f.clone(), p.as_path()))
             .collect();
         bundle::write_bundle(&cpio, &plan.vms, &sources)?;
-        for vm in &plan.vms {
+        // run_vms gives one source per VM, in order.
+        for (vm, (_, path)) in plan.vms.iter().zip(&plan.sources) {
             println!(
-                "xtask: VM {}: {} ({} MiB, {} vCPU(s), append {:?})",
+                "xtask: VM {}: {} ({} MiB, {} vCPU(s), command line {:?})",
                 vm.name,
-                Paths::show(
-                    &plan
-                        .sources
-                        .iter()
-                        .find(|(f, _)| *f == vm.file)
-                        .map_or_else(PathBuf::new, |(_, p)| p.clone())
-                ),
+                Paths::show(path),
                 vm.mem_mib,
                 vm.smp,
                 vm.append
@@ -663,6 +658,92 @@ mod tests {
             kernel_cmdline(Arch::Aarch64, "  loglevel=debug   selftest=crash "),
             "exit=semihosting loglevel=debug selftest=crash"
         );
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut v = vec!["xtask", "run"];
+        v.extend_from_slice(args);
+        let Cmd::Run(r) = Cli::try_parse_from(v).unwrap().cmd else {
+            panic!("not run")
+        };
+        r
+    }
+
+    #[test]
+    fn run_plan_without_guests() {
+        let p = run_args(&["--append", "loglevel=debug", "--hv-append", "x=1"])
+            .plan(Arch::X86_64)
+            .unwrap();
+        assert_eq!((p.smp, p.mem_mib), (2, 512));
+        assert_eq!(p.hv_words, "loglevel=debug x=1");
+        assert!(p.vms.is_empty());
+        let p = run_args(&["--smp", "3", "--mem", "64"])
+            .plan(Arch::X86_64)
+            .unwrap();
+        assert_eq!((p.smp, p.mem_mib), (3, 64));
+        let e = run_args(&["--mem", "63"]).plan(Arch::X86_64).unwrap_err();
+        assert!(e.contains("at least 64"), "{e}");
+    }
+
+    #[test]
+    fn run_plan_with_guests() {
+        let dir = std::env::temp_dir().join(format!("xtask-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let g = dir.join("g.elf");
+        let mut elf = vec![0u8; 64];
+        elf[..5].copy_from_slice(b"\x7fELF\x02");
+        elf[18] = 183; // EM_AARCH64
+        std::fs::write(&g, &elf).unwrap();
+        let g = g.to_str().unwrap();
+        // Defaults: 64 MiB and 1 vCPU for the guest; the machine gets
+        // 64 + 256 MiB and 2 CPUs; the guest's words stay the guest's.
+        let p = run_args(&[
+            "--guest",
+            g,
+            "--append",
+            "console=x",
+            "--hv-append",
+            "loglevel=debug",
+        ])
+        .plan(Arch::Aarch64)
+        .unwrap();
+        assert_eq!((p.smp, p.mem_mib), (2, 320));
+        assert_eq!(p.hv_words, "exitcode=guest loglevel=debug");
+        assert_eq!(p.vms.len(), 1);
+        assert_eq!(
+            p.vms[0].render().unwrap(),
+            "name=g kernel=g.elf mem=64 smp=1 append=\"console=x\""
+        );
+        assert_eq!(p.sources[0].1, PathBuf::from(g));
+        // Two guests, 4 vCPUs and 100 MiB each.
+        let p = run_args(&["--guest", g, "--guest", g, "--smp", "4", "--mem", "100"])
+            .plan(Arch::Aarch64)
+            .unwrap();
+        assert_eq!((p.smp, p.mem_mib), (4, 456));
+        assert_eq!(p.vms[1].name, "g-2");
+        // A missing file or the wrong architecture stops the run at once.
+        let missing = dir.join("missing.elf");
+        let e = run_args(&["--guest", missing.to_str().unwrap()])
+            .plan(Arch::Aarch64)
+            .unwrap_err();
+        assert!(e.contains("missing.elf: cannot read it"), "{e}");
+        let e = run_args(&["--guest", g]).plan(Arch::X86_64).unwrap_err();
+        assert!(e.contains("not an x86_64 guest"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn guest_status_line() {
+        assert_eq!(
+            guest_status_in("[INFO ] HV-EXIT: guest status 85"),
+            Some(85)
+        );
+        assert_eq!(guest_status_in("HV-EXIT: guest status 0\r"), Some(0));
+        assert_eq!(guest_status_in("HV-EXIT: guest status 255"), Some(255));
+        assert_eq!(guest_status_in("HV-EXIT: guest status 256"), None);
+        assert_eq!(guest_status_in("HV-EXIT: guest status x"), None);
+        assert_eq!(guest_status_in("HV-EXIT: success"), None);
+        assert_eq!(guest_status_in(""), None);
     }
 
     #[test]

@@ -427,7 +427,7 @@ fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Op
                     return Err(format!("guest build failed: {e}"));
                 }
                 let bundle = dir.join(image::BUNDLE_NAME);
-                guests::scenario_bundle(paths, sc.arch, release, sc.vms, &bundle)
+                guests::scenario_bundle(paths, sc.arch, release, &sc.vms, &bundle)
                     .map_err(|e| format!("bundle: {e}"))?;
                 spec.bundle = Some(bundle);
             }
@@ -648,8 +648,13 @@ mod tests {
     #[test]
     fn guest_scenario_defaults() {
         use crate::scenarios::{guests, vm, BANNER_AND_SUCCESS, NO_CRASH};
-        const VMS: &[crate::scenarios::GuestVm] = &[vm("hello", "h1"), vm("hello", "h2")];
-        let s = guests("g", Arch::Aarch64, VMS, &["[h1] hi", "HV-EXIT: success"]);
+        let vms = vec![vm("hello", "h1"), vm("hello", "h2").append("a b")];
+        let s = guests(
+            "g",
+            Arch::Aarch64,
+            vms.clone(),
+            &["[h1] hi", "HV-EXIT: success"],
+        );
         assert_eq!(s.boot, crate::Boot::Image);
         assert_eq!((s.smp, s.mem_mib, s.cpu), (2, 512, None));
         assert_eq!(s.vms.len(), 2);
@@ -658,7 +663,8 @@ mod tests {
             (16, 1, "")
         );
         assert_eq!(s.forbid, NO_CRASH);
-        let x = guests("g", Arch::X86_64, VMS, BANNER_AND_SUCCESS);
+        assert_eq!(s.vms[1].append, "a b");
+        let x = guests("g", Arch::X86_64, vms, BANNER_AND_SUCCESS);
         assert_eq!(x.boot, crate::Boot::Multiboot1);
         assert!(x.spec(false).check().is_ok());
     }
@@ -746,7 +752,11 @@ mod tests {
             names(Some("crash")),
             ["crash-report-x86", "crash-report-arm64"]
         );
-        assert_eq!(names(Some("arm64-uefi")), ["boot-arm64-uefi"]);
+        assert_eq!(names(Some("boot-arm64-uefi")), ["boot-arm64-uefi"]);
+        assert_eq!(
+            names(Some("arm64-uefi")),
+            ["boot-arm64-uefi", "bundle-arm64-uefi"]
+        );
         assert!(names(Some("nope")).is_empty());
     }
 

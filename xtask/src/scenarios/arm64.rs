@@ -1,18 +1,128 @@
 //! arm64 guests at EL1 under the EL2 backend (QEMU TCG `virt,virtualization=on`,
 //! `-cpu max` or `cortex-a72`). Guest images: `guests/arm64` (package
-//! `arm64-guests`), one `[[bin]]` each.
-//!
-//! Example:
-//! ```ignore
-//! Scenario {
-//!     cpu: Some("cortex-a72"),
-//!     ..guests("arm64-hello", Arch::Aarch64, &[vm("hello", "hello")], &["[hello] hello", "HV-EXIT: success"])
-//! }
-//! ```
+//! `arm64-guests`), one `[[bin]]` each. Every scenario runs on `-cpu max`
+//! (52-bit PARange, 16-bit VMIDs, VHE present but unused) and again as
+//! `<name>-a72` on Cortex-A72 (44-bit PARange, 8-bit VMIDs, no VHE).
 
 #[allow(unused_imports)]
 use super::*;
 
+/// A guest that fails a check prints `FAIL:`; any crash is forbidden too.
+const FORBID: &[&str] = &[
+    "*** EXCEPTION",
+    "panicked",
+    "HV-EXIT: failure",
+    "FAIL",
+    "stopped: unknown exit",
+    "stopped: unhandled",
+    "stopped: backend",
+];
+
+fn both(s: Scenario, a72_name: &'static str) -> [Scenario; 2] {
+    let a72 = Scenario {
+        name: a72_name,
+        cpu: Some("cortex-a72"),
+        ..s.clone()
+    };
+    [
+        Scenario {
+            cpu: Some("max"),
+            ..s
+        },
+        a72,
+    ]
+}
+
+fn arm(name: &'static str, vms: Vec<GuestVm>, expect: &'static [&'static str]) -> Scenario {
+    Scenario {
+        forbid: FORBID,
+        ..guests(name, Arch::Aarch64, vms, expect)
+    }
+}
+
 pub fn scenarios() -> Vec<Scenario> {
-    vec![]
+    let iso = |name: &'static str, seed: &'static str| GuestVm {
+        append: seed,
+        ..vm("isolation", name)
+    };
+    let list = [
+        both(
+            arm(
+                "arm64-hello",
+                vec![vm("hello", "hello")],
+                &[
+                    "virt: arm64 EL2 backend",
+                    "[hello] hello from an arm64 guest at EL1",
+                    "[hello] hello through the hypercall",
+                    "[hello] hello: done",
+                    "vm hello: stopped: power off",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "arm64-hello-a72",
+        ),
+        both(
+            arm(
+                "arm64-psci",
+                vec![vm("psci", "psci")],
+                &[
+                    "[psci] PSCI_VERSION (hvc): 1.0",
+                    "[psci] PSCI_FEATURES(0x8400001f) = -1",
+                    "[psci] psci: ok, SYSTEM_OFF over SMC",
+                    "vm psci: stopped: power off",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "arm64-psci-a72",
+        ),
+        both(
+            arm(
+                "arm64-mmio",
+                vec![vm("mmio", "mmio")],
+                &["[mmio] mmio: ok", "vm mmio: stopped: power off", "HV-EXIT: success"],
+            ),
+            "arm64-mmio-a72",
+        ),
+        both(
+            arm(
+                "inv_master_abort_arm64",
+                vec![vm("master_abort", "ma")],
+                &[
+                    "[ma] master abort at 0xb000000: reads all ones, writes dropped",
+                    "[ma] master_abort: ok",
+                    "vm ma: stopped: power off",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "inv_master_abort_arm64-a72",
+        ),
+        both(
+            arm(
+                "arm64-isolation",
+                vec![iso("iso-a", "seed=1 mem=16"), iso("iso-b", "seed=2 mem=16")],
+                &[
+                    "[iso-a] isolation: seed 1",
+                    "[iso-b] isolation: seed 2",
+                    "[iso-a] isolation: ok (seed 1)",
+                    "[iso-b] isolation: ok (seed 2)",
+                    "all 2 VM(s) stopped (0 crashed)",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "arm64-isolation-a72",
+        ),
+        both(
+            arm(
+                "arm64-undef",
+                vec![vm("undef", "undef")],
+                &[
+                    "[undef] undef: ok, 3 UNDEFINED exceptions taken, still running",
+                    "vm undef: stopped: power off",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "arm64-undef-a72",
+        ),
+    ];
+    list.into_iter().flatten().collect()
 }

@@ -2,6 +2,35 @@
 
 use super::*;
 
+/// What the `hello` guests print, with the command line the bundle gave.
+const X86_HELLO: &[&str] = &[
+    "vm hello:",
+    "[hello] hello from an ELF64 guest",
+    "[hello] cmdline: \"via=bundle two words\"",
+    "HV-EXIT: success",
+];
+const ARM64_HELLO: &[&str] = &[
+    "vm hello:",
+    "[hello] hello from an arm64 guest at EL1",
+    "[hello] cmdline: \"via=bundle two words\"",
+    "[hello] hello: done",
+    "HV-EXIT: success",
+];
+
+/// The `hello` guest in a bundle on `boot_path`.
+fn bundle(
+    name: &'static str,
+    arch: Arch,
+    boot_path: Boot,
+    expect: &'static [&'static str],
+) -> Scenario {
+    Scenario {
+        vms: vec![vm("hello", "hello").append("via=bundle two words")],
+        expect,
+        ..boot(name, arch, boot_path, KERNEL_TIMEOUT)
+    }
+}
+
 pub fn scenarios() -> Vec<Scenario> {
     use Arch::*;
     use Boot::*;
@@ -33,6 +62,34 @@ pub fn scenarios() -> Vec<Scenario> {
             expect: &["*** EXCEPTION", "ESR_EL2=", "HV-EXIT: failure"],
             forbid: NO_SUCCESS,
             ..boot("crash-report-arm64", Aarch64, Image, KERNEL_TIMEOUT)
+        },
+        // The VM bundle reaches the kernel on every boot path (the default
+        // paths, -kernel with -initrd, are covered by svm.rs / arm64.rs):
+        // vms.conf parsed, each image found, the guest's command line
+        // (with spaces) passed through.
+        Scenario {
+            grub: true,
+            ..bundle("bundle-x86-grub-multiboot1", X86_64, Multiboot1, X86_HELLO)
+        },
+        bundle("bundle-x86-multiboot2", X86_64, Multiboot2, X86_HELLO),
+        Scenario {
+            vms: vec![
+                vm("hello", "h1").append("via=bundle two words"),
+                vm("hello", "h2").append("second vm"),
+            ],
+            expect: &[
+                "vm h1:",
+                "vm h2:",
+                "[h1] cmdline: \"via=bundle two words\"",
+                "[h2] cmdline: \"second vm\"",
+                "HV-EXIT: success",
+            ],
+            timeout: UEFI_TIMEOUT,
+            ..bundle("bundle-x86-uefi", X86_64, Uefi, X86_HELLO)
+        },
+        Scenario {
+            timeout: UEFI_TIMEOUT,
+            ..bundle("bundle-arm64-uefi", Aarch64, Uefi, ARM64_HELLO)
         },
         // The UEFI loader's own suite: its checking test kernel through 16
         // cases (handoff, modules, bad ESPs) under OVMF and QEMU_EFI.

@@ -35,7 +35,7 @@ pub struct Scenario {
     /// Images come from the guest crate of the scenario's architecture
     /// (`guests/x86`, package `x86-guests`; `guests/arm64`, package
     /// `arm64-guests`), built with the kernel's profile.
-    pub vms: &'static [GuestVm],
+    pub vms: Vec<GuestVm>,
     /// Instead of QEMU: a program (relative to the workspace root) with its
     /// arguments; it must exit with status 0. `boot`, `append`, `vms`, ...
     /// then do not apply.
@@ -64,7 +64,9 @@ pub struct GuestVm {
     pub append: &'static str,
 }
 
-/// A VM running guest `bin` with 16 MiB, 1 vCPU and no command line.
+/// A VM running guest `bin` with 16 MiB, 1 vCPU and no command line;
+/// change those with `GuestVm { smp: 2, ..vm("hello", "hello") }` or
+/// [`GuestVm::append`].
 #[allow(dead_code)] // for svm.rs / arm64.rs
 pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
     GuestVm {
@@ -73,6 +75,14 @@ pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
         mem_mib: 16,
         smp: 1,
         append: "",
+    }
+}
+
+impl GuestVm {
+    /// The same VM with this guest command line.
+    #[allow(dead_code)] // for svm.rs / arm64.rs
+    pub const fn append(self, append: &'static str) -> GuestVm {
+        GuestVm { append, ..self }
     }
 }
 
@@ -93,7 +103,7 @@ pub const HV_MEM_MIB: u32 = 256;
 
 /// A boot scenario: the test-hooks kernel on 2 CPUs and 512 MiB, no VMs,
 /// expecting the banner and `HV-EXIT: success`.
-pub const fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Scenario {
+pub fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Scenario {
     Scenario {
         name,
         arch,
@@ -104,7 +114,7 @@ pub const fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration)
         cpu: None,
         smp: 2,
         mem_mib: 512,
-        vms: &[],
+        vms: Vec::new(),
         script: None,
         timeout,
         expect_status: STATUS_SUCCESS,
@@ -115,12 +125,13 @@ pub const fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration)
 
 /// A guest scenario: the architecture's default boot path, 2 CPUs,
 /// 512 MiB, `vms`, expecting `expect` and no crash. Override fields with
-/// `Scenario { cpu: Some("EPYC,+svm,+npt"), ..guests(...) }`.
+/// `Scenario { cpu: Some("EPYC,+svm,+npt"), ..guests(...) }`, e.g.
+/// `guests("x", Arch::X86_64, vec![vm("hello", "hello")], &["[hello] hi"])`.
 #[allow(dead_code)] // for svm.rs / arm64.rs
-pub const fn guests(
+pub fn guests(
     name: &'static str,
     arch: Arch,
-    vms: &'static [GuestVm],
+    vms: Vec<GuestVm>,
     expect: &'static [&'static str],
 ) -> Scenario {
     let boot_path = match arch {
