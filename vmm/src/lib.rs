@@ -22,6 +22,7 @@ pub mod config;
 pub mod devices;
 pub mod event;
 pub mod exit;
+pub mod fdt;
 pub mod hypercall;
 pub mod loader;
 pub mod mem;

@@ -387,7 +387,8 @@ impl<B: Backing> Vm<B> {
                 uart
             }
         };
-        let (boot, format) = loader::load_kernel(cfg.arch, &mut mem, cfg.kernel, cfg.cmdline)?;
+        let (boot, format) =
+            loader::load_kernel_smp(cfg.arch, &mut mem, cfg.kernel, cfg.cmdline, cfg.vcpus)?;
         let mut power = alloc::vec![Power::Off; cfg.vcpus as usize];
         power[0] = Power::On;
         Ok(Vm {

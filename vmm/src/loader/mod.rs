@@ -12,9 +12,12 @@ use crate::backend::{BootState, EntryMode, GuestArch};
 use crate::mem::{Backing, GuestMemory, MemError};
 use crate::regs::Reg;
 
+pub mod arm64_image;
 pub mod elf;
 pub mod multiboot;
 
+use crate::fdt::{self, Arm64Dtb, FdtError};
+use arm64_image::ImageError;
 use elf::{Elf, ElfError, EM_AARCH64, EM_X86_64};
 use multiboot::MultibootError;
 
@@ -46,6 +49,22 @@ pub enum LoadError {
     /// No room in guest RAM after the image for tables, stack or command line.
     NoRoom,
     Memory(MemError),
+    /// A Linux arm64 Image header we cannot honour.
+    Image(ImageError),
+    /// The guest device tree could not be built.
+    Dtb(FdtError),
+}
+
+impl From<ImageError> for LoadError {
+    fn from(e: ImageError) -> Self {
+        LoadError::Image(e)
+    }
+}
+
+impl From<FdtError> for LoadError {
+    fn from(e: FdtError) -> Self {
+        LoadError::Dtb(e)
+    }
 }
 
 impl From<MultibootError> for LoadError {
@@ -71,6 +90,8 @@ impl From<MemError> for LoadError {
 pub enum KernelFormat {
     Multiboot1,
     Elf64,
+    /// Linux arm64 `Image` ([`arm64_image`]).
+    Arm64Image,
 }
 
 /// The page-aligned address after `end`, if `[that, +len)` is RAM.
@@ -175,12 +196,93 @@ pub fn load_arm64_elf<B: Backing>(
     Ok(s)
 }
 
-/// Loads `image` for `arch`, choosing the format from its contents.
+/// Loads an arm64 guest for a VM with `vcpus` vCPUs: the device tree
+/// ([`fdt::arm64_guest_dtb`], `bootargs` = `cmdline`) goes at the top of
+/// the last RAM region (page aligned), then a Linux `Image` (at the start
+/// of RAM + text_offset, RAM starts 2 MiB aligned) or an ELF64
+/// ([`ARM64_ELF_ABI`]); X0 = the DTB's address. The kernel, its stack and
+/// command line must end below the DTB.
+pub fn load_arm64<B: Backing>(
+    mem: &mut GuestMemory<B>,
+    image: &[u8],
+    cmdline: &str,
+    vcpus: u32,
+) -> Result<(BootState, KernelFormat), LoadError> {
+    let regions: alloc::vec::Vec<(u64, u64)> =
+        mem.regions().iter().map(|r| (r.gpa, r.len)).collect();
+    let (&(first, _), &(last, last_len)) = match (regions.first(), regions.last()) {
+        (Some(f), Some(l)) => (f, l),
+        _ => return Err(LoadError::NoRoom),
+    };
+    let dtb = fdt::arm64_guest_dtb(&Arm64Dtb {
+        memory: &regions,
+        vcpus,
+        bootargs: cmdline,
+        uart: (
+            crate::devices::pl011::PL011_BASE,
+            crate::devices::pl011::PL011_SIZE,
+        ),
+    })?;
+    let dtb_len = (dtb.len() as u64).next_multiple_of(PAGE);
+    let dtb_addr = (last + last_len)
+        .checked_sub(dtb_len)
+        .filter(|&a| a >= last)
+        .ok_or(LoadError::NoRoom)?;
+    let (state, format) = match arm64_image::parse(image)? {
+        Some(h) => {
+            let base = first + h.text_offset;
+            let end = base.checked_add(h.image_size).ok_or(LoadError::NoRoom)?;
+            if end > dtb_addr {
+                return Err(LoadError::NoRoom);
+            }
+            mem.check(base, h.image_size)
+                .map_err(|_| LoadError::NoRoom)?;
+            mem.write(base, image)?;
+            mem.fill(
+                base + image.len() as u64,
+                h.image_size - image.len() as u64,
+                0,
+            )?;
+            let mut s = BootState::new(EntryMode::Arm64El1h, base);
+            for r in 1..4 {
+                s = s.with(Reg::X(r), 0).ok_or(LoadError::NoRoom)?;
+            }
+            (
+                s.with(Reg::X(0), dtb_addr).ok_or(LoadError::NoRoom)?,
+                KernelFormat::Arm64Image,
+            )
+        }
+        None => {
+            let s = load_arm64_elf(mem, image, cmdline, dtb_addr)?;
+            let cmd_end = s.reg(Reg::X(4)).unwrap_or(0) + cmdline.len() as u64 + 1;
+            if cmd_end > dtb_addr {
+                return Err(LoadError::NoRoom);
+            }
+            (s, KernelFormat::Elf64)
+        }
+    };
+    mem.write(dtb_addr, &dtb)?;
+    Ok((state, format))
+}
+
+/// Loads `image` for `arch`, choosing the format from its contents (arm64:
+/// one vCPU in the device tree, see [`load_kernel_smp`]).
 pub fn load_kernel<B: Backing>(
     arch: GuestArch,
     mem: &mut GuestMemory<B>,
     image: &[u8],
     cmdline: &str,
+) -> Result<(BootState, KernelFormat), LoadError> {
+    load_kernel_smp(arch, mem, image, cmdline, 1)
+}
+
+/// As [`load_kernel`] for a VM with `vcpus` vCPUs.
+pub fn load_kernel_smp<B: Backing>(
+    arch: GuestArch,
+    mem: &mut GuestMemory<B>,
+    image: &[u8],
+    cmdline: &str,
+    vcpus: u32,
 ) -> Result<(BootState, KernelFormat), LoadError> {
     match arch {
         GuestArch::X86_64 => {
@@ -189,7 +291,7 @@ pub fn load_kernel<B: Backing>(
             }
             Ok((load_x86_64_elf(mem, image, cmdline)?, KernelFormat::Elf64))
         }
-        GuestArch::Aarch64 => Ok((load_arm64_elf(mem, image, cmdline, 0)?, KernelFormat::Elf64)),
+        GuestArch::Aarch64 => load_arm64(mem, image, cmdline, vcpus),
     }
 }
 
@@ -277,7 +379,11 @@ mod tests {
         let (st, _) = load_kernel(GuestArch::Aarch64, &mut m, &img, "earlycon").unwrap();
         assert_eq!(st.mode, EntryMode::Arm64El1h);
         assert_eq!(st.pc, 0x4008_0000);
-        assert_eq!(st.reg(Reg::X(0)), Some(0));
+        // The DTB sits in the last page(s) of RAM, its address in X0.
+        let dtb = st.reg(Reg::X(0)).unwrap();
+        assert_eq!(dtb % PAGE, 0);
+        assert!(dtb > 0x4008_1000 + STACK_SIZE && dtb < 0x4000_0000 + 4 * MIB);
+        assert_eq!(m.read_u32(dtb).map(u32::from_be), Ok(fdt::FDT_MAGIC));
         assert_eq!(st.reg(Reg::SpEl1), Some(0x4008_1000 + STACK_SIZE));
         assert_eq!(m.read_u32(0x4008_0000), Ok(0xd503_201f));
         // An x86 ELF is refused for arm64 and vice versa.
@@ -330,6 +436,50 @@ mod tests {
         assert_eq!(
             load_kernel(GuestArch::X86_64, &mut ram(MIB), b"garbage", ""),
             Err(LoadError::Elf(ElfError::TooShort))
+        );
+    }
+
+    fn arm64_ram(size: u64) -> GuestMemory<VecBacking> {
+        let mut m = GuestMemory::new(VecBacking::new(0, size as usize), 40);
+        m.add_region(
+            Region {
+                gpa: 0x4000_0000,
+                hpa: 0,
+                len: size,
+                name: "ram",
+            },
+            &mut RecordingStage2::default(),
+        )
+        .unwrap();
+        m
+    }
+
+    #[test]
+    fn arm64_image_loads_at_text_offset_with_dtb() {
+        use super::arm64_image::build::image;
+        let img = image(0, 0x4000, 0xa, b"\x1f\x20\x03\xd5");
+        let mut m = arm64_ram(4 * MIB);
+        let (st, fmt) = load_kernel_smp(GuestArch::Aarch64, &mut m, &img, "earlycon", 2).unwrap();
+        assert_eq!(fmt, KernelFormat::Arm64Image);
+        assert_eq!(st.pc, 0x4000_0000);
+        assert_eq!(st.reg(Reg::X(1)), Some(0));
+        let dtb = st.reg(Reg::X(0)).unwrap();
+        assert_eq!(m.read_u32(dtb).map(u32::from_be), Ok(fdt::FDT_MAGIC));
+        assert_eq!(m.read_u32(0x4000_0040), Ok(0xd503_201f));
+        // Legacy Image (image_size 0): text_offset 0x80000.
+        let img = image(0, 0, 0, b"abcd");
+        let (st, _) = load_kernel(GuestArch::Aarch64, &mut arm64_ram(4 * MIB), &img, "").unwrap();
+        assert_eq!(st.pc, 0x4008_0000);
+        // Too big for RAM (it would overlap the DTB): refused, no panic.
+        let img = image(0, 4 * MIB, 0, b"x");
+        assert_eq!(
+            load_kernel(GuestArch::Aarch64, &mut arm64_ram(4 * MIB), &img, ""),
+            Err(LoadError::NoRoom)
+        );
+        let img = image(0x1000, 0x1000, 1, b"x");
+        assert_eq!(
+            load_kernel(GuestArch::Aarch64, &mut arm64_ram(4 * MIB), &img, ""),
+            Err(LoadError::Image(ImageError::BigEndian))
         );
     }
 }

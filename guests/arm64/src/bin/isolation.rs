@@ -27,7 +27,13 @@ mod guest {
         let mem = arg(cmd, "mem").unwrap_or(16) << 20;
         // Free RAM: from the page after the command line to the end.
         let start = (boot.cmdline + 4096 + 0xfff) & !0xfff;
-        let end = RAM_BASE + mem;
+        let ram_end = RAM_BASE + mem;
+        // The DTB sits at the top of RAM: stop below it.
+        let end = if boot.dtb > start && boot.dtb < ram_end {
+            boot.dtb
+        } else {
+            ram_end
+        };
         println!("isolation: seed {} filling {:#x}..{:#x}", seed, start, end);
         let mut a = start;
         while a < end {
@@ -51,10 +57,10 @@ mod guest {
             a += 8;
         }
         for probe in [
-            end,
-            end + 0x1000,
-            end + (2 << 20),
-            end + (64 << 20),
+            ram_end,
+            ram_end + 0x1000,
+            ram_end + (2 << 20),
+            ram_end + (64 << 20),
             RAM_BASE - 0x1000,
         ] {
             let v = read64(probe);
