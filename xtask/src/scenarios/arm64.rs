@@ -53,6 +53,8 @@ pub fn scenarios() -> Vec<Scenario> {
                 &[
                     "virt: arm64 EL2 backend",
                     "[hello] hello from an arm64 guest at EL1",
+                    "[hello] dtb at 0x",
+                    "magic ok",
                     "[hello] hello through the hypercall",
                     "[hello] hello: done",
                     "vm hello: stopped: power off",
