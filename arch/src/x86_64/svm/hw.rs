@@ -5,7 +5,7 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::vcpu::{Gprs, Hw};
+use super::vcpu::{FpuArea, Gprs, Hw};
 use super::vmcb::{Vmcb, EFER_SVME};
 use crate::paging::TableAccess;
 use crate::x86_64::instr::{rdmsr, wrmsr, IA32_EFER};
@@ -133,6 +133,14 @@ pub unsafe fn enable_on_this_cpu(
     // SAFETY: SVMDIS is clear, so setting EFER.SVME is allowed; the other
     // EFER bits are kept.
     unsafe { wrmsr(IA32_EFER, rdmsr(IA32_EFER) | EFER_SVME) };
+    // FXSAVE/FXRSTOR of guest x87/SSE state need CR0.EM = CR0.TS = 0 and
+    // CR4.OSFXSR = 1 (else XMM registers are not saved).
+    // SAFETY: clearing EM/TS and setting OSFXSR only enables x87/SSE
+    // instructions, which the hypervisor itself never executes.
+    unsafe {
+        crate::x86_64::instr::write_cr0(crate::x86_64::instr::read_cr0() & !((1 << 2) | (1 << 3)));
+        crate::x86_64::instr::write_cr4(crate::x86_64::instr::read_cr4() | (1 << 9));
+    }
     // SAFETY: EFER.SVME is set; hsave_pa is a page-aligned page owned by
     // this CPU (the caller's contract).
     unsafe { wrmsr(MSR_VM_HSAVE_PA, hsave_pa) };
@@ -198,6 +206,18 @@ impl Hw for Machine {
             0 => None,
             v => Some(v - 1),
         }
+    }
+
+    fn fpu_save(&mut self, area: &mut FpuArea) {
+        // SAFETY: `area` is a 16-byte aligned 512-byte buffer; CR0.EM/TS are
+        // clear and CR4.OSFXSR is set (enable_on_this_cpu).
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+    }
+
+    fn fpu_restore(&mut self, area: &FpuArea) {
+        // SAFETY: as fpu_save; the image came from FXSAVE or FpuArea::default
+        // (reserved MXCSR bits clear), so FXRSTOR cannot fault.
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack)) };
     }
 }
 

@@ -39,6 +39,27 @@ pub trait Hw {
     /// Records that `vm` last ran with `asid` on `cpu`; returns the previous
     /// owner (rule `tlb_tag`: ASIDs are reused when VMs outnumber them).
     fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize>;
+    /// FXSAVE: the guest's x87/SSE state when the vCPU leaves the CPU (the
+    /// hypervisor never uses them, so they stay live while it runs).
+    fn fpu_save(&mut self, area: &mut FpuArea);
+    /// FXRSTOR when the vCPU is bound to a CPU.
+    fn fpu_restore(&mut self, area: &FpuArea);
+}
+
+/// An FXSAVE image (Intel SDM Vol. 1 §10.5.1, AMD APM Vol. 2 §11.4.4).
+#[repr(C, align(16))]
+#[derive(Clone)]
+pub struct FpuArea(pub [u8; 512]);
+
+impl Default for FpuArea {
+    /// The state after FNINIT with MXCSR at its reset value: FCW 0x037F,
+    /// MXCSR 0x1F80, everything else zero.
+    fn default() -> Self {
+        let mut a = [0u8; 512];
+        a[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        a[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        FpuArea(a)
+    }
 }
 
 /// Optional SVM features (CPUID 8000_000A EDX) the vCPU adapts to.
@@ -158,6 +179,9 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     dr7: u64,
     /// RIP after the instruction of the last exit, when known.
     next_rip: Option<u64>,
+    /// x87/SSE state while the vCPU is not bound (separate per vCPU, so
+    /// VMs never see each other's registers).
+    fpu: alloc::boxed::Box<FpuArea>,
     /// Exits handled inside `run` (statistics).
     pub internal_exits: u64,
 }
@@ -209,11 +233,17 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 | misc2::ICEBP
                 | misc2::MONITOR
                 | misc2::MWAIT
-                | misc2::MWAIT_COND,
+                | misc2::MWAIT_COND
+                | misc2::XSETBV,
         );
         vmcb.write64(ctrl::IOPM_BASE_PA, iopm_pa);
         vmcb.write64(ctrl::MSRPM_BASE_PA, msrpm_pa);
         vmcb.write32(ctrl::GUEST_ASID, asid);
+        // V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual
+        // interrupts; physical ones stay masked by the host's IF (clear:
+        // the hypervisor has no interrupt handling yet), so they neither
+        // reach the guest nor cause an exit storm (APM Vol. 2 §15.21.1).
+        vmcb.write64(ctrl::VINTR, 1 << 24);
         vmcb.write64(ctrl::NP_ENABLE, 1);
         vmcb.write64(ctrl::N_CR3, npt_root);
         vmcb.write64(save::G_PAT, PAT_DEFAULT);
@@ -240,6 +270,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             dr: [0; 4],
             dr7: DR7_FIXED1,
             next_rip: None,
+            fpu: alloc::boxed::Box::default(),
             internal_exits: 0,
         }
     }
@@ -475,8 +506,9 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             | exitcode::INVLPGA
             | exitcode::MONITOR
             | exitcode::MWAIT
-            | exitcode::MWAIT_COND => {
-                // SVM and MONITOR are hidden in CPUID: #UD as on such a CPU.
+            | exitcode::MWAIT_COND
+            | exitcode::XSETBV => {
+                // SVM, MONITOR and XSAVE are hidden in CPUID: #UD as on such a CPU.
                 return self.internal_fault(Event::Undefined);
             }
             exitcode::SHUTDOWN => Exit::Shutdown(ShutdownKind::TripleFault),
@@ -798,7 +830,9 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     fn bind(&mut self, cpu: PhysCpu) -> Result<(), BackendError> {
         match self.bound {
             Some(c) if c != cpu => Err(BackendError::AlreadyBound(c)),
-            _ => {
+            Some(_) => Ok(()),
+            None => {
+                self.hw.fpu_restore(&self.fpu);
                 self.bound = Some(cpu);
                 Ok(())
             }
@@ -806,7 +840,9 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     }
 
     fn unbind(&mut self) -> Result<(), BackendError> {
-        self.bound = None;
+        if self.bound.take().is_some() {
+            self.hw.fpu_save(&mut self.fpu);
+        }
         Ok(())
     }
 }
@@ -830,6 +866,9 @@ mod tests {
         ram: Vec<u8>,
         ram_hpa: u64,
         owners: HashMap<(u32, u32), usize>,
+        /// The "hardware" x87/SSE state and the save/restore calls.
+        fpu_live: [u8; 512],
+        fpu_calls: Vec<&'static str>,
     }
 
     impl Hw for FakeHw {
@@ -856,6 +895,14 @@ mod tests {
         fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
             self.owners.insert((cpu, asid), vm)
         }
+        fn fpu_save(&mut self, area: &mut FpuArea) {
+            self.fpu_calls.push("save");
+            area.0 = self.fpu_live;
+        }
+        fn fpu_restore(&mut self, area: &FpuArea) {
+            self.fpu_calls.push("restore");
+            self.fpu_live = area.0;
+        }
     }
 
     const RAM_HPA: u64 = 0x4000_0000;
@@ -881,6 +928,8 @@ mod tests {
             ram,
             ram_hpa: RAM_HPA,
             owners: HashMap::new(),
+            fpu_live: [0; 512],
+            fpu_calls: Vec::new(),
         };
         let root = n.root();
         let g = n.generation();
@@ -1206,5 +1255,25 @@ mod tests {
         // The guest's VMRUN became a #UD at the next entry.
         assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None));
         assert_eq!(v.internal_exits, 3);
+    }
+
+    #[test]
+    fn fpu_state_follows_the_vcpu() {
+        let mut v = vcpu(&[], vec![], Features::default());
+        // vcpu() bound it once: the reset image was loaded.
+        assert_eq!(v.hw().fpu_calls, ["restore"]);
+        assert_eq!(v.hw().fpu_live[0..2], [0x7f, 0x03]);
+        assert_eq!(v.hw().fpu_live[24..28], 0x1f80u32.to_le_bytes());
+        v.bind(0).unwrap(); // already bound here: nothing to do
+        v.hw().fpu_live[100] = 42; // the guest changed an XMM register
+        v.unbind().unwrap();
+        v.unbind().unwrap(); // not bound: no second save
+        v.hw().fpu_live = [0xee; 512]; // another vCPU ran
+        v.bind(1).unwrap();
+        assert_eq!(v.hw().fpu_calls, ["restore", "save", "restore"]);
+        assert_eq!(v.hw().fpu_live[100], 42);
+        assert_eq!(v.hw().fpu_live[101], 0);
+        assert_eq!(v.vmcb().read64(ctrl::VINTR), 1 << 24);
+        assert_ne!(v.vmcb().read32(ctrl::INTERCEPT_MISC2) & misc2::XSETBV, 0);
     }
 }
