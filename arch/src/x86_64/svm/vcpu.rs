@@ -1149,7 +1149,7 @@ mod tests {
             &[],
             vec![
                 // The guest's own #PF at 0xdead000, intercepted.
-                exit(exitcode::EXCP_BASE + 14, 0x2, 0xdead_000),
+                exit(exitcode::EXCP_BASE + 14, 0x2, 0xdea_d000),
                 exit(exitcode::HLT, 0, 0),
                 exit(exitcode::HLT, 0, 0),
             ],
@@ -1161,7 +1161,7 @@ mod tests {
         // CR2 = the fault address, written at delivery.
         assert_eq!(v.hw().seen[0], (0, 0x1111, tlb::FLUSH_ALL));
         assert_eq!(v.hw().seen[1].0, event_inj::encode(14, 3, Some(2)));
-        assert_eq!(v.hw().seen[1].1, 0xdead_000);
+        assert_eq!(v.hw().seen[1].1, 0xdea_d000);
         // A queued #PF that is not yet delivered leaves CR2 alone.
         v.set_reg(Reg::Cr2, 0x2222).unwrap();
         v.inject(Event::page_fault(0x5000, 0)).unwrap();
