@@ -126,6 +126,9 @@ pub fn scenario_bundle(
     bundle::write_bundle(out, &lines, &sources)
 }
 
+/// VM lines and, for each, (file name in the bundle, host path).
+pub type RunVms = (Vec<VmLine>, Vec<(String, PathBuf)>);
+
 /// The VMs for `run --guest FILE...`: every file gets a VM with the same
 /// `mem`, `smp` and command line, named after the file (`hello.elf` →
 /// `hello`; a repeated name gets `-2`, `-3`, ...). Each file is read and
@@ -136,7 +139,7 @@ pub fn run_vms(
     mem_mib: u32,
     smp: u32,
     append: &str,
-) -> Result<(Vec<VmLine>, Vec<(String, PathBuf)>)> {
+) -> Result<RunVms> {
     let mut lines: Vec<VmLine> = Vec::new();
     let mut sources = Vec::new();
     for path in files {
@@ -382,7 +385,7 @@ mod tests {
         assert!(e.contains("nope.elf: cannot read it"), "{e}");
         let e = run_vms(Arch::X86_64, &[dir.join("b")], 16, 1, "").unwrap_err();
         assert!(e.contains("is a directory"), "{e}");
-        let e = run_vms(Arch::Aarch64, &[a.clone()], 16, 1, "").unwrap_err();
+        let e = run_vms(Arch::Aarch64, std::slice::from_ref(&a), 16, 1, "").unwrap_err();
         assert!(e.contains("not an aarch64 guest"), "{e}");
         assert!(run_vms(Arch::X86_64, &[a], 16, 1, "say \"x\"").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
