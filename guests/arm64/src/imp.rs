@@ -193,9 +193,10 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 /// MMU is off).
 #[repr(C)]
 struct Trap {
-    /// 1: synchronous exceptions with EC = 0 (UNDEFINED) are counted and
+    /// 1: synchronous exceptions with EC = `expect_ec` are counted and
     /// skipped; 0: every exception is reported as a failure.
     expect_undef: u64,
+    expect_ec: u64,
     undef_count: u64,
     last_esr: u64,
     last_elr: u64,
@@ -203,6 +204,7 @@ struct Trap {
 
 static mut TRAP: Trap = Trap {
     expect_undef: 0,
+    expect_ec: 0,
     undef_count: 0,
     last_esr: 0,
     last_elr: 0,
@@ -214,9 +216,18 @@ fn trap() -> *mut Trap {
 
 /// Counts UNDEFINED exceptions instead of failing on them.
 pub fn expect_undefined(on: bool) {
+    expect_sync(on, 0);
+}
+
+/// Counts synchronous exceptions with class `ec` (and skips the
+/// instruction) instead of failing on them.
+pub fn expect_sync(on: bool, ec: u64) {
     // SAFETY: single vCPU, no concurrent access; volatile so the handler's
     // view is the memory's.
-    unsafe { core::ptr::write_volatile(&raw mut (*trap()).expect_undef, u64::from(on)) };
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*trap()).expect_ec, ec);
+        core::ptr::write_volatile(&raw mut (*trap()).expect_undef, u64::from(on));
+    }
 }
 
 /// (number of UNDEFINED exceptions taken, last ESR_EL1, last ELR_EL1).
@@ -308,8 +319,13 @@ fn install_vectors() {
 extern "C" fn __guest_exception(kind: u64, esr: u64, elr: u64, far: u64) -> u64 {
     let t = trap();
     // SAFETY: see expect_undefined.
-    let expect = unsafe { core::ptr::read_volatile(&raw const (*t).expect_undef) };
-    if kind == 4 && esr >> 26 == 0 && expect != 0 {
+    let (expect, ec) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*t).expect_undef),
+            core::ptr::read_volatile(&raw const (*t).expect_ec),
+        )
+    };
+    if kind == 4 && esr >> 26 == ec && expect != 0 {
         // SAFETY: as above.
         unsafe {
             let n = core::ptr::read_volatile(&raw const (*t).undef_count);

@@ -91,6 +91,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 vec![vm("master_abort", "ma")],
                 &[
                     "[ma] master abort at 0xb000000: reads all ones, writes dropped",
+                    "[ma] master abort: LDP (ISV=0) at 0xb000000 -> external abort",
                     "[ma] master_abort: ok",
                     "vm ma: stopped: power off",
                     "HV-EXIT: success",

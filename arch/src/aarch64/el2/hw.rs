@@ -410,21 +410,11 @@ switch_pauth! {
 
 /// FP/SIMD state: V0..V31, FPSR, FPCR.
 #[repr(C, align(16))]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FpRegs {
     pub v: [[u64; 2]; 32],
     pub fpsr: u64,
     pub fpcr: u64,
-}
-
-impl Default for FpRegs {
-    fn default() -> Self {
-        FpRegs {
-            v: [[0; 2]; 32],
-            fpsr: 0,
-            fpcr: 0,
-        }
-    }
 }
 
 fn fp_save(f: &mut FpRegs) {

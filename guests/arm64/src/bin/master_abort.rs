@@ -25,6 +25,25 @@ mod guest {
         for a in [0x0b00_0000u64, RAM_BASE - 8, 0x80_0000_0000] {
             probe(a);
         }
+        // A load pair has no instruction syndrome (ISV = 0): the guest gets
+        // a synchronous external abort (EC 0x25, FAR = the address) instead
+        // of a hang or a crash.
+        expect_sync(true, 0x25);
+        let a = 0x0b00_0000u64;
+        // SAFETY: the abort is counted and the LDP skipped by our handler.
+        unsafe { core::arch::asm!("ldp {}, {}, [{}]", out(reg) _, out(reg) _, in(reg) a) };
+        let (n, esr, _) = undefined_seen();
+        expect_sync(false, 0);
+        check!(n == 1, "LDP to {:#x} gave {} aborts", a, n);
+        check!(
+            esr & 0x3f == 0x10,
+            "abort ESR_EL1 {:#x} is not an external abort",
+            esr
+        );
+        println!(
+            "master abort: LDP (ISV=0) at {:#x} -> external abort ESR_EL1={:#x}",
+            a, esr
+        );
         println!("master_abort: ok");
     }
 }
