@@ -429,6 +429,18 @@ mod tests {
             );
         }
         check_barriers(&blocks).unwrap();
+        // "One helper used everywhere": the EL2 backend's own assembly
+        // issues no TLBI and writes none of the translation controls; it
+        // calls the functions above.
+        let el2 = asm_blocks(include_str!("el2/hw.rs"));
+        assert!(!el2.is_empty());
+        for ins in el2.iter().flatten() {
+            let bad = ins.starts_with("tlbi")
+                || ["vttbr_el2", "vtcr_el2", "hcr_el2", "ttbr0_el2", "tcr_el2"]
+                    .iter()
+                    .any(|r| ins.starts_with("msr") && ins.contains(r));
+            assert!(!bad, "el2/hw.rs bypasses the barrier helpers: `{ins}`");
+        }
         // The checker itself catches the bugs it is meant to catch.
         let bad = |v: &[&str]| vec![v.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
         assert!(check_barriers(&bad(&["tlbi alle2", "isb"])).is_err());

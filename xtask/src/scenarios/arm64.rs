@@ -107,7 +107,7 @@ pub fn scenarios() -> Vec<Scenario> {
                     "[iso-a] isolation: seed 1",
                     "[iso-b] isolation: seed 2",
                     "[iso-a] isolation: ok (seed 1)",
-                    "[iso-b] isolation: ok (seed 2)",
+                    "[iso-b] isolation: ok (seed 2), TPIDR_EL1 and D7 kept across switches",
                     "all 2 VM(s) stopped (0 crashed)",
                     "HV-EXIT: success",
                 ],

@@ -47,9 +47,41 @@ mod guest {
             write64(a, pattern(seed, a));
             a += 8;
         }
+        // Per-vCPU state that the world switch must keep apart: an EL1
+        // system register and an FP/SIMD register (FP enabled through
+        // CPACR_EL1.FPEN).
+        let mark = 0x1111_0000_0000_0000u64.wrapping_mul(seed) | seed;
+        // SAFETY: EL1 register writes of our own state; FPEN = 0b11 lets EL1
+        // use FP/SIMD, which this guest only touches here.
+        unsafe {
+            core::arch::asm!(
+                "msr tpidr_el1, {m}",
+                "mrs {t}, cpacr_el1",
+                "orr {t}, {t}, #(3 << 20)",
+                "msr cpacr_el1, {t}",
+                "isb",
+                ".arch_extension fp",
+                "fmov d7, {m}",
+                m = in(reg) mark,
+                t = out(reg) _,
+            )
+        };
         for _ in 0..4 {
             hvc(HC_YIELD, 0, 0, 0);
         }
+        let (tp, d7): (u64, u64);
+        // SAFETY: reads of our own registers.
+        unsafe {
+            core::arch::asm!(
+                "mrs {tp}, tpidr_el1",
+                ".arch_extension fp",
+                "fmov {d}, d7",
+                tp = out(reg) tp,
+                d = out(reg) d7,
+            )
+        };
+        check!(tp == mark, "TPIDR_EL1 {:#x}, expected {:#x}", tp, mark);
+        check!(d7 == mark, "D7 {:#x}, expected {:#x}", d7, mark);
         let mut a = start;
         while a < end {
             let v = read64(a);
@@ -66,7 +98,10 @@ mod guest {
             let v = read64(probe);
             check!(v == u64::MAX, "IPA {:#x} outside RAM reads {:#x}", probe, v);
         }
-        println!("isolation: ok (seed {})", seed);
+        println!(
+            "isolation: ok (seed {}), TPIDR_EL1 and D7 kept across switches",
+            seed
+        );
     }
 }
 
