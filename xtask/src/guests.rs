@@ -100,7 +100,10 @@ pub fn scenario_bundle(
     let mut lines = Vec::new();
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
     for vm in vms {
-        let image = guest_path(paths, arch, release, vm.bin);
+        let image = match &vm.external {
+            Some(f) => crate::external::fetch(paths, f)?,
+            None => guest_path(paths, arch, release, vm.bin),
+        };
         if !image.is_file() {
             let (dir, package) = guest_crate(arch);
             return Err(format!(

@@ -10,6 +10,7 @@
 mod build;
 mod bundle;
 mod deps;
+mod external;
 mod guests;
 mod image;
 mod qemu;

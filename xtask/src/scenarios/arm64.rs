@@ -81,7 +81,11 @@ pub fn scenarios() -> Vec<Scenario> {
             arm(
                 "arm64-mmio",
                 vec![vm("mmio", "mmio")],
-                &["[mmio] mmio: ok", "vm mmio: stopped: power off", "HV-EXIT: success"],
+                &[
+                    "[mmio] mmio: ok",
+                    "vm mmio: stopped: power off",
+                    "HV-EXIT: success",
+                ],
             ),
             "arm64-mmio-a72",
         ),

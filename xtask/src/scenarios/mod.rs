@@ -3,13 +3,15 @@
 //! One file per family so that people adding scenarios do not edit the
 //! same file: `boot.rs` (boot paths, crash reports, the UEFI loader's own
 //! suite), `svm.rs` (x86 guests under AMD SVM), `arm64.rs` (arm64 guests
-//! at EL2). [`all`] collects them in that order.
+//! at EL2), `external.rs` (unmodified kernels from Debian packages). [`all`]
+//! collects them in that order.
 
 use crate::{Arch, Boot};
 use std::time::Duration;
 
 mod arm64;
 mod boot;
+mod external;
 mod svm;
 
 /// One emulator run and what it must show.
@@ -62,6 +64,9 @@ pub struct GuestVm {
     pub smp: u32,
     /// The guest's command line.
     pub append: &'static str,
+    /// Take the image from a Debian package instead of the guest crate
+    /// (a kernel no one here wrote); `bin` is then only its bundle name.
+    pub external: Option<crate::external::DebianFile>,
 }
 
 /// A VM running guest `bin` with 16 MiB, 1 vCPU and no command line;
@@ -75,6 +80,7 @@ pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
         mem_mib: 16,
         smp: 1,
         append: "",
+        external: None,
     }
 }
 
@@ -150,5 +156,6 @@ pub fn all() -> Vec<Scenario> {
     let mut v = boot::scenarios();
     v.extend(svm::scenarios());
     v.extend(arm64::scenarios());
+    v.extend(external::scenarios());
     v
 }
