@@ -493,6 +493,16 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 return self.mov_dr(c);
             }
             c if c == exitcode::EXCP_BASE + u64::from(vector::PF) => {
+                // A #PF while delivering another event: queue that event
+                // first so the double-fault rules combine the two (benign +
+                // #PF → #PF, #PF + #PF → #DF), instead of re-injecting it.
+                if let Some(info) = self.reinject.take() {
+                    if let Some(e) = decode_event(info, self.vmcb.read32(ctrl::EXITINTINFO + 4)) {
+                        if self.queue(e)? == Queued::TripleFault {
+                            return Ok(Some(Exit::Shutdown(ShutdownKind::TripleFault)));
+                        }
+                    }
+                }
                 // Reflect the guest's own #PF: the hardware did not write
                 // CR2 (EXITINFO2 has the address); delivery will.
                 return self.internal_fault(Event::page_fault(info2, info1 as u32));
@@ -688,6 +698,25 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         };
         self.vmcb.write64(at, val);
         Some(true)
+    }
+}
+
+/// The event an EXITINTINFO value describes (APM Vol. 2 §15.7.2), for
+/// requeueing; software interrupts are not (the INT instruction runs again).
+pub fn decode_event(info: u64, error_code: u32) -> Option<Event> {
+    if !event_inj::is_valid(info) {
+        return None;
+    }
+    let vector = info as u8;
+    match (info >> 8) & 7 {
+        event_inj::TYPE_EXCEPTION if vector < 32 && vector != 2 => Some(Event::Exception {
+            vector,
+            error_code: (info & event_inj::EV != 0).then_some(error_code),
+            payload: vmm::event::Payload::None,
+        }),
+        event_inj::TYPE_NMI => Some(Event::Nmi),
+        event_inj::TYPE_INTR if vector >= 32 => Some(Event::Interrupt { vector }),
+        _ => None,
     }
 }
 
@@ -1275,5 +1304,45 @@ mod tests {
         assert_eq!(v.hw().fpu_live[101], 0);
         assert_eq!(v.vmcb().read64(ctrl::VINTR), 1 << 24);
         assert_ne!(v.vmcb().read32(ctrl::INTERCEPT_MISC2) & misc2::XSETBV, 0);
+    }
+
+    #[test]
+    fn pf_during_event_delivery_combines_by_the_double_fault_rules() {
+        let pf_in_delivery = |inflight: u64| -> Step {
+            Box::new(move |v: &mut Vmcb, _: &mut Gprs| {
+                v.write64(ctrl::EXITCODE, exitcode::EXCP_BASE + 14);
+                v.write64(ctrl::EXITINFO1, 0);
+                v.write64(ctrl::EXITINFO2, 0x9000);
+                v.write64(ctrl::EXITINTINFO, inflight);
+            })
+        };
+        // SDM Vol. 3A Table 6-5: a #PF while delivering a contributory
+        // exception is delivered as the #PF; a #PF while delivering a #PF
+        // becomes #DF.
+        let mut v = vcpu(
+            &[],
+            vec![
+                pf_in_delivery(event_inj::encode(13, 3, Some(0))),
+                pf_in_delivery(event_inj::encode(14, 3, Some(0))),
+                exit(exitcode::HLT, 0, 0),
+            ],
+            Features::default(),
+        );
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        // Second entry: the combined #GP + #PF delivered as #PF with its CR2.
+        assert_eq!(v.hw().seen[1].0, event_inj::encode(14, 3, Some(0)));
+        assert_eq!(v.hw().seen[1].1, 0x9000);
+        // Third entry: #PF during #PF delivery became #DF(0).
+        assert_eq!(v.hw().seen[2].0, event_inj::encode(8, 3, Some(0)));
+        assert_eq!(decode_event(0, 0), None);
+        assert_eq!(decode_event(event_inj::encode(0x80, 4, None), 0), None);
+        assert_eq!(
+            decode_event(event_inj::encode(2, 2, None), 0),
+            Some(Event::Nmi)
+        );
+        assert_eq!(
+            decode_event(event_inj::encode(0x30, 0, None), 0),
+            Some(Event::Interrupt { vector: 0x30 })
+        );
     }
 }

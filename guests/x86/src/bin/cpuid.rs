@@ -43,6 +43,17 @@ mod guest {
             cpuid(v[0] + 1, 0) == [0; 4],
             "leaf above the maximum reads zeros"
         );
+        // SVM is hidden: its instructions are undefined (all 3 bytes long).
+        let e = expect_exception(3, || unsafe {
+            // SAFETY: faults on purpose (#UD); the handler skips it.
+            core::arch::asm!("vmrun rax", in("rax") 0x1000u64)
+        });
+        check!(matches!(e, Some((6, _, _))), "VMRUN raises #UD: {:x?}", e);
+        let e = expect_exception(3, || unsafe {
+            // SAFETY: as above.
+            core::arch::asm!("stgi")
+        });
+        check!(matches!(e, Some((6, _, _))), "STGI raises #UD: {:x?}", e);
     }
 }
 
