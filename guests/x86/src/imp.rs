@@ -180,8 +180,11 @@ pub static LAST_ERROR: AtomicU64 = AtomicU64::new(0);
 pub static LAST_RIP: AtomicU64 = AtomicU64::new(0);
 pub static LAST_CR2: AtomicU64 = AtomicU64::new(0);
 pub static EXCEPTIONS: AtomicU64 = AtomicU64::new(0);
-/// Bytes to skip after an expected exception (0: unexpected → FAIL and exit).
+/// Bytes to skip after an expected exception (0: unexpected → FAIL and
+/// exit; [`TRAP`]: an expected trap, which already points past the instruction).
 pub static SKIP: AtomicU64 = AtomicU64::new(0);
+/// [`expect_exception`] length for a trap (#DB data breakpoint, INT3).
+pub const TRAP: u64 = u64::MAX;
 
 /// Stack frame the stubs build: vector, error code, then the CPU's frame.
 #[repr(C)]
@@ -262,11 +265,14 @@ extern "C" fn exception_handler(f: &mut Frame) {
         FAILURES.fetch_add(1, Ordering::Relaxed);
         finish();
     }
-    f.rip += skip;
+    if skip != TRAP {
+        f.rip += skip;
+    }
 }
 
 /// Runs `f`, expecting it to raise one exception at an instruction of
-/// `len` bytes that the handler then skips. Returns (vector, error code, CR2).
+/// `len` bytes that the handler then skips ([`TRAP`] for a trap).
+/// Returns (vector, error code, CR2).
 pub fn expect_exception(len: u64, f: impl FnOnce()) -> Option<(u64, u64, u64)> {
     let before = EXCEPTIONS.load(Ordering::SeqCst);
     SKIP.store(len, Ordering::SeqCst);

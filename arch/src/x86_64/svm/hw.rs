@@ -214,6 +214,19 @@ impl Hw for Machine {
         unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
     }
 
+    fn load_guest_drs(&mut self, drs: &[u64; 4]) {
+        // SAFETY: DR0-DR3 only hold addresses; breakpoints are armed by DR7,
+        // which the host keeps at 0x400 (#VMEXIT resets it) and only the
+        // guest's VMCB DR7 enables while the guest runs.
+        unsafe {
+            core::arch::asm!(
+                "mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
+                in(reg) drs[0], in(reg) drs[1], in(reg) drs[2], in(reg) drs[3],
+                options(nostack, nomem)
+            )
+        };
+    }
+
     fn fpu_restore(&mut self, area: &FpuArea) {
         // SAFETY: as fpu_save; the image came from FXSAVE or FpuArea::default
         // (reserved MXCSR bits clear), so FXRSTOR cannot fault.

@@ -44,6 +44,10 @@ pub trait Hw {
     fn fpu_save(&mut self, area: &mut FpuArea);
     /// FXRSTOR when the vCPU is bound to a CPU.
     fn fpu_restore(&mut self, area: &FpuArea);
+    /// Loads the guest's DR0-DR3 into the CPU's debug registers (VMRUN does
+    /// not switch them; the hypervisor itself never uses them, and #VMEXIT
+    /// resets DR7 to 0x400, so guest breakpoints never fire in the host).
+    fn load_guest_drs(&mut self, drs: &[u64; 4]);
 }
 
 /// An FXSAVE image (Intel SDM Vol. 1 §10.5.1, AMD APM Vol. 2 §11.4.4).
@@ -122,6 +126,8 @@ pub const DR6_FIXED1: u64 = 0xffff_0ff0;
 pub const DR6_WRITABLE: u64 = 0xe00f;
 pub const DR7_FIXED1: u64 = 0x400;
 pub const DR7_WRITABLE: u64 = 0xffff_23ff;
+/// DR7.GD: general detect (#DB on the next DR access).
+pub const DR7_GD: u64 = 1 << 13;
 
 /// MSR permission map: 2 bits per MSR for three ranges, 8 KiB (APM Vol. 2
 /// §15.11); all ones intercepts every access.
@@ -173,8 +179,10 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     /// An event whose delivery an exit interrupted (EXITINTINFO), re-injected
     /// before anything new (APM Vol. 2 §15.7.2).
     reinject: Option<u64>,
-    /// Shadow DR0-3 and the guest's DR7 (rule `dr_intercept`): the real
-    /// DR0-3 keep the host's values and the VMCB DR7 has no breakpoints on.
+    /// The guest's DR0-3 and DR7 as it wrote them (rule `dr_intercept`).
+    /// DR0-3 are loaded into the CPU while the vCPU is bound; the VMCB DR7
+    /// is the guest's without GD (general detect is not emulated: every DR
+    /// access is intercepted anyway).
     dr: [u64; 4],
     dr7: u64,
     /// RIP after the instruction of the last exit, when known.
@@ -600,11 +608,14 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 return self.internal_fault(Event::general_protection(0));
             }
             match dr {
-                0..=3 => self.dr[usize::from(dr)] = v,
+                0..=3 => {
+                    self.dr[usize::from(dr)] = v;
+                    self.hw.load_guest_drs(&self.dr);
+                }
                 6 => self
                     .vmcb
                     .write64(save::DR6, (v & DR6_WRITABLE) | DR6_FIXED1),
-                _ => self.dr7 = (v & DR7_WRITABLE) | DR7_FIXED1,
+                _ => self.set_dr7(v),
             }
         } else {
             let v = match dr {
@@ -623,6 +634,11 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         self.skip(m.len);
         self.internal_exits += 1;
         Ok(None)
+    }
+
+    fn set_dr7(&mut self, v: u64) {
+        self.dr7 = (v & DR7_WRITABLE) | DR7_FIXED1;
+        self.vmcb.write64(save::DR7, self.dr7 & !DR7_GD);
     }
 
     /// MSRs whose value lives in the VMCB. `None`: not one of them.
@@ -796,7 +812,7 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
             }
             Reg::Dr6 => save::DR6,
             Reg::Dr7 => {
-                self.dr7 = (value & DR7_WRITABLE) | DR7_FIXED1;
+                self.set_dr7(value);
                 return Ok(());
             }
             r if gpr_index(r).is_some() => {
@@ -849,7 +865,7 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
         v.write64(save::RFLAGS, m.rflags);
         v.write64(save::RIP, st.pc);
         v.write64(save::DR6, DR6_FIXED1);
-        v.write64(save::DR7, DR7_FIXED1);
+        self.set_dr7(DR7_FIXED1);
         for &(r, val) in st.regs() {
             self.set_reg(r, val)?;
         }
@@ -862,6 +878,7 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
             Some(_) => Ok(()),
             None => {
                 self.hw.fpu_restore(&self.fpu);
+                self.hw.load_guest_drs(&self.dr);
                 self.bound = Some(cpu);
                 Ok(())
             }
@@ -898,6 +915,7 @@ mod tests {
         /// The "hardware" x87/SSE state and the save/restore calls.
         fpu_live: [u8; 512],
         fpu_calls: Vec<&'static str>,
+        drs_live: [u64; 4],
     }
 
     impl Hw for FakeHw {
@@ -932,6 +950,9 @@ mod tests {
             self.fpu_calls.push("restore");
             self.fpu_live = area.0;
         }
+        fn load_guest_drs(&mut self, drs: &[u64; 4]) {
+            self.drs_live = *drs;
+        }
     }
 
     const RAM_HPA: u64 = 0x4000_0000;
@@ -959,6 +980,7 @@ mod tests {
             owners: HashMap::new(),
             fpu_live: [0; 512],
             fpu_calls: Vec::new(),
+            drs_live: [0; 4],
         };
         let root = n.root();
         let g = n.generation();
@@ -1167,8 +1189,21 @@ mod tests {
             (0x1234_5678 & DR6_WRITABLE) | DR6_FIXED1
         );
         assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1000 + 18);
-        // The VMCB DR7 never gets the guest's breakpoints (the real DR0-3 are the host's).
-        assert_eq!(v.vmcb().read64(save::DR7), DR7_FIXED1);
+        // The guest's DR0 is live in the CPU and its DR7 in the VMCB.
+        assert_eq!(v.hw().drs_live[0], 0x1234_5678);
+        assert_eq!(
+            v.vmcb().read64(save::DR7),
+            (0x1234_5678 & DR7_WRITABLE) | DR7_FIXED1
+        );
+        // GD is kept for the guest's reads but never armed in the VMCB.
+        v.set_reg(Reg::Dr7, 0x2400).unwrap();
+        assert_eq!(v.reg(Reg::Dr7).unwrap(), 0x2400);
+        assert_eq!(v.vmcb().read64(save::DR7), 0x400);
+        // Another vCPU's values were loaded meanwhile: binding reloads ours.
+        v.unbind().unwrap();
+        v.hw().drs_live = [9; 4];
+        v.bind(0).unwrap();
+        assert_eq!(v.hw().drs_live, [0x1234_5678, 0, 0, 0]);
         assert_eq!(v.internal_exits, 6);
     }
 
