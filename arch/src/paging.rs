@@ -885,6 +885,35 @@ impl Format for X86Long4 {
 // (TCR_EL2.T0SZ = 16, walk starts at level 0). Arm ARM D8.3 (descriptors),
 // D8.4 (permissions), D8.6 (memory attributes).
 
+/// Decodes a VMSAv8-64 descriptor with the 4 KiB granule, shared by the
+/// stage-1 and stage-2 formats (Arm ARM D8.3: bit 0 valid, bit 1 table at
+/// levels 0-2 / page at level 3; blocks at levels 1 and 2 must have the
+/// output address bits below the block size clear). `height` counts from
+/// the leaf level: 0 = level 3 (pages), 3 = level 0.
+fn vmsa_decode(height: usize, e: u64) -> Desc {
+    const VALID: u64 = 1 << 0;
+    const TABLE_OR_PAGE: u64 = 1 << 1;
+    const ADDR: u64 = 0x0000_ffff_ffff_f000;
+    if e & VALID == 0 {
+        return Desc::Invalid;
+    }
+    let bit1 = e & TABLE_OR_PAGE != 0;
+    match height {
+        0 if bit1 => Desc::Leaf(e & ADDR),
+        1 | 2 if bit1 => Desc::Table(e & ADDR),
+        1 | 2 => {
+            let low = (1u64 << shift(height)) - 1;
+            if e & ADDR & low != 0 {
+                Desc::Reserved
+            } else {
+                Desc::Leaf(e & ADDR & !low)
+            }
+        }
+        3 if bit1 => Desc::Table(e & ADDR),
+        _ => Desc::Reserved,
+    }
+}
+
 /// arm64 stage-1 tables for the EL2 (non-VHE) translation regime.
 ///
 /// Expects MAIR_EL2 = [`Aarch64Stage1::MAIR`]: AttrIndx 0 = Normal
@@ -967,24 +996,7 @@ impl Format for Aarch64Stage1 {
         e
     }
     fn decode(&self, height: usize, e: u64) -> Desc {
-        if e & Self::VALID == 0 {
-            return Desc::Invalid;
-        }
-        let bit1 = e & Self::TABLE_OR_PAGE != 0;
-        match height {
-            0 if bit1 => Desc::Leaf(e & Self::ADDR),
-            1 | 2 if bit1 => Desc::Table(e & Self::ADDR),
-            1 | 2 => {
-                let low = (1u64 << shift(height)) - 1;
-                if e & Self::ADDR & low != 0 {
-                    Desc::Reserved
-                } else {
-                    Desc::Leaf(e & Self::ADDR & !low)
-                }
-            }
-            3 if bit1 => Desc::Table(e & Self::ADDR),
-            _ => Desc::Reserved,
-        }
+        vmsa_decode(height, e)
     }
     fn leaf_attrs(&self, _height: usize, e: u64) -> Attrs {
         let idx = (e & Self::ATTRINDX_MASK) >> Self::ATTRINDX_SHIFT;
@@ -1147,24 +1159,7 @@ impl Format for Aarch64Stage2 {
         e
     }
     fn decode(&self, height: usize, e: u64) -> Desc {
-        if e & Self::VALID == 0 {
-            return Desc::Invalid;
-        }
-        let bit1 = e & Self::TABLE_OR_PAGE != 0;
-        match height {
-            0 if bit1 => Desc::Leaf(e & Self::ADDR),
-            1 | 2 if bit1 => Desc::Table(e & Self::ADDR),
-            1 | 2 => {
-                let low = (1u64 << shift(height)) - 1;
-                if e & Self::ADDR & low != 0 {
-                    Desc::Reserved
-                } else {
-                    Desc::Leaf(e & Self::ADDR & !low)
-                }
-            }
-            3 if bit1 => Desc::Table(e & Self::ADDR),
-            _ => Desc::Reserved,
-        }
+        vmsa_decode(height, e)
     }
     fn leaf_attrs(&self, _height: usize, e: u64) -> Attrs {
         let mem = (e & Self::MEMATTR_MASK) >> Self::MEMATTR_SHIFT;
