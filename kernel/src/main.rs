@@ -70,7 +70,7 @@ pub fn kernel_main(info: &BootInfo) -> ! {
             exit(ExitStatus::Success, &opts)
         }
         vms::Outcome::Error => exit(ExitStatus::Failure, &opts),
-        vms::Outcome::AllStopped { first_code, .. } => {
+        vms::Outcome::AllStopped { first_code } => {
             if opts.guest_exit_code {
                 let status = vms::guest_status(first_code);
                 log::info!("HV-EXIT: guest status {status}");

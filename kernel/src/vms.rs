@@ -46,10 +46,7 @@ pub enum Outcome {
     /// There was nothing to run.
     NoVms,
     /// Every VM stopped; the first VM's exit code (None if it crashed).
-    AllStopped {
-        first_code: Option<u64>,
-        crashed: usize,
-    },
+    AllStopped { first_code: Option<u64> },
     /// A VM could not be created or the hardware cannot run VMs.
     Error,
 }
@@ -339,10 +336,7 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         .count();
     let first_code = slots[0].vm.stop().and_then(|s| s.reason.exit_code());
     log::info!("all {} VM(s) stopped ({crashed} crashed)", slots.len());
-    Outcome::AllStopped {
-        first_code,
-        crashed,
-    }
+    Outcome::AllStopped { first_code }
 }
 
 /// Exit status for `exitcode=guest`: the guest's code, or 0xff if it crashed.
