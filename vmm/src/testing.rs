@@ -50,6 +50,23 @@ impl VecBacking {
     }
 }
 
+/// Guest memory with one RAM region of `size` bytes at `gpa`, backed by a
+/// [`VecBacking`] at HPA 0, for `addr_bits` guest-physical address bits.
+pub fn guest_ram(gpa: u64, size: u64, addr_bits: u32) -> crate::mem::GuestMemory<VecBacking> {
+    let mut m = crate::mem::GuestMemory::new(VecBacking::new(0, size as usize), addr_bits);
+    m.add_region(
+        crate::mem::Region {
+            gpa,
+            hpa: 0,
+            len: size,
+            name: "ram",
+        },
+        &mut RecordingStage2::default(),
+    )
+    .expect("test RAM region");
+    m
+}
+
 impl Backing for VecBacking {
     fn read(&self, hpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         let r = self.range(hpa, buf.len())?;

@@ -316,24 +316,12 @@ pub(crate) mod build {
 mod tests {
     use super::build::elf;
     use super::*;
-    use crate::mem::Region;
-    use crate::testing::{RecordingStage2, VecBacking};
+    use crate::testing::VecBacking;
 
     const MIB: u64 = 1 << 20;
 
     fn ram(size: u64) -> GuestMemory<VecBacking> {
-        let mut m = GuestMemory::new(VecBacking::new(0, size as usize), 48);
-        m.add_region(
-            Region {
-                gpa: 0,
-                hpa: 0,
-                len: size,
-                name: "ram",
-            },
-            &mut RecordingStage2::default(),
-        )
-        .unwrap();
-        m
+        crate::testing::guest_ram(0, size, 48)
     }
 
     #[test]

@@ -305,18 +305,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn ram(size: u64) -> GuestMemory<VecBacking> {
-        let mut m = GuestMemory::new(VecBacking::new(0, size as usize), 48);
-        m.add_region(
-            Region {
-                gpa: 0,
-                hpa: 0,
-                len: size,
-                name: "ram",
-            },
-            &mut RecordingStage2::default(),
-        )
-        .unwrap();
-        m
+        crate::testing::guest_ram(0, size, 48)
     }
 
     #[test]
@@ -440,18 +429,7 @@ mod tests {
     }
 
     fn arm64_ram(size: u64) -> GuestMemory<VecBacking> {
-        let mut m = GuestMemory::new(VecBacking::new(0, size as usize), 40);
-        m.add_region(
-            Region {
-                gpa: 0x4000_0000,
-                hpa: 0,
-                len: size,
-                name: "ram",
-            },
-            &mut RecordingStage2::default(),
-        )
-        .unwrap();
-        m
+        crate::testing::guest_ram(0x4000_0000, size, 40)
     }
 
     #[test]

@@ -335,24 +335,12 @@ pub fn load<B: Backing>(
 mod tests {
     use super::*;
     use crate::loader::elf::build::elf;
-    use crate::mem::Region;
-    use crate::testing::{RecordingStage2, VecBacking};
+    use crate::testing::VecBacking;
 
     const MIB: u64 = 1 << 20;
 
     fn ram(size: u64) -> GuestMemory<VecBacking> {
-        let mut m = GuestMemory::new(VecBacking::new(0, size as usize), 52);
-        m.add_region(
-            Region {
-                gpa: 0,
-                hpa: 0,
-                len: size,
-                name: "ram",
-            },
-            &mut RecordingStage2::default(),
-        )
-        .unwrap();
-        m
+        crate::testing::guest_ram(0, size, 52)
     }
 
     fn header(flags: u32, aout: Option<[u32; 5]>) -> Vec<u8> {
