@@ -114,7 +114,7 @@ pub fn cargo(paths: &Paths) -> Command {
 
 /// Runs cargo with a progress line. `quiet` passes `-q` (errors and warnings
 /// still show) so the test output stays readable.
-fn run_cargo(paths: &Paths, mut args: Vec<String>, what: &str, quiet: bool) -> Result<()> {
+pub fn run_cargo(paths: &Paths, mut args: Vec<String>, what: &str, quiet: bool) -> Result<()> {
     println!("xtask: building {what}");
     if quiet {
         args.insert(1, "-q".into());

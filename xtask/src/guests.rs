@@ -2,13 +2,11 @@
 //! user-supplied guest files for `run --guest`, and the VM bundle a
 //! scenario or a run hands to the kernel.
 
-use crate::build::{cargo, kernel_triple};
+use crate::build::kernel_triple;
 use crate::bundle::{self, VmLine};
 use crate::scenarios::GuestVm;
 use crate::{Arch, Paths, Result};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Instant;
 
 /// The guest crate of an architecture: (directory, package).
 pub fn guest_crate(arch: Arch) -> (&'static str, &'static str) {
@@ -63,29 +61,12 @@ pub fn build_guests(paths: &Paths, arch: Arch, release: bool, quiet: bool) -> Re
             arch.name()
         ));
     }
-    let mut args = guest_cargo_args(paths, arch, release);
     let what = format!(
         "guests {package} {} ({})",
         guest_triple(arch),
         if release { "release" } else { "debug" }
     );
-    println!("xtask: building {what}");
-    if quiet {
-        args.insert(1, "-q".into());
-    }
-    let start = Instant::now();
-    let status = cargo(paths)
-        .args(&args)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("cargo {} failed ({status})", args.join(" ")));
-    }
-    println!(
-        "xtask: built {what} in {:.1}s",
-        start.elapsed().as_secs_f64()
-    );
+    crate::build::run_cargo(paths, guest_cargo_args(paths, arch, release), &what, quiet)?;
     Ok(guest_path(paths, arch, release, ""))
 }
 
