@@ -4,9 +4,11 @@
 //! - `image`: a bootable artifact for one boot path (arm64 Image, GRUB ISO, ESP directory).
 //! - `run`: boots the hypervisor in QEMU with the serial console on this terminal.
 //! - `test`: host unit tests, then the emulator scenarios of `test.rs`.
+//! - `bench`: VM-exit path lengths under QEMU `-icount` (`bench.rs`).
 //!
 //! Everything it writes goes under `<target dir>/xtask/` (`target/xtask/` by default).
 
+mod bench;
 mod build;
 mod bundle;
 mod deps;
@@ -201,6 +203,8 @@ enum Cmd {
     Run(RunArgs),
     /// Run the host unit tests and the emulator scenarios.
     Test(test::TestArgs),
+    /// Measure VM-exit round trips in instructions (QEMU -icount).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -418,6 +422,7 @@ fn main() -> ExitCode {
         Cmd::Image(a) => cmd_image(&paths, a),
         Cmd::Run(a) => cmd_run(&paths, a),
         Cmd::Test(a) => test::run(&paths, a),
+        Cmd::Bench(a) => bench::run(&paths, a),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
