@@ -117,6 +117,8 @@ pub mod msrs {
 /// EFER bits a guest may set: SCE, LME, LMA (kept by hardware), NXE, FFXSR.
 const EFER_GUEST_BITS: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 14);
 const EFER_LMA: u64 = 1 << 10;
+const EFER_LME: u64 = 1 << 8;
+const CR0_PG: u64 = 1 << 31;
 const CR4_DE: u64 = 1 << 3;
 const RFLAGS_IF: u64 = 1 << 9;
 /// DR6/DR7 reserved bits (APM Vol. 2 §13.1.1.3/4): DR6 bits 11:4 and 31:16
@@ -348,12 +350,18 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         }
     }
 
-    /// Sets the next RIP for an instruction of fixed length `len`, or from
-    /// the VMCB with NRIPS.
+    /// Sets the next RIP after an intercepted instruction whose bare form is
+    /// `len` bytes: from the VMCB with NRIPS, else by decoding the
+    /// instruction, because prefixes (`2E 0F A2` is a CPUID too) make it
+    /// longer and resuming inside it would run its tail as code. `len` is
+    /// the fallback when the bytes cannot be fetched or decoded.
     fn next_rip_fixed(&mut self, len: u64) {
         self.next_rip = Some(if self.features.nrips {
             self.vmcb.read64(ctrl::NRIP)
         } else {
+            let mut buf = [0u8; MAX_INSN];
+            let n = self.fetch_insn(&mut buf);
+            let len = decode::insn_len(&buf[..n], self.bitness()).map_or(len, |l| l as u64);
             self.vmcb.rip().wrapping_add(len)
         });
     }
@@ -667,6 +675,12 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         let at = match msr {
             msrs::EFER => {
                 if val & !EFER_GUEST_BITS != 0 {
+                    return Some(false);
+                }
+                // APM Vol. 2 §3.1.7: changing LME while paging is on is #GP
+                // (else the VMCB holds LME=0 with LMA=1, a state no CPU has).
+                let cur = self.vmcb.read64(save::EFER);
+                if (val ^ cur) & EFER_LME != 0 && self.vmcb.read64(save::CR0) & CR0_PG != 0 {
                     return Some(false);
                 }
                 // LMA is the CPU's to change; SVME stays on (VMRUN needs it)
@@ -1019,7 +1033,8 @@ mod tests {
     #[test]
     fn cpuid_hlt_vmmcall_without_nrips_use_known_lengths() {
         let mut v = vcpu(
-            &[],
+            // CPUID; VMMCALL; HLT
+            &[0x0f, 0xa2, 0x0f, 0x01, 0xd9, 0xf4],
             vec![
                 exit(exitcode::CPUID, 0, 0),
                 exit(exitcode::VMMCALL, 0, 0),
@@ -1049,6 +1064,44 @@ mod tests {
         assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1006);
         // No second advance for the same exit.
         assert!(v.advance_pc().is_err());
+    }
+
+    /// Without NRIPS the length comes from the instruction bytes: a
+    /// prefixed CPUID/VMMCALL/RDMSR resumed at RIP + the bare length would
+    /// run its own tail as code (found by the chaos guest). Unfetchable
+    /// bytes fall back to the bare length.
+    #[test]
+    fn prefixed_intercepts_without_nrips_skip_the_whole_instruction() {
+        let code = [
+            0x2e, 0x0f, 0xa2, // CS CPUID
+            0x2e, 0x2e, 0x0f, 0x01, 0xd9, // CS CS VMMCALL
+            0x66, 0x0f, 0x32, // RDMSR with an operand-size prefix
+        ];
+        let mut v = vcpu(
+            &code,
+            vec![
+                exit(exitcode::CPUID, 0, 0),
+                exit(exitcode::VMMCALL, 0, 0),
+                exit(exitcode::MSR, 0, 0),
+                exit(exitcode::CPUID, 0, 0),
+            ],
+            Features::default(),
+        );
+        v.set_reg(Reg::Rcx, 0x1234).unwrap();
+        assert!(matches!(v.run().unwrap(), Exit::Cpuid { .. }));
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1003);
+        assert!(matches!(v.run().unwrap(), Exit::Hypercall(_)));
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1008);
+        assert_eq!(v.run().unwrap(), Exit::MsrRead { msr: 0x1234 });
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x100b);
+        // RIP outside RAM: nothing to decode, the bare length is used.
+        v.set_reg(Reg::Rip, 0xffff_f000).unwrap();
+        assert!(matches!(v.run().unwrap(), Exit::Cpuid { .. }));
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0xffff_f002);
     }
 
     #[test]
@@ -1319,6 +1372,42 @@ mod tests {
         // The guest's VMRUN became a #UD at the next entry.
         assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None));
         assert_eq!(v.internal_exits, 3);
+    }
+
+    /// Found by the chaos guest: WRMSR EFER flipping LME while CR0.PG = 1
+    /// was accepted (LME=0 with LMA=1 in the VMCB); it must #GP.
+    #[test]
+    fn efer_lme_change_with_paging_on_is_gp() {
+        let mut v = vcpu(
+            &[0x0f, 0x30, 0x0f, 0x30, 0x0f, 0x30],
+            vec![
+                exit(exitcode::MSR, 1, 0), // wrmsr EFER = LMA (clears LME)
+                exit(exitcode::MSR, 1, 0), // again, now with paging off
+                exit(exitcode::HLT, 0, 0),
+            ],
+            Features::default(),
+        );
+        v.set_reg(Reg::Cr0, 0x8000_0011).unwrap();
+        v.set_reg(Reg::Efer, 0x500).unwrap(); // LME | LMA
+        v.set_reg(Reg::Rcx, u64::from(msrs::EFER)).unwrap();
+        v.set_reg(Reg::Rax, 0x400).unwrap();
+        let steps = &mut v.hw().steps;
+        steps.insert(
+            1,
+            Box::new(|v: &mut Vmcb, _: &mut Gprs| {
+                // The guest's #GP handler turns paging off and retries.
+                v.write64(ctrl::EXITCODE, exitcode::MSR);
+                v.write64(ctrl::EXITINFO1, 1);
+                v.write64(save::CR0, 0x11);
+                v.write64(save::EFER, 0x100 | EFER_SVME);
+            }),
+        );
+        steps.remove(2);
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        // The first WRMSR was refused with #GP(0) at the next entry.
+        assert_eq!(v.hw().seen[1].0, event_inj::encode(13, 3, Some(0)));
+        // With paging off, clearing LME is fine.
+        assert_eq!(v.reg(Reg::Efer).unwrap(), 0x0);
     }
 
     #[test]
