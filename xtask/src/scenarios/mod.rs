@@ -13,6 +13,7 @@ mod arm64;
 mod boot;
 mod external;
 mod svm;
+mod chaos;
 
 /// One emulator run and what it must show.
 #[derive(Clone, Debug)]
@@ -157,5 +158,6 @@ pub fn all() -> Vec<Scenario> {
     v.extend(svm::scenarios());
     v.extend(arm64::scenarios());
     v.extend(external::scenarios());
+    v.extend(chaos::scenarios());
     v
 }

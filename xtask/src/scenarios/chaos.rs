@@ -1,0 +1,120 @@
+//! Hostile guests (`guests/*/src/bin/chaos.rs`): a seeded PRNG throws
+//! hypercalls, PSCI calls, MSR/sysreg, CPUID, port I/O, MMIO and debug
+//! register accesses with wild values at the hypervisor, next to a
+//! well-behaved VM. The hypervisor must not crash or hang, the other VM
+//! must finish its checks, and the chaos VM must finish (`chaos: done`) or
+//! stop with a clean reason. The seed is on the guest command line, so a
+//! failure is reproducible with `cargo xtask test --filter <name>`.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// A crash, a failed check of either guest, or a VM stopped for a reason
+/// that means the hypervisor did not understand an exit.
+const FORBID: &[&str] = &[
+    "*** EXCEPTION",
+    "panicked",
+    "HV-EXIT: failure",
+    "FAIL",
+    "stopped: backend",
+];
+
+fn x86(name: &'static str, chaos: GuestVm, expect: &'static [&'static str]) -> Scenario {
+    Scenario {
+        cpu: Some("EPYC,+svm,+npt"),
+        forbid: FORBID,
+        ..guests(
+            name,
+            Arch::X86_64,
+            vec![vm("isolation", "iso").append("pattern=0x3c"), chaos],
+            expect,
+        )
+    }
+}
+
+/// One VM per instruction form the MMIO decoder may refuse (`hostile=K`
+/// starts at form K; the VM stops at the first one it cannot emulate).
+fn hostile_vms() -> Vec<GuestVm> {
+    const APPEND: [&str; 12] = [
+        "seed=101 iters=200 hostile=1",
+        "seed=102 iters=200 hostile=2",
+        "seed=103 iters=200 hostile=3",
+        "seed=104 iters=200 hostile=4",
+        "seed=105 iters=200 hostile=5",
+        "seed=106 iters=200 hostile=6",
+        "seed=107 iters=200 hostile=7",
+        "seed=108 iters=200 hostile=8",
+        "seed=109 iters=200 hostile=9",
+        "seed=110 iters=200 hostile=10",
+        "seed=111 iters=200 hostile=11",
+        "seed=112 iters=200 hostile=12",
+    ];
+    const NAMES: [&str; 12] = [
+        "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9", "h10", "h11", "h12",
+    ];
+    NAMES
+        .iter()
+        .zip(APPEND)
+        .map(|(n, a)| vm("chaos", n).append(a))
+        .collect()
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    let mut hostile = x86(
+        "chaos-x86-hostile-forms",
+        vm("chaos", "h0").append("seed=100 iters=200 hostile=0"),
+        &[
+            "[h0] chaos: done",
+            "[iso] PASS",
+            "all 14 VM(s) stopped",
+            "HV-EXIT: success",
+        ],
+    );
+    hostile.vms.extend(hostile_vms());
+    hostile.mem_mib = 768;
+    vec![
+        hostile,
+        x86(
+            "chaos-x86-seed7-hostile",
+            vm("chaos", "chaos").append("seed=7 iters=3000 hostile=0"),
+            &[
+                "[chaos] chaos: seed 7 iters 3000",
+                "[chaos] chaos: 3000/3000",
+                "[chaos] chaos: done",
+                "[chaos] chaos: hostile form 0",
+                "vm chaos: stopped:",
+                "all 2 VM(s) stopped",
+                "HV-EXIT: success",
+            ],
+        ),
+        Scenario {
+            cpu: Some("max"),
+            ..x86(
+                "chaos-x86-seed2-max",
+                vm("chaos", "chaos").append("seed=2 iters=8000"),
+                &[
+                    "[chaos] chaos: seed 2 iters 8000",
+                    "[chaos] chaos: 8000/8000",
+                    "[chaos] chaos: done",
+                    "vm chaos: stopped: debug-exit, code 33",
+                    "all 2 VM(s) stopped (0 crashed)",
+                    "HV-EXIT: success",
+                ],
+            )
+        },
+        x86(
+            "chaos-x86-seed1",
+            vm("chaos", "chaos").append("seed=1 iters=4000"),
+            &[
+                "[chaos] chaos: seed 1 iters 4000",
+                "[chaos] ok: CPUID with a CS prefix resumes",
+                "[chaos] ok: VMMCALL with two prefixes resumes",
+                "[chaos] chaos: 4000/4000",
+                "[chaos] chaos: done",
+                "vm chaos: stopped: debug-exit, code 33",
+                "all 2 VM(s) stopped (0 crashed)",
+                "HV-EXIT: success",
+            ],
+        ),
+    ]
+}
