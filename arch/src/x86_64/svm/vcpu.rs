@@ -750,8 +750,29 @@ pub fn decode_event(info: u64, error_code: u32) -> Option<Event> {
     }
 }
 
+/// The ModRM number of an x86 GPR (a direct match: this runs on every
+/// register access of the exit path).
+#[inline]
 fn gpr_index(r: Reg) -> Option<usize> {
-    (0..16u8).position(|n| Reg::x86_gpr(n) == Some(r))
+    Some(match r {
+        Reg::Rax => 0,
+        Reg::Rcx => 1,
+        Reg::Rdx => 2,
+        Reg::Rbx => 3,
+        Reg::Rsp => 4,
+        Reg::Rbp => 5,
+        Reg::Rsi => 6,
+        Reg::Rdi => 7,
+        Reg::R8 => 8,
+        Reg::R9 => 9,
+        Reg::R10 => 10,
+        Reg::R11 => 11,
+        Reg::R12 => 12,
+        Reg::R13 => 13,
+        Reg::R14 => 14,
+        Reg::R15 => 15,
+        _ => return None,
+    })
 }
 
 /// Decodes an IOIO intercept's EXITINFO1 (APM Vol. 2 §15.10.2 Figure 15-2):
@@ -1311,6 +1332,16 @@ mod tests {
         assert!(matches!(v.run().unwrap(), Exit::Stage2Fault { .. }));
         v.run().unwrap();
         assert_eq!(v.hw().seen[1].0, event_inj::encode(0x20, 0, None));
+    }
+
+    #[test]
+    fn gpr_index_is_the_modrm_number() {
+        for n in 0..16u8 {
+            assert_eq!(gpr_index(Reg::x86_gpr(n).unwrap()), Some(usize::from(n)));
+        }
+        for r in [Reg::Rip, Reg::Cr2, Reg::X(0), Reg::Pc] {
+            assert_eq!(gpr_index(r), None);
+        }
     }
 
     #[test]
