@@ -230,6 +230,9 @@ pub fn expect_sync(on: bool, ec: u64) {
     }
 }
 
+/// [`expect_sync`] class that matches every synchronous exception.
+pub const ANY_EC: u64 = u64::MAX;
+
 /// (number of UNDEFINED exceptions taken, last ESR_EL1, last ELR_EL1).
 pub fn undefined_seen() -> (u64, u64, u64) {
     // SAFETY: as in expect_undefined.
@@ -325,7 +328,7 @@ extern "C" fn __guest_exception(kind: u64, esr: u64, elr: u64, far: u64) -> u64 
             core::ptr::read_volatile(&raw const (*t).expect_ec),
         )
     };
-    if kind == 4 && esr >> 26 == ec && expect != 0 {
+    if kind == 4 && (esr >> 26 == ec || ec == ANY_EC) && expect != 0 {
         // SAFETY: as above.
         unsafe {
             let n = core::ptr::read_volatile(&raw const (*t).undef_count);

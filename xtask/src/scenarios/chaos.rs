@@ -59,6 +59,25 @@ fn hostile_vms() -> Vec<GuestVm> {
         .collect()
 }
 
+/// An arm64 chaos VM (2 vCPUs, for PSCI CPU_ON) next to an isolation VM.
+fn arm64(name: &'static str, append: &'static str, expect: &'static [&'static str]) -> Scenario {
+    Scenario {
+        forbid: FORBID,
+        ..guests(
+            name,
+            Arch::Aarch64,
+            vec![
+                vm("isolation", "iso").append("seed=5 mem=16"),
+                GuestVm {
+                    smp: 2,
+                    ..vm("chaos", "chaos").append(append)
+                },
+            ],
+            expect,
+        )
+    }
+}
+
 pub fn scenarios() -> Vec<Scenario> {
     let mut hostile = x86(
         "chaos-x86-hostile-forms",
@@ -73,6 +92,17 @@ pub fn scenarios() -> Vec<Scenario> {
     hostile.vms.extend(hostile_vms());
     hostile.mem_mib = 768;
     vec![
+        arm64(
+            "chaos-arm64-seed1",
+            "seed=1 iters=4000",
+            &[
+                "[chaos] chaos: seed 1 iters 4000",
+                "[chaos] chaos: 4000/4000",
+                "[chaos] chaos: done",
+                "all 2 VM(s) stopped (0 crashed)",
+                "HV-EXIT: success",
+            ],
+        ),
         hostile,
         x86(
             "chaos-x86-seed7-hostile",

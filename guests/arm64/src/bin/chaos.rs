@@ -1,0 +1,392 @@
+//! A hostile arm64 guest: a seeded PRNG (command line `seed=N iters=N`)
+//! throws, from generated code, HVC/SMC calls with random function IDs and
+//! wild arguments (console writes with wild buffers, PSCI CPU_ON with wild
+//! entry points and MPIDRs, unknown calls), HVC/SMC with non-zero
+//! immediates, MRS of random system registers and MSR to trapped ones, WFE,
+//! and loads/stores of every size and form (ISV=0 forms: LDP/STP,
+//! pre/post-index, atomics, exclusives, DC ZVA) to unbacked IPAs and device
+//! windows. Exceptions are caught and skipped; answers that can be checked
+//! are (a bad one prints `FAIL`). Progress every 1000 iterations, then
+//! `chaos: done`, then SYSTEM_OFF.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+mod guest {
+    use arm64_guests::*;
+    use core::arch::asm;
+
+    entry!(main);
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.0 = x;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn pick<T: Copy>(&mut self, s: &[T]) -> T {
+            s[self.below(s.len() as u64) as usize]
+        }
+    }
+
+    fn arg(cmdline: &str, key: &str) -> Option<u64> {
+        cmdline.split_whitespace().find_map(|w| {
+            let v = w.strip_prefix(key)?.strip_prefix('=')?;
+            match v.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => v.parse().ok(),
+            }
+        })
+    }
+
+    /// RAM of the VM (the scenario gives 16 MiB).
+    const RAM_END: u64 = RAM_BASE + (16 << 20);
+    const RET: u32 = 0xd65f_03c0;
+
+    #[repr(C, align(4096))]
+    struct Page([u32; 1024]);
+    static mut CODE: Page = Page([0; 1024]);
+    /// What a secondary vCPU started on it runs: PSCI CPU_OFF.
+    static mut CPU_OFF_CODE: Page = Page([0; 1024]);
+    #[repr(C, align(4096))]
+    struct Buf([u8; 8192]);
+    static mut CONSOLE_BUF: Buf = Buf([b'z'; 8192]);
+
+    static mut BAD: u64 = 0;
+
+    fn bad(what: core::fmt::Arguments) {
+        // SAFETY: one vCPU runs this code.
+        let n = unsafe {
+            let n = core::ptr::read_volatile(&raw const BAD);
+            core::ptr::write_volatile(&raw mut BAD, n + 1);
+            n
+        };
+        if n < 20 {
+            println!("FAIL: {}", what);
+        }
+    }
+
+    fn sync_icache() {
+        // SAFETY: cache maintenance and barriers only.
+        unsafe { asm!("dsb sy", "ic iallu", "dsb sy", "isb", options(nostack)) };
+    }
+
+    fn write_code(page: *mut Page, words: &[u32]) {
+        for (i, &w) in words.iter().enumerate() {
+            // SAFETY: our own code page, nothing runs from it now.
+            unsafe { core::ptr::write_volatile((&raw mut (*page).0[i]), w) };
+        }
+        sync_icache();
+    }
+
+    /// Runs `insn; ret` from the code page with x0..x6 = `a`, x9 = `base`,
+    /// x10 = `data`; returns (x0, x10). Exceptions are skipped.
+    fn run(insn: u32, a: [u64; 7], base: u64, data: u64) -> (u64, u64) {
+        let page = &raw mut CODE;
+        write_code(page, &[insn, RET]);
+        let (r0, r10): (u64, u64);
+        // SAFETY: the page holds one instruction and RET; whatever the
+        // instruction does to memory targets unbacked IPAs or device
+        // windows, and any exception it raises is skipped by the handler.
+        unsafe {
+            asm!(
+                "blr {f}",
+                f = in(reg) page as u64,
+                inout("x0") a[0] => r0, inout("x1") a[1] => _, inout("x2") a[2] => _,
+                inout("x3") a[3] => _, inout("x4") a[4] => _, inout("x5") a[5] => _,
+                inout("x6") a[6] => _, inout("x9") base => _, inout("x10") data => r10,
+                inout("x11") 0u64 => _, out("x30") _,
+                options(nostack)
+            )
+        };
+        (r0, r10)
+    }
+
+    const HVC0: u32 = 0xd400_0002;
+    const SMC0: u32 = 0xd400_0003;
+
+    fn op_call(r: &mut Rng) {
+        let buf = &raw const CONSOLE_BUF as u64;
+        let cpu_off = &raw const CPU_OFF_CODE as u64;
+        let conduit = if r.below(4) == 0 { SMC0 } else { HVC0 };
+        let mut a = [0u64; 7];
+        for x in a.iter_mut().skip(1) {
+            *x = r.next();
+        }
+        let mut want = None;
+        match r.below(6) {
+            0 => {
+                // CONSOLE_WRITE with good and wild buffers.
+                a[0] = HC_CONSOLE_WRITE;
+                let (gpa, len, w) = match r.below(6) {
+                    0 => {
+                        let n = r.below(100);
+                        (buf + r.below(4096), n, n)
+                    }
+                    1 => (buf, 4097 + r.below(1 << 20), -3i64 as u64),
+                    2 => (RAM_END - 1 - r.below(64), 65 + r.below(64), -2i64 as u64),
+                    3 => (u64::MAX - r.below(64), 1 + r.below(100), -2i64 as u64),
+                    4 => (r.below(RAM_BASE), 1 + r.below(4096), -2i64 as u64),
+                    _ => (r.next(), r.next(), 0),
+                };
+                a[1] = gpa;
+                a[2] = len;
+                if conduit == HVC0 && w != 0 {
+                    want = Some(w);
+                }
+            }
+            1 => {
+                // PSCI, SMC32 and SMC64 IDs; not CPU_OFF/SYSTEM_OFF/RESET.
+                let f = r.below(0x20);
+                a[0] = if r.below(2) == 0 {
+                    0x8400_0000
+                } else {
+                    0xc400_0000
+                } | f;
+                if matches!(a[0], 0x8400_0002 | 0x8400_0008 | 0x8400_0009) {
+                    a[0] = PSCI_VERSION;
+                }
+                if a[0] == PSCI_VERSION {
+                    want = Some(0x1_0000);
+                }
+            }
+            2 => {
+                // CPU_ON: wild MPIDRs and entry points.
+                a[0] = r.pick(&[PSCI_CPU_ON_64, 0x8400_0003]);
+                let x = r.next();
+                a[1] = r.pick(&[1, 1, 0, 2, 255, 256, 0x8000_0001, 1 << 32 | 1, x]);
+                let y = r.next();
+                a[2] = r.pick(&[
+                    cpu_off,
+                    cpu_off,
+                    cpu_off + 2,
+                    RAM_BASE + 0x80_0000,
+                    0,
+                    y,
+                    RAM_END,
+                ]);
+            }
+            3 => {
+                // Our calls with unknown numbers (never EXIT).
+                a[0] = ARM64_HC_BASE | (2 + r.below(0x1_0000 - 2));
+                if a[0] != HC_YIELD {
+                    want = Some(SMCCC_NOT_SUPPORTED);
+                }
+            }
+            4 => {
+                a[0] = r.next() & 0xffff_ffff;
+                if a[0] & 0xbf00_0000 == 0x8400_0000 || a[0] & 0xffff_0000 == 0xc600_0000 {
+                    a[0] = 0x8700_0000;
+                }
+                want = Some(SMCCC_NOT_SUPPORTED);
+            }
+            _ => {
+                a[0] = r.next() | (1 << 32);
+                want = Some(SMCCC_NOT_SUPPORTED);
+            }
+        }
+        let (r0, _) = run(conduit, a, 0, 0);
+        if let Some(w) = want {
+            if r0 != w {
+                bad(format_args!(
+                    "call {:#x}({:#x}, {:#x}) = {:#x}, want {:#x}",
+                    a[0], a[1], a[2], r0, w
+                ));
+            }
+        }
+        if a[0] == HC_CONSOLE_WRITE && conduit == HVC0 && r0 == a[2] && r0 > 0 {
+            run(HVC0, [HC_CONSOLE_WRITE, buf + 60, 1, 0, 0, 0, 0], 0, 0);
+        }
+    }
+
+    const ARM64_HC_BASE: u64 = 0xc600_0000;
+
+    fn op_call_imm(r: &mut Rng) {
+        let imm = 1 + r.below(0xffff) as u32;
+        let insn = if r.below(2) == 0 { HVC0 } else { SMC0 } | imm << 5;
+        let before = undefined_seen().0;
+        run(insn, [PSCI_VERSION, 0, 0, 0, 0, 0, 0], 0, 0);
+        if undefined_seen().0 == before {
+            bad(format_args!(
+                "{:#x} with a non-zero immediate did not fault",
+                insn
+            ));
+        }
+    }
+
+    fn sysreg(o0: u32, op1: u32, crn: u32, crm: u32, op2: u32) -> u32 {
+        o0 << 19 | op1 << 16 | crn << 12 | crm << 8 | op2 << 5 | 10
+    }
+
+    fn op_sysreg(r: &mut Rng) {
+        let (o0, op1, crn, crm, op2) = (
+            r.below(2) as u32,
+            r.below(8) as u32,
+            r.below(16) as u32,
+            r.below(16) as u32,
+            r.below(8) as u32,
+        );
+        // MRS of anything (reads have no effect we care about).
+        run(0xd530_0000 | sysreg(o0, op1, crn, crm, op2), [0; 7], 0, 0);
+        // MSR only to registers that are read-only or trapped: the ID
+        // space (op0=3, op1=0, CRn=0) and IMPLEMENTATION DEFINED space
+        // (CRn=11/15, trapped by TIDCP).
+        let w = match r.below(3) {
+            0 => sysreg(1, 0, 0, r.below(8) as u32, op2),
+            1 => sysreg(1, op1, 11, crm, op2),
+            _ => sysreg(1, op1, 15, crm, op2),
+        };
+        run(0xd510_0000 | w, [0; 7], 0, r.next());
+        // ID registers read through the trap: features we hide stay hidden.
+        let (_, v) = run(0xd530_0000 | sysreg(1, 0, 0, 4, 4), [0; 7], 0, 0);
+        if v != 0 {
+            bad(format_args!("ID_AA64ZFR0_EL1 = {:#x} (SVE hidden)", v));
+        }
+    }
+
+    fn op_mem(r: &mut Rng) {
+        let base = match r.below(6) {
+            0 => r.below(0x0900_0000),
+            1 => TESTDEV_BASE + r.below(0x2000),
+            2 => RAM_END + r.below(1 << 30),
+            3 => r.below(1 << 40) | (1 << 39),
+            4 => {
+                r.pick(&[
+                    0x0800_0000u64,
+                    0x0801_0000,
+                    0x080a_0000,
+                    0x0901_0000,
+                    0x0902_0000,
+                    0x3eff_0000,
+                ]) + r.below(0x100)
+            }
+            _ => r.next(),
+        };
+        let base = if base >> 40 == 0 && (UART_BASE..UART_BASE + 0x1000).contains(&base) {
+            base + 0x1_0000
+        } else {
+            base
+        };
+        let aligned = r.below(4) != 0;
+        let rt_rn = 9 << 5 | 10;
+        // (encoding without Rt/Rn, access size, load?); Rt = x10, Rn = x9.
+        let (insn, size, load): (u32, u64, bool) = match r.below(20) {
+            0 => (0x3940_0000, 1, true),
+            1 => (0x7940_0000, 2, true),
+            2 => (0xb940_0000, 4, true),
+            3 => (0xf940_0000, 8, true),
+            4 => (0x3900_0000, 1, false),
+            5 => (0x7900_0000, 2, false),
+            6 => (0xb900_0000, 4, false),
+            7 => (0xf900_0000, 8, false),
+            8 => (0x3980_0000, 1, true),
+            9 => (0x7980_0000, 2, true),
+            10 => (0xb980_0000, 4, true),
+            11 => (0xa940_0000 | 11 << 10, 16, true), // LDP x10, x11
+            12 => (0xa900_0000 | 11 << 10, 16, false), // STP
+            13 => (0xf840_0400 | 8 << 12, 8, true),   // LDR post-index
+            14 => (0xf800_0c00 | 8 << 12, 8, false),  // STR pre-index
+            15 => (0xf820_0000 | 11 << 16, 8, false), // LDADD x11, x10
+            16 => (0xc85f_7c00, 8, true),             // LDXR
+            17 => (0xd50b_7420 - 10, 64, false),      // DC ZVA, x9 (Rt = 9)
+            18 => (0x3840_0400 | 1 << 12, 1, true),   // LDRB post-index
+            _ => (0xf8a0_8000 | 11 << 16, 8, false),  // SWPA x11, x10
+        };
+        let insn = if insn == 0xd50b_7420 - 10 {
+            0xd50b_7420 | 9
+        } else {
+            insn | rt_rn
+        };
+        let addr = if aligned {
+            base & !(size.min(16) - 1)
+        } else {
+            base
+        };
+        let before = undefined_seen().0;
+        let (_, v) = run(insn, [0; 7], addr, r.next());
+        let faulted = undefined_seen().0 != before;
+        // An ISV load from an unbacked IPA reads all ones (master abort).
+        let unbacked = addr < 0x0800_0000 || (RAM_END..1 << 39).contains(&addr);
+        if load && unbacked && aligned && !faulted {
+            let want = match (insn & 0xffc0_0000, size) {
+                (0x3940_0000, _) => Some(0xff),
+                (0x7940_0000, _) => Some(0xffff),
+                (0xb940_0000, _) => Some(0xffff_ffff),
+                (0xf940_0000, _) | (0x3980_0000, _) | (0x7980_0000, _) | (0xb980_0000, _) => {
+                    Some(u64::MAX)
+                }
+                _ => None,
+            };
+            if let Some(w) = want {
+                if v != w {
+                    bad(format_args!(
+                        "load {:#x} at {:#x} = {:#x}, want {:#x}",
+                        insn, addr, v, w
+                    ));
+                }
+            }
+        }
+    }
+
+    fn main(boot: Boot) {
+        let cmd = boot.cmdline();
+        let seed = arg(cmd, "seed").unwrap_or(1);
+        let iters = arg(cmd, "iters").unwrap_or(5000);
+        println!("chaos: seed {} iters {}", seed, iters);
+        // SAFETY: nothing else uses these pages yet.
+        unsafe {
+            let b = &mut *(&raw mut CONSOLE_BUF);
+            for (i, c) in b.0.iter_mut().enumerate() {
+                *c = if i % 61 == 60 {
+                    b'\n'
+                } else {
+                    b'a' + (i % 26) as u8
+                };
+            }
+        }
+        // movz x0, #2; movk x0, #0x8400, lsl #16; hvc #0; b .
+        write_code(
+            &raw mut CPU_OFF_CODE,
+            &[0xd280_0040, 0xf2b0_8000, HVC0, 0x1400_0000],
+        );
+        expect_sync(true, ANY_EC);
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut counts = [0u64; 5];
+        for i in 1..=iters {
+            let op = r.below(5) as usize;
+            counts[op] += 1;
+            match op {
+                0 => op_call(&mut r),
+                1 => op_call_imm(&mut r),
+                2 => op_sysreg(&mut r),
+                3 => {
+                    // WFE: a yield.
+                    run(0xd503_205f, [0; 7], 0, 0);
+                }
+                _ => op_mem(&mut r),
+            }
+            if i % 1000 == 0 {
+                println!("\nchaos: {}/{}", i, iters);
+            }
+        }
+        expect_sync(false, 0);
+        let (faults, _, _) = undefined_seen();
+        // SAFETY: as in bad().
+        let bad = unsafe { core::ptr::read_volatile(&raw const BAD) };
+        println!(
+            "\nchaos: call {} call-imm {} sysreg {} wfe {} mem {}; {} exceptions caught; {} bad answer(s)",
+            counts[0], counts[1], counts[2], counts[3], counts[4], faults, bad
+        );
+        println!("chaos: done");
+    }
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {}
