@@ -20,37 +20,10 @@ pub const IST_DOUBLE_FAULT: u8 = 1;
 pub const IST_NMI: u8 = 2;
 pub const IST_MACHINE_CHECK: u8 = 3;
 
-/// The 64-bit Task-State Segment (SDM 7.7, Figure 7-11). Only the RSPn and
-/// IST pointers matter in long mode; no I/O permission bitmap.
-#[repr(C, packed(4))]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Tss {
-    _reserved0: u32,
-    pub rsp: [u64; 3],
-    _reserved1: u64,
-    /// IST1..IST7: `ist[n - 1]` is the stack top used for IST slot n.
-    pub ist: [u64; 7],
-    _reserved2: u64,
-    _reserved3: u16,
-    /// Offset of the I/O bitmap; `size_of::<Tss>()` means "none".
-    pub iomap_base: u16,
-}
-
-impl Tss {
-    pub const SIZE: usize = core::mem::size_of::<Tss>();
-
-    pub const fn new() -> Self {
-        Self {
-            _reserved0: 0,
-            rsp: [0; 3],
-            _reserved1: 0,
-            ist: [0; 7],
-            _reserved2: 0,
-            _reserved3: 0,
-            iomap_base: Self::SIZE as u16,
-        }
-    }
-}
+/// Size of the 64-bit Task-State Segment (SDM 7.7, Figure 7-11): RSP0-2,
+/// IST1-7, no I/O permission bitmap. The TSS itself is the `x86_64` crate's
+/// `TaskStateSegment` (same layout, checked in the tests below).
+pub const TSS_SIZE: usize = 104;
 
 /// The two GDT quadwords of an available 64-bit TSS descriptor (type 9,
 /// P=1, DPL=0) for a TSS at `base` spanning `limit + 1` bytes.
@@ -65,7 +38,7 @@ pub const fn tss_descriptor(base: u64, limit: u32) -> [u64; 2] {
 
 /// The whole GDT: null, kernel code, kernel data, TSS (two slots).
 pub const fn gdt_entries(tss_base: u64) -> [u64; 5] {
-    let tss = tss_descriptor(tss_base, Tss::SIZE as u32 - 1);
+    let tss = tss_descriptor(tss_base, TSS_SIZE as u32 - 1);
     [0, CODE64, DATA, tss[0], tss[1]]
 }
 
@@ -122,44 +95,42 @@ impl IdtGate {
     }
 }
 
-/// The operand of `lgdt` / `lidt` (SDM 3.5.1): limit and 64-bit base.
-#[repr(C, packed(2))]
-#[derive(Clone, Copy, Debug)]
-pub struct TablePointer {
-    pub limit: u16,
-    pub base: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The `x86_64` crate's TSS (used by `tables.rs`) has the SDM layout:
+    /// IST1 at 0x24, I/O map base at 0x66, "no bitmap" by default.
+    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn tss_layout_matches_sdm() {
-        assert_eq!(Tss::SIZE, 104);
-        let mut t = Tss::new();
-        t.ist[0] = 0x1122_3344_5566_7788;
-        let bytes: [u8; 104] = unsafe_free_bytes(&t);
-        // IST1 at offset 0x24, I/O map base at 0x66.
-        assert_eq!(&bytes[0x24..0x2c], &0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(&bytes[0x66..0x68], &104u16.to_le_bytes());
+    fn crate_tss_layout_matches_sdm() {
+        use ::x86_64::structures::tss::TaskStateSegment;
+        use core::mem::{offset_of, size_of};
+        assert_eq!(size_of::<TaskStateSegment>(), TSS_SIZE);
+        assert_eq!(offset_of!(TaskStateSegment, privilege_stack_table), 0x04);
+        assert_eq!(offset_of!(TaskStateSegment, interrupt_stack_table), 0x24);
+        assert_eq!(offset_of!(TaskStateSegment, iomap_base), 0x66);
+        assert_eq!({ TaskStateSegment::new().iomap_base }, TSS_SIZE as u16);
     }
 
-    /// Serializes a TSS field by field (no unsafe transmute in tests).
-    fn unsafe_free_bytes(t: &Tss) -> [u8; 104] {
-        let mut b = [0u8; 104];
-        let rsp = t.rsp;
-        let ist = t.ist;
-        for (i, v) in rsp.iter().enumerate() {
-            b[4 + 8 * i..12 + 8 * i].copy_from_slice(&v.to_le_bytes());
+    /// Our descriptors are bit-for-bit the crate's flat kernel segments and
+    /// its TSS descriptor (a second, independent encoding of SDM 3.4.5/7.2.3).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn descriptors_agree_with_the_x86_64_crate() {
+        use ::x86_64::structures::gdt::{Descriptor, DescriptorFlags};
+        use ::x86_64::structures::tss::TaskStateSegment;
+        assert_eq!(CODE64, DescriptorFlags::KERNEL_CODE64.bits());
+        assert_eq!(DATA, DescriptorFlags::KERNEL_DATA.bits());
+        let tss: &'static TaskStateSegment = Box::leak(Box::new(TaskStateSegment::new()));
+        let base = tss as *const TaskStateSegment as u64;
+        match Descriptor::tss_segment(tss) {
+            Descriptor::SystemSegment(lo, hi) => {
+                assert_eq!(tss_descriptor(base, TSS_SIZE as u32 - 1), [lo, hi]);
+                assert_eq!(&gdt_entries(base)[3..], &[lo, hi]);
+            }
+            d => panic!("not a system descriptor: {d:?}"),
         }
-        for (i, v) in ist.iter().enumerate() {
-            b[0x24 + 8 * i..0x2c + 8 * i].copy_from_slice(&v.to_le_bytes());
-        }
-        b[0x66..0x68].copy_from_slice(&{ t.iomap_base }.to_le_bytes());
-        assert_eq!(core::mem::offset_of!(Tss, ist), 0x24);
-        assert_eq!(core::mem::offset_of!(Tss, iomap_base), 0x66);
-        b
     }
 
     #[test]
@@ -206,6 +177,5 @@ mod tests {
         assert_eq!(g.selector, 0x08);
         assert!(!IdtGate::MISSING.is_present());
         assert_eq!(IdtGate::interrupt(0, 8, 9).ist(), 1); // only 3 bits
-        assert_eq!(core::mem::size_of::<TablePointer>(), 10);
     }
 }

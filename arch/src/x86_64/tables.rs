@@ -10,7 +10,13 @@
 
 use super::descriptors::*;
 use super::exception::ExceptionFrame;
-use core::arch::{asm, global_asm};
+use ::x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, GS, SS};
+use ::x86_64::instructions::tables::{lgdt, lidt, load_tss};
+use ::x86_64::structures::gdt::SegmentSelector;
+use ::x86_64::structures::tss::TaskStateSegment;
+use ::x86_64::structures::DescriptorTablePointer;
+use ::x86_64::VirtAddr;
+use core::arch::global_asm;
 use core::cell::UnsafeCell;
 
 /// Called with the saved state; when it returns, the interrupted code
@@ -149,21 +155,27 @@ pub fn install_idt(handler: ExceptionHandler) {
         }
         idt
     });
-    let ptr = TablePointer {
+    let ptr = DescriptorTablePointer {
         limit: (core::mem::size_of::<[IdtGate; 32]>() - 1) as u16,
-        base: idt.as_ptr() as u64,
+        base: VirtAddr::from_ptr(idt.as_ptr()),
     };
     // SAFETY: the IDT is a 'static table of valid gates to the stubs above,
     // whose code segment KERNEL_CS is present in the loaded GDT.
-    unsafe { asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) };
+    unsafe { lidt(&ptr) };
 }
 
 /// One CPU's GDT and TSS. The GDT must stay writable: `ltr` sets the busy
 /// bit in the TSS descriptor.
+///
+/// The TSS is the `x86_64` crate's [`TaskStateSegment`] (the SDM 7.7 layout;
+/// `descriptors::tests` checks it). The GDT stays our own five quadwords
+/// from [`gdt_entries`]: its selectors must equal the early GDT in the
+/// entry assembly, which the crate's append-order `GlobalDescriptorTable`
+/// would only match by coincidence.
 #[repr(C, align(16))]
 pub struct CpuTables {
     gdt: UnsafeCell<[u64; 5]>,
-    tss: UnsafeCell<Tss>,
+    tss: UnsafeCell<TaskStateSegment>,
 }
 
 // SAFETY: each CpuTables is written only by `load`, which its contract
@@ -174,7 +186,7 @@ impl CpuTables {
     pub const fn new() -> Self {
         Self {
             gdt: UnsafeCell::new([0; 5]),
-            tss: UnsafeCell::new(Tss::new()),
+            tss: UnsafeCell::new(TaskStateSegment::new()),
         }
     }
 
@@ -187,44 +199,40 @@ impl CpuTables {
     /// aligned stack that is used by nothing else.
     pub unsafe fn load(&'static self, ist_tops: [u64; 3]) {
         let tss = self.tss.get();
+        // The TSS is packed (IST1 at offset 0x24): copy the table, no reference.
         // SAFETY: per the contract no one else accesses this TSS yet.
-        unsafe {
-            (*tss).ist[IST_DOUBLE_FAULT as usize - 1] = ist_tops[0];
-            (*tss).ist[IST_NMI as usize - 1] = ist_tops[1];
-            (*tss).ist[IST_MACHINE_CHECK as usize - 1] = ist_tops[2];
+        let mut ist = unsafe { (*tss).interrupt_stack_table };
+        for (slot, top) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK]
+            .into_iter()
+            .zip(ist_tops)
+        {
+            ist[slot as usize - 1] = VirtAddr::new_truncate(top);
         }
+        // SAFETY: as above.
+        unsafe { (*tss).interrupt_stack_table = ist };
         let gdt = self.gdt.get();
         // SAFETY: as above; the GDT is not loaded yet.
         unsafe { *gdt = gdt_entries(tss as u64) };
-        let ptr = TablePointer {
+        let ptr = DescriptorTablePointer {
             limit: (core::mem::size_of::<[u64; 5]>() - 1) as u16,
-            base: gdt as u64,
+            base: VirtAddr::from_ptr(gdt),
         };
         // SAFETY: the GDT holds a 64-bit code segment at KERNEL_CS and a
         // data segment at KERNEL_DS (the selectors the entry code already
-        // uses), and an available TSS at TSS_SEL. The far return reloads
-        // CS; the TSS descriptor is marked busy by `ltr` in this 'static GDT.
+        // uses, so the loaded ones stay valid until reloaded below), and an
+        // available TSS at TSS_SEL. `CS::set_reg` reloads CS by a far
+        // return; `ltr` marks the TSS descriptor busy in this 'static GDT.
         unsafe {
-            asm!(
-                "lgdt [{ptr}]",
-                "push {cs}",
-                "lea {tmp}, [rip + 2f]",
-                "push {tmp}",
-                "retfq",
-                "2:",
-                "mov ds, {ds:e}",
-                "mov es, {ds:e}",
-                "mov ss, {ds:e}",
-                "mov fs, {ds:e}",
-                "mov gs, {ds:e}",
-                "ltr {tss:x}",
-                ptr = in(reg) &ptr,
-                cs = const KERNEL_CS as u64,
-                ds = in(reg) KERNEL_DS as u32,
-                tss = in(reg) TSS_SEL,
-                tmp = out(reg) _,
-            )
-        };
+            lgdt(&ptr);
+            CS::set_reg(SegmentSelector(KERNEL_CS));
+            let ds = SegmentSelector(KERNEL_DS);
+            DS::set_reg(ds);
+            ES::set_reg(ds);
+            SS::set_reg(ds);
+            FS::set_reg(ds);
+            GS::set_reg(ds);
+            load_tss(SegmentSelector(TSS_SEL));
+        }
     }
 }
 
