@@ -76,26 +76,73 @@ pub const fn has_error_code(vector: u64) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
+bitflags::bitflags! {
+    /// The #PF error code (SDM Vol. 3A 4.7, Figure 4-12).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PageFaultErrorCode: u64 {
+        /// P: 0 = the page was not present, 1 = a protection violation.
+        const PROTECTION_VIOLATION = 1 << 0;
+        /// W/R: the access was a write.
+        const WRITE = 1 << 1;
+        /// U/S: the access was made in user mode (CPL 3).
+        const USER = 1 << 2;
+        /// RSVD: a reserved bit was set in a paging-structure entry.
+        const RESERVED_BIT = 1 << 3;
+        /// I/D: the access was an instruction fetch.
+        const INSTRUCTION_FETCH = 1 << 4;
+        /// PK: a protection-key violation.
+        const PROTECTION_KEY = 1 << 5;
+        /// SS: a shadow-stack access.
+        const SHADOW_STACK = 1 << 6;
+    }
+}
+
+bitflags::bitflags! {
+    /// The flag bits of a selector error code (SDM Vol. 3A 6.13, Figure
+    /// 6-7); bits 15:3 are the selector index ([`selector_index`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct SelectorErrorCode: u64 {
+        /// EXT: an event external to the program caused the exception.
+        const EXTERNAL = 1 << 0;
+        /// IDT: the index refers to a gate in the IDT.
+        const IDT = 1 << 1;
+        /// TI: the index refers to the LDT (when IDT is clear).
+        const LDT = 1 << 2;
+    }
+}
+
+/// Bits 15:3 of a selector error code: the descriptor index.
+pub const fn selector_index(error_code: u64) -> u64 {
+    (error_code >> 3) & 0x1fff
+}
+
 /// Writes the decoded #PF error code bits (SDM Vol. 3A 4.7).
-fn write_pf_bits(w: &mut dyn Write, e: u64) -> fmt::Result {
-    w.write_str(if e & 1 != 0 {
+fn write_pf_bits(w: &mut dyn Write, e: PageFaultErrorCode) -> fmt::Result {
+    type E = PageFaultErrorCode;
+    w.write_str(if e.contains(E::PROTECTION_VIOLATION) {
         "protection-violation"
     } else {
         "not-present"
     })?;
-    w.write_str(if e & 2 != 0 { " write" } else { " read" })?;
-    w.write_str(if e & 4 != 0 { " user" } else { " supervisor" })?;
-    if e & 8 != 0 {
-        w.write_str(" reserved-bit")?;
-    }
-    if e & 16 != 0 {
-        w.write_str(" instruction-fetch")?;
-    }
-    if e & 32 != 0 {
-        w.write_str(" protection-key")?;
-    }
-    if e & 64 != 0 {
-        w.write_str(" shadow-stack")?;
+    w.write_str(if e.contains(E::WRITE) {
+        " write"
+    } else {
+        " read"
+    })?;
+    w.write_str(if e.contains(E::USER) {
+        " user"
+    } else {
+        " supervisor"
+    })?;
+    for (flag, name) in [
+        (E::RESERVED_BIT, " reserved-bit"),
+        (E::INSTRUCTION_FETCH, " instruction-fetch"),
+        (E::PROTECTION_KEY, " protection-key"),
+        (E::SHADOW_STACK, " shadow-stack"),
+    ] {
+        if e.contains(flag) {
+            w.write_str(name)?;
+        }
     }
     Ok(())
 }
@@ -111,14 +158,14 @@ pub fn write_report(w: &mut dyn Write, f: &ExceptionFrame, cr2: u64, cr3: u64) -
     )?;
     if f.vector == 14 {
         w.write_str(" [")?;
-        write_pf_bits(w, f.error_code)?;
+        write_pf_bits(w, PageFaultErrorCode::from_bits_retain(f.error_code))?;
         w.write_str("]")?;
     } else if has_error_code(f.vector) && f.error_code != 0 && f.vector != 8 {
         // Selector error code (SDM 6.13): EXT, IDT, TI, index.
-        let e = f.error_code;
-        let table = if e & 2 != 0 {
+        let e = SelectorErrorCode::from_bits_retain(f.error_code);
+        let table = if e.contains(SelectorErrorCode::IDT) {
             "IDT"
-        } else if e & 4 != 0 {
+        } else if e.contains(SelectorErrorCode::LDT) {
             "LDT"
         } else {
             "GDT"
@@ -126,8 +173,12 @@ pub fn write_report(w: &mut dyn Write, f: &ExceptionFrame, cr2: u64, cr3: u64) -
         write!(
             w,
             " [{table} index {}{}]",
-            (e >> 3) & 0x1fff,
-            if e & 1 != 0 { " external" } else { "" }
+            selector_index(f.error_code),
+            if e.contains(SelectorErrorCode::EXTERNAL) {
+                " external"
+            } else {
+                ""
+            }
         )?;
     }
     writeln!(w)?;
@@ -222,5 +273,28 @@ mod tests {
         write_report(&mut s, &f, 0, 0).unwrap();
         assert!(s.contains("#GP (general protection)"));
         assert!(s.contains("[IDT index 3]"));
+        // LDT (TI), external, and bits above 15 ignored by the index.
+        let f = ExceptionFrame {
+            vector: 11,
+            error_code: 0xffff_0000_0000_0000 | (5 << 3) | 0x5,
+            ..Default::default()
+        };
+        let mut s = String::new();
+        write_report(&mut s, &f, 0, 0).unwrap();
+        assert!(s.contains("[LDT index 5 external]"), "{s}");
+    }
+
+    #[test]
+    fn page_fault_bits_all_and_none() {
+        let mut s = String::new();
+        write_pf_bits(&mut s, PageFaultErrorCode::from_bits_retain(u64::MAX)).unwrap();
+        assert_eq!(
+            s,
+            "protection-violation write user reserved-bit instruction-fetch protection-key shadow-stack"
+        );
+        s.clear();
+        write_pf_bits(&mut s, PageFaultErrorCode::empty()).unwrap();
+        assert_eq!(s, "not-present read supervisor");
+        assert_eq!(PageFaultErrorCode::all().bits(), 0x7f);
     }
 }
