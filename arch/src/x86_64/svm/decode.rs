@@ -239,6 +239,17 @@ pub fn decode_mov_dr(bytes: &[u8], bitness: u32) -> Option<MovDr> {
     }
 }
 
+/// Whether `b` can be a prefix byte: a legacy prefix (SDM Vol. 2 §2.1.1:
+/// lock/rep, segment overrides, operand and address size) or, in 64-bit
+/// mode, REX (40-4F; counted in every mode, which only makes callers decode
+/// more often).
+pub fn is_prefix(b: u8) -> bool {
+    matches!(
+        b,
+        0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0x40..=0x4f
+    )
+}
+
 /// Length of any instruction (for skipping one whose length the exit does
 /// not give, without NRIPS).
 pub fn insn_len(bytes: &[u8], bitness: u32) -> Option<usize> {
@@ -256,6 +267,19 @@ mod tests {
             Reg::Rbx => 0xaabb,
             Reg::R9 => 0x99,
             _ => 0,
+        }
+    }
+
+    #[test]
+    fn prefix_bytes() {
+        for b in [
+            0xf0, 0xf2, 0xf3, 0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x66, 0x67, 0x40, 0x48, 0x4f,
+        ] {
+            assert!(is_prefix(b), "{b:#x}");
+        }
+        // The first bytes of the bare intercepted forms are not prefixes.
+        for b in [0x0f, 0xf4, 0x90, 0x00, 0xc4, 0x3f, 0x50] {
+            assert!(!is_prefix(b), "{b:#x}");
         }
     }
 

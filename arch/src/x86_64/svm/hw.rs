@@ -198,6 +198,13 @@ impl Hw for Machine {
         true
     }
 
+    #[inline]
+    fn read_phys_u64(&self, hpa: u64) -> Option<u64> {
+        // SAFETY: as in read_phys: an address found in this VM's NPT
+        // (identity-mapped RAM); the caller passes 8-byte aligned entries.
+        Some(unsafe { (hpa as *const u64).read_unaligned() })
+    }
+
     fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
         let slot = ASID_OWNER
             .get(cpu as usize)

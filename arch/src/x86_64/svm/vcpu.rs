@@ -36,6 +36,13 @@ pub trait Hw {
     /// Reads host-physical memory (NPT tables, guest RAM); false if it is
     /// not readable.
     fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool;
+    /// Reads one little-endian u64 (a guest page-table entry on the exit
+    /// path): the machine overrides this with a single load.
+    #[inline]
+    fn read_phys_u64(&self, hpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read_phys(hpa, &mut b).then(|| u64::from_le_bytes(b))
+    }
     /// Records that `vm` last ran with `asid` on `cpu`; returns the previous
     /// owner (rule `tlb_tag`: ASIDs are reused when VMs outnumber them).
     fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize>;
@@ -137,24 +144,70 @@ pub const MSRPM_SIZE: usize = 8192;
 /// I/O permission map: one bit per port plus 3 bytes, 12 KiB (§15.10.1).
 pub const IOPM_SIZE: usize = 12288;
 
+/// The last NPT leaf guest-physical reads went through (`size` 0: none).
+/// Valid only for the NPT generation it was filled in: every NPT change
+/// bumps the generation (rule `tlb_tag`), so a stale leaf is never used.
+#[derive(Clone, Copy, Debug, Default)]
+struct NptHint {
+    generation: u64,
+    gpa: u64,
+    size: u64,
+    hpa: u64,
+}
+
 /// Guest physical memory as this vCPU reaches it: through its VM's NPT
 /// (only mapped RAM), then host-physical reads.
 struct NptPhys<'a, H: Hw, A: TableAccess> {
     hw: &'a H,
     npt: &'a PageTable<X86Long4>,
     access: &'a A,
+    /// The NPT generation now, and the leaf of the previous read: a guest
+    /// page walk plus the fetch touches one or two 2 MiB blocks, so most
+    /// reads skip the NPT walk.
+    generation: u64,
+    hint: &'a core::cell::Cell<NptHint>,
+}
+
+impl<H: Hw, A: TableAccess> NptPhys<'_, H, A> {
+    #[inline]
+    fn host_pa(&self, gpa: u64) -> Option<u64> {
+        let h = self.hint.get();
+        if h.size != 0 && h.generation == self.generation && gpa.wrapping_sub(h.gpa) < h.size {
+            return Some(h.hpa + (gpa - h.gpa));
+        }
+        let t = self.npt.translate(self.access, gpa)?;
+        let size = t.size.bytes();
+        self.hint.set(NptHint {
+            generation: self.generation,
+            gpa: gpa & !(size - 1),
+            size,
+            hpa: t.pa & !(size - 1),
+        });
+        Some(t.pa)
+    }
 }
 
 impl<H: Hw, A: TableAccess> GuestPhys for NptPhys<'_, H, A> {
+    /// An aligned entry never crosses a page: one translation, one load.
+    #[inline]
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        if gpa & 7 != 0 {
+            let mut b = [0u8; 8];
+            return self.read(gpa, &mut b).then(|| u64::from_le_bytes(b));
+        }
+        self.hw.read_phys_u64(self.host_pa(gpa)?)
+    }
+
+    #[inline]
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
         let mut done = 0;
         while done < buf.len() {
             let at = gpa.wrapping_add(done as u64);
-            let Some(t) = self.npt.translate(self.access, at) else {
+            let Some(pa) = self.host_pa(at) else {
                 return false;
             };
             let n = (buf.len() - done).min((0x1000 - (at & 0xfff)) as usize);
-            if !self.hw.read_phys(t.pa, &mut buf[done..done + n]) {
+            if !self.hw.read_phys(pa, &mut buf[done..done + n]) {
                 return false;
             }
             done += n;
@@ -172,6 +225,7 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     npt_access: A,
     npt_generation: Arc<AtomicU64>,
     seen_generation: u64,
+    npt_hint: core::cell::Cell<NptHint>,
     features: Features,
     vm_index: usize,
     asid: u32,
@@ -270,6 +324,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             npt_access,
             npt_generation,
             seen_generation,
+            npt_hint: core::cell::Cell::default(),
             features,
             vm_index,
             asid,
@@ -317,17 +372,28 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 return n;
             }
         }
-        let mem = NptPhys {
+        self.fetch_at_rip(buf)
+    }
+
+    /// Guest memory reached through this VM's NPT.
+    fn guest_phys(&self) -> NptPhys<'_, H, A> {
+        NptPhys {
             hw: &self.hw,
             npt: &self.npt,
             access: &self.npt_access,
-        };
+            generation: self.npt_generation.load(Ordering::Acquire),
+            hint: &self.npt_hint,
+        }
+    }
+
+    /// Up to `buf.len()` bytes at CS:RIP through the guest's page tables.
+    fn fetch_at_rip(&self, buf: &mut [u8]) -> usize {
         let cs_base = self.vmcb.read64(save::CS + save::SEG_BASE);
         let mut la = self.vmcb.rip().wrapping_add(cs_base);
         if self.bitness() != 64 {
             la &= 0xffff_ffff;
         }
-        walk::fetch(&mem, &self.paging(), la, buf)
+        walk::fetch(&self.guest_phys(), &self.paging(), la, buf)
     }
 
     fn gpr(&self, r: Reg) -> u64 {
@@ -355,9 +421,19 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// instruction, because prefixes (`2E 0F A2` is a CPUID too) make it
     /// longer and resuming inside it would run its tail as code. `len` is
     /// the fallback when the bytes cannot be fetched or decoded.
-    fn next_rip_fixed(&mut self, len: u64) {
+    ///
+    /// Fast path: `first` is the bare form's first byte. When it is not a
+    /// prefix byte (0F, F4) and the byte at RIP equals it, the instruction
+    /// that exited has no prefixes, so it is the bare form: one byte fetched
+    /// instead of a full decode.
+    fn next_rip_fixed(&mut self, len: u64, first: u8) {
         self.next_rip = Some(if self.features.nrips {
             self.vmcb.read64(ctrl::NRIP)
+        } else if !decode::is_prefix(first) && {
+            let mut b = [0u8; 1];
+            self.fetch_at_rip(&mut b) == 1 && b[0] == first
+        } {
+            self.vmcb.rip().wrapping_add(len)
         } else {
             let mut buf = [0u8; MAX_INSN];
             let n = self.fetch_insn(&mut buf);
@@ -452,18 +528,18 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         let info2 = self.vmcb.read64(ctrl::EXITINFO2);
         let exit = match code {
             exitcode::CPUID => {
-                self.next_rip_fixed(2);
+                self.next_rip_fixed(2, 0x0f);
                 Exit::Cpuid {
                     leaf: self.gpr(Reg::Rax) as u32,
                     subleaf: self.gpr(Reg::Rcx) as u32,
                 }
             }
             exitcode::HLT => {
-                self.next_rip_fixed(1);
+                self.next_rip_fixed(1, 0xf4);
                 Exit::Halt
             }
             exitcode::VMMCALL => {
-                self.next_rip_fixed(3);
+                self.next_rip_fixed(3, 0x0f);
                 let a = [Reg::Rbx, Reg::Rcx, Reg::Rdx, Reg::Rsi, Reg::Rdi, Reg::R8];
                 Exit::Hypercall(Hypercall {
                     conduit: Conduit::Vmmcall,
@@ -473,7 +549,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 })
             }
             exitcode::MSR => {
-                self.next_rip_fixed(2);
+                self.next_rip_fixed(2, 0x0f);
                 let msr = self.gpr(Reg::Rcx) as u32;
                 if info1 == 0 {
                     match self.vmcb_msr_read(msr) {
@@ -543,7 +619,9 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 Exit::ExternalInterrupt
             }
             exitcode::PAUSE => {
-                self.next_rip_fixed(2);
+                // PAUSE is F3 90: its first byte is a REP prefix, so it is
+                // always decoded.
+                self.next_rip_fixed(2, 0xf3);
                 Exit::Yield
             }
             _ => Exit::Unknown {

@@ -54,6 +54,7 @@ pub enum WalkError {
 
 /// Translates linear address `la` for an instruction fetch or data access
 /// (permissions are not checked: the CPU already did when it faulted).
+#[inline]
 pub fn translate(mem: &impl GuestPhys, r: &PagingRegs, la: u64) -> Result<u64, WalkError> {
     if r.cr0 & CR0_PG == 0 {
         return Ok(if r.efer & EFER_LMA != 0 {
@@ -97,6 +98,7 @@ pub fn translate(mem: &impl GuestPhys, r: &PagingRegs, la: u64) -> Result<u64, W
 }
 
 /// 64-bit-entry walk from a table at `height` (3 = PML4, 1 = PAE page directory).
+#[inline]
 fn walk64(
     mem: &impl GuestPhys,
     mut table: u64,
@@ -127,6 +129,7 @@ fn walk64(
 /// Fetches up to `buf.len()` bytes of the instruction at linear address
 /// `la`, page by page; returns how many bytes could be read (a later page
 /// may be unmapped: the decoder then sees a short buffer).
+#[inline]
 pub fn fetch(mem: &impl GuestPhys, r: &PagingRegs, la: u64, buf: &mut [u8]) -> usize {
     let mut done = 0;
     while done < buf.len() {
