@@ -1,8 +1,16 @@
 //! CPU identification and virtualization capabilities, decoded from CPUID
 //! leaves and the VMX capability MSRs (pure; host-tested with recorded values).
 //!
-//! Hand-written instead of `raw-cpuid`: a dozen bits are needed and their
-//! decoding is best kept next to the manual references.
+//! Hand-written instead of `raw-cpuid` (10.7 is in the lock file through
+//! `uart_16550`), which does not fit here:
+//! - its 10.x `CpuId::with_cpuid_fn` takes a plain `fn` pointer, so it cannot
+//!   read through a [`CpuidSource`] value (the recorded CPUs of the host
+//!   tests, the SVM backend's filtered view); only 11.x takes a reader trait;
+//! - its `SvmFeatures` keeps 8000_000A EDX private, but the SVM backend
+//!   (`svm::vcpu::Features::from_edx`) needs the raw bits, so the leaf would
+//!   be read twice, once through the crate and once by hand;
+//! - a dozen bits are needed, and their decoding is best kept next to the
+//!   manual references below.
 //! - Leaf 0 / 1: vendor, family/model/stepping (SDM Vol. 2A CPUID, Figure 3-6),
 //!   ECX bit 5 VMX, bit 21 x2APIC.
 //! - 8000_0001: EDX bit 20 NX, bit 26 1-GiB pages, bit 29 long mode; ECX bit 2 SVM.
@@ -72,6 +80,10 @@ impl SvmInfo {
 pub struct CpuInfo {
     pub vendor: [u8; 12],
     /// Display family / model (base + extended fields combined, SDM CPUID).
+    /// The SDM rule is applied for every vendor; AMD (APM Vol. 3, CPUID
+    /// Fn0000_0001_EAX) adds the extended model only for family 0Fh, so on
+    /// an AMD family-6 CPU (QEMU `-cpu max`) this shows 0x8f where AMD's
+    /// rule, and `raw-cpuid`, give 0xf.
     pub family: u32,
     pub model: u32,
     pub stepping: u32,
