@@ -6,7 +6,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use arch::aarch64::el2::hw::{self, El2Stage2, El2Vcpu};
-use arch::aarch64::el2::{filter_id_reg, s2_config};
+use arch::aarch64::el2::{debug_pmu_raz_wi, filter_id_reg, s2_config};
 use arch::aarch64::id::{Mmfr0, Mmfr1};
 use arch::aarch64::regs;
 use arch::paging::TableAlloc;
@@ -111,15 +111,23 @@ pub fn new_vcpu(
 }
 
 /// The arm64 exit policy: the ID registers (trapped by HCR_EL2.TID3) read
-/// as the hardware's with unvirtualized features hidden; every other
+/// as the hardware's with unvirtualized features hidden; the debug and PMU
+/// registers (trapped by MDCR_EL2) are RAZ/WI; every other
 /// trapped system register and every unknown exit gives the guest an
 /// UNDEFINED exception.
 struct Arm64Policy;
 
 impl ExitPolicy for Arm64Policy {
     fn sysreg_read(&mut self, id: SysRegId) -> Option<u64> {
+        if debug_pmu_raz_wi(id) {
+            return Some(0);
+        }
         filter_id_reg(id, 0)?;
         filter_id_reg(id, hw::read_id_reg(id.crm, id.op2))
+    }
+    /// Debug and PMU registers ignore writes (RAZ/WI); the rest UNDEFINED.
+    fn sysreg_write(&mut self, id: SysRegId, _value: u64) -> bool {
+        debug_pmu_raz_wi(id)
     }
     fn unknown_exit(&mut self, _reason: u64, _qualification: u64) -> UnknownExitAction {
         UnknownExitAction::InjectUndefined

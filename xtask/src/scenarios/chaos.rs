@@ -91,7 +91,24 @@ pub fn scenarios() -> Vec<Scenario> {
     );
     hostile.vms.extend(hostile_vms());
     hostile.mem_mib = 768;
+    let mut two = arm64(
+        "chaos-arm64-two-chaos",
+        "seed=3 iters=2000 shared=1",
+        &[
+            "[chaos] ok: DBGBVR0_EL1 not shared",
+            "[chaos] ok: DBGWVR0_EL1 not shared",
+            "[chaos] ok: PMSELR_EL0 not shared",
+            "[chaos2] chaos: done",
+            "all 3 VM(s) stopped (0 crashed)",
+            "HV-EXIT: success",
+        ],
+    );
+    two.vms.push(GuestVm {
+        smp: 2,
+        ..vm("chaos", "chaos2").append("seed=4 iters=2000 shared=1")
+    });
     vec![
+        two,
         arm64(
             "chaos-arm64-seed1",
             "seed=1 iters=4000",

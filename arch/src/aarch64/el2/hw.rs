@@ -200,7 +200,20 @@ pub fn install_vectors() {
             options(nostack, preserves_flags)
         )
     };
+    set_mdcr_el2();
     mmu::flush_all_guests();
+}
+
+/// Traps the guest's debug and PMU register accesses (see
+/// [`super::MDCR_EL2_TRAPS`]), keeping HPMN as reset left it.
+fn set_mdcr_el2() {
+    let old: u64;
+    // SAFETY: reading MDCR_EL2 at EL2 has no side effects.
+    unsafe { asm!("mrs {}, mdcr_el2", out(reg) old, options(nomem, nostack, preserves_flags)) };
+    let new = (old & super::MDCR_EL2_HPMN) | super::MDCR_EL2_TRAPS;
+    // SAFETY: MDCR_EL2 only controls traps of EL1/EL0 debug and PMU
+    // accesses (TDE stays 0); the ISB makes it take effect before any guest.
+    unsafe { asm!("msr mdcr_el2, {}", "isb", in(reg) new, options(nostack, preserves_flags)) };
 }
 
 fn mrs_isar1() -> u64 {

@@ -75,6 +75,33 @@ pub const HCR_EL2_GUEST: u64 = HCR_VM
 /// (bit 10) clear so guests use FP/SIMD without trapping, TTA clear.
 pub const CPTR_EL2_GUEST: u64 = 0x33ff;
 
+/// MDCR_EL2 trap bits (Arm ARM D19.2.59): debug ROM address (TDRA, bit
+/// 11), OS lock/power-down (TDOSA, 10), the other debug registers (TDA, 9),
+/// the PMU (TPM, 6) and PMCR_EL0 (TPMCR, 5). The hypervisor does not switch
+/// breakpoint/watchpoint or PMU registers between vCPUs, so untrapped they
+/// would carry one VM's values (e.g. kernel addresses in DBGBVR) into the
+/// next (found by the chaos guests); trapped, they read as zero and ignore
+/// writes ([`debug_pmu_raz_wi`]). HPMN (bits 4:0) keeps its reset value.
+pub const MDCR_EL2_TRAPS: u64 = (1 << 11) | (1 << 10) | (1 << 9) | (1 << 6) | (1 << 5);
+/// MDCR_EL2.HPMN: the bits of the reset value that are kept.
+pub const MDCR_EL2_HPMN: u64 = 0x1f;
+
+/// Whether a trapped system-register access is one of the debug or PMU
+/// registers that [`MDCR_EL2_TRAPS`] traps, emulated as RAZ/WI: every
+/// op0 = 2 register (debug, OS lock, DBGCLAIM, MDSCR_EL1, ...), the PMU
+/// registers at op1 = 3, CRn = 9, CRm = 12..=14 (PMCR_EL0 ... PMOVSSET_EL0),
+/// PMEVCNTR<n>/PMEVTYPER<n>/PMCCFILTR (op1 = 3, CRn = 14, CRm = 8..=15) and
+/// PMINTENSET/CLR_EL1 (op1 = 0, CRn = 9, CRm = 14, op2 = 1, 2).
+pub fn debug_pmu_raz_wi(id: SysRegId) -> bool {
+    match (id.op0, id.op1, id.crn, id.crm, id.op2) {
+        (2, ..) => true,
+        (3, 3, 9, 12..=14, _) => true,
+        (3, 3, 14, 8..=15, _) => true,
+        (3, 0, 9, 14, 1 | 2) => true,
+        _ => false,
+    }
+}
+
 /// CNTHCTL_EL2 (E2H = 0): EL1PCTEN | EL1PCEN, the guest may use the
 /// physical counter and timer as well as the virtual ones.
 pub const CNTHCTL_EL2_GUEST: u64 = 0b11;
@@ -735,6 +762,39 @@ mod tests {
         assert_eq!(sync_delivery(0, 0, 0x10, 0x1000).pc, 0x1600);
         // A misaligned VBAR_EL1 is used with its low bits ignored.
         assert_eq!(sync_delivery(0, 0, 0x3c5, 0x1234).pc, 0x1200);
+    }
+
+    #[test]
+    fn debug_and_pmu_registers_are_raz_wi() {
+        let id = |op0, op1, crn, crm, op2| SysRegId::new(op0, op1, crn, crm, op2);
+        for r in [
+            id(2, 0, 0, 0, 4),   // DBGBVR0_EL1
+            id(2, 0, 0, 15, 7),  // DBGWCR15_EL1
+            id(2, 0, 0, 2, 2),   // MDSCR_EL1
+            id(2, 0, 1, 0, 4),   // OSLAR_EL1
+            id(2, 0, 7, 8, 6),   // DBGCLAIMSET_EL1
+            id(3, 3, 9, 12, 5),  // PMSELR_EL0
+            id(3, 3, 9, 12, 0),  // PMCR_EL0
+            id(3, 3, 9, 13, 0),  // PMCCNTR_EL0
+            id(3, 3, 14, 8, 3),  // PMEVCNTR3_EL0
+            id(3, 3, 14, 15, 7), // PMCCFILTR_EL0
+            id(3, 0, 9, 14, 1),  // PMINTENSET_EL1
+        ] {
+            assert!(debug_pmu_raz_wi(r), "{r:?}");
+        }
+        for r in [
+            id(3, 0, 0, 4, 0),  // ID_AA64PFR0_EL1: filtered, not RAZ
+            id(3, 0, 1, 0, 0),  // SCTLR_EL1
+            id(3, 0, 12, 0, 0), // VBAR_EL1
+            id(3, 3, 14, 0, 1), // CNTPCT_EL0
+            id(3, 0, 9, 14, 0), // not a PMU register
+            id(3, 0, 15, 0, 0), // IMPLEMENTATION DEFINED
+        ] {
+            assert!(!debug_pmu_raz_wi(r), "{r:?}");
+        }
+        assert_eq!(MDCR_EL2_TRAPS & MDCR_EL2_HPMN, 0);
+        // TDE (bit 8) stays clear: guest debug exceptions stay at EL1.
+        assert_eq!(MDCR_EL2_TRAPS & (1 << 8), 0);
     }
 
     #[test]

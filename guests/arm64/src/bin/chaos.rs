@@ -335,6 +335,45 @@ mod guest {
         }
     }
 
+    /// Debug and PMU registers are EL1/EL0 state too: whatever another VM
+    /// writes there must never show up here. Each VM writes its own values,
+    /// yields so the other runs, and must read back its own values (or
+    /// zeros, if the hypervisor makes them RAZ/WI).
+    fn shared_state_check(seed: u64) {
+        const MSR: u32 = 0xd510_0000;
+        const MRS: u32 = 0xd530_0000;
+        let regs = [
+            (
+                "DBGBVR0_EL1",
+                sysreg(0, 0, 0, 0, 4),
+                (0x1000 + seed * 0x10) << 4,
+            ),
+            (
+                "DBGWVR0_EL1",
+                sysreg(0, 0, 0, 0, 6),
+                (0x2000 + seed * 0x10) << 4,
+            ),
+            ("PMSELR_EL0", sysreg(1, 3, 9, 12, 5), seed & 0x1f),
+        ];
+        for &(_, enc, v) in &regs {
+            run(MSR | enc, [0; 7], 0, v);
+        }
+        for _ in 0..4 {
+            run(HVC0, [HC_YIELD, 0, 0, 0, 0, 0, 0], 0, 0);
+        }
+        for &(name, enc, v) in &regs {
+            let (_, now) = run(MRS | enc, [0; 7], 0, 0);
+            if now != v && now != 0 {
+                bad(format_args!(
+                    "{} reads {:#x} after another VM ran (wrote {:#x})",
+                    name, now, v
+                ));
+            } else {
+                println!("ok: {} not shared with other VMs ({:#x})", name, now);
+            }
+        }
+    }
+
     fn main(boot: Boot) {
         let cmd = boot.cmdline();
         let seed = arg(cmd, "seed").unwrap_or(1);
@@ -357,6 +396,9 @@ mod guest {
             &[0xd280_0040, 0xf2b0_8000, HVC0, 0x1400_0000],
         );
         expect_sync(true, ANY_EC);
+        if arg(cmd, "shared").is_some() {
+            shared_state_check(seed);
+        }
         let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut counts = [0u64; 5];
         for i in 1..=iters {
