@@ -12,8 +12,16 @@
 //! architecture requires (Arm ARM D8.14 "Translation Lookaside Buffers",
 //! D8.16 "Ordering of translation table updates"; SEED-INVARIANTS rule
 //! `arm_tlb_isb`: TLBI → DSB → ISB).
+//!
+//! The register values are built from `aarch64-cpu`'s field definitions
+//! (`TCR_EL2::TG0::KiB_4`, `SCTLR_EL2::M::Enable`, ...). The writes are NOT
+//! the crate's `SCTLR_EL2.set(..)`: those are a bare `msr` with no barrier,
+//! while every write here must be followed by an ISB (and TLBI by DSB + ISB)
+//! in the same instruction sequence, which `inv_arm_tlb_isb_in_mmu_helpers`
+//! checks on this file's `asm!` blocks.
 
 use crate::paging::Aarch64Stage1;
+use aarch64_cpu::registers::{SCTLR_EL2, TCR_EL2};
 
 /// MAIR_EL2 value: AttrIndx 0 = Normal WB RW-allocate, 1 = Device-nGnRE.
 pub const MAIR_EL2: u64 = Aarch64Stage1::MAIR;
@@ -21,13 +29,13 @@ pub const MAIR_EL2: u64 = Aarch64Stage1::MAIR;
 /// Input-address bits of the EL2 stage-1 tables (TCR_EL2.T0SZ = 64 - 48).
 pub const VA_BITS: u32 = 48;
 
-// TCR_EL2 (E2H = 0) fields.
+// TCR_EL2 (E2H = 0) fields, from aarch64-cpu's field definitions.
+/// RES1 bits 31 and 23 (aarch64-cpu's TCR_EL2 does not define them).
 const TCR_RES1: u64 = (1 << 31) | (1 << 23);
-const TCR_IRGN0_WBWA: u64 = 0b01 << 8;
-const TCR_ORGN0_WBWA: u64 = 0b01 << 10;
-const TCR_SH0_INNER: u64 = 0b11 << 12;
-const TCR_TG0_4K: u64 = 0b00 << 14;
-const TCR_PS_SHIFT: u32 = 16;
+const TCR_IRGN0_WBWA: u64 = TCR_EL2::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable.value;
+const TCR_ORGN0_WBWA: u64 = TCR_EL2::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable.value;
+const TCR_SH0_INNER: u64 = TCR_EL2::SH0::Inner.value;
+const TCR_TG0_4K: u64 = TCR_EL2::TG0::KiB_4.value;
 
 /// TCR_EL2 for 48-bit VAs, 4 KiB granule, table walks Inner Shareable
 /// write-back cacheable, and PS = the CPU's PARange capped at 48 bits
@@ -41,12 +49,12 @@ pub const fn tcr_el2(pa_range: u8) -> Option<u64> {
     let ps = if pa_range > 5 { 5 } else { pa_range } as u64;
     Some(
         TCR_RES1
-            | (64 - VA_BITS as u64)
+            | TCR_EL2::T0SZ.val(64 - VA_BITS as u64).value
             | TCR_IRGN0_WBWA
             | TCR_ORGN0_WBWA
             | TCR_SH0_INNER
             | TCR_TG0_4K
-            | (ps << TCR_PS_SHIFT),
+            | TCR_EL2::PS.val(ps).value,
     )
 }
 
@@ -61,13 +69,13 @@ pub const SCTLR_EL2_RES1: u64 = (1 << 29)
     | (1 << 11)
     | (1 << 5)
     | (1 << 4);
-pub const SCTLR_M: u64 = 1 << 0;
-pub const SCTLR_A: u64 = 1 << 1;
-pub const SCTLR_C: u64 = 1 << 2;
-pub const SCTLR_SA: u64 = 1 << 3;
-pub const SCTLR_I: u64 = 1 << 12;
-pub const SCTLR_WXN: u64 = 1 << 19;
-pub const SCTLR_EE: u64 = 1 << 25;
+pub const SCTLR_M: u64 = SCTLR_EL2::M::Enable.value;
+pub const SCTLR_A: u64 = SCTLR_EL2::A::Enable.value;
+pub const SCTLR_C: u64 = SCTLR_EL2::C::Cacheable.value;
+pub const SCTLR_SA: u64 = SCTLR_EL2::SA::Enable.value;
+pub const SCTLR_I: u64 = SCTLR_EL2::I::Cacheable.value;
+pub const SCTLR_WXN: u64 = SCTLR_EL2::WXN::Enable.value;
+pub const SCTLR_EE: u64 = SCTLR_EL2::EE::Big.value;
 
 /// SCTLR_EL2 with the MMU and caches off, little endian: the state the
 /// kernel sets at entry whatever the firmware left.
@@ -249,6 +257,7 @@ mod hw {
         };
     }
 
+    /// CTR_EL0 by hand: aarch64-cpu 10 has no CTR_EL0 register.
     fn line_size() -> usize {
         let ctr: u64;
         // SAFETY: reading CTR_EL0 has no side effects.
@@ -310,6 +319,10 @@ mod tests {
         // max: PARange 6 (52 bits) is capped at 48 bits (PS = 5).
         assert_eq!((tcr_el2(6).unwrap() >> 16) & 7, 5);
         assert_eq!(tcr_el2(8), None);
+        // Whole values, as the hand-written shifts gave them before the
+        // aarch64-cpu field definitions were used.
+        assert_eq!(tcr_el2(4), Some(0x8084_3510));
+        assert_eq!(tcr_el2(0), Some(0x8080_3510));
         assert_eq!(tcr_el2(0xf), None);
     }
 
@@ -326,6 +339,8 @@ mod tests {
         );
         // Linux (arch/arm64/include/asm/sysreg.h) has the same RES1 set.
         assert_eq!(SCTLR_EL2_RES1, 0x30c5_0830);
+        assert_eq!(SCTLR_EL2_MMU_ON, 0x30c5_183d);
+        assert_eq!([SCTLR_A, SCTLR_WXN, SCTLR_EE], [1 << 1, 1 << 19, 1 << 25]);
     }
 
     #[test]
