@@ -506,7 +506,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     }
 
     /// One VMRUN and the decoding of its exit. `None`: handled here, enter again.
-    fn run_once(&mut self, cpu: PhysCpu) -> Result<Option<Exit>, BackendError> {
+    fn run_once(&mut self, cpu: PhysCpu, out: &mut Exit) -> Result<bool, BackendError> {
         self.deliver_events()?;
         self.prepare_tlb(cpu);
         // Everything may have changed: no VMCB clean bits.
@@ -519,10 +519,14 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             self.reinject = Some(info);
         }
         self.next_rip = None;
-        self.decode_exit()
+        self.decode_exit(out)
     }
 
-    fn decode_exit(&mut self) -> Result<Option<Exit>, BackendError> {
+    /// Decodes the exit into `out`: `Ok(true)` when it needs the vmm,
+    /// `Ok(false)` when it was handled here. The exit is written in place
+    /// rather than returned as `Option<Exit>`, which cost three copies of
+    /// the enum per exit.
+    fn decode_exit(&mut self, out: &mut Exit) -> Result<bool, BackendError> {
         let code = self.vmcb.exitcode();
         let info1 = self.vmcb.read64(ctrl::EXITINFO1);
         let info2 = self.vmcb.read64(ctrl::EXITINFO2);
@@ -556,15 +560,17 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                         Some(v) => {
                             self.set_gpr(Reg::Rax, v & 0xffff_ffff);
                             self.set_gpr(Reg::Rdx, v >> 32);
-                            return self.internal_done();
+                            return slot(out, self.internal_done());
                         }
                         None => Exit::MsrRead { msr },
                     }
                 } else {
                     let value = (self.gpr(Reg::Rdx) << 32) | (self.gpr(Reg::Rax) & 0xffff_ffff);
                     match self.vmcb_msr_write(msr, value) {
-                        Some(true) => return self.internal_done(),
-                        Some(false) => return self.internal_fault(Event::general_protection(0)),
+                        Some(true) => return slot(out, self.internal_done()),
+                        Some(false) => {
+                            return slot(out, self.internal_fault(Event::general_protection(0)))
+                        }
                         None => Exit::MsrWrite { msr, value },
                     }
                 }
@@ -582,7 +588,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             }
             exitcode::NPF => self.npf(info1, info2),
             c if (exitcode::READ_DR0..exitcode::WRITE_DR0 + 16).contains(&c) => {
-                return self.mov_dr(c);
+                return slot(out, self.mov_dr(c));
             }
             c if c == exitcode::EXCP_BASE + u64::from(vector::PF) => {
                 // A #PF while delivering another event: queue that event
@@ -591,13 +597,17 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 if let Some(info) = self.reinject.take() {
                     if let Some(e) = decode_event(info, self.vmcb.read32(ctrl::EXITINTINFO + 4)) {
                         if self.queue(e)? == Queued::TripleFault {
-                            return Ok(Some(Exit::Shutdown(ShutdownKind::TripleFault)));
+                            *out = Exit::Shutdown(ShutdownKind::TripleFault);
+                            return Ok(true);
                         }
                     }
                 }
                 // Reflect the guest's own #PF: the hardware did not write
                 // CR2 (EXITINFO2 has the address); delivery will.
-                return self.internal_fault(Event::page_fault(info2, info1 as u32));
+                return slot(
+                    out,
+                    self.internal_fault(Event::page_fault(info2, info1 as u32)),
+                );
             }
             exitcode::VMRUN
             | exitcode::VMLOAD
@@ -611,7 +621,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             | exitcode::MWAIT_COND
             | exitcode::XSETBV => {
                 // SVM, MONITOR and XSAVE are hidden in CPUID: #UD as on such a CPU.
-                return self.internal_fault(Event::Undefined);
+                return slot(out, self.internal_fault(Event::Undefined));
             }
             exitcode::SHUTDOWN => Exit::Shutdown(ShutdownKind::TripleFault),
             exitcode::INVALID => Exit::Shutdown(ShutdownKind::InvalidState),
@@ -629,7 +639,8 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 qualification: info1,
             },
         };
-        Ok(Some(exit))
+        *out = exit;
+        Ok(true)
     }
 
     fn internal_done(&mut self) -> Result<Option<Exit>, BackendError> {
@@ -809,6 +820,17 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     }
 }
 
+/// Stores an internally handled exit's outcome in `decode_exit`'s slot.
+fn slot(out: &mut Exit, r: Result<Option<Exit>, BackendError>) -> Result<bool, BackendError> {
+    Ok(match r? {
+        Some(e) => {
+            *out = e;
+            true
+        }
+        None => false,
+    })
+}
+
 /// The event an EXITINTINFO value describes (APM Vol. 2 §15.7.2), for
 /// requeueing; software interrupts are not (the INT instruction runs again).
 pub fn decode_event(info: u64, error_code: u32) -> Option<Event> {
@@ -887,11 +909,9 @@ fn seg(s: &Segment) -> VmcbSeg {
 impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     fn run(&mut self) -> Result<Exit, BackendError> {
         let cpu = self.bound.ok_or(BackendError::NotBound)?;
-        loop {
-            if let Some(exit) = self.run_once(cpu)? {
-                return Ok(exit);
-            }
-        }
+        let mut exit = Exit::Halt;
+        while !self.run_once(cpu, &mut exit)? {}
+        Ok(exit)
     }
 
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError> {
