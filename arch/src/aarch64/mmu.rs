@@ -402,10 +402,11 @@ mod tests {
                         return Err(format!("`{ins}` without DSB then ISB after it: {b:?}"));
                     }
                 }
-                if ins.starts_with("msr") && TRANSLATION_REGS.iter().any(|r| ins.contains(r)) {
-                    if !rest.iter().any(|x| x.starts_with("isb")) {
-                        return Err(format!("`{ins}` without a following ISB: {b:?}"));
-                    }
+                if ins.starts_with("msr")
+                    && TRANSLATION_REGS.iter().any(|r| ins.contains(r))
+                    && !rest.iter().any(|x| x.starts_with("isb"))
+                {
+                    return Err(format!("`{ins}` without a following ISB: {b:?}"));
                 }
             }
         }
