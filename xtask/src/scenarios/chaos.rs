@@ -98,6 +98,8 @@ pub fn scenarios() -> Vec<Scenario> {
             "[chaos] ok: DBGBVR0_EL1 not shared",
             "[chaos] ok: DBGWVR0_EL1 not shared",
             "[chaos] ok: PMSELR_EL0 not shared",
+            "[chaos] ok: TPIDR2_EL0 not shared",
+            "[chaos] ok: DISR_EL1 not shared",
             "[chaos2] chaos: done",
             "all 3 VM(s) stopped (0 crashed)",
             "HV-EXIT: success",
@@ -120,6 +122,20 @@ pub fn scenarios() -> Vec<Scenario> {
                 "HV-EXIT: success",
             ],
         ),
+        Scenario {
+            cpu: Some("cortex-a72"),
+            ..arm64(
+                "chaos-arm64-seed2-a72",
+                "seed=2 iters=6000 shared=1",
+                &[
+                    "[chaos] chaos: seed 2 iters 6000",
+                    "[chaos] chaos: 6000/6000",
+                    "[chaos] chaos: done",
+                    "all 2 VM(s) stopped (0 crashed)",
+                    "HV-EXIT: success",
+                ],
+            )
+        },
         hostile,
         x86(
             "chaos-x86-seed7-hostile",

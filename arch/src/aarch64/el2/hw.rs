@@ -173,6 +173,12 @@ __el2_guest_enter:
 
 /// Whether the CPU has pointer authentication (keys switched per vCPU).
 static HAS_PAUTH: AtomicBool = AtomicBool::new(false);
+/// Whether the CPU has FEAT_SME (TPIDR2_EL0, not trapped by CPTR_EL2.TSM)
+/// and FEAT_RAS (VDISR_EL2, which a guest reaches as DISR_EL1 with
+/// HCR_EL2.AMO): both are switched per vCPU, or one VM reads another's
+/// values (found by the chaos guests).
+static HAS_SME: AtomicBool = AtomicBool::new(false);
+static HAS_RAS: AtomicBool = AtomicBool::new(false);
 
 /// Points VBAR_EL2 at the guest-exit vectors (whose current-EL entries go
 /// to the kernel's crash vectors), sets the EL2 controls every guest uses
@@ -182,6 +188,9 @@ pub fn install_vectors() {
     // ID_AA64ISAR1_EL1 APA (7:4), API (11:8), GPA (27:24), GPI (31:28).
     let pauth = (isar1 >> 4) & 0xff != 0 || (isar1 >> 24) & 0xff != 0 || isar2_apa3() != 0;
     HAS_PAUTH.store(pauth, Ordering::Relaxed);
+    let (pfr0, pfr1) = (read_id_reg(4, 0), read_id_reg(4, 1));
+    HAS_RAS.store((pfr0 >> 28) & 0xf != 0, Ordering::Relaxed);
+    HAS_SME.store((pfr1 >> 24) & 0xf != 0, Ordering::Relaxed);
     let vbar = &raw const __el2_guest_vectors as u64;
     // SAFETY: the new table keeps the kernel's handling of EL2 exceptions
     // (its first eight entries branch to `__el2_vectors`) and adds the
@@ -341,6 +350,42 @@ pub struct El1Regs {
     pub cntp_cval: u64,
     /// APIA, APIB, APDA, APDB, APGA keys (lo, hi), when the CPU has PAuth.
     pub pauth: [u64; 10],
+    /// TPIDR2_EL0, when the CPU has SME.
+    pub tpidr2: u64,
+    /// VDISR_EL2 (the guest's DISR_EL1), when the CPU has RAS.
+    pub vdisr: u64,
+}
+
+/// Loads the optional registers the CPU has (see [`HAS_SME`], [`HAS_RAS`]).
+fn load_optional(r: &El1Regs) {
+    if HAS_SME.load(Ordering::Relaxed) {
+        // SAFETY: TPIDR2_EL0 exists (FEAT_SME); it only affects EL0/EL1.
+        unsafe {
+            asm!("msr S3_3_C13_C0_5, {}", in(reg) r.tpidr2, options(nostack, preserves_flags))
+        };
+    }
+    if HAS_RAS.load(Ordering::Relaxed) {
+        // SAFETY: VDISR_EL2 exists (FEAT_RAS); it only records virtual
+        // SErrors deferred by the guest's ESB.
+        unsafe {
+            asm!("msr S3_4_C12_C1_1, {}", in(reg) r.vdisr, options(nostack, preserves_flags))
+        };
+    }
+}
+
+fn save_optional(r: &mut El1Regs) {
+    if HAS_SME.load(Ordering::Relaxed) {
+        // SAFETY: reading TPIDR2_EL0 (FEAT_SME present) has no side effects.
+        unsafe {
+            asm!("mrs {}, S3_3_C13_C0_5", out(reg) r.tpidr2, options(nomem, nostack, preserves_flags))
+        };
+    }
+    if HAS_RAS.load(Ordering::Relaxed) {
+        // SAFETY: reading VDISR_EL2 (FEAT_RAS present) has no side effects.
+        unsafe {
+            asm!("mrs {}, S3_4_C12_C1_1", out(reg) r.vdisr, options(nomem, nostack, preserves_flags))
+        };
+    }
 }
 
 /// SCTLR_EL1 at reset: RES1 bits (29, 28, 23, 22, 20, 11), MMU and caches
@@ -589,6 +634,7 @@ impl Vcpu for El2Vcpu {
         if pauth {
             load_pauth(&self.el1.pauth);
         }
+        load_optional(&self.el1);
         // SAFETY: the context is a valid GuestContext; the guest runs at
         // EL1 under this VM's stage 2 (installed by `bind`), so it can only
         // reach its own RAM; every exception from it comes back through
@@ -599,6 +645,7 @@ impl Vcpu for El2Vcpu {
         if pauth {
             save_pauth(&mut self.el1.pauth);
         }
+        save_optional(&mut self.el1);
         if self.vserror {
             // The virtual SError was taken (or is still pending in VSE,
             // which we drop: one delivery attempt).
