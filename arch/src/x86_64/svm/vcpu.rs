@@ -169,6 +169,12 @@ struct NptPhys<'a, H: Hw, A: TableAccess> {
 }
 
 impl<H: Hw, A: TableAccess> NptPhys<'_, H, A> {
+    #[cold]
+    fn read_u64_unaligned(&self, gpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
     #[inline]
     fn host_pa(&self, gpa: u64) -> Option<u64> {
         let h = self.hint.get();
@@ -189,11 +195,14 @@ impl<H: Hw, A: TableAccess> NptPhys<'_, H, A> {
 
 impl<H: Hw, A: TableAccess> GuestPhys for NptPhys<'_, H, A> {
     /// An aligned entry never crosses a page: one translation, one load.
-    #[inline]
+    #[inline(always)]
     fn read_u64(&self, gpa: u64) -> Option<u64> {
         if gpa & 7 != 0 {
-            let mut b = [0u8; 8];
-            return self.read(gpa, &mut b).then(|| u64::from_le_bytes(b));
+            return self.read_u64_unaligned(gpa);
+        }
+        let h = self.hint.get();
+        if h.size != 0 && h.generation == self.generation && gpa.wrapping_sub(h.gpa) < h.size {
+            return self.hw.read_phys_u64(h.hpa + (gpa - h.gpa));
         }
         self.hw.read_phys_u64(self.host_pa(gpa)?)
     }
