@@ -109,7 +109,25 @@ pub fn scenarios() -> Vec<Scenario> {
         smp: 2,
         ..vm("chaos", "chaos2").append("seed=4 iters=2000 shared=1")
     });
+    let mut two_x86 = Scenario {
+        cpu: Some("max"),
+        ..x86(
+            "chaos-x86-two-chaos-max",
+            vm("chaos", "chaos").append("seed=3 iters=2000 shared=1"),
+            &[
+                "[chaos] ok: PKRU not shared",
+                "[chaos] ok: DR0 not shared",
+                "[chaos2] chaos: done",
+                "all 3 VM(s) stopped (0 crashed)",
+                "HV-EXIT: success",
+            ],
+        )
+    };
+    two_x86
+        .vms
+        .push(vm("chaos", "chaos2").append("seed=4 iters=2000 shared=1"));
     vec![
+        two_x86,
         two,
         arm64(
             "chaos-arm64-seed1",

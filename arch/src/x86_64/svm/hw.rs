@@ -3,7 +3,7 @@
 //! the NPT and guest RAM, and the per-CPU ASID owner table.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::vcpu::{FpuArea, Gprs, Hw};
 use super::vmcb::{Vmcb, EFER_SVME};
@@ -21,6 +21,17 @@ const MSR_VM_CR: u32 = 0xc001_0114;
 const VM_CR_SVMDIS: u64 = 1 << 4;
 /// VM_HSAVE_PA: where VMRUN saves host state.
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+
+/// Whether the CPU has protection keys (CPUID.7.0:ECX.PKU). PKRU is not
+/// switched by VMRUN/#VMEXIT and a guest may set CR4.PKE (CR4 writes are not
+/// intercepted), so each vCPU's PKRU is saved and restored with its x87/SSE
+/// state; otherwise one VM reads (and constrains) another's PKRU (found by
+/// the chaos guests). The host sets CR4.PKE only to reach RDPKRU/WRPKRU: its
+/// own pages are supervisor pages, which protection keys never restrict.
+static HAS_PKU: AtomicBool = AtomicBool::new(false);
+/// Where the vCPU's PKRU is kept in its FXSAVE image: bytes 508..512 of
+/// the 48 bytes (464..511) that FXSAVE leaves to software.
+pub const FPU_AREA_PKRU: usize = 508;
 
 /// Per CPU: the page for the host's VMSAVE/VMLOAD state (FS, GS, TR, LDTR,
 /// syscall MSRs), 0 until [`enable_on_this_cpu`] ran.
@@ -141,6 +152,12 @@ pub unsafe fn enable_on_this_cpu(
         crate::x86_64::instr::write_cr0(crate::x86_64::instr::read_cr0() & !((1 << 2) | (1 << 3)));
         crate::x86_64::instr::write_cr4(crate::x86_64::instr::read_cr4() | (1 << 9));
     }
+    if core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 3) != 0 {
+        // SAFETY: the CPU has PKU; CR4.PKE only makes RDPKRU/WRPKRU usable
+        // and applies keys to user pages, which the hypervisor has none of.
+        unsafe { crate::x86_64::instr::write_cr4(crate::x86_64::instr::read_cr4() | (1 << 22)) };
+        HAS_PKU.store(true, Ordering::Relaxed);
+    }
     // SAFETY: EFER.SVME is set; hsave_pa is a page-aligned page owned by
     // this CPU (the caller's contract).
     unsafe { wrmsr(MSR_VM_HSAVE_PA, hsave_pa) };
@@ -219,6 +236,17 @@ impl Hw for Machine {
         // SAFETY: `area` is a 16-byte aligned 512-byte buffer; CR0.EM/TS are
         // clear and CR4.OSFXSR is set (enable_on_this_cpu).
         unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+        if HAS_PKU.load(Ordering::Relaxed) {
+            let pkru: u32;
+            // SAFETY: CR4.PKE is set (enable_on_this_cpu); RDPKRU needs ECX
+            // = 0, WRPKRU ECX = EDX = 0; the next vCPU starts from 0.
+            unsafe {
+                core::arch::asm!("rdpkru", "mov {p:e}, eax", "xor eax, eax", "xor edx, edx",
+                    "wrpkru", p = out(reg) pkru, out("eax") _, inout("ecx") 0 => _,
+                    out("edx") _, options(nostack))
+            };
+            area.0[FPU_AREA_PKRU..FPU_AREA_PKRU + 4].copy_from_slice(&pkru.to_le_bytes());
+        }
     }
 
     fn load_guest_drs(&mut self, drs: &[u64; 4]) {
@@ -238,6 +266,15 @@ impl Hw for Machine {
         // SAFETY: as fpu_save; the image came from FXSAVE or FpuArea::default
         // (reserved MXCSR bits clear), so FXRSTOR cannot fault.
         unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack)) };
+        if HAS_PKU.load(Ordering::Relaxed) {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&area.0[FPU_AREA_PKRU..FPU_AREA_PKRU + 4]);
+            // SAFETY: as in fpu_save.
+            unsafe {
+                core::arch::asm!("wrpkru", in("eax") u32::from_le_bytes(b), in("ecx") 0,
+                    in("edx") 0, options(nostack))
+            };
+        }
     }
 }
 

@@ -536,6 +536,52 @@ mod guest {
         );
     }
 
+    /// Register state that VMRUN does not switch must not carry one VM's
+    /// values into another: PKRU (CR4.PKE is the guest's to set) and the
+    /// debug registers. Each VM writes its own values, yields so the other
+    /// VM runs, and must read them back.
+    fn shared_state_check(seed: u64) {
+        let pku = cpuid(7, 0)[2] & (1 << 3) != 0;
+        if pku {
+            let pkru = 0x5555_0000 | (seed as u32 & 0xffff) << 2;
+            // SAFETY: CR4.PKE only affects user pages (we have none) and
+            // WRPKRU/RDPKRU; ECX = EDX = 0 as they require.
+            let now: u32 = unsafe {
+                asm!("mov {t}, cr4", "bts {t}, 22", "mov cr4, {t}", t = out(reg) _);
+                asm!("wrpkru", in("eax") pkru, in("ecx") 0, in("edx") 0);
+                for _ in 0..4 {
+                    hypercall(HC_YIELD, 0, 0);
+                }
+                let v: u32;
+                asm!("rdpkru", out("eax") v, in("ecx") 0, out("edx") _);
+                v
+            };
+            check!(
+                now == pkru,
+                "PKRU not shared with other VMs ({:#x}, ours {:#x})",
+                now,
+                pkru
+            );
+        } else {
+            println!("chaos: no PKU, PKRU not checked");
+        }
+        let dr0 = 0x1000 + seed * 0x10;
+        // SAFETY: DR0 without an enable bit in DR7 arms nothing.
+        unsafe { asm!("mov dr0, {}", in(reg) dr0) };
+        for _ in 0..4 {
+            hypercall(HC_YIELD, 0, 0);
+        }
+        let now: u64;
+        // SAFETY: as above.
+        unsafe { asm!("mov {}, dr0", out(reg) now) };
+        check!(
+            now == dr0,
+            "DR0 not shared with other VMs ({:#x}, ours {:#x})",
+            now,
+            dr0
+        );
+    }
+
     /// Forms the MMIO decoder may refuse; each either completes or stops
     /// the VM cleanly.
     fn hostile(from: u64) {
@@ -597,6 +643,9 @@ mod guest {
             }
         }
         prefixed_forms();
+        if arg(cmd, "shared").is_some() {
+            shared_state_check(seed);
+        }
         let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut counts = [0u64; 6];
         for i in 1..=iters {
