@@ -469,6 +469,10 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             self.vmcb.write64(ctrl::EVENTINJ, info);
             return Ok(());
         }
+        if self.pending.is_empty() {
+            // The common case on the exit path: nothing to deliver.
+            return Ok(());
+        }
         let shadow = self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0;
         let irq_open = self.vmcb.read64(save::RFLAGS) & RFLAGS_IF != 0 && !shadow;
         let Some(e) = self.pending.take(!shadow, irq_open) else {

@@ -235,10 +235,12 @@ impl Vmcb {
         self.write64(at + save::SEG_BASE, s.base);
     }
 
+    #[inline]
     pub fn exitcode(&self) -> u64 {
         self.read64(ctrl::EXITCODE)
     }
 
+    #[inline]
     pub fn rip(&self) -> u64 {
         self.read64(save::RIP)
     }
