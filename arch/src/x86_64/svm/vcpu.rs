@@ -292,6 +292,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 | misc1::IOIO_PROT
                 | misc1::MSR_PROT
                 | misc1::TASK_SWITCH
+                | misc1::RDPMC
                 | misc1::SHUTDOWN,
         );
         vmcb.write32(
@@ -640,6 +641,12 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             exitcode::INVALID => Exit::Shutdown(ShutdownKind::InvalidState),
             exitcode::INTR | exitcode::NMI | exitcode::SMI | exitcode::INIT => {
                 Exit::ExternalInterrupt
+            }
+            exitcode::RDPMC => {
+                // Not intercepted, RDPMC would read the host's counters,
+                // which count for the hypervisor and other VMs. The PMU is
+                // hidden (CPUID, PMU MSRs #GP): #GP as for a missing counter.
+                return slot(out, self.internal_fault(Event::general_protection(0)));
             }
             exitcode::PAUSE => {
                 // PAUSE is F3 90: its first byte is a REP prefix, so it is
@@ -1148,6 +1155,7 @@ mod tests {
         let m1 = v.vmcb().read32(ctrl::INTERCEPT_MISC1);
         for b in [
             misc1::CPUID,
+            misc1::RDPMC,
             misc1::HLT,
             misc1::IOIO_PROT,
             misc1::MSR_PROT,
@@ -1514,6 +1522,20 @@ mod tests {
         // The guest's VMRUN became a #UD at the next entry.
         assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None));
         assert_eq!(v.internal_exits, 3);
+    }
+
+    /// Review finding: RDPMC was not intercepted, so a guest read the host's
+    /// performance counters; it is now #GP(0).
+    #[test]
+    fn rdpmc_is_gp() {
+        let mut v = vcpu(
+            &[0x0f, 0x33],
+            vec![exit(exitcode::RDPMC, 0, 0), exit(exitcode::HLT, 0, 0)],
+            Features::default(),
+        );
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.hw().seen[1].0, event_inj::encode(13, 3, Some(0)));
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1000);
     }
 
     /// Found by the chaos guest: WRMSR EFER flipping LME while CR0.PG = 1

@@ -523,6 +523,12 @@ mod guest {
             "VMMCALL with two prefixes resumes after it (rcx {:#x})",
             rcx
         );
+        // RDPMC would read the host's counters: #GP (the PMU is hidden).
+        // SAFETY: a fault is caught and the 2-byte instruction skipped.
+        let e = expect_exception(2, || unsafe {
+            asm!("rdpmc", in("ecx") 0, out("eax") _, out("edx") _, options(nostack))
+        });
+        check!(matches!(e, Some((13, 0, _))), "RDPMC: #GP(0) ({:x?})", e);
         // APM Vol. 2 §3.1.7: changing EFER.LME while paging is on is #GP.
         let (_, efer) = rdmsr_catch(EFER);
         let f = wrmsr_catch(EFER, efer ^ EFER_LME);
