@@ -190,6 +190,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 "[chaos] chaos: seed 1 iters 4000",
                 "[chaos] ok: CPUID with a CS prefix resumes",
                 "[chaos] ok: VMMCALL with two prefixes resumes",
+                "[chaos] ok: INVD survived",
                 "[chaos] ok: RDPMC: #GP(0)",
                 "[chaos] chaos: 4000/4000",
                 "[chaos] chaos: done",

@@ -277,8 +277,10 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         *vmcb = Vmcb::zeroed();
         // All DR reads and writes (rule `dr_intercept`).
         vmcb.write32(ctrl::INTERCEPT_DR, 0x00ff_00ff);
-        // #PF is reflected with its CR2 payload applied at delivery (rule `exc_payload`).
-        vmcb.write32(ctrl::INTERCEPT_EXCEPTIONS, 1 << vector::PF);
+        // No exception is intercepted: with nested paging the guest's own
+        // #PF needs nothing from the hypervisor, and intercepting it costs
+        // an exit per guest page fault. See `set_intercept_pf`.
+        vmcb.write32(ctrl::INTERCEPT_EXCEPTIONS, 0);
         vmcb.write32(
             ctrl::INTERCEPT_MISC1,
             misc1::INTR
@@ -352,6 +354,17 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
 
     pub fn vmcb(&self) -> &Vmcb {
         self.vmcb
+    }
+
+    /// Intercepts the guest's #PF and reflects it, with CR2 written only
+    /// when the reflected #PF is delivered (rule `exc_payload`; a #PF during
+    /// event delivery is combined by the double-fault rules). Off by default
+    /// (nested paging needs no #PF exits); the `svm-intercept-pf` kernel
+    /// option turns it on to test that path on real guests.
+    pub fn set_intercept_pf(&mut self, on: bool) {
+        let bits = self.vmcb.read32(ctrl::INTERCEPT_EXCEPTIONS) & !(1 << vector::PF);
+        let pf = if on { 1 << vector::PF } else { 0 };
+        self.vmcb.write32(ctrl::INTERCEPT_EXCEPTIONS, bits | pf);
     }
 
     pub fn hw(&mut self) -> &mut H {
@@ -641,6 +654,13 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             exitcode::INVALID => Exit::Shutdown(ShutdownKind::InvalidState),
             exitcode::INTR | exitcode::NMI | exitcode::SMI | exitcode::INIT => {
                 Exit::ExternalInterrupt
+            }
+            exitcode::INVD => {
+                // INVD would drop dirty cache lines of the host and other
+                // VMs: run as a no-op, as KVM does (its effect on the
+                // guest's own data is what WBINVD + INVD would give).
+                self.next_rip_fixed(2, 0x0f);
+                return slot(out, self.internal_done());
             }
             exitcode::RDPMC => {
                 // Not intercepted, RDPMC would read the host's counters,
@@ -1164,6 +1184,8 @@ mod tests {
             assert_ne!(m1 & b, 0);
         }
         assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_DR), 0x00ff_00ff);
+        // No #PF exits unless asked for (nested paging needs none).
+        assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS), 0);
         assert_eq!(v.vmcb().read32(ctrl::GUEST_ASID), 1);
         assert_eq!(v.vmcb().read64(ctrl::NP_ENABLE), 1);
         assert_ne!(v.vmcb().read64(save::EFER) & EFER_SVME, 0);
@@ -1401,6 +1423,15 @@ mod tests {
     }
 
     #[test]
+    fn pf_interception_is_opt_in() {
+        let mut v = vcpu(&[], vec![], Features::default());
+        v.set_intercept_pf(true);
+        assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS), 1 << 14);
+        v.set_intercept_pf(false);
+        assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS), 0);
+    }
+
+    #[test]
     fn inv_exc_payload_cr2_written_only_at_delivery() {
         let mut v = vcpu(
             &[],
@@ -1522,6 +1553,20 @@ mod tests {
         // The guest's VMRUN became a #UD at the next entry.
         assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None));
         assert_eq!(v.internal_exits, 3);
+    }
+
+    /// Review finding: INVD (intercepted) was an unknown exit that stopped
+    /// the VM; it is skipped as a no-op.
+    #[test]
+    fn invd_is_a_nop() {
+        let mut v = vcpu(
+            &[0x0f, 0x08, 0xf4],
+            vec![exit(exitcode::INVD, 0, 0), exit(exitcode::HLT, 0, 0)],
+            Features::default(),
+        );
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1002);
+        assert_eq!(v.hw().seen[1].0, 0);
     }
 
     /// Review finding: RDPMC was not intercepted, so a guest read the host's

@@ -523,6 +523,10 @@ mod guest {
             "VMMCALL with two prefixes resumes after it (rcx {:#x})",
             rcx
         );
+        // INVD: a no-op for a guest (never an unknown exit that stops it).
+        // SAFETY: INVD is intercepted; the hypervisor skips it.
+        unsafe { asm!("invd", options(nostack)) };
+        println!("ok: INVD survived");
         // RDPMC would read the host's counters: #GP (the PMU is hidden).
         // SAFETY: a fault is caught and the 2-byte instruction skipped.
         let e = expect_exception(2, || unsafe {
