@@ -282,6 +282,8 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         log::error!("cannot run VMs: {msg}");
         return Outcome::Error;
     }
+    #[cfg(target_arch = "x86_64")]
+    virt::apply_cmdline(info.cmdline.as_str());
     let mut slots = Vec::new();
     for (i, p) in pending.iter().enumerate() {
         match create(i, p, frames) {

@@ -35,6 +35,18 @@ struct Globals {
 
 static GLOBALS: spin::Once<Globals> = spin::Once::new();
 
+/// Kernel option `svm-intercept-pf`: intercept and reflect guest #PFs
+/// (see [`SvmVcpu::set_intercept_pf`]); off by default.
+static INTERCEPT_PF: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Applies the x86-only words of the kernel command line.
+pub fn apply_cmdline(cmdline: &str) {
+    let on = cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "svm-intercept-pf");
+    INTERCEPT_PF.store(on, core::sync::atomic::Ordering::Relaxed);
+}
+
 fn fill(pa: u64, len: usize, byte: u8) {
     // SAFETY: [pa, pa+len) was just taken from the frame allocator by the
     // caller for this purpose and is identity-mapped RAM.
@@ -132,7 +144,7 @@ pub fn new_vcpu(
     // ASID 0 is the host's; VMs share 1..asids-1 round-robin (a shared ASID
     // is flushed on switch, rule `tlb_tag`).
     let asid = (vm_index as u32 % (g.asids - 1)) + 1;
-    Ok(SvmVcpu::new(
+    let mut vcpu = SvmVcpu::new(
         vmcb,
         Machine,
         s2.root(),
@@ -143,7 +155,12 @@ pub fn new_vcpu(
         asid,
         g.msrpm,
         g.iopm,
-    ))
+    );
+    if INTERCEPT_PF.load(core::sync::atomic::Ordering::Relaxed) {
+        vcpu.set_intercept_pf(true);
+        log::info!("virt: vm {vm_index}: guest #PF intercepted and reflected (svm-intercept-pf)");
+    }
+    Ok(vcpu)
 }
 
 fn rdtsc() -> u64 {

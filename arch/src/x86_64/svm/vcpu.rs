@@ -409,14 +409,29 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         }
     }
 
+    /// The linear address of CS:RIP.
+    fn rip_linear(&self) -> u64 {
+        let cs_base = self.vmcb.read64(save::CS + save::SEG_BASE);
+        let la = self.vmcb.rip().wrapping_add(cs_base);
+        if self.bitness() != 64 {
+            la & 0xffff_ffff
+        } else {
+            la
+        }
+    }
+
     /// Up to `buf.len()` bytes at CS:RIP through the guest's page tables.
     fn fetch_at_rip(&self, buf: &mut [u8]) -> usize {
-        let cs_base = self.vmcb.read64(save::CS + save::SEG_BASE);
-        let mut la = self.vmcb.rip().wrapping_add(cs_base);
-        if self.bitness() != 64 {
-            la &= 0xffff_ffff;
-        }
-        walk::fetch(&self.guest_phys(), &self.paging(), la, buf)
+        walk::fetch(&self.guest_phys(), &self.paging(), self.rip_linear(), buf)
+    }
+
+    /// The byte at CS:RIP (the exit path's prefix check): one walk, then
+    /// the aligned u64 around it (same page, so the same RAM).
+    fn byte_at_rip(&self) -> Option<u8> {
+        let mem = self.guest_phys();
+        let gpa = walk::translate(&mem, &self.paging(), self.rip_linear()).ok()?;
+        let word = mem.read_u64(gpa & !7)?;
+        Some((word >> (8 * (gpa & 7))) as u8)
     }
 
     fn gpr(&self, r: Reg) -> u64 {
@@ -452,10 +467,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     fn next_rip_fixed(&mut self, len: u64, first: u8) {
         self.next_rip = Some(if self.features.nrips {
             self.vmcb.read64(ctrl::NRIP)
-        } else if !decode::is_prefix(first) && {
-            let mut b = [0u8; 1];
-            self.fetch_at_rip(&mut b) == 1 && b[0] == first
-        } {
+        } else if !decode::is_prefix(first) && self.byte_at_rip() == Some(first) {
             self.vmcb.rip().wrapping_add(len)
         } else {
             let mut buf = [0u8; MAX_INSN];
@@ -710,7 +722,14 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         };
         // RAM never faults after setup, and guest page tables outside RAM
         // (bit 33: fault during the guest's own table walk) are not emulated.
-        if self.npt.translate(&self.npt_access, gpa).is_some() || info1 & (1 << 33) != 0 {
+        // Neither is a fault while delivering an event (EXITINTINFO valid:
+        // an IDT, GDT or stack outside RAM): it is not the instruction at
+        // RIP that faulted, so decoding that one would "emulate" a load or
+        // store that never happened (found by the chaos guest).
+        if self.npt.translate(&self.npt_access, gpa).is_some()
+            || info1 & (1 << 33) != 0
+            || self.reinject.is_some()
+        {
             return fault;
         }
         let mut buf = [0u8; MAX_INSN];
@@ -1314,6 +1333,35 @@ mod tests {
         assert!(matches!(v.run().unwrap(), Exit::PortIo(_)));
         v.advance_pc().unwrap();
         assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1001);
+    }
+
+    /// Found by the chaos guest: a load that takes a #PF whose delivery
+    /// reads an IDT outside RAM gave an NPF at the IDT address with
+    /// EXITINTINFO = the #PF; the load was then "emulated" as an MMIO read
+    /// of the IDT address (register clobbered, RIP advanced).
+    #[test]
+    fn npf_during_event_delivery_is_not_emulated() {
+        let mut v = vcpu(
+            &[0x8b, 0x07], // mov eax, [edi]
+            vec![Box::new(|v: &mut Vmcb, _: &mut Gprs| {
+                v.write64(ctrl::EXITCODE, exitcode::NPF);
+                v.write64(ctrl::EXITINFO1, 0x1_0000_0004);
+                v.write64(ctrl::EXITINFO2, 0xfe00_00e0);
+                v.write64(ctrl::EXITINTINFO, event_inj::encode(14, 3, Some(0)));
+            })],
+            Features::default(),
+        );
+        v.set_reg(Reg::Rax, 7).unwrap();
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::Stage2Fault {
+                gpa: 0xfe00_00e0,
+                gva: None,
+                access: AccessKind::Read
+            }
+        );
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1000);
+        assert!(v.advance_pc().is_err());
     }
 
     #[test]
