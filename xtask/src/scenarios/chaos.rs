@@ -35,7 +35,7 @@ fn x86(name: &'static str, chaos: GuestVm, expect: &'static [&'static str]) -> S
 /// One VM per instruction form the MMIO decoder may refuse (`hostile=K`
 /// starts at form K; the VM stops at the first one it cannot emulate).
 fn hostile_vms() -> Vec<GuestVm> {
-    const APPEND: [&str; 12] = [
+    const APPEND: [&str; 13] = [
         "seed=101 iters=200 hostile=1",
         "seed=102 iters=200 hostile=2",
         "seed=103 iters=200 hostile=3",
@@ -48,9 +48,10 @@ fn hostile_vms() -> Vec<GuestVm> {
         "seed=110 iters=200 hostile=10",
         "seed=111 iters=200 hostile=11",
         "seed=112 iters=200 hostile=12",
+        "seed=113 iters=200 hostile=13",
     ];
-    const NAMES: [&str; 12] = [
-        "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9", "h10", "h11", "h12",
+    const NAMES: [&str; 13] = [
+        "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9", "h10", "h11", "h12", "h13",
     ];
     NAMES
         .iter()
@@ -85,7 +86,7 @@ pub fn scenarios() -> Vec<Scenario> {
         &[
             "[h0] chaos: done",
             "[iso] PASS",
-            "all 14 VM(s) stopped",
+            "all 15 VM(s) stopped",
             "HV-EXIT: success",
         ],
     );

@@ -597,7 +597,7 @@ mod guest {
     fn hostile(from: u64) {
         let u = UNBACKED + 0x800;
         let scratch = console_buf();
-        for k in from..13 {
+        for k in from..14 {
             println!("chaos: hostile form {}", k);
             // SAFETY: every access below targets an unbacked GPA (emulated
             // or refused by the hypervisor) or our own scratch buffer.
@@ -628,7 +628,24 @@ mod guest {
                     11 => {
                         asm!("rep outsb", in("dx") 0x80u16, inout("rsi") scratch => _, inout("rcx") 2u64 => _)
                     }
-                    _ => asm!(".byte 0x44, 0x0f, 0x23, 0xc0", in("rax") 0u64), // mov dr8, rax
+                    12 => asm!(".byte 0x44, 0x0f, 0x23, 0xc0", in("rax") 0u64), // mov dr8, rax
+                    // The IDT in unbacked memory, then a load that takes a
+                    // #PF (above the 4 GiB identity map): the nested fault
+                    // is on the IDT read during #PF delivery, not on the
+                    // load, which must not be emulated as MMIO.
+                    _ => {
+                        #[repr(C, packed)]
+                        struct Dtr {
+                            limit: u16,
+                            base: u64,
+                        }
+                        let idtr = Dtr {
+                            limit: 0xfff,
+                            base: UNBACKED,
+                        };
+                        asm!("lidt [{i}]", "mov eax, dword ptr [{a}]", "mov {o:e}, eax",
+                             i = in(reg) &idtr, a = in(reg) 1u64 << 33, o = out(reg) _, out("rax") _);
+                    }
                 }
             });
             println!("chaos: hostile form {} survived: {:?}", k, e);
