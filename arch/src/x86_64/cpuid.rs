@@ -79,11 +79,10 @@ impl SvmInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuInfo {
     pub vendor: [u8; 12],
-    /// Display family / model (base + extended fields combined, SDM CPUID).
-    /// The SDM rule is applied for every vendor; AMD (APM Vol. 3, CPUID
-    /// Fn0000_0001_EAX) adds the extended model only for family 0Fh, so on
-    /// an AMD family-6 CPU (QEMU `-cpu max`) this shows 0x8f where AMD's
-    /// rule, and `raw-cpuid`, give 0xf.
+    /// Display family / model, base and extended fields combined by the
+    /// vendor's rule: Intel (SDM Vol. 2A, CPUID leaf 1) adds the extended
+    /// model for families 06h and 0Fh, AMD (APM Vol. 3, CPUID
+    /// Fn0000_0001_EAX) only for family 0Fh.
     pub family: u32,
     pub model: u32,
     pub stepping: u32,
@@ -134,7 +133,8 @@ impl CpuInfo {
         } else {
             base_family
         };
-        let model = if base_family == 0x6 || base_family == 0xf {
+        let amd = &vendor == b"AuthenticAMD";
+        let model = if base_family == 0xf || (base_family == 0x6 && !amd) {
             base_model | ((l1.eax >> 16) & 0xf) << 4
         } else {
             base_model
@@ -382,11 +382,30 @@ mod tests {
     }
 
     #[test]
+    fn family_model_follow_the_vendor_rule() {
+        // Haswell (SDM: family 06h adds the extended model): 06_3CH.
+        let mut m = HashMap::new();
+        m.insert(0, regs(0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69)); // GenuineIntel
+        m.insert(1, regs(0x0003_06c3, 0, 0, 0));
+        m.insert(0x8000_0000, regs(0x8000_0008, 0, 0, 0));
+        let c = CpuInfo::read(&Recorded(m));
+        assert_eq!((c.family, c.model, c.stepping), (6, 0x3c, 3));
+        // AMD Zen 2 (APM: family 0Fh + extended family 08h, extended model 3): 17h/31h.
+        let mut m = HashMap::new();
+        m.insert(0, regs(0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65)); // AuthenticAMD
+        m.insert(1, regs(0x0083_0f10, 0, 0, 0));
+        m.insert(0x8000_0000, regs(0x8000_0008, 0, 0, 0));
+        let c = CpuInfo::read(&Recorded(m));
+        assert_eq!((c.family, c.model, c.stepping), (0x17, 0x31, 0));
+    }
+
+    #[test]
     fn decodes_qemu_max_svm() {
         let c = CpuInfo::read(&qemu_max());
         assert_eq!(c.vendor_str(), "AuthenticAMD");
         assert_eq!(c.brand_str(), "QEMU TCG CPU version");
-        assert_eq!((c.family, c.model, c.stepping), (6, 0x8f, 3));
+        // AMD's rule: no extended model below family 0Fh.
+        assert_eq!((c.family, c.model, c.stepping), (6, 0xf, 3));
         assert!(c.long_mode && c.nx && c.page_1g);
         assert!(!c.vmx);
         let s = c.svm.unwrap();
@@ -404,7 +423,7 @@ mod tests {
         let cpu = format!("{}", CpuLine(&c));
         assert_eq!(
             cpu,
-            "AuthenticAMD family 0x6 model 0x8f stepping 3 \"QEMU TCG CPU version\""
+            "AuthenticAMD family 0x6 model 0xf stepping 3 \"QEMU TCG CPU version\""
         );
     }
 
