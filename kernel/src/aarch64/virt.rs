@@ -61,6 +61,7 @@ pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
         return Err("HCR_EL2.E2H is set (the backend is non-VHE)");
     }
     hw::install_vectors();
+    let slices = enable_slices();
     log::info!(
         "virt: arm64 EL2 backend (non-VHE): IPA up to {} bits (PARange {}), {}-bit VMIDs, \
          HCR_EL2={:#x} for guests, GIC not virtualized",
@@ -69,7 +70,39 @@ pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
         mmfr1.vmid_bits().unwrap_or(8),
         arch::aarch64::el2::HCR_EL2_GUEST
     );
+    match slices {
+        Ok(ms) => log::info!("virt: guest time slice {ms} ms (EL2 physical timer, GICv3 INTID 26)"),
+        // Guests still run, but one that never exits keeps the CPU.
+        Err(e) => log::warn!("virt: no guest time slices: {e}"),
+    }
     Ok(())
+}
+
+/// Guest time slice.
+const SLICE_MS: u64 = 10;
+
+/// Turns on guest time slices through the GICv3 of the DTB; returns the
+/// slice in ms.
+fn enable_slices() -> Result<u64, &'static str> {
+    let gic = super::PLATFORM
+        .get()
+        .and_then(|p| p.dtb.as_ref())
+        .and_then(|d| d.gic.as_ref())
+        .ok_or("no GIC in the DTB")?;
+    if gic.version != boot::dtb::GicVersion::V3 {
+        return Err("the GIC is not a GICv3");
+    }
+    let r = *gic
+        .redistributors
+        .as_slice()
+        .first()
+        .ok_or("no GICv3 redistributor region")?;
+    let freq = regs::cntfrq_el0();
+    if freq == 0 {
+        return Err("CNTFRQ_EL0 is 0");
+    }
+    hw::enable_preemption(gic.distributor.base, r.base, r.size, freq * SLICE_MS / 1000)?;
+    Ok(SLICE_MS)
 }
 
 /// Empty stage-2 tables for VM `vm_index` (VMID `vm_index + 1`), IPA of

@@ -127,7 +127,31 @@ pub fn scenarios() -> Vec<Scenario> {
     two_x86
         .vms
         .push(vm("chaos", "chaos2").append("seed=4 iters=2000 shared=1"));
+    // A VM that spins for 3 s of counter time without a single exit, first
+    // in the run order: the hello VM must still finish meanwhile.
+    let spin = Scenario {
+        forbid: FORBID,
+        ..guests(
+            "chaos-arm64-spin",
+            Arch::Aarch64,
+            vec![
+                vm("chaos", "spin").append("seed=9 iters=100 spin=2"),
+                vm("hello", "hello"),
+            ],
+            &[
+                "virt: guest time slice",
+                "[spin] chaos: seed 9",
+                "[hello] hello: done",
+                "vm hello: stopped: power off",
+                "[spin] chaos: spin over",
+                "[spin] chaos: done",
+                "all 2 VM(s) stopped (0 crashed)",
+                "HV-EXIT: success",
+            ],
+        )
+    };
     vec![
+        spin,
         two_x86,
         two,
         arm64(

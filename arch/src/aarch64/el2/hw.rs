@@ -18,7 +18,7 @@
 //! same vCPU touches them.
 
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::{
     decode_sync, sync_delivery, ExitRegs, S2Config, CNTHCTL_EL2_GUEST, CPTR_EL2_GUEST,
@@ -178,6 +178,14 @@ static HAS_PAUTH: AtomicBool = AtomicBool::new(false);
 /// HCR_EL2.AMO): both are switched per vCPU, or one VM reads another's
 /// values (found by the chaos guests).
 static HAS_SME: AtomicBool = AtomicBool::new(false);
+/// The guest time slice in counter ticks (0: no preemption). A guest that
+/// never exits (a spinning loop) would otherwise keep the CPU forever and
+/// starve every other VM (found by the chaos guests): the EL2 physical
+/// timer (CNTHP, INTID 26) is armed before each entry and, routed to EL2
+/// by HCR_EL2.IMO, ends the slice with an IRQ exit.
+static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
+/// The EL2 physical timer's PPI (Arm BSA; QEMU `virt` DTB `<1 10 4>`).
+pub const CNTHP_INTID: u32 = 26;
 static HAS_RAS: AtomicBool = AtomicBool::new(false);
 
 /// Points VBAR_EL2 at the guest-exit vectors (whose current-EL entries go
@@ -223,6 +231,135 @@ fn set_mdcr_el2() {
     // SAFETY: MDCR_EL2 only controls traps of EL1/EL0 debug and PMU
     // accesses (TDE stays 0); the ISB makes it take effect before any guest.
     unsafe { asm!("msr mdcr_el2, {}", "isb", in(reg) new, options(nostack, preserves_flags)) };
+}
+
+fn mmio_read32(a: u64) -> u32 {
+    // SAFETY: callers pass GIC registers, mapped as device memory at EL2.
+    unsafe { core::ptr::read_volatile(a as *const u32) }
+}
+
+fn mmio_write32(a: u64, v: u32) {
+    // SAFETY: as mmio_read32.
+    unsafe { core::ptr::write_volatile(a as *mut u32, v) }
+}
+
+/// The redistributor frame of the calling CPU: the frame whose
+/// GICR_TYPER.Affinity (bits 63:32) is this CPU's MPIDR affinity (GICv3
+/// architecture spec §9.11.35); frames are 128 KiB (256 KiB with VLPIS).
+fn own_redistributor(gicr: u64, size: u64) -> Option<u64> {
+    let mpidr: u64;
+    // SAFETY: reading MPIDR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack, preserves_flags)) };
+    let aff = ((mpidr >> 32) & 0xff) << 24 | (mpidr & 0xff_ffff);
+    let mut at = gicr;
+    while at < gicr.checked_add(size)? {
+        let typer = u64::from(mmio_read32(at + 8)) | u64::from(mmio_read32(at + 12)) << 32;
+        if typer >> 32 == aff {
+            return Some(at);
+        }
+        if typer & (1 << 4) != 0 {
+            return None; // Last
+        }
+        at += if typer & (1 << 1) != 0 {
+            0x4_0000
+        } else {
+            0x2_0000
+        };
+    }
+    None
+}
+
+/// Routes the EL2 physical timer to this CPU through a GICv3 (distributor
+/// at `gicd`, redistributor region `gicr`/`gicr_size`) and turns on guest
+/// time slices of `slice_ticks` counter ticks: group 1, priority 0x80,
+/// enabled in the redistributor's SGI frame; the CPU interface at EL2 with
+/// system registers, PMR open, group 1 on. IRQs stay masked at EL2 (PSTATE.I):
+/// they are only taken while a guest runs (HCR_EL2.IMO).
+pub fn enable_preemption(
+    gicd: u64,
+    gicr: u64,
+    gicr_size: u64,
+    slice_ticks: u64,
+) -> Result<(), &'static str> {
+    let rd = own_redistributor(gicr, gicr_size).ok_or("no GICv3 redistributor for this CPU")?;
+    // GICD_CTLR: EnableGrp0 | EnableGrp1 (ARE/DS as the firmware left them).
+    mmio_write32(gicd, mmio_read32(gicd) | 0x3);
+    // GICR_WAKER: clear ProcessorSleep, wait for ChildrenAsleep to clear.
+    mmio_write32(rd + 0x14, mmio_read32(rd + 0x14) & !(1 << 1));
+    let mut spins = 0u32;
+    while mmio_read32(rd + 0x14) & (1 << 2) != 0 {
+        spins += 1;
+        if spins > 1_000_000 {
+            return Err("GICR_WAKER.ChildrenAsleep stays set");
+        }
+    }
+    let sgi = rd + 0x1_0000;
+    let bit = 1u32 << CNTHP_INTID;
+    mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | bit); // IGROUPR0
+    let prio = sgi + 0x400 + u64::from(CNTHP_INTID & !3); // IPRIORITYR
+    let shift = 8 * (CNTHP_INTID & 3);
+    mmio_write32(
+        prio,
+        (mmio_read32(prio) & !(0xff << shift)) | (0x80 << shift),
+    );
+    mmio_write32(sgi + 0x100, bit); // ISENABLER0
+                                    // SAFETY: ICC_SRE_EL2.SRE|Enable keep the system-register interface
+                                    // (and EL1's use of ICV_* under IMO); PMR/IGRPEN1 at EL2 are the
+                                    // physical interface's, which no guest reaches (IMO/FMO are set). The
+                                    // timer stays disabled until a guest entry arms it.
+    unsafe {
+        asm!(
+            "mrs {t}, S3_4_C12_C9_5",
+            "orr {t}, {t}, #1",
+            "orr {t}, {t}, #8",
+            "msr S3_4_C12_C9_5, {t}",
+            "isb",
+            "mov {t}, #0xff",
+            "msr S3_0_C4_C6_0, {t}",
+            "mov {t}, #1",
+            "msr S3_0_C12_C12_7, {t}",
+            "msr cnthp_ctl_el2, xzr",
+            "isb",
+            t = out(reg) _,
+            options(nostack, preserves_flags)
+        )
+    };
+    SLICE_TICKS.store(slice_ticks, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Arms CNTHP for one slice before a guest entry.
+fn arm_slice_timer(ticks: u64) {
+    // SAFETY: CNTHP only raises INTID 26, which is taken at EL2 only while
+    // a guest runs (PSTATE.I is set at EL2).
+    unsafe {
+        asm!("msr cnthp_tval_el2, {t}", "msr cnthp_ctl_el2, {on}",
+             t = in(reg) ticks, on = in(reg) 1u64, options(nostack, preserves_flags))
+    };
+}
+
+/// Disarms CNTHP after an exit (its level interrupt, if pending, goes away
+/// with it) and, after an IRQ exit, acknowledges whatever interrupt is
+/// still pending. True if the slice is over (CNTHP_CTL_EL2.ISTATUS).
+fn end_slice(irq: bool) -> bool {
+    let ctl: u64;
+    // SAFETY: reading and then disabling the timer has no other effect.
+    unsafe {
+        asm!("mrs {c}, cnthp_ctl_el2", "msr cnthp_ctl_el2, xzr", "isb", c = out(reg) ctl,
+             options(nostack, preserves_flags))
+    };
+    if irq {
+        let intid: u64;
+        // SAFETY: ICC_IAR1_EL1 at EL2 acknowledges the highest pending
+        // group-1 interrupt (1023: none); EOIR1 ends it (EOImode 0).
+        unsafe {
+            asm!("mrs {}, S3_0_C12_C12_0", out(reg) intid, options(nostack, preserves_flags));
+            if intid < 1020 {
+                asm!("msr S3_0_C12_C12_1, {}", "isb", in(reg) intid, options(nostack, preserves_flags));
+            }
+        }
+    }
+    ctl & (1 << 2) != 0
 }
 
 fn mrs_isar1() -> u64 {
@@ -630,6 +767,10 @@ impl Vcpu for El2Vcpu {
         if self.vserror {
             mmu::write_hcr_el2(HCR_EL2_GUEST | HCR_VSE);
         }
+        let slice = SLICE_TICKS.load(Ordering::Relaxed);
+        if slice != 0 {
+            arm_slice_timer(slice);
+        }
         load_el1(&self.el1);
         if pauth {
             load_pauth(&self.el1.pauth);
@@ -641,6 +782,7 @@ impl Vcpu for El2Vcpu {
         // GUEST_VECTORS, which restores the callee-saved registers and SP
         // saved here and returns to this call.
         let vector = unsafe { __el2_guest_enter(&mut self.ctx) };
+        let timer = slice != 0 && end_slice(vector == 9);
         save_el1(&mut self.el1);
         if pauth {
             save_pauth(&mut self.el1.pauth);
@@ -666,6 +808,7 @@ impl Vcpu for El2Vcpu {
                 }
                 decode_sync(&regs, &self.ctx.x)
             }
+            9 if timer => Exit::PreemptionTimer,
             9 | 10 => Exit::ExternalInterrupt,
             v => Exit::Unknown {
                 reason: regs.esr,

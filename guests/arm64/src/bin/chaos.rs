@@ -389,6 +389,24 @@ mod guest {
         let seed = arg(cmd, "seed").unwrap_or(1);
         let iters = arg(cmd, "iters").unwrap_or(5000);
         println!("chaos: seed {} iters {}", seed, iters);
+        if let Some(secs) = arg(cmd, "spin") {
+            // Spin without a single exit: other VMs must still run.
+            let (freq, start): (u64, u64);
+            // SAFETY: reading the counter and its frequency has no effects.
+            unsafe {
+                asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nomem, nostack));
+                asm!("isb", "mrs {}, cntvct_el0", out(reg) start, options(nomem, nostack));
+            }
+            loop {
+                let now: u64;
+                // SAFETY: as above.
+                unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) now, options(nomem, nostack)) };
+                if now.wrapping_sub(start) >= secs * freq {
+                    break;
+                }
+            }
+            println!("chaos: spin over");
+        }
         // SAFETY: nothing else uses these pages yet.
         unsafe {
             let b = &mut *(&raw mut CONSOLE_BUF);
