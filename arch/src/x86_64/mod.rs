@@ -8,6 +8,7 @@ pub mod cpuid;
 pub mod descriptors;
 pub mod exception;
 pub mod kmap;
+pub mod lapic;
 /// AMD SVM + NPT backend (its decoder dependency is x86-only).
 #[cfg(target_arch = "x86_64")]
 pub mod svm;

@@ -24,7 +24,11 @@ use core::cell::UnsafeCell;
 pub type ExceptionHandler = fn(&mut ExceptionFrame);
 
 static HANDLER: spin::Once<ExceptionHandler> = spin::Once::new();
-static IDT: spin::Once<[IdtGate; 32]> = spin::Once::new();
+/// Every vector: 0-31 exceptions, 0xE0-0xFF the local APIC timer's stub
+/// and the spurious one (see `super::lapic`), the rest missing (blocked by
+/// the host's task priority).
+const IDT_LEN: usize = 256;
+static IDT: spin::Once<[IdtGate; IDT_LEN]> = spin::Once::new();
 
 global_asm!(
     r#"
@@ -135,7 +139,8 @@ extern "C" fn exception_dispatch(frame: &mut ExceptionFrame) {
     }
 }
 
-/// Builds the IDT (once) for vectors 0-31 and loads it on this CPU.
+/// Builds the IDT (once) for vectors 0-31 and the local APIC timer and
+/// spurious vectors, and loads it on this CPU.
 /// The first call's `handler` is kept; later calls (other CPUs) only load.
 pub fn install_idt(handler: ExceptionHandler) {
     HANDLER.call_once(|| handler);
@@ -143,8 +148,8 @@ pub fn install_idt(handler: ExceptionHandler) {
         // SAFETY: the table is a constant array of 32 stub addresses
         // emitted by the global_asm! above; reading it has no side effects.
         let stubs = unsafe { arch_x86_exception_stub_table };
-        let mut idt = [IdtGate::MISSING; 32];
-        for (v, gate) in idt.iter_mut().enumerate() {
+        let mut idt = [IdtGate::MISSING; IDT_LEN];
+        for (v, gate) in idt.iter_mut().take(32).enumerate() {
             let ist = match v {
                 2 => IST_NMI,
                 8 => IST_DOUBLE_FAULT,
@@ -153,10 +158,16 @@ pub fn install_idt(handler: ExceptionHandler) {
             };
             *gate = IdtGate::interrupt(stubs[v], KERNEL_CS, ist);
         }
+        let (timer, spurious) = super::lapic::stub_addresses();
+        for gate in &mut idt[usize::from(super::lapic::FIRST_OPEN_VECTOR)..] {
+            *gate = IdtGate::interrupt(timer, KERNEL_CS, 0);
+        }
+        idt[usize::from(super::lapic::SPURIOUS_VECTOR)] =
+            IdtGate::interrupt(spurious, KERNEL_CS, 0);
         idt
     });
     let ptr = DescriptorTablePointer {
-        limit: (core::mem::size_of::<[IdtGate; 32]>() - 1) as u16,
+        limit: (core::mem::size_of::<[IdtGate; IDT_LEN]>() - 1) as u16,
         base: VirtAddr::from_ptr(idt.as_ptr()),
     };
     // SAFETY: the IDT is a 'static table of valid gates to the stubs above,

@@ -99,6 +99,7 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
         info.vmcb_clean() as u8,
         page_1g as u8
     );
+    start_time_slices();
     GLOBALS.call_once(|| Globals {
         features,
         asids,
@@ -107,6 +108,28 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
         iopm,
     });
     Ok(())
+}
+
+/// LAPIC timer ticks (bus clock / 16) per guest time slice: 10 ms on QEMU
+/// (1 GHz APIC bus), a few to tens of ms on real bus clocks.
+const SLICE_COUNT: u32 = 625_000;
+
+/// Sets up the LAPIC timer whose INTR exits end guest time slices
+/// (`arch::x86_64::lapic`), so a guest that never exits cannot keep the CPU.
+fn start_time_slices() {
+    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; reading it has no
+    // side effects.
+    let apic_base = unsafe { arch::x86_64::instr::rdmsr(0x1b) };
+    match arch::x86_64::lapic::xapic_base(apic_base) {
+        Some(base) => {
+            arch::x86_64::lapic::enable_slices(base, SLICE_COUNT);
+            log::info!(
+                "virt: guest time slices: LAPIC timer at {base:#x}, {SLICE_COUNT} ticks / 16"
+            );
+        }
+        // Guests still run, but one that never exits keeps the CPU.
+        None => log::warn!("virt: no guest time slices (APIC disabled or in x2APIC mode)"),
+    }
 }
 
 fn globals() -> Result<&'static Globals, &'static str> {

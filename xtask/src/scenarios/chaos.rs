@@ -19,6 +19,14 @@ const FORBID: &[&str] = &[
     "stopped: backend",
 ];
 
+fn x86_vms(name: &'static str, vms: Vec<GuestVm>, expect: &'static [&'static str]) -> Scenario {
+    Scenario {
+        cpu: Some("EPYC,+svm,+npt"),
+        forbid: FORBID,
+        ..guests(name, Arch::X86_64, vms, expect)
+    }
+}
+
 fn x86(name: &'static str, chaos: GuestVm, expect: &'static [&'static str]) -> Scenario {
     Scenario {
         cpu: Some("EPYC,+svm,+npt"),
@@ -150,7 +158,25 @@ pub fn scenarios() -> Vec<Scenario> {
             ],
         )
     };
+    let spin_x86 = x86_vms(
+        "chaos-x86-spin",
+        vec![
+            vm("chaos", "spin").append("seed=9 iters=100 spin=3"),
+            vm("hello", "hello"),
+        ],
+        &[
+            "virt: guest time slices: LAPIC timer",
+            "[spin] chaos: seed 9",
+            "[hello] PASS",
+            "vm hello: stopped: debug-exit, code 33",
+            "[spin] chaos: spin over",
+            "[spin] chaos: done",
+            "all 2 VM(s) stopped (0 crashed)",
+            "HV-EXIT: success",
+        ],
+    );
     vec![
+        spin_x86,
         spin,
         two_x86,
         two,

@@ -70,7 +70,12 @@ svm_vmrun_asm:
     mov r14, [rdi + 112]
     mov r15, [rdi + 120]
     mov rdi, [rdi + 56]
+    // RFLAGS.IF = 1 across VMRUN (GIF = 0 keeps the host from taking
+    // interrupts): a physical interrupt while the guest runs is an INTR
+    // exit, and after STGI the pending one (the time-slice timer,
+    // crate::x86_64::lapic) is taken and ended before CLI.
     clgi
+    sti
     vmload rax
     vmrun rax
     vmsave rax
@@ -95,6 +100,7 @@ svm_vmrun_asm:
     pop rax
     vmload rax
     stgi
+    cli
     pop r15
     pop r14
     pop r13
@@ -202,6 +208,7 @@ impl Hw for Machine {
             return;
         }
         let pa = vmcb as *mut Vmcb as u64;
+        crate::x86_64::lapic::arm_slice();
         // SAFETY: SVM is enabled on this CPU (host != 0 above); `vmcb` is a 4 KiB-aligned identity-mapped page set up
         // by SvmVcpu::new with VMRUN intercepted, ASID != 0 and NPT on; the
         // assembly saves and restores all callee-saved registers.

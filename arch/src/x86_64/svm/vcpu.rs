@@ -316,9 +316,9 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         vmcb.write64(ctrl::MSRPM_BASE_PA, msrpm_pa);
         vmcb.write32(ctrl::GUEST_ASID, asid);
         // V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual
-        // interrupts; physical ones stay masked by the host's IF (clear:
-        // the hypervisor has no interrupt handling yet), so they neither
-        // reach the guest nor cause an exit storm (APM Vol. 2 §15.21.1).
+        // interrupts; physical ones (only the time-slice timer is enabled)
+        // never reach the guest but cause an INTR exit, VMRUN running with
+        // the host's IF set (APM Vol. 2 §15.21.1; see hw.rs, lapic.rs).
         vmcb.write64(ctrl::VINTR, 1 << 24);
         vmcb.write64(ctrl::NP_ENABLE, 1);
         vmcb.write64(ctrl::N_CR3, npt_root);
@@ -664,9 +664,10 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             }
             exitcode::SHUTDOWN => Exit::Shutdown(ShutdownKind::TripleFault),
             exitcode::INVALID => Exit::Shutdown(ShutdownKind::InvalidState),
-            exitcode::INTR | exitcode::NMI | exitcode::SMI | exitcode::INIT => {
-                Exit::ExternalInterrupt
-            }
+            // The only physical interrupt the hypervisor enables is the
+            // time-slice timer (taken and ended after the VMRUN's STGI).
+            exitcode::INTR => Exit::PreemptionTimer,
+            exitcode::NMI | exitcode::SMI | exitcode::INIT => Exit::ExternalInterrupt,
             exitcode::INVD => {
                 // INVD would drop dirty cache lines of the host and other
                 // VMs: run as a no-op, as KVM does (its effect on the
@@ -1601,6 +1602,14 @@ mod tests {
         // The guest's VMRUN became a #UD at the next entry.
         assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None));
         assert_eq!(v.internal_exits, 3);
+    }
+
+    /// A physical interrupt (the time-slice timer) ends the guest's slice.
+    #[test]
+    fn intr_exit_is_the_end_of_a_time_slice() {
+        let mut v = vcpu(&[], vec![exit(exitcode::INTR, 0, 0)], Features::default());
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1000);
     }
 
     /// Review finding: INVD (intercepted) was an unknown exit that stopped

@@ -658,6 +658,14 @@ mod guest {
         let iters = arg(cmd, "iters").unwrap_or(5000);
         let ram = boot.ram_size;
         println!("chaos: seed {} iters {} RAM {:#x}", seed, iters, ram);
+        if let Some(n) = arg(cmd, "spin") {
+            // Spin without a single exit: other VMs must still run.
+            let mut x = 0u64;
+            for i in 0..n * 100_000_000 {
+                x = core::hint::black_box(x.wrapping_add(i));
+            }
+            println!("chaos: spin over ({:#x})", x);
+        }
         // SAFETY: nothing else uses the buffer; lines of text.
         unsafe {
             let b = &mut *core::ptr::addr_of_mut!(CONSOLE_BUF);

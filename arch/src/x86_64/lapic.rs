@@ -1,0 +1,174 @@
+//! The local APIC timer as the source of guest time slices (xAPIC MMIO,
+//! SDM Vol. 3A §11.5.4 "APIC Timer").
+//!
+//! A guest that never exits would keep the CPU forever and starve every
+//! other VM (found by the chaos guests). The timer is a one-shot that each
+//! VMRUN re-arms ([`arm_slice`]), so only a guest that runs a whole slice
+//! without exiting is preempted (guests that exit often keep the
+//! deterministic exit-count round robin). Its interrupt is only ever taken
+//! around VMRUN: SVM runs the guest with
+//! RFLAGS.IF = 1 and GIF = 0, so a timer interrupt while the guest runs is
+//! an INTR #VMEXIT (V_INTR_MASKING keeps it from the guest), and right
+//! after STGI the pending interrupt is delivered to [`TIMER_VECTOR`], whose
+//! stub only writes EOI, before the host's CLI; the vCPU then yields.
+//!
+//! Pure parts (register offsets and values) are host-tested.
+
+/// Vector of the timer interrupt: priority class 14, above [`HOST_TPR`].
+pub const TIMER_VECTOR: u8 = 0xef;
+/// Spurious-interrupt vector (SVR bits 7:0); its stub does not write EOI.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// The host's task priority (CR8 = TPR[7:4]): interrupts of classes 0-13
+/// (vectors below 0xE0), e.g. MSIs or IOAPIC lines that firmware left
+/// enabled, stay pending instead of reaching an IDT without their gates.
+/// Vectors 0xE0-0xFE all get the timer's stub (EOI, end of slice).
+pub const HOST_TPR: u64 = 13;
+/// The lowest vector that passes [`HOST_TPR`].
+pub const FIRST_OPEN_VECTOR: u8 = 0xe0;
+
+/// xAPIC register offsets (SDM Vol. 3A Table 11-1).
+pub mod reg {
+    pub const EOI: u64 = 0xb0;
+    pub const SVR: u64 = 0xf0;
+    pub const LVT_TIMER: u64 = 0x320;
+    pub const INITIAL_COUNT: u64 = 0x380;
+    pub const DIVIDE_CONFIG: u64 = 0x3e0;
+}
+
+/// SVR: APIC software enable (bit 8) and the spurious vector.
+pub const fn svr_value() -> u32 {
+    (1 << 8) | SPURIOUS_VECTOR as u32
+}
+
+/// LVT timer: one-shot mode (bits 18:17 = 00), not masked, fixed vector.
+pub const fn lvt_timer_one_shot() -> u32 {
+    TIMER_VECTOR as u32
+}
+
+/// Divide configuration 0b0011: divide by 16 (SDM Figure 11-10).
+pub const DIVIDE_BY_16: u32 = 0b0011;
+
+/// IA32_APIC_BASE (SDM Vol. 3A §11.4.4): the xAPIC's MMIO base, or `None`
+/// when the APIC is disabled (bit 11 clear) or in x2APIC mode (bit 10 set:
+/// no MMIO interface).
+pub const fn xapic_base(apic_base_msr: u64) -> Option<u64> {
+    if apic_base_msr & (1 << 11) == 0 || apic_base_msr & (1 << 10) != 0 {
+        None
+    } else {
+        Some(apic_base_msr & 0x000f_ffff_ffff_f000)
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub use hw::*;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+mod hw {
+    use super::*;
+    use core::arch::global_asm;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// Address of the EOI register (0: no timer), read by the timer stub.
+    static ARCH_X86_LAPIC_EOI: AtomicU64 = AtomicU64::new(0);
+    /// Address of the initial-count register (0: no timer) and the count.
+    static INITIAL_COUNT_AT: AtomicU64 = AtomicU64::new(0);
+    static SLICE_COUNT: AtomicU64 = AtomicU64::new(0);
+
+    global_asm!(
+        r#"
+        .section .text.arch_x86_lapic_stubs, "ax"
+        .balign 16
+        .global arch_x86_lapic_timer_stub
+    arch_x86_lapic_timer_stub:
+        push rax
+        mov rax, qword ptr [rip + {eoi}]
+        test rax, rax
+        jz 2f
+        mov dword ptr [rax], 0
+    2:  pop rax
+        iretq
+        .balign 16
+        .global arch_x86_lapic_spurious_stub
+    arch_x86_lapic_spurious_stub:
+        iretq
+        .text
+        "#,
+        eoi = sym ARCH_X86_LAPIC_EOI,
+    );
+
+    extern "C" {
+        fn arch_x86_lapic_timer_stub();
+        fn arch_x86_lapic_spurious_stub();
+    }
+
+    /// Entry points for the IDT gates of [`FIRST_OPEN_VECTOR`]..=0xFE
+    /// (EOI) and [`SPURIOUS_VECTOR`] (none).
+    pub fn stub_addresses() -> (u64, u64) {
+        (
+            arch_x86_lapic_timer_stub as *const () as u64,
+            arch_x86_lapic_spurious_stub as *const () as u64,
+        )
+    }
+
+    fn write(base: u64, offset: u64, v: u32) {
+        // SAFETY: `base` is the xAPIC's MMIO page, identity-mapped as device
+        // memory (kmap: everything below 4 GiB that is not RAM).
+        unsafe { core::ptr::write_volatile((base + offset) as *mut u32, v) };
+    }
+
+    /// Sets up the one-shot timer of this CPU's xAPIC at `base` for slices
+    /// of `count` ticks of the bus clock / 16, armed by [`arm_slice`]. The
+    /// IDT must have the gates of [`TIMER_VECTOR`] and [`SPURIOUS_VECTOR`]
+    /// (tables.rs).
+    pub fn enable_slices(base: u64, count: u32) {
+        // The legacy 8259 PICs would deliver the PIT's IRQ 0 (at vector 8
+        // after a BIOS) once interrupts are open around VMRUN: mask every
+        // line of both (OCW1).
+        // SAFETY: writing the interrupt mask registers only masks IRQs.
+        unsafe {
+            crate::x86_64::instr::outb(0x21, 0xff);
+            crate::x86_64::instr::outb(0xa1, 0xff);
+        }
+        ARCH_X86_LAPIC_EOI.store(base + reg::EOI, Ordering::Release);
+        write(base, reg::SVR, svr_value());
+        write(base, reg::DIVIDE_CONFIG, DIVIDE_BY_16);
+        write(base, reg::LVT_TIMER, lvt_timer_one_shot());
+        // SAFETY: CR8 only sets the task priority (see HOST_TPR).
+        unsafe { core::arch::asm!("mov cr8, {}", in(reg) HOST_TPR, options(nomem, nostack)) };
+        SLICE_COUNT.store(u64::from(count), Ordering::Relaxed);
+        INITIAL_COUNT_AT.store(base + reg::INITIAL_COUNT, Ordering::Release);
+    }
+
+    /// Starts a new slice (before each VMRUN); nothing if not enabled.
+    #[inline]
+    pub fn arm_slice() {
+        let at = INITIAL_COUNT_AT.load(Ordering::Relaxed);
+        if at != 0 {
+            // SAFETY: the xAPIC initial-count register (enable_slices).
+            unsafe {
+                core::ptr::write_volatile(
+                    at as *mut u32,
+                    SLICE_COUNT.load(Ordering::Relaxed) as u32,
+                )
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_values() {
+        assert_eq!(svr_value(), 0x1ff);
+        assert_eq!(lvt_timer_one_shot(), 0xef);
+        // Both pass the host's TPR; everything they do not cover is blocked.
+        assert!(u64::from(TIMER_VECTOR >> 4) > HOST_TPR);
+        assert_eq!(u64::from(FIRST_OPEN_VECTOR >> 4), HOST_TPR + 1);
+        assert!(TIMER_VECTOR >= FIRST_OPEN_VECTOR && SPURIOUS_VECTOR >= FIRST_OPEN_VECTOR);
+        assert_eq!(xapic_base(0xfee0_0900), Some(0xfee0_0000));
+        assert_eq!(xapic_base(0xfee0_0d00), None, "x2APIC mode has no MMIO");
+        assert_eq!(xapic_base(0xfee0_0100), None, "APIC disabled");
+    }
+}
