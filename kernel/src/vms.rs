@@ -27,8 +27,9 @@ const GUEST_ARCH: GuestArch = GuestArch::X86_64;
 #[cfg(target_arch = "aarch64")]
 const GUEST_ARCH: GuestArch = GuestArch::Aarch64;
 
-/// Exits handled per vCPU before the next vCPU gets the CPU. There is no
-/// timer preemption yet: a guest that never exits keeps the CPU.
+/// Exits handled per vCPU before the next vCPU gets the CPU. A guest that
+/// does not exit is preempted by the backend's time-slice timer (x86: LAPIC
+/// one-shot, arm64: CNTHP), which ends its turn with `Flow::Yield`.
 const SLICE_EXITS: u64 = 256;
 /// All VMs run on the boot CPU until SMP scheduling lands.
 const BOOT_CPU: u32 = 0;
