@@ -225,6 +225,76 @@ impl<H: Hw, A: TableAccess> GuestPhys for NptPhys<'_, H, A> {
     }
 }
 
+/// Most entries one guest walk reads (4-level long mode).
+const RIP_WALK_MAX: usize = 4;
+
+/// The guest walk behind the last byte-at-RIP read, kept so that the next
+/// exit at the same code page REVALIDATES it instead of walking again.
+///
+/// Not a TLB: the guest may rewrite its page tables without any exit (with
+/// nested paging its tables are plain RAM), so a translation kept on trust
+/// could be stale. But `walk::translate` is a pure function of the paging
+/// registers, the linear page, and the values of the entries it reads, and
+/// each entry's location follows from the registers and the entries read
+/// before it. So when the registers, the page and the NPT generation (which
+/// fixes where every guest-physical table lives in host memory) are the
+/// same, and every recorded entry still holds its recorded value when read
+/// again now, a fresh walk would read the same entries and give the same
+/// result. The check re-reads each entry (3-4 host loads) instead of
+/// repeating the whole walk; any change, including the A/D bits the CPU
+/// sets, makes it walk again. 32-bit (non-PAE) walks, whose entries are
+/// 4 bytes, are not recorded.
+#[derive(Clone, Copy, Debug, Default)]
+struct RipWalk {
+    valid: bool,
+    regs: PagingRegs,
+    generation: u64,
+    /// The linear page (`la & !0xfff`) and the host address of its first byte.
+    page: u64,
+    host_page: u64,
+    len: usize,
+    /// (host address, value) of each entry the walk read, in order.
+    entries: [(u64, u64); RIP_WALK_MAX],
+}
+
+/// Guest-physical reads that record the host address and value of each
+/// 8-byte entry a walk reads (for [`RipWalk`]); any other kind of read, or
+/// more than [`RIP_WALK_MAX`] entries, makes the record unusable.
+struct Recording<'a, H: Hw, A: TableAccess> {
+    mem: NptPhys<'a, H, A>,
+    log: core::cell::Cell<([(u64, u64); RIP_WALK_MAX], usize, bool)>,
+}
+
+impl<H: Hw, A: TableAccess> GuestPhys for Recording<'_, H, A> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let (e, n, _) = self.log.get();
+        self.log.set((e, n, false));
+        self.mem.read(gpa, buf)
+    }
+
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let (mut e, n, ok) = self.log.get();
+        let hpa = if gpa & 7 == 0 {
+            self.mem.host_pa(gpa)
+        } else {
+            None
+        };
+        let Some(hpa) = hpa else {
+            self.log.set((e, n, false));
+            return self.mem.read_u64(gpa);
+        };
+        let v = self.mem.hw.read_phys_u64(hpa)?;
+        match e.get_mut(n) {
+            Some(slot) => {
+                *slot = (hpa, v);
+                self.log.set((e, n + 1, ok));
+            }
+            None => self.log.set((e, n, false)),
+        }
+        Some(v)
+    }
+}
+
 /// One SVM vCPU.
 pub struct SvmVcpu<H: Hw, A: TableAccess> {
     vmcb: &'static mut Vmcb,
@@ -235,6 +305,7 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     npt_generation: Arc<AtomicU64>,
     seen_generation: u64,
     npt_hint: core::cell::Cell<NptHint>,
+    rip_walk: RipWalk,
     features: Features,
     vm_index: usize,
     asid: u32,
@@ -337,6 +408,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             npt_generation,
             seen_generation,
             npt_hint: core::cell::Cell::default(),
+            rip_walk: RipWalk::default(),
             features,
             vm_index,
             asid,
@@ -425,13 +497,56 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         walk::fetch(&self.guest_phys(), &self.paging(), self.rip_linear(), buf)
     }
 
-    /// The byte at CS:RIP (the exit path's prefix check): one walk, then
-    /// the aligned u64 around it (same page, so the same RAM).
-    fn byte_at_rip(&self) -> Option<u8> {
-        let mem = self.guest_phys();
-        let gpa = walk::translate(&mem, &self.paging(), self.rip_linear()).ok()?;
-        let word = mem.read_u64(gpa & !7)?;
-        Some((word >> (8 * (gpa & 7))) as u8)
+    /// The byte at CS:RIP (the exit path's prefix check): the last walk
+    /// revalidated when it was for the same page (see [`RipWalk`]), else
+    /// one recorded walk; then the aligned u64 around the byte (same page,
+    /// so the same RAM).
+    #[inline]
+    fn byte_at_rip(&mut self) -> Option<u8> {
+        let la = self.rip_linear();
+        let regs = self.paging();
+        let generation = self.npt_generation.load(Ordering::Acquire);
+        let m = &self.rip_walk;
+        let host_page = if m.valid
+            && m.page == la & !0xfff
+            && m.generation == generation
+            && m.regs == regs
+            && m.entries[..m.len.min(RIP_WALK_MAX)]
+                .iter()
+                .all(|&(hpa, v)| self.hw.read_phys_u64(hpa) == Some(v))
+        {
+            m.host_page
+        } else {
+            self.rip_walk_again(la, regs, generation)?
+        };
+        let at = host_page + (la & 0xfff);
+        let word = self.hw.read_phys_u64(at & !7)?;
+        Some((word >> (8 * (at & 7))) as u8)
+    }
+
+    /// The full walk for [`Self::byte_at_rip`], recorded for the next exit.
+    #[cold]
+    fn rip_walk_again(&mut self, la: u64, regs: PagingRegs, generation: u64) -> Option<u64> {
+        self.rip_walk.valid = false;
+        let rec = Recording {
+            mem: self.guest_phys(),
+            log: core::cell::Cell::new(([(0, 0); RIP_WALK_MAX], 0, true)),
+        };
+        let gpa = walk::translate(&rec, &regs, la).ok()?;
+        // NPT leaves are at least 4 KiB, so the page is contiguous in host
+        // memory.
+        let host_page = rec.mem.host_pa(gpa)? - (gpa & 0xfff);
+        let (entries, len, ok) = rec.log.get();
+        self.rip_walk = RipWalk {
+            valid: ok,
+            regs,
+            generation,
+            page: la & !0xfff,
+            host_page,
+            len,
+            entries,
+        };
+        Some(host_page)
     }
 
     fn gpr(&self, r: Reg) -> u64 {
@@ -1284,6 +1399,83 @@ mod tests {
         assert!(matches!(v.run().unwrap(), Exit::Cpuid { .. }));
         v.advance_pc().unwrap();
         assert_eq!(v.reg(Reg::Rip).unwrap(), 0xffff_f002);
+    }
+
+    /// A long-mode vCPU at linear 0x40_0000 (PML4 0x2000, PDPT 0x3000, PD
+    /// 0x4000, PT 0x5000; the page maps to GPA 0x8000) whose code pages
+    /// 0x8000 and 0x9000 hold `a` and `b`.
+    fn long_mode_vcpu(a: &[u8], b: &[u8], steps: Vec<Step>) -> SvmVcpu<FakeHw, MemTables> {
+        let mut v = vcpu(&[], steps, Features::default());
+        let ram = &mut v.hw().ram;
+        let mut w = |at: usize, e: u64| ram[at..at + 8].copy_from_slice(&e.to_le_bytes());
+        w(0x2000, 0x3003);
+        w(0x3000, 0x4003);
+        w(0x4000 + 8 * 2, 0x5003);
+        w(0x5000, 0x8003);
+        ram[0x8000..0x8000 + a.len()].copy_from_slice(a);
+        ram[0x9000..0x9000 + b.len()].copy_from_slice(b);
+        v.apply_boot_state(&BootState::new(
+            EntryMode::X86Long64 { cr3: 0x2000 },
+            0x40_0000,
+        ))
+        .unwrap();
+        v
+    }
+
+    fn cpuid_at_start(v: &mut SvmVcpu<FakeHw, MemTables>) -> u64 {
+        v.set_reg(Reg::Rip, 0x40_0000).unwrap();
+        assert!(matches!(v.run().unwrap(), Exit::Cpuid { .. }));
+        v.advance_pc().unwrap();
+        v.reg(Reg::Rip).unwrap() - 0x40_0000
+    }
+
+    /// The byte-at-RIP walk is reused only after every entry it read was
+    /// read again unchanged: the guest rewrites its tables without exits.
+    #[test]
+    fn rip_walk_memo_sees_guest_table_writes_without_exits() {
+        let steps = (0..8).map(|_| exit(exitcode::CPUID, 0, 0)).collect();
+        // Page 0x8000: bare CPUID; page 0x9000: CS CPUID.
+        let mut v = long_mode_vcpu(&[0x0f, 0xa2], &[0x2e, 0x0f, 0xa2], steps);
+        assert_eq!(cpuid_at_start(&mut v), 2);
+        assert!(v.rip_walk.valid);
+        assert_eq!(v.rip_walk.len, 4);
+        // Same tables: revalidated, same answer.
+        assert_eq!(cpuid_at_start(&mut v), 2);
+        // The guest remaps the page (no exit, no flush seen by us).
+        v.hw().ram[0x5000..0x5008].copy_from_slice(&0x9003u64.to_le_bytes());
+        assert_eq!(cpuid_at_start(&mut v), 3);
+        // A higher level changes: PD entry now points at a second PT whose
+        // entry maps back to 0x8000.
+        v.hw().ram[0x6000..0x6008].copy_from_slice(&0x8003u64.to_le_bytes());
+        v.hw().ram[0x4010..0x4018].copy_from_slice(&0x6003u64.to_le_bytes());
+        assert_eq!(cpuid_at_start(&mut v), 2);
+        // The code itself changes under an unchanged mapping: read fresh.
+        v.hw().ram[0x8000..0x8003].copy_from_slice(&[0x3e, 0x0f, 0xa2]);
+        assert_eq!(cpuid_at_start(&mut v), 3);
+        // A new CR3 (other tables) is a different key.
+        v.hw().ram[0x7000..0x7008].copy_from_slice(&0x3003u64.to_le_bytes());
+        v.hw().ram[0x3000..0x3008].copy_from_slice(&0x4003u64.to_le_bytes());
+        v.hw().ram[0x4010..0x4018].copy_from_slice(&0x5003u64.to_le_bytes());
+        v.set_reg(Reg::Cr3, 0x7000).unwrap();
+        assert_eq!(cpuid_at_start(&mut v), 3);
+        // Not present any more: no byte, the bare length is the fallback,
+        // and the memo is dropped.
+        v.hw().ram[0x5000..0x5008].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(cpuid_at_start(&mut v), 2);
+        assert!(!v.rip_walk.valid);
+    }
+
+    /// An NPT change (new generation) invalidates the memo even when the
+    /// guest's tables are unchanged: the same GPAs may live elsewhere.
+    #[test]
+    fn rip_walk_memo_is_per_npt_generation() {
+        let steps = (0..2).map(|_| exit(exitcode::CPUID, 0, 0)).collect();
+        let mut v = long_mode_vcpu(&[0x0f, 0xa2], &[], steps);
+        assert_eq!(cpuid_at_start(&mut v), 2);
+        let g = v.rip_walk.generation;
+        v.npt_generation.fetch_add(1, Ordering::Release);
+        assert_eq!(cpuid_at_start(&mut v), 2);
+        assert_eq!(v.rip_walk.generation, g + 1);
     }
 
     #[test]
