@@ -32,6 +32,32 @@ pub struct BenchArgs {
     /// Iterations per timed loop.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     iters: u64,
+    /// Fail (exit status 1) when a figure exceeds its regression bound
+    /// (about 1.5x the figure when the bound was set; see `BOUNDS`).
+    #[arg(long)]
+    check: bool,
+}
+
+/// Regression bounds for `--check` (figure name, most instructions): about
+/// 1.5x the figures of commit "svm: the byte-at-RIP walk ... revalidated"
+/// (cpuid 388.6, vmmcall 496.6, out 334.6), so that only a real regression
+/// of the exit path fails, not a few instructions of new checks. Lower
+/// them when the path gets shorter.
+const BOUNDS: &[(&str, f64)] = &[
+    ("cpuid-exit-roundtrip", 580.0),
+    ("vmmcall-roundtrip", 745.0),
+    ("portio-out-roundtrip", 500.0),
+];
+
+/// The `--check` verdict for one figure: `Err` says what exceeded which bound.
+pub fn check_bound(fig: &str, per: f64) -> std::result::Result<(), String> {
+    match BOUNDS.iter().find(|b| b.0 == fig) {
+        Some(&(_, max)) if per <= max => Ok(()),
+        Some(&(_, max)) => Err(format!(
+            "{fig}: {per:.1} instructions exceeds the bound {max:.0}"
+        )),
+        None => Err(format!("{fig}: no bound in BOUNDS")),
+    }
 }
 
 /// One exiting instruction the guest times: (guest name, figure name, what).
@@ -217,6 +243,12 @@ pub fn run(paths: &Paths, a: BenchArgs) -> Result<i32> {
                     };
                     if matches(fig) || matches(cpu) {
                         println!("{fig}: {per:.1} instructions ({cpu})  [{what}]");
+                        if a.check {
+                            if let Err(e) = check_bound(fig, per) {
+                                println!("bench: check FAILED ({cpu}): {e}");
+                                failed += 1;
+                            }
+                        }
                     }
                 }
                 if results.loops.len() != figures.len() {
@@ -315,6 +347,16 @@ mod tests {
              BENCH cpuid iters=2 ticks=9\n",
         );
         assert!(r.figures().unwrap_err().contains("iterations"));
+    }
+
+    #[test]
+    fn every_figure_has_a_bound_and_bounds_bite() {
+        for (_, fig, _) in FIGURES {
+            let max = BOUNDS.iter().find(|b| b.0 == *fig).expect("bound").1;
+            assert!(check_bound(fig, max).is_ok());
+            assert!(check_bound(fig, max + 0.1).unwrap_err().contains("exceeds"));
+        }
+        assert!(check_bound("nope", 1.0).unwrap_err().contains("no bound"));
     }
 
     #[test]

@@ -142,38 +142,51 @@ pub fn scenarios() -> Vec<Scenario> {
             ],
         ),
         both(
-            x86(
-                "svm-isolation",
-                vec![
-                    vm("isolation", "iso-a").append("pattern=0x5a"),
-                    vm("isolation", "iso-b").append("pattern=0xc3"),
+            Scenario {
+                // Each VM in its own order: time slices interleave them.
+                expect_each: &[
+                    &[
+                        "[iso-a] ok: pattern written over all free RAM",
+                        "[iso-a] ok: own pattern intact after the other VM ran",
+                        "[iso-a] PASS",
+                    ],
+                    &[
+                        "[iso-b] ok: pattern written over all free RAM",
+                        "[iso-b] ok: own pattern intact after the other VM ran",
+                        "[iso-b] PASS",
+                    ],
                 ],
-                &[
-                    "[iso-a] ok: pattern written over all free RAM",
-                    "[iso-b] ok: pattern written over all free RAM",
-                    "[iso-a] ok: own pattern intact after the other VM ran",
-                    "[iso-a] PASS",
-                    "[iso-b] ok: own pattern intact after the other VM ran",
-                    "[iso-b] PASS",
-                    "all 2 VM(s) stopped (0 crashed)",
-                    "HV-EXIT: success",
-                ],
-            ),
+                ..x86(
+                    "svm-isolation",
+                    vec![
+                        vm("isolation", "iso-a").append("pattern=0x5a"),
+                        vm("isolation", "iso-b").append("pattern=0xc3"),
+                    ],
+                    &["all 2 VM(s) stopped (0 crashed)", "HV-EXIT: success"],
+                )
+            },
             "svm-isolation-max",
         ),
         both(
-            x86(
-                "svm-triple-fault",
-                vec![vm("triple_fault", "tf"), vm("hello", "hello")],
-                &[
-                    "[tf] triple_fault: loading an empty IDT",
-                    "vm tf: stopped: triple fault [Rip=",
-                    "[hello] hello from an ELF64 guest",
-                    "[hello] PASS",
-                    "vm hello: stopped: debug-exit, code 33",
-                    "all 2 VM(s) stopped (1 crashed)",
+            Scenario {
+                // Each VM in its own order: time slices interleave them.
+                expect_each: &[
+                    &[
+                        "[tf] triple_fault: loading an empty IDT",
+                        "vm tf: stopped: triple fault [Rip=",
+                    ],
+                    &[
+                        "[hello] hello from an ELF64 guest",
+                        "[hello] PASS",
+                        "vm hello: stopped: debug-exit, code 33",
+                    ],
                 ],
-            ),
+                ..x86(
+                    "svm-triple-fault",
+                    vec![vm("triple_fault", "tf"), vm("hello", "hello")],
+                    &["all 2 VM(s) stopped (1 crashed)"],
+                )
+            },
             "svm-triple-fault-max",
         ),
         // #PF interception is off by default (nested paging needs no #PF
@@ -210,5 +223,25 @@ pub fn scenarios() -> Vec<Scenario> {
             ],
         ),
     ];
-    list.into_iter().flatten().collect()
+    let mut v: Vec<Scenario> = list.into_iter().flatten().collect();
+    // `cargo xtask bench --check` (xtask/bench-smoke.sh): the exit round
+    // trips stay under their regression bounds.
+    v.push(Scenario {
+        script: Some(&["xtask/bench-smoke.sh"]),
+        timeout: Duration::from_secs(300),
+        expect_status: 0,
+        expect: &[
+            "cpuid-exit-roundtrip:",
+            "vmmcall-roundtrip:",
+            "portio-out-roundtrip:",
+        ],
+        forbid: &["check FAILED", "bench: EPYC"],
+        ..boot(
+            "bench-smoke",
+            Arch::X86_64,
+            Boot::Multiboot1,
+            KERNEL_TIMEOUT,
+        )
+    });
+    v
 }
