@@ -126,12 +126,14 @@ pub fn check(sc: &Scenario, serial: &str, status: Option<i32>) -> Result<(), Str
             problems.push(format!("found `{f}`"));
         }
     }
-    if let Err(i) = order {
-        let e = sc.expect[i];
-        if serial.contains(e) {
-            problems.push(format!("`{e}` out of order"));
-        } else {
-            problems.push(format!("missing `{e}`"));
+    for seq in std::iter::once(sc.expect).chain(sc.expect_each.iter().copied()) {
+        if let Err(i) = find_in_order(serial, seq) {
+            let e = seq[i];
+            if serial.contains(e) {
+                problems.push(format!("`{e}` out of order"));
+            } else {
+                problems.push(format!("missing `{e}`"));
+            }
         }
     }
     if status != sc.expect_status {
@@ -680,6 +682,24 @@ mod tests {
         assert_eq!(find_in_order("abab", &["ab", "b"]), Ok(()));
         // "cpu:" is not found inside "cpus:".
         assert_eq!(find_in_order("cpus: 2", &["cpu:"]), Err(0));
+    }
+
+    #[test]
+    fn expect_each_orders_within_a_sequence_only() {
+        let sc = Scenario {
+            expect: &["HV-EXIT: success"],
+            expect_each: &[&["[a] 1", "[a] 2"], &["[b] 1", "[b] 2"]],
+            ..boot_sc()
+        };
+        let interleaved = "[b] 1\n[a] 1\n[b] 2\n[a] 2\nHV-EXIT: success\n";
+        assert_eq!(check(&sc, interleaved, Some(33)), Ok(()));
+        let swapped = "[a] 2\n[a] 1\n[b] 1\n[b] 2\nHV-EXIT: success\n";
+        assert_eq!(
+            check(&sc, swapped, Some(33)),
+            Err("`[a] 2` out of order".into())
+        );
+        let missing = "[a] 1\n[a] 2\n[b] 1\nHV-EXIT: success\n";
+        assert_eq!(check(&sc, missing, Some(33)), Err("missing `[b] 2`".into()));
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 mod arm64;
 mod boot;
+mod chaos;
 mod external;
 mod svm;
-mod chaos;
 
 /// One emulator run and what it must show.
 #[derive(Clone, Debug)]
@@ -49,6 +49,10 @@ pub struct Scenario {
     pub expect_status: i32,
     /// Substrings that must appear on the serial console, in this order.
     pub expect: &'static [&'static str],
+    /// More sequences, each in its own order but independent of each other
+    /// and of `expect`: the lines of VMs that run side by side interleave
+    /// as guest time slices fall (a timer in real time under TCG).
+    pub expect_each: &'static [&'static [&'static str]],
     /// Substrings that must not appear anywhere.
     pub forbid: &'static [&'static str],
 }
@@ -126,6 +130,7 @@ pub fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Sc
         timeout,
         expect_status: STATUS_SUCCESS,
         expect: BANNER_AND_SUCCESS,
+        expect_each: &[],
         forbid: NO_CRASH,
     }
 }
