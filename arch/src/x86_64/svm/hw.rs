@@ -239,6 +239,14 @@ impl Hw for Machine {
         }
     }
 
+    #[inline]
+    fn asid_owner(&self, cpu: PhysCpu, asid: u32) -> Option<usize> {
+        let slot = ASID_OWNER
+            .get(cpu as usize)
+            .and_then(|c| c.get(asid as usize))?;
+        slot.load(Ordering::Relaxed).checked_sub(1)
+    }
+
     fn fpu_save(&mut self, area: &mut FpuArea) {
         // SAFETY: `area` is a 16-byte aligned 512-byte buffer; CR0.EM/TS are
         // clear and CR4.OSFXSR is set (enable_on_this_cpu).

@@ -46,6 +46,9 @@ pub trait Hw {
     /// Records that `vm` last ran with `asid` on `cpu`; returns the previous
     /// owner (rule `tlb_tag`: ASIDs are reused when VMs outnumber them).
     fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize>;
+    /// The VM that last ran with `asid` on `cpu` (a plain load: the entry
+    /// path's check, the swap is needed only when the owner changes).
+    fn asid_owner(&self, cpu: PhysCpu, asid: u32) -> Option<usize>;
     /// FXSAVE: the guest's x87/SSE state when the vCPU leaves the CPU (the
     /// hypervisor never uses them, so they stay live while it runs).
     fn fpu_save(&mut self, area: &mut FpuArea);
@@ -647,6 +650,16 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// TLB_CONTROL for the coming entry (rule `tlb_tag`).
     fn prepare_tlb(&mut self, cpu: PhysCpu) {
         let generation = self.npt_generation.load(Ordering::Acquire);
+        // Common case: same CPU and NPT generation, and no other VM used the
+        // ASID here since (only this CPU writes its owner table, so the load
+        // sees what the swap would return). TLB_CONTROL is still DO_NOTHING
+        // from the last exit: no store, no atomic read-modify-write.
+        if self.last_cpu == Some(cpu)
+            && generation == self.seen_generation
+            && self.hw.asid_owner(cpu, self.asid) == Some(self.vm_index)
+        {
+            return;
+        }
         let prev_owner = self.hw.swap_asid_owner(cpu, self.asid, self.vm_index);
         let must = self.last_cpu != Some(cpu)
             || generation != self.seen_generation
@@ -1249,6 +1262,9 @@ mod tests {
         }
         fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
             self.owners.insert((cpu, asid), vm)
+        }
+        fn asid_owner(&self, cpu: PhysCpu, asid: u32) -> Option<usize> {
+            self.owners.get(&(cpu, asid)).copied()
         }
         fn fpu_save(&mut self, area: &mut FpuArea) {
             self.fpu_calls.push("save");
