@@ -179,6 +179,9 @@ pub fn new_vcpu(
         g.msrpm,
         g.iopm,
     );
+    // The common CPUID leaves are answered inside the vCPU, from the same
+    // policy code as the vmm's `exit_policy` (SvmPolicy::cpuid_table).
+    vcpu.set_cpuid_table(SvmPolicy::new(Cpuid, rdtsc).cpuid_table());
     if INTERCEPT_PF.load(core::sync::atomic::Ordering::Relaxed) {
         vcpu.set_intercept_pf(true);
         log::info!("virt: vm {vm_index}: guest #PF intercepted and reflected (svm-intercept-pf)");

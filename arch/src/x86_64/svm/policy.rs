@@ -126,6 +126,56 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
     }
 }
 
+/// CPUID answers precomputed from [`SvmPolicy`] when a VM is created, so
+/// the vCPU answers the common leaves without going through the vmm's
+/// dispatch. Only subleaf 0 is kept (any other ECX goes the generic way),
+/// and only leaves whose answer does not depend on the CPU the vCPU runs on.
+#[derive(Clone, Debug)]
+pub struct CpuidTable {
+    basic: [Option<[u32; 4]>; 0x20],
+    hv: [Option<[u32; 4]>; 2],
+    ext: [Option<[u32; 4]>; 0x22],
+}
+
+impl CpuidTable {
+    /// The policy's answer to (`leaf`, `sub`) if the table has it.
+    #[inline]
+    pub fn lookup(&self, leaf: u32, sub: u32) -> Option<[u32; 4]> {
+        if sub != 0 {
+            return None;
+        }
+        let (t, i): (&[Option<[u32; 4]>], u32) = match leaf >> 28 {
+            0 => (&self.basic, leaf),
+            4 => (&self.hv, leaf - 0x4000_0000),
+            8 => (&self.ext, leaf - 0x8000_0000),
+            _ => return None,
+        };
+        *t.get(i as usize)?
+    }
+}
+
+/// Leaves left out of [`CpuidTable`]: 0x8000_001E holds the extended APIC
+/// ID of the CPU executing CPUID.
+const CPU_DEPENDENT_LEAVES: &[u32] = &[0x8000_001e];
+
+impl<C: CpuidSource + Send> SvmPolicy<C> {
+    /// The table of this policy's CPUID answers for subleaf 0 of the leaves
+    /// up to the host's maxima (beyond them: the generic path's zeros).
+    pub fn cpuid_table(&self) -> CpuidTable {
+        let entry = |leaf: u32, max: u32| {
+            (leaf <= max && !CPU_DEPENDENT_LEAVES.contains(&leaf)).then(|| {
+                let r = self.filtered(leaf, 0);
+                [r.eax, r.ebx, r.ecx, r.edx]
+            })
+        };
+        CpuidTable {
+            basic: core::array::from_fn(|i| entry(i as u32, self.max_basic)),
+            hv: core::array::from_fn(|i| entry(0x4000_0000 + i as u32, HV_MAX_LEAF)),
+            ext: core::array::from_fn(|i| entry(0x8000_0000 + i as u32, self.max_ext)),
+        }
+    }
+}
+
 impl<C: CpuidSource + Send> ExitPolicy for SvmPolicy<C> {
     fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = self.filtered(leaf, subleaf);
@@ -221,6 +271,30 @@ mod tests {
         assert_eq!(p.cpuid(0xe, 0), [0; 4]);
         assert_eq!(p.cpuid(0x8000_0020, 0), [0; 4]);
         assert_eq!(p.cpuid(u32::MAX, u32::MAX), [0; 4]);
+    }
+
+    #[test]
+    fn cpuid_table_is_the_policy_for_subleaf_0() {
+        let mut p = policy();
+        let t = p.cpuid_table();
+        let leaves = (0..0x30)
+            .chain(0x4000_0000..0x4000_0010)
+            .chain(0x8000_0000..0x8000_0030)
+            .chain([0x2000_0000, 0xc000_0000, u32::MAX]);
+        for leaf in leaves {
+            if let Some(r) = t.lookup(leaf, 0) {
+                assert_eq!(r, p.cpuid(leaf, 0), "leaf {leaf:#x}");
+            }
+            assert_eq!(t.lookup(leaf, 1), None, "leaf {leaf:#x}");
+        }
+        assert_eq!(t.lookup(1, 0), Some(p.cpuid(1, 0)));
+        assert_eq!(t.lookup(0x4000_0000, 0), Some(p.cpuid(0x4000_0000, 0)));
+        assert_eq!(t.lookup(0x8000_0001, 0), Some(p.cpuid(0x8000_0001, 0)));
+        // Above the maxima and CPU-dependent leaves: the generic path.
+        assert_eq!(t.lookup(0xe, 0), None);
+        assert_eq!(t.lookup(0x4000_0002, 0), None);
+        assert_eq!(t.lookup(0x8000_0020, 0), None);
+        assert_eq!(t.lookup(0x8000_001e, 0), None);
     }
 
     #[test]

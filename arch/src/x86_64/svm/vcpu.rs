@@ -11,6 +11,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::decode::{self, MAX_INSN};
+use super::policy::CpuidTable;
 use super::vmcb::{
     ctrl, event_inj, exitcode, misc1, misc2, save, tlb, Vmcb, VmcbSeg, EFER_SVME, PAT_DEFAULT,
 };
@@ -329,6 +330,8 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     /// x87/SSE state while the vCPU is not bound (separate per vCPU, so
     /// VMs never see each other's registers).
     fpu: alloc::boxed::Box<FpuArea>,
+    /// The VM's precomputed CPUID answers ([`set_cpuid_table`](Self::set_cpuid_table)).
+    cpuid_table: Option<alloc::boxed::Box<CpuidTable>>,
     /// Exits handled inside `run` (statistics).
     pub internal_exits: u64,
 }
@@ -423,12 +426,21 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             dr7: DR7_FIXED1,
             next_rip: None,
             fpu: alloc::boxed::Box::default(),
+            cpuid_table: None,
             internal_exits: 0,
         }
     }
 
     pub fn vmcb(&self) -> &Vmcb {
         self.vmcb
+    }
+
+    /// CPUID exits whose (leaf, subleaf) the table has are answered here,
+    /// counted in `internal_exits` like the other exits handled inside
+    /// `run`; the others still reach the vmm's `ExitPolicy`, from which the
+    /// table was built (`SvmPolicy::cpuid_table`).
+    pub fn set_cpuid_table(&mut self, table: CpuidTable) {
+        self.cpuid_table = Some(alloc::boxed::Box::new(table));
     }
 
     /// Intercepts the guest's #PF and reflects it, with CR2 written only
@@ -700,10 +712,20 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         let exit = match code {
             exitcode::CPUID => {
                 self.next_rip_fixed(2, 0x0f);
-                Exit::Cpuid {
-                    leaf: self.gpr(Reg::Rax) as u32,
-                    subleaf: self.gpr(Reg::Rcx) as u32,
+                let leaf = self.gpr(Reg::Rax) as u32;
+                let subleaf = self.gpr(Reg::Rcx) as u32;
+                if let Some(r) = self
+                    .cpuid_table
+                    .as_ref()
+                    .and_then(|t| t.lookup(leaf, subleaf))
+                {
+                    // CPUID zero-extends into RAX..RDX (SDM Vol. 2 "CPUID").
+                    for (reg, v) in [Reg::Rax, Reg::Rbx, Reg::Rcx, Reg::Rdx].into_iter().zip(r) {
+                        self.set_gpr(reg, u64::from(v));
+                    }
+                    return slot(out, self.internal_done());
                 }
+                Exit::Cpuid { leaf, subleaf }
             }
             exitcode::HLT => {
                 self.next_rip_fixed(1, 0xf4);
@@ -1341,6 +1363,66 @@ mod tests {
         assert_eq!(v.vmcb().read64(ctrl::NP_ENABLE), 1);
         assert_ne!(v.vmcb().read64(save::EFER) & EFER_SVME, 0);
         assert_eq!(v.vmcb().read16(save::CS + 2), 0xc9b);
+    }
+
+    /// With a CPUID table the vCPU answers the leaves it has (subleaf 0)
+    /// itself, prefixed forms included; anything else reaches the vmm.
+    #[test]
+    fn cpuid_table_answers_inside_run() {
+        use super::super::policy::SvmPolicy;
+        use crate::x86_64::cpuid::{CpuidRegs, CpuidSource};
+        struct Host;
+        impl CpuidSource for Host {
+            fn cpuid(&self, leaf: u32, sub: u32) -> CpuidRegs {
+                CpuidRegs {
+                    eax: if leaf == 0 { 0xd } else { leaf ^ 0x55 },
+                    ebx: sub,
+                    ecx: 0xffff_ffff,
+                    edx: 3,
+                }
+            }
+        }
+        let policy = SvmPolicy::new(Host, || 0);
+        let table = policy.cpuid_table();
+        let mut v = vcpu(
+            // CPUID; CS: CPUID; CPUID; CPUID; HLT
+            &[0x0f, 0xa2, 0x2e, 0x0f, 0xa2, 0x0f, 0xa2, 0x0f, 0xa2, 0xf4],
+            vec![
+                exit(exitcode::CPUID, 0, 0),
+                Box::new(|v: &mut Vmcb, g: &mut Gprs| {
+                    v.write64(ctrl::EXITCODE, exitcode::CPUID);
+                    v.write64(save::RAX, 0x4000_0000);
+                    g.0[1] = 0;
+                }),
+                Box::new(|v: &mut Vmcb, g: &mut Gprs| {
+                    v.write64(ctrl::EXITCODE, exitcode::CPUID);
+                    v.write64(save::RAX, 7);
+                    g.0[1] = 1; // subleaf 1: the vmm's policy
+                }),
+            ],
+            Features::default(),
+        );
+        v.set_cpuid_table(table.clone());
+        v.set_reg(Reg::Rax, 1).unwrap();
+        v.set_reg(Reg::Rcx, 0xdead_0000_0000).unwrap(); // ECX = 0
+        let exit = v.run().unwrap();
+        assert_eq!(
+            exit,
+            Exit::Cpuid {
+                leaf: 7,
+                subleaf: 1
+            }
+        );
+        assert_eq!(v.internal_exits, 2);
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1005);
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1007);
+        // EBX and EDX still hold the second answer (0x4000_0000; the third
+        // exit's script set RAX and RCX), zero-extended.
+        let want = table.lookup(0x4000_0000, 0).unwrap();
+        assert_eq!(v.reg(Reg::Rbx).unwrap(), u64::from(want[1]));
+        assert_eq!(v.reg(Reg::Rdx).unwrap(), u64::from(want[3]));
+        assert_eq!(want[1].to_le_bytes(), *b"Rust");
     }
 
     #[test]
