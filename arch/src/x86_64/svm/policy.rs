@@ -36,6 +36,8 @@ const ECX1_TSC_DEADLINE: u32 = 1 << 24;
 const ECX1_XSAVE: u32 = 1 << 26;
 const ECX1_OSXSAVE: u32 = 1 << 27;
 const ECX1_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.(7,0):ECX bit 4 OSPKE: reflects CR4.PKE of whoever executes CPUID.
+pub const ECX7_OSPKE: u32 = 1 << 4;
 const ECX81_SVM: u32 = 1 << 2;
 const ECX81_PERFCTR_CORE: u32 = 1 << 23;
 
@@ -112,8 +114,10 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
             5 | 6 | 0xa | 0xb | 0xd | 0x1f => r = CpuidRegs::default(),
             7 if sub == 0 => {
                 // EBX bit 2 SGX, ECX bit 5 WAITPKG, bit 16 LA57: host-only.
+                // OSPKE is the host's CR4.PKE here; the vCPU sets it from the
+                // guest's CR4 when it answers.
                 r.ebx &= !(1 << 2);
-                r.ecx &= !((1 << 5) | (1 << 16));
+                r.ecx &= !((1 << 5) | (1 << 16) | ECX7_OSPKE);
             }
             0x8000_0001 => {
                 r.ecx &= !(ECX81_SVM | ECX81_PERFCTR_CORE);

@@ -131,6 +131,8 @@ const EFER_LMA: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const CR0_PG: u64 = 1 << 31;
 const CR4_DE: u64 = 1 << 3;
+/// CR4.PKE (bit 22): protection keys enabled by the guest.
+const CR4_PKE: u64 = 1 << 22;
 const RFLAGS_IF: u64 = 1 << 9;
 /// DR6/DR7 reserved bits (APM Vol. 2 §13.1.1.3/4): DR6 bits 11:4 and 31:16
 /// read as one, bit 12 and bits 63:32 as zero; DR7 bit 10 reads as one,
@@ -714,11 +716,16 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 self.next_rip_fixed(2, 0x0f);
                 let leaf = self.gpr(Reg::Rax) as u32;
                 let subleaf = self.gpr(Reg::Rcx) as u32;
-                if let Some(r) = self
+                if let Some(mut r) = self
                     .cpuid_table
                     .as_ref()
                     .and_then(|t| t.lookup(leaf, subleaf))
                 {
+                    // CPUID.(7,0):ECX.OSPKE mirrors the guest's own CR4.PKE
+                    // (SDM Vol. 2 "CPUID"); the table never has it set.
+                    if leaf == 7 && self.vmcb.read64(save::CR4) & CR4_PKE != 0 {
+                        r[2] |= super::policy::ECX7_OSPKE;
+                    }
                     // CPUID zero-extends into RAX..RDX (SDM Vol. 2 "CPUID").
                     for (reg, v) in [Reg::Rax, Reg::Rbx, Reg::Rcx, Reg::Rdx].into_iter().zip(r) {
                         self.set_gpr(reg, u64::from(v));
@@ -1367,6 +1374,47 @@ mod tests {
 
     /// With a CPUID table the vCPU answers the leaves it has (subleaf 0)
     /// itself, prefixed forms included; anything else reaches the vmm.
+    #[test]
+    fn cpuid_ospke_follows_the_guest_cr4() {
+        use super::super::policy::{SvmPolicy, ECX7_OSPKE};
+        use crate::x86_64::cpuid::{CpuidRegs, CpuidSource};
+        // A host with CR4.PKE set: its CPUID.(7,0) reports OSPKE.
+        struct Host;
+        impl CpuidSource for Host {
+            fn cpuid(&self, leaf: u32, _sub: u32) -> CpuidRegs {
+                CpuidRegs {
+                    eax: if leaf == 0 { 0xd } else { 0 },
+                    ebx: 0,
+                    ecx: ECX7_OSPKE,
+                    edx: 0,
+                }
+            }
+        }
+        let table = SvmPolicy::new(Host, || 0).cpuid_table();
+        assert_eq!(
+            table.lookup(7, 0).unwrap()[2] & ECX7_OSPKE,
+            0,
+            "host bit leaked"
+        );
+        for (cr4, want) in [(0u64, 0u32), (CR4_PKE, ECX7_OSPKE)] {
+            let mut v = vcpu(
+                &[0x0f, 0xa2, 0xf4], // CPUID; HLT
+                vec![exit(exitcode::CPUID, 0, 0), exit(exitcode::HLT, 0, 0)],
+                Features::default(),
+            );
+            v.set_cpuid_table(table.clone());
+            v.set_reg(Reg::Rax, 7).unwrap();
+            v.set_reg(Reg::Rcx, 0).unwrap();
+            v.vmcb.write64(save::CR4, cr4 | (1 << 5));
+            assert_eq!(v.run().unwrap(), Exit::Halt);
+            assert_eq!(
+                v.reg(Reg::Rcx).unwrap() as u32 & ECX7_OSPKE,
+                want,
+                "CR4={cr4:#x}"
+            );
+        }
+    }
+
     #[test]
     fn cpuid_table_answers_inside_run() {
         use super::super::policy::SvmPolicy;
