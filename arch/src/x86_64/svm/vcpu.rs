@@ -86,6 +86,8 @@ pub struct Features {
     pub flush_by_asid: bool,
     /// Bit 7: the VMCB holds the bytes of the faulting instruction.
     pub decode_assists: bool,
+    /// Bit 5: the CPU honours the VMCB clean bits.
+    pub vmcb_clean: bool,
 }
 
 impl Features {
@@ -94,6 +96,7 @@ impl Features {
             nrips: edx & (1 << 3) != 0,
             flush_by_asid: edx & (1 << 6) != 0,
             decode_assists: edx & (1 << 7) != 0,
+            vmcb_clean: edx & (1 << 5) != 0,
         }
     }
 }
@@ -317,6 +320,10 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     asid: u32,
     bound: Option<PhysCpu>,
     last_cpu: Option<PhysCpu>,
+    /// The VMCB as the CPU left it at the last #VMEXIT, and that CPU: the
+    /// base for the clean bits of the next VMRUN (only with `vmcb_clean`).
+    clean_snap: alloc::boxed::Box<super::vmcb::clean::CleanSnapshot>,
+    clean_cpu: Option<PhysCpu>,
     pending: PendingEvents,
     /// An event whose delivery an exit interrupted (EXITINTINFO), re-injected
     /// before anything new (APM Vol. 2 §15.7.2).
@@ -422,6 +429,8 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             asid,
             bound: None,
             last_cpu: None,
+            clean_snap: alloc::boxed::Box::default(),
+            clean_cpu: None,
             pending: PendingEvents::new(),
             reinject: None,
             dr: [0; 4],
@@ -690,9 +699,21 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     fn run_once(&mut self, cpu: PhysCpu, out: &mut Exit) -> Result<bool, BackendError> {
         self.deliver_events()?;
         self.prepare_tlb(cpu);
-        // Everything may have changed: no VMCB clean bits.
-        self.vmcb.write32(ctrl::CLEAN, 0);
-        self.hw.vmrun(cpu, self.vmcb, &mut self.gprs);
+        if self.features.vmcb_clean {
+            // VMCB clean bits: only on the CPU that ran this VMCB last, and
+            // only for groups whose bytes nobody changed since that #VMEXIT.
+            let clean = match self.clean_cpu {
+                Some(c) if c == cpu => self.clean_snap.clean_bits(self.vmcb),
+                _ => 0,
+            };
+            self.vmcb.write32(ctrl::CLEAN, clean);
+            self.hw.vmrun(cpu, self.vmcb, &mut self.gprs);
+            self.clean_snap.capture(self.vmcb);
+            self.clean_cpu = Some(cpu);
+        } else {
+            // The CLEAN field stays 0 from VMCB setup: nothing is cached.
+            self.hw.vmrun(cpu, self.vmcb, &mut self.gprs);
+        }
         self.vmcb.write64(ctrl::EVENTINJ, 0);
         self.vmcb.write8(ctrl::TLB_CONTROL, tlb::DO_NOTHING);
         let info = self.vmcb.read64(ctrl::EXITINTINFO);
@@ -1344,6 +1365,55 @@ mod tests {
             .unwrap();
         v.bind(0).unwrap();
         v
+    }
+
+    #[test]
+    fn vmcb_clean_bits_only_for_untouched_groups_on_the_same_cpu() {
+        use super::super::vmcb::clean;
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let step = |code: u64, seen: &Rc<RefCell<Vec<u32>>>| -> Step {
+            let seen = seen.clone();
+            Box::new(move |v: &mut Vmcb, _g: &mut Gprs| {
+                seen.borrow_mut().push(v.read32(ctrl::CLEAN));
+                v.write64(ctrl::EXITCODE, code);
+            })
+        };
+        // HLT, HLT, then a CR write by the hypervisor, HLT; all with clean bits.
+        let code = [0xf4, 0xf4, 0xf4, 0xf4];
+        let steps = (0..4).map(|_| step(exitcode::HLT, &seen)).collect();
+        let feats = Features {
+            vmcb_clean: true,
+            ..Default::default()
+        };
+        let mut v = vcpu(&code, steps, feats);
+        for _ in 0..2 {
+            assert_eq!(v.run().unwrap(), Exit::Halt);
+            v.advance_pc().unwrap();
+        }
+        let cr0 = v.reg(Reg::Cr0).unwrap();
+        v.set_reg(Reg::Cr0, cr0 | (1 << 5)).unwrap();
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        v.advance_pc().unwrap();
+        // Moved to another CPU: nothing may be taken from a cache.
+        v.unbind().unwrap();
+        v.bind(1).unwrap();
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        let seen = seen.borrow();
+        assert_eq!(seen[0], 0, "first VMRUN of this VMCB");
+        assert_eq!(seen[1], clean::ALL, "nothing changed but RIP");
+        assert_eq!(seen[2], clean::ALL & !clean::CRX, "CR0 written");
+        assert_eq!(seen[3], 0, "another CPU");
+        // Without the feature the field stays 0.
+        let seen2 = Rc::new(RefCell::new(Vec::new()));
+        let steps = (0..2).map(|_| step(exitcode::HLT, &seen2)).collect();
+        let mut v = vcpu(&code, steps, Features::default());
+        for _ in 0..2 {
+            v.run().unwrap();
+            v.advance_pc().unwrap();
+        }
+        assert_eq!(*seen2.borrow(), vec![0, 0]);
     }
 
     #[test]

@@ -269,8 +269,181 @@ pub mod event_inj {
     }
 }
 
+/// VMCB clean bits (APM Vol. 2 §15.15.3, "VMCB Clean Field"): a set bit
+/// tells the CPU that the hypervisor left that group of fields unchanged
+/// since this VMCB's last #VMEXIT on this CPU, so a cached copy may be used.
+///
+/// Rather than marking groups dirty at every write (easy to miss one, and
+/// a missed one is silent guest-state corruption on real hardware), the
+/// vCPU keeps a [`CleanSnapshot`] of the covered bytes as the CPU left them
+/// at #VMEXIT and compares before VMRUN: a group is clean exactly when its
+/// bytes are identical. Only used when CPUID 8000_000A EDX bit 5 says the
+/// CPU honours the field; QEMU TCG and Bochs do not.
+pub mod clean {
+    use super::{ctrl, save, Vmcb};
+
+    /// Intercept vectors, TSC offset, pause filter.
+    pub const I: u32 = 1 << 0;
+    /// IOPM_BASE_PA, MSRPM_BASE_PA.
+    pub const IOPM: u32 = 1 << 1;
+    pub const ASID: u32 = 1 << 2;
+    /// V_TPR, V_IRQ, V_INTR_MASKING, V_INTR_VECTOR...
+    pub const TPR: u32 = 1 << 3;
+    /// NP_ENABLE, N_CR3, G_PAT.
+    pub const NP: u32 = 1 << 4;
+    /// CR0, CR3, CR4, EFER.
+    pub const CRX: u32 = 1 << 5;
+    /// DR6, DR7.
+    pub const DRX: u32 = 1 << 6;
+    /// GDTR, IDTR.
+    pub const DT: u32 = 1 << 7;
+    /// CS, DS, SS, ES and CPL.
+    pub const SEG: u32 = 1 << 8;
+    pub const CR2: u32 = 1 << 9;
+    /// DBGCTL, LBR_VIRT and the last-branch records.
+    pub const LBR: u32 = 1 << 10;
+
+    /// Byte ranges (start, end) of each group, as VMCB offsets.
+    pub const RANGES: &[(u32, usize, usize)] = &[
+        (I, ctrl::INTERCEPT_CR, ctrl::INTERCEPT_MISC2 + 8),
+        (I, ctrl::PAUSE_FILTER_THRESHOLD, ctrl::IOPM_BASE_PA),
+        (I, ctrl::TSC_OFFSET, ctrl::GUEST_ASID),
+        (IOPM, ctrl::IOPM_BASE_PA, ctrl::TSC_OFFSET),
+        (ASID, ctrl::GUEST_ASID, ctrl::TLB_CONTROL),
+        (TPR, ctrl::VINTR, ctrl::VINTR + 8),
+        (NP, ctrl::NP_ENABLE, ctrl::NP_ENABLE + 8),
+        (NP, ctrl::N_CR3, ctrl::N_CR3 + 8),
+        (NP, save::G_PAT, save::G_PAT + 8),
+        (LBR, ctrl::LBR_VIRT, ctrl::CLEAN),
+        (CRX, save::CR4, save::DR7),
+        (CRX, save::EFER, save::EFER + 8),
+        (DRX, save::DR7, save::RFLAGS),
+        (DT, save::GDTR, save::GDTR + 16),
+        (DT, save::IDTR, save::IDTR + 16),
+        (SEG, save::ES, save::FS),
+        (SEG, save::CPL, save::CPL + 1),
+        (CR2, save::CR2, save::CR2 + 8),
+        (LBR, save::DBGCTL, save::DBGCTL + 0x28),
+    ];
+
+    /// Every group this hypervisor tracks (AVIC, bit 11, is never enabled).
+    pub const ALL: u32 = I | IOPM | ASID | TPR | NP | CRX | DRX | DT | SEG | CR2 | LBR;
+
+    /// The covered bytes of a VMCB as the CPU left them at #VMEXIT.
+    pub struct CleanSnapshot {
+        /// Control area bytes 0..CLEAN and state-save bytes 0x400..0x698.
+        ctrl: [u8; ctrl::CLEAN],
+        save: [u8; SAVE_END - SAVE_START],
+    }
+
+    const SAVE_START: usize = save::ES;
+    const SAVE_END: usize = save::DBGCTL + 0x28;
+
+    impl CleanSnapshot {
+        pub const fn new() -> CleanSnapshot {
+            CleanSnapshot {
+                ctrl: [0; ctrl::CLEAN],
+                save: [0; SAVE_END - SAVE_START],
+            }
+        }
+
+        /// Records the covered bytes (right after #VMEXIT).
+        pub fn capture(&mut self, v: &Vmcb) {
+            self.ctrl.copy_from_slice(&v.0[..ctrl::CLEAN]);
+            self.save.copy_from_slice(&v.0[SAVE_START..SAVE_END]);
+        }
+
+        fn old(&self, start: usize, end: usize) -> &[u8] {
+            if start >= SAVE_START {
+                &self.save[start - SAVE_START..end - SAVE_START]
+            } else {
+                &self.ctrl[start..end]
+            }
+        }
+
+        /// The clean bits for the next VMRUN: every group whose bytes are
+        /// unchanged since [`capture`](Self::capture).
+        pub fn clean_bits(&self, v: &Vmcb) -> u32 {
+            let mut dirty = 0;
+            for &(bit, start, end) in RANGES {
+                if self.old(start, end) != &v.0[start..end] {
+                    dirty |= bit;
+                }
+            }
+            ALL & !dirty
+        }
+    }
+
+    impl Default for CleanSnapshot {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn clean_bits_follow_the_bytes_of_each_group() {
+        use super::clean::*;
+        let mut v = Vmcb::zeroed();
+        let mut snap = CleanSnapshot::new();
+        snap.capture(&v);
+        assert_eq!(snap.clean_bits(&v), ALL);
+        // Fields outside every group (always reloaded) keep everything clean.
+        v.write64(save::RIP, 0x1000);
+        v.write64(save::RAX, 1);
+        v.write64(ctrl::EVENTINJ, 1 << 31);
+        v.write8(ctrl::TLB_CONTROL, 1);
+        assert_eq!(snap.clean_bits(&v), ALL);
+        for (off, bit) in [
+            (ctrl::INTERCEPT_EXCEPTIONS, I),
+            (ctrl::TSC_OFFSET, I),
+            (ctrl::MSRPM_BASE_PA, IOPM),
+            (ctrl::GUEST_ASID, ASID),
+            (ctrl::VINTR, TPR),
+            (ctrl::N_CR3, NP),
+            (save::G_PAT, NP),
+            (save::CR0, CRX),
+            (save::CR3, CRX),
+            (save::EFER, CRX),
+            (save::DR6, DRX),
+            (save::DR7, DRX),
+            (save::IDTR + 8, DT),
+            (save::CS + 8, SEG),
+            (save::CR2, CR2),
+            (save::DBGCTL, LBR),
+        ] {
+            let mut w = Vmcb::zeroed();
+            w.write8(off, 0x5a);
+            assert_eq!(snap.clean_bits(&w), ALL & !bit, "offset {off:#x}");
+        }
+        // A group changed by the guest and captured at #VMEXIT is clean again.
+        let mut w = Vmcb::zeroed();
+        w.write64(save::CR3, 0x1000);
+        snap.capture(&w);
+        assert_eq!(snap.clean_bits(&w), ALL);
+    }
+
+    #[test]
+    fn clean_ranges_lie_in_the_vmcb_and_skip_always_reloaded_fields() {
+        use super::clean::RANGES;
+        for &(_, start, end) in RANGES {
+            assert!(start < end && end <= 4096);
+            for f in [
+                save::RIP,
+                save::RSP,
+                save::RAX,
+                save::RFLAGS,
+                ctrl::EVENTINJ,
+                ctrl::TLB_CONTROL,
+                ctrl::CLEAN,
+            ] {
+                assert!(!(start..end).contains(&f), "{f:#x} in {start:#x}..{end:#x}");
+            }
+        }
+    }
     use super::*;
 
     #[test]
