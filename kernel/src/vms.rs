@@ -105,10 +105,11 @@ fn module_bytes(m: &boot::Module) -> &'static [u8] {
     if len == 0 {
         return &[];
     }
-    // SAFETY: boot modules are reserved (`MemoryKind::BootModule`) in the
+    // Boot modules are reserved (`MemoryKind::BootModule`) in the
     // memory map, so the frame allocator never hands them out and nothing
     // writes them; all RAM is mapped 1:1, so the range is readable for the
     // kernel's whole lifetime.
+    // SAFETY: reserved, never written, mapped 1:1 for the whole run (above).
     unsafe { core::slice::from_raw_parts(m.start as *const u8, len) }
 }
 

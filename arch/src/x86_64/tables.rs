@@ -228,11 +228,12 @@ impl CpuTables {
             limit: (core::mem::size_of::<[u64; 5]>() - 1) as u16,
             base: VirtAddr::from_ptr(gdt),
         };
-        // SAFETY: the GDT holds a 64-bit code segment at KERNEL_CS and a
+        // The GDT holds a 64-bit code segment at KERNEL_CS and a
         // data segment at KERNEL_DS (the selectors the entry code already
         // uses, so the loaded ones stay valid until reloaded below), and an
         // available TSS at TSS_SEL. `CS::set_reg` reloads CS by a far
         // return; `ltr` marks the TSS descriptor busy in this 'static GDT.
+        // SAFETY: the selectors and the TSS descriptor are valid in this static GDT (above).
         unsafe {
             lgdt(&ptr);
             CS::set_reg(SegmentSelector(KERNEL_CS));

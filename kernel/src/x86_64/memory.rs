@@ -102,11 +102,12 @@ impl PhysMemory for IdentityPhys {
         if addr < self.floor || end > self.limit || len > isize::MAX as usize {
             return None;
         }
-        // SAFETY: [addr, end) is non-null and inside the identity-mapped
+        // [addr, end) is non-null and inside the identity-mapped
         // range, so it is readable memory (RAM, ROM or firmware tables; the
         // callers only ask for boot structures). It is never written by
         // Rust code while the slice lives: boot structures are read-only to
         // the kernel and lie outside every region it allocates from.
+        // SAFETY: readable identity-mapped boot memory, never written while borrowed (above).
         Some(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
     }
 }
@@ -133,10 +134,11 @@ pub fn phys_array<T: PlainData>(mem: &IdentityPhys, addr: u64, len: usize) -> Op
     if !addr.is_multiple_of(core::mem::align_of::<T>() as u64) {
         return None;
     }
-    // SAFETY: `b` covers len * size_of::<T>() readable bytes at an address
+    // `b` covers len * size_of::<T>() readable bytes at an address
     // aligned for T; PlainData types accept any bit pattern; boot
     // structures stay reserved (Loader) and unmodified for the whole run,
     // so the 'static lifetime holds.
+    // SAFETY: aligned, readable, any bit pattern valid, unmodified for the run (above).
     Some(unsafe { core::slice::from_raw_parts(b.as_ptr() as *const T, len) })
 }
 
@@ -152,10 +154,11 @@ pub fn enter_early_map() {
     let pml4 = &raw mut boot_pml4 as *mut u64;
     let pdpt = &raw mut boot_pdpt as *mut u64;
     let pd = &raw mut boot_pd as *mut u64;
-    // SAFETY: the three tables are the kernel's own, in .bss (zeroed by
+    // The three tables are the kernel's own, in .bss (zeroed by
     // _start64), not yet used on this path; the early map covers the
     // kernel image (linked at 2 MiB), so the code, stack and statics in use
     // stay mapped across the CR3 write.
+    // SAFETY: the early tables are the kernel's own and map everything in use (above).
     unsafe {
         for i in 0..2048u64 {
             pd.add(i as usize).write_volatile(i << 21 | 0x83); // P | RW | PS
@@ -358,11 +361,12 @@ pub fn init_memory(info: &BootInfo, frames: &mut FrameAllocator) {
 
     let tables = alloc.count;
     verify(&pt, &access, cpu.nx);
-    // SAFETY: the new map covers everything in use: the kernel image
+    // The new map covers everything in use: the kernel image
     // (code, stacks except their unused guard pages, statics), all RAM
     // (boot structures, frames) and the device ranges below 4 GiB. EFER.NXE
     // is set before any NX bit becomes live (and only if the CPU has NX);
     // CR0.WP makes read-only mappings apply to the kernel too.
+    // SAFETY: the new map covers everything in use (above).
     unsafe {
         if cpu.nx {
             let efer = instr::rdmsr(instr::IA32_EFER);

@@ -190,8 +190,8 @@ pub fn new_vcpu(
 }
 
 fn rdtsc() -> u64 {
-    // SAFETY: RDTSC has no side effects; CR4.TSD is clear in the hypervisor.
     #[allow(unused_unsafe)]
+    // SAFETY: RDTSC has no side effects; CR4.TSD is clear in the hypervisor.
     unsafe {
         core::arch::x86_64::_rdtsc()
     }

@@ -200,10 +200,11 @@ pub fn install_vectors() {
     HAS_RAS.store((pfr0 >> 28) & 0xf != 0, Ordering::Relaxed);
     HAS_SME.store((pfr1 >> 24) & 0xf != 0, Ordering::Relaxed);
     let vbar = &raw const __el2_guest_vectors as u64;
-    // SAFETY: the new table keeps the kernel's handling of EL2 exceptions
+    // The new table keeps the kernel's handling of EL2 exceptions
     // (its first eight entries branch to `__el2_vectors`) and adds the
     // guest-exit entries; CPTR/CNTHCTL/CNTVOFF only affect lower ELs and FP
     // at EL2 (which the soft-float hypervisor never uses).
+    // SAFETY: EL2 exception handling is preserved and only lower-EL controls change (above).
     unsafe {
         asm!(
             "msr vbar_el2, {vbar}",
@@ -302,11 +303,13 @@ pub fn enable_preemption(
         prio,
         (mmio_read32(prio) & !(0xff << shift)) | (0x80 << shift),
     );
-    mmio_write32(sgi + 0x100, bit); // ISENABLER0
-                                    // SAFETY: ICC_SRE_EL2.SRE|Enable keep the system-register interface
-                                    // (and EL1's use of ICV_* under IMO); PMR/IGRPEN1 at EL2 are the
-                                    // physical interface's, which no guest reaches (IMO/FMO are set). The
-                                    // timer stays disabled until a guest entry arms it.
+    // ISENABLER0
+    mmio_write32(sgi + 0x100, bit);
+    // ICC_SRE_EL2.SRE|Enable keep the system-register interface
+    // (and EL1's use of ICV_* under IMO); PMR/IGRPEN1 at EL2 are the
+    // physical interface's, which no guest reaches (IMO/FMO are set). The
+    // timer stays disabled until a guest entry arms it.
+    // SAFETY: only EL2-private interrupt state changes (above).
     unsafe {
         asm!(
             "mrs {t}, S3_4_C12_C9_5",
@@ -776,11 +779,12 @@ impl Vcpu for El2Vcpu {
             load_pauth(&self.el1.pauth);
         }
         load_optional(&self.el1);
-        // SAFETY: the context is a valid GuestContext; the guest runs at
+        // The context is a valid GuestContext; the guest runs at
         // EL1 under this VM's stage 2 (installed by `bind`), so it can only
         // reach its own RAM; every exception from it comes back through
         // GUEST_VECTORS, which restores the callee-saved registers and SP
         // saved here and returns to this call.
+        // SAFETY: the guest runs under this VM's stage 2 and every exit returns here (above).
         let vector = unsafe { __el2_guest_enter(&mut self.ctx) };
         let timer = slice != 0 && end_slice(vector == 9);
         save_el1(&mut self.el1);

@@ -451,6 +451,7 @@ mod guest {
         macro_rules! mov_dr {
             ($n:literal) => {
                 // mov drN, rax: 0f 23 /r, 3 bytes.
+                // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
                 expect_exception(3, || unsafe {
                     // SAFETY: DR moves are intercepted and emulated; a #GP
                     // for reserved bits is caught.

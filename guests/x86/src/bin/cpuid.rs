@@ -44,11 +44,13 @@ mod guest {
             "leaf above the maximum reads zeros"
         );
         // SVM is hidden: its instructions are undefined (all 3 bytes long).
+        // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
         let e = expect_exception(3, || unsafe {
             // SAFETY: faults on purpose (#UD); the handler skips it.
             core::arch::asm!("vmrun rax", in("rax") 0x1000u64)
         });
         check!(matches!(e, Some((6, _, _))), "VMRUN raises #UD: {:x?}", e);
+        // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
         let e = expect_exception(3, || unsafe {
             // SAFETY: as above.
             core::arch::asm!("stgi")

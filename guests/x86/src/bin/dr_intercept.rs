@@ -67,6 +67,7 @@ mod guest {
         dr!(write 5, 0x401);
         check!(dr!(read 7) == 0x401, "DR5 aliases DR7 with CR4.DE=0");
         // mov dr7, rax is 3 bytes (0f 23 f8).
+        // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
         let e = expect_exception(3, || unsafe {
             // SAFETY: faults on purpose; the handler skips it.
             asm!("mov dr7, rax", in("rax") 1u64 << 32)
@@ -92,6 +93,7 @@ mod guest {
         dr!(write 6, 0);
         dr!(write 0, core::ptr::addr_of!(WATCH) as u64);
         dr!(write 7, 0x400 | 1 | (0b01 << 16) | (0b10 << 18));
+        // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
         let e = expect_exception(TRAP, || unsafe {
             // SAFETY: a plain store to our own static; it traps with #DB.
             core::ptr::write_volatile(core::ptr::addr_of_mut!(WATCH), 7)
@@ -110,6 +112,7 @@ mod guest {
             "the store completed"
         );
         // Disarmed: no more #DB.
+        // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
         let e = expect_exception(TRAP, || unsafe {
             // SAFETY: as above.
             core::ptr::write_volatile(core::ptr::addr_of_mut!(WATCH), 8)

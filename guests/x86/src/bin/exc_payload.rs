@@ -29,6 +29,7 @@ mod guest {
         set_cr2(0x1111);
         check!(cr2() == 0x1111, "CR2 holds what the guest wrote");
         // `mov rax, [rdi]` is 3 bytes (48 8b 07).
+        // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
         let e = expect_exception(3, || unsafe {
             // SAFETY: faults on purpose; the handler skips the instruction.
             asm!("mov rax, [rdi]", in("rdi") a, out("rax") _)
@@ -40,6 +41,7 @@ mod guest {
         );
         check!(cr2() == a, "CR2 after the handler = {:#x}", cr2());
         // `mov [rdi], rax` (48 89 07): error code W=1.
+        // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
         let e = expect_exception(3, || unsafe {
             // SAFETY: as above.
             asm!("mov [rdi], rax", in("rdi") b, in("rax") 0u64)
@@ -51,6 +53,7 @@ mod guest {
         );
         // A fault that is not a #PF leaves CR2 alone.
         set_cr2(0x2222);
+        // SAFETY: a deliberate exception in this test guest; its IDT handler resumes after the instruction.
         let e = expect_exception(2, || unsafe {
             // SAFETY: ud2 faults on purpose.
             asm!("ud2")
