@@ -15,6 +15,64 @@ pub trait ConsoleSink: Send + Sync {
     fn line(&self, vm: &str, line: &str);
 }
 
+/// Depth of the receive FIFO of both UART models (16550: 16 bytes; PL011:
+/// 16 entries, data bits only).
+pub const RX_FIFO_LEN: usize = 16;
+
+/// The receive FIFO shared by the UART models: a ring of
+/// [`RX_FIFO_LEN`] bytes whose usable depth the device chooses per push
+/// (1 with the FIFO disabled, as both chips behave).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RxFifo {
+    buf: [u8; RX_FIFO_LEN],
+    head: usize,
+    len: usize,
+}
+
+impl RxFifo {
+    pub const fn new() -> RxFifo {
+        RxFifo {
+            buf: [0; RX_FIFO_LEN],
+            head: 0,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `b` unless `capacity` (at most [`RX_FIFO_LEN`]) bytes are
+    /// already queued; `false` is an overrun.
+    pub fn push(&mut self, b: u8, capacity: usize) -> bool {
+        if self.len >= capacity.min(RX_FIFO_LEN) {
+            return false;
+        }
+        self.buf[(self.head + self.len) % RX_FIFO_LEN] = b;
+        self.len += 1;
+        true
+    }
+
+    pub fn pop(&mut self) -> Option<u8> {
+        if self.len == 0 {
+            return None;
+        }
+        let b = self.buf[self.head];
+        self.head = (self.head + 1) % RX_FIFO_LEN;
+        self.len -= 1;
+        Some(b)
+    }
+
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
 /// Longest line emitted; longer guest lines are split.
 pub const LINE_MAX: usize = 160;
 
@@ -71,6 +129,30 @@ impl LineOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rx_fifo_wraps_and_honours_capacity() {
+        let mut f = RxFifo::new();
+        assert_eq!(f.pop(), None);
+        assert!(f.push(1, 1));
+        assert!(!f.push(2, 1), "FIFO disabled: one byte, then overrun");
+        assert_eq!(f.pop(), Some(1));
+        for round in 0..3u8 {
+            for i in 0..RX_FIFO_LEN as u8 {
+                assert!(f.push(round * 16 + i, RX_FIFO_LEN));
+            }
+            assert!(
+                !f.push(0xff, usize::MAX),
+                "capacity is capped at the FIFO depth"
+            );
+            for i in 0..RX_FIFO_LEN as u8 {
+                assert_eq!(f.pop(), Some(round * 16 + i));
+            }
+            assert!(f.push(7, 4));
+            f.clear();
+            assert!(f.is_empty());
+        }
+    }
     use crate::testing::CollectSink;
 
     #[test]

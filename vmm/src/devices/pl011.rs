@@ -7,14 +7,12 @@
 //! each transmitted character until cleared through ICR (as in QEMU).
 
 use crate::bus::{BusDevice, IoOutcome};
-use crate::devices::LineOutput;
+use crate::devices::{LineOutput, RxFifo, RX_FIFO_LEN};
 use crate::regs::AccessSize;
 
 /// Base address and size on QEMU's `virt` machine; ours uses the same.
 pub const PL011_BASE: u64 = 0x0900_0000;
 pub const PL011_SIZE: u64 = 0x1000;
-
-const FIFO_LEN: usize = 16;
 
 // Register offsets (TRM §3.2).
 const DR: u64 = 0x000;
@@ -46,9 +44,7 @@ const ID: [u8; 8] = [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
 
 pub struct Pl011 {
     out: LineOutput,
-    rx: [u8; FIFO_LEN],
-    rx_head: usize,
-    rx_len: usize,
+    rx: RxFifo,
     ibrd: u32,
     fbrd: u32,
     lcr_h: u32,
@@ -65,9 +61,7 @@ impl Pl011 {
     pub fn new(out: LineOutput) -> Pl011 {
         Pl011 {
             out,
-            rx: [0; FIFO_LEN],
-            rx_head: 0,
-            rx_len: 0,
+            rx: RxFifo::new(),
             ibrd: 0,
             fbrd: 0,
             lcr_h: 0,
@@ -83,7 +77,7 @@ impl Pl011 {
 
     fn rx_capacity(&self) -> usize {
         if self.lcr_h & LCR_H_FEN != 0 {
-            FIFO_LEN
+            RX_FIFO_LEN
         } else {
             1
         }
@@ -102,17 +96,15 @@ impl Pl011 {
     }
 
     fn receive(&mut self, b: u8) -> bool {
-        if self.rx_len >= self.rx_capacity() {
+        let ok = self.rx.push(b, self.rx_capacity());
+        if !ok {
             self.latched |= INT_OE;
-            return false;
         }
-        self.rx[(self.rx_head + self.rx_len) % FIFO_LEN] = b;
-        self.rx_len += 1;
-        true
+        ok
     }
 
     fn ris(&self) -> u32 {
-        let rx = if self.rx_len > 0 { INT_RX } else { 0 };
+        let rx = if self.rx.is_empty() { 0 } else { INT_RX };
         self.latched | rx
     }
 
@@ -123,10 +115,10 @@ impl Pl011 {
 
     fn flags(&self) -> u32 {
         let mut fr = FR_TXFE;
-        if self.rx_len == 0 {
+        if self.rx.is_empty() {
             fr |= FR_RXFE;
         }
-        if self.rx_len >= self.rx_capacity() {
+        if self.rx.len() >= self.rx_capacity() {
             fr |= FR_RXFF;
         }
         fr
@@ -144,16 +136,7 @@ impl BusDevice for Pl011 {
 
     fn read(&mut self, offset: u64, _size: AccessSize) -> u64 {
         let v = match offset {
-            DR => {
-                if self.rx_len == 0 {
-                    0
-                } else {
-                    let b = self.rx[self.rx_head];
-                    self.rx_head = (self.rx_head + 1) % FIFO_LEN;
-                    self.rx_len -= 1;
-                    u32::from(b)
-                }
-            }
+            DR => self.rx.pop().map_or(0, u32::from),
             RSR => u32::from(self.latched & INT_OE != 0) << 3,
             FR => self.flags(),
             ILPR => self.ilpr,
@@ -193,8 +176,7 @@ impl BusDevice for Pl011 {
             LCR_H => {
                 if (v ^ self.lcr_h) & LCR_H_FEN != 0 {
                     // Changing FEN flushes the FIFOs (TRM §3.3.7).
-                    self.rx_len = 0;
-                    self.rx_head = 0;
+                    self.rx.clear();
                 }
                 self.lcr_h = v & 0xff;
             }

@@ -8,14 +8,12 @@
 //! computed ([`Uart16550::irq_line`]) for an interrupt controller to sample.
 
 use crate::bus::{BusDevice, IoOutcome};
-use crate::devices::LineOutput;
+use crate::devices::{LineOutput, RxFifo, RX_FIFO_LEN};
 use crate::regs::AccessSize;
 
 /// COM1.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const UART_PORTS: u64 = 8;
-
-const FIFO_LEN: usize = 16;
 
 // Register bits (PC16550D §8).
 const IER_RDI: u8 = 1 << 0;
@@ -47,9 +45,7 @@ const MSR_DCD: u8 = 1 << 7;
 
 pub struct Uart16550 {
     out: LineOutput,
-    rx: [u8; FIFO_LEN],
-    rx_head: usize,
-    rx_len: usize,
+    rx: RxFifo,
     ier: u8,
     fcr: u8,
     lcr: u8,
@@ -68,9 +64,7 @@ impl Uart16550 {
     pub fn new(out: LineOutput) -> Uart16550 {
         Uart16550 {
             out,
-            rx: [0; FIFO_LEN],
-            rx_head: 0,
-            rx_len: 0,
+            rx: RxFifo::new(),
             ier: 0,
             fcr: 0,
             lcr: 0,
@@ -87,7 +81,7 @@ impl Uart16550 {
 
     fn rx_capacity(&self) -> usize {
         if self.fcr & FCR_ENABLE != 0 {
-            FIFO_LEN
+            RX_FIFO_LEN
         } else {
             1
         }
@@ -107,33 +101,22 @@ impl Uart16550 {
     }
 
     fn receive(&mut self, b: u8) -> bool {
-        if self.rx_len >= self.rx_capacity() {
-            self.overrun = true;
-            return false;
-        }
-        self.rx[(self.rx_head + self.rx_len) % FIFO_LEN] = b;
-        self.rx_len += 1;
-        true
+        let ok = self.rx.push(b, self.rx_capacity());
+        self.overrun |= !ok;
+        ok
     }
 
     fn pop(&mut self) -> u8 {
-        if self.rx_len == 0 {
-            return 0;
-        }
-        let b = self.rx[self.rx_head];
-        self.rx_head = (self.rx_head + 1) % FIFO_LEN;
-        self.rx_len -= 1;
-        b
+        self.rx.pop().unwrap_or(0)
     }
 
     fn clear_rx(&mut self) {
-        self.rx_head = 0;
-        self.rx_len = 0;
+        self.rx.clear();
     }
 
     fn lsr(&self) -> u8 {
         let mut v = LSR_THRE | LSR_TEMT;
-        if self.rx_len > 0 {
+        if !self.rx.is_empty() {
             v |= LSR_DR;
         }
         if self.overrun {
@@ -169,7 +152,7 @@ impl Uart16550 {
     fn iir_id(&self) -> u8 {
         if self.ier & IER_RLSI != 0 && self.overrun {
             IIR_RLSI
-        } else if self.ier & IER_RDI != 0 && self.rx_len > 0 {
+        } else if self.ier & IER_RDI != 0 && !self.rx.is_empty() {
             IIR_RDI
         } else if self.ier & IER_THRI != 0 && self.thr_ipending {
             IIR_THRI
