@@ -57,6 +57,14 @@ impl RxFifo {
         true
     }
 
+    /// Pushes bytes until one does not fit; returns how many went in.
+    pub fn push_slice(&mut self, bytes: &[u8], capacity: usize) -> usize {
+        bytes
+            .iter()
+            .take_while(|&&b| self.push(b, capacity))
+            .count()
+    }
+
     pub fn pop(&mut self) -> Option<u8> {
         if self.len == 0 {
             return None;
@@ -134,6 +142,12 @@ mod tests {
     fn rx_fifo_wraps_and_honours_capacity() {
         let mut f = RxFifo::new();
         assert_eq!(f.pop(), None);
+        assert_eq!(
+            f.push_slice(&[9, 8], 1),
+            1,
+            "stops at the first byte that does not fit"
+        );
+        assert_eq!(f.pop(), Some(9));
         assert!(f.push(1, 1));
         assert!(!f.push(2, 1), "FIFO disabled: one byte, then overrun");
         assert_eq!(f.pop(), Some(1));

@@ -85,12 +85,10 @@ impl Pl011 {
 
     /// Host → guest input; returns how many bytes were accepted.
     pub fn push_input(&mut self, bytes: &[u8]) -> usize {
-        let mut n = 0;
-        for &b in bytes {
-            if !self.receive(b) {
-                break;
-            }
-            n += 1;
+        let n = self.rx.push_slice(bytes, self.rx_capacity());
+        if n < bytes.len() {
+            // The byte that did not fit is lost: overrun, as on the chip.
+            self.receive(bytes[n]);
         }
         n
     }
