@@ -52,6 +52,15 @@ impl From<EventError> for BackendError {
 /// and deliver from it on entry, applying the payload at that moment
 /// (rule `exc_payload`).
 pub trait Vcpu {
+    /// Starts one scheduling turn of this (bound) vCPU: arms the turn's
+    /// deadline once (x86: the one-shot LAPIC timer, arm64: the CNTHP
+    /// compare value) and gives the exits the backend handles itself a
+    /// budget of `budget`. Neither is renewed by exits inside the turn, so
+    /// a guest that loops on an exit the backend completes without the vmm
+    /// (CPUID from the table, an MSR kept in the VMCB, at any privilege
+    /// level) still loses the CPU when the turn is over: `run` then returns
+    /// [`Exit::PreemptionTimer`].
+    fn begin_turn(&mut self, budget: u64);
     /// Enters the guest and returns the next exit.
     fn run(&mut self) -> Result<Exit, BackendError>;
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError>;

@@ -262,6 +262,8 @@ pub struct ScriptedVcpu {
     pub bound: Option<PhysCpu>,
     pub boot: Option<BootState>,
     pub runs: usize,
+    /// The budgets of the turns begun so far ([`Vcpu::begin_turn`]).
+    pub turns: Vec<u64>,
 }
 
 impl ScriptedVcpu {
@@ -284,6 +286,7 @@ impl ScriptedVcpu {
             pending: PendingEvents::new(),
             // Reserved so that the exit path under test does not allocate here.
             delivered: Vec::with_capacity(64),
+            turns: Vec::with_capacity(64),
             bound: None,
             boot: None,
             runs: 0,
@@ -302,6 +305,12 @@ impl ScriptedVcpu {
 }
 
 impl Vcpu for ScriptedVcpu {
+    fn begin_turn(&mut self, budget: u64) {
+        if self.turns.len() < self.turns.capacity() {
+            self.turns.push(budget);
+        }
+    }
+
     fn run(&mut self) -> Result<Exit, BackendError> {
         if self.bound.is_none() {
             return Err(BackendError::NotBound);

@@ -503,10 +503,16 @@ impl<B: Backing> Vm<B> {
         Ok(())
     }
 
-    /// Runs vCPU `index` until an exit needs the run loop (anything but
-    /// [`Flow::Continue`]) or `max_exits` exits have been handled
-    /// ([`Flow::Yield`]). A stopped VM never enters the guest again.
+    /// Runs one turn of vCPU `index`: until an exit needs the run loop
+    /// (anything but [`Flow::Continue`]), `max_exits` exits have been
+    /// handled here, or the backend ends the turn (its deadline passed or
+    /// its own budget of `max_exits` exits is spent: [`Flow::Yield`]). A
+    /// stopped VM never enters the guest again.
     pub fn run<V: Vcpu + ?Sized>(&mut self, index: u32, vcpu: &mut V, max_exits: u64) -> Flow {
+        if self.stop.is_some() {
+            return Flow::Stopped;
+        }
+        vcpu.begin_turn(max_exits);
         for _ in 0..max_exits {
             if self.stop.is_some() {
                 return Flow::Stopped;
@@ -1470,6 +1476,19 @@ mod tests {
             try_cfg(&|c| c.addr_bits = 20),
             Some(VmError::Memory(MemError::OutOfRange))
         );
+    }
+
+    /// Each `run` is one turn: the backend is told once, with the budget,
+    /// so that it arms one deadline per turn (review finding 1).
+    #[test]
+    fn run_begins_one_turn_per_call() {
+        let sink = Arc::new(CollectSink::default());
+        let mut vm = x86_vm("t", sink);
+        let mut v = started(&mut vm, vec![Exit::Cpuid { leaf: 0, subleaf: 0 }; 8]);
+        assert_eq!(vm.run(0, &mut v, 3), Flow::Yield);
+        assert_eq!(vm.run(0, &mut v, 5), Flow::Yield);
+        assert_eq!(v.turns, [3, 5]);
+        assert_eq!(v.runs, 8);
     }
 
     #[test]

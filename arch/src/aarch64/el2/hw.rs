@@ -761,6 +761,8 @@ impl El2Vcpu {
 }
 
 impl Vcpu for El2Vcpu {
+    fn begin_turn(&mut self, _budget: u64) {}
+
     fn run(&mut self) -> Result<Exit, BackendError> {
         if self.bound.is_none() {
             return Err(BackendError::NotBound);

@@ -208,7 +208,6 @@ impl Hw for Machine {
             return;
         }
         let pa = vmcb as *mut Vmcb as u64;
-        crate::x86_64::lapic::arm_slice();
         // SAFETY: SVM is enabled on this CPU (host != 0 above); `vmcb` is a 4 KiB-aligned identity-mapped page set up
         // by SvmVcpu::new with VMRUN intercepted, ASID != 0 and NPT on; the
         // assembly saves and restores all callee-saved registers.
@@ -262,6 +261,10 @@ impl Hw for Machine {
             };
             area.0[FPU_AREA_PKRU..FPU_AREA_PKRU + 4].copy_from_slice(&pkru.to_le_bytes());
         }
+    }
+
+    fn arm_turn_deadline(&mut self) {
+        crate::x86_64::lapic::arm_slice();
     }
 
     fn load_guest_drs(&mut self, drs: &[u64; 4]) {

@@ -55,6 +55,10 @@ pub trait Hw {
     fn fpu_save(&mut self, area: &mut FpuArea);
     /// FXRSTOR when the vCPU is bound to a CPU.
     fn fpu_restore(&mut self, area: &FpuArea);
+    /// Arms this CPU's deadline for the turn that starts (the one-shot LAPIC
+    /// timer, whose interrupt is an INTR exit): once per turn, never per
+    /// VMRUN, so exits cannot push the deadline back.
+    fn arm_turn_deadline(&mut self);
     /// Loads the guest's DR0-DR3 into the CPU's debug registers (VMRUN does
     /// not switch them; the hypervisor itself never uses them, and #VMEXIT
     /// resets DR7 to 0x400, so guest breakpoints never fire in the host).
@@ -343,6 +347,9 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     cpuid_table: Option<alloc::boxed::Box<CpuidTable>>,
     /// Exits handled inside `run` (statistics).
     pub internal_exits: u64,
+    /// Exits this turn may still handle inside `run` ([`begin_turn`](
+    /// vmm::backend::Vcpu::begin_turn)); at 0 the turn is over.
+    turn_budget: u64,
 }
 
 impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
@@ -439,6 +446,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             fpu: alloc::boxed::Box::default(),
             cpuid_table: None,
             internal_exits: 0,
+            turn_budget: 0,
         }
     }
 
@@ -1145,10 +1153,24 @@ fn seg(s: &Segment) -> VmcbSeg {
 }
 
 impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
+    fn begin_turn(&mut self, budget: u64) {
+        self.turn_budget = budget;
+        self.hw.arm_turn_deadline();
+    }
+
+    /// Runs until an exit needs the vmm. Exits handled here count against
+    /// the turn's budget: a guest looping on them (CPUID, VMCB-held MSRs,
+    /// MOV DR, at CPL 3 too) ends its turn with `PreemptionTimer` instead of
+    /// keeping the CPU; the deadline armed by `begin_turn` ends it as well.
     fn run(&mut self) -> Result<Exit, BackendError> {
         let cpu = self.bound.ok_or(BackendError::NotBound)?;
         let mut exit = Exit::Halt;
-        while !self.run_once(cpu, &mut exit)? {}
+        while !self.run_once(cpu, &mut exit)? {
+            self.turn_budget = self.turn_budget.saturating_sub(1);
+            if self.turn_budget == 0 {
+                return Ok(Exit::PreemptionTimer);
+            }
+        }
         Ok(exit)
     }
 
@@ -1287,6 +1309,8 @@ mod tests {
         fpu_live: [u8; 512],
         fpu_calls: Vec<&'static str>,
         drs_live: [u64; 4],
+        /// Turn deadlines armed (`Hw::arm_turn_deadline`).
+        deadlines: u32,
     }
 
     impl Hw for FakeHw {
@@ -1324,6 +1348,9 @@ mod tests {
             self.fpu_calls.push("restore");
             self.fpu_live = area.0;
         }
+        fn arm_turn_deadline(&mut self) {
+            self.deadlines += 1;
+        }
         fn load_guest_drs(&mut self, drs: &[u64; 4]) {
             self.drs_live = *drs;
         }
@@ -1355,6 +1382,7 @@ mod tests {
             fpu_live: [0; 512],
             fpu_calls: Vec::new(),
             drs_live: [0; 4],
+            deadlines: 0,
         };
         let root = n.root();
         let g = n.generation();
@@ -1364,6 +1392,8 @@ mod tests {
         v.apply_boot_state(&BootState::new(EntryMode::X86Protected32, 0x1000))
             .unwrap();
         v.bind(0).unwrap();
+        // A turn long enough for every scripted test.
+        v.begin_turn(1 << 20);
         v
     }
 
@@ -2010,6 +2040,38 @@ mod tests {
         // The guest's VMRUN became a #UD at the next entry.
         assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None));
         assert_eq!(v.internal_exits, 3);
+    }
+
+    /// Review finding 1 (host DoS from guest user mode): exits handled
+    /// inside `run` looped without bound and the slice timer was re-armed
+    /// before every VMRUN, so `1: cpuid; jmp 1b` kept the CPU forever. The
+    /// deadline is armed once per turn and internal exits spend the turn's
+    /// budget: the turn ends with `PreemptionTimer` after `budget` of them.
+    #[test]
+    fn internal_exits_spend_the_turn_budget() {
+        let steps: Vec<Step> = (0..10)
+            .map(|_| {
+                Box::new(|v: &mut Vmcb, g: &mut Gprs| {
+                    v.write64(ctrl::EXITCODE, exitcode::MSR);
+                    v.write64(ctrl::EXITINFO1, 0);
+                    g.0[1] = u64::from(msrs::LSTAR);
+                }) as Step
+            })
+            .collect();
+        let mut v = vcpu(&[0x0f, 0x32], steps, Features::default());
+        v.set_reg(Reg::Rcx, u64::from(msrs::LSTAR)).unwrap();
+        let armed = v.hw().deadlines;
+        v.begin_turn(4);
+        assert_eq!(v.hw().deadlines, armed + 1, "one deadline per turn");
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert_eq!(v.internal_exits, 4);
+        assert_eq!(v.hw().seen.len(), 4, "four VMRUNs, then the turn is over");
+        assert_eq!(v.hw().deadlines, armed + 1, "VMRUN never re-arms it");
+        // A new turn, a new budget (and one more deadline).
+        v.begin_turn(3);
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert_eq!(v.internal_exits, 7);
+        assert_eq!(v.hw().deadlines, armed + 2);
     }
 
     /// A physical interrupt (the time-slice timer) ends the guest's slice.
