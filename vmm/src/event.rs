@@ -22,6 +22,8 @@ pub mod vector {
     pub const SS: u8 = 12;
     pub const GP: u8 = 13;
     pub const PF: u8 = 14;
+    pub const AC: u8 = 17;
+    pub const MC: u8 = 18;
 }
 
 /// The deferred side effect of an exception.
@@ -167,17 +169,21 @@ impl Event {
     }
 }
 
+/// DR6 bits that read as 1 when their condition is absent (the reserved
+/// ones and RTM, bit 16): a DR6 value XOR this gives the active-high form
+/// of a #DB payload (KVM's DR6_ACTIVE_LOW).
+pub const DR6_ACTIVE_LOW: u64 = 0xffff_0ff0;
+
 /// DR6 after a #DB with `payload` (SDM Vol. 3B §18.2.3): B0-B3 are replaced,
 /// the reserved-one and active-low bits (DR6_ACTIVE_LOW = 0xFFFF0FF0) are set
 /// and then cleared where the payload reports the active-low condition, bit 12
 /// is cleared. Mirrors KVM's `kvm_deliver_exception_payload`.
 pub fn merge_dr6(old: u64, payload: u64) -> u64 {
-    const ACTIVE_LOW: u64 = 0xffff_0ff0;
     const TRAP_BITS: u64 = 0xf;
     let mut dr6 = old & !TRAP_BITS;
-    dr6 |= ACTIVE_LOW;
+    dr6 |= DR6_ACTIVE_LOW;
     dr6 |= payload;
-    dr6 ^= payload & ACTIVE_LOW;
+    dr6 ^= payload & DR6_ACTIVE_LOW;
     dr6 & !(1 << 12) & 0xffff_ffff
 }
 

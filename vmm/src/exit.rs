@@ -46,6 +46,10 @@ pub enum Exit {
     ExternalInterrupt,
     /// The time slice armed before entry expired.
     PreemptionTimer,
+    /// A machine check was raised while the guest ran (SVM #MC intercept):
+    /// the hardware error may lie in this VM's state, so the VM stops; it
+    /// is never reflected into the guest, and other VMs go on.
+    MachineCheck,
     /// The guest can no longer run (triple fault, invalid state).
     Shutdown(ShutdownKind),
     /// arm64 trapped `MRS`/`MSR` (ESR_EL2.EC = 0x18).
@@ -158,6 +162,10 @@ pub enum Conduit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hypercall {
     pub conduit: Conduit,
+    /// The caller ran at the guest kernel's privilege (x86 CPL 0; arm64
+    /// always: `HVC`/`SMC` at EL0 are UNDEFINED and never reach EL2). Calls
+    /// from guest user mode get [`crate::hypercall::HC_ERR_PERM`].
+    pub privileged: bool,
     /// The immediate of `HVC`/`SMC` (0 on x86).
     pub imm: u16,
     pub nr: u64,

@@ -20,7 +20,8 @@
 //!   `SMC` serves PSCI only.
 //!
 //! Errors are negative values: -1 unknown call, -2 bad address, -3 bad
-//! argument. `CONSOLE_WRITE` takes at most [`CONSOLE_WRITE_MAX`] bytes, and
+//! argument, -4 not permitted (a call from guest user mode: x86 CPL > 0, as
+//! KVM answers `-KVM_EPERM`; on arm64 `HVC`/`SMC` cannot come from EL0). `CONSOLE_WRITE` takes at most [`CONSOLE_WRITE_MAX`] bytes, and
 //! the whole buffer must be guest RAM (rule `guest_addr`).
 
 use crate::backend::GuestArch;
@@ -37,6 +38,10 @@ pub const ARM64_HC_BASE: u64 = 0xc600_0000;
 pub const HC_ERR_UNKNOWN: u64 = -1i64 as u64;
 pub const HC_ERR_FAULT: u64 = -2i64 as u64;
 pub const HC_ERR_INVALID: u64 = -3i64 as u64;
+/// The caller is guest user code (x86 CPL > 0): no call is allowed, so a
+/// process inside the guest can neither stop its VM nor copy kernel memory
+/// to the console.
+pub const HC_ERR_PERM: u64 = -4i64 as u64;
 
 /// Longest `CONSOLE_WRITE`.
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
@@ -55,6 +60,8 @@ pub enum Call {
     Psci(PsciCall),
     /// Not a call we know: return `HC_ERR_UNKNOWN` (SMCCC NOT_SUPPORTED).
     Unknown,
+    /// A call from guest user mode: return `HC_ERR_PERM`.
+    Denied,
     /// Not a valid call instruction (arm64 `HVC #imm` with imm != 0):
     /// the guest gets an undefined-instruction exception.
     Undefined,
@@ -74,6 +81,9 @@ fn ours(nr: u64, a: &[u64; 6]) -> Call {
 
 /// Decodes a call for a guest of `arch`.
 pub fn decode(arch: GuestArch, hc: &Hypercall) -> Call {
+    if !hc.privileged {
+        return Call::Denied;
+    }
     match (arch, hc.conduit) {
         (GuestArch::X86_64, Conduit::Vmcall | Conduit::Vmmcall) => ours(hc.nr, &hc.args),
         (GuestArch::Aarch64, Conduit::Hvc | Conduit::Smc) => {
@@ -108,6 +118,7 @@ mod tests {
     fn hc(conduit: Conduit, imm: u16, nr: u64, args: [u64; 6]) -> Hypercall {
         Hypercall {
             conduit,
+            privileged: true,
             imm,
             nr,
             args,

@@ -26,7 +26,7 @@ use crate::devices::{ConsoleSink, LineOutput};
 use crate::event::{Event, Queued};
 use crate::exit::{AccessKind, Exit, IoOp, MmioOp, SysRegId, SysRegOp};
 use crate::hypercall::{
-    self, Call, CONSOLE_WRITE_MAX, HC_ERR_FAULT, HC_ERR_INVALID, HC_ERR_UNKNOWN,
+    self, Call, CONSOLE_WRITE_MAX, HC_ERR_FAULT, HC_ERR_INVALID, HC_ERR_PERM, HC_ERR_UNKNOWN,
 };
 use crate::loader::{self, KernelFormat, LoadError};
 use crate::mem::{Backing, GuestMemory, MemError, Region};
@@ -140,6 +140,8 @@ pub enum StopReason {
     Reset,
     TripleFault,
     InvalidState,
+    /// A machine check arrived while this VM ran ([`Exit::MachineCheck`]).
+    MachineCheck,
     /// A stage-2 fault that could not be emulated (x86 undecodable access
     /// or instruction fetch outside RAM, or a fault on RAM that should be
     /// mapped).
@@ -185,6 +187,7 @@ impl fmt::Display for StopReason {
             StopReason::Reset => write!(f, "reset"),
             StopReason::TripleFault => write!(f, "triple fault"),
             StopReason::InvalidState => write!(f, "invalid guest state"),
+            StopReason::MachineCheck => write!(f, "machine check while the guest ran"),
             StopReason::Stage2Fault { gpa, access } => {
                 write!(f, "unhandled stage-2 fault, GPA={gpa:#x} access={access:?}")
             }
@@ -626,6 +629,7 @@ impl<B: Backing> Vm<B> {
             }
             Exit::ExternalInterrupt => Ok(Flow::Continue),
             Exit::PreemptionTimer => Ok(Flow::Yield),
+            Exit::MachineCheck => Err(StopReason::MachineCheck),
             Exit::Shutdown(k) => Err(match k {
                 crate::exit::ShutdownKind::TripleFault => StopReason::TripleFault,
                 crate::exit::ShutdownKind::InvalidState => StopReason::InvalidState,
@@ -676,6 +680,7 @@ impl<B: Backing> Vm<B> {
             }
             Call::Yield => (0, Flow::Yield),
             Call::Unknown => (HC_ERR_UNKNOWN, Flow::Continue),
+            Call::Denied => (HC_ERR_PERM, Flow::Continue),
             Call::Undefined => return inject(vcpu, Event::Undefined),
             Call::Psci(p) => match self.psci(index, p)? {
                 Some(r) => r,
@@ -949,6 +954,7 @@ mod tests {
     fn vmcall(nr: u64, a0: u64, a1: u64) -> Exit {
         Exit::Hypercall(Hypercall {
             conduit: Conduit::Vmmcall,
+            privileged: true,
             imm: 0,
             nr,
             args: [a0, a1, 0, 0, 0, 0],
@@ -1116,6 +1122,43 @@ mod tests {
         assert_eq!(b.memory().read_u32(0x10_0000), Ok(HEADER_MAGIC));
     }
 
+    /// Review finding 4: VMMCALL works at any CPL, and a user process could
+    /// stop its VM or copy kernel memory to the console. Calls from guest
+    /// user mode get HC_ERR_PERM, change nothing and the VM runs on.
+    #[test]
+    fn hypercall_from_user_mode_is_denied() {
+        let sink = Arc::new(CollectSink::default());
+        let mut vm = x86_vm("hc", sink.clone());
+        vm.memory_mut().write(0x2000, b"kernel secret\n").unwrap();
+        let mut v = started(&mut vm, Vec::new());
+        let user = |nr, a0, a1| match vmcall(nr, a0, a1) {
+            Exit::Hypercall(h) => Exit::Hypercall(Hypercall {
+                privileged: false,
+                ..h
+            }),
+            _ => unreachable!(),
+        };
+        let rip = v.get(Reg::Rip);
+        for (nr, a0, a1) in [(HC_CONSOLE_WRITE, 0x2000, 14), (HC_EXIT, 0, 0), (HC_YIELD, 0, 0)] {
+            assert_eq!(vm.handle_exit(0, &mut v, user(nr, a0, a1)), Flow::Continue);
+            assert_eq!(v.get(Reg::Rax), HC_ERR_PERM);
+        }
+        assert!(!vm.is_stopped());
+        assert!(sink.lines().is_empty(), "nothing reached the console");
+        assert_eq!(v.get(Reg::Rip), rip + 6, "each VMMCALL was skipped");
+    }
+
+    /// A machine check while the guest ran stops that VM only.
+    #[test]
+    fn machine_check_stops_the_vm() {
+        let sink = Arc::new(CollectSink::default());
+        let mut vm = x86_vm("mc", sink);
+        let mut v = started(&mut vm, vec![Exit::MachineCheck]);
+        assert_eq!(vm.run(0, &mut v, 4), Flow::Stopped);
+        assert_eq!(vm.stop().unwrap().reason, StopReason::MachineCheck);
+        assert!(vm.stop().unwrap().reason.is_crash());
+    }
+
     #[test]
     fn hypercall_abi() {
         let sink = Arc::new(CollectSink::default());
@@ -1274,6 +1317,7 @@ mod tests {
     fn hvc(imm: u16, x0: u64, args: [u64; 6]) -> Exit {
         Exit::Hypercall(Hypercall {
             conduit: Conduit::Hvc,
+            privileged: true,
             imm,
             nr: x0,
             args,

@@ -270,6 +270,9 @@ pub fn decode_sync(r: &ExitRegs, x: &[u64; 31]) -> Exit {
             }
         }
         ec::HVC64 | ec::SMC64 => Exit::Hypercall(Hypercall {
+            // HVC and SMC are UNDEFINED at EL0 (taken to EL1, never to EL2):
+            // every call that traps here comes from the guest kernel.
+            privileged: true,
             conduit: if class == ec::HVC64 {
                 Conduit::Hvc
             } else {

@@ -105,6 +105,13 @@ impl Features {
     }
 }
 
+/// Exceptions intercepted on every vCPU: #DB and #AC, whose delivery can
+/// raise the same exception again and loop inside the CPU without any exit
+/// (CVE-2015-8104, CVE-2015-5307; Xen XSA-156), and #MC, which belongs to
+/// the host. All three are reflected or handled in [`SvmVcpu`]'s exit path.
+pub const ALWAYS_INTERCEPTED_EXCEPTIONS: u32 =
+    (1 << vector::DB) | (1 << vector::AC) | (1 << vector::MC);
+
 /// The TLB_CONTROL value for an entry (rule `tlb_tag`): flush when this vCPU
 /// never ran, moved to another CPU, its VM's NPT changed, or another VM used
 /// the same ASID on this CPU since. Without flush-by-ASID the only flush is
@@ -370,10 +377,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         *vmcb = Vmcb::zeroed();
         // All DR reads and writes (rule `dr_intercept`).
         vmcb.write32(ctrl::INTERCEPT_DR, 0x00ff_00ff);
-        // No exception is intercepted: with nested paging the guest's own
-        // #PF needs nothing from the hypervisor, and intercepting it costs
-        // an exit per guest page fault. See `set_intercept_pf`.
-        vmcb.write32(ctrl::INTERCEPT_EXCEPTIONS, 0);
+        vmcb.write32(ctrl::INTERCEPT_EXCEPTIONS, ALWAYS_INTERCEPTED_EXCEPTIONS);
         vmcb.write32(
             ctrl::INTERCEPT_MISC1,
             misc1::INTR
@@ -403,7 +407,9 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 | misc2::MONITOR
                 | misc2::MWAIT
                 | misc2::MWAIT_COND
-                | misc2::XSETBV,
+                | misc2::XSETBV
+                | misc2::WBINVD
+                | misc2::RDPRU,
         );
         vmcb.write64(ctrl::IOPM_BASE_PA, iopm_pa);
         vmcb.write64(ctrl::MSRPM_BASE_PA, msrpm_pa);
@@ -468,9 +474,26 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// (nested paging needs no #PF exits); the `svm-intercept-pf` kernel
     /// option turns it on to test that path on real guests.
     pub fn set_intercept_pf(&mut self, on: bool) {
-        let bits = self.vmcb.read32(ctrl::INTERCEPT_EXCEPTIONS) & !(1 << vector::PF);
         let pf = if on { 1 << vector::PF } else { 0 };
-        self.vmcb.write32(ctrl::INTERCEPT_EXCEPTIONS, bits | pf);
+        self.vmcb
+            .write32(ctrl::INTERCEPT_EXCEPTIONS, ALWAYS_INTERCEPTED_EXCEPTIONS | pf);
+    }
+
+    /// Reflects an intercepted exception into the guest. When it arose while
+    /// another event was being delivered (EXITINTINFO valid), that event is
+    /// queued first so the double-fault rules combine the two as the CPU
+    /// would have, instead of re-injecting it (found for #PF, same for #DB
+    /// and #AC).
+    fn reflect(&mut self, e: Event, out: &mut Exit) -> Result<bool, BackendError> {
+        if let Some(info) = self.reinject.take() {
+            if let Some(prev) = decode_event(info, self.vmcb.read32(ctrl::EXITINTINFO + 4)) {
+                if self.queue(prev)? == Queued::TripleFault {
+                    *out = Exit::Shutdown(ShutdownKind::TripleFault);
+                    return Ok(true);
+                }
+            }
+        }
+        slot(out, self.internal_fault(e))
     }
 
     pub fn hw(&mut self) -> &mut H {
@@ -772,6 +795,8 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 let a = [Reg::Rbx, Reg::Rcx, Reg::Rdx, Reg::Rsi, Reg::Rdi, Reg::R8];
                 Exit::Hypercall(Hypercall {
                     conduit: Conduit::Vmmcall,
+                    // VMMCALL works at any CPL: only the guest kernel may call.
+                    privileged: self.vmcb.read8(save::CPL) == 0,
                     imm: 0,
                     nr: self.gpr(Reg::Rax),
                     args: a.map(|r| self.gpr(r)),
@@ -816,23 +841,63 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 return slot(out, self.mov_dr(c));
             }
             c if c == exitcode::EXCP_BASE + u64::from(vector::PF) => {
-                // A #PF while delivering another event: queue that event
-                // first so the double-fault rules combine the two (benign +
-                // #PF → #PF, #PF + #PF → #DF), instead of re-injecting it.
-                if let Some(info) = self.reinject.take() {
-                    if let Some(e) = decode_event(info, self.vmcb.read32(ctrl::EXITINTINFO + 4)) {
-                        if self.queue(e)? == Queued::TripleFault {
-                            *out = Exit::Shutdown(ShutdownKind::TripleFault);
-                            return Ok(true);
-                        }
-                    }
-                }
                 // Reflect the guest's own #PF: the hardware did not write
-                // CR2 (EXITINFO2 has the address); delivery will.
+                // CR2 (EXITINFO2 has the address); delivery will. A #PF
+                // while delivering another event combines by the double-fault
+                // rules (benign + #PF → #PF, #PF + #PF → #DF).
+                return self.reflect(Event::page_fault(info2, info1 as u32), out);
+            }
+            c if c == exitcode::EXCP_BASE + u64::from(vector::DB) => {
+                // Always intercepted (CVE-2015-8104: a #DB raised while
+                // delivering a #DB loops inside the CPU without an exit).
+                // The CPU has already written its DR6 bits into the VMCB;
+                // they travel as the payload and are merged into DR6 at
+                // delivery (rule `exc_payload`), giving the DR6 the guest
+                // would have seen without the intercept.
+                let payload = self.vmcb.read64(save::DR6) ^ vmm::event::DR6_ACTIVE_LOW;
+                return self.reflect(Event::debug(payload & 0xffff_ffff), out);
+            }
+            c if c == exitcode::EXCP_BASE + u64::from(vector::AC) => {
+                // Always intercepted (CVE-2015-5307: #AC during #AC
+                // delivery loops inside the CPU). Its error code is 0.
+                return self.reflect(
+                    Event::Exception {
+                        vector: vector::AC,
+                        error_code: Some(0),
+                        payload: vmm::event::Payload::None,
+                    },
+                    out,
+                );
+            }
+            c if c == exitcode::EXCP_BASE + u64::from(vector::MC) => {
+                // A machine check of the host's hardware must not reach the
+                // guest; the VM that ran stops (vmm), the others go on.
+                Exit::MachineCheck
+            }
+            exitcode::ICEBP => {
+                // INT1 raises a trap-like #DB without a privilege check and
+                // without DR6 bits: deliver it after the instruction, as
+                // the CPU would (it was a VM stop before, review finding 4).
+                self.next_rip_fixed(1, 0xf1);
+                if let Some(n) = self.next_rip.take() {
+                    self.vmcb.write64(save::RIP, n);
+                    self.vmcb.write64(ctrl::INTERRUPT_SHADOW, 0);
+                }
                 return slot(
                     out,
-                    self.internal_fault(Event::page_fault(info2, info1 as u32)),
+                    self.internal_fault(Event::Exception {
+                        vector: vector::DB,
+                        error_code: None,
+                        payload: vmm::event::Payload::None,
+                    }),
                 );
+            }
+            exitcode::WBINVD => {
+                // WBINVD/WBNOINVD write back every cache of the CPU: slow,
+                // and with no assigned devices nothing in the guest needs it
+                // (KVM skips it the same way). 0F 09, or F3 0F 09.
+                self.next_rip_fixed(2, 0x0f);
+                return slot(out, self.internal_done());
             }
             exitcode::VMRUN
             | exitcode::VMLOAD
@@ -844,8 +909,10 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             | exitcode::MONITOR
             | exitcode::MWAIT
             | exitcode::MWAIT_COND
-            | exitcode::XSETBV => {
-                // SVM, MONITOR and XSAVE are hidden in CPUID: #UD as on such a CPU.
+            | exitcode::XSETBV
+            | exitcode::RDPRU => {
+                // SVM, MONITOR, XSAVE and RDPRU are hidden in CPUID: #UD as
+                // on such a CPU.
                 return slot(out, self.internal_fault(Event::Undefined));
             }
             exitcode::SHUTDOWN => Exit::Shutdown(ShutdownKind::TripleFault),
@@ -1464,8 +1531,16 @@ mod tests {
             assert_ne!(m1 & b, 0);
         }
         assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_DR), 0x00ff_00ff);
-        // No #PF exits unless asked for (nested paging needs none).
-        assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS), 0);
+        // No #PF exits unless asked for (nested paging needs none); #DB,
+        // #AC and #MC always (inv_benign_exception_intercepts).
+        assert_eq!(
+            v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS),
+            ALWAYS_INTERCEPTED_EXCEPTIONS
+        );
+        let m2 = v.vmcb().read32(ctrl::INTERCEPT_MISC2);
+        for b in [misc2::ICEBP, misc2::WBINVD, misc2::RDPRU, misc2::VMMCALL] {
+            assert_ne!(m2 & b, 0);
+        }
         assert_eq!(v.vmcb().read32(ctrl::GUEST_ASID), 1);
         assert_eq!(v.vmcb().read64(ctrl::NP_ENABLE), 1);
         assert_ne!(v.vmcb().read64(save::EFER) & EFER_SVME, 0);
@@ -1913,9 +1988,95 @@ mod tests {
     fn pf_interception_is_opt_in() {
         let mut v = vcpu(&[], vec![], Features::default());
         v.set_intercept_pf(true);
-        assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS), 1 << 14);
+        assert_eq!(
+            v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS),
+            ALWAYS_INTERCEPTED_EXCEPTIONS | 1 << 14
+        );
         v.set_intercept_pf(false);
-        assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS), 0);
+        assert_eq!(
+            v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS),
+            ALWAYS_INTERCEPTED_EXCEPTIONS
+        );
+    }
+
+    /// Review finding 2 (CVE-2015-8104 #DB, CVE-2015-5307 #AC, XSA-156):
+    /// #DB and #AC are always intercepted, whatever #PF interception does,
+    /// and reflected: #DB with the DR6 the CPU computed, written at
+    /// delivery (rule `exc_payload`), #AC with error code 0. A guest whose
+    /// exception delivery raises the same exception again now exits each
+    /// time and loses the CPU at the end of its turn. #MC stops the VM.
+    #[test]
+    fn inv_benign_exception_intercepts() {
+        let dr6_at_entry = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = dr6_at_entry.clone();
+        let db = |dr6: u64| -> Step {
+            Box::new(move |v: &mut Vmcb, _g: &mut Gprs| {
+                v.write64(ctrl::EXITCODE, exitcode::EXCP_BASE + 1);
+                // The CPU's own DR6 update (here: single step, BS).
+                v.write64(save::DR6, dr6);
+            })
+        };
+        let record: Step = Box::new(move |v: &mut Vmcb, _g: &mut Gprs| {
+            seen.borrow_mut().push(v.read64(save::DR6));
+            v.write64(ctrl::EXITCODE, exitcode::EXCP_BASE + 17);
+            v.write64(ctrl::EXITINFO1, 0);
+        });
+        let mut v = vcpu(
+            &[0x90; 8],
+            vec![
+                db(0xffff_4ff0),
+                record,
+                exit(exitcode::EXCP_BASE + 18, 0, 0),
+            ],
+            Features::default(),
+        );
+        for pf in [true, false] {
+            v.set_intercept_pf(pf);
+            let bits = v.vmcb().read32(ctrl::INTERCEPT_EXCEPTIONS);
+            for vec in [vector::DB, vector::AC, vector::MC] {
+                assert_ne!(bits & (1 << vec), 0, "vector {vec} with #PF intercept {pf}");
+            }
+        }
+        // #DB, then #AC: both reflected inside run; #MC reaches the vmm.
+        assert_eq!(v.run().unwrap(), Exit::MachineCheck);
+        assert_eq!(v.hw().seen[1].0, event_inj::encode(1, 3, None), "#DB injected");
+        assert_eq!(dr6_at_entry.borrow()[0], 0xffff_4ff0, "DR6.BS at delivery");
+        assert_eq!(v.hw().seen[2].0, event_inj::encode(17, 3, Some(0)), "#AC(0)");
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1000, "reflection moves no RIP");
+
+        // A #DB that raises #DB again on every delivery: each round trip is
+        // an exit now, and the turn ends when its budget is spent.
+        let steps: Vec<Step> = (0..20).map(|_| db(0xffff_0ff1)).collect();
+        let mut v = vcpu(&[0x90; 8], steps, Features::default());
+        v.begin_turn(8);
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert_eq!(v.hw().seen.len(), 8);
+        assert_eq!(v.vmcb().read64(save::DR6), 0xffff_0ff1, "B0 kept");
+    }
+
+    /// ICEBP (F1) was an unknown exit that stopped the VM (review finding
+    /// 4): it raises #DB after the instruction, with no DR6 bits; WBINVD is
+    /// skipped; RDPRU (hidden) is #UD.
+    #[test]
+    fn icebp_wbinvd_rdpru() {
+        let mut v = vcpu(
+            &[0xf1, 0x0f, 0x09, 0x0f, 0x01, 0xfd, 0xf4],
+            vec![
+                exit(exitcode::ICEBP, 0, 0),
+                exit(exitcode::WBINVD, 0, 0),
+                exit(exitcode::RDPRU, 0, 0),
+                exit(exitcode::HLT, 0, 0),
+            ],
+            Features::default(),
+        );
+        v.set_reg(Reg::Dr6, 0xffff_0ff0).unwrap();
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.hw().seen[1].0, event_inj::encode(1, 3, None), "#DB for ICEBP");
+        assert_eq!(v.hw().seen[2].0, 0, "WBINVD: nothing to inject");
+        assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None), "#UD for RDPRU");
+        // RIP: past F1 (1) and 0F 09 (2); RDPRU faults, so it stays at 3.
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1003);
+        assert_eq!(v.reg(Reg::Dr6).unwrap(), 0xffff_0ff0, "ICEBP sets no DR6 bit");
     }
 
     #[test]

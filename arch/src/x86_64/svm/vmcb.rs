@@ -119,10 +119,13 @@ pub mod misc2 {
     pub const SKINIT: u32 = 1 << 6;
     pub const RDTSCP: u32 = 1 << 7;
     pub const ICEBP: u32 = 1 << 8;
+    /// WBINVD and WBNOINVD.
+    pub const WBINVD: u32 = 1 << 9;
     pub const MONITOR: u32 = 1 << 10;
     pub const MWAIT: u32 = 1 << 11;
     pub const MWAIT_COND: u32 = 1 << 12;
     pub const XSETBV: u32 = 1 << 13;
+    pub const RDPRU: u32 = 1 << 14;
 }
 
 /// TLB_CONTROL values (APM Vol. 2 §15.16.1).
@@ -163,10 +166,13 @@ pub mod exitcode {
     pub const SKINIT: u64 = 0x86;
     pub const RDTSCP: u64 = 0x87;
     pub const ICEBP: u64 = 0x88;
+    /// WBINVD or WBNOINVD.
+    pub const WBINVD: u64 = 0x89;
     pub const MONITOR: u64 = 0x8a;
     pub const MWAIT: u64 = 0x8b;
     pub const MWAIT_COND: u64 = 0x8c;
     pub const XSETBV: u64 = 0x8d;
+    pub const RDPRU: u64 = 0x8e;
     pub const NPF: u64 = 0x400;
     /// VMRUN refused the guest state.
     pub const INVALID: u64 = u64::MAX;
