@@ -12,3 +12,6 @@ pub mod paging;
 pub mod x86_64;
 
 pub mod aarch64;
+
+#[cfg(test)]
+mod proptests;
