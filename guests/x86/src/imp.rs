@@ -256,6 +256,11 @@ extern "C" fn exception_handler(f: &mut Frame) {
     LAST_RIP.store(f.rip, Ordering::SeqCst);
     LAST_CR2.store(cr2, Ordering::SeqCst);
     EXCEPTIONS.fetch_add(1, Ordering::SeqCst);
+    if f.vector == 1 {
+        // Single-stepping ends with the first #DB (a test sets TF for one
+        // instruction at a time).
+        f.rflags &= !0x100;
+    }
     let skip = SKIP.swap(0, Ordering::SeqCst);
     if skip == 0 {
         println!(
@@ -357,6 +362,136 @@ pub fn init_cpu() {
             t = out(reg) _,
         )
     };
+}
+
+// ---- User mode (CPL 3) ---------------------------------------------------
+
+/// Selectors of [`enter_user`]'s GDT: user code and data at DPL 3, the TSS.
+pub const USER_CS: u64 = 0x18 | 3;
+pub const USER_DS: u64 = 0x20 | 3;
+const TSS_SEL: u16 = 0x28;
+
+#[repr(C, align(16))]
+struct Stack([u8; 16384]);
+static mut KERNEL_STACK: Stack = Stack([0; 16384]);
+static mut USER_STACK: Stack = Stack([0; 16384]);
+
+/// A 64-bit TSS (SDM Vol. 3A §8.7): only RSP0 is used, the stack on which
+/// exceptions from CPL 3 are delivered; no I/O bitmap (IOPL 3 instead).
+#[repr(C, align(16))]
+struct Tss([u32; 26]);
+static mut TSS: Tss = Tss([0; 26]);
+
+#[repr(C, align(16))]
+struct UserGdt([u64; 7]);
+static mut USER_GDT: UserGdt = UserGdt([0; 7]);
+
+/// Marks every page of the current (loader-built) identity map as a user
+/// page, so that CPL 3 code can run the guest's own code and data.
+fn open_paging_to_user() {
+    let cr3: u64;
+    // SAFETY: reading CR3 at CPL 0.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    let table = |pa: u64| pa as *mut u64;
+    let addr = |e: u64| e & 0x000f_ffff_ffff_f000;
+    // SAFETY: the loader's tables live in our RAM, identity-mapped; setting
+    // U/S only widens access for our own CPL 3 code; CR3 is reloaded after.
+    unsafe {
+        let pml4 = table(addr(cr3));
+        for i in 0..512 {
+            let e = pml4.add(i).read_volatile();
+            if e & 1 == 0 {
+                continue;
+            }
+            pml4.add(i).write_volatile(e | 4);
+            let pdpt = table(addr(e));
+            for j in 0..512 {
+                let e = pdpt.add(j).read_volatile();
+                if e & 1 == 0 {
+                    continue;
+                }
+                pdpt.add(j).write_volatile(e | 4);
+                if e & 0x80 != 0 {
+                    continue;
+                }
+                let pd = table(addr(e));
+                for k in 0..512 {
+                    let e = pd.add(k).read_volatile();
+                    if e & 1 != 0 {
+                        pd.add(k).write_volatile(e | 4);
+                    }
+                }
+            }
+        }
+        // No SMEP/SMAP: the kernel handles exceptions on these user pages.
+        asm!("mov {t}, cr4", "and {t}, {m}", "mov cr4, {t}", "mov {t}, cr3", "mov cr3, {t}",
+             t = out(reg) _, m = in(reg) !((1u64 << 20) | (1u64 << 21)), options(nostack));
+    }
+}
+
+/// Leaves for CPL 3 at `f` (with IOPL 3, so that user code still prints
+/// and ends the test through port I/O). Exceptions from user mode reach
+/// the usual handlers on a kernel stack through the TSS; `f` never returns.
+pub fn enter_user(f: extern "C" fn() -> !) -> ! {
+    open_paging_to_user();
+    // SAFETY: single-threaded; the GDT keeps the kernel selectors 0x08 and
+    // 0x10 of `init_cpu`, adds user code/data at DPL 3 and a TSS whose RSP0
+    // is a stack of its own; IRETQ to CPL 3 then starts `f` on the user stack.
+    unsafe {
+        let tss = &mut *core::ptr::addr_of_mut!(TSS);
+        let k = core::ptr::addr_of_mut!(KERNEL_STACK) as u64 + 16384;
+        tss.0[1] = k as u32;
+        tss.0[2] = (k >> 32) as u32;
+        tss.0[25] = 104 << 16; // I/O map base beyond the limit: no bitmap
+        let base = tss as *mut Tss as u64;
+        let limit = 103u64;
+        let g = &mut *core::ptr::addr_of_mut!(USER_GDT);
+        g.0 = [
+            0,
+            0x00af_9b00_0000_ffff,
+            0x00cf_9300_0000_ffff,
+            0x00af_fb00_0000_ffff,
+            0x00cf_f300_0000_ffff,
+            (limit & 0xffff) | (base & 0xff_ffff) << 16 | 0x89 << 40 | (base >> 24 & 0xff) << 56,
+            base >> 32,
+        ];
+        let gdtr = Dtr {
+            limit: (core::mem::size_of::<UserGdt>() - 1) as u16,
+            base: g as *mut UserGdt as u64,
+        };
+        let ustack = core::ptr::addr_of_mut!(USER_STACK) as u64 + 16384 - 8;
+        asm!(
+            "lgdt [{g}]",
+            "ltr {tss:x}",
+            "push {ds}",
+            "push {rsp}",
+            "pushfq",
+            "or qword ptr [rsp], 0x3000",
+            "push {cs}",
+            "push {f}",
+            "iretq",
+            g = in(reg) &gdtr,
+            tss = in(reg) TSS_SEL,
+            ds = in(reg) USER_DS,
+            rsp = in(reg) ustack,
+            cs = in(reg) USER_CS,
+            f = in(reg) f,
+            options(noreturn),
+        )
+    }
+}
+
+/// The current privilege level (CS.RPL).
+pub fn cpl() -> u64 {
+    let cs: u64;
+    // SAFETY: reading CS has no effect.
+    unsafe { asm!("mov {:x}, cs", out(reg) cs, options(nomem, nostack)) };
+    cs & 3
+}
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC is allowed at every CPL (CR4.TSD clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 #[panic_handler]

@@ -13,6 +13,7 @@ mod arm64;
 mod boot;
 mod chaos;
 mod external;
+mod hostile;
 mod svm;
 
 /// One emulator run and what it must show.
@@ -164,5 +165,6 @@ pub fn all() -> Vec<Scenario> {
     v.extend(arm64::scenarios());
     v.extend(external::scenarios());
     v.extend(chaos::scenarios());
+    v.extend(hostile::scenarios());
     v
 }

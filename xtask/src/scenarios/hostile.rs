@@ -1,0 +1,115 @@
+//! The hostile-guest review's x86 regression scenarios (`guests/x86`
+//! `hostile` binary, one `mode=` each): a guest attacks the hypervisor from
+//! user or kernel mode, usually next to a well-behaved `hello` VM that must
+//! still finish first. Each runs on `EPYC,+svm,+npt` and as `<name>-max` on
+//! `-cpu max`.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// A crash, a failed check, or a VM stopped for a reason nobody asked for.
+const FORBID: &[&str] = &[
+    "*** EXCEPTION",
+    "panicked",
+    "HV-EXIT: failure",
+    "FAIL",
+    "stopped: unknown exit",
+    "stopped: unhandled",
+    "stopped: backend",
+    "stopped: invalid guest state",
+];
+
+fn x86(name: &'static str, vms: Vec<GuestVm>, expect: &'static [&'static str]) -> Scenario {
+    Scenario {
+        cpu: Some("EPYC,+svm,+npt"),
+        forbid: FORBID,
+        ..guests(name, Arch::X86_64, vms, expect)
+    }
+}
+
+/// The scenario on EPYC and again on `max`.
+fn both(s: Scenario, max_name: &'static str) -> [Scenario; 2] {
+    let max = Scenario {
+        name: max_name,
+        cpu: Some("max"),
+        ..s.clone()
+    };
+    [s, max]
+}
+
+/// A spinning VM first in the run order, then `hello`: hello must finish
+/// before the spin is over. Before the fix the spinning VM's turn lasted
+/// as long as its loop, so hello only ran afterwards.
+fn spin(name: &'static str, max_name: &'static str, append: &'static str) -> [Scenario; 2] {
+    let mut s = x86(
+        name,
+        vec![vm("hostile", "spin").append(append), vm("hello", "hello")],
+        &[
+            "[hello] PASS",
+            "vm hello: stopped: debug-exit, code 33",
+            "[spin] hostile: spin over",
+            "vm spin: stopped: debug-exit, code 33",
+            "all 2 VM(s) stopped (0 crashed)",
+            "HV-EXIT: success",
+        ],
+    );
+    s.expect_each = &[&["[spin] hostile: mode", "[spin] hostile: spin over", "[spin] PASS"]];
+    both(s, max_name)
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    let mut v = Vec::new();
+    v.extend(spin(
+        "hostile-x86-user-cpuid-spin",
+        "hostile-x86-user-cpuid-spin-max",
+        "mode=user-cpuid-spin gticks=3",
+    ));
+    v.extend(spin(
+        "hostile-x86-kernel-msr-spin",
+        "hostile-x86-kernel-msr-spin-max",
+        "mode=kernel-msr-spin gticks=3",
+    ));
+    let mut user = x86(
+        "hostile-x86-user-vmmcall",
+        vec![vm("hostile", "uv").append("mode=user-vmmcall")],
+        &[
+            "[uv] from CPL 0",
+            "[uv] ok: CONSOLE_WRITE from CPL 0 works",
+            "[uv] ok: running at CPL 3",
+            "[uv] ok: CONSOLE_WRITE from CPL 3: 0xfffffffffffffffc (-4)",
+            "[uv] ok: EXIT from CPL 3: 0xfffffffffffffffc (-4), still running",
+            "[uv] ok: YIELD from CPL 3: 0xfffffffffffffffc (-4)",
+            "[uv] PASS",
+            "vm uv: stopped: debug-exit, code 33",
+            "HV-EXIT: success",
+        ],
+    );
+    user.forbid = &[
+        "*** EXCEPTION",
+        "panicked",
+        "HV-EXIT: failure",
+        "FAIL",
+        "kernel secret",
+        "stopped: exit hypercall",
+    ];
+    v.extend(both(user, "hostile-x86-user-vmmcall-max"));
+    v.extend(both(
+        x86(
+            "hostile-x86-icebp",
+            vec![vm("hostile", "icebp").append("mode=icebp")],
+            &[
+                "[icebp] ok: ICEBP sets no DR6.BS",
+                "[icebp] ok: single step raised #DB",
+                "[icebp] ok: DR6.BS after a single step",
+                "[icebp] ok: running at CPL 3",
+                "ICEBP #3 at CPL 3",
+                "[icebp] hostile: icebp done",
+                "[icebp] PASS",
+                "vm icebp: stopped: debug-exit, code 33",
+                "HV-EXIT: success",
+            ],
+        ),
+        "hostile-x86-icebp-max",
+    ));
+    v
+}
