@@ -126,6 +126,35 @@ pub fn scenarios() -> Vec<Scenario> {
             },
             "arm64-isolation-a72",
         ),
+        // The GIC virtual CPU interface (ICV_* through ICC_* with
+        // HCR_EL2.IMO/FMO) is per vCPU: the writer's priority mask, binary
+        // point, group enables and active priorities never reach the
+        // reader, which checks its reset values between the writer's turns.
+        both(
+            Scenario {
+                expect_each: &[
+                    &[
+                        "[icv-a] icv: writer wrote: PMR 0xa8 BPR0",
+                        "[icv-a] icv: ok (writer), 8 rounds",
+                        "vm icv-a: stopped: power off",
+                    ],
+                    &[
+                        "[icv-b] icv: fresh vCPU: PMR 0x0",
+                        "[icv-b] icv: ok (reader), 8 rounds",
+                        "vm icv-b: stopped: power off",
+                    ],
+                ],
+                ..arm(
+                    "hostile-arm64-icv-leak",
+                    vec![
+                        vm("icv", "icv-a").append("role=writer"),
+                        vm("icv", "icv-b").append("role=reader"),
+                    ],
+                    &["all 2 VM(s) stopped (0 crashed)", "HV-EXIT: success"],
+                )
+            },
+            "hostile-arm64-icv-leak-a72",
+        ),
         both(
             arm(
                 "arm64-undef",

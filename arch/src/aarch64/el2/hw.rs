@@ -18,11 +18,11 @@
 //! same vCPU touches them.
 
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::{
-    decode_sync, sync_delivery, ExitRegs, S2Config, CNTHCTL_EL2_GUEST, CPTR_EL2_GUEST,
-    ESR_UNDEFINED, HCR_EL2_GUEST, PSTATE_EL1H_MASKED,
+    decode_sync, sync_delivery, ExitRegs, IchVtr, S2Config, VgicCpuState, CNTHCTL_EL2_GUEST,
+    CPTR_EL2_GUEST, ESR_UNDEFINED, HCR_EL2_GUEST, PSTATE_EL1H_MASKED,
 };
 use crate::aarch64::mmu;
 use crate::paging::{
@@ -187,6 +187,11 @@ static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
 /// The EL2 physical timer's PPI (Arm BSA; QEMU `virt` DTB `<1 10 4>`).
 pub const CNTHP_INTID: u32 = 26;
 static HAS_RAS: AtomicBool = AtomicBool::new(false);
+/// List registers of the GIC virtual CPU interface (0: the CPU has no
+/// GICv3 system-register interface, nothing to switch) and active-priority
+/// registers per group, from ICH_VTR_EL2 ([`IchVtr`]).
+static ICH_LRS: AtomicUsize = AtomicUsize::new(0);
+static ICH_APRS: AtomicUsize = AtomicUsize::new(0);
 
 /// Points VBAR_EL2 at the guest-exit vectors (whose current-EL entries go
 /// to the kernel's crash vectors), sets the EL2 controls every guest uses
@@ -219,7 +224,122 @@ pub fn install_vectors() {
         )
     };
     set_mdcr_el2();
+    probe_ich((pfr0 >> 24) & 0xf != 0);
     mmu::flush_all_guests();
+}
+
+/// Finds the GIC virtual CPU interface the world switch must save and
+/// restore: with the GICv3 system-register interface (ID_AA64PFR0_EL1.GIC
+/// `gic`) and ICC_SRE_EL2.SRE set (the ICH_* registers need it; set here if
+/// the firmware left it clear, as `enable_preemption` does), the sizes come
+/// from ICH_VTR_EL2.
+fn probe_ich(gic: bool) {
+    if !gic {
+        return;
+    }
+    let sre: u64;
+    // SAFETY: ICC_SRE_EL2 exists (ID_AA64PFR0_EL1.GIC != 0); SRE|Enable only
+    // select the system-register interface at EL2 (and allow EL1 its own),
+    // which is the only one the hypervisor uses.
+    unsafe {
+        asm!(
+            "mrs {s}, S3_4_C12_C9_5",
+            "orr {s}, {s}, #1",
+            "orr {s}, {s}, #8",
+            "msr S3_4_C12_C9_5, {s}",
+            "isb",
+            "mrs {s}, S3_4_C12_C9_5",
+            s = out(reg) sre,
+            options(nostack, preserves_flags)
+        )
+    };
+    if sre & 1 == 0 {
+        return;
+    }
+    let vtr: u64;
+    // SAFETY: reading ICH_VTR_EL2 at EL2 with ICC_SRE_EL2.SRE set has no
+    // side effects.
+    unsafe {
+        asm!("mrs {}, S3_4_C12_C11_1", out(reg) vtr, options(nomem, nostack, preserves_flags))
+    };
+    let vtr = IchVtr(vtr);
+    ICH_APRS.store(vtr.apr_regs(), Ordering::Relaxed);
+    ICH_LRS.store(vtr.list_regs(), Ordering::Relaxed);
+}
+
+macro_rules! ich_regs {
+    ($load:ident, $save:ident, [$($i:literal => $reg:literal),* $(,)?]) => {
+        fn $load(v: &[u64], n: usize) {
+            $(
+                if $i < n {
+                    // SAFETY: the register exists (index below n, from ICH_VTR_EL2);
+                    // ICH state only affects the guest's virtual interface.
+                    unsafe { asm!(concat!("msr ", $reg, ", {}"), in(reg) v[$i], options(nostack, preserves_flags)) };
+                }
+            )*
+        }
+        fn $save(v: &mut [u64], n: usize) {
+            $(
+                if $i < n {
+                    // SAFETY: the register exists; reading it has no side effects.
+                    unsafe { asm!(concat!("mrs {}, ", $reg), out(reg) v[$i], options(nomem, nostack, preserves_flags)) };
+                }
+            )*
+        }
+    };
+}
+
+ich_regs!(load_lrs, save_lrs, [
+    0 => "S3_4_C12_C12_0", 1 => "S3_4_C12_C12_1", 2 => "S3_4_C12_C12_2", 3 => "S3_4_C12_C12_3",
+    4 => "S3_4_C12_C12_4", 5 => "S3_4_C12_C12_5", 6 => "S3_4_C12_C12_6", 7 => "S3_4_C12_C12_7",
+    8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
+    12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
+]);
+ich_regs!(load_ap0rs, save_ap0rs, [
+    0 => "S3_4_C12_C8_0", 1 => "S3_4_C12_C8_1", 2 => "S3_4_C12_C8_2", 3 => "S3_4_C12_C8_3",
+]);
+ich_regs!(load_ap1rs, save_ap1rs, [
+    0 => "S3_4_C12_C9_0", 1 => "S3_4_C12_C9_1", 2 => "S3_4_C12_C9_2", 3 => "S3_4_C12_C9_3",
+]);
+
+/// Loads a vCPU's GIC virtual CPU interface (in `bind`; nothing at EL2
+/// uses it between entries): ICH_HCR_EL2, the list registers, the active
+/// priorities, then ICH_VMCR_EL2 (KVM's `__vgic_v3_restore_state` order).
+fn vgic_load(g: &VgicCpuState) {
+    let lrs = ICH_LRS.load(Ordering::Relaxed);
+    if lrs == 0 {
+        return;
+    }
+    let aprs = ICH_APRS.load(Ordering::Relaxed);
+    // SAFETY: ICH_HCR_EL2 exists (lrs != 0: the GICv3 system-register
+    // interface with SRE set); it only controls the guest's virtual
+    // interface.
+    unsafe { asm!("msr S3_4_C12_C11_0, {}", in(reg) g.hcr, options(nostack, preserves_flags)) };
+    load_lrs(&g.lr, lrs);
+    load_ap0rs(&g.ap0r, aprs);
+    load_ap1rs(&g.ap1r, aprs);
+    // SAFETY: as for ICH_HCR_EL2; the ISB makes the state the guest's
+    // before its entry.
+    unsafe {
+        asm!("msr S3_4_C12_C11_7, {}", "isb", in(reg) g.vmcr, options(nostack, preserves_flags))
+    };
+}
+
+/// Saves what [`vgic_load`] loads (in `unbind`).
+fn vgic_save(g: &mut VgicCpuState) {
+    let lrs = ICH_LRS.load(Ordering::Relaxed);
+    if lrs == 0 {
+        return;
+    }
+    let aprs = ICH_APRS.load(Ordering::Relaxed);
+    // SAFETY: as in vgic_load; reads have no side effects.
+    unsafe {
+        asm!("mrs {}, S3_4_C12_C11_7", out(reg) g.vmcr, options(nomem, nostack, preserves_flags));
+        asm!("mrs {}, S3_4_C12_C11_0", out(reg) g.hcr, options(nomem, nostack, preserves_flags));
+    }
+    save_lrs(&mut g.lr, lrs);
+    save_ap0rs(&mut g.ap0r, aprs);
+    save_ap1rs(&mut g.ap1r, aprs);
 }
 
 /// Traps the guest's debug and PMU register accesses (see
@@ -700,6 +820,8 @@ pub struct El2Vcpu {
     bound: Option<PhysCpu>,
     /// Virtual SError to raise on the next entry.
     vserror: bool,
+    /// The GIC virtual CPU interface, switched in `bind`/`unbind`.
+    vgic: VgicCpuState,
 }
 
 impl El2Vcpu {
@@ -728,6 +850,7 @@ impl El2Vcpu {
             vmpidr: (1 << 31) | aff,
             bound: None,
             vserror: false,
+            vgic: VgicCpuState::default(),
         })
     }
 
@@ -883,6 +1006,7 @@ impl Vcpu for El2Vcpu {
             ..El1Regs::default()
         };
         self.fp = FpRegs::default();
+        self.vgic = VgicCpuState::default();
         self.events = PendingEvents::default();
         self.ctx.pc = state.pc;
         self.ctx.pstate = PSTATE_EL1H_MASKED;
@@ -891,6 +1015,7 @@ impl Vcpu for El2Vcpu {
         }
         if self.bound.is_some() {
             fp_load(&self.fp);
+            vgic_load(&self.vgic);
         }
         Ok(())
     }
@@ -912,6 +1037,7 @@ impl Vcpu for El2Vcpu {
         };
         let _ = midr;
         fp_load(&self.fp);
+        vgic_load(&self.vgic);
         self.bound = Some(cpu);
         Ok(())
     }
@@ -919,6 +1045,7 @@ impl Vcpu for El2Vcpu {
     fn unbind(&mut self) -> Result<(), BackendError> {
         if self.bound.take().is_some() {
             fp_save(&mut self.fp);
+            vgic_save(&mut self.vgic);
         }
         Ok(())
     }

@@ -417,6 +417,70 @@ pub fn sync_delivery(esr: u64, pc: u64, pstate: u64, vbar_el1: u64) -> Delivery 
 /// for an instruction we refuse (Arm ARM D17.2.37).
 pub const ESR_UNDEFINED: u64 = 1 << 25;
 
+/// ICH_VTR_EL2 (GICv3 architecture spec, "ICH_VTR_EL2"): what the
+/// virtual CPU interface has, read once at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IchVtr(pub u64);
+
+impl IchVtr {
+    /// List registers ICH_LR<n>_EL2: ListRegs (bits 4:0) + 1 (QEMU: 4), at
+    /// most the 16 the architecture defines.
+    pub const fn list_regs(self) -> usize {
+        let n = (self.0 & 0x1f) as usize + 1;
+        if n > 16 {
+            16
+        } else {
+            n
+        }
+    }
+
+    /// Virtual preemption bits: PREbits (bits 28:26) + 1 (5 to 7).
+    pub const fn pre_bits(self) -> u32 {
+        ((self.0 >> 26) & 7) as u32 + 1
+    }
+
+    /// Active-priority registers per group (ICH_AP0R<n>_EL2 and
+    /// ICH_AP1R<n>_EL2): one bit per preemption level, 32 levels per
+    /// register, so 1 with 5 preemption bits, 2 with 6 and 4 with 7. The
+    /// others do not exist (an access is UNDEFINED), as KVM's
+    /// `vtr_to_nr_pre_bits` also counts them.
+    pub const fn apr_regs(self) -> usize {
+        match self.pre_bits() {
+            7 => 4,
+            6 => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The GIC virtual CPU interface of one vCPU, switched with the vCPU. With
+/// HCR_EL2.IMO/FMO set a guest's ICC_PMR_EL1, ICC_BPR0/1_EL1,
+/// ICC_CTLR_EL1, ICC_IGRPEN0/1_EL1 and ICC_AP0R/AP1R<n>_EL1 accesses reach
+/// the ICV_* registers, whose state the CPU keeps in ICH_VMCR_EL2 and
+/// ICH_AP0R/AP1R<n>_EL2 (and EOIs count in ICH_HCR_EL2.EOIcount): left on
+/// the physical CPU, one VM read another's values (scenario
+/// `hostile-arm64-icv-leak`). The list registers are switched too, for the
+/// virtual GIC to come.
+///
+/// The default is a vCPU's reset state: everything 0. Writing
+/// ICH_VMCR_EL2 = 0 makes the CPU set both binary points to their minimum
+/// (a binary point written below the minimum reads as the minimum), which
+/// is what a fresh vCPU reads on QEMU (BPR0 2, BPR1 3) and what KVM's
+/// `vgic_v3_enable` relies on as well.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VgicCpuState {
+    /// ICH_HCR_EL2 (En = 0: the virtual interface signals nothing yet).
+    pub hcr: u64,
+    /// ICH_VMCR_EL2: VPMR, VBPR0/1, VENG0/1, VEOIM, VCBPR, VFIQEn, VAckCtl.
+    pub vmcr: u64,
+    /// ICH_AP0R<n>_EL2, of which [`IchVtr::apr_regs`] exist.
+    pub ap0r: [u64; 4],
+    /// ICH_AP1R<n>_EL2, of which [`IchVtr::apr_regs`] exist.
+    pub ap1r: [u64; 4],
+    /// ICH_LR<n>_EL2, of which [`IchVtr::list_regs`] exist.
+    pub lr: [u64; 16],
+}
+
 /// The guest's view of an ID register trapped by HCR_EL2.TID3 (op0 = 3,
 /// op1 = 0, CRn = 0, CRm = 1..=7): the hardware value with the features we
 /// do not virtualize removed. `None` for any other register (the guest
@@ -798,6 +862,23 @@ mod tests {
         assert_eq!(MDCR_EL2_TRAPS & MDCR_EL2_HPMN, 0);
         // TDE (bit 8) stays clear: guest debug exceptions stay at EL1.
         assert_eq!(MDCR_EL2_TRAPS & (1 << 8), 0);
+    }
+
+    /// QEMU's ICH_VTR_EL2 (every CPU model, PLATFORM.md): 4 list registers,
+    /// 5 preemption bits, one active-priority register per group.
+    #[test]
+    fn ich_vtr_sizes() {
+        let qemu = IchVtr(0x90b8_0003);
+        assert_eq!(qemu.list_regs(), 4);
+        assert_eq!(qemu.pre_bits(), 5);
+        assert_eq!(qemu.apr_regs(), 1);
+        assert_eq!(IchVtr(5 << 26 | 15).apr_regs(), 2);
+        assert_eq!(IchVtr(6 << 26 | 15).apr_regs(), 4);
+        assert_eq!(IchVtr(6 << 26 | 15).list_regs(), 16);
+        let s = VgicCpuState::default();
+        assert!(s.lr.len() >= IchVtr(u64::MAX).list_regs());
+        assert!(s.ap0r.len() >= IchVtr(u64::MAX).apr_regs());
+        assert_eq!((s.hcr, s.vmcr), (0, 0), "reset: disabled, VMCR 0");
     }
 
     #[test]
