@@ -21,8 +21,8 @@ use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::{
-    decode_sync, sync_delivery, ExitRegs, IchVtr, S2Config, VgicCpuState, CNTHCTL_EL2_GUEST,
-    CPTR_EL2_GUEST, ESR_UNDEFINED, HCR_EL2_GUEST, PSTATE_EL1H_MASKED,
+    decode_sync, sync_delivery, ExitRegs, IchVtr, S2Config, TurnDeadline, VgicCpuState,
+    CNTHCTL_EL2_GUEST, CPTR_EL2_GUEST, ESR_UNDEFINED, HCR_EL2_GUEST, PSTATE_EL1H_MASKED,
 };
 use crate::aarch64::mmu;
 use crate::paging::{
@@ -181,8 +181,9 @@ static HAS_SME: AtomicBool = AtomicBool::new(false);
 /// The guest time slice in counter ticks (0: no preemption). A guest that
 /// never exits (a spinning loop) would otherwise keep the CPU forever and
 /// starve every other VM (found by the chaos guests): the EL2 physical
-/// timer (CNTHP, INTID 26) is armed before each entry and, routed to EL2
-/// by HCR_EL2.IMO, ends the slice with an IRQ exit.
+/// timer (CNTHP, INTID 26) gets the turn's deadline ([`TurnDeadline`], set
+/// once per turn) before each entry and, routed to EL2 by HCR_EL2.IMO,
+/// ends the turn with an IRQ exit.
 static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
 /// The EL2 physical timer's PPI (Arm BSA; QEMU `virt` DTB `<1 10 4>`).
 pub const CNTHP_INTID: u32 = 26;
@@ -451,13 +452,25 @@ pub fn enable_preemption(
     Ok(())
 }
 
-/// Arms CNTHP for one slice before a guest entry.
-fn arm_slice_timer(ticks: u64) {
+/// The physical counter (CNTPCT_EL0, what CNTHP compares against); the ISB
+/// keeps the read from being taken early.
+fn physical_count() -> u64 {
+    let now: u64;
+    // SAFETY: reading the counter has no side effects.
+    unsafe {
+        asm!("isb", "mrs {}, cntpct_el0", out(reg) now, options(nomem, nostack, preserves_flags))
+    };
+    now
+}
+
+/// Arms CNTHP with the turn's absolute deadline before a guest entry (one
+/// that already passed fires at once).
+fn arm_turn_deadline(cval: u64) {
     // SAFETY: CNTHP only raises INTID 26, which is taken at EL2 only while
     // a guest runs (PSTATE.I is set at EL2).
     unsafe {
-        asm!("msr cnthp_tval_el2, {t}", "msr cnthp_ctl_el2, {on}",
-             t = in(reg) ticks, on = in(reg) 1u64, options(nostack, preserves_flags))
+        asm!("msr cnthp_cval_el2, {t}", "msr cnthp_ctl_el2, {on}",
+             t = in(reg) cval, on = in(reg) 1u64, options(nostack, preserves_flags))
     };
 }
 
@@ -822,6 +835,8 @@ pub struct El2Vcpu {
     vserror: bool,
     /// The GIC virtual CPU interface, switched in `bind`/`unbind`.
     vgic: VgicCpuState,
+    /// The current turn's deadline (`begin_turn`); `None` before the first.
+    turn: Option<TurnDeadline>,
 }
 
 impl El2Vcpu {
@@ -851,6 +866,7 @@ impl El2Vcpu {
             bound: None,
             vserror: false,
             vgic: VgicCpuState::default(),
+            turn: None,
         })
     }
 
@@ -884,7 +900,15 @@ impl El2Vcpu {
 }
 
 impl Vcpu for El2Vcpu {
-    fn begin_turn(&mut self, _budget: u64) {}
+    /// Fixes the turn's CNTHP deadline: now + the slice. Exits do not
+    /// renew it (issue 11). `budget` is unused: every exit of this backend
+    /// goes back to the vmm, which counts them (nothing loops at EL2).
+    fn begin_turn(&mut self, _budget: u64) {
+        self.turn = Some(TurnDeadline::begin(
+            physical_count(),
+            SLICE_TICKS.load(Ordering::Relaxed),
+        ));
+    }
 
     fn run(&mut self) -> Result<Exit, BackendError> {
         if self.bound.is_none() {
@@ -895,9 +919,18 @@ impl Vcpu for El2Vcpu {
         if self.vserror {
             mmu::write_hcr_el2(HCR_EL2_GUEST | HCR_VSE);
         }
-        let slice = SLICE_TICKS.load(Ordering::Relaxed);
-        if slice != 0 {
-            arm_slice_timer(slice);
+        // A run without begin_turn (not the vmm's order) starts a turn, so
+        // a guest is never entered without its deadline.
+        let turn = match self.turn {
+            Some(t) => t,
+            None => {
+                self.begin_turn(0);
+                self.turn.unwrap_or_default()
+            }
+        };
+        let timed = turn.cval().is_some();
+        if let Some(cval) = turn.cval() {
+            arm_turn_deadline(cval);
         }
         load_el1(&self.el1);
         if pauth {
@@ -911,7 +944,7 @@ impl Vcpu for El2Vcpu {
         // saved here and returns to this call.
         // SAFETY: the guest runs under this VM's stage 2 and every exit returns here (above).
         let vector = unsafe { __el2_guest_enter(&mut self.ctx) };
-        let timer = slice != 0 && end_slice(vector == 9);
+        let timer = timed && end_slice(vector == 9);
         save_el1(&mut self.el1);
         if pauth {
             save_pauth(&mut self.el1.pauth);

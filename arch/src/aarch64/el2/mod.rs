@@ -417,6 +417,44 @@ pub fn sync_delivery(esr: u64, pc: u64, pstate: u64, vbar_el1: u64) -> Delivery 
 /// for an instruction we refuse (Arm ARM D17.2.37).
 pub const ESR_UNDEFINED: u64 = 1 << 25;
 
+/// The end of one scheduling turn on the EL2 physical timer (CNTHP): an
+/// absolute compare value for CNTHP_CVAL_EL2, taken once when the turn
+/// begins ([`vmm::backend::Vcpu::begin_turn`]) and programmed unchanged
+/// before every entry of that turn. Re-arming a relative TVAL before each
+/// entry instead let a guest that exits just before each slice ends (an ID
+/// register read, an MMIO access) keep the CPU for all 256 exits of a turn
+/// (2.3 s with an exit every 9 ms instead of 10 ms). The timer condition is
+/// CNTPCT >= CVAL (Arm ARM D11.2.4), so a deadline that passed while the vmm
+/// handled an exit fires at the next entry and ends the turn with
+/// `Exit::PreemptionTimer`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnDeadline(Option<u64>);
+
+impl TurnDeadline {
+    /// A turn starting at counter value `now` with a slice of `slice`
+    /// ticks; no deadline when slices are off (`slice` 0).
+    pub const fn begin(now: u64, slice: u64) -> Self {
+        if slice == 0 {
+            TurnDeadline(None)
+        } else {
+            TurnDeadline(Some(now.saturating_add(slice)))
+        }
+    }
+
+    /// CNTHP_CVAL_EL2 for every entry of the turn (`None`: timer off).
+    pub const fn cval(self) -> Option<u64> {
+        self.0
+    }
+
+    /// Whether the timer condition holds at counter value `now`.
+    pub const fn passed(self, now: u64) -> bool {
+        match self.0 {
+            Some(c) => now >= c,
+            None => false,
+        }
+    }
+}
+
 /// ICH_VTR_EL2 (GICv3 architecture spec, "ICH_VTR_EL2"): what the
 /// virtual CPU interface has, read once at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -862,6 +900,37 @@ mod tests {
         assert_eq!(MDCR_EL2_TRAPS & MDCR_EL2_HPMN, 0);
         // TDE (bit 8) stays clear: guest debug exceptions stay at EL1.
         assert_eq!(MDCR_EL2_TRAPS & (1 << 8), 0);
+    }
+
+    /// Issue 11, item 1: the turn's deadline is fixed when the turn begins;
+    /// exits inside the turn do not move it. A guest exiting every 0.9
+    /// slices gets one more entry after the first exit, then the deadline
+    /// has passed and the next entry fires at once. With the old per-entry
+    /// TVAL every entry had a full slice ahead of it.
+    #[test]
+    fn arm64_turn_deadline_is_not_renewed_by_exits() {
+        let slice = 625_000; // 10 ms at 62.5 MHz (QEMU's CNTFRQ)
+        let t0 = 1_000_000;
+        let turn = TurnDeadline::begin(t0, slice);
+        assert_eq!(turn.cval(), Some(t0 + slice));
+        let mut entries = 0;
+        let mut now = t0;
+        while !turn.passed(now) {
+            // Every entry programs the same compare value.
+            assert_eq!(turn.cval(), Some(t0 + slice));
+            entries += 1;
+            now += slice * 9 / 10; // the guest exits just before the end
+        }
+        assert_eq!(entries, 2, "the turn ends after one slice of guest time");
+        // Off without slices; a late start cannot wrap the counter.
+        assert_eq!(TurnDeadline::begin(t0, 0).cval(), None);
+        assert!(!TurnDeadline::begin(t0, 0).passed(u64::MAX));
+        assert_eq!(
+            TurnDeadline::begin(u64::MAX - 1, slice).cval(),
+            Some(u64::MAX)
+        );
+        assert!(TurnDeadline::begin(5, 10).passed(15));
+        assert!(!TurnDeadline::begin(5, 10).passed(14));
     }
 
     /// QEMU's ICH_VTR_EL2 (every CPU model, PLATFORM.md): 4 list registers,

@@ -384,28 +384,71 @@ mod guest {
         }
     }
 
+    /// Spins for `secs` seconds of counter time: other VMs must still run.
+    /// Without `exit_us` not a single exit; with it an ID-register read
+    /// (trapped by TID3, answered by the vmm) every `exit_us` µs, e.g. just
+    /// before each 10 ms slice would end. The virtual counter runs on while
+    /// other VMs have the CPU, so a jump of more than 2 ms between two reads
+    /// is another VM's turn; the longest stretch between such jumps is our
+    /// longest turn, which must stay under `maxturn_ms` when given.
+    fn spin(secs: u64, exit_us: Option<u64>, maxturn_ms: Option<u64>) {
+        let freq: u64;
+        // SAFETY: reading the counter frequency has no effects.
+        unsafe { asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nomem, nostack)) };
+        let count = || {
+            let now: u64;
+            // SAFETY: reading the virtual counter has no effects.
+            unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) now, options(nomem, nostack)) };
+            now
+        };
+        let every = exit_us.map(|us| us * freq / 1_000_000);
+        let gap = freq / 500;
+        let start = count();
+        let (mut last, mut turn_start, mut last_exit) = (start, start, start);
+        let (mut longest, mut turns, mut exits) = (0u64, 1u64, 0u64);
+        loop {
+            let now = count();
+            if now.wrapping_sub(last) > gap {
+                longest = longest.max(last.wrapping_sub(turn_start));
+                turn_start = now;
+                turns += 1;
+            }
+            last = now;
+            if let Some(e) = every {
+                if now.wrapping_sub(last_exit) >= e {
+                    // SAFETY: an ID register read, trapped and emulated.
+                    unsafe { asm!("mrs {}, id_aa64pfr0_el1", out(reg) _, options(nomem, nostack)) };
+                    last_exit = now;
+                    exits += 1;
+                }
+            }
+            if now.wrapping_sub(start) >= secs * freq {
+                break;
+            }
+        }
+        longest = longest.max(last.wrapping_sub(turn_start));
+        let us = longest * 1_000_000 / freq;
+        println!(
+            "chaos: spin over: {} exits, {} turns, longest turn {} us",
+            exits, turns, us
+        );
+        if let Some(ms) = maxturn_ms {
+            if us > ms * 1000 {
+                bad(format_args!(
+                    "a turn lasted {} us (at most {} ms): the slice deadline did not end it",
+                    us, ms
+                ));
+            }
+        }
+    }
+
     fn main(boot: Boot) {
         let cmd = boot.cmdline();
         let seed = arg(cmd, "seed").unwrap_or(1);
         let iters = arg(cmd, "iters").unwrap_or(5000);
         println!("chaos: seed {} iters {}", seed, iters);
         if let Some(secs) = arg(cmd, "spin") {
-            // Spin without a single exit: other VMs must still run.
-            let (freq, start): (u64, u64);
-            // SAFETY: reading the counter and its frequency has no effects.
-            unsafe {
-                asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nomem, nostack));
-                asm!("isb", "mrs {}, cntvct_el0", out(reg) start, options(nomem, nostack));
-            }
-            loop {
-                let now: u64;
-                // SAFETY: as above.
-                unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) now, options(nomem, nostack)) };
-                if now.wrapping_sub(start) >= secs * freq {
-                    break;
-                }
-            }
-            println!("chaos: spin over");
+            spin(secs, arg(cmd, "exit_us"), arg(cmd, "maxturn_ms"));
         }
         // SAFETY: nothing else uses these pages yet.
         unsafe {
