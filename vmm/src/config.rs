@@ -8,6 +8,9 @@
 //! - the command line of a plain boot module, whose first word is the file
 //!   itself: `/boot/web.elf name=web mem=64`.
 //!
+//! Words are separated by ASCII white space only (the same set everywhere:
+//! other characters, U+00A0 or a vertical tab say, belong to a value).
+//!
 //! Keys: `name` (1-32 of `[A-Za-z0-9._-]`; default: the kernel file name
 //! without directory and extension), `kernel` (file in the bundle;
 //! required in vms.conf), `mem` (MiB, default 64), `smp` (vCPUs, default 1),
@@ -60,7 +63,7 @@ impl core::fmt::Display for ConfigError {
 fn words(line: &str) -> impl Iterator<Item = Result<(&str, &str), ConfigError>> {
     let mut rest = line;
     core::iter::from_fn(move || {
-        rest = rest.trim_start();
+        rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
         if rest.is_empty() {
             return None;
         }
@@ -116,6 +119,14 @@ pub fn default_name(kernel: &str) -> String {
     name
 }
 
+/// A VM name: 1-32 of `[A-Za-z0-9._-]`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<(), ConfigError> {
     let mut seen = [false; 5];
     for w in words(words_of) {
@@ -132,7 +143,14 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
             return Err(ConfigError::Duplicate(key));
         }
         match key {
-            "name" => spec.name = value.into(),
+            "name" => {
+                // The VM layer's rule (`vm::Vm::new`): refused here, where
+                // the line is known, not after the VM's RAM is taken.
+                if !valid_name(value) {
+                    return Err(ConfigError::BadValue("name", value.into()));
+                }
+                spec.name = value.into()
+            }
             "kernel" => {
                 if value.is_empty() {
                     return Err(ConfigError::BadValue("kernel", value.into()));
@@ -172,7 +190,7 @@ fn empty_spec() -> VmSpec {
 
 /// Parses one `vms.conf` line; `Ok(None)` for blank and comment lines.
 pub fn parse_conf_line(line: &str) -> Result<Option<VmSpec>, ConfigError> {
-    let line = line.trim();
+    let line = line.trim_matches(|c: char| c.is_ascii_whitespace());
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
     }
@@ -190,7 +208,7 @@ pub fn parse_conf_line(line: &str) -> Result<Option<VmSpec>, ConfigError> {
 
 /// Parses a boot module's command line: `<path> [key=value ...]`.
 pub fn parse_module_line(line: &str) -> Result<VmSpec, ConfigError> {
-    let line = line.trim();
+    let line = line.trim_matches(|c: char| c.is_ascii_whitespace());
     let (path, opts) = line
         .split_once(|c: char| c.is_ascii_whitespace())
         .unwrap_or((line, ""));
@@ -271,6 +289,55 @@ mod tests {
         assert_eq!(
             parse_conf_line("kernel="),
             Err(ConfigError::BadValue("kernel", "".into()))
+        );
+    }
+
+    /// Found by prop_conf_line_any_text_gives_valid_specs: `name=` took any
+    /// value, so "0 name=#" gave a spec that `Vm::new` refuses (BadName)
+    /// only after the kernel had allocated the VM's RAM.
+    #[test]
+    fn conf_name_must_be_a_vm_name() {
+        assert_eq!(
+            parse_module_line("0 name=#"),
+            Err(ConfigError::BadValue("name", "#".into()))
+        );
+        for bad in ["", "a b", "x$", "\u{e9}", &"n".repeat(33)] {
+            let line = format!("kernel=k name=\"{bad}\"");
+            assert_eq!(
+                parse_conf_line(&line),
+                Err(ConfigError::BadValue("name", bad.into())),
+                "{line}"
+            );
+        }
+        let ok = "A-z_0.9".repeat(4);
+        assert_eq!(
+            parse_conf_line(&format!("kernel=k name={ok}"))
+                .unwrap()
+                .unwrap()
+                .name,
+            ok
+        );
+    }
+
+    /// Found by prop_conf_line_round_trips_generated_specs: the line and
+    /// the gaps between words were trimmed of Unicode white space but
+    /// values end at ASCII white space, so `kernel=\u{b}` at the end of a
+    /// line lost its value (and `kernel=a\u{a0}` named another file) while
+    /// the same word elsewhere on the line kept it.
+    #[test]
+    fn words_split_on_ascii_white_space_only() {
+        let spec = |l: &str| parse_conf_line(l).unwrap().unwrap();
+        assert_eq!(spec("name=a kernel=\u{b}").kernel, "\u{b}");
+        assert_eq!(spec("kernel=\u{b} name=a").kernel, "\u{b}");
+        assert_eq!(spec("kernel=k\u{a0}").kernel, "k\u{a0}");
+        assert_eq!(
+            parse_conf_line("append=\"x\"\u{a0}kernel=k"),
+            Err(ConfigError::UnknownKey("\u{a0}kernel".into()))
+        );
+        assert_eq!(spec(" \t kernel=k \r\n").kernel, "k");
+        assert_eq!(
+            parse_module_line("\u{a0}/boot/x").unwrap().kernel,
+            "\u{a0}/boot/x"
         );
     }
 
