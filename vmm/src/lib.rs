@@ -32,3 +32,9 @@ pub mod vm;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod checks;
+
+#[cfg(test)]
+mod proptests;
