@@ -17,6 +17,9 @@ pub mod multiboot1;
 pub mod multiboot2;
 pub mod phys;
 
+#[cfg(test)]
+mod proptests;
+
 pub use memory::{MemoryKind, MemoryMap, MemoryRegion};
 
 /// How the machine handed control to the kernel.
