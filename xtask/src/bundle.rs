@@ -60,8 +60,11 @@ impl VmLine {
                 self.file
             ));
         }
-        if self.mem_mib == 0 {
-            return Err(format!("VM {}: mem must be at least 1 MiB", self.name));
+        if self.mem_mib == 0 || self.mem_mib > MAX_MEM_MIB {
+            return Err(format!(
+                "VM {}: mem {} MiB: must be 1 to {MAX_MEM_MIB} MiB",
+                self.name, self.mem_mib
+            ));
         }
         if self.smp == 0 {
             return Err(format!("VM {}: smp must be at least 1", self.name));
@@ -78,6 +81,9 @@ impl VmLine {
         ))
     }
 }
+
+/// The largest `mem=` the kernel's parser accepts (`vmm::config::MAX_MEM_MIB`).
+pub const MAX_MEM_MIB: u32 = 1 << 20;
 
 pub const CONF_NAME: &str = "vms.conf";
 const TRAILER: &str = "TRAILER!!!";
@@ -357,6 +363,22 @@ mod tests {
             "name=web-1.x_y kernel=web.elf mem=64 smp=2 \
              append=\"console=ttyS0 quiet a=b='c' $x;y \\n\""
         );
+    }
+
+    /// Found by prop_vms_conf_lines_parse_back_in_the_kernel: mem=1048577
+    /// rendered, and the kernel refused the line (mem above MAX_MEM_MIB).
+    #[test]
+    fn vms_conf_mem_within_the_kernels_limit() {
+        assert_eq!(u64::from(MAX_MEM_MIB), vmm::config::MAX_MEM_MIB);
+        let at = |mem_mib| VmLine {
+            mem_mib,
+            ..line("a", "a", "")
+        };
+        let ok = at(MAX_MEM_MIB).render().unwrap();
+        assert!(parse_conf_line(&ok).unwrap().is_some());
+        let e = at(MAX_MEM_MIB + 1).render().unwrap_err();
+        assert!(e.contains("1048576"), "{e}");
+        assert!(parse_conf_line("kernel=a mem=1048577").is_err());
     }
 
     #[test]
