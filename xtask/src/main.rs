@@ -15,6 +15,8 @@ mod deps;
 mod external;
 mod guests;
 mod image;
+#[cfg(test)]
+mod proptests;
 mod qemu;
 mod scenarios;
 mod test;
