@@ -85,7 +85,12 @@ fn reference(mem: &Mem, r: &PagingRegs, la: u64) -> Result<u64, WalkError> {
     if r.cr0 & CR0_PG == 0 {
         return Ok(if lma { la } else { la & 0xffff_ffff });
     }
-    let lvl = |shift, bits, entry, large| Level { shift, bits, entry, large };
+    let lvl = |shift, bits, entry, large| Level {
+        shift,
+        bits,
+        entry,
+        large,
+    };
     let (levels, root, la, leaf_mask): (Vec<Level>, u64, u64, u64) = if lma {
         if r.cr4 & CR4_LA57 != 0 {
             return Err(WalkError::Unsupported);
@@ -167,7 +172,12 @@ fn mode_regs() -> impl Strategy<Value = PagingRegs> {
         1 => Just((CR0_PG, CR4_PAE | CR4_LA57, EFER_LMA)),
         1 => (any::<u64>(), any::<u64>(), any::<u64>()),
     ];
-    (mode, cr3).prop_map(|((cr0, cr4, efer), cr3)| PagingRegs { cr0: cr0 | 1, cr3, cr4, efer })
+    (mode, cr3).prop_map(|((cr0, cr4, efer), cr3)| PagingRegs {
+        cr0: cr0 | 1,
+        cr3,
+        cr4,
+        efer,
+    })
 }
 
 /// A paging-structure entry: mostly present, pointing into the fake RAM

@@ -9,7 +9,9 @@ use vmm::regs::{AccessSize, LoadDest, Reg};
 
 /// A distinct value per register, so a wrong source register shows.
 fn reg_value(r: Reg) -> u64 {
-    let n = (0..16u8).position(|n| Reg::x86_gpr(n) == Some(r)).unwrap_or(99) as u64;
+    let n = (0..16u8)
+        .position(|n| Reg::x86_gpr(n) == Some(r))
+        .unwrap_or(99) as u64;
     0x1111_1111_1111_1111u64.wrapping_mul(n + 1) ^ 0x8070_6050_4030_2010
 }
 
@@ -26,8 +28,8 @@ fn bitness() -> impl Strategy<Value = u32> {
 /// immediate bytes; or plain arbitrary bytes.
 fn insn_bytes() -> impl Strategy<Value = Vec<u8>> {
     let prefix = prop::sample::select(vec![
-        0x66u8, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x3e, 0x26, 0x64, 0x65, 0x36, 0x40, 0x41, 0x44,
-        0x48, 0x49, 0x4c, 0x4f,
+        0x66u8, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x3e, 0x26, 0x64, 0x65, 0x36, 0x40, 0x41, 0x44, 0x48,
+        0x49, 0x4c, 0x4f,
     ]);
     let opcode = prop::sample::select(vec![
         vec![0x88u8],
