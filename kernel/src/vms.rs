@@ -16,6 +16,7 @@ use boot::{cpio, BootInfo};
 use vmm::backend::GuestArch;
 use vmm::backend::Vcpu as _;
 use vmm::config::{self, VmSpec};
+use vmm::console::CONSOLE_TURN_BUDGET;
 use vmm::devices::ConsoleSink;
 use vmm::mem::{Backing, MemError};
 use vmm::vm::{Flow, Vm, VmConfig};
@@ -251,6 +252,9 @@ fn run_slot(slot: &mut Slot) {
         }
         let flow = vm.run(i as u32, &mut vcpus[i].0, SLICE_EXITS);
         let _ = vcpus[i].0.unbind();
+        // The console gets this VM's output at a bounded rate: a flood
+        // costs its own VM lines, not the other VMs' CPU time.
+        vm.drain_console(CONSOLE_TURN_BUDGET);
         match flow {
             Flow::Continue | Flow::Yield => {}
             Flow::Halt => vcpus[i].1 = VcpuState::Halted,
@@ -291,7 +295,7 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         match create(i, p, frames) {
             Ok(s) => slots.push(s),
             Err(e) => {
-                log::error!("vm {}: not created: {e}", p.spec.name);
+                log::error!("vm {:?}: not created: {e}", p.spec.name);
                 errors += 1;
             }
         }
@@ -322,6 +326,7 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
             } else if slot.vcpus.iter().all(|(_, s)| *s != VcpuState::Runnable) {
                 // No interrupt sources exist yet, so nothing can wake it.
                 slot.done = true;
+                slot.vm.drain_console(usize::MAX);
                 log::warn!(
                     "vm {}: stopped: all vCPUs halted with nothing to wake them",
                     slot.vm.name()

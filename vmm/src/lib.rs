@@ -19,6 +19,7 @@ extern crate alloc;
 pub mod backend;
 pub mod bus;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod event;
 pub mod exit;

@@ -17,6 +17,7 @@ use core::fmt;
 
 use crate::backend::{BackendError, BootState, EntryMode, GuestArch, Stage2, Vcpu};
 use crate::bus::{Bus, BusError, DeviceId, IoOutcome};
+use crate::console::{ConsoleBuffer, CONSOLE_BUFFER_BYTES};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE};
 use crate::devices::fw_cfg::{FwCfg, FW_CFG_PORT, FW_CFG_PORTS};
 use crate::devices::pl011::{Pl011, PL011_BASE, PL011_SIZE};
@@ -316,6 +317,10 @@ pub struct Vm<B> {
     mmio: Bus,
     uart: DeviceId,
     console: LineOutput,
+    /// Every console line of this VM waits here until the hypervisor
+    /// drains it ([`Vm::drain_console`]) to `sink` (review finding 3).
+    out: Arc<ConsoleBuffer>,
+    sink: Arc<dyn ConsoleSink>,
     policy: Box<dyn ExitPolicy>,
     boot: BootState,
     format: KernelFormat,
@@ -366,7 +371,9 @@ impl<B: Backing> Vm<B> {
         mem.add_region(region, s2)?;
         let mut ports = Bus::ports();
         let mut mmio = Bus::mmio();
-        let out = LineOutput::new(name.clone(), sink.clone());
+        let buffer = Arc::new(ConsoleBuffer::new(CONSOLE_BUFFER_BYTES));
+        let lines: Arc<dyn ConsoleSink> = buffer.clone();
+        let out = LineOutput::new(name.clone(), lines.clone());
         let uart = match cfg.arch {
             GuestArch::X86_64 => {
                 let uart = ports.register(
@@ -395,7 +402,9 @@ impl<B: Backing> Vm<B> {
         let mut power = alloc::vec![Power::Off; cfg.vcpus as usize];
         power[0] = Power::On;
         Ok(Vm {
-            console: LineOutput::new(name.clone(), sink),
+            console: LineOutput::new(name.clone(), lines),
+            out: buffer,
+            sink,
             name,
             arch: cfg.arch,
             mem,
@@ -773,6 +782,19 @@ impl<B: Backing> Vm<B> {
         }
     }
 
+    /// Writes up to about `budget` bytes of this VM's buffered console
+    /// lines to the console (whole lines; a notice where output was
+    /// dropped). The run loop calls it after each turn with
+    /// [`crate::console::CONSOLE_TURN_BUDGET`]; returns the bytes written.
+    pub fn drain_console(&self, budget: usize) -> usize {
+        self.out.drain(&self.name, budget, self.sink.as_ref())
+    }
+
+    /// Bytes of console output waiting to be drained.
+    pub fn console_pending(&self) -> usize {
+        self.out.pending()
+    }
+
     /// Stops the VM (the first reason wins), with a register report for
     /// crashes, and flushes its console lines.
     fn stop_vm<V: Vcpu + ?Sized>(&mut self, vcpu: &mut V, reason: StopReason) -> Flow {
@@ -792,6 +814,9 @@ impl<B: Backing> Vm<B> {
                     }
                 }
             }
+            // Its last lines before the line that says it stopped (bounded
+            // by the buffer's size).
+            self.drain_console(usize::MAX);
             match report {
                 Some(rep) => log::warn!("vm {}: stopped: {} [{}]", self.name, reason, rep),
                 None => log::info!("vm {}: stopped: {}", self.name, reason),
@@ -1118,6 +1143,7 @@ mod tests {
         // B is unaffected and keeps running.
         assert!(!b.is_stopped());
         assert_eq!(b.run(0, &mut vb, 3), Flow::Yield);
+        b.drain_console(usize::MAX);
         assert_eq!(sink.lines(), ["b: ok"]);
         assert_eq!(b.memory().read_u32(0x10_0000), Ok(HEADER_MAGIC));
     }
@@ -1139,7 +1165,11 @@ mod tests {
             _ => unreachable!(),
         };
         let rip = v.get(Reg::Rip);
-        for (nr, a0, a1) in [(HC_CONSOLE_WRITE, 0x2000, 14), (HC_EXIT, 0, 0), (HC_YIELD, 0, 0)] {
+        for (nr, a0, a1) in [
+            (HC_CONSOLE_WRITE, 0x2000, 14),
+            (HC_EXIT, 0, 0),
+            (HC_YIELD, 0, 0),
+        ] {
             assert_eq!(vm.handle_exit(0, &mut v, user(nr, a0, a1)), Flow::Continue);
             assert_eq!(v.get(Reg::Rax), HC_ERR_PERM);
         }
@@ -1175,6 +1205,7 @@ mod tests {
             call(&mut vm, HC_CONSOLE_WRITE, 0x2000, 19),
             (Flow::Continue, 19)
         );
+        vm.drain_console(usize::MAX);
         assert_eq!(sink.lines(), ["hc: from hypercall"]);
         assert_eq!(
             call(&mut vm, HC_CONSOLE_WRITE, 0x2000, CONSOLE_WRITE_MAX + 1).1,
@@ -1394,6 +1425,7 @@ mod tests {
             });
             assert_eq!(vm.handle_exit(0, &mut v0, w), Flow::Continue);
         }
+        vm.drain_console(usize::MAX);
         assert_eq!(sink.lines(), ["arm: arm ok"]);
         assert_eq!(
             x0(&mut vm, &mut v0, ARM64_HC_BASE | HC_YIELD, [0; 6]).0,
@@ -1528,7 +1560,16 @@ mod tests {
     fn run_begins_one_turn_per_call() {
         let sink = Arc::new(CollectSink::default());
         let mut vm = x86_vm("t", sink);
-        let mut v = started(&mut vm, vec![Exit::Cpuid { leaf: 0, subleaf: 0 }; 8]);
+        let mut v = started(
+            &mut vm,
+            vec![
+                Exit::Cpuid {
+                    leaf: 0,
+                    subleaf: 0
+                };
+                8
+            ],
+        );
         assert_eq!(vm.run(0, &mut v, 3), Flow::Yield);
         assert_eq!(vm.run(0, &mut v, 5), Flow::Yield);
         assert_eq!(v.turns, [3, 5]);
@@ -1591,6 +1632,8 @@ mod tests {
                 // Deliver the #GP from the denied MSR, like a backend would.
                 v.pending.take(true, true);
             }
+            // The run loop's drain between turns does not allocate either.
+            vm.drain_console(usize::MAX);
         });
         assert_eq!(info.count_total, 0, "{info:?}");
         assert!(!vm.is_stopped());

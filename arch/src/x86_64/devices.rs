@@ -16,9 +16,19 @@ fn com1() -> SerialPort {
     unsafe { SerialPort::new(COM1) }
 }
 
-/// Programs COM1 (38400 8N1, FIFOs on).
+/// Programs COM1: 115200 8N1, FIFOs on (what GRUB and Linux consoles use).
 pub fn serial_init() {
     com1().init();
+    // uart_16550 programs 38400 baud (divisor 3); divisor 1 is 115200
+    // (1.8432 MHz / 16). LCR.DLAB opens the divisor latch at +0/+1.
+    // SAFETY: COM1 belongs to the hypervisor (see `com1`); these writes
+    // only change its line speed, with the 8N1 format kept.
+    unsafe {
+        super::instr::outb(COM1 + 3, 0x80 | 0x03);
+        super::instr::outb(COM1, 1);
+        super::instr::outb(COM1 + 1, 0);
+        super::instr::outb(COM1 + 3, 0x03);
+    }
 }
 
 /// Sends one byte, waiting while the transmit holding register is full.

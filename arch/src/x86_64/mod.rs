@@ -12,6 +12,7 @@ pub mod lapic;
 /// AMD SVM + NPT backend (its decoder dependency is x86-only).
 #[cfg(target_arch = "x86_64")]
 pub mod svm;
+pub mod xstate;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod devices;

@@ -47,6 +47,8 @@ fn early_cpu_init() {
     // entry.s and used by nothing else.
     unsafe { BSP_TABLES.load(memory::ist_tops()) };
     install_idt(crash_handler);
+    // Before any guest: XCR0 as the firmware left it would apply to guests.
+    arch::x86_64::xstate::pin_on_this_cpu();
 }
 
 pub fn console_putc(b: u8) {

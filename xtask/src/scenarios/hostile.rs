@@ -93,6 +93,78 @@ pub fn scenarios() -> Vec<Scenario> {
         "stopped: exit hypercall",
     ];
     v.extend(both(user, "hostile-x86-user-vmmcall-max"));
+    // One VM floods the console through CONSOLE_WRITE (400 x 4 KiB) and the
+    // UART THR (96,000 bytes); the hello VM next to it finishes, and the
+    // console says how much of the flood it dropped.
+    let mut flood = x86(
+        "hostile-console-flood",
+        vec![
+            vm("hostile", "flood").append("mode=console-flood rounds=400"),
+            vm("hello", "hello"),
+        ],
+        &[
+            "[hello] PASS",
+            "vm hello: stopped: debug-exit, code 33",
+            "[flood] hostile: flood over",
+            "vm flood: stopped: debug-exit, code 33",
+            "all 2 VM(s) stopped (0 crashed)",
+            "HV-EXIT: success",
+        ],
+    );
+    flood.expect_each = &[&[
+        "[flood] hostile: mode console-flood",
+        "bytes dropped (console rate limit)",
+        "[flood] ok: 400 of 400 CONSOLE_WRITEs of 4 KiB accepted",
+        "[flood] PASS",
+    ]];
+    v.extend(both(flood, "hostile-console-flood-max"));
+    // XCR0 pinned to x87|SSE before any guest runs (review finding 8), on
+    // the firmware path where the risk is (UEFI) and on Multiboot.
+    let xsave = |name, boot| Scenario {
+        boot,
+        timeout: if boot == Boot::Uefi {
+            UEFI_TIMEOUT
+        } else {
+            KERNEL_TIMEOUT
+        },
+        ..x86(
+            name,
+            vec![vm("hostile", "xs").append("mode=xsave")],
+            &[
+                "[xs] ok: XCR0 is x87|SSE only (0x3)",
+                "[xs] ok: VEX instruction #UD",
+                // "#UD", or on QEMU TCG (no XSETBV intercept) "#UD or XCR0
+                // back to 0x3 at the next turn".
+                "[xs] ok: XSETBV #UD",
+                "[xs] PASS",
+                "vm xs: stopped: debug-exit, code 33",
+                "HV-EXIT: success",
+            ],
+        )
+    };
+    v.extend(both(xsave("hostile-x86-xcr0", Boot::Multiboot1), "hostile-x86-xcr0-max"));
+    v.extend(both(
+        xsave("hostile-x86-xcr0-uefi", Boot::Uefi),
+        "hostile-x86-xcr0-uefi-max",
+    ));
+    // Speculation controls hidden consistently (review finding 7).
+    v.extend(both(
+        x86(
+            "hostile-x86-spec-ctrl",
+            vec![vm("hostile", "spec").append("mode=spec")],
+            &[
+                "[spec] ok: CPUID.7.EDX: no SPEC_CTRL",
+                "[spec] ok: CPUID.8000_0008.EBX: no RDPRU/IBPB",
+                "[spec] ok: WRMSR 0x48 #GP",
+                "[spec] ok: WRMSR 0x49 #GP",
+                "[spec] ok: RDPRU #UD",
+                "[spec] PASS",
+                "vm spec: stopped: debug-exit, code 33",
+                "HV-EXIT: success",
+            ],
+        ),
+        "hostile-x86-spec-ctrl-max",
+    ));
     v.extend(both(
         x86(
             "hostile-x86-icebp",

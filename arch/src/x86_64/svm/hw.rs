@@ -36,6 +36,12 @@ pub const FPU_AREA_PKRU: usize = 508;
 /// Per CPU: the page for the host's VMSAVE/VMLOAD state (FS, GS, TR, LDTR,
 /// syscall MSRs), 0 until [`enable_on_this_cpu`] ran.
 static HOST_VMCB: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU: the VM index + 1 whose vCPU was bound last (0: none).
+static LAST_VM: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+/// Whether the CPU has IBPB (IA32_PRED_CMD bit 0): CPUID 8000_0008 EBX bit
+/// 12 (AMD) or CPUID.(7,0):EDX bit 26 (Intel, with SPEC_CTRL).
+static HAS_IBPB: AtomicBool = AtomicBool::new(false);
+const MSR_PRED_CMD: u32 = 0x49;
 /// Per CPU and ASID: the VM index + 1 that last ran with it (0: none).
 static ASID_OWNER: [[AtomicUsize; MAX_TRACKED_ASIDS]; MAX_CPUS] =
     [const { [const { AtomicUsize::new(0) }; MAX_TRACKED_ASIDS] }; MAX_CPUS];
@@ -79,6 +85,17 @@ svm_vmrun_asm:
     vmload rax
     vmrun rax
     vmsave rax
+    // Overwrite the return stack buffer before the first RET: the guest may
+    // have filled it with return targets that would steer the host's
+    // returns speculatively (SpectreRSB; Linux/KVM fill on every #VMEXIT).
+    // 32 CALLs whose speculative returns land on INT3 traps, then drop the
+    // 32 return addresses: 33 instructions.
+    .rept 32
+    call 3f
+    int3
+3:
+    .endr
+    add rsp, 256
     push rdi
     mov rdi, [rsp + 8]
     mov [rdi + 8], rcx
@@ -164,6 +181,11 @@ pub unsafe fn enable_on_this_cpu(
         unsafe { crate::x86_64::instr::write_cr4(crate::x86_64::instr::read_cr4() | (1 << 22)) };
         HAS_PKU.store(true, Ordering::Relaxed);
     }
+    let max_ext = core::arch::x86_64::__cpuid_count(0x8000_0000, 0).eax;
+    let amd_ibpb = max_ext >= 0x8000_0008
+        && core::arch::x86_64::__cpuid_count(0x8000_0008, 0).ebx & (1 << 12) != 0;
+    let intel_ibpb = core::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 26) != 0;
+    HAS_IBPB.store(amd_ibpb || intel_ibpb, Ordering::Relaxed);
     // SAFETY: EFER.SVME is set; hsave_pa is a page-aligned page owned by
     // this CPU (the caller's contract).
     unsafe { wrmsr(MSR_VM_HSAVE_PA, hsave_pa) };
@@ -267,6 +289,19 @@ impl Hw for Machine {
         crate::x86_64::lapic::arm_slice();
     }
 
+    fn swap_last_vm(&mut self, cpu: PhysCpu, vm: usize) -> Option<usize> {
+        let slot = LAST_VM.get(cpu as usize)?;
+        slot.swap(vm + 1, Ordering::Relaxed).checked_sub(1)
+    }
+
+    fn predictor_barrier(&mut self) {
+        if HAS_IBPB.load(Ordering::Relaxed) {
+            // SAFETY: the CPU has IBPB (CPUID above), so IA32_PRED_CMD exists
+            // and writing bit 0 only flushes indirect-branch predictions.
+            unsafe { wrmsr(MSR_PRED_CMD, 1) };
+        }
+    }
+
     fn load_guest_drs(&mut self, drs: &[u64; 4]) {
         // SAFETY: DR0-DR3 only hold addresses; breakpoints are armed by DR7,
         // which the host keeps at 0x400 (#VMEXIT resets it) and only the
@@ -281,6 +316,8 @@ impl Hw for Machine {
     }
 
     fn fpu_restore(&mut self, area: &FpuArea) {
+        // The extended-state configuration is the hypervisor's (xstate.rs).
+        crate::x86_64::xstate::repin();
         // SAFETY: as fpu_save; the image came from FXSAVE or FpuArea::default
         // (reserved MXCSR bits clear), so FXRSTOR cannot fault.
         unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack)) };

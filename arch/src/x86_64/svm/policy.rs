@@ -38,6 +38,21 @@ const ECX1_OSXSAVE: u32 = 1 << 27;
 const ECX1_HYPERVISOR: u32 = 1 << 31;
 /// CPUID.(7,0):ECX bit 4 OSPKE: reflects CR4.PKE of whoever executes CPUID.
 pub const ECX7_OSPKE: u32 = 1 << 4;
+/// CPUID.(7,0):EDX speculation controls: IBRS/IBPB (SPEC_CTRL, bit 26),
+/// STIBP (27), L1D_FLUSH (28), IA32_ARCH_CAPABILITIES (29),
+/// IA32_CORE_CAPABILITIES (30), SSBD (31). Their MSRs are not switched per
+/// VM, so they are hidden and writes to them #GP consistently (a guest that
+/// saw the bits and got #GP on SPEC_CTRL would oops); the hypervisor does
+/// IBPB between VMs itself (`SvmVcpu::bind`).
+pub const EDX7_SPEC_CTRL_BITS: u32 = 0xfc00_0000;
+/// CPUID.8000_0008:EBX: RDPRU (bit 4, intercepted: #UD), IBPB (12), IBRS
+/// (14), STIBP (15), IBRS/STIBP always on and preferred (16-19), SSBD (24),
+/// VIRT_SSBD (25), PSFD (28).
+pub const EBX88_HIDDEN: u32 =
+    (1 << 4) | (1 << 12) | (0x3f << 14) | (1 << 24) | (1 << 25) | (1 << 28);
+/// CPUID.8000_0021:EAX: automatic IBRS (bit 8, an EFER bit guests cannot
+/// set) and SBPB (27, a PRED_CMD command).
+pub const EAX8021_HIDDEN: u32 = (1 << 8) | (1 << 27);
 const ECX81_SVM: u32 = 1 << 2;
 const ECX81_PERFCTR_CORE: u32 = 1 << 23;
 
@@ -118,7 +133,12 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
                 // guest's CR4 when it answers.
                 r.ebx &= !(1 << 2);
                 r.ecx &= !((1 << 5) | (1 << 16) | ECX7_OSPKE);
+                r.edx &= !EDX7_SPEC_CTRL_BITS;
             }
+            // PSFD, IPRED/RRSBA/BHI controls and DDP: SPEC_CTRL bits.
+            7 if sub == 2 => r.edx = 0,
+            0x8000_0008 => r.ebx &= !EBX88_HIDDEN,
+            0x8000_0021 => r.eax &= !EAX8021_HIDDEN,
             0x8000_0001 => {
                 r.ecx &= !(ECX81_SVM | ECX81_PERFCTR_CORE);
             }
@@ -233,7 +253,7 @@ mod tests {
                     ..Default::default()
                 },
                 0x8000_0000 => CpuidRegs {
-                    eax: 0x8000_001f,
+                    eax: 0x8000_0021,
                     ..Default::default()
                 },
                 _ => CpuidRegs {
@@ -273,8 +293,34 @@ mod tests {
         assert_eq!(p.cpuid(0x4000_0001, 0), [0; 4]);
         // Out of range: zeros (not the host's highest leaf).
         assert_eq!(p.cpuid(0xe, 0), [0; 4]);
-        assert_eq!(p.cpuid(0x8000_0020, 0), [0; 4]);
+        assert_eq!(p.cpuid(0x8000_0022, 0), [0; 4]);
         assert_eq!(p.cpuid(u32::MAX, u32::MAX), [0; 4]);
+    }
+
+    /// Review finding 7: CPUID advertised IBPB/IBRS/STIBP/SSBD while the
+    /// SPEC_CTRL/PRED_CMD writes raise #GP (Linux may oops). The controls are
+    /// hidden, and so are their MSRs: consistent on both sides.
+    #[test]
+    fn speculation_controls_hidden_consistently() {
+        let mut p = policy();
+        assert_eq!(p.cpuid(7, 0)[3] & EDX7_SPEC_CTRL_BITS, 0);
+        assert_eq!(p.cpuid(7, 2)[3], 0);
+        let e8 = p.cpuid(0x8000_0008, 0)[1];
+        for bit in [4, 12, 14, 15, 16, 17, 18, 19, 24, 25, 28] {
+            assert_eq!(e8 & (1 << bit), 0, "8000_0008 EBX bit {bit}");
+        }
+        assert_eq!(p.cpuid(0x8000_0021, 0)[0] & EAX8021_HIDDEN, 0);
+        // What else the leaves say is the host's.
+        assert_ne!(p.cpuid(7, 0)[3] & 1, 0);
+        // SPEC_CTRL, PRED_CMD, FLUSH_CMD, VIRT_SPEC_CTRL: #GP both ways.
+        for m in [0x48, 0x49, 0x10b, 0x10a, 0xc001_011f] {
+            assert_eq!(p.msr_read(m), None, "MSR {m:#x} read");
+            assert!(!p.msr_write(m, 1), "MSR {m:#x} write");
+        }
+        // The precomputed table gives the same answers.
+        let t = p.cpuid_table();
+        assert_eq!(t.lookup(7, 0).unwrap()[3] & EDX7_SPEC_CTRL_BITS, 0);
+        assert_eq!(t.lookup(0x8000_0008, 0).unwrap()[1] & EBX88_HIDDEN, 0);
     }
 
     #[test]
@@ -297,7 +343,7 @@ mod tests {
         // Above the maxima and CPU-dependent leaves: the generic path.
         assert_eq!(t.lookup(0xe, 0), None);
         assert_eq!(t.lookup(0x4000_0002, 0), None);
-        assert_eq!(t.lookup(0x8000_0020, 0), None);
+        assert_eq!(t.lookup(0x8000_0022, 0), None);
         assert_eq!(t.lookup(0x8000_001e, 0), None);
     }
 

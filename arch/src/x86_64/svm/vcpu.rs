@@ -55,6 +55,12 @@ pub trait Hw {
     fn fpu_save(&mut self, area: &mut FpuArea);
     /// FXRSTOR when the vCPU is bound to a CPU.
     fn fpu_restore(&mut self, area: &FpuArea);
+    /// Records that `vm` is the VM whose vCPU this CPU runs now; returns the
+    /// previous one (per-CPU bookkeeping for [`Hw::predictor_barrier`]).
+    fn swap_last_vm(&mut self, cpu: PhysCpu, vm: usize) -> Option<usize>;
+    /// IBPB where the CPU has it: branch predictions trained by one VM must
+    /// not steer another VM's (or the hypervisor's) indirect branches.
+    fn predictor_barrier(&mut self);
     /// Arms this CPU's deadline for the turn that starts (the one-shot LAPIC
     /// timer, whose interrupt is an INTR exit): once per turn, never per
     /// VMRUN, so exits cannot push the deadline back.
@@ -475,8 +481,10 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// option turns it on to test that path on real guests.
     pub fn set_intercept_pf(&mut self, on: bool) {
         let pf = if on { 1 << vector::PF } else { 0 };
-        self.vmcb
-            .write32(ctrl::INTERCEPT_EXCEPTIONS, ALWAYS_INTERCEPTED_EXCEPTIONS | pf);
+        self.vmcb.write32(
+            ctrl::INTERCEPT_EXCEPTIONS,
+            ALWAYS_INTERCEPTED_EXCEPTIONS | pf,
+        );
     }
 
     /// Reflects an intercepted exception into the guest. When it arose while
@@ -1339,6 +1347,11 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
             None => {
                 self.hw.fpu_restore(&self.fpu);
                 self.hw.load_guest_drs(&self.dr);
+                // Another VM ran here last (or nothing since boot): its
+                // predictor state must not reach this one (finding 7).
+                if self.hw.swap_last_vm(cpu, self.vm_index) != Some(self.vm_index) {
+                    self.hw.predictor_barrier();
+                }
                 self.bound = Some(cpu);
                 Ok(())
             }
@@ -1378,6 +1391,8 @@ mod tests {
         drs_live: [u64; 4],
         /// Turn deadlines armed (`Hw::arm_turn_deadline`).
         deadlines: u32,
+        last_vm: HashMap<u32, usize>,
+        barriers: u32,
     }
 
     impl Hw for FakeHw {
@@ -1418,6 +1433,12 @@ mod tests {
         fn arm_turn_deadline(&mut self) {
             self.deadlines += 1;
         }
+        fn swap_last_vm(&mut self, cpu: PhysCpu, vm: usize) -> Option<usize> {
+            self.last_vm.insert(cpu, vm)
+        }
+        fn predictor_barrier(&mut self) {
+            self.barriers += 1;
+        }
         fn load_guest_drs(&mut self, drs: &[u64; 4]) {
             self.drs_live = *drs;
         }
@@ -1450,6 +1471,8 @@ mod tests {
             fpu_calls: Vec::new(),
             drs_live: [0; 4],
             deadlines: 0,
+            last_vm: HashMap::new(),
+            barriers: 0,
         };
         let root = n.root();
         let g = n.generation();
@@ -2039,9 +2062,17 @@ mod tests {
         }
         // #DB, then #AC: both reflected inside run; #MC reaches the vmm.
         assert_eq!(v.run().unwrap(), Exit::MachineCheck);
-        assert_eq!(v.hw().seen[1].0, event_inj::encode(1, 3, None), "#DB injected");
+        assert_eq!(
+            v.hw().seen[1].0,
+            event_inj::encode(1, 3, None),
+            "#DB injected"
+        );
         assert_eq!(dr6_at_entry.borrow()[0], 0xffff_4ff0, "DR6.BS at delivery");
-        assert_eq!(v.hw().seen[2].0, event_inj::encode(17, 3, Some(0)), "#AC(0)");
+        assert_eq!(
+            v.hw().seen[2].0,
+            event_inj::encode(17, 3, Some(0)),
+            "#AC(0)"
+        );
         assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1000, "reflection moves no RIP");
 
         // A #DB that raises #DB again on every delivery: each round trip is
@@ -2071,12 +2102,24 @@ mod tests {
         );
         v.set_reg(Reg::Dr6, 0xffff_0ff0).unwrap();
         assert_eq!(v.run().unwrap(), Exit::Halt);
-        assert_eq!(v.hw().seen[1].0, event_inj::encode(1, 3, None), "#DB for ICEBP");
+        assert_eq!(
+            v.hw().seen[1].0,
+            event_inj::encode(1, 3, None),
+            "#DB for ICEBP"
+        );
         assert_eq!(v.hw().seen[2].0, 0, "WBINVD: nothing to inject");
-        assert_eq!(v.hw().seen[3].0, event_inj::encode(6, 3, None), "#UD for RDPRU");
+        assert_eq!(
+            v.hw().seen[3].0,
+            event_inj::encode(6, 3, None),
+            "#UD for RDPRU"
+        );
         // RIP: past F1 (1) and 0F 09 (2); RDPRU faults, so it stays at 3.
         assert_eq!(v.reg(Reg::Rip).unwrap(), 0x1003);
-        assert_eq!(v.reg(Reg::Dr6).unwrap(), 0xffff_0ff0, "ICEBP sets no DR6 bit");
+        assert_eq!(
+            v.reg(Reg::Dr6).unwrap(),
+            0xffff_0ff0,
+            "ICEBP sets no DR6 bit"
+        );
     }
 
     #[test]
@@ -2233,6 +2276,27 @@ mod tests {
         assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
         assert_eq!(v.internal_exits, 7);
         assert_eq!(v.hw().deadlines, armed + 2);
+    }
+
+    /// Review finding 7: no IBPB when a CPU switched between VMs. Binding a
+    /// vCPU of another VM than the one that ran last on that CPU issues the
+    /// predictor barrier; rebinding the same VM does not.
+    #[test]
+    fn predictor_barrier_between_vms() {
+        let mut v = vcpu(&[], vec![], Features::default());
+        assert_eq!(v.hw().barriers, 1, "first VM on the CPU since boot");
+        v.unbind().unwrap();
+        v.bind(0).unwrap();
+        assert_eq!(v.hw().barriers, 1, "same VM again: no barrier");
+        v.unbind().unwrap();
+        // Another VM (index 3) ran on CPU 0 meanwhile.
+        v.hw().last_vm.insert(0, 3);
+        v.bind(0).unwrap();
+        assert_eq!(v.hw().barriers, 2);
+        v.unbind().unwrap();
+        // CPU 1 never ran this VM.
+        v.bind(1).unwrap();
+        assert_eq!(v.hw().barriers, 3);
     }
 
     /// A physical interrupt (the time-slice timer) ends the guest's slice.
