@@ -60,7 +60,7 @@ pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
     if regs::hcr_el2() & arch::aarch64::el2::HCR_E2H != 0 {
         return Err("HCR_EL2.E2H is set (the backend is non-VHE)");
     }
-    hw::install_vectors();
+    let (id, traps) = hw::install_vectors();
     let slices = enable_slices();
     log::info!(
         "virt: arm64 EL2 backend (non-VHE): IPA up to {} bits (PARange {}), {}-bit VMIDs, \
@@ -68,7 +68,28 @@ pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
         mmfr0.pa_bits().map_or(0, |b| b.min(48)),
         mmfr0.pa_range(),
         mmfr1.vmid_bits().unwrap_or(8),
-        arch::aarch64::el2::HCR_EL2_GUEST
+        traps.hcr
+    );
+    log::info!(
+        "virt: guest traps CPTR_EL2={:#x} MDCR_EL2={:#x} HCRX_EL2={} FGT={} FGT2={} MPAM2_EL2={} \
+         (ID_AA64PFR0={:#x} PFR1={:#x} DFR0={:#x} MMFR0={:#x} MMFR1={:#x})",
+        traps.cptr,
+        traps.mdcr,
+        traps
+            .hcrx
+            .map_or("absent".into(), |v| alloc::format!("{v:#x}")),
+        traps
+            .fgt
+            .map_or("absent".into(), |f| alloc::format!("{f:x?}")),
+        traps.fgt2,
+        traps
+            .mpam2
+            .map_or("absent".into(), |v| alloc::format!("{v:#x}")),
+        id.pfr0,
+        id.pfr1,
+        id.dfr0,
+        id.mmfr0,
+        id.mmfr1
     );
     match slices {
         Ok(ms) => log::info!("virt: guest time slice {ms} ms (EL2 physical timer, GICv3 INTID 26)"),

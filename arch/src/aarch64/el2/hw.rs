@@ -21,8 +21,9 @@ use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::{
-    decode_sync, sync_delivery, ExitRegs, IchVtr, S2Config, TurnDeadline, VgicCpuState,
-    CNTHCTL_EL2_GUEST, CPTR_EL2_GUEST, ESR_UNDEFINED, HCR_EL2_GUEST, PSTATE_EL1H_MASKED,
+    decode_sync, guest_traps, sync_delivery, CpuIdRegs, ExitRegs, GuestTraps, IchVtr, S2Config,
+    TurnDeadline, VgicCpuState, CNTHCTL_EL2_GUEST, ESR_UNDEFINED, HCR_EL2_GUEST,
+    PSTATE_EL1H_MASKED,
 };
 use crate::aarch64::mmu;
 use crate::paging::{
@@ -193,18 +194,39 @@ static HAS_RAS: AtomicBool = AtomicBool::new(false);
 /// registers per group, from ICH_VTR_EL2 ([`IchVtr`]).
 static ICH_LRS: AtomicUsize = AtomicUsize::new(0);
 static ICH_APRS: AtomicUsize = AtomicUsize::new(0);
+/// Whether SCXTNUM_EL0/EL1 exist (FEAT_CSV2_2, CSV2_1p2): switched per
+/// vCPU (HCR_EL2.EnSCXT lets the guest use them).
+static HAS_SCXTNUM: AtomicBool = AtomicBool::new(false);
+/// HCR_EL2 for guests on this CPU ([`guest_traps`]).
+static GUEST_HCR: AtomicU64 = AtomicU64::new(HCR_EL2_GUEST);
+
+/// HCR_EL2 while a guest runs (set by [`install_vectors`]).
+pub fn guest_hcr() -> u64 {
+    GUEST_HCR.load(Ordering::Relaxed)
+}
 
 /// Points VBAR_EL2 at the guest-exit vectors (whose current-EL entries go
 /// to the kernel's crash vectors), sets the EL2 controls every guest uses
-/// and drops every stale guest TLB entry.
-pub fn install_vectors() {
+/// (the traps [`guest_traps`] computes from the ID registers) and drops
+/// every stale guest TLB entry. Returns the trap configuration.
+pub fn install_vectors() -> (CpuIdRegs, GuestTraps) {
     let isar1 = mrs_isar1();
     // ID_AA64ISAR1_EL1 APA (7:4), API (11:8), GPA (27:24), GPI (31:28).
     let pauth = (isar1 >> 4) & 0xff != 0 || (isar1 >> 24) & 0xff != 0 || isar2_apa3() != 0;
     HAS_PAUTH.store(pauth, Ordering::Relaxed);
-    let (pfr0, pfr1) = (read_id_reg(4, 0), read_id_reg(4, 1));
+    let id = CpuIdRegs {
+        pfr0: read_id_reg(4, 0),
+        pfr1: read_id_reg(4, 1),
+        dfr0: read_id_reg(5, 0),
+        mmfr0: read_id_reg(7, 0),
+        mmfr1: read_id_reg(7, 1),
+    };
+    let (pfr0, pfr1) = (id.pfr0, id.pfr1);
     HAS_RAS.store((pfr0 >> 28) & 0xf != 0, Ordering::Relaxed);
     HAS_SME.store((pfr1 >> 24) & 0xf != 0, Ordering::Relaxed);
+    HAS_SCXTNUM.store(id.scxtnum(), Ordering::Relaxed);
+    let traps = guest_traps(&id);
+    GUEST_HCR.store(traps.hcr, Ordering::Relaxed);
     let vbar = &raw const __el2_guest_vectors as u64;
     // The new table keeps the kernel's handling of EL2 exceptions
     // (its first eight entries branch to `__el2_vectors`) and adds the
@@ -219,14 +241,69 @@ pub fn install_vectors() {
             "msr cntvoff_el2, xzr",
             "isb",
             vbar = in(reg) vbar,
-            cptr = in(reg) CPTR_EL2_GUEST,
+            cptr = in(reg) traps.cptr,
             cnthctl = in(reg) CNTHCTL_EL2_GUEST,
             options(nostack, preserves_flags)
         )
     };
-    set_mdcr_el2();
+    set_mdcr_el2(traps.mdcr);
+    set_optional_traps(&traps);
     probe_ich((pfr0 >> 24) & 0xf != 0);
     mmu::flush_all_guests();
+    (id, traps)
+}
+
+/// Programs the trap registers of optional features: HCRX_EL2 (FEAT_HCX),
+/// the fine-grained traps (FEAT_FGT, FEAT_FGT2) and MPAM2_EL2 (FEAT_MPAM).
+/// Each exists only with its feature (`traps` has it only then), and each
+/// only affects EL1/EL0 (MPAM2_EL2 also sets EL2's own partition to the
+/// default one).
+fn set_optional_traps(traps: &GuestTraps) {
+    if let Some(hcrx) = traps.hcrx {
+        // SAFETY: HCRX_EL2 exists (ID_AA64MMFR1_EL1.HCX); it only controls
+        // EL1/EL0 features.
+        unsafe { asm!("msr S3_4_C1_C2_2, {}", in(reg) hcrx, options(nostack, preserves_flags)) };
+    }
+    if let Some(f) = traps.fgt {
+        // SAFETY: HFGRTR/HFGWTR/HFGITR/HDFGRTR/HDFGWTR_EL2 exist
+        // (ID_AA64MMFR0_EL1.FGT); they only add traps of EL1/EL0 accesses.
+        unsafe {
+            asm!(
+                "msr S3_4_C1_C1_4, {r}",
+                "msr S3_4_C1_C1_5, {w}",
+                "msr S3_4_C1_C1_6, {i}",
+                "msr S3_4_C3_C1_4, {dr}",
+                "msr S3_4_C3_C1_5, {dw}",
+                r = in(reg) f.hfgrtr,
+                w = in(reg) f.hfgwtr,
+                i = in(reg) f.hfgitr,
+                dr = in(reg) f.hdfgrtr,
+                dw = in(reg) f.hdfgwtr,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+    if traps.fgt2 {
+        // SAFETY: HDFGRTR2/HDFGWTR2/HFGRTR2/HFGWTR2/HFGITR2_EL2 exist
+        // (ID_AA64MMFR0_EL1.FGT = 2); 0 traps the `n`-bit registers.
+        unsafe {
+            asm!(
+                "msr S3_4_C3_C1_0, xzr",
+                "msr S3_4_C3_C1_1, xzr",
+                "msr S3_4_C3_C1_2, xzr",
+                "msr S3_4_C3_C1_3, xzr",
+                "msr S3_4_C3_C1_7, xzr",
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+    if let Some(m) = traps.mpam2 {
+        // SAFETY: MPAM2_EL2 exists (FEAT_MPAM); TRAPMPAM0EL1/1EL1 trap the
+        // guest's partition-ID registers, EL2 runs in the default partition.
+        unsafe { asm!("msr S3_4_C10_C5_0, {}", in(reg) m, options(nostack, preserves_flags)) };
+    }
+    // SAFETY: synchronizes the trap registers above before any guest entry.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
 }
 
 /// Finds the GIC virtual CPU interface the world switch must save and
@@ -343,13 +420,14 @@ fn vgic_save(g: &mut VgicCpuState) {
     save_ap1rs(&mut g.ap1r, aprs);
 }
 
-/// Traps the guest's debug and PMU register accesses (see
-/// [`super::MDCR_EL2_TRAPS`]), keeping HPMN as reset left it.
-fn set_mdcr_el2() {
+/// Traps the guest's debug, PMU, profiling and trace register accesses
+/// (`traps`: [`super::MDCR_EL2_TRAPS`] and what [`guest_traps`] adds),
+/// keeping HPMN as reset left it.
+fn set_mdcr_el2(traps: u64) {
     let old: u64;
     // SAFETY: reading MDCR_EL2 at EL2 has no side effects.
     unsafe { asm!("mrs {}, mdcr_el2", out(reg) old, options(nomem, nostack, preserves_flags)) };
-    let new = (old & super::MDCR_EL2_HPMN) | super::MDCR_EL2_TRAPS;
+    let new = (old & super::MDCR_EL2_HPMN) | traps;
     // SAFETY: MDCR_EL2 only controls traps of EL1/EL0 debug and PMU
     // accesses (TDE stays 0); the ISB makes it take effect before any guest.
     unsafe { asm!("msr mdcr_el2, {}", "isb", in(reg) new, options(nostack, preserves_flags)) };
@@ -627,10 +705,21 @@ pub struct El1Regs {
     pub tpidr2: u64,
     /// VDISR_EL2 (the guest's DISR_EL1), when the CPU has RAS.
     pub vdisr: u64,
+    /// SCXTNUM_EL0 and SCXTNUM_EL1, when the CPU has them.
+    pub scxtnum: [u64; 2],
 }
 
-/// Loads the optional registers the CPU has (see [`HAS_SME`], [`HAS_RAS`]).
+/// Loads the optional registers the CPU has (see [`HAS_SME`], [`HAS_RAS`],
+/// [`HAS_SCXTNUM`]).
 fn load_optional(r: &El1Regs) {
+    if HAS_SCXTNUM.load(Ordering::Relaxed) {
+        // SAFETY: SCXTNUM_EL0/EL1 exist (CSV2_2 or CSV2_1p2); they only
+        // name the software context for EL0/EL1 prediction.
+        unsafe {
+            asm!("msr S3_3_C13_C0_7, {}", "msr S3_0_C13_C0_7, {}",
+                 in(reg) r.scxtnum[0], in(reg) r.scxtnum[1], options(nostack, preserves_flags))
+        };
+    }
     if HAS_SME.load(Ordering::Relaxed) {
         // SAFETY: TPIDR2_EL0 exists (FEAT_SME); it only affects EL0/EL1.
         unsafe {
@@ -647,6 +736,13 @@ fn load_optional(r: &El1Regs) {
 }
 
 fn save_optional(r: &mut El1Regs) {
+    if HAS_SCXTNUM.load(Ordering::Relaxed) {
+        // SAFETY: reading SCXTNUM_EL0/EL1 (present) has no side effects.
+        unsafe {
+            asm!("mrs {}, S3_3_C13_C0_7", "mrs {}, S3_0_C13_C0_7",
+                 out(reg) r.scxtnum[0], out(reg) r.scxtnum[1], options(nomem, nostack, preserves_flags))
+        };
+    }
     if HAS_SME.load(Ordering::Relaxed) {
         // SAFETY: reading TPIDR2_EL0 (FEAT_SME present) has no side effects.
         unsafe {
@@ -917,7 +1013,7 @@ impl Vcpu for El2Vcpu {
         self.deliver()?;
         let pauth = HAS_PAUTH.load(Ordering::Relaxed);
         if self.vserror {
-            mmu::write_hcr_el2(HCR_EL2_GUEST | HCR_VSE);
+            mmu::write_hcr_el2(guest_hcr() | HCR_VSE);
         }
         // A run without begin_turn (not the vmm's order) starts a turn, so
         // a guest is never entered without its deadline.
@@ -954,7 +1050,7 @@ impl Vcpu for El2Vcpu {
             // The virtual SError was taken (or is still pending in VSE,
             // which we drop: one delivery attempt).
             self.vserror = false;
-            mmu::write_hcr_el2(HCR_EL2_GUEST);
+            mmu::write_hcr_el2(guest_hcr());
         }
         let regs = ExitRegs {
             esr: self.ctx.esr,
@@ -1060,7 +1156,7 @@ impl Vcpu for El2Vcpu {
         // Rule tlb_tag: each VM has its own VMID, so switching VMs needs
         // no flush; the new VTTBR/VTCR are synchronized by the helper.
         mmu::write_vtcr_vttbr(self.vtcr, self.vttbr);
-        mmu::write_hcr_el2(HCR_EL2_GUEST);
+        mmu::write_hcr_el2(guest_hcr());
         let midr: u64;
         // SAFETY: reading MIDR_EL1 has no side effects; VPIDR/VMPIDR only
         // change what the guest reads for MIDR_EL1/MPIDR_EL1.

@@ -41,6 +41,12 @@ pub const HCR_E2H: u64 = 1 << 34;
 /// and key registers (Linux uses them when ID_AA64ISAR1 advertises them).
 pub const HCR_API: u64 = 1 << 41;
 pub const HCR_APK: u64 = 1 << 40;
+/// FEAT_LOR: trap the LORegion registers (LORSA/LOREA/LORN/LORC/LORID_EL1).
+pub const HCR_TLOR: u64 = 1 << 35;
+/// FEAT_RAS: trap the error-record registers (ERRIDR/ERRSELR/ERX*_EL1).
+pub const HCR_TERR: u64 = 1 << 36;
+/// FEAT_CSV2_2 / CSV2_1p2: do not trap SCXTNUM_EL0/EL1 (switched per vCPU).
+pub const HCR_ENSCXT: u64 = 1 << 53;
 
 /// HCR_EL2 while a guest runs: stage 2 on (VM), set/way invalidation
 /// upgraded to clean+invalidate (SWIO) and set/way ops trapped (TSW), all
@@ -72,8 +78,13 @@ pub const HCR_EL2_GUEST: u64 = HCR_VM
 
 /// CPTR_EL2 (E2H = 0): RES1 bits 13:12 and 9:0 (which also set TZ, bit 8,
 /// and TSM, bit 12: SVE and SME trap, the guest is not shown them), TFP
-/// (bit 10) clear so guests use FP/SIMD without trapping, TTA clear.
+/// (bit 10) clear so guests use FP/SIMD without trapping. TTA and TAM are
+/// added where the CPU has the feature ([`guest_traps`]).
 pub const CPTR_EL2_GUEST: u64 = 0x33ff;
+/// CPTR_EL2.TTA: trap the trace unit's system registers (op0 2, op1 1).
+pub const CPTR_TTA: u64 = 1 << 20;
+/// CPTR_EL2.TAM (FEAT_AMUv1): trap the activity monitors (AM*_EL0).
+pub const CPTR_TAM: u64 = 1 << 30;
 
 /// MDCR_EL2 trap bits (Arm ARM D19.2.59): debug ROM address (TDRA, bit
 /// 11), OS lock/power-down (TDOSA, 10), the other debug registers (TDA, 9),
@@ -85,15 +96,212 @@ pub const CPTR_EL2_GUEST: u64 = 0x33ff;
 pub const MDCR_EL2_TRAPS: u64 = (1 << 11) | (1 << 10) | (1 << 9) | (1 << 6) | (1 << 5);
 /// MDCR_EL2.HPMN: the bits of the reset value that are kept.
 pub const MDCR_EL2_HPMN: u64 = 0x1f;
+/// MDCR_EL2.TPMS (FEAT_SPE): trap the statistical-profiling controls
+/// (PMS*_EL1). E2PB (bits 13:12) stays 0b00, which traps the profiling
+/// buffer registers (PMB*_EL1) as well.
+pub const MDCR_TPMS: u64 = 1 << 14;
+/// MDCR_EL2.TTRF (FEAT_TRF): trap TRFCR_EL1. E2TB (bits 25:24) stays 0b00,
+/// which traps the trace buffer registers (TRB*_EL1).
+pub const MDCR_TTRF: u64 = 1 << 19;
+/// MDCR_EL2.TDCC (FEAT_FGT): trap the debug communications channel
+/// (MDCCSR_EL0, DBGDTR*_EL0, MDCCINT_EL1), RAZ/WI with the other debug
+/// registers.
+pub const MDCR_TDCC: u64 = 1 << 27;
+
+/// The ID register values the trap configuration is computed from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuIdRegs {
+    pub pfr0: u64,
+    pub pfr1: u64,
+    pub dfr0: u64,
+    pub mmfr0: u64,
+    pub mmfr1: u64,
+}
+
+const fn id_field(v: u64, shift: u32) -> u64 {
+    (v >> shift) & 0xf
+}
+
+impl CpuIdRegs {
+    /// FEAT_RAS: ID_AA64PFR0_EL1.RAS (31:28).
+    pub const fn ras(&self) -> bool {
+        id_field(self.pfr0, 28) != 0
+    }
+    /// FEAT_AMUv1: ID_AA64PFR0_EL1.AMU (47:44).
+    pub const fn amu(&self) -> bool {
+        id_field(self.pfr0, 44) != 0
+    }
+    /// FEAT_MPAM: ID_AA64PFR0_EL1.MPAM (43:40) or PFR1.MPAM_frac (19:16).
+    pub const fn mpam(&self) -> bool {
+        id_field(self.pfr0, 40) != 0 || id_field(self.pfr1, 16) != 0
+    }
+    /// SCXTNUM_EL0/EL1 exist: CSV2 (PFR0 59:56) >= 2, or CSV2 1 with
+    /// CSV2_frac (PFR1 35:32) >= 2 (FEAT_CSV2_1p2).
+    pub const fn scxtnum(&self) -> bool {
+        let csv2 = id_field(self.pfr0, 56);
+        csv2 >= 2 || (csv2 == 1 && id_field(self.pfr1, 32) >= 2)
+    }
+    /// System-register access to a trace unit: ID_AA64DFR0_EL1.TraceVer
+    /// (7:4); CPTR_EL2.TTA is RES0 without it.
+    pub const fn trace_sysregs(&self) -> bool {
+        id_field(self.dfr0, 4) != 0
+    }
+    /// FEAT_SPE: ID_AA64DFR0_EL1.PMSVer (35:32).
+    pub const fn spe(&self) -> bool {
+        id_field(self.dfr0, 32) != 0
+    }
+    /// FEAT_TRF: ID_AA64DFR0_EL1.TraceFilt (43:40).
+    pub const fn trf(&self) -> bool {
+        id_field(self.dfr0, 40) != 0
+    }
+    /// FEAT_LOR: ID_AA64MMFR1_EL1.LO (19:16).
+    pub const fn lor(&self) -> bool {
+        id_field(self.mmfr1, 16) != 0
+    }
+    /// FEAT_HCX: ID_AA64MMFR1_EL1.HCX (43:40).
+    pub const fn hcx(&self) -> bool {
+        id_field(self.mmfr1, 40) != 0
+    }
+    /// FEAT_FGT: ID_AA64MMFR0_EL1.FGT (59:56): 1 FGT, 2 FGT2.
+    pub const fn fgt(&self) -> u64 {
+        id_field(self.mmfr0, 56)
+    }
+}
+
+/// The fine-grained trap registers (FEAT_FGT). A 1 in a positive bit traps
+/// that register; the `n`-prefixed bits (registers of newer features:
+/// nACCDATA, nGCS, nSMPRI, nTPIDR2, nPIR, nPOR, nMAIR2, nBRB*, nPMSNEVFR,
+/// ...) trap when 0. So 0 traps every register of a feature newer than the
+/// hypervisor, and the positive bits add the registers this hypervisor
+/// hides but does not switch, where the CPU has them (a positive bit of an
+/// absent feature is RES0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FgtTraps {
+    pub hfgrtr: u64,
+    pub hfgwtr: u64,
+    pub hfgitr: u64,
+    pub hdfgrtr: u64,
+    pub hdfgwtr: u64,
+}
+
+// HFGRTR_EL2 / HFGWTR_EL2 positive bits (layout HFGxTR_EL2).
+/// LORC (19), LOREA (20), LORID (21), LORN (22), LORSA (23).
+pub const HFGXTR_LOR_R: u64 = 0x1f << 19;
+/// LORID_EL1 is read-only: its HFGWTR_EL2 bit is RES0.
+pub const HFGXTR_LOR_W: u64 = HFGXTR_LOR_R & !(1 << 21);
+/// ERRIDR (40), ERRSELR (41), ERXFR (42), ERXCTLR (43), ERXSTATUS (44),
+/// ERXMISCn (45), ERXADDR (49). The ERXPFG* bits (46-48) exist only with
+/// fault injection; HCR_EL2.TERR traps those registers anyway.
+pub const HFGXTR_ERR_R: u64 = (0x3f << 40) | (1 << 49);
+/// ERRIDR_EL1 and ERXFR_EL1 are read-only.
+pub const HFGXTR_ERR_W: u64 = HFGXTR_ERR_R & !(1 << 40) & !(1 << 42);
+
+/// MPAM2_EL2.TRAPMPAM1EL1 (48) | TRAPMPAM0EL1 (49): the guest's MPAM1_EL1 /
+/// MPAM0_EL1 (cache and bandwidth partition IDs) trap.
+pub const MPAM2_TRAPS: u64 = (1 << 48) | (1 << 49);
+
+/// The EL2 trap configuration for guests on a CPU with `id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestTraps {
+    pub hcr: u64,
+    pub cptr: u64,
+    /// MDCR_EL2 without HPMN (which keeps its reset value).
+    pub mdcr: u64,
+    /// HCRX_EL2 where FEAT_HCX exists.
+    pub hcrx: Option<u64>,
+    /// HFGRTR/HFGWTR/HFGITR/HDFGRTR/HDFGWTR_EL2 where FEAT_FGT exists.
+    pub fgt: Option<FgtTraps>,
+    /// FEAT_FGT2: HFGRTR2/HFGWTR2/HFGITR2/HDFGRTR2/HDFGWTR2_EL2 are all 0
+    /// (their bits are `n` bits, or TSBCSYNC, a hint of hidden trace).
+    pub fgt2: bool,
+    /// MPAM2_EL2 where FEAT_MPAM exists.
+    pub mpam2: Option<u64>,
+}
+
+/// Every feature a guest could reach whose state is not switched per vCPU
+/// is trapped, and [`filter_id_reg`] hides it, so the guest gets UNDEFINED
+/// as on a CPU without it (the trapped accesses are not in
+/// [`debug_pmu_raz_wi`]): RAS error records (HCR_EL2.TERR), LORegions
+/// (TLOR), activity monitors (CPTR_EL2.TAM), trace unit registers (TTA),
+/// statistical profiling (MDCR_EL2.TPMS and E2PB 0b00), the trace filter
+/// (TTRF) and trace buffer (E2TB 0b00), the debug communications channel
+/// (TDCC, RAZ/WI as debug), MPAM partition IDs (MPAM2_EL2). HCRX_EL2 is 0:
+/// LS64, MOPS, TCR2_EL1, SCTLR2_EL1, GCS, FPMR, 128-bit system registers
+/// and NMI delivery stay disabled (trapped or UNDEFINED), and hidden. With
+/// FEAT_FGT the fine-grained traps add the `n`-bit registers of newer
+/// features ([`FgtTraps`]). SCXTNUM_EL0/EL1 are switched, so HCR_EL2.EnSCXT
+/// lets the guest use them. Each trap bit is set only where the CPU has the
+/// feature (RES0 otherwise).
+pub const fn guest_traps(id: &CpuIdRegs) -> GuestTraps {
+    let mut hcr = HCR_EL2_GUEST;
+    if id.ras() {
+        hcr |= HCR_TERR;
+    }
+    if id.lor() {
+        hcr |= HCR_TLOR;
+    }
+    if id.scxtnum() {
+        hcr |= HCR_ENSCXT;
+    }
+    let mut cptr = CPTR_EL2_GUEST;
+    if id.amu() {
+        cptr |= CPTR_TAM;
+    }
+    if id.trace_sysregs() {
+        cptr |= CPTR_TTA;
+    }
+    let mut mdcr = MDCR_EL2_TRAPS;
+    if id.spe() {
+        mdcr |= MDCR_TPMS;
+    }
+    if id.trf() {
+        mdcr |= MDCR_TTRF;
+    }
+    if id.fgt() >= 1 {
+        mdcr |= MDCR_TDCC;
+    }
+    let fgt = if id.fgt() >= 1 {
+        let mut f = FgtTraps {
+            hfgrtr: 0,
+            hfgwtr: 0,
+            hfgitr: 0,
+            hdfgrtr: 0,
+            hdfgwtr: 0,
+        };
+        if id.lor() {
+            f.hfgrtr |= HFGXTR_LOR_R;
+            f.hfgwtr |= HFGXTR_LOR_W;
+        }
+        if id.ras() {
+            f.hfgrtr |= HFGXTR_ERR_R;
+            f.hfgwtr |= HFGXTR_ERR_W;
+        }
+        Some(f)
+    } else {
+        None
+    };
+    GuestTraps {
+        hcr,
+        cptr,
+        mdcr,
+        hcrx: if id.hcx() { Some(0) } else { None },
+        fgt,
+        fgt2: id.fgt() >= 2,
+        mpam2: if id.mpam() { Some(MPAM2_TRAPS) } else { None },
+    }
+}
 
 /// Whether a trapped system-register access is one of the debug or PMU
 /// registers that [`MDCR_EL2_TRAPS`] traps, emulated as RAZ/WI: every
-/// op0 = 2 register (debug, OS lock, DBGCLAIM, MDSCR_EL1, ...), the PMU
+/// op0 = 2 register but the trace unit's (op1 = 1, hidden with TraceVer 0:
+/// UNDEFINED as without a trace unit) (debug, OS lock, DBGCLAIM,
+/// MDSCR_EL1, the DCC registers, ...), the PMU
 /// registers at op1 = 3, CRn = 9, CRm = 12..=14 (PMCR_EL0 ... PMOVSSET_EL0),
 /// PMEVCNTR<n>/PMEVTYPER<n>/PMCCFILTR (op1 = 3, CRn = 14, CRm = 8..=15) and
 /// PMINTENSET/CLR_EL1 (op1 = 0, CRn = 9, CRm = 14, op2 = 1, 2).
 pub fn debug_pmu_raz_wi(id: SysRegId) -> bool {
     match (id.op0, id.op1, id.crn, id.crm, id.op2) {
+        (2, 1, ..) => false,
         (2, ..) => true,
         (3, 3, 9, 12..=14, _) => true,
         (3, 3, 14, 8..=15, _) => true,
@@ -522,32 +730,72 @@ pub struct VgicCpuState {
 /// The guest's view of an ID register trapped by HCR_EL2.TID3 (op0 = 3,
 /// op1 = 0, CRn = 0, CRm = 1..=7): the hardware value with the features we
 /// do not virtualize removed. `None` for any other register (the guest
-/// gets UNDEFINED).
+/// gets UNDEFINED). The view only ever lowers fields to 0 (never sets a
+/// bit the hardware does not have).
 ///
-/// Hidden: SVE, SME (their state is not switched and CPTR_EL2 traps them),
-/// MTE (tag memory not switched), AMU, MPAM, RAS (error records not
-/// emulated), the PMU and statistical profiling, and trace (not switched).
-/// The GIC system-register field stays as the hardware reports: the GIC is
-/// not virtualized yet (the guest DTB says so), and guests that probe it
-/// without a DTB node are not supported.
+/// It advertises only what is switched per vCPU or trapped to an
+/// architectural answer ([`guest_traps`]). Hidden: SVE and SME (state not
+/// switched, CPTR_EL2 traps them), MTE (tag memory not switched, HCR_EL2.ATA
+/// 0), AMU (CPTR_EL2.TAM), MPAM (MPAM2_EL2), RAS error records (TERR), RME,
+/// the PMU and statistical profiling (MDCR_EL2.TPM/TPMS), trace, the trace
+/// filter and trace buffer (TTA/TTRF/E2TB), BRBE (FGT `n` bits), LORegions
+/// (TLOR), TME (HCR_EL2.TME 0), and what HCRX_EL2 = 0 keeps disabled: LS64,
+/// MOPS, 128-bit system registers and everything in ID_AA64MMFR3_EL1 but
+/// Spec_FPACC (TCR2, SCTLR2, permission indirection and overlays, AIE, MEC,
+/// D128, the RAS error-recovery bits), GCS, NMI, THE, FPMR and whatever
+/// ID_AA64PFR2, ID_AA64ISAR3, ID_AA64MMFR4, ID_AA64DFR1 and the IMPLEMENTATION
+/// DEFINED ID_AA64AFR0/1 describe. Registers with many new fields are
+/// allow-lists (PFR1, DFR0, MMFR3), so a field a newer CPU adds is hidden
+/// until someone switches or traps it. The GIC system-register field stays:
+/// the ICV_* state is switched per vCPU (`VgicCpuState`); the GIC is not
+/// virtualized yet (the guest DTB says so). CSV2/CSV3 stay (properties,
+/// and SCXTNUM_EL0/EL1 are switched), and so do the PAuth, BTI, SSBS, DIT,
+/// PAN and EL2/VHE fields.
 pub fn filter_id_reg(id: SysRegId, hw: u64) -> Option<u64> {
     if id.op0 != 3 || id.op1 != 0 || id.crn != 0 || !(1..=7).contains(&id.crm) {
         return None;
     }
     let clear = |v: u64, fields: &[u32]| fields.iter().fold(v, |v, &s| v & !(0xf << s));
+    let keep = |v: u64, fields: &[u32]| fields.iter().fold(0, |k, &s| k | (v & (0xf << s)));
     Some(match (id.crm, id.op2) {
-        // ID_AA64PFR0_EL1: RAS 31:28, SVE 35:32, MPAM 43:40, AMU 47:44.
-        (4, 0) => clear(hw, &[28, 32, 40, 44]),
-        // ID_AA64PFR1_EL1: MTE 11:8, RAS_frac 15:12, MPAM_frac 19:16,
-        // SME 27:24.
-        (4, 1) => clear(hw, &[8, 12, 16, 24]),
-        // ID_AA64ZFR0_EL1, ID_AA64SMFR0_EL1: no SVE, no SME.
-        (4, 4) | (4, 5) => 0,
-        // ID_AA64DFR0_EL1: TraceVer 7:4, PMUVer 11:8, PMSVer 35:32,
-        // TraceFilt 43:40, TraceBuffer 47:44. DebugVer (3:0) stays.
-        (5, 0) => clear(hw, &[4, 8, 32, 40, 44]),
-        // ID_DFR0_EL1 (AArch32 view): PerfMon 27:24.
-        (1, 2) => clear(hw, &[24]),
+        // ID_PFR0_EL1 (AArch32 view): AMU 23:20, RAS 31:28.
+        (1, 0) => clear(hw, &[20, 28]),
+        // ID_DFR0_EL1 (AArch32 view): CopTrc 15:12, MMapTrc 19:16,
+        // PerfMon 27:24, TraceFilt 31:28.
+        (1, 2) => clear(hw, &[12, 16, 24, 28]),
+        // ID_PFR2_EL1 (AArch32 view): RAS_frac 11:8.
+        (3, 4) => clear(hw, &[8]),
+        // ID_DFR1_EL1 (AArch32 view): MTPMU, HPMN0 (PMU).
+        (3, 5) => 0,
+        // ID_AA64PFR0_EL1: RAS 31:28, SVE 35:32, MPAM 43:40, AMU 47:44,
+        // RME 55:52.
+        (4, 0) => clear(hw, &[28, 32, 40, 44, 52]),
+        // ID_AA64PFR1_EL1: only BT 3:0, SSBS 7:4 (PSTATE bits, switched
+        // through SPSR_EL2) and CSV2_frac 35:32.
+        (4, 1) => keep(hw, &[0, 4, 32]),
+        // ID_AA64PFR2_EL1 (MTE extensions, UINJ, FPMR), ID_AA64ZFR0_EL1,
+        // ID_AA64SMFR0_EL1: nothing.
+        (4, 2) | (4, 4) | (4, 5) => 0,
+        // ID_AA64DFR0_EL1: only DebugVer 3:0, BRPs 15:12, WRPs 23:20,
+        // CTX_CMPs 31:28, DoubleLock 39:36 (debug registers: trapped,
+        // RAZ/WI).
+        (5, 0) => keep(hw, &[0, 12, 20, 28, 36]),
+        // ID_AA64DFR1_EL1, ID_AA64AFR0_EL1, ID_AA64AFR1_EL1: nothing.
+        (5, 1) | (5, 4) | (5, 5) => 0,
+        // ID_AA64ISAR0_EL1: TME 27:24.
+        (6, 0) => clear(hw, &[24]),
+        // ID_AA64ISAR1_EL1: LS64 63:60.
+        (6, 1) => clear(hw, &[60]),
+        // ID_AA64ISAR2_EL1: MOPS 19:16, SYSREG_128 35:32, SYSINSTR_128 39:36.
+        (6, 2) => clear(hw, &[16, 32, 36]),
+        // ID_AA64ISAR3_EL1: nothing.
+        (6, 3) => 0,
+        // ID_AA64MMFR1_EL1: LO 19:16.
+        (7, 1) => clear(hw, &[16]),
+        // ID_AA64MMFR3_EL1: only Spec_FPACC 63:60.
+        (7, 3) => keep(hw, &[60]),
+        // ID_AA64MMFR4_EL1: nothing.
+        (7, 4) => 0,
         _ => hw,
     })
 }
@@ -888,6 +1136,17 @@ mod tests {
             assert!(debug_pmu_raz_wi(r), "{r:?}");
         }
         for r in [
+            id(2, 1, 0, 1, 0),  // TRCPRGCTLR: trace is hidden, UNDEFINED
+            id(2, 1, 0, 2, 0),  // TRCSTATR
+            id(3, 0, 1, 2, 1),  // TRFCR_EL1 (MDCR_EL2.TTRF)
+            id(3, 0, 9, 9, 0),  // PMSCR_EL1 (SPE, MDCR_EL2.TPMS)
+            id(3, 0, 9, 10, 0), // PMBLIMITR_EL1 (SPE buffer, E2PB 0b00)
+            id(3, 0, 9, 11, 0), // TRBLIMITR_EL1 (trace buffer, E2TB 0b00)
+            id(3, 0, 5, 3, 0),  // ERRIDR_EL1 (HCR_EL2.TERR)
+            id(3, 0, 5, 4, 2),  // ERXSTATUS_EL1
+            id(3, 0, 10, 4, 0), // LORSA_EL1 (HCR_EL2.TLOR)
+            id(3, 3, 13, 2, 0), // AMCR_EL0 (CPTR_EL2.TAM)
+            id(3, 3, 13, 4, 0), // AMEVCNTR00_EL0
             id(3, 0, 0, 4, 0),  // ID_AA64PFR0_EL1: filtered, not RAZ
             id(3, 0, 1, 0, 0),  // SCTLR_EL1
             id(3, 0, 12, 0, 0), // VBAR_EL1
@@ -950,8 +1209,230 @@ mod tests {
         assert_eq!((s.hcr, s.vmcr), (0, 0), "reset: disabled, VMCR 0");
     }
 
+    // ID register values QEMU 7.2 reports (logged by virt_init).
+    const QEMU_MAX: CpuIdRegs = CpuIdRegs {
+        pfr0: 0x1201_0011_2111_0222,
+        pfr1: 0x100_0021,
+        dfr0: 0x1030_5609,
+        mmfr0: 0x0000_0323_1020_1126,
+        mmfr1: 0x0000_0110_1021_1122,
+    };
+    const QEMU_A72: CpuIdRegs = CpuIdRegs {
+        pfr0: 0x100_0222,
+        pfr1: 0,
+        dfr0: 0x1030_5106,
+        mmfr0: 0x1124,
+        mmfr1: 0,
+    };
+
+    /// Cortex-A72 (Armv8.0): none of the optional features, so nothing but
+    /// the base traps (every added bit would be RES0 there).
+    #[test]
+    fn inv_arm64_traps_cortex_a72() {
+        let t = guest_traps(&QEMU_A72);
+        assert_eq!(t.hcr, HCR_EL2_GUEST);
+        assert_eq!(t.cptr, CPTR_EL2_GUEST);
+        assert_eq!(t.mdcr, MDCR_EL2_TRAPS);
+        assert_eq!((t.hcrx, t.fgt, t.fgt2, t.mpam2), (None, None, false, None));
+    }
+
+    /// QEMU `max`: RAS (TERR), LORegions (TLOR), CSV2_2 (SCXTNUM switched:
+    /// EnSCXT), FEAT_HCX (HCRX_EL2 = 0); no AMU, SPE, trace, FGT or MPAM.
+    #[test]
+    fn inv_arm64_traps_qemu_max() {
+        let t = guest_traps(&QEMU_MAX);
+        assert_eq!(t.hcr, HCR_EL2_GUEST | 1 << 36 | 1 << 35 | 1 << 53);
+        assert_eq!(t.cptr, CPTR_EL2_GUEST);
+        assert_eq!(t.mdcr, MDCR_EL2_TRAPS);
+        assert_eq!(t.hcrx, Some(0));
+        assert_eq!((t.fgt, t.fgt2, t.mpam2), (None, false, None));
+    }
+
+    /// Each feature alone adds exactly its trap bits (Arm ARM positions:
+    /// HCR_EL2.TERR 36, TLOR 35; CPTR_EL2.TAM 30, TTA 20; MDCR_EL2.TPMS 14,
+    /// TTRF 19, TDCC 27), and only where the CPU has it.
+    #[test]
+    fn inv_arm64_traps_each_feature() {
+        let base = guest_traps(&CpuIdRegs::default());
+        assert_eq!(base, guest_traps(&QEMU_A72));
+        type Set = fn(&mut CpuIdRegs);
+        let cases: [(&str, Set, u64, u64, u64); 7] = [
+            ("RAS", |i| i.pfr0 |= 1 << 28, 1 << 36, 0, 0),
+            ("LOR", |i| i.mmfr1 |= 1 << 16, 1 << 35, 0, 0),
+            ("AMU", |i| i.pfr0 |= 1 << 44, 0, 1 << 30, 0),
+            ("trace", |i| i.dfr0 |= 1 << 4, 0, 1 << 20, 0),
+            ("SPE", |i| i.dfr0 |= 1 << 32, 0, 0, 1 << 14),
+            ("TRF", |i| i.dfr0 |= 1 << 40, 0, 0, 1 << 19),
+            ("FGT", |i| i.mmfr0 |= 1 << 56, 0, 0, 1 << 27),
+        ];
+        for (name, set, hcr, cptr, mdcr) in cases {
+            let mut id = CpuIdRegs::default();
+            set(&mut id);
+            let t = guest_traps(&id);
+            assert_eq!(t.hcr, base.hcr | hcr, "{name}");
+            assert_eq!(t.cptr, base.cptr | cptr, "{name}");
+            assert_eq!(t.mdcr, base.mdcr | mdcr, "{name}");
+            // E2PB (13:12) and E2TB (25:24) stay 0b00: the profiling and
+            // trace buffer registers trap; TDE (8) stays clear.
+            assert_eq!(t.mdcr & (3 << 12 | 3 << 24 | 1 << 8), 0, "{name}");
+        }
+    }
+
+    /// FEAT_HCX: HCRX_EL2 is 0, so LS64 (EnALS/EnAS0/EnASR), MOPS (MSCEn),
+    /// TCR2_EL1 (TCR2En), SCTLR2_EL1 (SCTLR2En), 128-bit system registers
+    /// (D128En), GCS (GCSEn) and FPMR (EnFPM) are disabled, and the ID view
+    /// hides each of them.
+    #[test]
+    fn inv_arm64_traps_hcx() {
+        let mut id = CpuIdRegs::default();
+        assert_eq!(guest_traps(&id).hcrx, None, "no HCRX_EL2 without FEAT_HCX");
+        id.mmfr1 |= 1 << 40;
+        assert_eq!(guest_traps(&id).hcrx, Some(0));
+        let all = u64::MAX;
+        let view = |crm, op2| filter_id_reg(SysRegId::new(3, 0, 0, crm, op2), all).unwrap();
+        let field = |v: u64, s: u32| (v >> s) & 0xf;
+        assert_eq!(field(view(6, 1), 60), 0, "LS64");
+        assert_eq!(field(view(6, 2), 16), 0, "MOPS");
+        assert_eq!(field(view(6, 2), 32), 0, "SYSREG_128");
+        assert_eq!(field(view(7, 3), 0), 0, "TCRX");
+        assert_eq!(field(view(7, 3), 4), 0, "SCTLRX");
+        assert_eq!(view(7, 3) & !(0xf << 60), 0, "MMFR3: only Spec_FPACC");
+        assert_eq!(field(view(4, 1), 44), 0, "GCS");
+        assert_eq!(field(view(4, 1), 36), 0, "NMI");
+        assert_eq!(view(4, 2), 0, "PFR2 (FPMR)");
+        assert_eq!(view(7, 4), 0, "MMFR4");
+    }
+
+    /// FEAT_FGT: the `n` bits (newer features' registers) are 0, i.e.
+    /// trapped; the positive bits add LORegion and error-record registers
+    /// where the CPU has them, without the RES0 write bits of read-only
+    /// registers. FGT2 registers are written (all 0) only with FGT2.
+    #[test]
+    fn inv_arm64_traps_fgt() {
+        let mut id = CpuIdRegs {
+            mmfr0: 1 << 56,
+            ..CpuIdRegs::default()
+        };
+        let t = guest_traps(&id);
+        assert_eq!(t.fgt, Some(FgtTraps::default()));
+        assert!(!t.fgt2);
+        id.mmfr1 |= 1 << 16; // LOR
+        id.pfr0 |= 1 << 28; // RAS
+        let f = guest_traps(&id).fgt.unwrap();
+        // HFGRTR_EL2: LORC 19, LOREA 20, LORID 21, LORN 22, LORSA 23,
+        // ERRIDR 40, ERRSELR 41, ERXFR 42, ERXCTLR 43, ERXSTATUS 44,
+        // ERXMISCn 45, ERXADDR 49.
+        let r: u64 = [19, 20, 21, 22, 23, 40, 41, 42, 43, 44, 45, 49]
+            .iter()
+            .fold(0, |a, b| a | 1 << b);
+        assert_eq!(f.hfgrtr, r);
+        assert_eq!(f.hfgwtr, r & !(1 << 21 | 1 << 40 | 1 << 42));
+        // n bits: nACCDATA 50, nGCS 52-53, nSMPRI 54, nTPIDR2 55, nRCWMASK
+        // 56, nPIRE0 57, nPIR 58, nPOR 59-60, nS2POR 61, nMAIR2 62, nAMAIR2 63.
+        assert_eq!(f.hfgrtr & (1 << 50 | 0xfff << 52), 0);
+        // HFGITR nBRBINJ/nBRBIALL and nGCS*, HDFGxTR nBRB*/nPMSNEVFR: 0.
+        assert_eq!((f.hfgitr, f.hdfgrtr, f.hdfgwtr), (0, 0, 0));
+        id.mmfr0 = 2 << 56;
+        assert!(guest_traps(&id).fgt2);
+    }
+
+    /// FEAT_MPAM (ID_AA64PFR0_EL1.MPAM or PFR1.MPAM_frac): MPAM2_EL2 traps
+    /// MPAM0_EL1 and MPAM1_EL1 (bits 49, 48).
+    #[test]
+    fn inv_arm64_traps_mpam() {
+        assert_eq!(guest_traps(&QEMU_MAX).mpam2, None);
+        for id in [
+            CpuIdRegs {
+                pfr0: 1 << 40,
+                ..CpuIdRegs::default()
+            },
+            CpuIdRegs {
+                pfr1: 1 << 16,
+                ..CpuIdRegs::default()
+            },
+        ] {
+            assert_eq!(guest_traps(&id).mpam2, Some(1 << 48 | 1 << 49));
+        }
+    }
+
+    /// SCXTNUM_EL0/EL1 (CSV2 >= 2, or CSV2 1 with CSV2_frac >= 2) are
+    /// switched per vCPU, so HCR_EL2.EnSCXT (53) lets the guest use them and
+    /// the view keeps CSV2; without them EnSCXT stays clear.
+    #[test]
+    fn inv_arm64_traps_scxtnum() {
+        for (csv2, frac, switched) in [
+            (0, 0, false),
+            (1, 1, false),
+            (1, 2, true),
+            (2, 0, true),
+            (3, 0, true),
+        ] {
+            let id = CpuIdRegs {
+                pfr0: csv2 << 56,
+                pfr1: frac << 32,
+                ..CpuIdRegs::default()
+            };
+            assert_eq!(id.scxtnum(), switched, "CSV2 {csv2} frac {frac}");
+            assert_eq!(guest_traps(&id).hcr & 1 << 53 != 0, switched);
+            let v = filter_id_reg(SysRegId::new(3, 0, 0, 4, 0), id.pfr0).unwrap();
+            assert_eq!(v >> 56 & 0xf, csv2);
+        }
+    }
+
+    /// Every feature the ID view hides on a CPU that has everything is
+    /// either trapped by the configuration or absent from the guest's
+    /// reach: hidden in the view AND its trap bit set.
+    #[test]
+    fn inv_arm64_traps_hidden_features_are_trapped() {
+        let all = 0x1111_1111_1111_1111u64;
+        let id = CpuIdRegs {
+            pfr0: all,
+            pfr1: all,
+            dfr0: all,
+            mmfr0: all,
+            mmfr1: all,
+        };
+        let t = guest_traps(&id);
+        let view = |crm, op2, hw| filter_id_reg(SysRegId::new(3, 0, 0, crm, op2), hw).unwrap();
+        let hidden = |crm, op2, shift: u32| (view(crm, op2, all) >> shift) & 0xf == 0;
+        let cases: [(&str, bool, bool); 13] = [
+            ("RAS", hidden(4, 0, 28), t.hcr & HCR_TERR != 0),
+            ("AMU", hidden(4, 0, 44), t.cptr & CPTR_TAM != 0),
+            ("MPAM", hidden(4, 0, 40), t.mpam2.is_some()),
+            ("trace", hidden(5, 0, 4), t.cptr & CPTR_TTA != 0),
+            ("PMU", hidden(5, 0, 8), t.mdcr & (1 << 6) != 0),
+            ("SPE", hidden(5, 0, 32), t.mdcr & MDCR_TPMS != 0),
+            ("TraceFilt", hidden(5, 0, 40), t.mdcr & MDCR_TTRF != 0),
+            ("TraceBuffer", hidden(5, 0, 44), t.mdcr & (3 << 24) == 0),
+            (
+                "BRBE",
+                hidden(5, 0, 52),
+                t.fgt.is_some_and(|f| f.hdfgrtr >> 59 & 7 == 0),
+            ),
+            ("LOR", hidden(7, 1, 16), t.hcr & HCR_TLOR != 0),
+            ("GCS", hidden(4, 1, 44), t.hcrx == Some(0)),
+            ("MOPS", hidden(6, 2, 16), t.hcrx == Some(0)),
+            ("SME", hidden(4, 1, 24), CPTR_EL2_GUEST & 1 << 12 != 0),
+        ];
+        for (name, hid, trapped) in cases {
+            assert!(hid, "{name} advertised");
+            assert!(trapped, "{name} not trapped");
+        }
+        // Kept: the GIC CPU interface (ICV state switched), CSV2/CSV3, and
+        // the PSTATE features BT and SSBS.
+        assert!(!hidden(4, 0, 24) && !hidden(4, 0, 56) && !hidden(4, 0, 60));
+        assert!(!hidden(4, 1, 0) && !hidden(4, 1, 4));
+    }
+
     #[test]
     fn id_register_view() {
+        // QEMU max: SME (PFR1 27:24) and PMUVer (DFR0 11:8) go, LO (MMFR1
+        // 19:16) goes, the rest of those stays.
+        let v = |crm, op2, hw| filter_id_reg(SysRegId::new(3, 0, 0, crm, op2), hw);
+        assert_eq!(v(4, 1, QEMU_MAX.pfr1), Some(0x21));
+        assert_eq!(v(5, 0, QEMU_MAX.dfr0), Some(0x1030_5009));
+        assert_eq!(v(7, 1, QEMU_MAX.mmfr1), Some(0x0000_0110_1020_1122));
+        assert_eq!(v(4, 0, QEMU_MAX.pfr0), Some(0x1201_0010_0111_0222));
         let pfr0 = SysRegId::new(3, 0, 0, 4, 0);
         // SVE (35:32) and RAS (31:28) hidden; SEL2, GIC, EL0..EL3 kept.
         assert_eq!(
