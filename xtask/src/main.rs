@@ -5,6 +5,7 @@
 //! - `run`: boots the hypervisor in QEMU with the serial console on this terminal.
 //! - `test`: host unit tests, then the emulator scenarios of `test.rs`.
 //! - `bench`: VM-exit path lengths under QEMU `-icount` (`bench.rs`).
+//! - `fuzz`: cargo-fuzz / libFuzzer runs of the guest-facing decoders (`fuzz.rs`).
 //!
 //! Everything it writes goes under `<target dir>/xtask/` (`target/xtask/` by default).
 
@@ -13,6 +14,7 @@ mod build;
 mod bundle;
 mod deps;
 mod external;
+mod fuzz;
 mod guests;
 mod image;
 #[cfg(test)]
@@ -207,6 +209,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// Measure VM-exit round trips in instructions (QEMU -icount).
     Bench(bench::BenchArgs),
+    /// Fuzz a decoder of guest-controlled data (cargo-fuzz, nightly).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Args)]
@@ -425,6 +429,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => cmd_run(&paths, a),
         Cmd::Test(a) => test::run(&paths, a),
         Cmd::Bench(a) => bench::run(&paths, a),
+        Cmd::Fuzz(a) => fuzz::run(&paths, a),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
