@@ -322,6 +322,16 @@ pub fn check_hypercalls(arch: GuestArch, calls: &[Hypercall]) -> Result<(), Stri
                 // The guest takes the exception before its next exit.
                 v.pending = crate::event::PendingEvents::new();
             }
+            // DenyAll knows nothing about speculation: the default answers.
+            Call::Smccc(c) => {
+                if arch != GuestArch::Aarch64 {
+                    return fail("SMCCC on x86");
+                }
+                returned(
+                    crate::smccc::Speculation::default().answer(c),
+                    Flow::Continue,
+                )?
+            }
             Call::Psci(p) => {
                 if arch != GuestArch::Aarch64 {
                     return fail("PSCI on x86");
@@ -429,11 +439,13 @@ pub fn check_psci(vcpus: u32, ops: &[PsciOp]) -> Result<(), String> {
             (0x0a, false) => {
                 let f = arg(0) as u32;
                 let fsmc64 = f & (1 << 30) != 0;
-                let known = f & 0xbfff_ffe0 == 0x8400_0000
-                    && matches!(
-                        (f & 0x1f, fsmc64),
-                        (0x03 | 0x04, _) | (0x00 | 0x02 | 0x06 | 0x08 | 0x09 | 0x0a, false)
-                    );
+                // PSCI 1.0 also answers for SMCCC_VERSION (SMCCC 1.1 discovery).
+                let known = f == crate::smccc::VERSION
+                    || f & 0xbfff_ffe0 == 0x8400_0000
+                        && matches!(
+                            (f & 0x1f, fsmc64),
+                            (0x03 | 0x04, _) | (0x00 | 0x02 | 0x06 | 0x08 | 0x09 | 0x0a, false)
+                        );
                 returns(if known {
                     psci::SUCCESS
                 } else {

@@ -15,9 +15,11 @@
 //! - arm64 (`HVC #0`, SMC Calling Convention, Arm DEN0028): function ID
 //!   `0xC600_0000 + nr` in X0 (fast call, SMC64, owner 6 "vendor-specific
 //!   hypervisor service"), a0..a5 in X1..X6; result in X0. PSCI function IDs
-//!   (owner 4) go to [`crate::psci`]; any other ID returns `NOT_SUPPORTED`
-//!   (-1) as SMCCC requires. `HVC` with a non-zero immediate is undefined.
-//!   `SMC` serves PSCI only.
+//!   (owner 4) go to [`crate::psci`], Arm Architecture Service IDs (owner 0:
+//!   SMCCC_VERSION, ARCH_FEATURES, the speculation workarounds) to
+//!   [`crate::smccc`]; any other ID returns `NOT_SUPPORTED` (-1) as SMCCC
+//!   requires. `HVC` with a non-zero immediate is undefined.
+//!   `SMC` serves PSCI and the Arm Architecture Service only.
 //!
 //! Errors are negative values: -1 unknown call, -2 bad address, -3 bad
 //! argument, -4 not permitted (a call from guest user mode: x86 CPL > 0, as
@@ -27,6 +29,7 @@
 use crate::backend::GuestArch;
 use crate::exit::{Conduit, Hypercall};
 use crate::psci::{self, PsciCall};
+use crate::smccc::{self, SmcccCall};
 
 pub const HC_CONSOLE_WRITE: u64 = 0;
 pub const HC_EXIT: u64 = 1;
@@ -58,6 +61,8 @@ pub enum Call {
     },
     Yield,
     Psci(PsciCall),
+    /// An SMCCC Arm Architecture Service call (arm64).
+    Smccc(SmcccCall),
     /// Not a call we know: return `HC_ERR_UNKNOWN` (SMCCC NOT_SUPPORTED).
     Unknown,
     /// A call from guest user mode: return `HC_ERR_PERM`.
@@ -92,6 +97,9 @@ pub fn decode(arch: GuestArch, hc: &Hypercall) -> Call {
             }
             if let Some(p) = psci::decode(hc.nr, &hc.args) {
                 return Call::Psci(p);
+            }
+            if let Some(c) = smccc::decode(hc.nr, &hc.args) {
+                return Call::Smccc(c);
             }
             if hc.conduit == Conduit::Hvc && hc.nr & !0xffff == ARM64_HC_BASE {
                 return ours(hc.nr & 0xffff, &hc.args);
@@ -196,6 +204,21 @@ mod tests {
         assert_eq!(
             decode(GuestArch::Aarch64, &hc(Conduit::Smc, 0, 0x8400_0008, a)),
             Call::Psci(PsciCall::SystemOff)
+        );
+        // The SMCCC Arm Architecture Service on both conduits.
+        for c in [Conduit::Hvc, Conduit::Smc] {
+            assert_eq!(
+                decode(GuestArch::Aarch64, &hc(c, 0, 0x8000_0000, a)),
+                Call::Smccc(SmcccCall::Version)
+            );
+            assert_eq!(
+                decode(GuestArch::Aarch64, &hc(c, 0, 0x8000_8000, a)),
+                Call::Smccc(SmcccCall::Workaround1)
+            );
+        }
+        assert_eq!(
+            decode(GuestArch::X86_64, &hc(Conduit::Vmcall, 0, 0x8000_0000, a)),
+            Call::Unknown
         );
         assert_eq!(
             decode(GuestArch::Aarch64, &hc(Conduit::Vmcall, 0, 0, a)),

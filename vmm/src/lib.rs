@@ -29,6 +29,7 @@ pub mod loader;
 pub mod mem;
 pub mod psci;
 pub mod regs;
+pub mod smccc;
 pub mod vm;
 
 #[cfg(any(test, feature = "testing"))]

@@ -98,12 +98,15 @@ pub fn decode(function_id: u64, args: &[u64; 6]) -> Option<PsciCall> {
     Some(call)
 }
 
-/// Whether PSCI_FEATURES reports `function_id` as implemented.
+/// Whether PSCI_FEATURES reports `function_id` as implemented: the PSCI
+/// functions we implement, and SMCCC_VERSION (PSCI 1.0+: this is how a
+/// caller learns that SMCCC 1.1 and its ARCH_FEATURES exist).
 pub fn implemented(function_id: u32) -> bool {
-    !matches!(
-        decode(u64::from(function_id), &[0; 6]),
-        None | Some(PsciCall::Unsupported(_))
-    )
+    function_id == crate::smccc::VERSION
+        || !matches!(
+            decode(u64::from(function_id), &[0; 6]),
+            None | Some(PsciCall::Unsupported(_))
+        )
 }
 
 /// The MPIDR affinity of vCPU `index` (Aff0 = index, up to 256 vCPUs).
@@ -181,6 +184,9 @@ mod tests {
         assert!(!implemented(0x8400_0001)); // CPU_SUSPEND
         assert!(!implemented(0x8400_001f));
         assert!(!implemented(0x1234));
+        // SMCCC 1.1 discovery; its other calls are asked through ARCH_FEATURES.
+        assert!(implemented(0x8000_0000));
+        assert!(!implemented(0x8000_0001));
         assert_eq!(index_of(mpidr_of(5).unwrap()), Some(5));
         assert_eq!(index_of(0x8000_0003), Some(3)); // MPIDR bit 31 (RES1) ignored
         assert_eq!(index_of(0x100), None); // Aff1 = 1

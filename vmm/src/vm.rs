@@ -294,6 +294,11 @@ pub trait ExitPolicy: Send {
     fn unknown_exit(&mut self, _reason: u64, _qualification: u64) -> UnknownExitAction {
         UnknownExitAction::Stop
     }
+    /// What the CPU's ID registers say about speculation, for the SMCCC
+    /// workaround answers (arm64); the default knows nothing.
+    fn speculation(&self) -> crate::smccc::Speculation {
+        crate::smccc::Speculation::default()
+    }
 }
 
 /// The default policy: no CPUID leaves, no MSRs, no system registers.
@@ -691,6 +696,7 @@ impl<B: Backing> Vm<B> {
             Call::Unknown => (HC_ERR_UNKNOWN, Flow::Continue),
             Call::Denied => (HC_ERR_PERM, Flow::Continue),
             Call::Undefined => return inject(vcpu, Event::Undefined),
+            Call::Smccc(c) => (self.policy.speculation().answer(c), Flow::Continue),
             Call::Psci(p) => match self.psci(index, p)? {
                 Some(r) => r,
                 None => return Ok(Flow::VcpuOff),
@@ -1431,8 +1437,10 @@ mod tests {
             x0(&mut vm, &mut v0, ARM64_HC_BASE | HC_YIELD, [0; 6]).0,
             Flow::Yield
         );
-        assert_eq!(x0(&mut vm, &mut v0, 0x8000_0000, [0; 6]).1, HC_ERR_UNKNOWN); // SMCCC_VERSION
-                                                                                 // SYSTEM_OFF stops the VM with code 0.
+        // SMCCC_VERSION: 1.1 (crate::smccc); SOC_ID is not implemented.
+        assert_eq!(x0(&mut vm, &mut v0, 0x8000_0000, [0; 6]).1, 0x1_0001);
+        assert_eq!(x0(&mut vm, &mut v0, 0x8000_0002, [0; 6]).1, HC_ERR_UNKNOWN);
+        // SYSTEM_OFF stops the VM with code 0.
         assert_eq!(x0(&mut vm, &mut v0, 0x8400_0008, [0; 6]).0, Flow::Stopped);
         assert_eq!(vm.stop().unwrap().reason, StopReason::PowerOff);
         assert_eq!(vm.stop().unwrap().reason.exit_code(), Some(0));

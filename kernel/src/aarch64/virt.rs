@@ -168,7 +168,8 @@ pub fn new_vcpu(
 /// as the hardware's with unvirtualized features hidden; the debug and PMU
 /// registers (trapped by MDCR_EL2) are RAZ/WI; every other
 /// trapped system register and every unknown exit gives the guest an
-/// UNDEFINED exception.
+/// UNDEFINED exception; the SMCCC speculation workarounds are answered from
+/// the CPU's ID registers.
 struct Arm64Policy;
 
 impl ExitPolicy for Arm64Policy {
@@ -185,6 +186,11 @@ impl ExitPolicy for Arm64Policy {
     }
     fn unknown_exit(&mut self, _reason: u64, _qualification: u64) -> UnknownExitAction {
         UnknownExitAction::InjectUndefined
+    }
+    /// The SMCCC workaround answers follow this CPU's ID_AA64PFR0_EL1
+    /// (CSV2) and ID_AA64MMFR1_EL1 (ECBHB), unfiltered (`vmm::smccc`).
+    fn speculation(&self) -> vmm::smccc::Speculation {
+        vmm::smccc::Speculation::from_id_regs(hw::read_id_reg(4, 0), hw::read_id_reg(7, 1))
     }
 }
 
