@@ -46,6 +46,8 @@ pub const ARCH_WORKAROUND_3: u32 = 0x8000_3fff;
 
 /// SMCCC 1.1: major 1 (bits 30:16), minor 1.
 pub const VERSION_1_1: u64 = 0x1_0001;
+// At least 1.1, and positive as a 32-bit result.
+const _: () = assert!(VERSION_1_1 >= 0x1_0001 && VERSION_1_1 >> 31 == 0);
 pub const SUCCESS: u64 = 0;
 pub const NOT_SUPPORTED: u64 = -1i64 as u64;
 /// ARCH_FEATURES of a workaround: "not required on this PE".
@@ -193,7 +195,6 @@ mod tests {
             Speculation::from_id_regs(QEMU_MAX_PFR0, 0),
         ] {
             assert_eq!(s.answer(SmcccCall::Version), VERSION_1_1);
-            assert!(VERSION_1_1 >= 0x1_0001 && VERSION_1_1 >> 31 == 0);
             assert_eq!(s.features(VERSION), SUCCESS);
             assert_eq!(s.features(ARCH_FEATURES), SUCCESS);
             for f in [ARCH_SOC_ID, 0x8000_0003, 0x8400_0000, 0xc600_0000, 0] {
