@@ -95,8 +95,14 @@ impl Backing for HostFrames {
 struct Console;
 
 impl ConsoleSink for Console {
+    /// Guest output: the only `[INFO ] [name] ...` lines the hypervisor
+    /// prints (xtask counts no marker in them, `test.rs`).
     fn line(&self, vm: &str, line: &str) {
         log::info!("[{vm}] {line}");
+    }
+
+    fn notice(&self, vm: &str, text: &str) {
+        log::warn!("[{vm}] {text}");
     }
 }
 

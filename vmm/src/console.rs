@@ -88,7 +88,7 @@ impl ConsoleBuffer {
                 r.drop_at = None;
                 drop(r);
                 let mut msg = [0u8; 64];
-                out.line(vm, dropped_notice(n, &mut msg));
+                out.notice(vm, dropped_notice(n, &mut msg));
                 continue;
             }
             if r.len == 0 || done >= budget {

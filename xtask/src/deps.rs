@@ -116,6 +116,18 @@ pub fn missing_packages(needs: &[Need], present: impl Fn(&Need) -> bool) -> Vec<
     pkgs
 }
 
+/// The missing needs' names, each once (the needs of many scenarios repeat
+/// the same programs and files).
+pub fn missing_names(needs: &[Need], present: impl Fn(&Need) -> bool) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for n in needs {
+        if !present(n) && !names.contains(&n.name) {
+            names.push(n.name);
+        }
+    }
+    names
+}
+
 fn is_root() -> bool {
     // The effective UID is the second field of the Uid: line.
     std::fs::read_to_string("/proc/self/status")
@@ -149,12 +161,7 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
     if pkgs.is_empty() {
         return Ok(());
     }
-    let missing: Vec<&str> = needs
-        .iter()
-        .filter(|n| !present(n))
-        .map(|n| n.name)
-        .collect();
-    println!("xtask: missing {}", missing.join(", "));
+    println!("xtask: missing {}", missing_names(needs, present).join(", "));
     if !is_root() {
         let mut msg = String::from(
             "emulators/firmware are missing and xtask is not root; install them with:\n  \
@@ -173,11 +180,7 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
         println!("xtask: installing {p}");
         apt_get(&["install", "-y", "-q", "--no-install-recommends", p])?;
     }
-    let still: Vec<&str> = needs
-        .iter()
-        .filter(|n| !present(n))
-        .map(|n| n.name)
-        .collect();
+    let still = missing_names(needs, present);
     if still.is_empty() {
         Ok(())
     } else {
@@ -241,6 +244,14 @@ mod tests {
             ["ovmf"]
         );
         assert!(missing_packages(&needs, |_| true).is_empty());
+        // Many scenarios' needs: each missing name once.
+        let mut many = for_run(Arch::X86_64, Boot::Multiboot1, false);
+        many.extend(for_run(Arch::X86_64, Boot::Multiboot1, false));
+        many.extend(for_run(Arch::X86_64, Boot::Uefi, false));
+        assert_eq!(
+            missing_names(&many, |_| false),
+            ["qemu-system-x86_64", OVMF_CODE, OVMF_VARS]
+        );
         assert_eq!(
             missing_packages(&needs, |_| false),
             ["qemu-system-x86", "ovmf"]

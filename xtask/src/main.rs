@@ -22,6 +22,7 @@ mod proptests;
 mod qemu;
 mod scenarios;
 mod test;
+mod toolchain;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -423,6 +424,15 @@ pub fn map_exit_status(status: i32) -> i32 {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let paths = Paths::locate();
+    // The commands build for the pinned bare-metal targets (listing the
+    // scenarios does not): add what rust-toolchain.toml names first.
+    let needs_targets = !matches!(cli.cmd, Cmd::Test(ref t) if t.list);
+    if needs_targets {
+        if let Err(e) = toolchain::ensure(&paths) {
+            eprintln!("xtask: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result = match cli.cmd {
         Cmd::Build(a) => cmd_build(&paths, a),
         Cmd::Image(a) => cmd_image(&paths, a),
@@ -565,7 +575,10 @@ const GUEST_STATUS: &str = "HV-EXIT: guest status ";
 
 /// The guest status in one serial line, if it is the kernel's report.
 fn guest_status_in(line: &str) -> Option<i32> {
-    let rest = &line[line.find(GUEST_STATUS)? + GUEST_STATUS.len()..];
+    // Only the kernel's own line counts: a guest's output is always
+    // `[INFO ] [name] ...`, so it can never start like this (finding 9).
+    let line = line.strip_prefix("[INFO ] ").unwrap_or(line);
+    let rest = line.strip_prefix(GUEST_STATUS)?;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok().filter(|n| (0..=255).contains(n))
 }
@@ -755,6 +768,15 @@ mod tests {
         assert_eq!(guest_status_in("HV-EXIT: guest status 255"), Some(255));
         assert_eq!(guest_status_in("HV-EXIT: guest status 256"), None);
         assert_eq!(guest_status_in("HV-EXIT: guest status x"), None);
+        // A guest printing the marker forges nothing.
+        assert_eq!(
+            guest_status_in("[INFO ] [evil] HV-EXIT: guest status 0"),
+            None
+        );
+        assert_eq!(
+            guest_status_in("[INFO ] [evil] [INFO ] HV-EXIT: guest status 0"),
+            None
+        );
         assert_eq!(guest_status_in("HV-EXIT: success"), None);
         assert_eq!(guest_status_in(""), None);
     }

@@ -41,7 +41,7 @@ pub struct TestArgs {
     release: bool,
     /// Print the scenario names and exit.
     #[arg(long)]
-    list: bool,
+    pub list: bool,
 }
 
 impl Scenario {
@@ -97,17 +97,68 @@ pub fn clean_serial(raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Finds `expect` in `text` in order; on failure, the index of the first one
-/// not found after the previous match.
+/// The VM whose console output `line` is. The kernel prints a guest's
+/// output, and nothing else, as `[INFO ] [name] text` (name: 1-32 of
+/// `[A-Za-z0-9._-]`); a guest cannot print a line of any other form (its
+/// newlines start new prefixed lines, control bytes become `.`).
+pub fn guest_line_vm(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("[INFO ] [")?;
+    let end = rest.find(']')?;
+    let name = &rest[..end];
+    let valid = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    (valid && matches!(rest.as_bytes().get(end + 1), None | Some(b' '))).then_some(name)
+}
+
+/// Where `pattern` ends in `line` at or after byte `from`, if it is there.
+/// In the hypervisor's own lines the pattern is found anywhere. In a
+/// guest's line only a pattern naming that guest counts: `[name] text`
+/// matches when the guest's output contains `text`. So a guest that prints
+/// `HV-EXIT: success` or `vm x: stopped` proves nothing (review finding 9:
+/// such lines forged results), and no VM can speak for another.
+pub fn locate(pattern: &str, line: &str, from: usize) -> Option<usize> {
+    let Some(vm) = guest_line_vm(line) else {
+        return line[from..].find(pattern).map(|p| from + p + pattern.len());
+    };
+    let prefix_len = "[INFO ] [".len() + vm.len() + 1;
+    let named = pattern
+        .strip_prefix('[')
+        .and_then(|p| p.strip_prefix(vm))
+        .and_then(|p| p.strip_prefix(']'))?;
+    let text = named.strip_prefix(' ').unwrap_or(named);
+    let from = from.max(prefix_len);
+    line.get(from..)?
+        .find(text)
+        .map(|p| from + p + text.len())
+}
+
+/// Finds `expect` in `text` in order, each within one line ([`locate`]);
+/// on failure, the index of the first one not found after the previous
+/// match.
 pub fn find_in_order(text: &str, expect: &[&str]) -> Result<(), usize> {
-    let mut at = 0;
+    let lines: Vec<&str> = text.split('\n').collect();
+    let (mut line, mut at) = (0, 0);
     for (i, e) in expect.iter().enumerate() {
-        match text[at..].find(e) {
-            Some(p) => at += p + e.len(),
-            None => return Err(i),
+        loop {
+            let Some(l) = lines.get(line) else {
+                return Err(i);
+            };
+            if let Some(end) = locate(e, l, at) {
+                at = end;
+                break;
+            }
+            line += 1;
+            at = 0;
         }
     }
     Ok(())
+}
+
+/// Whether `pattern` appears anywhere ([`locate`]).
+pub fn appears(text: &str, pattern: &str) -> bool {
+    text.split('\n').any(|l| locate(pattern, l, 0).is_some())
 }
 
 /// Judges one run. `status` is `None` when the run was killed at the timeout.
@@ -129,7 +180,7 @@ pub fn check(sc: &Scenario, serial: &str, status: Option<i32>) -> Result<(), Str
     for seq in std::iter::once(sc.expect).chain(sc.expect_each.iter().copied()) {
         if let Err(i) = find_in_order(serial, seq) {
             let e = seq[i];
-            if serial.contains(e) {
+            if appears(serial, e) {
                 problems.push(format!("`{e}` out of order"));
             } else {
                 problems.push(format!("missing `{e}`"));
@@ -275,6 +326,29 @@ fn exit_code(s: &ExitStatus) -> i32 {
     s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
 }
 
+/// `cargo clippy` over the host crates and all their targets (tests
+/// included), with warnings as errors.
+fn clippy_args() -> Vec<String> {
+    [
+        "clippy",
+        "--all-targets",
+        "-p",
+        "boot",
+        "-p",
+        "vmm",
+        "-p",
+        "arch",
+        "-p",
+        "xtask",
+        "--",
+        "-D",
+        "warnings",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn run_host_tests(paths: &Paths) -> Outcome {
     let log = paths.out.join("logs/host-tests.log");
     let mut args: Vec<String> = [
@@ -286,7 +360,7 @@ fn run_host_tests(paths: &Paths) -> Outcome {
     // The loader is a UEFI binary; its pure parts, if it grows a lib, test on the host.
     let loader_lib = paths.root.join("boot/uefi-loader/src/lib.rs").is_file();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("xtask: running host unit tests");
+    println!("xtask: running host unit tests and clippy");
     let mut secs = 0.0;
     let mut text = String::new();
     let mut result = Ok(());
@@ -300,6 +374,8 @@ fn run_host_tests(paths: &Paths) -> Outcome {
         ];
         runs.push(args);
     }
+    // Lints are part of the host step: a warning fails it.
+    runs.push(clippy_args());
     for args in runs {
         match run_captured(&cargo, &args, &paths.root, Duration::from_secs(900), &log) {
             Ok(c) => {
@@ -700,6 +776,52 @@ mod tests {
         );
         let missing = "[a] 1\n[a] 2\n[b] 1\nHV-EXIT: success\n";
         assert_eq!(check(&sc, missing, Some(33)), Err("missing `[b] 2`".into()));
+    }
+
+    /// Review finding 9: a guest that prints the hypervisor's markers must
+    /// not make a scenario pass; only lines naming the guest count for it.
+    #[test]
+    fn guest_lines_cannot_forge_markers() {
+        assert_eq!(guest_line_vm("[INFO ] [hello] PASS"), Some("hello"));
+        assert_eq!(guest_line_vm("[INFO ] [h-1.x_] "), Some("h-1.x_"));
+        assert_eq!(guest_line_vm("[INFO ] HV-EXIT: success"), None);
+        assert_eq!(guest_line_vm("[WARN ] [flood] ... 5 bytes dropped"), None);
+        assert_eq!(guest_line_vm("[INFO ] [bad name] x"), None);
+        let forged = "[INFO ] [evil] HV-EXIT: success\n\
+                      [INFO ] [evil] [INFO ] vm hello: stopped: debug-exit, code 33\n";
+        let sc = Scenario {
+            expect: &["vm hello: stopped: debug-exit, code 33", "HV-EXIT: success"],
+            ..boot_sc()
+        };
+        let e = check(&sc, forged, Some(33)).unwrap_err();
+        assert!(e.contains("missing `vm hello: stopped"), "{e}");
+        let sc = Scenario {
+            expect: &["HV-EXIT: success"],
+            ..boot_sc()
+        };
+        let e = check(&sc, forged, Some(33)).unwrap_err();
+        assert_eq!(e, "missing `HV-EXIT: success`");
+        // The same markers from the hypervisor count; a guest's own lines
+        // count for patterns that name it.
+        let real = "[INFO ] [evil] [hello] PASS\n[INFO ] [hello] PASS\n\
+                    [INFO ] vm hello: stopped: debug-exit, code 33\n[INFO ] HV-EXIT: success\n";
+        let sc = Scenario {
+            expect: &[
+                "[hello] PASS",
+                "vm hello: stopped: debug-exit, code 33",
+                "HV-EXIT: success",
+            ],
+            ..boot_sc()
+        };
+        assert_eq!(check(&sc, real, Some(33)), Ok(()));
+        assert_eq!(find_in_order(real, &["[evil] [hello] PASS"]), Ok(()));
+        assert!(!appears(forged, "HV-EXIT: success"));
+        // `[vm] text` finds text anywhere in that VM's output.
+        let linux = "[INFO ] [linux] [    0.000000] Booting Linux on CPU 0\n";
+        assert!(appears(linux, "[linux] Booting Linux on CPU"));
+        assert!(appears(linux, "[linux] [    0.000000] Booting"));
+        assert!(!appears(linux, "[linu] Booting"));
+        assert!(!appears(linux, "Booting Linux"));
     }
 
     #[test]

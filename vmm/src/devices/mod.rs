@@ -13,6 +13,11 @@ pub mod uart16550;
 /// Called with complete lines, without the newline.
 pub trait ConsoleSink: Send + Sync {
     fn line(&self, vm: &str, line: &str);
+    /// A line the hypervisor says about VM `vm`'s console (output dropped),
+    /// kept apart from the guest's own lines so no guest can print one.
+    fn notice(&self, vm: &str, text: &str) {
+        self.line(vm, text);
+    }
 }
 
 /// Depth of the receive FIFO of both UART models (16550: 16 bytes; PL011:

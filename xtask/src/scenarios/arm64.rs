@@ -53,8 +53,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 &[
                     "virt: arm64 EL2 backend",
                     "[hello] hello from an arm64 guest at EL1",
-                    "[hello] dtb at 0x",
-                    "magic ok",
+                    "[hello] dtb at 0x40fff000: magic ok",
                     "[hello] hello through the hypercall",
                     "[hello] hello: done",
                     "vm hello: stopped: power off",

@@ -113,7 +113,7 @@ pub fn scenarios() -> Vec<Scenario> {
     );
     flood.expect_each = &[&[
         "[flood] hostile: mode console-flood",
-        "bytes dropped (console rate limit)",
+        "[WARN ] [flood] ... ",
         "[flood] ok: 400 of 400 CONSOLE_WRITEs of 4 KiB accepted",
         "[flood] PASS",
     ]];
@@ -174,7 +174,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 "[icebp] ok: single step raised #DB",
                 "[icebp] ok: DR6.BS after a single step",
                 "[icebp] ok: running at CPL 3",
-                "ICEBP #3 at CPL 3",
+                "[icebp] icebp: #3 at CPL 3:",
                 "[icebp] hostile: icebp done",
                 "[icebp] PASS",
                 "vm icebp: stopped: debug-exit, code 33",

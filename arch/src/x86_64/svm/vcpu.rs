@@ -288,8 +288,11 @@ struct RipWalk {
 /// more than [`RIP_WALK_MAX`] entries, makes the record unusable.
 struct Recording<'a, H: Hw, A: TableAccess> {
     mem: NptPhys<'a, H, A>,
-    log: core::cell::Cell<([(u64, u64); RIP_WALK_MAX], usize, bool)>,
+    log: core::cell::Cell<WalkLog>,
 }
+
+/// The entries read so far, how many, and whether the record is usable.
+type WalkLog = ([(u64, u64); RIP_WALK_MAX], usize, bool);
 
 impl<H: Hw, A: TableAccess> GuestPhys for Recording<'_, H, A> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {

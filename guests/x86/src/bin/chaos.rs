@@ -477,6 +477,62 @@ mod guest {
         }
     }
 
+    /// The forms of the hostile-guest review: ICEBP, single-stepping,
+    /// speculation-control MSRs, WBINVD/WBNOINVD, RDPRU, console floods.
+    fn op_review(r: &mut Rng) {
+        match r.below(6) {
+            0 => {
+                // #DB after it (hardware), or #UD (QEMU 7.2 TCG's own answer).
+                // SAFETY: ICEBP traps or faults; the handler skips one byte.
+                let e = expect_exception(1, || unsafe { asm!(".byte 0xf1", "nop") });
+                if !matches!(e, Some((1 | 6, _, _))) {
+                    bad!("ICEBP: {:?}", e.map(|e| e.0));
+                }
+            }
+            1 => {
+                // SAFETY: TF traps after the NOP; the #DB handler clears TF.
+                let e = expect_exception(TRAP, || unsafe {
+                    asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "nop")
+                });
+                if !matches!(e, Some((1, _, _))) {
+                    bad!("single step: {:?}", e.map(|e| e.0));
+                }
+            }
+            2 => {
+                let msr = r.pick(&[0x48u64, 0x49, 0x10a, 0x10b, 0xc001_011f]) as u32;
+                let x = r.next();
+                let v = r.pick(&[1, x, 0]);
+                if wrmsr_catch(msr, v) != Some(13) {
+                    bad!("WRMSR {:#x} (speculation control) did not #GP", msr);
+                }
+            }
+            3 => {
+                // WBINVD (0F 09) and WBNOINVD (F3 0F 09): skipped, no fault.
+                // SAFETY: both are intercepted and skipped by the hypervisor.
+                let e = expect_exception(0, || unsafe { asm!("wbinvd", ".byte 0xf3, 0x0f, 0x09") });
+                if e.is_some() {
+                    bad!("WBINVD/WBNOINVD faulted: {:?}", e.map(|e| e.0));
+                }
+            }
+            4 => {
+                // SAFETY: RDPRU is hidden and intercepted: #UD, skipped.
+                let e = expect_exception(3, || unsafe {
+                    asm!(".byte 0x0f, 0x01, 0xfd", in("ecx") r.below(3) as u32, out("eax") _, out("edx") _)
+                });
+                if !matches!(e, Some((6, _, _))) {
+                    bad!("RDPRU: {:?}", e.map(|e| e.0));
+                }
+            }
+            _ => {
+                // A full-size console write: bounded by the console buffer.
+                let n = hypercall(HC_CONSOLE_WRITE, console_buf(), 4096);
+                if n != 4096 {
+                    bad!("CONSOLE_WRITE of 4 KiB: {:#x}", n);
+                }
+            }
+        }
+    }
+
     /// Instructions with extra prefixes: the hypervisor must skip the
     /// whole instruction, not the length of the bare form.
     fn prefixed_forms() {
@@ -683,9 +739,9 @@ mod guest {
             shared_state_check(seed);
         }
         let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut counts = [0u64; 6];
+        let mut counts = [0u64; 7];
         for i in 1..=iters {
-            let op = r.below(6) as usize;
+            let op = r.below(7) as usize;
             counts[op] += 1;
             match op {
                 0 => op_hypercall(&mut r, ram),
@@ -693,7 +749,8 @@ mod guest {
                 2 => op_cpuid(&mut r),
                 3 => op_port(&mut r),
                 4 => op_mmio(&mut r, ram),
-                _ => op_dr(&mut r),
+                5 => op_dr(&mut r),
+                _ => op_review(&mut r),
             }
             if i % 1000 == 0 {
                 println!("\nchaos: {}/{}", i, iters);
@@ -701,8 +758,8 @@ mod guest {
         }
         let bad = BAD.load(Ordering::Relaxed);
         println!(
-            "\nchaos: hypercall {} msr {} cpuid {} port {} mmio {} dr {}; {} bad answer(s)",
-            counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], bad
+            "\nchaos: hypercall {} msr {} cpuid {} port {} mmio {} dr {} review {}; {} bad answer(s)",
+            counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6], bad
         );
         println!("chaos: done");
         if let Some(k) = arg(cmd, "hostile") {
