@@ -109,6 +109,8 @@ pub fn scenarios() -> Vec<Scenario> {
             "[chaos] ok: PMSELR_EL0 not shared",
             "[chaos] ok: TPIDR2_EL0 not shared",
             "[chaos] ok: DISR_EL1 not shared",
+            "[chaos] ok: ICC_PMR_EL1 not shared",
+            "[chaos] ok: ICC_AP1R0_EL1 not shared",
         ],
         &["[chaos2] chaos: done"],
     ];

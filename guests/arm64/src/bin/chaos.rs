@@ -5,9 +5,15 @@
 //! immediates, MRS of random system registers and MSR to trapped ones, WFE,
 //! and loads/stores of every size and form (ISV=0 forms: LDP/STP,
 //! pre/post-index, atomics, exclusives, DC ZVA) to unbacked IPAs and device
-//! windows. Exceptions are caught and skipped; answers that can be checked
-//! are (a bad one prints `FAIL`). Progress every 1000 iterations, then
-//! `chaos: done`, then SYSTEM_OFF.
+//! windows; SMCCC Arm Architecture Service calls (SMCCC_VERSION,
+//! ARCH_FEATURES, the speculation workarounds), whose answers must follow
+//! the ID registers; accesses to the registers of features the ID
+//! registers hide (activity monitors, trace, RAS error records, SPE,
+//! LORegions, MPAM, TCR2/SCTLR2, GCS, permission indirection/overlays,
+//! FPMR, SME), which must all be UNDEFINED, and random writes to the GIC
+//! virtual CPU interface (ICC_* = ICV_*). Exceptions are caught and
+//! skipped; answers that can be checked are (a bad one prints `FAIL`).
+//! Progress every 1000 iterations, then `chaos: done`, then SYSTEM_OFF.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -121,7 +127,7 @@ mod guest {
             *x = r.next();
         }
         let mut want = None;
-        match r.below(6) {
+        match r.below(7) {
             0 => {
                 // CONSOLE_WRITE with good and wild buffers.
                 a[0] = HC_CONSOLE_WRITE;
@@ -182,10 +188,42 @@ mod guest {
             }
             4 => {
                 a[0] = r.next() & 0xffff_ffff;
-                if a[0] & 0xbf00_0000 == 0x8400_0000 || a[0] & 0xffff_0000 == 0xc600_0000 {
+                if a[0] & 0xbf00_0000 == 0x8400_0000
+                    || a[0] & 0xffff_0000 == 0xc600_0000
+                    || a[0] & 0xffff_0000 == 0x8000_0000
+                {
                     a[0] = 0x8700_0000;
                 }
                 want = Some(SMCCC_NOT_SUPPORTED);
+            }
+            5 => {
+                // The SMCCC Arm Architecture Service: VERSION, ARCH_FEATURES
+                // of known and wild IDs (W1 only: wild upper halves), the
+                // workarounds themselves.
+                let f = r.pick(&[
+                    SMCCC_VERSION,
+                    SMCCC_ARCH_FEATURES,
+                    SMCCC_ARCH_FEATURES,
+                    SMCCC_ARCH_FEATURES,
+                    SMCCC_WA1,
+                    SMCCC_WA2,
+                    SMCCC_WA3,
+                ]);
+                a[0] = f;
+                if f == SMCCC_ARCH_FEATURES {
+                    let x = r.next() & 0xffff_ffff;
+                    let q = r.pick(&[
+                        SMCCC_VERSION,
+                        SMCCC_ARCH_FEATURES,
+                        SMCCC_WA1,
+                        SMCCC_WA2,
+                        SMCCC_WA3,
+                        0x8000_0002,
+                        x,
+                    ]);
+                    a[1] = (r.next() << 32) | q;
+                }
+                want = Some(smccc_answer(f, a[1] & 0xffff_ffff));
             }
             _ => {
                 a[0] = r.next() | (1 << 32);
@@ -207,6 +245,174 @@ mod guest {
     }
 
     const ARM64_HC_BASE: u64 = 0xc600_0000;
+    const SMCCC_VERSION: u64 = 0x8000_0000;
+    const SMCCC_ARCH_FEATURES: u64 = 0x8000_0001;
+    const SMCCC_WA1: u64 = 0x8000_8000;
+    const SMCCC_WA2: u64 = 0x8000_7fff;
+    const SMCCC_WA3: u64 = 0x8000_3fff;
+
+    fn mrs(o0: u32, op1: u32, crn: u32, crm: u32, op2: u32) -> u64 {
+        run(0xd530_0000 | sysreg(o0, op1, crn, crm, op2), [0; 7], 0, 0).1
+    }
+
+    /// What the hypervisor must answer for SMCCC function `f` (argument
+    /// `w1` for ARCH_FEATURES), from the ID registers as this guest sees
+    /// them: version 1.1; WORKAROUND_1 not required (1) with CSV2 >= 1,
+    /// WORKAROUND_3 with CSV2 3 or ECBHB, never WORKAROUND_2; a workaround
+    /// call is a no-op (0) exactly when it is not required.
+    fn smccc_answer(f: u64, w1: u64) -> u64 {
+        let pfr0 = mrs(1, 0, 0, 4, 0);
+        let mmfr1 = mrs(1, 0, 0, 7, 1);
+        let csv2 = (pfr0 >> 56) & 0xf;
+        let ecbhb = (mmfr1 >> 60) & 0xf != 0;
+        let features = |q: u64| match q {
+            SMCCC_VERSION | SMCCC_ARCH_FEATURES => 0,
+            SMCCC_WA1 if csv2 >= 1 => 1,
+            SMCCC_WA3 if csv2 >= 3 || ecbhb => 1,
+            _ => SMCCC_NOT_SUPPORTED,
+        };
+        match f {
+            SMCCC_VERSION => 0x1_0001,
+            SMCCC_ARCH_FEATURES => features(w1),
+            _ if features(f) == 1 => 0,
+            _ => SMCCC_NOT_SUPPORTED,
+        }
+    }
+
+    /// Registers of features the ID registers hide: each access must be
+    /// UNDEFINED (EC 0), as on a CPU without the feature, whether the CPU
+    /// has it (then the hypervisor traps it) or not.
+    const HIDDEN: [(&str, (u32, u32, u32, u32, u32)); 40] = [
+        ("AMCR_EL0", (1, 3, 13, 2, 0)),
+        ("AMCFGR_EL0", (1, 3, 13, 2, 1)),
+        ("AMUSERENR_EL0", (1, 3, 13, 2, 3)),
+        ("AMCNTENSET0_EL0", (1, 3, 13, 2, 5)),
+        ("AMEVCNTR00_EL0", (1, 3, 13, 4, 0)),
+        ("AMEVTYPER00_EL0", (1, 3, 13, 6, 0)),
+        ("TRCPRGCTLR", (0, 1, 0, 1, 0)),
+        ("TRCSTATR", (0, 1, 0, 3, 0)),
+        ("TRCCONFIGR", (0, 1, 0, 4, 0)),
+        ("TRCIDR0", (0, 1, 0, 8, 7)),
+        ("TRFCR_EL1", (1, 0, 1, 2, 1)),
+        ("TRBLIMITR_EL1", (1, 0, 9, 11, 0)),
+        ("TRBIDR_EL1", (1, 0, 9, 11, 7)),
+        ("ERRIDR_EL1", (1, 0, 5, 3, 0)),
+        ("ERRSELR_EL1", (1, 0, 5, 3, 1)),
+        ("ERXFR_EL1", (1, 0, 5, 4, 0)),
+        ("ERXCTLR_EL1", (1, 0, 5, 4, 1)),
+        ("ERXSTATUS_EL1", (1, 0, 5, 4, 2)),
+        ("ERXADDR_EL1", (1, 0, 5, 4, 3)),
+        ("ERXMISC0_EL1", (1, 0, 5, 5, 0)),
+        ("PMSCR_EL1", (1, 0, 9, 9, 0)),
+        ("PMSIRR_EL1", (1, 0, 9, 9, 3)),
+        ("PMSIDR_EL1", (1, 0, 9, 9, 7)),
+        ("PMBLIMITR_EL1", (1, 0, 9, 10, 0)),
+        ("PMBPTR_EL1", (1, 0, 9, 10, 1)),
+        ("PMBSR_EL1", (1, 0, 9, 10, 3)),
+        ("LORSA_EL1", (1, 0, 10, 4, 0)),
+        ("LOREA_EL1", (1, 0, 10, 4, 1)),
+        ("LORN_EL1", (1, 0, 10, 4, 2)),
+        ("LORC_EL1", (1, 0, 10, 4, 3)),
+        ("LORID_EL1", (1, 0, 10, 4, 7)),
+        ("MPAM1_EL1", (1, 0, 10, 5, 0)),
+        ("MPAM0_EL1", (1, 0, 10, 5, 1)),
+        ("TCR2_EL1", (1, 0, 2, 0, 3)),
+        ("SCTLR2_EL1", (1, 0, 1, 0, 3)),
+        ("GCSCR_EL1", (1, 0, 2, 5, 0)),
+        ("PIR_EL1", (1, 0, 10, 2, 3)),
+        ("POR_EL1", (1, 0, 10, 2, 4)),
+        ("FPMR", (1, 3, 4, 4, 2)),
+        ("SMCR_EL1", (1, 0, 1, 2, 6)),
+    ];
+
+    /// The GIC CPU interface registers a guest reaches as ICV_*: random
+    /// writes must not fault, nor reach another VM (hostile-arm64-icv-leak
+    /// and the shared-state check).
+    const ICV: [(u32, u32, u32, u32, u32); 11] = [
+        (1, 0, 4, 6, 0),   // ICC_PMR_EL1
+        (1, 0, 12, 8, 3),  // ICC_BPR0_EL1
+        (1, 0, 12, 12, 3), // ICC_BPR1_EL1
+        (1, 0, 12, 12, 4), // ICC_CTLR_EL1
+        (1, 0, 12, 12, 6), // ICC_IGRPEN0_EL1
+        (1, 0, 12, 12, 7), // ICC_IGRPEN1_EL1
+        (1, 0, 12, 8, 4),  // ICC_AP0R0_EL1
+        (1, 0, 12, 9, 0),  // ICC_AP1R0_EL1
+        (1, 0, 12, 12, 1), // ICC_EOIR1_EL1 (write only)
+        (1, 0, 12, 8, 1),  // ICC_EOIR0_EL1 (write only)
+        (1, 0, 12, 11, 1), // ICC_DIR_EL1 (write only)
+    ];
+
+    fn op_hostile(r: &mut Rng) {
+        const MSR: u32 = 0xd510_0000;
+        const MRS: u32 = 0xd530_0000;
+        if r.below(2) == 0 {
+            let (name, (o0, op1, crn, crm, op2)) = r.pick(&HIDDEN);
+            let enc = sysreg(o0, op1, crn, crm, op2);
+            let write = r.below(2) == 0;
+            let before = undefined_seen().0;
+            run(if write { MSR } else { MRS } | enc, [0; 7], 0, r.next());
+            let (n, esr, _) = undefined_seen();
+            // On a CPU with SME (QEMU max), SMCR_EL1 with our CPACR_EL1.SMEN
+            // clear traps to EL1 as an SME access (EC 0x1d) before any EL2
+            // trap: the architecture's priority, and the register stays out
+            // of reach (with SMEN set, CPTR_EL2.TSM traps it to UNDEFINED).
+            let sme_trap = name == "SMCR_EL1" && esr >> 26 == 0x1d;
+            if n == before || (esr >> 26 != 0 && !sme_trap) {
+                bad(format_args!(
+                    "{} {} of a hidden feature: {} (ESR {:#x}), not UNDEFINED",
+                    if write { "MSR" } else { "MRS" },
+                    name,
+                    if n == before {
+                        "no exception"
+                    } else {
+                        "another exception"
+                    },
+                    esr
+                ));
+            }
+        } else {
+            let (o0, op1, crn, crm, op2) = r.pick(&ICV);
+            let enc = sysreg(o0, op1, crn, crm, op2);
+            let before = undefined_seen().0;
+            let (x, y) = (r.next(), r.next() & 0x3ff);
+            let v = r.pick(&[0, 0xff, 0xa8, 1, 2, 7, x, y]);
+            run(MSR | enc, [0; 7], 0, v);
+            // EOIR0/1 and DIR are write-only.
+            if !matches!((crm, op2), (8, 1) | (12, 1) | (11, 1)) {
+                run(MRS | enc, [0; 7], 0, 0);
+            }
+            // ICC_IAR1_EL1 (acknowledge: 1023 with nothing pending) and
+            // ICC_RPR_EL1.
+            run(MRS | sysreg(1, 0, 12, 12, 0), [0; 7], 0, 0);
+            run(MRS | sysreg(1, 0, 12, 11, 3), [0; 7], 0, 0);
+            if undefined_seen().0 != before {
+                bad(format_args!(
+                    "ICV access {:?} = {:#x} faulted (ESR {:#x}) though the GIC is advertised",
+                    (o0 + 2, op1, crn, crm, op2),
+                    v,
+                    undefined_seen().1
+                ));
+            }
+        }
+        // The ID registers keep hiding those features: AMU, MPAM, RAS
+        // (PFR0), trace, PMU, SPE, trace filter and buffer (DFR0), LO
+        // (MMFR1), SME, MTE and GCS (PFR1).
+        let pfr0 = mrs(1, 0, 0, 4, 0);
+        let pfr1 = mrs(1, 0, 0, 4, 1);
+        let dfr0 = mrs(1, 0, 0, 5, 0);
+        let mmfr1 = mrs(1, 0, 0, 7, 1);
+        let shown = |v: u64, s: &[u32]| s.iter().any(|&s| (v >> s) & 0xf != 0);
+        if shown(pfr0, &[28, 40, 44])
+            || shown(dfr0, &[4, 8, 32, 40, 44])
+            || shown(mmfr1, &[16])
+            || shown(pfr1, &[8, 24, 44])
+        {
+            bad(format_args!(
+                "ID registers advertise a hidden feature: PFR0 {:#x} PFR1 {:#x} DFR0 {:#x} MMFR1 {:#x}",
+                pfr0, pfr1, dfr0, mmfr1
+            ));
+        }
+    }
 
     fn op_call_imm(r: &mut Rng) {
         let imm = 1 + r.below(0xffff) as u32;
@@ -358,9 +564,11 @@ mod guest {
             ("GCR_EL1", sysreg(1, 0, 1, 0, 6)),
             ("RGSR_EL1", sysreg(1, 0, 1, 0, 5)),
             ("TFSRE0_EL1", sysreg(1, 0, 5, 6, 1)),
+            ("ICC_PMR_EL1", sysreg(1, 0, 4, 6, 0)),
+            ("ICC_AP1R0_EL1", sysreg(1, 0, 12, 9, 0)),
         ];
         // (value before, value right after our write)
-        let mut seen = [(0u64, 0u64); 14];
+        let mut seen = [(0u64, 0u64); 16];
         for (i, &(_, enc)) in regs.iter().enumerate() {
             let (_, before) = run(MRS | enc, [0; 7], 0, 0);
             run(MSR | enc, [0; 7], 0, v + i as u64 * 0x100);
@@ -471,9 +679,9 @@ mod guest {
             shared_state_check(seed);
         }
         let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut counts = [0u64; 5];
+        let mut counts = [0u64; 6];
         for i in 1..=iters {
-            let op = r.below(5) as usize;
+            let op = r.below(6) as usize;
             counts[op] += 1;
             match op {
                 0 => op_call(&mut r),
@@ -483,7 +691,8 @@ mod guest {
                     // WFE: a yield.
                     run(0xd503_205f, [0; 7], 0, 0);
                 }
-                _ => op_mem(&mut r),
+                4 => op_mem(&mut r),
+                _ => op_hostile(&mut r),
             }
             if i % 1000 == 0 {
                 println!("\nchaos: {}/{}", i, iters);
@@ -494,8 +703,8 @@ mod guest {
         // SAFETY: as in bad().
         let bad = unsafe { core::ptr::read_volatile(&raw const BAD) };
         println!(
-            "\nchaos: call {} call-imm {} sysreg {} wfe {} mem {}; {} exceptions caught; {} bad answer(s)",
-            counts[0], counts[1], counts[2], counts[3], counts[4], faults, bad
+            "\nchaos: call {} call-imm {} sysreg {} wfe {} mem {} hostile-sysreg {}; {} exceptions caught; {} bad answer(s)",
+            counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], faults, bad
         );
         println!("chaos: done");
     }
