@@ -282,7 +282,10 @@ mod guest {
     /// Registers of features the ID registers hide: each access must be
     /// UNDEFINED (EC 0), as on a CPU without the feature, whether the CPU
     /// has it (then the hypervisor traps it) or not.
-    const HIDDEN: [(&str, (u32, u32, u32, u32, u32)); 40] = [
+    /// A system register as (op0 - 2, op1, CRn, CRm, op2), [`sysreg`]'s order.
+    type Enc = (u32, u32, u32, u32, u32);
+
+    const HIDDEN: [(&str, Enc); 40] = [
         ("AMCR_EL0", (1, 3, 13, 2, 0)),
         ("AMCFGR_EL0", (1, 3, 13, 2, 1)),
         ("AMUSERENR_EL0", (1, 3, 13, 2, 3)),
@@ -328,7 +331,7 @@ mod guest {
     /// The GIC CPU interface registers a guest reaches as ICV_*: random
     /// writes must not fault, nor reach another VM (hostile-arm64-icv-leak
     /// and the shared-state check).
-    const ICV: [(u32, u32, u32, u32, u32); 11] = [
+    const ICV: [Enc; 11] = [
         (1, 0, 4, 6, 0),   // ICC_PMR_EL1
         (1, 0, 12, 8, 3),  // ICC_BPR0_EL1
         (1, 0, 12, 12, 3), // ICC_BPR1_EL1

@@ -59,7 +59,6 @@ mod guest {
     }
 
     fn read() -> Icv {
-        let v: [u64; 9];
         let (a, b, c, d, e, f, g, h, i): (u64, u64, u64, u64, u64, u64, u64, u64, u64);
         // SAFETY: reads of the (virtual) GIC CPU interface registers have
         // no side effects (IAR, which acknowledges, is not among them).
@@ -80,17 +79,16 @@ mod guest {
                 options(nomem, nostack)
             )
         };
-        v = [a, b, c, d, e, f, g, h, i];
         Icv {
-            pmr: v[0],
-            bpr0: v[1],
-            bpr1: v[2],
-            ctlr: v[3],
-            igrpen0: v[4],
-            igrpen1: v[5],
-            ap0r0: v[6],
-            ap1r0: v[7],
-            rpr: v[8],
+            pmr: a,
+            bpr0: b,
+            bpr1: c,
+            ctlr: d,
+            igrpen0: e,
+            igrpen1: f,
+            ap0r0: g,
+            ap1r0: h,
+            rpr: i,
         }
     }
 
