@@ -288,8 +288,9 @@ pub fn run(paths: &Paths, a: FuzzArgs) -> Result<i32> {
         }
         (_, Some(input)) => Err(format!(
             "fuzz target {target} failed on the input {}\n  reproduce: rustup run nightly \
-             cargo fuzz run --fuzz-dir vmm/fuzz {target} {}",
+             cargo fuzz run --fuzz-dir vmm/fuzz --target-dir {} {target} {}",
             input.display(),
+            Paths::show(&fp.build),
             input.display()
         )),
         (false, None) => Err(format!(
