@@ -9,6 +9,8 @@ extern crate alloc;
 
 pub mod paging;
 
+pub mod percpu;
+
 pub mod x86_64;
 
 pub mod aarch64;

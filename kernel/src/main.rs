@@ -58,6 +58,8 @@ pub fn kernel_main(info: &BootInfo) -> ! {
     let mut frames = FrameAllocator::new(&info.memory_map, platform::FRAME_FLOOR);
     platform::init_memory(info, &mut frames);
     heap::init(&mut frames);
+    // GS base / TPIDR_EL2 point at the boot CPU's structure from now on.
+    arch::percpu::install_boot_cpu();
     platform::report_platform(info);
 
     if opts.selftest_crash {

@@ -19,7 +19,7 @@ use vmm::config::{self, VmSpec};
 use vmm::console::CONSOLE_TURN_BUDGET;
 use vmm::devices::ConsoleSink;
 use vmm::mem::{Backing, MemError};
-use vmm::vm::{Flow, Vm, VmConfig};
+use vmm::vm::{Vm, VcpuState, VmConfig};
 
 use crate::platform::virt;
 
@@ -83,7 +83,7 @@ impl Backing for HostFrames {
         Ok(())
     }
 
-    fn write(&mut self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
+    fn write(&self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
         self.check(hpa, data.len())?;
         // SAFETY: as in `read`; the range belongs to this VM only.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), hpa as *mut u8, data.len()) };
@@ -180,16 +180,12 @@ fn collect(info: &BootInfo) -> (Vec<Pending>, usize) {
     (out, errors)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum VcpuState {
-    Runnable,
-    Halted,
-    Off,
-}
-
+/// One VM as the run loop holds it: the shared VM state (reached through
+/// `&self`: later several CPUs at once) and the backend vCPUs, each used by
+/// whichever CPU runs it.
 struct Slot {
     vm: Vm<HostFrames>,
-    vcpus: Vec<(virt::Vcpu, VcpuState)>,
+    vcpus: Vec<virt::Vcpu>,
     /// Kept alive as long as the VM: the vCPUs run on these tables.
     _s2: virt::Stage2,
     done: bool,
@@ -215,16 +211,11 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     };
     let sink: Arc<dyn ConsoleSink> = Arc::new(Console);
     let policy = virt::exit_policy(index, cfg.vcpus);
-    let mut vm =
-        Vm::new(&cfg, backing, ram, &mut s2, sink, policy).map_err(|e| format!("{e:?}"))?;
+    let vm = Vm::new(&cfg, backing, ram, &mut s2, sink, policy).map_err(|e| format!("{e:?}"))?;
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
-        let vcpu = virt::new_vcpu(frames, &s2, index, i).map_err(String::from)?;
-        vcpus.push((vcpu, VcpuState::Off));
+        vcpus.push(virt::new_vcpu(frames, &s2, index, i).map_err(String::from)?);
     }
-    vm.start_vcpu(0, &mut vcpus[0].0)
-        .map_err(|e| format!("{e:?}"))?;
-    vcpus[0].1 = VcpuState::Runnable;
     log::info!(
         "vm {}: {} MiB at {:#x}, {} vCPU(s), {:?} kernel, entry {:#x}",
         p.spec.name,
@@ -242,40 +233,27 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     })
 }
 
-/// Runs one round-robin pass over the slot's runnable vCPUs.
+/// Runs one round-robin pass over the slot's runnable vCPUs (their state
+/// lives in the VM: a PSCI CPU_ON of one vCPU makes another runnable).
 fn run_slot(slot: &mut Slot) {
     let Slot { vm, vcpus, .. } = slot;
-    for i in 0..vcpus.len() {
-        if vcpus[i].1 != VcpuState::Runnable {
+    for (i, vcpu) in vcpus.iter_mut().enumerate() {
+        if vm.vcpu_state(i as u32) != Some(VcpuState::Runnable) {
             continue;
         }
         // Bind around each slice: VMX allows one current VMCS per CPU, and
         // a later scheduler may move vCPUs between CPUs (rule `tlb_tag`).
-        if let Err(e) = vcpus[i].0.bind(BOOT_CPU) {
+        if let Err(e) = vcpu.bind(BOOT_CPU) {
             log::error!("vm {}: vCPU {i} cannot bind: {e:?}", vm.name());
-            vcpus[i].1 = VcpuState::Off;
             continue;
         }
-        let flow = vm.run(i as u32, &mut vcpus[i].0, SLICE_EXITS);
-        let _ = vcpus[i].0.unbind();
+        vm.run(i as u32, vcpu, SLICE_EXITS);
+        let _ = vcpu.unbind();
         // The console gets this VM's output at a bounded rate: a flood
         // costs its own VM lines, not the other VMs' CPU time.
         vm.drain_console(CONSOLE_TURN_BUDGET);
-        match flow {
-            Flow::Continue | Flow::Yield => {}
-            Flow::Halt => vcpus[i].1 = VcpuState::Halted,
-            Flow::VcpuOff => vcpus[i].1 = VcpuState::Off,
-            Flow::StartVcpu { index } => {
-                let target = index as usize;
-                match vcpus.get_mut(target) {
-                    Some((vcpu, state)) => match vm.start_vcpu(index, vcpu) {
-                        Ok(()) => *state = VcpuState::Runnable,
-                        Err(e) => log::warn!("vm {}: cannot start vCPU {index}: {e:?}", vm.name()),
-                    },
-                    None => log::warn!("vm {}: no vCPU {index}", vm.name()),
-                }
-            }
-            Flow::Stopped => return,
+        if vm.is_stopped() {
+            return;
         }
     }
 }
@@ -329,7 +307,12 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
                 if let Some(report) = &stop.report {
                     log::warn!("vm {}: registers: {report}", slot.vm.name());
                 }
-            } else if slot.vcpus.iter().all(|(_, s)| *s != VcpuState::Runnable) {
+            } else if (0..slot.vcpus.len() as u32).all(|i| {
+                !matches!(
+                    slot.vm.vcpu_state(i),
+                    Some(VcpuState::Runnable | VcpuState::Running)
+                )
+            }) {
                 // No interrupt sources exist yet, so nothing can wake it.
                 slot.done = true;
                 slot.vm.drain_console(usize::MAX);

@@ -12,6 +12,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::any::Any;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::regs::AccessSize;
 
@@ -55,12 +56,17 @@ struct Slot {
 }
 
 /// One bus: ports (last address 0xFFFF) or MMIO (last address u64::MAX).
+///
+/// Devices are registered while the VM is built (`&mut self`); after that
+/// the bus is used through `&self` by whichever CPU runs a vCPU of the VM,
+/// and each device has its own lock, so vCPUs touching different devices
+/// never wait for each other (DESIGN "The concurrent shape").
 pub struct Bus {
     last_addr: u64,
-    devices: Vec<Box<dyn BusDevice>>,
+    devices: Vec<spin::Mutex<Box<dyn BusDevice>>>,
     /// Sorted by `base`, non-overlapping.
     map: Vec<Slot>,
-    unclaimed: u64,
+    unclaimed: AtomicU64,
 }
 
 impl Bus {
@@ -79,7 +85,7 @@ impl Bus {
             last_addr,
             devices: Vec::new(),
             map: Vec::new(),
-            unclaimed: 0,
+            unclaimed: AtomicU64::new(0),
         }
     }
 
@@ -98,23 +104,31 @@ impl Bus {
             .filter(|&l| l <= self.last_addr)
             .ok_or(BusError::OutOfRange)?;
         if let Some(s) = self.map.iter().find(|s| s.base <= last && base <= s.last) {
-            return Err(BusError::Overlap(self.devices[s.id].name()));
+            return Err(BusError::Overlap(self.devices[s.id].lock().name()));
         }
         let id = self.devices.len();
-        self.devices.push(dev);
+        self.devices.push(spin::Mutex::new(dev));
         let i = self.map.partition_point(|s| s.base < base);
         self.map.insert(i, Slot { base, last, id });
         Ok(DeviceId(id))
     }
 
-    /// The device behind `id`, if it is a `T`.
+    /// The device behind `id`, if it is a `T` (setup and tests: no other CPU
+    /// can hold the bus then).
     pub fn device_mut<T: BusDevice>(&mut self, id: DeviceId) -> Option<&mut T> {
-        let dev: &mut dyn Any = self.devices.get_mut(id.0)?.as_mut();
+        let dev: &mut dyn Any = self.devices.get_mut(id.0)?.get_mut().as_mut();
         dev.downcast_mut::<T>()
     }
 
+    /// Runs `f` on the device behind `id` (under its lock), if it is a `T`.
+    pub fn with_device<T: BusDevice, R>(&self, id: DeviceId, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let mut guard = self.devices.get(id.0)?.lock();
+        let dev: &mut dyn Any = guard.as_mut();
+        dev.downcast_mut::<T>().map(f)
+    }
+
     /// The device that fully contains `[addr, addr+size)` and the offset.
-    fn claim(&mut self, addr: u64, size: AccessSize) -> Option<(&mut dyn BusDevice, u64)> {
+    fn claim(&self, addr: u64, size: AccessSize) -> Option<(&spin::Mutex<Box<dyn BusDevice>>, u64)> {
         let last = addr.checked_add(size.bytes() as u64 - 1)?;
         let i = self
             .map
@@ -125,26 +139,26 @@ impl Bus {
             return None;
         }
         let off = addr - s.base;
-        Some((self.devices[s.id].as_mut(), off))
+        Some((&self.devices[s.id], off))
     }
 
     /// A read; all ones of `size` if unclaimed (rule `master_abort`).
-    pub fn read(&mut self, addr: u64, size: AccessSize) -> u64 {
+    pub fn read(&self, addr: u64, size: AccessSize) -> u64 {
         match self.claim(addr, size) {
-            Some((dev, off)) => dev.read(off, size) & size.mask(),
+            Some((dev, off)) => dev.lock().read(off, size) & size.mask(),
             None => {
-                self.unclaimed += 1;
+                self.unclaimed.fetch_add(1, Ordering::Relaxed);
                 size.mask()
             }
         }
     }
 
     /// A write; dropped if unclaimed (rule `master_abort`).
-    pub fn write(&mut self, addr: u64, size: AccessSize, value: u64) -> IoOutcome {
+    pub fn write(&self, addr: u64, size: AccessSize, value: u64) -> IoOutcome {
         match self.claim(addr, size) {
-            Some((dev, off)) => dev.write(off, size, value & size.mask()),
+            Some((dev, off)) => dev.lock().write(off, size, value & size.mask()),
             None => {
-                self.unclaimed += 1;
+                self.unclaimed.fetch_add(1, Ordering::Relaxed);
                 IoOutcome::Done
             }
         }
@@ -152,7 +166,7 @@ impl Bus {
 
     /// How many accesses hit no device (for statistics and tests).
     pub fn unclaimed(&self) -> u64 {
-        self.unclaimed
+        self.unclaimed.load(Ordering::Relaxed)
     }
 }
 
@@ -234,7 +248,7 @@ mod tests {
                                                         // Straddling the end of a device: unclaimed, the device sees nothing.
         assert_eq!(b.read(0x10fe, B4), 0xffff_ffff);
         assert_eq!(b.unclaimed(), 6);
-        let mut p = Bus::ports();
+        let p = Bus::ports();
         assert_eq!(p.read(0x80, B1), 0xff);
         assert_eq!(p.read(0xffff, B4), 0xffff_ffff);
     }

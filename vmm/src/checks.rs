@@ -39,7 +39,7 @@ use crate::vm::{self, DenyAll, Flow, StopReason, Vm, VmConfig};
 /// outside it is recorded (and refused), so a loader or device that
 /// escapes the guest-physical checks is caught even if it then fails.
 pub struct Guarded {
-    bytes: Vec<u8>,
+    bytes: core::cell::RefCell<Vec<u8>>,
     lo: u64,
     hi: u64,
     stray: Cell<Option<u64>>,
@@ -52,7 +52,7 @@ impl Guarded {
     /// `size` bytes of RAM at HPA [`GUARD`], with guards on both sides.
     pub fn new(size: u64) -> Guarded {
         Guarded {
-            bytes: vec![0; (size + 2 * GUARD) as usize],
+            bytes: core::cell::RefCell::new(vec![0; (size + 2 * GUARD) as usize]),
             lo: GUARD,
             hi: GUARD + size,
             stray: Cell::new(None),
@@ -80,13 +80,13 @@ impl Guarded {
 impl Backing for Guarded {
     fn read(&self, hpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         let r = self.range(hpa, buf.len())?;
-        buf.copy_from_slice(&self.bytes[r]);
+        buf.copy_from_slice(&self.bytes.borrow()[r]);
         Ok(())
     }
 
-    fn write(&mut self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
+    fn write(&self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
         let r = self.range(hpa, data.len())?;
-        self.bytes[r].copy_from_slice(data);
+        self.bytes.borrow_mut()[r].copy_from_slice(data);
         Ok(())
     }
 }
@@ -269,7 +269,7 @@ pub fn console_write_result(gpa: u64, len: u64, base: u64, size: u64) -> u64 {
 /// Runs `calls` as hypercall exits of vCPU 0 of a fresh one-vCPU VM of
 /// `arch` ([`VM_RAM`] bytes) and checks each result.
 pub fn check_hypercalls(arch: GuestArch, calls: &[Hypercall]) -> Result<(), String> {
-    let mut vm = small_vm(arch, 1)?;
+    let vm = small_vm(arch, 1)?;
     let mut v = vcpu(arch);
     v.bind(0).map_err(|e| format!("{e:?}"))?;
     vm.start_vcpu(0, &mut v).map_err(|e| format!("{e:?}"))?;
@@ -383,7 +383,7 @@ enum Model {
 pub fn check_psci(vcpus: u32, ops: &[PsciOp]) -> Result<(), String> {
     let arch = GuestArch::Aarch64;
     let n = vcpus.clamp(1, 8);
-    let mut vm = small_vm(arch, n)?;
+    let vm = small_vm(arch, n)?;
     let mut cpus: Vec<ScriptedVcpu> = (0..n).map(|_| vcpu(arch)).collect();
     for (i, c) in cpus.iter_mut().enumerate() {
         c.bind(i as u32).map_err(|e| format!("{e:?}"))?;
@@ -461,7 +461,10 @@ pub fn check_psci(vcpus: u32, ops: &[PsciOp]) -> Result<(), String> {
                         returns(psci::INVALID_ADDRESS)?
                     }
                     Some(t) => {
-                        if flow != (Flow::StartVcpu { index: t as u32 }) || x0 != psci::SUCCESS {
+                        if flow != Flow::Continue
+                            || x0 != psci::SUCCESS
+                            || vm.vcpu_state(t as u32) != Some(crate::vm::VcpuState::Runnable)
+                        {
                             return fail(format!("CPU_ON {t} must succeed"));
                         }
                         // ON_PENDING until the run loop starts it.

@@ -226,11 +226,25 @@ pub struct Arm64Dtb<'a> {
     pub bootargs: &'a str,
     /// PL011 base and size.
     pub uart: (u64, u64),
+    /// GICv3 distributor and redistributor regions (base, size).
+    pub gicd: (u64, u64),
+    pub gicr: (u64, u64),
 }
 
-/// QEMU virt's GICv3 layout, described (disabled) for the guest.
-const GICD: (u64, u64) = (0x0800_0000, 0x1_0000);
-const GICR: (u64, u64) = (0x080a_0000, 0xf6_0000);
+impl Arm64Dtb<'_> {
+    /// The DTB's view of `board` (its RAM, UART and GIC).
+    pub fn of<'a>(board: &'a crate::board::Board, bootargs: &'a str) -> Arm64Dtb<'a> {
+        use crate::board::DeviceKind;
+        Arm64Dtb {
+            memory: &board.ram,
+            vcpus: board.vcpus,
+            bootargs,
+            uart: board.range(DeviceKind::Pl011).unwrap_or((0, 0)),
+            gicd: board.range(DeviceKind::GicDistributor).unwrap_or((0, 0)),
+            gicr: board.range(DeviceKind::GicRedistributors).unwrap_or((0, 0)),
+        }
+    }
+}
 const PHANDLE_GIC: u32 = 1;
 const PHANDLE_CLK: u32 = 2;
 
@@ -289,11 +303,11 @@ pub fn arm64_guest_dtb(d: &Arm64Dtb) -> Result<Vec<u8>, FdtError> {
     w.property_null("always-on")?;
     w.end_node()?;
 
-    w.begin_node(&alloc::format!("intc@{:x}", GICD.0))?;
+    w.begin_node(&alloc::format!("intc@{:x}", d.gicd.0))?;
     w.property_str("compatible", "arm,gic-v3")?;
     w.property_null("interrupt-controller")?;
     w.property_u32("#interrupt-cells", 3)?;
-    w.property_u64s("reg", &[GICD.0, GICD.1, GICR.0, GICR.1])?;
+    w.property_u64s("reg", &[d.gicd.0, d.gicd.1, d.gicr.0, d.gicr.1])?;
     // Not virtualized yet: nothing answers at these addresses.
     w.property_str("status", "disabled")?;
     w.property_u32("phandle", PHANDLE_GIC)?;
@@ -422,6 +436,8 @@ mod tests {
             vcpus: 2,
             bootargs: "earlycon console=ttyAMA0",
             uart: (0x0900_0000, 0x1000),
+            gicd: (0x0800_0000, 0x1_0000),
+            gicr: (0x080a_0000, 0xf6_0000),
         })
         .unwrap();
         let p = walk(&b);

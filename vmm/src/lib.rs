@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod backend;
+pub mod board;
 pub mod bus;
 pub mod config;
 pub mod console;

@@ -22,7 +22,10 @@ pub trait Backing {
     /// Copies host memory at `hpa` into `buf`.
     fn read(&self, hpa: u64, buf: &mut [u8]) -> Result<(), MemError>;
     /// Copies `data` to host memory at `hpa`.
-    fn write(&mut self, hpa: u64, data: &[u8]) -> Result<(), MemError>;
+    /// Copies `data` to host memory at `hpa`. Through `&self`: vCPUs of one
+    /// VM on several CPUs write guest memory at the same time, as they would
+    /// on hardware.
+    fn write(&self, hpa: u64, data: &[u8]) -> Result<(), MemError>;
 }
 
 /// A RAM region: `len` bytes at guest-physical `gpa`, backed by host frames
@@ -246,15 +249,15 @@ impl<B: Backing> GuestMemory<B> {
     }
 
     /// Writes guest memory; nothing is written unless the whole range is RAM.
-    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        let backing = &mut self.backing;
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        let backing = &self.backing;
         walk(&self.regions, gpa, data.len() as u64, |hpa, off, n| {
             backing.write(hpa, &data[off as usize..(off + n) as usize])
         })
     }
 
     /// Sets `len` bytes to `byte`.
-    pub fn fill(&mut self, gpa: u64, len: u64, byte: u8) -> Result<(), MemError> {
+    pub fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemError> {
         walk(&self.regions, gpa, len, |_, _, _| Ok(()))?;
         let chunk = [byte; 256];
         let mut done = 0;
@@ -268,7 +271,7 @@ impl<B: Backing> GuestMemory<B> {
 
     /// Copies `len` bytes from `src` to `dst` inside guest memory, with
     /// `memmove` semantics for overlapping ranges. No allocation.
-    pub fn copy(&mut self, dst: u64, src: u64, len: u64) -> Result<(), MemError> {
+    pub fn copy(&self, dst: u64, src: u64, len: u64) -> Result<(), MemError> {
         walk(&self.regions, src, len, |_, _, _| Ok(()))?;
         walk(&self.regions, dst, len, |_, _, _| Ok(()))?;
         let mut buf = [0u8; 256];
@@ -308,19 +311,19 @@ impl<B: Backing> GuestMemory<B> {
         Ok(u64::from_le_bytes(b))
     }
 
-    pub fn write_u8(&mut self, gpa: u64, v: u8) -> Result<(), MemError> {
+    pub fn write_u8(&self, gpa: u64, v: u8) -> Result<(), MemError> {
         self.write(gpa, &[v])
     }
 
-    pub fn write_u16(&mut self, gpa: u64, v: u16) -> Result<(), MemError> {
+    pub fn write_u16(&self, gpa: u64, v: u16) -> Result<(), MemError> {
         self.write(gpa, &v.to_le_bytes())
     }
 
-    pub fn write_u32(&mut self, gpa: u64, v: u32) -> Result<(), MemError> {
+    pub fn write_u32(&self, gpa: u64, v: u32) -> Result<(), MemError> {
         self.write(gpa, &v.to_le_bytes())
     }
 
-    pub fn write_u64(&mut self, gpa: u64, v: u64) -> Result<(), MemError> {
+    pub fn write_u64(&self, gpa: u64, v: u64) -> Result<(), MemError> {
         self.write(gpa, &v.to_le_bytes())
     }
 }
@@ -429,7 +432,7 @@ mod tests {
 
     #[test]
     fn inv_guest_addr_read_write_bounds() {
-        let (mut m, _) = mem();
+        let (m, _) = mem();
         // Crossing the GPA edge between two regions with different HPAs.
         m.write(MIB - 2, &[1, 2, 3, 4]).unwrap();
         let mut b = [0; 4];
@@ -464,7 +467,7 @@ mod tests {
 
     #[test]
     fn inv_guest_addr_fill_and_copy() {
-        let (mut m, _) = mem();
+        let (m, _) = mem();
         m.fill(MIB - 300, 600, 0xaa).unwrap();
         assert_eq!(m.read_u8(MIB + 299), Ok(0xaa));
         assert_eq!(m.read_u8(MIB + 300), Ok(0));

@@ -4,10 +4,8 @@
 //! other crates' tests, with the `testing` feature.
 
 use alloc::collections::VecDeque;
-use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::cell::RefCell;
 
 use crate::backend::{
     check_s2_range, BackendError, BootState, PhysCpu, S2Attrs, Stage2, Stage2Error, Vcpu,
@@ -22,19 +20,20 @@ use crate::regs::{AccessSize, Reg};
 /// Host "physical memory": `bytes.len()` bytes starting at HPA `base`.
 pub struct VecBacking {
     base: u64,
-    bytes: Vec<u8>,
+    bytes: spin::Mutex<Vec<u8>>,
 }
 
 impl VecBacking {
     pub fn new(base: u64, len: usize) -> VecBacking {
         VecBacking {
             base,
-            bytes: alloc::vec![0; len],
+            bytes: spin::Mutex::new(alloc::vec![0; len]),
         }
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// A copy of the host memory.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.lock().clone()
     }
 
     fn range(&self, hpa: u64, len: usize) -> Result<core::ops::Range<usize>, MemError> {
@@ -43,7 +42,7 @@ impl VecBacking {
             .and_then(|o| usize::try_from(o).ok())
             .ok_or(MemError::Backing { hpa })?;
         let end = start.checked_add(len).ok_or(MemError::Backing { hpa })?;
-        if end > self.bytes.len() {
+        if end > self.bytes.lock().len() {
             return Err(MemError::Backing { hpa });
         }
         Ok(start..end)
@@ -70,28 +69,28 @@ pub fn guest_ram(gpa: u64, size: u64, addr_bits: u32) -> crate::mem::GuestMemory
 impl Backing for VecBacking {
     fn read(&self, hpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         let r = self.range(hpa, buf.len())?;
-        buf.copy_from_slice(&self.bytes[r]);
+        buf.copy_from_slice(&self.bytes.lock()[r]);
         Ok(())
     }
 
-    fn write(&mut self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
+    fn write(&self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
         let r = self.range(hpa, data.len())?;
-        self.bytes[r].copy_from_slice(data);
+        self.bytes.lock()[r].copy_from_slice(data);
         Ok(())
     }
 }
 
 /// One host memory shared by several VMs (isolation tests).
 #[derive(Clone)]
-pub struct SharedBacking(pub Rc<RefCell<VecBacking>>);
+pub struct SharedBacking(pub alloc::sync::Arc<VecBacking>);
 
 impl Backing for SharedBacking {
     fn read(&self, hpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.0.borrow().read(hpa, buf)
+        self.0.read(hpa, buf)
     }
 
-    fn write(&mut self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
-        self.0.borrow_mut().write(hpa, data)
+    fn write(&self, hpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.0.write(hpa, data)
     }
 }
 

@@ -14,15 +14,17 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::backend::{BackendError, BootState, EntryMode, GuestArch, Stage2, Vcpu};
 use crate::bus::{Bus, BusError, DeviceId, IoOutcome};
 use crate::console::{ConsoleBuffer, CONSOLE_BUFFER_BYTES};
-use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE};
-use crate::devices::fw_cfg::{FwCfg, FW_CFG_PORT, FW_CFG_PORTS};
-use crate::devices::pl011::{Pl011, PL011_BASE, PL011_SIZE};
-use crate::devices::testdev::{TestDev, TESTDEV_BASE, TESTDEV_SIZE};
-use crate::devices::uart16550::{Uart16550, COM1_PORT, UART_PORTS};
+use crate::board::{Board, DeviceKind, Space};
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::fw_cfg::FwCfg;
+use crate::devices::pl011::Pl011;
+use crate::devices::testdev::TestDev;
+use crate::devices::uart16550::Uart16550;
 use crate::devices::{ConsoleSink, LineOutput};
 use crate::event::{Event, Queued};
 use crate::exit::{AccessKind, Exit, IoOp, MmioOp, SysRegId, SysRegOp};
@@ -252,9 +254,6 @@ pub enum Flow {
     Halt,
     /// The vCPU gives up the physical CPU (time slice over, yield).
     Yield,
-    /// PSCI CPU_ON succeeded: vCPU `index` should be started with
-    /// [`Vm::start_vcpu`]; the calling vCPU continues.
-    StartVcpu { index: u32 },
     /// PSCI CPU_OFF: this vCPU must not run until started again.
     VcpuOff,
     /// The VM stopped; see [`Vm::stop`].
@@ -306,6 +305,7 @@ pub struct DenyAll;
 
 impl ExitPolicy for DenyAll {}
 
+/// PSCI power state of a vCPU (DEN0022 AFFINITY_INFO).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Power {
     Off,
@@ -313,7 +313,77 @@ enum Power {
     On,
 }
 
-/// One virtual machine.
+/// What the scheduler sees of a vCPU (DESIGN "The concurrent shape"):
+/// off → runnable ⇄ running → blocked → stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VcpuState {
+    /// Not started yet (an application processor before PSCI CPU_ON or
+    /// INIT-SIPI-SIPI) or switched off (CPU_OFF).
+    Off = 0,
+    /// Ready to run, waiting for a physical CPU.
+    Runnable = 1,
+    /// In a turn on some physical CPU.
+    Running = 2,
+    /// HLT/WFI with nothing pending: costs no CPU until an interrupt or a
+    /// timer deadline wakes it ([`Vm::wake`]).
+    Blocked = 3,
+    /// Its VM stopped.
+    Stopped = 4,
+}
+
+impl VcpuState {
+    fn from_u8(v: u8) -> VcpuState {
+        match v {
+            1 => VcpuState::Runnable,
+            2 => VcpuState::Running,
+            3 => VcpuState::Blocked,
+            4 => VcpuState::Stopped,
+            _ => VcpuState::Off,
+        }
+    }
+}
+
+/// Requests left for a vCPU by another vCPU, a device or the hypervisor,
+/// acted on by whichever CPU runs it next (KVM's `kvm_make_request`).
+pub mod request {
+    /// Put the vCPU into its start state (boot state, PSCI CPU_ON entry).
+    pub const START: u32 = 1 << 0;
+    /// Something it waits for arrived: re-evaluate before blocking again.
+    pub const WAKE: u32 = 1 << 1;
+}
+
+/// Makes the CPU that runs (or should run) a vCPU look at it again: an IPI
+/// when it runs elsewhere, a wake-up of an idle CPU (KVM's
+/// `kvm_vcpu_kick`). Given by the kernel; host tests record the calls.
+pub trait Kick: Send + Sync {
+    fn kick(&self, vcpu: u32);
+}
+
+/// No other CPU to tell: the run loop sees the new state on its own.
+pub struct NoKick;
+
+impl Kick for NoKick {
+    fn kick(&self, _vcpu: u32) {}
+}
+
+/// The part of a vCPU's state that other CPUs read and write: its
+/// scheduling state, its requests and its exit count (written only by the
+/// CPU that runs it, with plain loads and stores: no atomic
+/// read-modify-write on the exit path).
+struct VcpuSlot {
+    state: AtomicU8,
+    requests: AtomicU32,
+    exits: AtomicU64,
+}
+
+/// One virtual machine: the state its vCPUs share, used through `&self`
+/// by every physical CPU that runs one of them (`Vm` is `Sync` for a
+/// `Sync` backing). Guest memory and the buses (each device with its own
+/// lock) are reached without a VM-wide lock; the PSCI power states, the
+/// exit policy, the console line and the stop state have small locks of
+/// their own, never held across a guest entry. The backend vCPU itself
+/// is owned by the CPU that runs it and passed in.
 pub struct Vm<B> {
     name: Arc<str>,
     arch: GuestArch,
@@ -321,18 +391,20 @@ pub struct Vm<B> {
     ports: Bus,
     mmio: Bus,
     uart: DeviceId,
-    console: LineOutput,
+    console: spin::Mutex<LineOutput>,
     /// Every console line of this VM waits here until the hypervisor
     /// drains it ([`Vm::drain_console`]) to `sink` (review finding 3).
     out: Arc<ConsoleBuffer>,
     sink: Arc<dyn ConsoleSink>,
-    policy: Box<dyn ExitPolicy>,
+    policy: spin::Mutex<Box<dyn ExitPolicy>>,
     boot: BootState,
     format: KernelFormat,
-    boot_pending: bool,
-    power: Vec<Power>,
-    stop: Option<Stop>,
-    exits: u64,
+    power: spin::Mutex<Vec<Power>>,
+    vcpus: Box<[VcpuSlot]>,
+    kick: Arc<dyn Kick>,
+    stopped: AtomicBool,
+    stop: spin::Mutex<Option<Stop>>,
+    board: Board,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -374,40 +446,59 @@ impl<B: Backing> Vm<B> {
             name: "ram",
         };
         mem.add_region(region, s2)?;
+        let board = Board::standard(cfg.arch, cfg.mem_size, cfg.vcpus);
         let mut ports = Bus::ports();
         let mut mmio = Bus::mmio();
         let buffer = Arc::new(ConsoleBuffer::new(CONSOLE_BUFFER_BYTES));
         let lines: Arc<dyn ConsoleSink> = buffer.clone();
-        let out = LineOutput::new(name.clone(), lines.clone());
-        let uart = match cfg.arch {
-            GuestArch::X86_64 => {
-                let uart = ports.register(
-                    u64::from(COM1_PORT),
-                    UART_PORTS,
-                    Box::new(Uart16550::new(out)),
-                )?;
-                ports.register(
-                    u64::from(DEBUG_EXIT_PORT),
-                    DEBUG_EXIT_SIZE,
-                    Box::new(DebugExit),
-                )?;
-                let fw = FwCfg::new(cfg.mem_size, cfg.vcpus as u16, cfg.cmdline);
-                ports.register(u64::from(FW_CFG_PORT), FW_CFG_PORTS, Box::new(fw))?;
-                mmio.register(TESTDEV_BASE, TESTDEV_SIZE, Box::<TestDev>::default())?;
-                uart
+        let mut uart = None;
+        for d in &board.devices {
+            // Devices with registers the vmm emulates; the rest (the GIC,
+            // the timer) is the backend's or described only.
+            let model: Box<dyn crate::bus::BusDevice> = match d.kind {
+                DeviceKind::Uart16550 => {
+                    Box::new(Uart16550::new(LineOutput::new(name.clone(), lines.clone())))
+                }
+                DeviceKind::Pl011 => {
+                    Box::new(Pl011::new(LineOutput::new(name.clone(), lines.clone())))
+                }
+                DeviceKind::DebugExit => Box::new(DebugExit),
+                DeviceKind::FwCfg => {
+                    Box::new(FwCfg::new(cfg.mem_size, cfg.vcpus as u16, cfg.cmdline))
+                }
+                DeviceKind::TestDev => Box::<TestDev>::default(),
+                DeviceKind::GicDistributor
+                | DeviceKind::GicRedistributors
+                | DeviceKind::ArchTimer => continue,
+            };
+            let bus = match d.space {
+                Space::Port => &mut ports,
+                Space::Mmio => &mut mmio,
+            };
+            let id = bus.register(d.base, d.size, model)?;
+            if matches!(d.kind, DeviceKind::Uart16550 | DeviceKind::Pl011) {
+                uart = Some(id);
             }
-            GuestArch::Aarch64 => {
-                let uart = mmio.register(PL011_BASE, PL011_SIZE, Box::new(Pl011::new(out)))?;
-                mmio.register(ARM64_TESTDEV_BASE, TESTDEV_SIZE, Box::<TestDev>::default())?;
-                uart
-            }
-        };
-        let (boot, format) =
-            loader::load_kernel_smp(cfg.arch, &mut mem, cfg.kernel, cfg.cmdline, cfg.vcpus)?;
+        }
+        let uart = uart.ok_or(VmError::Bus(BusError::ZeroLength))?;
+        let (boot, format) = loader::load_kernel_on(&board, &mut mem, cfg.kernel, cfg.cmdline)?;
         let mut power = alloc::vec![Power::Off; cfg.vcpus as usize];
         power[0] = Power::On;
+        let vcpus: Box<[VcpuSlot]> = (0..cfg.vcpus)
+            .map(|i| VcpuSlot {
+                // The boot vCPU starts runnable with its start request; the
+                // others wait for PSCI CPU_ON (or, on x86, INIT-SIPI-SIPI).
+                state: AtomicU8::new(if i == 0 {
+                    VcpuState::Runnable as u8
+                } else {
+                    VcpuState::Off as u8
+                }),
+                requests: AtomicU32::new(if i == 0 { request::START } else { 0 }),
+                exits: AtomicU64::new(0),
+            })
+            .collect();
         Ok(Vm {
-            console: LineOutput::new(name.clone(), lines),
+            console: spin::Mutex::new(LineOutput::new(name.clone(), lines)),
             out: buffer,
             sink,
             name,
@@ -416,13 +507,15 @@ impl<B: Backing> Vm<B> {
             ports,
             mmio,
             uart,
-            policy,
+            policy: spin::Mutex::new(policy),
             boot,
             format,
-            boot_pending: true,
-            power,
-            stop: None,
-            exits: 0,
+            power: spin::Mutex::new(power),
+            vcpus,
+            kick: Arc::new(NoKick),
+            stopped: AtomicBool::new(false),
+            stop: spin::Mutex::new(None),
+            board,
         })
     }
 
@@ -435,7 +528,55 @@ impl<B: Backing> Vm<B> {
     }
 
     pub fn vcpu_count(&self) -> u32 {
-        self.power.len() as u32
+        self.vcpus.len() as u32
+    }
+
+    /// The VM's board: RAM and devices with their addresses and lines.
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    /// Who to tell when another CPU must look at a vCPU (set before the
+    /// VM runs; the default tells no one).
+    pub fn set_kick(&mut self, kick: Arc<dyn Kick>) {
+        self.kick = kick;
+    }
+
+    /// The scheduling state of vCPU `index` (`None`: no such vCPU).
+    pub fn vcpu_state(&self, index: u32) -> Option<VcpuState> {
+        let s = self.vcpus.get(index as usize)?;
+        Some(VcpuState::from_u8(s.state.load(Ordering::Acquire)))
+    }
+
+    fn set_state(&self, index: u32, st: VcpuState) {
+        if let Some(s) = self.vcpus.get(index as usize) {
+            s.state.store(st as u8, Ordering::Release);
+        }
+    }
+
+    /// Leaves `req` for vCPU `index` and makes it runnable if it was
+    /// blocked (or off, for [`request::START`]), then kicks it.
+    pub fn make_request(&self, index: u32, req: u32) {
+        let Some(s) = self.vcpus.get(index as usize) else {
+            return;
+        };
+        s.requests.fetch_or(req, Ordering::AcqRel);
+        let from_off = req & request::START != 0;
+        let _ = s
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                match VcpuState::from_u8(cur) {
+                    VcpuState::Blocked => Some(VcpuState::Runnable as u8),
+                    VcpuState::Off if from_off => Some(VcpuState::Runnable as u8),
+                    _ => None,
+                }
+            });
+        self.kick.kick(index);
+    }
+
+    /// Wakes a blocked vCPU (an interrupt or a timer deadline for it).
+    pub fn wake(&self, index: u32) {
+        self.make_request(index, request::WAKE);
     }
 
     pub fn boot_state(&self) -> &BootState {
@@ -450,10 +591,20 @@ impl<B: Backing> Vm<B> {
         &self.mem
     }
 
+    /// Region changes before the VM runs (or in host tests).
     pub fn memory_mut(&mut self) -> &mut GuestMemory<B> {
         &mut self.mem
     }
 
+    pub fn ports(&self) -> &Bus {
+        &self.ports
+    }
+
+    pub fn mmio(&self) -> &Bus {
+        &self.mmio
+    }
+
+    /// Device registration before the VM runs (or in host tests).
     pub fn ports_mut(&mut self) -> &mut Bus {
         &mut self.ports
     }
@@ -463,57 +614,60 @@ impl<B: Backing> Vm<B> {
     }
 
     /// Why the VM stopped, once it has.
-    pub fn stop(&self) -> Option<&Stop> {
-        self.stop.as_ref()
+    pub fn stop(&self) -> Option<Stop> {
+        if !self.is_stopped() {
+            return None;
+        }
+        *self.stop.lock()
     }
 
     pub fn is_stopped(&self) -> bool {
-        self.stop.is_some()
+        self.stopped.load(Ordering::Acquire)
     }
 
-    /// Number of exits handled.
+    /// Number of exits handled (all vCPUs).
     pub fn exit_count(&self) -> u64 {
-        self.exits
+        self.vcpus
+            .iter()
+            .map(|s| s.exits.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Host → guest console input (to the UART's receive FIFO); returns how
     /// many bytes it took.
-    pub fn console_input(&mut self, bytes: &[u8]) -> usize {
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
         match self.arch {
             GuestArch::X86_64 => self
                 .ports
-                .device_mut::<Uart16550>(self.uart)
-                .map_or(0, |u| u.push_input(bytes)),
+                .with_device(self.uart, |u: &mut Uart16550| u.push_input(bytes)),
             GuestArch::Aarch64 => self
                 .mmio
-                .device_mut::<Pl011>(self.uart)
-                .map_or(0, |u| u.push_input(bytes)),
+                .with_device(self.uart, |u: &mut Pl011| u.push_input(bytes)),
         }
+        .unwrap_or(0)
     }
 
-    /// Puts vCPU `index` into its start state: the loader's boot state for
-    /// vCPU 0 (once), the PSCI CPU_ON entry for others.
-    pub fn start_vcpu<V: Vcpu + ?Sized>(
-        &mut self,
-        index: u32,
-        vcpu: &mut V,
-    ) -> Result<(), VmError> {
-        let p = *self
-            .power
+    /// Puts vCPU `index` into its start state if it has a start request:
+    /// the loader's boot state for vCPU 0, the PSCI CPU_ON entry for the
+    /// others. [`Vm::run`] calls it at the start of each turn.
+    pub fn start_vcpu<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) -> Result<(), VmError> {
+        let slot = self
+            .vcpus
             .get(index as usize)
             .ok_or(VmError::NoSuchVcpu(index))?;
+        if slot.requests.fetch_and(!request::START, Ordering::AcqRel) & request::START == 0 {
+            return Err(VmError::VcpuNotStartable(index));
+        }
+        let p = self.power.lock()[index as usize];
         match p {
-            Power::On if index == 0 && self.boot_pending => {
-                vcpu.apply_boot_state(&self.boot)?;
-                self.boot_pending = false;
-            }
+            Power::On if index == 0 => vcpu.apply_boot_state(&self.boot)?,
             Power::OnPending { entry, context } => {
                 // DEN0022 §6.4: the new core starts at `entry` with X0 = context.
                 let st = BootState::new(EntryMode::Arm64El1h, entry)
                     .with(Reg::X(0), context)
                     .ok_or(VmError::VcpuNotStartable(index))?;
                 vcpu.apply_boot_state(&st)?;
-                self.power[index as usize] = Power::On;
+                self.power.lock()[index as usize] = Power::On;
             }
             _ => return Err(VmError::VcpuNotStartable(index)),
         }
@@ -525,36 +679,86 @@ impl<B: Backing> Vm<B> {
     /// handled here, or the backend ends the turn (its deadline passed or
     /// its own budget of `max_exits` exits is spent: [`Flow::Yield`]). A
     /// stopped VM never enters the guest again.
-    pub fn run<V: Vcpu + ?Sized>(&mut self, index: u32, vcpu: &mut V, max_exits: u64) -> Flow {
-        if self.stop.is_some() {
+    ///
+    /// The vCPU's state follows the turn: running during it, then blocked
+    /// (HLT/WFI), off (CPU_OFF), stopped, or runnable again. A vCPU that is
+    /// off or stopped is not entered.
+    pub fn run<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V, max_exits: u64) -> Flow {
+        if self.is_stopped() {
             return Flow::Stopped;
         }
-        vcpu.begin_turn(max_exits);
-        for _ in 0..max_exits {
-            if self.stop.is_some() {
-                return Flow::Stopped;
+        let Some(slot) = self.vcpus.get(index as usize) else {
+            return Flow::VcpuOff;
+        };
+        let requests = slot.requests.load(Ordering::Acquire);
+        if requests & request::START != 0 {
+            if let Err(e) = self.start_vcpu(index, vcpu) {
+                let reason = match e {
+                    VmError::Backend(b) => StopReason::Backend(b),
+                    _ => StopReason::Backend(BackendError::EntryFailed("vCPU start request")),
+                };
+                return self.stop_vm(vcpu, reason);
             }
-            let flow = match vcpu.run() {
+        }
+        slot.requests.fetch_and(!request::WAKE, Ordering::AcqRel);
+        match self.vcpu_state(index) {
+            Some(VcpuState::Off) => return Flow::VcpuOff,
+            Some(VcpuState::Stopped) | None => return Flow::Stopped,
+            _ => self.set_state(index, VcpuState::Running),
+        }
+        vcpu.begin_turn(max_exits);
+        let mut flow = Flow::Yield;
+        for _ in 0..max_exits {
+            if self.is_stopped() {
+                flow = Flow::Stopped;
+                break;
+            }
+            let f = match vcpu.run() {
                 Ok(exit) => self.handle_exit(index, vcpu, exit),
                 Err(e) => self.stop_vm(vcpu, StopReason::Backend(e)),
             };
-            if flow != Flow::Continue {
-                return flow;
+            if f != Flow::Continue {
+                flow = f;
+                break;
             }
         }
-        if self.stop.is_some() {
-            Flow::Stopped
-        } else {
-            Flow::Yield
+        if self.is_stopped() {
+            flow = Flow::Stopped;
         }
+        let next = match flow {
+            Flow::Halt => {
+                // A wake-up that raced with the HLT exit is not lost: its
+                // request bit is still set, so the vCPU stays runnable.
+                if slot.requests.load(Ordering::Acquire) & request::WAKE != 0 {
+                    VcpuState::Runnable
+                } else {
+                    VcpuState::Blocked
+                }
+            }
+            Flow::VcpuOff => VcpuState::Off,
+            Flow::Stopped => VcpuState::Stopped,
+            Flow::Continue | Flow::Yield => VcpuState::Runnable,
+        };
+        // PSCI CPU_ON of itself, or a stop, may have changed it meanwhile.
+        let _ = slot.state.compare_exchange(
+            VcpuState::Running as u8,
+            next as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        flow
     }
 
     /// Handles one exit of vCPU `index`. Never allocates.
-    pub fn handle_exit<V: Vcpu + ?Sized>(&mut self, index: u32, vcpu: &mut V, exit: Exit) -> Flow {
-        if self.stop.is_some() {
+    pub fn handle_exit<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V, exit: Exit) -> Flow {
+        if self.is_stopped() {
             return Flow::Stopped;
         }
-        self.exits += 1;
+        if let Some(s) = self.vcpus.get(index as usize) {
+            // Only this vCPU's CPU writes its count: no read-modify-write.
+            s.exits
+                .store(s.exits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
         match self.dispatch(index, vcpu, exit) {
             Ok(flow) => flow,
             Err(reason) => self.stop_vm(vcpu, reason),
@@ -562,7 +766,7 @@ impl<B: Backing> Vm<B> {
     }
 
     fn dispatch<V: Vcpu + ?Sized>(
-        &mut self,
+        &self,
         index: u32,
         vcpu: &mut V,
         exit: Exit,
@@ -596,14 +800,14 @@ impl<B: Backing> Vm<B> {
                 }
             },
             Exit::Cpuid { leaf, subleaf } => {
-                let v = self.policy.cpuid(leaf, subleaf);
+                let v = self.policy.lock().cpuid(leaf, subleaf);
                 for (r, x) in [Reg::Rax, Reg::Rbx, Reg::Rcx, Reg::Rdx].into_iter().zip(v) {
                     vcpu.set_reg(r, u64::from(x))?;
                 }
                 vcpu.advance_pc()?;
                 Ok(Flow::Continue)
             }
-            Exit::MsrRead { msr } => match self.policy.msr_read(msr) {
+            Exit::MsrRead { msr } => match self.policy.lock().msr_read(msr) {
                 Some(v) => {
                     // RDMSR: EDX:EAX, upper halves of RAX/RDX cleared (SDM Vol. 2 "RDMSR").
                     vcpu.set_reg(Reg::Rax, v & 0xffff_ffff)?;
@@ -614,7 +818,8 @@ impl<B: Backing> Vm<B> {
                 None => inject(vcpu, Event::general_protection(0)),
             },
             Exit::MsrWrite { msr, value } => {
-                if self.policy.msr_write(msr, value) {
+                let ok = self.policy.lock().msr_write(msr, value);
+                if ok {
                     vcpu.advance_pc()?;
                     Ok(Flow::Continue)
                 } else {
@@ -650,14 +855,14 @@ impl<B: Backing> Vm<B> {
             }),
             Exit::SysReg(a) => {
                 let done = match a.op {
-                    SysRegOp::Read(reg) => match self.policy.sysreg_read(a.id) {
+                    SysRegOp::Read(reg) => match self.policy.lock().sysreg_read(a.id) {
                         Some(v) => {
                             vcpu.set_reg(reg, v)?;
                             true
                         }
                         None => false,
                     },
-                    SysRegOp::Write(v) => self.policy.sysreg_write(a.id, v),
+                    SysRegOp::Write(v) => self.policy.lock().sysreg_write(a.id, v),
                 };
                 if done {
                     vcpu.advance_pc()?;
@@ -669,7 +874,7 @@ impl<B: Backing> Vm<B> {
             Exit::Unknown {
                 reason,
                 qualification,
-            } => match self.policy.unknown_exit(reason, qualification) {
+            } => match self.policy.lock().unknown_exit(reason, qualification) {
                 UnknownExitAction::InjectUndefined => inject(vcpu, Event::Undefined),
                 UnknownExitAction::Stop => Err(StopReason::UnknownExit {
                     reason,
@@ -680,7 +885,7 @@ impl<B: Backing> Vm<B> {
     }
 
     fn hypercall<V: Vcpu + ?Sized>(
-        &mut self,
+        &self,
         index: u32,
         vcpu: &mut V,
         call: Call,
@@ -696,7 +901,7 @@ impl<B: Backing> Vm<B> {
             Call::Unknown => (HC_ERR_UNKNOWN, Flow::Continue),
             Call::Denied => (HC_ERR_PERM, Flow::Continue),
             Call::Undefined => return inject(vcpu, Event::Undefined),
-            Call::Smccc(c) => (self.policy.speculation().answer(c), Flow::Continue),
+            Call::Smccc(c) => (self.policy.lock().speculation().answer(c), Flow::Continue),
             Call::Psci(p) => match self.psci(index, p)? {
                 Some(r) => r,
                 None => return Ok(Flow::VcpuOff),
@@ -709,7 +914,7 @@ impl<B: Backing> Vm<B> {
 
     /// `CONSOLE_WRITE`: the whole buffer is checked first (rule `guest_addr`),
     /// then copied through a small stack buffer.
-    fn console_write(&mut self, gpa: u64, len: u64) -> u64 {
+    fn console_write(&self, gpa: u64, len: u64) -> u64 {
         if len > CONSOLE_WRITE_MAX {
             return HC_ERR_INVALID;
         }
@@ -718,13 +923,14 @@ impl<B: Backing> Vm<B> {
         }
         let mut buf = [0u8; 64];
         let mut done = 0;
+        let mut console = self.console.lock();
         while done < len {
             let n = (len - done).min(buf.len() as u64) as usize;
             if self.mem.read(gpa + done, &mut buf[..n]).is_err() {
                 return HC_ERR_FAULT;
             }
             for &b in &buf[..n] {
-                self.console.push(b);
+                console.push(b);
             }
             done += n as u64;
         }
@@ -733,7 +939,7 @@ impl<B: Backing> Vm<B> {
 
     /// A PSCI call: `Ok(Some((x0, flow)))` returns to the caller,
     /// `Ok(None)` is CPU_OFF, `Err` stops the VM.
-    fn psci(&mut self, index: u32, call: PsciCall) -> Result<Option<(u64, Flow)>, StopReason> {
+    fn psci(&self, index: u32, call: PsciCall) -> Result<Option<(u64, Flow)>, StopReason> {
         let r = |v| Ok(Some((v, Flow::Continue)));
         match call {
             PsciCall::Version => r(psci::PSCI_VERSION_1_0),
@@ -750,21 +956,27 @@ impl<B: Backing> Vm<B> {
                 let Some(t) = psci::index_of(target).filter(|&t| t < self.vcpu_count()) else {
                     return r(psci::INVALID_PARAMETERS);
                 };
-                match self.power[t as usize] {
+                let mut power = self.power.lock();
+                match power[t as usize] {
                     Power::On => r(psci::ALREADY_ON),
                     Power::OnPending { .. } => r(psci::ON_PENDING),
                     Power::Off if !self.mem.is_ram(entry) => r(psci::INVALID_ADDRESS),
                     Power::Off => {
-                        self.power[t as usize] = Power::OnPending { entry, context };
-                        Ok(Some((psci::SUCCESS, Flow::StartVcpu { index: t })))
+                        power[t as usize] = Power::OnPending { entry, context };
+                        drop(power);
+                        // A request plus a kick: the CPU that runs vCPU t
+                        // applies the entry state before its first turn.
+                        self.make_request(t, request::START);
+                        r(psci::SUCCESS)
                     }
                 }
             }
             PsciCall::CpuOff => {
-                if let Some(p) = self.power.get_mut(index as usize) {
+                let mut power = self.power.lock();
+                if let Some(p) = power.get_mut(index as usize) {
                     *p = Power::Off;
                 }
-                if self.power.iter().all(|p| *p == Power::Off) {
+                if power.iter().all(|p| *p == Power::Off) {
                     return Err(StopReason::PowerOff);
                 }
                 Ok(None)
@@ -772,7 +984,7 @@ impl<B: Backing> Vm<B> {
             PsciCall::AffinityInfo { target, level } => {
                 let state = psci::index_of(target)
                     .filter(|&t| t < self.vcpu_count() && level == 0)
-                    .map(|t| self.power[t as usize]);
+                    .map(|t| self.power.lock()[t as usize]);
                 r(match state {
                     Some(Power::On) => 0,
                     Some(Power::Off) => 1,
@@ -803,22 +1015,24 @@ impl<B: Backing> Vm<B> {
 
     /// Stops the VM (the first reason wins), with a register report for
     /// crashes, and flushes its console lines.
-    fn stop_vm<V: Vcpu + ?Sized>(&mut self, vcpu: &mut V, reason: StopReason) -> Flow {
-        if self.stop.is_none() {
+    fn stop_vm<V: Vcpu + ?Sized>(&self, vcpu: &mut V, reason: StopReason) -> Flow {
+        let mut stop = self.stop.lock();
+        if stop.is_none() {
             let report = reason.is_crash().then(|| self.report(vcpu));
-            self.stop = Some(Stop { reason, report });
-            self.console.flush();
+            *stop = Some(Stop { reason, report });
+            self.stopped.store(true, Ordering::Release);
+            drop(stop);
+            for s in self.vcpus.iter() {
+                s.state.store(VcpuState::Stopped as u8, Ordering::Release);
+            }
+            self.console.lock().flush();
             match self.arch {
-                GuestArch::X86_64 => {
-                    if let Some(u) = self.ports.device_mut::<Uart16550>(self.uart) {
-                        u.flush();
-                    }
-                }
-                GuestArch::Aarch64 => {
-                    if let Some(u) = self.mmio.device_mut::<Pl011>(self.uart) {
-                        u.flush();
-                    }
-                }
+                GuestArch::X86_64 => self.ports.with_device(self.uart, |u: &mut Uart16550| u.flush()),
+                GuestArch::Aarch64 => self.mmio.with_device(self.uart, |u: &mut Pl011| u.flush()),
+            };
+            // Every vCPU sees the stop at its next exit (or is told now).
+            for i in 0..self.vcpu_count() {
+                self.kick.kick(i);
             }
             // Its last lines before the line that says it stopped (bounded
             // by the buffer's size).
@@ -916,8 +1130,6 @@ mod tests {
     use crate::testing::{
         CollectSink, RecordingStage2, ScriptedVcpu, SharedBacking, TestDevice, VecBacking,
     };
-    use alloc::rc::Rc;
-    use core::cell::RefCell;
     use AccessSize::*;
 
     const MIB: u64 = 1 << 20;
@@ -1101,7 +1313,7 @@ mod tests {
     fn triple_fault_stops_only_that_vm() {
         let sink = Arc::new(CollectSink::default());
         // Both VMs' RAM lives in one host memory, at different frames.
-        let host = SharedBacking(Rc::new(RefCell::new(VecBacking::new(0, 8 * MIB as usize))));
+        let host = SharedBacking(Arc::new(VecBacking::new(0, 8 * MIB as usize)));
         let kernel = multiboot_kernel(&[0xf4; 16]);
         let mk = |name, hpa| {
             Vm::new(
@@ -1139,7 +1351,7 @@ mod tests {
         va.set_reg(Reg::Rsp, 0x7000).unwrap();
         assert_eq!(a.run(0, &mut va, 10), Flow::Stopped);
         assert_eq!(va.get(Reg::Rax), HC_ERR_FAULT);
-        let stop = *a.stop().unwrap();
+        let stop = a.stop().unwrap();
         assert_eq!(stop.reason, StopReason::TripleFault);
         assert!(stop.reason.is_crash());
         let rep = stop.report.unwrap();
@@ -1405,8 +1617,10 @@ mod tests {
                 0xc400_0003,
                 [1, 0x4008_0000, 0xc0ffee, 0, 0, 0]
             ),
-            (Flow::StartVcpu { index: 1 }, 0)
+            (Flow::Continue, 0)
         );
+        // A start request plus a kick: vCPU 1 is runnable now.
+        assert_eq!(vm.vcpu_state(1), Some(VcpuState::Runnable));
         assert_eq!(x0(&mut vm, &mut v0, 0xc400_0004, [1, 0, 0, 0, 0, 0]).1, 2); // ON_PENDING
         let mut v1 = ScriptedVcpu::arm64(Vec::new());
         v1.bind(1).unwrap();
@@ -1425,7 +1639,7 @@ mod tests {
                                                                                 // Our hypercalls over HVC, PL011 output over MMIO.
         for &b in b"arm ok\n" {
             let w = Exit::Mmio(Mmio {
-                gpa: PL011_BASE,
+                gpa: crate::devices::pl011::PL011_BASE,
                 size: B4,
                 op: MmioOp::Write(b.into()),
             });
@@ -1448,7 +1662,7 @@ mod tests {
 
     #[test]
     fn arm64_undefined_sysreg_and_hvc_inject_undef() {
-        let mut vm = arm_vm(1, Arc::new(CollectSink::default()));
+        let vm = arm_vm(1, Arc::new(CollectSink::default()));
         let mut v = ScriptedVcpu::arm64(vec![Exit::Halt, Exit::Halt]);
         v.bind(0).unwrap();
         vm.start_vcpu(0, &mut v).unwrap();
@@ -1472,7 +1686,7 @@ mod tests {
 
     #[test]
     fn inv_exit_qual_vm_injects_abort_of_current_access() {
-        let mut vm = arm_vm(1, Arc::new(CollectSink::default()));
+        let vm = arm_vm(1, Arc::new(CollectSink::default()));
         let mut v = ScriptedVcpu::arm64(vec![Exit::Halt; 3]);
         v.bind(0).unwrap();
         vm.start_vcpu(0, &mut v).unwrap();
@@ -1588,6 +1802,171 @@ mod tests {
     fn vm_can_move_between_cpus() {
         fn send<T: Send>() {}
         send::<Vm<VecBacking>>();
+    }
+
+    /// The VM is shared by the CPUs that run its vCPUs: `Sync`, all of its
+    /// run-time methods through `&self`.
+    #[test]
+    fn vm_is_shared_state() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Vm<VecBacking>>();
+        shared::<Vm<SharedBacking>>();
+    }
+
+    /// vCPU states: off → runnable ⇄ running → blocked → stopped, with
+    /// requests and wake-ups from other CPUs.
+    #[test]
+    fn vcpu_states_follow_the_turns() {
+        let sink = Arc::new(CollectSink::default());
+        let vm = arm_vm(3, sink);
+        assert_eq!(vm.vcpu_state(0), Some(VcpuState::Runnable));
+        assert_eq!(vm.vcpu_state(1), Some(VcpuState::Off));
+        assert_eq!(vm.vcpu_state(3), None);
+        // The first turn applies the boot state (the start request).
+        let mut v0 = ScriptedVcpu::arm64(vec![Exit::Halt]);
+        v0.bind(0).unwrap();
+        assert_eq!(vm.run(0, &mut v0, 8), Flow::Halt);
+        assert_eq!(v0.get(Reg::Pc), 0x4008_0000 + 4, "booted, WFI skipped");
+        assert_eq!(vm.vcpu_state(0), Some(VcpuState::Blocked));
+        // An interrupt for it (later: the GIC) wakes it.
+        vm.wake(0);
+        assert_eq!(vm.vcpu_state(0), Some(VcpuState::Runnable));
+        // A wake-up that comes in while the turn runs is not lost.
+        v0.push(Exit::Halt);
+        let vm_ref = &vm;
+        struct WakeDuring<'a>(&'a Vm<VecBacking>, ScriptedVcpu);
+        impl Vcpu for WakeDuring<'_> {
+            fn begin_turn(&mut self, b: u64) {
+                self.1.begin_turn(b)
+            }
+            fn run(&mut self) -> Result<Exit, BackendError> {
+                self.0.wake(0);
+                self.1.run()
+            }
+            fn reg(&mut self, r: Reg) -> Result<u64, BackendError> {
+                self.1.reg(r)
+            }
+            fn set_reg(&mut self, r: Reg, v: u64) -> Result<(), BackendError> {
+                self.1.set_reg(r, v)
+            }
+            fn advance_pc(&mut self) -> Result<(), BackendError> {
+                self.1.advance_pc()
+            }
+            fn inject(&mut self, e: Event) -> Result<Queued, BackendError> {
+                self.1.inject(e)
+            }
+            fn apply_boot_state(&mut self, s: &BootState) -> Result<(), BackendError> {
+                self.1.apply_boot_state(s)
+            }
+            fn bind(&mut self, c: crate::backend::PhysCpu) -> Result<(), BackendError> {
+                self.1.bind(c)
+            }
+            fn unbind(&mut self) -> Result<(), BackendError> {
+                self.1.unbind()
+            }
+        }
+        let mut w = WakeDuring(vm_ref, v0);
+        assert_eq!(vm.run(0, &mut w, 8), Flow::Halt);
+        assert_eq!(vm.vcpu_state(0), Some(VcpuState::Runnable), "woken meanwhile");
+        // An off vCPU is not entered.
+        let mut v2 = ScriptedVcpu::arm64(vec![Exit::Halt]);
+        v2.bind(2).unwrap();
+        assert_eq!(vm.run(2, &mut v2, 8), Flow::VcpuOff);
+        assert_eq!(v2.runs, 0);
+        // A wake-up does not start an off vCPU; only a start request does.
+        vm.wake(2);
+        assert_eq!(vm.vcpu_state(2), Some(VcpuState::Off));
+        // Stopping the VM stops every vCPU.
+        let mut v0 = w.1;
+        v0.push(hvc(0, 0x8400_0008, [0; 6]));
+        assert_eq!(vm.run(0, &mut v0, 8), Flow::Stopped);
+        for i in 0..3 {
+            assert_eq!(vm.vcpu_state(i), Some(VcpuState::Stopped));
+        }
+    }
+
+    /// Two host threads run the two vCPUs of one VM at the same time, as two
+    /// physical CPUs will: vCPU 0 starts vCPU 1 (a request plus a kick),
+    /// both write the same UART and call CONSOLE_WRITE, vCPU 1 switches off.
+    #[test]
+    fn two_cpus_run_one_vm() {
+        use std::sync::atomic::AtomicUsize;
+        struct Kicks(AtomicUsize);
+        impl Kick for Kicks {
+            fn kick(&self, _vcpu: u32) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let sink = Arc::new(CollectSink::default());
+        let mut vm = arm_vm(2, sink.clone());
+        let kicks = Arc::new(Kicks(AtomicUsize::new(0)));
+        vm.set_kick(kicks.clone());
+        vm.memory().write(0x4000_2000, b"hc line\n").unwrap();
+        let vm = Arc::new(vm);
+        let uart = |c: u8| {
+            Exit::Mmio(Mmio {
+                gpa: 0x0900_0000,
+                size: B4,
+                op: MmioOp::Write(c.into()),
+            })
+        };
+        let line = |tag: u8| -> Vec<Exit> {
+            let mut v: Vec<Exit> = b"cpu ? says hi\n"
+                .iter()
+                .map(|&c| uart(if c == b'?' { tag } else { c }))
+                .collect();
+            v.push(hvc(0, ARM64_HC_BASE | HC_CONSOLE_WRITE, [0x4000_2000, 8, 0, 0, 0, 0]));
+            v
+        };
+        let mut s0 = vec![hvc(0, 0xc400_0003, [1, 0x4008_0000, 7, 0, 0, 0])];
+        for _ in 0..50 {
+            s0.extend(line(b'0'));
+        }
+        let mut s1 = Vec::new();
+        for _ in 0..50 {
+            s1.extend(line(b'1'));
+        }
+        s1.push(hvc(0, 0x8400_0002, [0; 6])); // CPU_OFF
+        let vm0 = vm.clone();
+        let a = std::thread::spawn(move || {
+            let mut v = ScriptedVcpu::arm64(s0);
+            v.bind(0).unwrap();
+            while v.runs < 50 * 15 + 1 {
+                let left = (50 * 15 + 1 - v.runs).min(7) as u64;
+                assert_eq!(vm0.run(0, &mut v, left), Flow::Yield);
+            }
+        });
+        let vm1 = vm.clone();
+        let b = std::thread::spawn(move || {
+            while vm1.vcpu_state(1) != Some(VcpuState::Runnable) {
+                std::thread::yield_now();
+            }
+            let mut v = ScriptedVcpu::arm64(s1);
+            v.bind(1).unwrap();
+            loop {
+                match vm1.run(1, &mut v, 4) {
+                    Flow::Yield => {}
+                    f => return (f, v.get(Reg::X(0)), v.get(Reg::Pc)),
+                }
+            }
+        });
+        a.join().unwrap();
+        let (flow, _, pc) = b.join().unwrap();
+        assert_eq!(flow, Flow::VcpuOff);
+        assert!(pc >= 0x4008_0000, "vCPU 1 started at the CPU_ON entry");
+        assert_eq!(vm.vcpu_state(1), Some(VcpuState::Off));
+        assert!(kicks.0.load(Ordering::Relaxed) >= 1, "CPU_ON kicked vCPU 1");
+        vm.drain_console(usize::MAX);
+        let lines = sink.lines();
+        // Whole lines only: the UART line buffer is one per VM, so the two
+        // CPUs' bytes may interleave within a line, but every byte arrives.
+        let text: String = lines.iter().map(|l| l.trim_start_matches("arm: ")).collect();
+        assert_eq!(text.matches("hc line").count(), 100);
+        let ones = text.matches('1').count();
+        let zeros = text.matches('0').count();
+        assert_eq!((zeros, ones), (50, 50), "{lines:?}");
+        assert!(!vm.is_stopped());
+        assert_eq!(vm.exit_count(), 2 * 50 * 15 + 2);
     }
 
     /// A sink that stores nothing, so the measurement sees only the vmm.

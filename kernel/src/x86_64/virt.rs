@@ -76,7 +76,7 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
     fill(host, PAGE as usize, 0);
     // SAFETY: CPUID reported SVM; both pages are fresh and owned by CPU 0
     // from now on; the GDT/TSS were loaded by the early CPU init.
-    unsafe { hw::enable_on_this_cpu(0, hsave, host)? };
+    unsafe { hw::enable_on_this_cpu(hsave, host)? };
     let msrpm = frames
         .alloc_contiguous(MSRPM_SIZE as u64, PAGE)
         .ok_or("no memory for the MSR permission map")?;
@@ -156,7 +156,7 @@ pub fn new_vcpu(
     _vcpu_index: u32,
 ) -> Result<Vcpu, &'static str> {
     let g = globals()?;
-    if !hw::enabled_on(0) {
+    if !hw::enabled_on_this_cpu() {
         return Err("SVM is not enabled on the boot CPU");
     }
     let pa = frames.alloc_frame().ok_or("no frame for a VMCB")?;

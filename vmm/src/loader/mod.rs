@@ -17,6 +17,7 @@ pub mod elf;
 pub mod multiboot;
 
 use crate::fdt::{self, Arm64Dtb, FdtError};
+use crate::board::Board;
 use arm64_image::ImageError;
 use elf::{Elf, ElfError, EM_AARCH64, EM_X86_64};
 use multiboot::MultibootError;
@@ -208,6 +209,19 @@ pub fn load_arm64<B: Backing>(
     cmdline: &str,
     vcpus: u32,
 ) -> Result<(BootState, KernelFormat), LoadError> {
+    let mut board = Board::standard(GuestArch::Aarch64, 0, vcpus);
+    board.ram = mem.regions().iter().map(|r| (r.gpa, r.len)).collect();
+    load_arm64_on(&board, mem, image, cmdline)
+}
+
+/// As [`load_arm64`] for the VM's `board` (RAM, devices and vCPUs as its
+/// generated DTB describes them).
+pub fn load_arm64_on<B: Backing>(
+    board: &Board,
+    mem: &mut GuestMemory<B>,
+    image: &[u8],
+    cmdline: &str,
+) -> Result<(BootState, KernelFormat), LoadError> {
     let regions: alloc::vec::Vec<(u64, u64)> =
         mem.regions().iter().map(|r| (r.gpa, r.len)).collect();
     let (&(first, _), &(last, last_len)) = match (regions.first(), regions.last()) {
@@ -216,12 +230,7 @@ pub fn load_arm64<B: Backing>(
     };
     let dtb = fdt::arm64_guest_dtb(&Arm64Dtb {
         memory: &regions,
-        vcpus,
-        bootargs: cmdline,
-        uart: (
-            crate::devices::pl011::PL011_BASE,
-            crate::devices::pl011::PL011_SIZE,
-        ),
+        ..Arm64Dtb::of(board, cmdline)
     })?;
     let dtb_len = (dtb.len() as u64).next_multiple_of(PAGE);
     let dtb_addr = (last + last_len)
@@ -276,7 +285,7 @@ pub fn load_kernel<B: Backing>(
     load_kernel_smp(arch, mem, image, cmdline, 1)
 }
 
-/// As [`load_kernel`] for a VM with `vcpus` vCPUs.
+/// As [`load_kernel`] for a VM with `vcpus` vCPUs on the standard board.
 pub fn load_kernel_smp<B: Backing>(
     arch: GuestArch,
     mem: &mut GuestMemory<B>,
@@ -284,14 +293,26 @@ pub fn load_kernel_smp<B: Backing>(
     cmdline: &str,
     vcpus: u32,
 ) -> Result<(BootState, KernelFormat), LoadError> {
-    match arch {
+    let mut board = Board::standard(arch, 0, vcpus);
+    board.ram = mem.regions().iter().map(|r| (r.gpa, r.len)).collect();
+    load_kernel_on(&board, mem, image, cmdline)
+}
+
+/// Loads a kernel for the VM described by `board`.
+pub fn load_kernel_on<B: Backing>(
+    board: &Board,
+    mem: &mut GuestMemory<B>,
+    image: &[u8],
+    cmdline: &str,
+) -> Result<(BootState, KernelFormat), LoadError> {
+    match board.arch {
         GuestArch::X86_64 => {
             if let Some(s) = multiboot::load(mem, image, cmdline)? {
                 return Ok((s, KernelFormat::Multiboot1));
             }
             Ok((load_x86_64_elf(mem, image, cmdline)?, KernelFormat::Elf64))
         }
-        GuestArch::Aarch64 => load_arm64(mem, image, cmdline, vcpus),
+        GuestArch::Aarch64 => load_arm64_on(board, mem, image, cmdline),
     }
 }
 

@@ -4,7 +4,7 @@
 //! World switch (as KVM's nVHE `__guest_enter`/`__guest_exit` and Hafnium's
 //! `vcpu_switch`): [`__el2_guest_enter`] saves the host's callee-saved
 //! registers and SP in the [`GuestContext`], puts the context's address in
-//! TPIDR_EL2, loads all 31 guest GPRs, ELR_EL2 and SPSR_EL2 and ERETs. Any
+//! this CPU's `PerCpu` (TPIDR_EL2 points at it, `crate::percpu`), loads all 31 guest GPRs, ELR_EL2 and SPSR_EL2 and ERETs. Any
 //! exception from the guest arrives on [`GUEST_VECTORS`] (installed in
 //! VBAR_EL2 by [`install_vectors`]; its current-EL entries branch to the
 //! kernel's own crash vectors), which stores every guest GPR plus
@@ -98,7 +98,9 @@ __el2_guest_vectors:
 
     .balign 0x80
 __el2_guest_exit:
+    // TPIDR_EL2 is this CPU's PerCpu; its second word the GuestContext.
     mrs     x1, tpidr_el2
+    ldr     x1, [x1, #8]
     stp     x2, x3, [x1, #16]
     stp     x4, x5, [x1, #32]
     stp     x6, x7, [x1, #48]
@@ -145,7 +147,8 @@ __el2_guest_enter:
     stp     x29, x30, [x0, #368]
     mov     x2, sp
     str     x2, [x0, #384]
-    msr     tpidr_el2, x0
+    mrs     x2, tpidr_el2
+    str     x0, [x2, #8]
     ldp     x2, x3, [x0, #248]
     msr     elr_el2, x2
     msr     spsr_el2, x3

@@ -3,7 +3,7 @@
 //! the NPT and guest RAM, and the per-CPU ASID owner table.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::vcpu::{FpuArea, Gprs, Hw};
 use super::vmcb::{Vmcb, EFER_SVME};
@@ -11,10 +11,9 @@ use crate::paging::TableAccess;
 use crate::x86_64::instr::{rdmsr, wrmsr, IA32_EFER};
 use vmm::backend::PhysCpu;
 
-/// Most CPUs the per-CPU tables cover.
-pub const MAX_CPUS: usize = 64;
 /// ASIDs tracked per CPU; VMs share ASIDs modulo this (or the CPU's count).
-pub const MAX_TRACKED_ASIDS: usize = 256;
+pub use crate::percpu::MAX_TRACKED_ASIDS;
+use crate::percpu::this_cpu;
 
 /// VM_CR (APM Vol. 2 §15.30.1): bit 4 SVMDIS.
 const MSR_VM_CR: u32 = 0xc001_0114;
@@ -33,18 +32,10 @@ static HAS_PKU: AtomicBool = AtomicBool::new(false);
 /// the 48 bytes (464..511) that FXSAVE leaves to software.
 pub const FPU_AREA_PKRU: usize = 508;
 
-/// Per CPU: the page for the host's VMSAVE/VMLOAD state (FS, GS, TR, LDTR,
-/// syscall MSRs), 0 until [`enable_on_this_cpu`] ran.
-static HOST_VMCB: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// Per CPU: the VM index + 1 whose vCPU was bound last (0: none).
-static LAST_VM: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 /// Whether the CPU has IBPB (IA32_PRED_CMD bit 0): CPUID 8000_0008 EBX bit
 /// 12 (AMD) or CPUID.(7,0):EDX bit 26 (Intel, with SPEC_CTRL).
 static HAS_IBPB: AtomicBool = AtomicBool::new(false);
 const MSR_PRED_CMD: u32 = 0x49;
-/// Per CPU and ASID: the VM index + 1 that last ran with it (0: none).
-static ASID_OWNER: [[AtomicUsize; MAX_TRACKED_ASIDS]; MAX_CPUS] =
-    [const { [const { AtomicUsize::new(0) }; MAX_TRACKED_ASIDS] }; MAX_CPUS];
 
 global_asm!(
     r#"
@@ -152,14 +143,8 @@ pub fn svm_unusable_reason(svm: bool, npt: bool) -> Option<&'static str> {
 /// The CPU has SVM (CPUID checked); the two pages belong to this CPU alone
 /// for the rest of the kernel's life; the GDT, TSS and segment registers are
 /// final (they are what VMLOAD restores after each exit).
-pub unsafe fn enable_on_this_cpu(
-    cpu: PhysCpu,
-    hsave_pa: u64,
-    host_vmcb_pa: u64,
-) -> Result<(), &'static str> {
-    let slot = HOST_VMCB
-        .get(cpu as usize)
-        .ok_or("CPU index beyond MAX_CPUS")?;
+pub unsafe fn enable_on_this_cpu(hsave_pa: u64, host_vmcb_pa: u64) -> Result<(), &'static str> {
+    let slot = &this_cpu().svm.host_vmcb;
     // SAFETY: SVM is present, so VM_CR exists (APM Vol. 2 §15.30.1).
     if unsafe { rdmsr(MSR_VM_CR) } & VM_CR_SVMDIS != 0 {
         return Err("SVM is disabled by the firmware (VM_CR.SVMDIS)");
@@ -221,9 +206,9 @@ pub struct Machine;
 
 impl Hw for Machine {
     fn vmrun(&mut self, cpu: PhysCpu, vmcb: &mut Vmcb, gprs: &mut Gprs) {
-        let host = HOST_VMCB
-            .get(cpu as usize)
-            .map_or(0, |h| h.load(Ordering::Acquire));
+        let me = this_cpu();
+        debug_assert_eq!(me.index, cpu, "the vCPU is bound to another CPU");
+        let host = me.svm.host_vmcb.load(Ordering::Relaxed);
         if host == 0 {
             // Never VMRUN on a CPU without SVM set up: report a failed entry.
             vmcb.write64(super::vmcb::ctrl::EXITCODE, super::vmcb::exitcode::INVALID);
@@ -250,21 +235,20 @@ impl Hw for Machine {
         Some(unsafe { (hpa as *const u64).read_unaligned() })
     }
 
-    fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
-        let slot = ASID_OWNER
-            .get(cpu as usize)
-            .and_then(|c| c.get(asid as usize))?;
-        match slot.swap(vm + 1, Ordering::AcqRel) {
+    fn swap_asid_owner(&mut self, _cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
+        // Only this CPU writes its own table: a plain load and store.
+        let slot = this_cpu().svm.asid_owner.get(asid as usize)?;
+        let prev = slot.load(Ordering::Relaxed);
+        slot.store(vm + 1, Ordering::Relaxed);
+        match prev {
             0 => None,
             v => Some(v - 1),
         }
     }
 
     #[inline]
-    fn asid_owner(&self, cpu: PhysCpu, asid: u32) -> Option<usize> {
-        let slot = ASID_OWNER
-            .get(cpu as usize)
-            .and_then(|c| c.get(asid as usize))?;
+    fn asid_owner(&self, _cpu: PhysCpu, asid: u32) -> Option<usize> {
+        let slot = this_cpu().svm.asid_owner.get(asid as usize)?;
         slot.load(Ordering::Relaxed).checked_sub(1)
     }
 
@@ -289,9 +273,11 @@ impl Hw for Machine {
         crate::x86_64::lapic::arm_slice();
     }
 
-    fn swap_last_vm(&mut self, cpu: PhysCpu, vm: usize) -> Option<usize> {
-        let slot = LAST_VM.get(cpu as usize)?;
-        slot.swap(vm + 1, Ordering::Relaxed).checked_sub(1)
+    fn swap_last_vm(&mut self, _cpu: PhysCpu, vm: usize) -> Option<usize> {
+        let slot = &this_cpu().svm.last_vm;
+        let prev = slot.load(Ordering::Relaxed);
+        slot.store(vm + 1, Ordering::Relaxed);
+        prev.checked_sub(1)
     }
 
     fn predictor_barrier(&mut self) {
@@ -333,9 +319,7 @@ impl Hw for Machine {
     }
 }
 
-/// Whether SVM was enabled on `cpu`.
-pub fn enabled_on(cpu: PhysCpu) -> bool {
-    HOST_VMCB
-        .get(cpu as usize)
-        .is_some_and(|s| s.load(Ordering::Acquire) != 0)
+/// Whether SVM was enabled on the calling CPU.
+pub fn enabled_on_this_cpu() -> bool {
+    this_cpu().svm.host_vmcb.load(Ordering::Acquire) != 0
 }

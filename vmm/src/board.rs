@@ -1,0 +1,184 @@
+//! One board description per VM: its RAM and each device's address range
+//! and interrupt line. It drives the bus registration in [`crate::vm::Vm`],
+//! the generated device tree (arm64) and, later, the ACPI tables (x86):
+//! device addresses live here and nowhere else.
+//!
+//! The layouts follow what guests already expect: the PC's legacy I/O
+//! ports and local/I/O APIC addresses on x86, QEMU's `virt` machine on
+//! arm64 (PLATFORM.md arm64.2).
+
+use alloc::vec::Vec;
+
+use crate::backend::GuestArch;
+
+/// Which address space a device sits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// x86 I/O ports.
+    Port,
+    /// Guest-physical MMIO.
+    Mmio,
+}
+
+/// An interrupt line as the guest's interrupt controller numbers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Irq {
+    /// x86: an ISA IRQ (8259 line, and the I/O APIC pin of the same number
+    /// unless an interrupt source override says otherwise).
+    Isa(u8),
+    /// arm64: a shared peripheral interrupt, by INTID (32..1019).
+    Spi(u32),
+    /// arm64: a private peripheral interrupt of every vCPU, by INTID (16..31).
+    Ppi(u32),
+}
+
+/// What a device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// 16550 UART (x86 COM1).
+    Uart16550,
+    /// QEMU's `isa-debug-exit`.
+    DebugExit,
+    /// QEMU's `fw_cfg` (x86 port interface).
+    FwCfg,
+    /// The MMIO test device of the scenarios.
+    TestDev,
+    /// PL011 UART (arm64).
+    Pl011,
+    /// GICv3 distributor (arm64).
+    GicDistributor,
+    /// GICv3 redistributors, one 128 KiB RD + SGI frame pair per vCPU.
+    GicRedistributors,
+    /// The architected timer's PPIs (no address range).
+    ArchTimer,
+}
+
+/// One device of the board.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoardDevice {
+    pub kind: DeviceKind,
+    pub space: Space,
+    pub base: u64,
+    /// Bytes (or ports) it claims; 0 for a device without registers.
+    pub size: u64,
+    pub irq: Option<Irq>,
+}
+
+/// The architected timer's PPIs as the DTB lists them (Arm BSA; QEMU `virt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerPpis {
+    pub secure_phys: u32,
+    pub phys: u32,
+    pub virt: u32,
+    pub hyp: u32,
+}
+
+/// QEMU `virt`'s timer INTIDs: 29, 30 (CNTP), 27 (CNTV), 26 (CNTHP).
+pub const ARM64_TIMER_PPIS: TimerPpis = TimerPpis {
+    secure_phys: 29,
+    phys: 30,
+    virt: 27,
+    hyp: 26,
+};
+
+/// Bytes of one vCPU's redistributor (RD frame + SGI frame, GICv3).
+pub const GICR_STRIDE: u64 = 0x2_0000;
+
+/// A VM's board.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Board {
+    pub arch: GuestArch,
+    /// RAM regions, (guest-physical base, bytes), in address order.
+    pub ram: Vec<(u64, u64)>,
+    pub devices: Vec<BoardDevice>,
+    pub vcpus: u32,
+}
+
+const fn dev(kind: DeviceKind, space: Space, base: u64, size: u64, irq: Option<Irq>) -> BoardDevice {
+    BoardDevice {
+        kind,
+        space,
+        base,
+        size,
+        irq,
+    }
+}
+
+impl Board {
+    /// The standard board of `arch` with `mem_size` bytes of RAM at
+    /// [`crate::vm::ram_base`] and `vcpus` vCPUs.
+    pub fn standard(arch: GuestArch, mem_size: u64, vcpus: u32) -> Board {
+        let ram = alloc::vec![(crate::vm::ram_base(arch), mem_size)];
+        let devices = match arch {
+            GuestArch::X86_64 => alloc::vec![
+                dev(DeviceKind::Uart16550, Space::Port, 0x3f8, 8, Some(Irq::Isa(4))),
+                dev(DeviceKind::DebugExit, Space::Port, 0xf4, 4, None),
+                dev(DeviceKind::FwCfg, Space::Port, 0x510, 2, None),
+                dev(DeviceKind::TestDev, Space::Mmio, 0xfeb8_0000, 0x1000, None),
+            ],
+            GuestArch::Aarch64 => alloc::vec![
+                dev(DeviceKind::GicDistributor, Space::Mmio, 0x0800_0000, 0x1_0000, None),
+                // QEMU virt's redistributor region; vCPU i at + i * GICR_STRIDE.
+                dev(DeviceKind::GicRedistributors, Space::Mmio, 0x080a_0000, 0xf6_0000, None),
+                dev(DeviceKind::Pl011, Space::Mmio, 0x0900_0000, 0x1000, Some(Irq::Spi(33))),
+                // The first virtio-mmio slot of QEMU virt, free in ours.
+                dev(DeviceKind::TestDev, Space::Mmio, 0x0a00_0000, 0x1000, None),
+                dev(DeviceKind::ArchTimer, Space::Mmio, 0, 0, Some(Irq::Ppi(ARM64_TIMER_PPIS.virt))),
+            ],
+        };
+        Board {
+            arch,
+            ram,
+            devices,
+            vcpus,
+        }
+    }
+
+    /// The first device of `kind`.
+    pub fn find(&self, kind: DeviceKind) -> Option<&BoardDevice> {
+        self.devices.iter().find(|d| d.kind == kind)
+    }
+
+    /// (base, size) of the first device of `kind`, if the board has one.
+    pub fn range(&self, kind: DeviceKind) -> Option<(u64, u64)> {
+        self.find(kind).map(|d| (d.base, d.size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlap(a: &BoardDevice, b: &BoardDevice) -> bool {
+        a.space == b.space
+            && a.size > 0
+            && b.size > 0
+            && a.base < b.base + b.size
+            && b.base < a.base + a.size
+    }
+
+    #[test]
+    fn standard_boards_are_consistent() {
+        for arch in [GuestArch::X86_64, GuestArch::Aarch64] {
+            let b = Board::standard(arch, 64 << 20, 4);
+            let (ram, len) = b.ram[0];
+            for (i, d) in b.devices.iter().enumerate() {
+                for e in &b.devices[i + 1..] {
+                    assert!(!overlap(d, e), "{d:?} overlaps {e:?}");
+                }
+                if d.space == Space::Mmio && d.size > 0 {
+                    assert!(d.base + d.size <= ram || d.base >= ram + len, "{d:?} in RAM");
+                }
+            }
+        }
+        let arm = Board::standard(GuestArch::Aarch64, 128 << 20, 2);
+        assert_eq!(arm.range(DeviceKind::Pl011), Some((0x0900_0000, 0x1000)));
+        assert_eq!(arm.find(DeviceKind::Pl011).unwrap().irq, Some(Irq::Spi(33)));
+        // One redistributor per vCPU fits the region for every vCPU count.
+        let (_, rsize) = arm.range(DeviceKind::GicRedistributors).unwrap();
+        assert!(rsize / GICR_STRIDE >= u64::from(crate::vm::MAX_VCPUS));
+        let x86 = Board::standard(GuestArch::X86_64, 16 << 20, 1);
+        assert_eq!(x86.range(DeviceKind::Uart16550), Some((0x3f8, 8)));
+        assert_eq!(x86.find(DeviceKind::Pl011), None);
+    }
+}
