@@ -8,3 +8,4 @@
 //! - [`rtc`]: the MC146818 CMOS RTC and its NVRAM.
 
 pub mod pic;
+pub mod pit;
