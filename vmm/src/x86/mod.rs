@@ -9,3 +9,4 @@
 
 pub mod pic;
 pub mod pit;
+pub mod rtc;
