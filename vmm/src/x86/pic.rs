@@ -17,6 +17,15 @@
 //! triggering (LTIM or ELCR), spurious IRQ7/IRQ15. Not modelled: the MCS-80
 //! CALL sequence (vectors are always 8086-style), buffered mode, the
 //! slave-ID matching of ICW3 (the slave is wired to IR2, as on every PC).
+//!
+//! Wiring: ports 0x20-0x21 and 0xA0-0xA1 to [`PicPair::read`]/
+//! [`PicPair::write`] with the chip and offset, 0x4D0-0x4D1 to
+//! [`PicPair::read_elcr`]/[`PicPair::write_elcr`]. Devices call
+//! [`PicPair::set_irq`] (or [`PicPair::pulse_irq`] for an edge). When
+//! [`PicPair::pending`] is true and the boot vCPU takes ExtINT (LINT0 in
+//! ExtINT mode, or no enabled LAPIC), the core runs [`PicPair::acknowledge`]
+//! at injection time (not before: the vector depends on the moment) and
+//! injects the vector it returns.
 
 /// The master's command port (A0 = 0); its data port is `MASTER_PORT + 1`.
 pub const MASTER_PORT: u16 = 0x20;

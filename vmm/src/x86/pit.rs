@@ -17,6 +17,15 @@
 //! modes 2/3 taking effect at the end of the current period/half-cycle.
 //! Simplification: a count takes effect on the write itself, not on the
 //! next input clock (a difference of one tick, 838 ns).
+//!
+//! Wiring: ports 0x40-0x43 to [`Pit::read`]/[`Pit::write`] with the offset,
+//! port 0x61 to [`Pit::read_port61`]/[`Pit::write_port61`]. After each of
+//! those accesses and when the armed deadline expires, the core collects
+//! [`Pit::irq0_edges`] (if non-zero: one edge on ISA IRQ0, i.e. a pulse on
+//! the PIC line 0 and on the I/O APIC pin IRQ0 is routed to) and re-arms a
+//! host timer at [`Pit::next_irq0_deadline`]. A guest can program periods
+//! down to a tick; edges coalesce, so the core may enforce a minimum
+//! re-arm interval without losing correctness of the count.
 
 /// Channel 0's data port; channels 1 and 2 follow, the control word port is
 /// `PIT_PORT + 3`.
@@ -170,7 +179,7 @@ fn rises_between(m: u8, n: u32, a: u64, b: u64) -> u64 {
     let n = u64::from(n);
     match m {
         0 | 1 => u64::from(a < n && n <= b),
-        2 | 3 if n >= 2 => b / n - a / n,
+        2 | 3 if n >= 2 => (b / n).saturating_sub(a / n),
         2 | 3 => 0,
         _ => u64::from(a <= n && n < b),
     }

@@ -35,6 +35,13 @@
 //! selects from then on), parsed when the clock starts again. Parsing
 //! is arithmetic: out-of-range or non-BCD values carry into the next field
 //! (61 seconds is a minute and a second), as QEMU does.
+//!
+//! Wiring: ports 0x70-0x71 to [`Rtc::read`]/[`Rtc::write`] with the offset.
+//! After each data-port access and when the armed deadline expires, the
+//! core drives ISA IRQ8 to [`Rtc::irq_level`] (edge-triggered on the PIC:
+//! a rise is one interrupt; the line stays high until the guest reads
+//! register C) and re-arms a host timer at [`Rtc::next_irq_deadline`]
+//! (`None` while the line is high or nothing is enabled).
 
 /// The index port; the data port is `RTC_PORT + 1`.
 pub const RTC_PORT: u16 = 0x70;
