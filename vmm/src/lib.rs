@@ -11,6 +11,7 @@
 //! - [`bus`] and [`devices`]: port and MMIO buses with master-abort default.
 //! - [`loader`]: ELF and Multiboot1 loaders producing a [`backend::BootState`].
 //! - [`vm`]: VM lifecycle and exit dispatch; [`hypercall`]: the guest ABI.
+//! - [`x86`]: x86 platform devices (legacy PIC, PIT, CMOS/RTC).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod psci;
 pub mod regs;
 pub mod smccc;
 pub mod vm;
+pub mod x86;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
