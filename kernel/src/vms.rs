@@ -189,6 +189,8 @@ struct Slot {
     /// Kept alive as long as the VM: the vCPUs run on these tables.
     _s2: virt::Stage2,
     done: bool,
+    /// The VM's index (ASID/VMID choice, per-CPU "current vCPU").
+    index: usize,
 }
 
 fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot, String> {
@@ -230,13 +232,17 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
         vcpus,
         _s2: s2,
         done: false,
+        index,
     })
 }
 
 /// Runs one round-robin pass over the slot's runnable vCPUs (their state
 /// lives in the VM: a PSCI CPU_ON of one vCPU makes another runnable).
 fn run_slot(slot: &mut Slot) {
-    let Slot { vm, vcpus, .. } = slot;
+    let Slot {
+        vm, vcpus, index, ..
+    } = slot;
+    let cpu = arch::percpu::this_cpu();
     for (i, vcpu) in vcpus.iter_mut().enumerate() {
         if vm.vcpu_state(i as u32) != Some(VcpuState::Runnable) {
             continue;
@@ -247,7 +253,9 @@ fn run_slot(slot: &mut Slot) {
             log::error!("vm {}: vCPU {i} cannot bind: {e:?}", vm.name());
             continue;
         }
+        cpu.set_current(Some((*index, i as u32)));
         vm.run(i as u32, vcpu, SLICE_EXITS);
+        cpu.set_current(None);
         let _ = vcpu.unbind();
         // The console gets this VM's output at a bounded rate: a flood
         // costs its own VM lines, not the other VMs' CPU time.
