@@ -11,11 +11,13 @@
 //! - [`bus`] and [`devices`]: port and MMIO buses with master-abort default.
 //! - [`loader`]: ELF and Multiboot1 loaders producing a [`backend::BootState`].
 //! - [`vm`]: VM lifecycle and exit dispatch; [`hypercall`]: the guest ABI.
+//! - [`arm64`]: the vGICv3 and generic-timer models (pure state machines).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod arm64;
 pub mod backend;
 pub mod bus;
 pub mod config;
