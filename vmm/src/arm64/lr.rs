@@ -1,5 +1,5 @@
 //! The GICv3 virtual CPU interface control registers as values: the list
-//! registers ICH_LR<n>_EL2, ICH_HCR_EL2, ICH_VTR_EL2, ICH_VMCR_EL2 and the
+//! registers `ICH_LR<n>_EL2`, ICH_HCR_EL2, ICH_VTR_EL2, ICH_VMCR_EL2 and the
 //! maintenance status ICH_MISR_EL2 (GIC architecture spec IHI 0069,
 //! "AArch64 virtualization control System registers"), plus their
 //! MRS/MSR encodings and those of the SGI generation registers that EL1
@@ -24,7 +24,7 @@ pub const ICH_EISR_EL2: SysRegId = SysRegId::new(3, 4, 12, 11, 3);
 pub const ICH_ELRSR_EL2: SysRegId = SysRegId::new(3, 4, 12, 11, 5);
 pub const ICH_VMCR_EL2: SysRegId = SysRegId::new(3, 4, 12, 11, 7);
 
-/// ICH_LR<n>_EL2: CRm 12 holds LR0-7, CRm 13 LR8-15, op2 = n % 8. `None`
+/// `ICH_LR<n>_EL2`: CRm 12 holds LR0-7, CRm 13 LR8-15, op2 = n % 8. `None`
 /// for n >= 16.
 pub const fn ich_lr_el2(n: usize) -> Option<SysRegId> {
     if n >= MAX_LRS {
@@ -39,7 +39,7 @@ pub const ICC_SGI1R_EL1: SysRegId = SysRegId::new(3, 0, 12, 11, 5);
 pub const ICC_ASGI1R_EL1: SysRegId = SysRegId::new(3, 0, 12, 11, 6);
 pub const ICC_SGI0R_EL1: SysRegId = SysRegId::new(3, 0, 12, 11, 7);
 
-/// The state field of a list register (ICH_LR<n>_EL2.State, bits 63:62).
+/// The state field of a list register (`ICH_LR<n>_EL2.State`, bits 63:62).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LrState {
     Invalid,
@@ -94,7 +94,7 @@ const LR_GROUP: u64 = 1 << 60;
 const LR_HW: u64 = 1 << 61;
 const LR_STATE_SHIFT: u32 = 62;
 
-/// One list register, decoded (IHI 0069, ICH_LR<n>_EL2).
+/// One list register, decoded (IHI 0069, `ICH_LR<n>_EL2`).
 ///
 /// With HW = 0 (all this model writes) bit 41 is EOI: a maintenance
 /// interrupt when the guest deactivates the interrupt, which is how level
