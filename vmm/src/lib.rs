@@ -12,11 +12,13 @@
 //! - [`loader`]: ELF and Multiboot1 loaders producing a [`backend::BootState`].
 //! - [`vm`]: VM lifecycle and exit dispatch; [`hypercall`]: the guest ABI.
 //! - [`x86`]: x86 platform devices (legacy PIC, PIT, CMOS/RTC).
+//! - [`arm64`]: the vGICv3 and generic-timer models (pure state machines).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod arm64;
 pub mod backend;
 pub mod board;
 pub mod bus;
