@@ -161,7 +161,10 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
     if pkgs.is_empty() {
         return Ok(());
     }
-    println!("xtask: missing {}", missing_names(needs, present).join(", "));
+    println!(
+        "xtask: missing {}",
+        missing_names(needs, present).join(", ")
+    );
     if !is_root() {
         let mut msg = String::from(
             "emulators/firmware are missing and xtask is not root; install them with:\n  \

@@ -129,9 +129,7 @@ pub fn locate(pattern: &str, line: &str, from: usize) -> Option<usize> {
         .and_then(|p| p.strip_prefix(']'))?;
     let text = named.strip_prefix(' ').unwrap_or(named);
     let from = from.max(prefix_len);
-    line.get(from..)?
-        .find(text)
-        .map(|p| from + p + text.len())
+    line.get(from..)?.find(text).map(|p| from + p + text.len())
 }
 
 /// Finds `expect` in `text` in order, each within one line ([`locate`]);

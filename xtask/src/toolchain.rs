@@ -96,32 +96,21 @@ fn ensure_now(paths: &Paths) -> Result<()> {
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let pinned = parse(&text)?;
-    let targets = missing(
-        &pinned.targets,
-        &rustup(paths, &["target", "list", "--installed"])?,
-    );
-    if !targets.is_empty() {
+    for (kind, wanted) in [
+        ("target", &pinned.targets),
+        ("component", &pinned.components),
+    ] {
+        let absent = missing(wanted, &rustup(paths, &[kind, "list", "--installed"])?);
+        if absent.is_empty() {
+            continue;
+        }
         println!(
-            "xtask: adding the targets of toolchain {}: {}",
+            "xtask: adding the {kind}s of toolchain {}: {}",
             pinned.channel,
-            targets.join(" ")
+            absent.join(" ")
         );
-        let mut args = vec!["target", "add"];
-        args.extend(targets.iter().map(String::as_str));
-        rustup(paths, &args)?;
-    }
-    let components = missing(
-        &pinned.components,
-        &rustup(paths, &["component", "list", "--installed"])?,
-    );
-    if !components.is_empty() {
-        println!(
-            "xtask: adding the components of toolchain {}: {}",
-            pinned.channel,
-            components.join(" ")
-        );
-        let mut args = vec!["component", "add"];
-        args.extend(components.iter().map(String::as_str));
+        let mut args = vec![kind, "add"];
+        args.extend(absent.iter().map(String::as_str));
         rustup(paths, &args)?;
     }
     Ok(())
@@ -144,14 +133,18 @@ mod tests {
         let p = parse(text).unwrap();
         assert_eq!(p.channel, "1.95.0");
         assert!(p.targets.contains(&"x86_64-unknown-none".to_string()));
-        assert!(p.targets.contains(&"aarch64-unknown-none-softfloat".to_string()));
+        assert!(p
+            .targets
+            .contains(&"aarch64-unknown-none-softfloat".to_string()));
         assert!(p.components.contains(&"rust-src".to_string()));
         assert!(p.components.contains(&"clippy".to_string()));
     }
 
     #[test]
     fn bad_files_are_clear_errors() {
-        assert!(parse("[toolchain\n").unwrap_err().contains("rust-toolchain.toml"));
+        assert!(parse("[toolchain\n")
+            .unwrap_err()
+            .contains("rust-toolchain.toml"));
         assert!(parse("x = 1\n").unwrap_err().contains("no [toolchain]"));
         assert!(parse("[toolchain]\ntargets = \"x\"\n")
             .unwrap_err()
@@ -163,7 +156,10 @@ mod tests {
         let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let installed = "x86_64-unknown-linux-gnu\nx86_64-unknown-none\n";
         assert_eq!(
-            missing(&want(&["x86_64-unknown-none", "aarch64-unknown-none"]), installed),
+            missing(
+                &want(&["x86_64-unknown-none", "aarch64-unknown-none"]),
+                installed
+            ),
             ["aarch64-unknown-none"]
         );
         // Components are listed with the host triple.

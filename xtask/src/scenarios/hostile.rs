@@ -6,36 +6,8 @@
 
 #[allow(unused_imports)]
 use super::*;
-
-/// A crash, a failed check, or a VM stopped for a reason nobody asked for.
-const FORBID: &[&str] = &[
-    "*** EXCEPTION",
-    "panicked",
-    "HV-EXIT: failure",
-    "FAIL",
-    "stopped: unknown exit",
-    "stopped: unhandled",
-    "stopped: backend",
-    "stopped: invalid guest state",
-];
-
-fn x86(name: &'static str, vms: Vec<GuestVm>, expect: &'static [&'static str]) -> Scenario {
-    Scenario {
-        cpu: Some("EPYC,+svm,+npt"),
-        forbid: FORBID,
-        ..guests(name, Arch::X86_64, vms, expect)
-    }
-}
-
-/// The scenario on EPYC and again on `max`.
-fn both(s: Scenario, max_name: &'static str) -> [Scenario; 2] {
-    let max = Scenario {
-        name: max_name,
-        cpu: Some("max"),
-        ..s.clone()
-    };
-    [s, max]
-}
+// The x86 scenarios' forbidden strings, EPYC model and `max` twin.
+use super::svm::{both, x86};
 
 /// A spinning VM first in the run order, then `hello`: hello must finish
 /// before the spin is over. Before the fix the spinning VM's turn lasted
@@ -53,7 +25,11 @@ fn spin(name: &'static str, max_name: &'static str, append: &'static str) -> [Sc
             "HV-EXIT: success",
         ],
     );
-    s.expect_each = &[&["[spin] hostile: mode", "[spin] hostile: spin over", "[spin] PASS"]];
+    s.expect_each = &[&[
+        "[spin] hostile: mode",
+        "[spin] hostile: spin over",
+        "[spin] PASS",
+    ]];
     both(s, max_name)
 }
 
@@ -142,7 +118,10 @@ pub fn scenarios() -> Vec<Scenario> {
             ],
         )
     };
-    v.extend(both(xsave("hostile-x86-xcr0", Boot::Multiboot1), "hostile-x86-xcr0-max"));
+    v.extend(both(
+        xsave("hostile-x86-xcr0", Boot::Multiboot1),
+        "hostile-x86-xcr0-max",
+    ));
     v.extend(both(
         xsave("hostile-x86-xcr0-uefi", Boot::Uefi),
         "hostile-x86-xcr0-uefi-max",

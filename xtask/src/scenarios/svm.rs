@@ -22,7 +22,11 @@ const FORBID: &[&str] = &[
     "stopped: invalid guest state",
 ];
 
-fn x86(name: &'static str, vms: Vec<GuestVm>, expect: &'static [&'static str]) -> Scenario {
+pub(super) fn x86(
+    name: &'static str,
+    vms: Vec<GuestVm>,
+    expect: &'static [&'static str],
+) -> Scenario {
     Scenario {
         cpu: Some("EPYC,+svm,+npt"),
         forbid: FORBID,
@@ -31,7 +35,7 @@ fn x86(name: &'static str, vms: Vec<GuestVm>, expect: &'static [&'static str]) -
 }
 
 /// The scenario on EPYC (no NRIPS) and on `max` (VGIF, no NRIPS either under TCG 7.2).
-fn both(s: Scenario, max_name: &'static str) -> [Scenario; 2] {
+pub(super) fn both(s: Scenario, max_name: &'static str) -> [Scenario; 2] {
     let max = Scenario {
         name: max_name,
         cpu: Some("max"),
