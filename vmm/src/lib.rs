@@ -11,6 +11,7 @@
 //! - [`bus`] and [`devices`]: port and MMIO buses with master-abort default.
 //! - [`loader`]: ELF and Multiboot1 loaders producing a [`backend::BootState`].
 //! - [`vm`]: VM lifecycle and exit dispatch; [`hypercall`]: the guest ABI.
+//! - [`x86`]: the local APIC, I/O APIC and interrupt-message routing models.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod psci;
 pub mod regs;
 pub mod smccc;
 pub mod vm;
+pub mod x86;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
