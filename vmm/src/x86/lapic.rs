@@ -2467,3 +2467,328 @@ mod tests {
         assert_eq!(info.count_total, 0, "{info:?}");
     }
 }
+
+/// Property tests: any sequence of guest register accesses and backend
+/// calls keeps the model's invariants and never panics.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::proptests::config;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        ReadMmio(u64, u8),
+        WriteMmio(u64, u8, u64),
+        ReadMsr(u32),
+        WriteMsr(u32, u64),
+        Accept(u8, bool),
+        AckHighest,
+        Ack(u8),
+        Eoi,
+        Lint(bool, bool),
+        Cr8(u64),
+        Advance(u64),
+        Init,
+        Nmi,
+        /// A register read or write through the interface of the current
+        /// mode (MMIO in xAPIC mode, MSR in x2APIC mode).
+        ReadReg(u32),
+        WriteReg(u32, u64),
+        /// An LVT entry (0-5) with a composed value.
+        WriteLvt(u32, u64),
+        /// ICR high then low (xAPIC) or the 64-bit ICR (x2APIC).
+        SendIcr(u64),
+        /// The ESR write-then-read.
+        LatchEsr,
+    }
+
+    /// LVT values: any vector (often legal), delivery mode, polarity,
+    /// trigger, mask (mostly clear), timer mode.
+    fn lvt_value() -> impl Strategy<Value = u64> {
+        (
+            prop_oneof![3 => 16u64..256, 1 => 0u64..16],
+            // Mostly fixed; NMI and ExtINT for the LINT pins.
+            prop_oneof![4 => Just(0u64), 1 => Just(4), 1 => Just(7), 1 => 0u64..8],
+            any::<bool>(),
+            any::<bool>(),
+            prop::bool::weighted(0.2),
+            0u64..4,
+        )
+            .prop_map(|(v, mode, pol, level, mask, timer)| {
+                v | mode << 8
+                    | u64::from(pol) << 13
+                    | u64::from(level) << 15
+                    | u64::from(mask) << 16
+                    | timer << 17
+            })
+    }
+
+    /// ICR values: vector, delivery mode, destination mode, level,
+    /// trigger, shorthand, destination (32 bits).
+    fn icr_value() -> impl Strategy<Value = u64> {
+        (
+            any::<u8>(),
+            0u64..8,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0u64..4,
+            prop_oneof![
+                0u64..4,
+                Just(0xFF),
+                Just(0xFFFF_FFFF),
+                any::<u32>().prop_map(u64::from)
+            ],
+        )
+            .prop_map(|(v, mode, logical, assert, level, sh, dest)| {
+                u64::from(v)
+                    | mode << 8
+                    | u64::from(logical) << 11
+                    | u64::from(assert) << 14
+                    | u64::from(level) << 15
+                    | sh << 18
+                    | dest << 32
+            })
+    }
+
+    /// Every register index the model knows, and a few holes.
+    fn index() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            8 => prop::sample::select(vec![
+                reg::ID, reg::VERSION, reg::TPR, reg::APR, reg::PPR, reg::EOI, reg::RRD,
+                reg::LDR, reg::DFR, reg::SVR, reg::ISR + 2, reg::TMR + 2, reg::IRR + 2,
+                reg::ESR, reg::LVT_CMCI, reg::ICR, reg::ICR_HIGH, reg::LVT_TIMER,
+                reg::LVT_THERMAL, reg::LVT_PERF, reg::LVT_LINT0, reg::LVT_LINT1,
+                reg::LVT_ERROR, reg::INITIAL_COUNT, reg::CURRENT_COUNT,
+                reg::DIVIDE_CONFIG, reg::SELF_IPI,
+            ]),
+            1 => 0u32..0x100,
+        ]
+    }
+
+    fn offset() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            6 => (0u64..0x40).prop_map(|r| r * 0x10),
+            1 => 0u64..0x1010,
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            3 => prop::sample::select(vec![
+                0u64, 0x1FF, 0x11FF, 0xFF, 0x40, 0x2_0040, 0x4_0040, 0x6_0040, 0x1_0040,
+                0x700, 0x400, 0x8046, 0x4500, 0x4608, 0xC_0041, 0x841, 0xB, 0x3, 10, 1000,
+                0x0300_0000, 0xFF00_0000,
+            ]),
+            1 => any::<u32>().prop_map(u64::from),
+            1 => any::<u64>(),
+        ]
+    }
+
+    fn msr() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            2 => prop::sample::select(vec![MSR_APIC_BASE, MSR_TSC_DEADLINE]),
+            6 => 0x800u32..0x840,
+            1 => 0x840u32..0x900,
+            1 => any::<u32>(),
+        ]
+    }
+
+    fn msr_value() -> impl Strategy<Value = u64> {
+        let b = DEFAULT_APIC_BASE;
+        prop_oneof![
+            2 => prop::sample::select(vec![
+                b, b | base::EN, b | base::EN | base::EXTD, b | base::EXTD,
+                b | base::EN | base::BSP, 0x1_0000_0800,
+            ]),
+            3 => value(),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (offset(), prop::sample::select(vec![1u8, 2, 4, 4, 4, 8])).prop_map(|(o, s)| Op::ReadMmio(o, s)),
+            8 => (offset(), prop::sample::select(vec![1u8, 4, 4, 4, 8]), value()).prop_map(|(o, s, v)| Op::WriteMmio(o, s, v)),
+            3 => msr().prop_map(Op::ReadMsr),
+            6 => (msr(), msr_value()).prop_map(|(m, v)| Op::WriteMsr(m, v)),
+            4 => (any::<u8>(), any::<bool>()).prop_map(|(v, l)| Op::Accept(v, l)),
+            3 => Just(Op::AckHighest),
+            1 => any::<u8>().prop_map(Op::Ack),
+            3 => Just(Op::Eoi),
+            4 => (any::<bool>(), any::<bool>()).prop_map(|(p, l)| Op::Lint(p, l)),
+            1 => (0u64..20).prop_map(Op::Cr8),
+            3 => (0u64..3000).prop_map(Op::Advance),
+            1 => Just(Op::Init),
+            1 => Just(Op::Nmi),
+            4 => index().prop_map(Op::ReadReg),
+            10 => (index(), value()).prop_map(|(i, v)| Op::WriteReg(i, v)),
+            6 => (0u32..6, lvt_value()).prop_map(|(i, v)| Op::WriteLvt(i, v)),
+            3 => icr_value().prop_map(Op::SendIcr),
+            2 => Just(Op::LatchEsr),
+        ]
+    }
+
+    fn write_reg(a: &mut LocalApic, index: u32, value: u64, now: u64) {
+        if a.mode() == ApicMode::X2Apic {
+            let _ = a.write_msr(MSR_X2APIC_FIRST + index, value, now);
+        } else {
+            a.write_mmio(u64::from(index) << 4, 4, value, now);
+        }
+    }
+
+    fn check(a: &LocalApic, seen_irr: &[u32; 8], now: u64) -> Result<(), TestCaseError> {
+        prop_assert!(
+            a.ppr() >= a.tpr(),
+            "PPR {:#x} below TPR {:#x}",
+            a.ppr(),
+            a.tpr()
+        );
+        prop_assert!(a.ppr() >> 4 >= a.tpr() >> 4);
+        // Vectors 0-15 never enter IRR or ISR.
+        prop_assert_eq!(a.irr[0] & 0xFFFF, 0);
+        prop_assert_eq!(a.isr[0] & 0xFFFF, 0);
+        // An ISR bit only for a vector that was accepted into IRR before.
+        for (i, (isr, seen)) in a.isr.iter().zip(seen_irr).enumerate() {
+            prop_assert_eq!(isr & !seen, 0, "ISR word {} without IRR", i);
+        }
+        if let Some(v) = a.highest_injectable() {
+            prop_assert!(a.software_enabled());
+            prop_assert!(vector_bit(&a.irr, v));
+            prop_assert_eq!(Some(v), highest_vector(&a.irr));
+            prop_assert!(v >> 4 > a.ppr() >> 4);
+        }
+        // Never the invalid EN = 0, EXTD = 1 state.
+        prop_assert_ne!(a.apic_base() & (base::EN | base::EXTD), base::EXTD);
+        prop_assert_eq!(a.mmio_base().is_some(), a.mode() == ApicMode::XApic);
+        if a.mode() == ApicMode::XApic {
+            prop_assert!(a.id() <= 0xFF);
+        }
+        prop_assert!(a.current_count(now) <= a.initial_count);
+        prop_assert_eq!(a.esr & !0xF0, 0);
+        prop_assert_eq!(a.esr_pending & !0xF0, 0);
+        if !a.software_enabled() && a.mode() != ApicMode::Disabled {
+            // Disabled by SVR: every LVT but a reset-time virtual wire is
+            // masked.
+            for (i, l) in a.lvt.iter().enumerate() {
+                if i != LVT_LINT0 {
+                    prop_assert_ne!(l & lvt::MASKED, 0, "LVT {} unmasked", i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// Any sequence of MMIO/MSR accesses (hostile sizes, offsets,
+        /// values, APIC_BASE transitions), acceptances, acks, EOIs, pin
+        /// changes, CR8 writes, INITs and time steps: no panic, and the
+        /// invariants hold after every step (PPR >= TPR, ISR only for
+        /// accepted vectors, highest_injectable above PPR, no illegal
+        /// vectors, a valid APIC_BASE state, the timer's next deadline
+        /// after an update is in the future).
+        #[test]
+        fn prop_lapic_any_access_sequence_keeps_invariants(
+            x2apic in any::<bool>(),
+            tsc_deadline in any::<bool>(),
+            bsp in any::<bool>(),
+            enable in prop::bool::weighted(0.8),
+            to_x2apic in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..64),
+        ) {
+            let mut a = LocalApic::new(LapicConfig {
+                apic_id: 3,
+                bsp,
+                tsc_khz: 2_500_000,
+                timer_khz: 1_000_000,
+                x2apic,
+                tsc_deadline,
+                phys_addr_bits: 40,
+            });
+            if enable {
+                a.write_mmio(0xF0, 4, 0x1FF, 0);
+            }
+            if to_x2apic && x2apic {
+                a.write_msr(MSR_APIC_BASE, DEFAULT_APIC_BASE | base::EN | base::EXTD, 0).unwrap();
+            }
+            let mut now = 0u64;
+            let mut seen_irr = [0u32; 8];
+            for op in ops {
+                match op {
+                    Op::ReadMmio(o, s) => {
+                        let v = a.read_mmio(o, s, now);
+                        prop_assert!(s >= 8 || v >> (8 * u32::from(s)) == 0);
+                    }
+                    Op::WriteMmio(o, s, v) => { a.write_mmio(o, s, v, now); }
+                    Op::ReadMsr(m) => { let _ = a.read_msr(m, now); }
+                    Op::WriteMsr(m, v) => { let _ = a.write_msr(m, v, now); }
+                    Op::Accept(v, l) => {
+                        let t = if l { Trigger::Level } else { Trigger::Edge };
+                        let ok = a.accept_interrupt(v, t);
+                        prop_assert!(!ok || (v >= 16 && a.software_enabled()));
+                    }
+                    Op::AckHighest => {
+                        if let Some(v) = a.highest_injectable() {
+                            prop_assert!(a.ack(v));
+                            prop_assert!(vector_bit(&a.isr, v));
+                        }
+                    }
+                    Op::Ack(v) => { a.ack(v); }
+                    Op::Eoi => { a.eoi(); }
+                    Op::Lint(p, l) => {
+                        a.set_lint(if p { Lint::Lint1 } else { Lint::Lint0 }, l);
+                    }
+                    Op::Cr8(v) => {
+                        let r = a.write_cr8(v);
+                        prop_assert_eq!(r.is_ok(), v <= 15);
+                        if v <= 15 {
+                            prop_assert_eq!(a.cr8(), v);
+                        }
+                    }
+                    Op::Advance(dt) => {
+                        now += dt;
+                        a.update(now);
+                        if let Some(d) = a.next_deadline() {
+                            prop_assert!(d > now, "deadline {} not after {}", d, now);
+                        }
+                    }
+                    Op::Init => a.init_reset(),
+                    Op::Nmi => a.accept_nmi(),
+                    Op::ReadReg(i) => {
+                        if a.mode() == ApicMode::X2Apic {
+                            let _ = a.read_msr(MSR_X2APIC_FIRST + i, now);
+                        } else {
+                            a.read_mmio(u64::from(i) << 4, 4, now);
+                        }
+                    }
+                    Op::WriteReg(i, v) => write_reg(&mut a, i, v, now),
+                    Op::WriteLvt(i, v) => write_reg(&mut a, reg::LVT_TIMER + i, v, now),
+                    Op::SendIcr(v) => {
+                        let effect = if a.mode() == ApicMode::X2Apic {
+                            a.write_msr(MSR_X2APIC_FIRST + reg::ICR, v, now)
+                                .unwrap_or(LapicEffect::None)
+                        } else {
+                            a.write_mmio(0x310, 4, (v >> 32) << 24, now);
+                            a.write_mmio(0x300, 4, v & 0xFFFF_FFFF, now)
+                        };
+                        if let LapicEffect::Send(m) = effect {
+                            prop_assert!(
+                                m.vector >= 16
+                                    || !matches!(m.delivery, DeliveryMode::Fixed | DeliveryMode::LowestPriority)
+                            );
+                        }
+                    }
+                    Op::LatchEsr => {
+                        write_reg(&mut a, reg::ESR, 0, now);
+                    }
+                }
+                check(&a, &seen_irr, now)?;
+                for (s, w) in seen_irr.iter_mut().zip(a.irr) {
+                    *s |= w;
+                }
+            }
+        }
+    }
+}

@@ -173,7 +173,192 @@ pub(crate) fn decode_apic_delivery(bits: u32) -> DeliveryMode {
 
 #[cfg(test)]
 mod tests {
+    use super::apic_bus::{route, Action, ApicTarget, VcpuSet};
+    use super::ioapic::IoApic;
+    use super::lapic::{base, LapicConfig, LapicEffect, LocalApic, DEFAULT_APIC_BASE};
     use super::*;
+
+    /// `n` software-enabled vCPUs with APIC IDs 0..n, TSC 2 GHz, timer
+    /// 1 GHz.
+    fn vcpus<const N: usize>() -> [LocalApic; N] {
+        core::array::from_fn(|i| {
+            let mut a = LocalApic::new(LapicConfig {
+                apic_id: i as u32,
+                bsp: i == 0,
+                tsc_khz: 2_000_000,
+                timer_khz: 1_000_000,
+                x2apic: true,
+                tsc_deadline: true,
+                phys_addr_bits: 48,
+            });
+            a.write_mmio(0xF0, 4, 0x1FF, 0);
+            a
+        })
+    }
+
+    fn view<const N: usize>(apics: &[LocalApic; N]) -> [ApicTarget; N] {
+        core::array::from_fn(|i| apics[i].target())
+    }
+
+    /// What the core does with a delivery: each target's own APIC takes
+    /// the action (here directly; the core posts a request and kicks).
+    fn deliver(apics: &mut [LocalApic], d: super::apic_bus::Delivery) {
+        for i in d.vcpus {
+            match d.action {
+                Action::Interrupt { vector, trigger } => {
+                    apics[i].accept_interrupt(vector, trigger);
+                }
+                Action::Nmi => apics[i].accept_nmi(),
+                Action::ExtInt => apics[i].accept_extint(),
+                Action::Init => apics[i].init_reset(),
+                Action::StartUp { .. } | Action::None => {}
+            }
+        }
+    }
+
+    fn send(
+        apics: &mut [LocalApic],
+        from: usize,
+        effect: LapicEffect,
+        targets: &[ApicTarget],
+    ) -> super::apic_bus::Delivery {
+        let LapicEffect::Send(m) = effect else {
+            panic!("no message: {effect:?}");
+        };
+        let d = route(&m, Some(from), targets);
+        deliver(apics, d);
+        d
+    }
+
+    #[test]
+    fn fixed_ipi_from_one_vcpu_to_another() {
+        let mut apics = vcpus::<3>();
+        let t = view(&apics);
+        apics[0].write_mmio(0x310, 4, 2 << 24, 0);
+        let e = apics[0].write_mmio(0x300, 4, 0x4051, 0);
+        let d = send(&mut apics, 0, e, &t);
+        assert_eq!(d.vcpus, VcpuSet::from_bits(0b100));
+        assert_eq!(apics[2].highest_injectable(), Some(0x51));
+        assert_eq!(apics[1].highest_injectable(), None);
+        assert_eq!(apics[0].highest_injectable(), None);
+    }
+
+    #[test]
+    fn broadcast_and_self_ipis() {
+        let mut apics = vcpus::<4>();
+        let t = view(&apics);
+        // All excluding self.
+        let e = apics[1].write_mmio(0x300, 4, 0xC_0052, 0);
+        send(&mut apics, 1, e, &t);
+        let got: [bool; 4] = core::array::from_fn(|i| apics[i].highest_injectable() == Some(0x52));
+        assert_eq!(got, [true, false, true, true]);
+        // x2APIC SELF IPI.
+        apics[3]
+            .write_msr(0x1B, DEFAULT_APIC_BASE | base::EN | base::EXTD, 0)
+            .unwrap();
+        let t = view(&apics);
+        let e = apics[3].write_msr(0x83F, 0x63, 0).unwrap();
+        let d = send(&mut apics, 3, e, &t);
+        assert_eq!(d.vcpus, VcpuSet::from_bits(0b1000));
+        assert_eq!(apics[3].highest_injectable(), Some(0x63));
+    }
+
+    #[test]
+    fn init_sipi_sipi_reaches_the_application_processors() {
+        let mut apics = vcpus::<3>();
+        apics[2].accept_interrupt(0x70, Trigger::Edge);
+        let t = view(&apics);
+        // INIT assert to all but self, then SIPI with vector 0x9A.
+        let e = apics[0].write_mmio(0x300, 4, 0xC_4500, 0);
+        let d = send(&mut apics, 0, e, &t);
+        assert_eq!(
+            (d.vcpus, d.action),
+            (VcpuSet::from_bits(0b110), Action::Init)
+        );
+        assert_eq!(apics[2].highest_injectable(), None, "INIT cleared IRR");
+        assert!(!apics[2].software_enabled(), "and the SVR");
+        let e = apics[0].write_mmio(0x300, 4, 0xC_469A, 0);
+        let d = send(&mut apics, 0, e, &t);
+        assert_eq!(d.action, Action::StartUp { vector: 0x9A });
+        assert_eq!(d.vcpus, VcpuSet::from_bits(0b110));
+    }
+
+    #[test]
+    fn lowest_priority_follows_the_published_ppr() {
+        let mut apics = vcpus::<3>();
+        apics[0].write_cr8(5).unwrap();
+        apics[1].write_cr8(2).unwrap();
+        apics[2].write_cr8(9).unwrap();
+        let t = view(&apics);
+        let e = apics[0].write_mmio(0x300, 4, 0x8_0141, 0);
+        let d = send(&mut apics, 0, e, &t);
+        assert_eq!(d.vcpus, VcpuSet::from_bits(0b010));
+        assert_eq!(apics[1].highest_injectable(), Some(0x41));
+    }
+
+    #[test]
+    fn io_apic_level_line_through_the_lapic_and_back() {
+        let mut apics = vcpus::<2>();
+        let t = view(&apics);
+        let mut io = IoApic::new(2);
+        // Pin 10 -> vCPU 1, vector 0x3A, level.
+        io.write_mmio(0x00, 4, 0x10 + 2 * 10 + 1);
+        io.write_mmio(0x10, 4, 1 << 24);
+        io.write_mmio(0x00, 4, 0x10 + 2 * 10);
+        io.write_mmio(0x10, 4, 0x803A);
+        let m = io.set_line(10, true).unwrap();
+        deliver(&mut apics, route(&m, None, &t[..]));
+        let v = apics[1].highest_injectable().unwrap();
+        assert_eq!(v, 0x3A);
+        assert!(apics[1].ack(v));
+        // The guest's handler does not quiet the device: EOI re-delivers.
+        let e = apics[1].write_mmio(0xB0, 4, 0, 0);
+        assert_eq!(e, LapicEffect::EoiBroadcast(0x3A));
+        io.eoi(0x3A);
+        let m = io.pop_message().unwrap();
+        deliver(&mut apics, route(&m, None, &t[..]));
+        assert!(apics[1].ack(0x3A));
+        // Now the device drops its line before the EOI: nothing more.
+        io.set_line(10, false);
+        assert_eq!(
+            apics[1].write_mmio(0xB0, 4, 0, 0),
+            LapicEffect::EoiBroadcast(0x3A)
+        );
+        io.eoi(0x3A);
+        assert_eq!(io.pop_message(), None);
+        assert_eq!(apics[1].highest_injectable(), None);
+    }
+
+    #[test]
+    fn directed_eoi_with_broadcast_suppression() {
+        let mut apics = vcpus::<1>();
+        apics[0].write_mmio(0xF0, 4, 0x11FF, 0);
+        let t = view(&apics);
+        let mut io = IoApic::new(0);
+        io.write_mmio(0x00, 4, 0x10);
+        io.write_mmio(0x10, 4, 0x8041);
+        let m = io.set_line(0, true).unwrap();
+        deliver(&mut apics, route(&m, None, &t[..]));
+        assert!(apics[0].ack(0x41));
+        assert_eq!(apics[0].write_mmio(0xB0, 4, 0, 0), LapicEffect::None);
+        assert_eq!(io.pop_message(), None, "remote IRR still set");
+        // The OS EOIs the I/O APIC itself (version 0x20's EOI register).
+        io.write_mmio(0x40, 4, 0x41);
+        assert!(io.pop_message().is_some(), "the line is still high");
+    }
+
+    #[test]
+    fn msi_to_a_logical_destination() {
+        let mut apics = vcpus::<4>();
+        for (i, a) in apics.iter_mut().enumerate() {
+            a.write_mmio(0xD0, 4, 1 << (24 + i), 0);
+        }
+        let t = view(&apics);
+        let m = InterruptMessage::from_msi(0xFEE0_A004, 0x45).unwrap();
+        deliver(&mut apics, route(&m, None, &t[..]));
+        let got: [bool; 4] = core::array::from_fn(|i| apics[i].highest_injectable() == Some(0x45));
+        assert_eq!(got, [false, true, false, true]);
+    }
 
     #[test]
     fn msi_decodes_address_and_data() {
