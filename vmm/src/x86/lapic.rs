@@ -230,12 +230,12 @@ pub struct LapicConfig {
     /// The APIC timer's input clock before the divider, in kHz (0 is taken
     /// as 1).
     pub timer_khz: u32,
-    /// CPUID.01H:ECX.x2APIC[21]: EXTD is writable.
+    /// `CPUID.01H:ECX.x2APIC[21]`: EXTD is writable.
     pub x2apic: bool,
-    /// CPUID.01H:ECX.TSC_Deadline[24]: LVT timer bit 18 and
+    /// `CPUID.01H:ECX.TSC_Deadline[24]`: LVT timer bit 18 and
     /// IA32_TSC_DEADLINE exist.
     pub tsc_deadline: bool,
-    /// The guest's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]): IA32_APIC_BASE
+    /// The guest's MAXPHYADDR (`CPUID.80000008H:EAX[7:0]`): IA32_APIC_BASE
     /// bits from here up are reserved. Clamped to 36..=52.
     pub phys_addr_bits: u8,
 }
@@ -461,7 +461,7 @@ impl LocalApic {
     }
 
     /// Arbitration priority (§11.6.2.4, Figure 11-15). The SDM's formula
-    /// reads "max(TPR[7:4] AND ISRV[7:4], IRRV[7:4])"; taken as the
+    /// reads `max(TPR[7:4] AND ISRV[7:4], IRRV[7:4])`; taken as the
     /// highest of the three classes.
     pub fn apr(&self) -> u8 {
         let isrv = highest_vector(&self.isr).unwrap_or(0) >> 4;
@@ -474,12 +474,12 @@ impl LocalApic {
         }
     }
 
-    /// CR8 reads TPR[7:4] (§11.8.6).
+    /// CR8 reads `TPR[7:4]` (§11.8.6).
     pub fn cr8(&self) -> u64 {
         u64::from(self.tpr >> 4)
     }
 
-    /// MOV to CR8 sets TPR[7:4] and clears TPR[3:0] (§11.8.6); bits 63:4
+    /// MOV to CR8 sets `TPR[7:4]` and clears `TPR[3:0]` (§11.8.6); bits 63:4
     /// are reserved (#GP).
     pub fn write_cr8(&mut self, value: u64) -> Result<(), ApicError> {
         if value > 0xF {
