@@ -19,7 +19,7 @@ use vmm::config::{self, VmSpec};
 use vmm::console::CONSOLE_TURN_BUDGET;
 use vmm::devices::ConsoleSink;
 use vmm::mem::{Backing, MemError};
-use vmm::vm::{Vm, VcpuState, VmConfig};
+use vmm::vm::{VcpuState, Vm, VmConfig};
 
 use crate::platform::virt;
 

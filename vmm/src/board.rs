@@ -94,7 +94,13 @@ pub struct Board {
     pub vcpus: u32,
 }
 
-const fn dev(kind: DeviceKind, space: Space, base: u64, size: u64, irq: Option<Irq>) -> BoardDevice {
+const fn dev(
+    kind: DeviceKind,
+    space: Space,
+    base: u64,
+    size: u64,
+    irq: Option<Irq>,
+) -> BoardDevice {
     BoardDevice {
         kind,
         space,
@@ -111,19 +117,49 @@ impl Board {
         let ram = alloc::vec![(crate::vm::ram_base(arch), mem_size)];
         let devices = match arch {
             GuestArch::X86_64 => alloc::vec![
-                dev(DeviceKind::Uart16550, Space::Port, 0x3f8, 8, Some(Irq::Isa(4))),
+                dev(
+                    DeviceKind::Uart16550,
+                    Space::Port,
+                    0x3f8,
+                    8,
+                    Some(Irq::Isa(4))
+                ),
                 dev(DeviceKind::DebugExit, Space::Port, 0xf4, 4, None),
                 dev(DeviceKind::FwCfg, Space::Port, 0x510, 2, None),
                 dev(DeviceKind::TestDev, Space::Mmio, 0xfeb8_0000, 0x1000, None),
             ],
             GuestArch::Aarch64 => alloc::vec![
-                dev(DeviceKind::GicDistributor, Space::Mmio, 0x0800_0000, 0x1_0000, None),
+                dev(
+                    DeviceKind::GicDistributor,
+                    Space::Mmio,
+                    0x0800_0000,
+                    0x1_0000,
+                    None
+                ),
                 // QEMU virt's redistributor region; vCPU i at + i * GICR_STRIDE.
-                dev(DeviceKind::GicRedistributors, Space::Mmio, 0x080a_0000, 0xf6_0000, None),
-                dev(DeviceKind::Pl011, Space::Mmio, 0x0900_0000, 0x1000, Some(Irq::Spi(33))),
+                dev(
+                    DeviceKind::GicRedistributors,
+                    Space::Mmio,
+                    0x080a_0000,
+                    0xf6_0000,
+                    None
+                ),
+                dev(
+                    DeviceKind::Pl011,
+                    Space::Mmio,
+                    0x0900_0000,
+                    0x1000,
+                    Some(Irq::Spi(33))
+                ),
                 // The first virtio-mmio slot of QEMU virt, free in ours.
                 dev(DeviceKind::TestDev, Space::Mmio, 0x0a00_0000, 0x1000, None),
-                dev(DeviceKind::ArchTimer, Space::Mmio, 0, 0, Some(Irq::Ppi(ARM64_TIMER_PPIS.virt))),
+                dev(
+                    DeviceKind::ArchTimer,
+                    Space::Mmio,
+                    0,
+                    0,
+                    Some(Irq::Ppi(ARM64_TIMER_PPIS.virt))
+                ),
             ],
         };
         Board {
@@ -167,7 +203,10 @@ mod tests {
                     assert!(!overlap(d, e), "{d:?} overlaps {e:?}");
                 }
                 if d.space == Space::Mmio && d.size > 0 {
-                    assert!(d.base + d.size <= ram || d.base >= ram + len, "{d:?} in RAM");
+                    assert!(
+                        d.base + d.size <= ram || d.base >= ram + len,
+                        "{d:?} in RAM"
+                    );
                 }
             }
         }

@@ -121,14 +121,22 @@ impl Bus {
     }
 
     /// Runs `f` on the device behind `id` (under its lock), if it is a `T`.
-    pub fn with_device<T: BusDevice, R>(&self, id: DeviceId, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+    pub fn with_device<T: BusDevice, R>(
+        &self,
+        id: DeviceId,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
         let mut guard = self.devices.get(id.0)?.lock();
         let dev: &mut dyn Any = guard.as_mut();
         dev.downcast_mut::<T>().map(f)
     }
 
     /// The device that fully contains `[addr, addr+size)` and the offset.
-    fn claim(&self, addr: u64, size: AccessSize) -> Option<(&spin::Mutex<Box<dyn BusDevice>>, u64)> {
+    fn claim(
+        &self,
+        addr: u64,
+        size: AccessSize,
+    ) -> Option<(&spin::Mutex<Box<dyn BusDevice>>, u64)> {
         let last = addr.checked_add(size.bytes() as u64 - 1)?;
         let i = self
             .map

@@ -11,7 +11,8 @@
 //! - [`bus`] and [`devices`]: port and MMIO buses with master-abort default.
 //! - [`loader`]: ELF and Multiboot1 loaders producing a [`backend::BootState`].
 //! - [`vm`]: VM lifecycle and exit dispatch; [`hypercall`]: the guest ABI.
-//! - [`x86`]: x86 platform devices (legacy PIC, PIT, CMOS/RTC).
+//! - [`x86`]: x86 platform devices: local APIC, I/O APIC and interrupt
+//!   routing, legacy PIC, PIT and CMOS/RTC (pure state machines).
 //! - [`arm64`]: the vGICv3 and generic-timer models (pure state machines).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]

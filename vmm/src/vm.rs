@@ -17,9 +17,9 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::backend::{BackendError, BootState, EntryMode, GuestArch, Stage2, Vcpu};
+use crate::board::{Board, DeviceKind, Space};
 use crate::bus::{Bus, BusError, DeviceId, IoOutcome};
 use crate::console::{ConsoleBuffer, CONSOLE_BUFFER_BYTES};
-use crate::board::{Board, DeviceKind, Space};
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::pl011::Pl011;
@@ -562,15 +562,16 @@ impl<B: Backing> Vm<B> {
         };
         s.requests.fetch_or(req, Ordering::AcqRel);
         let from_off = req & request::START != 0;
-        let _ = s
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-                match VcpuState::from_u8(cur) {
+        let _ =
+            s.state.fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                |cur| match VcpuState::from_u8(cur) {
                     VcpuState::Blocked => Some(VcpuState::Runnable as u8),
                     VcpuState::Off if from_off => Some(VcpuState::Runnable as u8),
                     _ => None,
-                }
-            });
+                },
+            );
         self.kick.kick(index);
     }
 
@@ -1027,7 +1028,9 @@ impl<B: Backing> Vm<B> {
             }
             self.console.lock().flush();
             match self.arch {
-                GuestArch::X86_64 => self.ports.with_device(self.uart, |u: &mut Uart16550| u.flush()),
+                GuestArch::X86_64 => self
+                    .ports
+                    .with_device(self.uart, |u: &mut Uart16550| u.flush()),
                 GuestArch::Aarch64 => self.mmio.with_device(self.uart, |u: &mut Pl011| u.flush()),
             };
             // Every vCPU sees the stop at its next exit (or is told now).
@@ -1867,7 +1870,11 @@ mod tests {
         }
         let mut w = WakeDuring(vm_ref, v0);
         assert_eq!(vm.run(0, &mut w, 8), Flow::Halt);
-        assert_eq!(vm.vcpu_state(0), Some(VcpuState::Runnable), "woken meanwhile");
+        assert_eq!(
+            vm.vcpu_state(0),
+            Some(VcpuState::Runnable),
+            "woken meanwhile"
+        );
         // An off vCPU is not entered.
         let mut v2 = ScriptedVcpu::arm64(vec![Exit::Halt]);
         v2.bind(2).unwrap();
@@ -1915,7 +1922,11 @@ mod tests {
                 .iter()
                 .map(|&c| uart(if c == b'?' { tag } else { c }))
                 .collect();
-            v.push(hvc(0, ARM64_HC_BASE | HC_CONSOLE_WRITE, [0x4000_2000, 8, 0, 0, 0, 0]));
+            v.push(hvc(
+                0,
+                ARM64_HC_BASE | HC_CONSOLE_WRITE,
+                [0x4000_2000, 8, 0, 0, 0, 0],
+            ));
             v
         };
         let mut s0 = vec![hvc(0, 0xc400_0003, [1, 0x4008_0000, 7, 0, 0, 0])];
@@ -1960,7 +1971,10 @@ mod tests {
         let lines = sink.lines();
         // Whole lines only: the UART line buffer is one per VM, so the two
         // CPUs' bytes may interleave within a line, but every byte arrives.
-        let text: String = lines.iter().map(|l| l.trim_start_matches("arm: ")).collect();
+        let text: String = lines
+            .iter()
+            .map(|l| l.trim_start_matches("arm: "))
+            .collect();
         assert_eq!(text.matches("hc line").count(), 100);
         let ones = text.matches('1').count();
         let zeros = text.matches('0').count();

@@ -16,8 +16,8 @@ pub mod arm64_image;
 pub mod elf;
 pub mod multiboot;
 
-use crate::fdt::{self, Arm64Dtb, FdtError};
 use crate::board::Board;
+use crate::fdt::{self, Arm64Dtb, FdtError};
 use arm64_image::ImageError;
 use elf::{Elf, ElfError, EM_AARCH64, EM_X86_64};
 use multiboot::MultibootError;

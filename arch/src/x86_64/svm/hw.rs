@@ -11,9 +11,9 @@ use crate::paging::TableAccess;
 use crate::x86_64::instr::{rdmsr, wrmsr, IA32_EFER};
 use vmm::backend::PhysCpu;
 
+use crate::percpu::this_cpu;
 /// ASIDs tracked per CPU; VMs share ASIDs modulo this (or the CPU's count).
 pub use crate::percpu::MAX_TRACKED_ASIDS;
-use crate::percpu::this_cpu;
 
 /// VM_CR (APM Vol. 2 §15.30.1): bit 4 SVMDIS.
 const MSR_VM_CR: u32 = 0xc001_0114;
