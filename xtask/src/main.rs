@@ -284,6 +284,10 @@ struct RunArgs {
     /// Extra hypervisor command-line words (with or without --guest).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     hv_append: String,
+    /// Boot the hypervisor without VMs (the default without --guest is a
+    /// demo: several of the test guests side by side).
+    #[arg(long, conflicts_with = "guests")]
+    no_vms: bool,
 }
 
 /// RAM the hypervisor gets on top of its guests' RAM (`run --guest`).
@@ -303,6 +307,28 @@ struct RunPlan {
     vms: Vec<bundle::VmLine>,
     /// (file name in the bundle, host path) for each VM's image.
     sources: Vec<(String, PathBuf)>,
+    /// The demo VMs: the guest crate must be built before the bundle.
+    demo: bool,
+}
+
+/// The demo of `cargo xtask run` without --guest: (guest binary, VM name,
+/// vCPUs, command line) of test guests that each show something and end
+/// by themselves, so the run ends cleanly.
+fn demo_vms(arch: Arch) -> &'static [(&'static str, &'static str, u32, &'static str)] {
+    match arch {
+        Arch::X86_64 => &[
+            ("hello", "hello", 1, "demo from the README"),
+            ("multiboot", "multiboot", 1, "mb-arg=42 second"),
+            ("isolation", "iso-a", 1, "pattern=0x5a"),
+            ("isolation", "iso-b", 1, "pattern=0xc3"),
+        ],
+        Arch::Aarch64 => &[
+            ("hello", "hello", 1, "demo from the README"),
+            ("psci", "psci", 2, ""),
+            ("isolation", "iso-a", 1, "seed=1"),
+            ("isolation", "iso-b", 1, "seed=2"),
+        ],
+    }
 }
 
 impl RunArgs {
@@ -322,13 +348,32 @@ impl RunArgs {
                     "--mem {mem_mib}: the hypervisor needs at least 64 MiB"
                 ));
             }
-            return Ok(RunPlan {
+            let mut plan = RunPlan {
                 smp: self.smp.unwrap_or(2),
                 mem_mib,
                 hv_words: join(&self.target.append, &self.hv_append),
                 vms: Vec::new(),
                 sources: Vec::new(),
-            });
+                demo: false,
+            };
+            if !self.no_vms {
+                for &(bin, name, smp, append) in demo_vms(arch) {
+                    plan.vms.push(bundle::VmLine {
+                        name: name.into(),
+                        file: bin.into(),
+                        mem_mib: 16,
+                        smp,
+                        append: append.into(),
+                    });
+                    if !plan.sources.iter().any(|(f, _)| f == bin) {
+                        let path = guests::guest_path(&Paths::locate(), arch, self.target.release, bin);
+                        plan.sources.push((bin.into(), path));
+                    }
+                }
+                plan.demo = true;
+                plan.mem_mib = plan.mem_mib.max(HV_MEM_MIB + 16 * plan.vms.len() as u32);
+            }
+            return Ok(plan);
         }
         let guest_mem = self.mem.unwrap_or(GUEST_MEM_MIB);
         let guest_smp = self.smp.unwrap_or(GUEST_SMP);
@@ -350,6 +395,7 @@ impl RunArgs {
             hv_words: join("exitcode=guest", &self.hv_append),
             vms,
             sources,
+            demo: false,
         })
     }
 }
@@ -491,6 +537,13 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
     }
     deps::ensure(&deps::for_run(spec.arch, spec.boot, spec.uses_grub()))?;
     let out_dir = a.target.out_dir(paths)?;
+    if plan.demo {
+        println!(
+            "xtask: no --guest: a demo of {} test guests side by side (--no-vms boots none)",
+            plan.vms.len()
+        );
+        guests::build_guests(paths, spec.arch, a.target.release, false)?;
+    }
     if !plan.vms.is_empty() {
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
@@ -501,8 +554,12 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
             .map(|(f, p)| (f.clone(), p.as_path()))
             .collect();
         bundle::write_bundle(&cpio, &plan.vms, &sources)?;
-        // run_vms gives one source per VM, in order.
-        for (vm, (_, path)) in plan.vms.iter().zip(&plan.sources) {
+        for vm in &plan.vms {
+            let path = plan
+                .sources
+                .iter()
+                .find(|(f, _)| *f == vm.file)
+                .map_or(Path::new("?"), |(_, p)| p.as_path());
             println!(
                 "xtask: VM {}: {} ({} MiB, {} vCPU(s), command line {:?})",
                 vm.name,
@@ -546,7 +603,7 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
             128 + status.signal().unwrap_or(0)
         }
     };
-    if !plan.vms.is_empty() {
+    if !plan.vms.is_empty() && !plan.demo {
         return match guest_status {
             Some(n) => {
                 println!("xtask: QEMU exited with status {qemu_status}; guest exit status {n}");
@@ -702,11 +759,28 @@ mod tests {
             .unwrap();
         assert_eq!((p.smp, p.mem_mib), (2, 512));
         assert_eq!(p.hv_words, "loglevel=debug x=1");
-        assert!(p.vms.is_empty());
-        let p = run_args(&["--smp", "3", "--mem", "64"])
+        // Without --guest: the demo, several test guests side by side, with
+        // no exitcode=guest (the run ends with the hypervisor's status).
+        assert!(p.demo);
+        assert_eq!(p.vms.len(), 4);
+        assert!(p.vms.iter().all(|v| v.check().is_ok()));
+        for v in &p.vms {
+            assert!(p.sources.iter().any(|(f, _)| *f == v.file), "{}", v.file);
+        }
+        let names: Vec<&str> = p.vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["hello", "multiboot", "iso-a", "iso-b"]);
+        let arm = run_args(&[]).plan(Arch::Aarch64).unwrap();
+        assert_eq!(arm.vms.len(), 4);
+        assert!(arm.demo);
+        let p = run_args(&["--smp", "3", "--mem", "64", "--no-vms"])
             .plan(Arch::X86_64)
             .unwrap();
         assert_eq!((p.smp, p.mem_mib), (3, 64));
+        assert!(p.vms.is_empty() && !p.demo);
+        // The demo's VMs need their RAM on top of the hypervisor's.
+        let p = run_args(&["--mem", "64"]).plan(Arch::X86_64).unwrap();
+        assert_eq!(p.mem_mib, HV_MEM_MIB + 4 * 16);
+        assert!(Cli::try_parse_from(["xtask", "run", "--no-vms", "--guest", "x"]).is_err());
         let e = run_args(&["--mem", "63"]).plan(Arch::X86_64).unwrap_err();
         assert!(e.contains("at least 64"), "{e}");
     }
