@@ -12,6 +12,7 @@
 mod bench;
 mod build;
 mod bundle;
+mod config;
 mod deps;
 mod external;
 mod fuzz;
@@ -288,6 +289,11 @@ struct RunArgs {
     /// demo: several of the test guests side by side).
     #[arg(long, conflicts_with = "guests")]
     no_vms: bool,
+    /// Run the VMs of this TOML file (one `[[vm]]` table per VM: name,
+    /// kernel = PATH or guest = BIN of the test-guest crate, mem, smp,
+    /// append); xtask exits with the first VM's exit status.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["guests", "no_vms"])]
+    config: Option<PathBuf>,
 }
 
 /// RAM the hypervisor gets on top of its guests' RAM (`run --guest`).
@@ -307,8 +313,10 @@ struct RunPlan {
     vms: Vec<bundle::VmLine>,
     /// (file name in the bundle, host path) for each VM's image.
     sources: Vec<(String, PathBuf)>,
-    /// The demo VMs: the guest crate must be built before the bundle.
+    /// The demo VMs (no exitcode=guest).
     demo: bool,
+    /// The guest crate must be built before the bundle.
+    build_guests: bool,
 }
 
 /// The demo of `cargo xtask run` without --guest: (guest binary, VM name,
@@ -341,6 +349,25 @@ impl RunArgs {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        if let Some(file) = &self.config {
+            let (vms, sources) = config::load(file, arch, self.target.release)?;
+            let mem_mib = vms
+                .iter()
+                .try_fold(HV_MEM_MIB, |m, v| m.checked_add(v.mem_mib))
+                .filter(|&m| m <= 1 << 20)
+                .ok_or_else(|| format!("{}: the VMs need too much RAM", file.display()))?;
+            let smp = vms.iter().map(|v| v.smp).max().unwrap_or(1).max(2);
+            let demo = sources.iter().any(|(_, p)| !p.is_file());
+            return Ok(RunPlan {
+                smp: self.smp.unwrap_or(smp),
+                mem_mib: self.mem.unwrap_or(mem_mib),
+                hv_words: join("exitcode=guest", &self.hv_append),
+                vms,
+                sources,
+                demo: false,
+                build_guests: demo,
+            });
+        }
         if self.guests.is_empty() {
             let mem_mib = self.mem.unwrap_or(512);
             if mem_mib < 64 {
@@ -355,6 +382,7 @@ impl RunArgs {
                 vms: Vec::new(),
                 sources: Vec::new(),
                 demo: false,
+                build_guests: false,
             };
             if !self.no_vms {
                 for &(bin, name, smp, append) in demo_vms(arch) {
@@ -366,11 +394,13 @@ impl RunArgs {
                         append: append.into(),
                     });
                     if !plan.sources.iter().any(|(f, _)| f == bin) {
-                        let path = guests::guest_path(&Paths::locate(), arch, self.target.release, bin);
+                        let path =
+                            guests::guest_path(&Paths::locate(), arch, self.target.release, bin);
                         plan.sources.push((bin.into(), path));
                     }
                 }
                 plan.demo = true;
+                plan.build_guests = true;
                 plan.mem_mib = plan.mem_mib.max(HV_MEM_MIB + 16 * plan.vms.len() as u32);
             }
             return Ok(plan);
@@ -396,6 +426,7 @@ impl RunArgs {
             vms,
             sources,
             demo: false,
+            build_guests: false,
         })
     }
 }
@@ -542,6 +573,8 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
             "xtask: no --guest: a demo of {} test guests side by side (--no-vms boots none)",
             plan.vms.len()
         );
+    }
+    if plan.build_guests {
         guests::build_guests(paths, spec.arch, a.target.release, false)?;
     }
     if !plan.vms.is_empty() {

@@ -473,7 +473,7 @@ fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Op
                 .entry(spec.arch)
                 .or_insert_with(|| build::build_loader(paths, spec.arch, release, true));
         }
-        if !sc.vms.is_empty() {
+        if !sc.vms.is_empty() || sc.config.is_some() {
             guest_builds
                 .entry(sc.arch)
                 .or_insert_with(|| guests::build_guests(paths, sc.arch, release, true));
@@ -504,6 +504,20 @@ fn prepare_all(paths: &Paths, scs: &[&Scenario], release: bool) -> Vec<Result<Op
                 }
                 let bundle = dir.join(image::BUNDLE_NAME);
                 guests::scenario_bundle(paths, sc.arch, release, &sc.vms, &bundle)
+                    .map_err(|e| format!("bundle: {e}"))?;
+                spec.bundle = Some(bundle);
+            }
+            if let Some(file) = sc.config {
+                if let Some(Err(e)) = guest_builds.get(&sc.arch) {
+                    return Err(format!("guest build failed: {e}"));
+                }
+                let (vms, sources) = crate::config::load(&paths.root.join(file), sc.arch, release)?;
+                let sources: Vec<(String, &Path)> = sources
+                    .iter()
+                    .map(|(f, p)| (f.clone(), p.as_path()))
+                    .collect();
+                let bundle = dir.join(image::BUNDLE_NAME);
+                crate::bundle::write_bundle(&bundle, &vms, &sources)
                     .map_err(|e| format!("bundle: {e}"))?;
                 spec.bundle = Some(bundle);
             }

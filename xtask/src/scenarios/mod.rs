@@ -40,6 +40,9 @@ pub struct Scenario {
     /// (`guests/x86`, package `x86-guests`; `guests/arm64`, package
     /// `arm64-guests`), built with the kernel's profile.
     pub vms: Vec<GuestVm>,
+    /// Instead of `vms`: a TOML VM configuration (relative to the workspace
+    /// root), read as `cargo xtask run --config` reads it.
+    pub config: Option<&'static str>,
     /// Instead of QEMU: a program (relative to the workspace root) with its
     /// arguments; it must exit with status 0. `boot`, `append`, `vms`, ...
     /// then do not apply.
@@ -127,6 +130,7 @@ pub fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Sc
         smp: 2,
         mem_mib: 512,
         vms: Vec::new(),
+        config: None,
         script: None,
         timeout,
         expect_status: STATUS_SUCCESS,

@@ -247,5 +247,26 @@ pub fn scenarios() -> Vec<Scenario> {
             KERNEL_TIMEOUT,
         )
     });
+    // Two VMs from a TOML configuration (issue 13 item 4): names, guests,
+    // memory sizes and command lines as the file gives them.
+    let mut toml = x86(
+        "config-toml",
+        Vec::new(),
+        &[
+            "vm toml-hello: 16 MiB",
+            "vm toml-mb: 24 MiB",
+            "all 2 VM(s) stopped (0 crashed)",
+            "HV-EXIT: success",
+        ],
+    );
+    toml.config = Some("xtask/configs/two-vms-x86.toml");
+    toml.expect_each = &[
+        &[
+            "[toml-hello] cmdline: \"from a TOML file\"",
+            "[toml-hello] PASS",
+        ],
+        &["[toml-mb] cmdline: \"mb-arg=42 second\"", "[toml-mb] PASS"],
+    ];
+    v.push(toml);
     v
 }
