@@ -133,7 +133,7 @@ pub fn scenario_bundle(
         }
         let dir = out.parent().unwrap_or(Path::new("."));
         let image = image_in_form(paths, vm, &image, dir)?;
-        check_image(arch, &image, vm.mem_mib)?;
+        check_guest(arch, &image, vm.mem_mib)?;
         let file = format!("{}{}", vm.bin, vm.form.suffix());
         lines.push(VmLine {
             name: vm.name.into(),
@@ -168,7 +168,7 @@ pub fn run_vms(
     let mut lines: Vec<VmLine> = Vec::new();
     let mut sources = Vec::new();
     for path in files {
-        check_image(arch, path, mem_mib)?;
+        check_guest(arch, path, mem_mib)?;
         let base = bundle::name_for(path);
         let mut name = base.clone();
         let mut n = 1;
@@ -354,18 +354,25 @@ pub fn image_kind(arch: Arch, image: &[u8]) -> Result<&'static str, String> {
     }
 }
 
-/// Reads `path` and checks it is a guest image for `arch` that a VM of
-/// `mem_mib` MiB can hold (checked here for raw arm64 binaries, which go to
-/// RAM + 0x80000 and must end below the device tree; the kernel checks
-/// every format exactly).
-pub fn check_image(arch: Arch, path: &Path, mem_mib: u32) -> Result<&'static str> {
+/// Reads `path` and checks it is a guest image for `arch`.
+pub fn check_image(arch: Arch, path: &Path) -> Result<&'static str> {
     if path.is_dir() {
         return Err(format!("guest {}: is a directory", path.display()));
     }
     let data = std::fs::read(path)
         .map_err(|e| format!("guest {}: cannot read it: {e}", path.display()))?;
-    let kind = image_kind(arch, &data).map_err(|e| format!("guest {}: {e}", path.display()))?;
-    let len = data.len() as u64;
+    image_kind(arch, &data).map_err(|e| format!("guest {}: {e}", path.display()))
+}
+
+/// [`check_image`], and that a VM of `mem_mib` MiB can hold the image
+/// (checked here for raw arm64 binaries, which go to RAM + 0x80000 and must
+/// end below the device tree at the top of RAM; the kernel checks every
+/// format exactly).
+pub fn check_guest(arch: Arch, path: &Path, mem_mib: u32) -> Result<&'static str> {
+    let kind = check_image(arch, path)?;
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("guest {}: {e}", path.display()))?
+        .len();
     if kind == "raw arm64 binary"
         && ARM64_RAW_OFFSET + len + ARM64_DTB_MIN > u64::from(mem_mib) << 20
     {
@@ -619,11 +626,13 @@ mod tests {
         // 1 MiB VM: 0x80000 for the load offset, a page for the device tree.
         let fits = (1 << 20) - ARM64_RAW_OFFSET - ARM64_DTB_MIN;
         std::fs::write(&f, vec![0xd5; fits as usize]).unwrap();
-        assert_eq!(check_image(Arch::Aarch64, &f, 1), Ok("raw arm64 binary"));
+        assert_eq!(check_guest(Arch::Aarch64, &f, 1), Ok("raw arm64 binary"));
         std::fs::write(&f, vec![0xd5; fits as usize + 1]).unwrap();
-        let e = check_image(Arch::Aarch64, &f, 1).unwrap_err();
+        let e = check_guest(Arch::Aarch64, &f, 1).unwrap_err();
         assert!(e.contains("does not fit in a VM of 1 MiB"), "{e}");
-        assert_eq!(check_image(Arch::Aarch64, &f, 2), Ok("raw arm64 binary"));
+        assert_eq!(check_guest(Arch::Aarch64, &f, 2), Ok("raw arm64 binary"));
+        // The format alone is fine whatever the VM.
+        assert_eq!(check_image(Arch::Aarch64, &f), Ok("raw arm64 binary"));
         let e = run_vms(Arch::Aarch64, std::slice::from_ref(&f), 1, 1, "").unwrap_err();
         assert!(e.contains("--mem"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
