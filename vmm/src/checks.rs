@@ -6,7 +6,8 @@
 //!
 //! - [`check_load`]: a kernel image of any content loads or is refused;
 //!   nothing is ever written outside the VM's RAM ([`Guarded`] watches
-//!   every host access), and what a loader returns points into RAM.
+//!   every host access), and what a loader returns points into RAM (an
+//!   arm64 raw binary: the file itself at RAM + 0x80000, below the DTB).
 //! - [`check_hypercalls`]: any register values for a sequence of calls;
 //!   `CONSOLE_WRITE` succeeds exactly for buffers inside guest RAM (rule
 //!   `guest_addr`, no wrap-around), every call gives its documented result.
@@ -163,7 +164,13 @@ pub fn check_load(
             ram("command line", reg(Reg::Rdi)?, cmdline.len() as u64 + 1)?;
             ram("stack", reg(Reg::Rsp)?.saturating_sub(16 * 1024), 16 * 1024)?;
         }
-        (GuestArch::Aarch64, KernelFormat::Elf64 | KernelFormat::Arm64Image) => {
+        (
+            GuestArch::Aarch64,
+            KernelFormat::Elf64
+            | KernelFormat::Elf64Pie
+            | KernelFormat::Arm64Image
+            | KernelFormat::Arm64Raw,
+        ) => {
             if st.mode != EntryMode::Arm64El1h {
                 return Err(format!("arm64 entered in {:?}", st.mode));
             }
@@ -172,13 +179,32 @@ pub fn check_load(
             if mem.read_u32(dtb).map(u32::from_be) != Ok(FDT_MAGIC) {
                 return Err(format!("no device tree at X0 = {dtb:#x}"));
             }
-            if format == KernelFormat::Elf64 {
-                ram("command line", reg(Reg::X(4))?, cmdline.len() as u64 + 1)?;
-                if reg(Reg::X(4))? + cmdline.len() as u64 + 1 > dtb {
-                    return Err("the command line overlaps the device tree".into());
+            match format {
+                KernelFormat::Elf64 | KernelFormat::Elf64Pie => {
+                    ram("command line", reg(Reg::X(4))?, cmdline.len() as u64 + 1)?;
+                    if reg(Reg::X(4))? + cmdline.len() as u64 + 1 > dtb {
+                        return Err("the command line overlaps the device tree".into());
+                    }
                 }
-            } else if st.pc >= dtb {
-                return Err("the Image overlaps the device tree".into());
+                KernelFormat::Arm64Raw => {
+                    // The file itself, at RAM + 0x80000, below the DTB.
+                    let at = base + loader::raw::ARM64_LOAD_OFFSET;
+                    let len = image.len() as u64;
+                    if st.pc != at || at + len > dtb {
+                        return Err(format!(
+                            "raw binary of {len:#x} bytes entered at {:#x}, DTB at {dtb:#x}",
+                            st.pc
+                        ));
+                    }
+                    let mut back = vec![0u8; image.len()];
+                    mem.read(at, &mut back)
+                        .map_err(|e| format!("raw binary not in RAM: {e:?}"))?;
+                    if back != image {
+                        return Err("the raw binary is not in RAM as given".into());
+                    }
+                }
+                _ if st.pc >= dtb => return Err("the Image overlaps the device tree".into()),
+                _ => {}
             }
         }
         (a, f) => return Err(format!("{f:?} loaded for {a:?}")),

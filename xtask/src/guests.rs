@@ -4,9 +4,10 @@
 
 use crate::build::kernel_triple;
 use crate::bundle::{self, VmLine};
-use crate::scenarios::GuestVm;
+use crate::scenarios::{GuestVm, ImageForm};
 use crate::{Arch, Paths, Result};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The guest crate of an architecture: (directory, package).
 pub fn guest_crate(arch: Arch) -> (&'static str, &'static str) {
@@ -70,7 +71,44 @@ pub fn build_guests(paths: &Paths, arch: Arch, release: bool, quiet: bool) -> Re
     Ok(guest_path(paths, arch, release, ""))
 }
 
-/// Writes `out` (a vms.cpio) for a scenario's VMs from the built guests.
+/// The `llvm-objcopy` arguments that turn `elf` into `out` in `form`
+/// (`None` for [`ImageForm::Elf`]).
+pub fn objcopy_args(form: ImageForm, elf: &Path, out: &Path) -> Option<Vec<String>> {
+    let format = form.objcopy_format()?;
+    Some(vec![
+        "-O".into(),
+        format.into(),
+        elf.display().to_string(),
+        out.display().to_string(),
+    ])
+}
+
+/// A scenario VM's image in its [`ImageForm`]: the built `elf` itself, or
+/// `<dir>/<bin><suffix>` converted from it with `llvm-objcopy`.
+pub fn image_in_form(paths: &Paths, vm: &GuestVm, elf: &Path, dir: &Path) -> Result<PathBuf> {
+    let out = dir.join(format!("{}{}", vm.bin, vm.form.suffix()));
+    let Some(args) = objcopy_args(vm.form, elf, &out) else {
+        return Ok(elf.to_path_buf());
+    };
+    let objcopy = crate::image::llvm_objcopy(paths)?;
+    let o = Command::new(&objcopy)
+        .args(&args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", objcopy.display()))?;
+    if !o.status.success() {
+        return Err(format!(
+            "guest {:?}: llvm-objcopy {} failed ({}): {}",
+            vm.bin,
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes `out` (a vms.cpio) for a scenario's VMs from the built guests;
+/// images in another [`ImageForm`] are converted into `out`'s directory.
 pub fn scenario_bundle(
     paths: &Paths,
     arch: Arch,
@@ -93,15 +131,18 @@ pub fn scenario_bundle(
                 image.display()
             ));
         }
-        check_image(arch, &image)?;
+        let dir = out.parent().unwrap_or(Path::new("."));
+        let image = image_in_form(paths, vm, &image, dir)?;
+        check_guest(arch, &image, vm.mem_mib)?;
+        let file = format!("{}{}", vm.bin, vm.form.suffix());
         lines.push(VmLine {
             name: vm.name.into(),
-            file: vm.bin.into(),
+            file: file.clone(),
             mem_mib: vm.mem_mib,
             smp: vm.smp,
             append: vm.append.into(),
         });
-        sources.push((vm.bin.into(), image));
+        sources.push((file, image));
     }
     let sources: Vec<(String, &Path)> = sources
         .iter()
@@ -127,7 +168,7 @@ pub fn run_vms(
     let mut lines: Vec<VmLine> = Vec::new();
     let mut sources = Vec::new();
     for path in files {
-        check_image(arch, path)?;
+        check_guest(arch, path, mem_mib)?;
         let base = bundle::name_for(path);
         let mut name = base.clone();
         let mut n = 1;
@@ -162,13 +203,22 @@ pub fn run_vms(
     Ok((lines, sources))
 }
 
+const EM_386: u16 = 3;
 const EM_X86_64: u16 = 62;
 const EM_AARCH64: u16 = 183;
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
 const MULTIBOOT1_MAGIC: u32 = 0x1BAD_B002;
+const MULTIBOOT1_AOUT_KLUDGE: u32 = 1 << 16;
+/// Where the kernel puts an arm64 raw binary: RAM + 512 KiB
+/// (`vmm::loader::raw::ARM64_LOAD_OFFSET`, QEMU's `KERNEL64_LOAD_ADDR`).
+pub const ARM64_RAW_OFFSET: u64 = 0x8_0000;
+/// The page at the top of RAM that the arm64 device tree needs at least.
+const ARM64_DTB_MIN: u64 = 0x1000;
 
 fn elf_machine_name(m: u16) -> String {
     match m {
-        3 => "i386".into(),
+        EM_386 => "i386".into(),
         40 => "ARM (32-bit)".into(),
         EM_X86_64 => "x86_64".into(),
         EM_AARCH64 => "aarch64".into(),
@@ -177,9 +227,19 @@ fn elf_machine_name(m: u16) -> String {
     }
 }
 
-/// The Multiboot1 header: the magic, 4-byte aligned in the first 8 KiB,
-/// followed by flags and a checksum that make the three sum to 0.
-fn has_multiboot1_header(image: &[u8]) -> bool {
+fn elf_type_name(t: u16) -> String {
+    match t {
+        0 => "ET_NONE".into(),
+        1 => "a relocatable object (ET_REL)".into(),
+        4 => "a core dump (ET_CORE)".into(),
+        t => format!("type {t}"),
+    }
+}
+
+/// The flags of the Multiboot1 header: the magic, 4-byte aligned in the
+/// first 8 KiB, followed by flags and a checksum that make the three sum
+/// to 0.
+fn multiboot1_flags(image: &[u8]) -> Option<u32> {
     let word = |i: usize| -> Option<u32> {
         image
             .get(i..i + 4)
@@ -187,51 +247,108 @@ fn has_multiboot1_header(image: &[u8]) -> bool {
     };
     (0..8192)
         .step_by(4)
-        .any(|i| match (word(i), word(i + 4), word(i + 8)) {
-            (Some(MULTIBOOT1_MAGIC), Some(flags), Some(sum)) => {
-                MULTIBOOT1_MAGIC.wrapping_add(flags).wrapping_add(sum) == 0
+        .find_map(|i| match (word(i), word(i + 4), word(i + 8)) {
+            (Some(MULTIBOOT1_MAGIC), Some(flags), Some(sum))
+                if MULTIBOOT1_MAGIC.wrapping_add(flags).wrapping_add(sum) == 0 =>
+            {
+                Some(flags)
             }
-            _ => false,
+            _ => None,
         })
 }
 
-/// What kind of guest image `image` is for `arch`, or why it is none the
-/// kernel loads: x86_64 takes Multiboot1 images and ELF64 x86_64; arm64
-/// takes ELF64 aarch64 and Linux arm64 `Image`s.
+/// What kind of guest image `image` is for `arch`, or why the kernel's
+/// loaders (`vmm::loader`) refuse it:
+/// - x86_64: a Multiboot1 image, with the a.out kludge (any file: the
+///   header says where it goes) or in an ELF32/ELF64 (by its program
+///   headers); else an ELF64 x86_64 executable (`ET_EXEC`).
+/// - aarch64, decided as `vmm::loader::raw::classify` does: the Linux
+///   `Image` header; an ELF64 aarch64 executable, `ET_EXEC` or
+///   position-independent `ET_DYN`; refused: an empty, gzip, U-Boot uImage
+///   or PE/COFF file; anything else is a raw binary.
 pub fn image_kind(arch: Arch, image: &[u8]) -> Result<&'static str, String> {
     let elf = image.starts_with(b"\x7fELF");
-    let elf_machine = if elf && image.len() >= 20 {
-        Some(u16::from_le_bytes([image[18], image[19]]))
-    } else {
-        None
+    let u16_at = |i: usize| {
+        image
+            .get(i..i + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
     };
+    let elf_machine = if elf { u16_at(18) } else { None };
+    let elf_type = if elf { u16_at(16) } else { None };
     let elf64 = image.get(4) == Some(&2);
     match arch {
         Arch::X86_64 => {
-            if has_multiboot1_header(image) {
-                return Ok("Multiboot1");
+            if let Some(flags) = multiboot1_flags(image) {
+                return match (flags & MULTIBOOT1_AOUT_KLUDGE != 0, elf, elf64) {
+                    (true, _, _) => Ok("Multiboot1 (a.out kludge)"),
+                    (false, true, false) => Ok("Multiboot1 ELF32"),
+                    (false, true, true) => Ok("Multiboot1 ELF64"),
+                    (false, false, _) => Err("a Multiboot1 header without the a.out kludge \
+                                              (flag 16) in a file that is not ELF: nothing \
+                                              says where it goes"
+                        .into()),
+                };
             }
-            match elf_machine {
-                Some(EM_X86_64) if elf64 => Ok("ELF64 x86_64"),
-                Some(EM_X86_64) => Err("an ELF32 x86_64 file without a Multiboot1 header".into()),
-                Some(m) => Err(format!(
+            match (elf_machine, elf_type) {
+                (Some(EM_X86_64), Some(ET_EXEC)) if elf64 => Ok("ELF64 x86_64"),
+                (Some(EM_X86_64), Some(ET_DYN)) if elf64 => Err(
+                    "a position-independent ELF64 x86_64 (ET_DYN): x86 guests are ET_EXEC \
+                     (or Multiboot1)"
+                        .into(),
+                ),
+                (Some(EM_X86_64), Some(t)) if elf64 => Err(format!(
+                    "an ELF64 x86_64 file that is {}, not an executable",
+                    elf_type_name(t)
+                )),
+                (Some(EM_X86_64 | EM_386), _) => Err(
+                    "an ELF32 x86 file without a Multiboot1 header (ELF32 guests must be \
+                     Multiboot1)"
+                        .into(),
+                ),
+                (Some(m), _) => Err(format!(
                     "an ELF for {} without a Multiboot1 header, not an x86_64 guest",
                     elf_machine_name(m)
                 )),
-                None => Err("neither an ELF64 x86_64 file nor a Multiboot1 image".into()),
+                (None, _) => Err("neither an ELF64 x86_64 file nor a Multiboot1 image".into()),
             }
         }
         Arch::Aarch64 => {
-            if image.get(56..60) == Some(b"ARM\x64") {
+            if image.len() >= 64 && image[56..60] == *b"ARM\x64" {
                 return Ok("arm64 Image");
             }
-            match elf_machine {
-                Some(EM_AARCH64) if elf64 => Ok("ELF64 aarch64"),
-                Some(m) => Err(format!(
-                    "an ELF for {}, not an aarch64 guest",
-                    elf_machine_name(m)
-                )),
-                None => Err("neither an ELF64 aarch64 file nor an arm64 Image".into()),
+            if elf {
+                return match (elf_machine, elf_type) {
+                    (Some(EM_AARCH64), Some(ET_EXEC)) if elf64 => Ok("ELF64 aarch64"),
+                    (Some(EM_AARCH64), Some(ET_DYN)) if elf64 => {
+                        Ok("ELF64 aarch64, position-independent")
+                    }
+                    (Some(EM_AARCH64), Some(t)) if elf64 => Err(format!(
+                        "an ELF64 aarch64 file that is {}, not an executable",
+                        elf_type_name(t)
+                    )),
+                    (Some(EM_AARCH64), _) => {
+                        Err("an ELF32 aarch64 file (ILP32): arm64 guests are ELF64".into())
+                    }
+                    (Some(m), _) => Err(format!(
+                        "an ELF for {}, not an aarch64 guest",
+                        elf_machine_name(m)
+                    )),
+                    (None, _) => Err("a truncated ELF file".into()),
+                };
+            }
+            match image {
+                [] => Err("an empty file".into()),
+                [0x1f, 0x8b, ..] => Err("gzip-compressed (an Image.gz?): QEMU -kernel \
+                                          unpacks it, the hypervisor does not; gunzip it first"
+                    .into()),
+                [0x27, 0x05, 0x19, 0x56, ..] => {
+                    Err("a U-Boot uImage: give the kernel inside it".into())
+                }
+                [b'M', b'Z', ..] => Err(
+                    "a PE/COFF (UEFI) image without the arm64 Image header: not a guest kernel"
+                        .into(),
+                ),
+                _ => Ok("raw arm64 binary"),
             }
         }
     }
@@ -245,6 +362,28 @@ pub fn check_image(arch: Arch, path: &Path) -> Result<&'static str> {
     let data = std::fs::read(path)
         .map_err(|e| format!("guest {}: cannot read it: {e}", path.display()))?;
     image_kind(arch, &data).map_err(|e| format!("guest {}: {e}", path.display()))
+}
+
+/// [`check_image`], and that a VM of `mem_mib` MiB can hold the image
+/// (checked here for raw arm64 binaries, which go to RAM + 0x80000 and must
+/// end below the device tree at the top of RAM; the kernel checks every
+/// format exactly).
+pub fn check_guest(arch: Arch, path: &Path, mem_mib: u32) -> Result<&'static str> {
+    let kind = check_image(arch, path)?;
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("guest {}: {e}", path.display()))?
+        .len();
+    if kind == "raw arm64 binary"
+        && ARM64_RAW_OFFSET + len + ARM64_DTB_MIN > u64::from(mem_mib) << 20
+    {
+        return Err(format!(
+            "guest {}: a raw arm64 binary of {len} bytes does not fit in a VM of {mem_mib} MiB \
+             (it is loaded at RAM + 0x80000 and must end below the device tree at the top of \
+             RAM); give the VM more memory (--mem)",
+            path.display()
+        ));
+    }
+    Ok(kind)
 }
 
 #[cfg(test)]
@@ -289,23 +428,32 @@ mod tests {
         );
     }
 
-    fn elf(class: u8, machine: u16) -> Vec<u8> {
+    fn elf_typed(class: u8, machine: u16, e_type: u16) -> Vec<u8> {
         let mut v = vec![0u8; 64];
         v[..4].copy_from_slice(b"\x7fELF");
         v[4] = class;
         v[5] = 1;
+        v[16..18].copy_from_slice(&e_type.to_le_bytes());
         v[18..20].copy_from_slice(&machine.to_le_bytes());
         v
     }
 
-    fn multiboot(at: usize) -> Vec<u8> {
+    fn elf(class: u8, machine: u16) -> Vec<u8> {
+        elf_typed(class, machine, ET_EXEC)
+    }
+
+    fn multiboot_flags(at: usize, flags: u32) -> Vec<u8> {
         let mut v = vec![0u8; at + 12];
-        let flags: u32 = 0x0001_0003;
         let sum = 0u32.wrapping_sub(MULTIBOOT1_MAGIC).wrapping_sub(flags);
         v[at..at + 4].copy_from_slice(&MULTIBOOT1_MAGIC.to_le_bytes());
         v[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
         v[at + 8..at + 12].copy_from_slice(&sum.to_le_bytes());
         v
+    }
+
+    /// An a.out-kludge Multiboot1 header at `at`.
+    fn multiboot(at: usize) -> Vec<u8> {
+        multiboot_flags(at, 0x0001_0003)
     }
 
     #[test]
@@ -316,11 +464,27 @@ mod tests {
             image_kind(Aarch64, &elf(2, EM_AARCH64)),
             Ok("ELF64 aarch64")
         );
-        assert_eq!(image_kind(X86_64, &multiboot(0x1000)), Ok("Multiboot1"));
-        // An ELF32 with a Multiboot1 header is a Multiboot1 image.
-        let mut mb_elf = multiboot(0x100);
-        mb_elf[..64].copy_from_slice(&elf(1, 3));
-        assert_eq!(image_kind(X86_64, &mb_elf), Ok("Multiboot1"));
+        assert_eq!(
+            image_kind(X86_64, &multiboot(0x1000)),
+            Ok("Multiboot1 (a.out kludge)")
+        );
+        // A Multiboot1 header without the kludge in an ELF32 or ELF64: the
+        // program headers say where it goes.
+        let mut mb_elf = multiboot_flags(0x100, 3);
+        mb_elf[..64].copy_from_slice(&elf(1, EM_386));
+        assert_eq!(image_kind(X86_64, &mb_elf), Ok("Multiboot1 ELF32"));
+        mb_elf[..64].copy_from_slice(&elf(2, EM_X86_64));
+        assert_eq!(image_kind(X86_64, &mb_elf), Ok("Multiboot1 ELF64"));
+        // ... and in a file that is not ELF, nothing does.
+        let e = image_kind(X86_64, &multiboot_flags(0x100, 3)).unwrap_err();
+        assert!(e.contains("without the a.out kludge"), "{e}");
+        // The kludge wins over an ELF header.
+        let mut kludge_elf = multiboot(0x100);
+        kludge_elf[..64].copy_from_slice(&elf(1, EM_386));
+        assert_eq!(
+            image_kind(X86_64, &kludge_elf),
+            Ok("Multiboot1 (a.out kludge)")
+        );
         let mut img = vec![0u8; 64];
         img[56..60].copy_from_slice(b"ARM\x64");
         assert_eq!(image_kind(Aarch64, &img), Ok("arm64 Image"));
@@ -329,9 +493,9 @@ mod tests {
         assert!(e.contains("aarch64"), "{e}");
         let e = image_kind(Aarch64, &elf(2, EM_X86_64)).unwrap_err();
         assert!(e.contains("for x86_64, not an aarch64 guest"), "{e}");
-        assert!(image_kind(X86_64, &elf(1, EM_X86_64)).is_err());
+        let e = image_kind(X86_64, &elf(1, EM_X86_64)).unwrap_err();
+        assert!(e.contains("ELF32 guests must be Multiboot1"), "{e}");
         assert!(image_kind(X86_64, &img).is_err());
-        assert!(image_kind(Aarch64, &multiboot(0)).is_err());
         // Past the first 8 KiB, unaligned, or with a bad checksum: no header.
         assert!(image_kind(X86_64, &multiboot(8192)).is_err());
         assert!(image_kind(X86_64, &multiboot(2)).is_err());
@@ -342,9 +506,160 @@ mod tests {
         for n in [0, 1, 4, 19, 20, 59] {
             let short = vec![0x7f; n];
             assert!(image_kind(X86_64, &short).is_err());
-            assert!(image_kind(Aarch64, &short).is_err());
         }
         assert!(image_kind(X86_64, b"\x7fELF").is_err());
+        assert!(image_kind(Aarch64, b"\x7fELF").is_err());
+        assert!(image_kind(Aarch64, b"\x7fELF\x02\x01\x01").is_err());
+    }
+
+    #[test]
+    fn elf_types() {
+        use Arch::*;
+        assert_eq!(
+            image_kind(Aarch64, &elf_typed(2, EM_AARCH64, ET_DYN)),
+            Ok("ELF64 aarch64, position-independent")
+        );
+        let e = image_kind(X86_64, &elf_typed(2, EM_X86_64, ET_DYN)).unwrap_err();
+        assert!(
+            e.contains("position-independent ELF64 x86_64 (ET_DYN)"),
+            "{e}"
+        );
+        for arch in [X86_64, Aarch64] {
+            let m = if arch == X86_64 {
+                EM_X86_64
+            } else {
+                EM_AARCH64
+            };
+            let e = image_kind(arch, &elf_typed(2, m, 1)).unwrap_err();
+            assert!(
+                e.contains("a relocatable object (ET_REL), not an executable"),
+                "{e}"
+            );
+            let e = image_kind(arch, &elf_typed(2, m, 4)).unwrap_err();
+            assert!(e.contains("core dump"), "{e}");
+        }
+        let e = image_kind(Aarch64, &elf(1, EM_AARCH64)).unwrap_err();
+        assert!(e.contains("ELF32 aarch64"), "{e}");
+    }
+
+    /// On arm64 anything that is neither ELF nor Image is a raw binary,
+    /// but for the files the kernel refuses with a reason.
+    #[test]
+    fn arm64_raw_binaries_and_refusals() {
+        use Arch::*;
+        for raw in [
+            &b"\x1f\x20\x03\xd5"[..],
+            &[0u8; 64],
+            b"M",
+            b"\x7fEL",
+            &multiboot(0),
+        ] {
+            assert_eq!(image_kind(Aarch64, raw), Ok("raw arm64 binary"), "{raw:?}");
+            // x86 takes no raw binaries.
+            if raw != multiboot(0).as_slice() {
+                assert!(image_kind(X86_64, raw).is_err());
+            }
+        }
+        for (bad, why) in [
+            (&b""[..], "an empty file"),
+            (b"\x1f\x8b\x08\x00", "gunzip it first"),
+            (b"\x27\x05\x19\x56\x00", "U-Boot uImage"),
+            (b"MZ\x90\x00", "PE/COFF"),
+        ] {
+            let e = image_kind(Aarch64, bad).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        // The EFI stub's "MZ" in front of an Image header is an Image.
+        let mut img = vec![0u8; 64];
+        img[..2].copy_from_slice(b"MZ");
+        img[56..60].copy_from_slice(b"ARM\x64");
+        assert_eq!(image_kind(Aarch64, &img), Ok("arm64 Image"));
+    }
+
+    /// xtask's check and the kernel's loader (`vmm::loader::raw::classify`)
+    /// decide the same way.
+    #[test]
+    fn arm64_kinds_agree_with_the_kernel() {
+        use vmm::loader::raw::{classify, Arm64Kind};
+        let mut image = vec![0u8; 64];
+        image[56..60].copy_from_slice(b"ARM\x64");
+        let mut efi_image = image.clone();
+        efi_image[..2].copy_from_slice(b"MZ");
+        let mut short_magic = vec![0u8; 60];
+        short_magic[56..60].copy_from_slice(b"ARM\x64");
+        let inputs: Vec<Vec<u8>> = vec![
+            image,
+            efi_image,
+            short_magic,
+            elf(2, EM_AARCH64),
+            elf_typed(2, EM_AARCH64, ET_DYN),
+            vec![],
+            b"\x1f\x8b".to_vec(),
+            b"\x1f".to_vec(),
+            b"\x27\x05\x19\x56".to_vec(),
+            b"\x27\x05\x19".to_vec(),
+            b"MZ".to_vec(),
+            b"M".to_vec(),
+            b"\x7fEL".to_vec(),
+            vec![0xd5; 100],
+            multiboot(0),
+        ];
+        for img in inputs {
+            let ours = image_kind(Arch::Aarch64, &img);
+            match classify(&img) {
+                Ok(Arm64Kind::Raw) => assert_eq!(ours, Ok("raw arm64 binary"), "{img:?}"),
+                Ok(Arm64Kind::Image) => assert_eq!(ours, Ok("arm64 Image"), "{img:?}"),
+                Ok(Arm64Kind::Elf) => assert!(
+                    ours.map_or(true, |k| k.starts_with("ELF64 aarch64")),
+                    "{img:?}"
+                ),
+                Err(_) => assert!(ours.is_err(), "{img:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn raw_binary_must_fit_the_vm() {
+        let dir = std::env::temp_dir().join(format!("xtask-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("k.bin");
+        // 1 MiB VM: 0x80000 for the load offset, a page for the device tree.
+        let fits = (1 << 20) - ARM64_RAW_OFFSET - ARM64_DTB_MIN;
+        std::fs::write(&f, vec![0xd5; fits as usize]).unwrap();
+        assert_eq!(check_guest(Arch::Aarch64, &f, 1), Ok("raw arm64 binary"));
+        std::fs::write(&f, vec![0xd5; fits as usize + 1]).unwrap();
+        let e = check_guest(Arch::Aarch64, &f, 1).unwrap_err();
+        assert!(e.contains("does not fit in a VM of 1 MiB"), "{e}");
+        assert_eq!(check_guest(Arch::Aarch64, &f, 2), Ok("raw arm64 binary"));
+        // The format alone is fine whatever the VM.
+        assert_eq!(check_image(Arch::Aarch64, &f), Ok("raw arm64 binary"));
+        let e = run_vms(Arch::Aarch64, std::slice::from_ref(&f), 1, 1, "").unwrap_err();
+        assert!(e.contains("--mem"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn image_forms_and_objcopy_arguments() {
+        use crate::scenarios::vm;
+        let (elf, out) = (Path::new("/t/g"), Path::new("/s/g.bin"));
+        assert_eq!(objcopy_args(ImageForm::Elf, elf, out), None);
+        assert_eq!(
+            objcopy_args(ImageForm::Flat, elf, out).unwrap().join(" "),
+            "-O binary /t/g /s/g.bin"
+        );
+        assert_eq!(
+            objcopy_args(ImageForm::Elf32, elf, out).unwrap().join(" "),
+            "-O elf32-i386 /t/g /s/g.bin"
+        );
+        assert_eq!(vm("g", "g").form, ImageForm::Elf);
+        assert_eq!(vm("g", "g").form(ImageForm::Flat).form.suffix(), ".bin");
+        assert_eq!(ImageForm::Elf32.suffix(), ".elf32");
+        // An ELF as built is used in place, nothing is run.
+        let p = paths();
+        assert_eq!(
+            image_in_form(&p, &vm("g", "g"), elf, Path::new("/s")),
+            Ok(elf.to_path_buf())
+        );
     }
 
     #[test]

@@ -825,6 +825,7 @@ mod tests {
         let g = dir.join("g.elf");
         let mut elf = vec![0u8; 64];
         elf[..5].copy_from_slice(b"\x7fELF\x02");
+        elf[16] = 2; // ET_EXEC
         elf[18] = 183; // EM_AARCH64
         std::fs::write(&g, &elf).unwrap();
         let g = g.to_str().unwrap();

@@ -6,6 +6,9 @@ use core::fmt::{self, Write};
 pub struct Boot {
     pub dtb: u64,
     pub cmdline: u64,
+    /// SP_EL1 at entry: 0 when the loader gave no stack (a raw binary or an
+    /// Image, entered as QEMU enters one), and `_start` used its own.
+    pub entry_sp: u64,
 }
 
 impl Boot {
@@ -40,11 +43,34 @@ global_asm!(
     .section .text.start, "ax"
     .global _start
 _start:
-    // SP_EL1 is set by the loader; x0 = DTB, x4 = command line.
-    mov     x1, x4
-    bl      __guest_entry
-1:  wfi
+    // The ELF loader sets SP_EL1 and x4 = command line. A raw binary or an
+    // Image is entered as QEMU -kernel enters one: x0 = DTB, x1-x3 = 0, no
+    // stack (SP 0). Then zero our BSS (the file does not cover it) and use
+    // our own stack in it; there is no command-line pointer (x4 = 0).
+    mov     x9, sp
+    cbnz    x9, 3f
+    mov     x4, xzr
+    adrp    x10, __bss_start
+    add     x10, x10, :lo12:__bss_start
+    adrp    x11, __bss_end
+    add     x11, x11, :lo12:__bss_end
+1:  cmp     x10, x11
+    b.hs    2f
+    str     xzr, [x10], #8
     b       1b
+2:  adrp    x10, __guest_boot_stack_top
+    add     x10, x10, :lo12:__guest_boot_stack_top
+    mov     sp, x10
+3:  mov     x1, x4
+    mov     x2, x9
+    bl      __guest_entry
+4:  wfi
+    b       4b
+
+    .section .bss.boot_stack, "aw", @nobits
+    .balign 16
+    .skip   16384
+__guest_boot_stack_top:
 "#
 );
 
@@ -53,10 +79,16 @@ extern "Rust" {
 }
 
 #[no_mangle]
-extern "C" fn __guest_entry(dtb: u64, cmdline: u64) -> ! {
+extern "C" fn __guest_entry(dtb: u64, cmdline: u64, entry_sp: u64) -> ! {
     install_vectors();
     // SAFETY: `guest_main` is defined by the binary through `entry!`.
-    unsafe { guest_main(Boot { dtb, cmdline }) };
+    unsafe {
+        guest_main(Boot {
+            dtb,
+            cmdline,
+            entry_sp,
+        })
+    };
     system_off()
 }
 

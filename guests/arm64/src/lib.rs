@@ -13,6 +13,8 @@
 mod imp;
 #[cfg(target_os = "none")]
 pub use imp::*;
+#[cfg(target_os = "none")]
+pub mod image;
 
 /// PL011 data register of the VM's UART (vmm `PL011_BASE`).
 pub const UART_BASE: u64 = 0x0900_0000;

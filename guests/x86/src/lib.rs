@@ -13,6 +13,8 @@
 mod imp;
 #[cfg(target_os = "none")]
 pub use imp::*;
+#[cfg(target_os = "none")]
+pub mod multiboot;
 
 pub const COM1: u16 = 0x3f8;
 pub const DEBUG_EXIT: u16 = 0xf4;

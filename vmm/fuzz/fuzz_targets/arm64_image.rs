@@ -1,6 +1,7 @@
 //! The Linux arm64 Image loader (vmm::loader::arm64_image and load_arm64)
-//! through vmm::checks::check_load: header geometry, placement below the
-//! device tree; never outside the VM's RAM.
+//! and, for inputs without the Image or ELF magic, the raw-binary loader
+//! (vmm::loader::raw) through vmm::checks::check_load: header geometry,
+//! placement below the device tree; never outside the VM's RAM.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,4 +1,5 @@
-//! The ELF loaders (vmm::loader, x86_64 and arm64 ELF64) through
+//! The ELF loaders (vmm::loader, x86_64 and arm64 ELF64, arm64
+//! position-independent ELF64 with its relocations) through
 //! vmm::checks::check_load: any image is loaded or refused, never a host
 //! access outside the VM's RAM, a boot state inside RAM.
 #![no_main]

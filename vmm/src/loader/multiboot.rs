@@ -467,6 +467,48 @@ mod tests {
         );
     }
 
+    /// The forms `image-x86-mb1-*` run: the same kernel as ELF64 (which
+    /// QEMU refuses and we take), as ELF32 (`llvm-objcopy -O elf32-i386`),
+    /// and the a.out kludge inside an ELF, where the kludge wins (as in
+    /// GRUB and QEMU) and the file is taken from the header's offset on.
+    #[test]
+    fn elf64_elf32_and_kludge_in_elf() {
+        let mut code = header(FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO, None);
+        code.extend_from_slice(&[0xf4; 16]);
+        for (is64, machine) in [(true, EM_X86_64), (false, EM_386), (false, EM_X86_64)] {
+            let img = elf(
+                is64,
+                machine,
+                0x10_000c,
+                &[(0x10_0000, 0x10_0000, &code, 0x2000)],
+            );
+            let mut m = ram(4 * MIB);
+            let st = load(&mut m, &img, "").unwrap().unwrap();
+            assert_eq!((st.pc, st.reg(Reg::Rbx)), (0x10_000c, Some(0x10_2000)));
+            assert_eq!(m.read_u32(0x10_0000), Ok(HEADER_MAGIC));
+        }
+        // The kludge in an ELF64: the ELF program headers (which would put
+        // the code at 2 MiB) are ignored.
+        let hdr_file_off = 64 + 56; // ELF header + one program header
+        let mut kl = header(
+            FLAG_AOUT_KLUDGE | FLAG_MEMORY_INFO,
+            Some([0x10_0000, 0x10_0000, 0x10_0040, 0x10_1000, 0x10_0020]),
+        );
+        kl.resize(0x40, 0xf4);
+        let img = elf(
+            true,
+            EM_X86_64,
+            0x20_0000,
+            &[(0x20_0000, 0x20_0000, &kl, 0x40)],
+        );
+        assert_eq!(find_header(&img).unwrap().unwrap().offset, hdr_file_off);
+        let mut m = ram(4 * MIB);
+        let st = load(&mut m, &img, "").unwrap().unwrap();
+        assert_eq!(st.pc, 0x10_0020);
+        assert_eq!(m.read_u32(0x10_0000), Ok(HEADER_MAGIC));
+        assert_eq!(m.read_u32(0x20_0000), Ok(0));
+    }
+
     #[test]
     fn header_search_rules() {
         // Not Multiboot: no header.

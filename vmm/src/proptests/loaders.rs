@@ -1,14 +1,16 @@
-//! The kernel loaders (`loader`: ELF, Multiboot 1, arm64 Image) on
-//! arbitrary, generated-valid and mutated-valid images: never a host
-//! access outside the VM's RAM, a boot state that points into RAM, and
-//! valid images land where their headers say.
+//! The kernel loaders (`loader`: ELF, position-independent ELF, Multiboot
+//! 1, arm64 Image, arm64 raw binary) on arbitrary, generated-valid and
+//! mutated-valid images: never a host access outside the VM's RAM, a boot
+//! state that points into RAM, and valid images land where their headers
+//! (or, for a raw binary, QEMU's convention) say.
 
 use super::{config, verdict};
 use crate::backend::{GuestArch, Vcpu as _};
 use crate::checks::{check_load, LOAD_RAM};
 use crate::loader::arm64_image::{self, build::image, ImageHeader, LEGACY_TEXT_OFFSET};
-use crate::loader::elf::build::elf;
-use crate::loader::elf::{EM_386, EM_AARCH64, EM_X86_64};
+use crate::loader::elf::build::{elf, pie, Rela};
+use crate::loader::elf::{EM_386, EM_AARCH64, EM_X86_64, R_AARCH64_RELATIVE};
+use crate::loader::raw::{self, Arm64Kind, ARM64_LOAD_OFFSET};
 use crate::loader::KernelFormat;
 use crate::regs::Reg;
 use crate::vm::ram_base;
@@ -50,7 +52,37 @@ fn hostile_image() -> impl Strategy<Value = Vec<u8>> {
             b
         }),
         (any::<[u64; 3]>(), bytes(200)).prop_map(|(h, code)| image(h[0], h[1], h[2], &code)),
+        hostile_pie(),
     ]
+}
+
+/// A position-independent ELF with random entry, segment, relocations
+/// (mostly `R_AARCH64_RELATIVE`, at any offset) and dynamic tags.
+fn hostile_pie() -> impl Strategy<Value = Vec<u8>> {
+    let rela = (
+        prop_oneof![0x1000u64..0x1100, any::<u64>()],
+        prop_oneof![Just(u64::from(R_AARCH64_RELATIVE)), any::<u64>()],
+        any::<i64>(),
+    );
+    (
+        prop_oneof![0x1000u64..0x1100, any::<u64>()],
+        bytes(64),
+        0u64..0x200,
+        prop_oneof![Just(0x2000u64), any::<u64>()],
+        prop::collection::vec(rela, 0..4),
+        prop::collection::vec((0u64..40, any::<u64>()), 0..3),
+    )
+        .prop_map(|(entry, code, bss, dyn_at, relas, extra)| {
+            let memsz = code.len() as u64 + bss;
+            pie(
+                EM_AARCH64,
+                entry,
+                &[(0x1000, &code, memsz)],
+                dyn_at,
+                &relas,
+                &extra,
+            )
+        })
 }
 
 /// Applies byte writes and 8-byte field overwrites at chosen offsets.
@@ -260,6 +292,20 @@ proptest! {
     }
 }
 
+/// The fuzz seeds of the new arm64 formats load as what they are meant to be.
+#[test]
+fn fuzz_seeds_of_the_arm64_formats_load() {
+    let base = ram_base(GuestArch::Aarch64) + ARM64_LOAD_OFFSET;
+    let pie = include_bytes!("../../fuzz/seeds/elf/aarch64-pie");
+    let (st, format, mem) = check_load(GuestArch::Aarch64, pie, "", 1).unwrap().unwrap();
+    assert_eq!((format, st.pc), (KernelFormat::Elf64Pie, base + 0x1000));
+    assert_eq!(mem.read_u64(base + 0x2000), Ok(base + 0x1000));
+    assert_eq!(mem.read_u64(base + 0x2008), Ok(base + 0x2000));
+    let raw = include_bytes!("../../fuzz/seeds/arm64_image/raw");
+    let (st, format, _) = check_load(GuestArch::Aarch64, raw, "", 1).unwrap().unwrap();
+    assert_eq!((format, st.pc), (KernelFormat::Arm64Raw, base));
+}
+
 /// The fakes used here are the real thing: a loaded kernel starts a vCPU.
 #[test]
 fn loaded_state_applies_to_a_vcpu() {
@@ -268,4 +314,112 @@ fn loaded_state_applies_to_a_vcpu() {
     let mut v = crate::testing::ScriptedVcpu::x86([], 1);
     v.apply_boot_state(&st).unwrap();
     assert_eq!(v.get(Reg::Rip), entry);
+}
+
+/// A position-independent ELF: 1..3 segments in their own 64 KiB slots
+/// (offset, file bytes, BSS), relocations at 8-byte places inside them
+/// (segment index, byte offset, addend), an entry in the first.
+type PieSpec = (Vec<(u64, Vec<u8>, u64)>, Vec<(usize, u64, i64)>, u64);
+
+fn pie_spec() -> impl Strategy<Value = PieSpec> {
+    (
+        prop::collection::vec((0u64..0x8000, bytes(64), 8u64..0x400), 1..=3),
+        prop::collection::vec((0usize..3, any::<u64>(), any::<i64>()), 0..8),
+        any::<u64>(),
+    )
+}
+
+/// The image and what RAM must hold after loading it at `base`: (guest
+/// address, bytes) per segment, relocations applied in order.
+fn valid_pie(spec: &PieSpec, base: u64) -> (Vec<u8>, Placed, u64) {
+    let (segs, relocs, entry_pick) = spec;
+    let vaddr = |i: usize| 0x1_0000 * (i as u64 + 1) + segs[i].0;
+    let mut expect: Vec<(u64, Vec<u8>)> = segs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, file, bss))| {
+            let mut b = file.clone();
+            b.resize(file.len() + *bss as usize, 0);
+            (base + vaddr(i), b)
+        })
+        .collect();
+    let mut relas: Vec<Rela> = Vec::new();
+    for &(i, at, addend) in relocs {
+        let i = i % segs.len();
+        let len = expect[i].1.len() as u64;
+        let off = at % (len - 7);
+        relas.push((vaddr(i) + off, u64::from(R_AARCH64_RELATIVE), addend));
+        let v = base.wrapping_add(addend as u64).to_le_bytes();
+        expect[i].1[off as usize..off as usize + 8].copy_from_slice(&v);
+    }
+    let list: Vec<(u64, &[u8], u64)> = segs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, file, bss))| (vaddr(i), &file[..], file.len() as u64 + bss))
+        .collect();
+    let entry = vaddr(0) + entry_pick % (segs[0].1.len() as u64 + segs[0].2);
+    (
+        pie(EM_AARCH64, entry, &list, 0x4_0000, &relas, &[]),
+        expect,
+        base + entry,
+    )
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    /// Any bytes that are neither ELF nor Image nor a refused format load on
+    /// arm64 as a raw binary at RAM + 0x80000, as given, when they fit below
+    /// the device tree (and only then are refused); others get their
+    /// format's verdict. Never outside RAM.
+    #[test]
+    fn prop_arm64_raw_binaries_load_at_0x80000(
+        img in prop_oneof![
+            bytes(512),
+            // Near the most that fits in LOAD_RAM (the DTB takes the last page).
+            (LOAD_RAM - ARM64_LOAD_OFFSET - 0x3000..LOAD_RAM - ARM64_LOAD_OFFSET + 8, any::<u8>())
+                .prop_map(|(n, b)| vec![b; n as usize]),
+        ],
+        cmdline in "[ -~]{0,40}",
+    ) {
+        let kind = raw::classify(&img);
+        let loaded = check_load(GuestArch::Aarch64, &img, &cmdline, 1).map_err(TestCaseError::fail)?;
+        match (kind, loaded) {
+            (Ok(Arm64Kind::Raw), Some((st, format, _))) => {
+                prop_assert_eq!(format, KernelFormat::Arm64Raw);
+                prop_assert_eq!(st.pc, ram_base(GuestArch::Aarch64) + ARM64_LOAD_OFFSET);
+            }
+            (Ok(Arm64Kind::Raw), None) => {
+                let n = img.len() as u64;
+                prop_assert!(n > LOAD_RAM - ARM64_LOAD_OFFSET - 0x2000, "{n:#x} bytes refused");
+            }
+            (Err(_), loaded) => prop_assert!(loaded.is_none()),
+            (Ok(_), Some((_, format, _))) => prop_assert!(format != KernelFormat::Arm64Raw),
+            (Ok(_), None) => {}
+        }
+    }
+
+    /// Generated position-independent ELFs load with virtual address 0 at
+    /// RAM + 0x80000, their bytes and BSS in place, every
+    /// `R_AARCH64_RELATIVE` written as base + addend, entered at base +
+    /// e_entry; with bytes or header fields overwritten they are loaded or
+    /// refused, never written outside RAM.
+    #[test]
+    fn prop_arm64_pie_valid_loads_and_mutated_stays_in_ram(
+        spec in pie_spec(),
+        edits in edits(),
+    ) {
+        let base = ram_base(GuestArch::Aarch64) + ARM64_LOAD_OFFSET;
+        let (img, expect, entry) = valid_pie(&spec, base);
+        let loaded = check_load(GuestArch::Aarch64, &img, "pie", 1).map_err(TestCaseError::fail)?;
+        let (st, format, mem) = loaded.ok_or_else(|| TestCaseError::fail("valid PIE refused"))?;
+        prop_assert_eq!(format, KernelFormat::Elf64Pie);
+        prop_assert_eq!(st.pc, entry);
+        for (at, bytes) in expect {
+            let mut back = vec![0u8; bytes.len()];
+            mem.read(at, &mut back).unwrap();
+            prop_assert_eq!(back, bytes);
+        }
+        verdict(check_load(GuestArch::Aarch64, &mutate(img, &edits), "pie", 1).map(|_| ()))?;
+    }
 }

@@ -1,6 +1,7 @@
 //! Property tests (proptest) of the code that reads guest- or
 //! user-controlled data: hypercall and PSCI arguments, the kernel loaders
-//! (ELF, Multiboot, arm64 Image) and the `vms.conf` parser. The properties
+//! (ELF and position-independent ELF, Multiboot, arm64 Image, arm64 raw
+//! binaries) and the `vms.conf` parser. The properties
 //! themselves are in [`crate::checks`], shared with the fuzz targets of
 //! `vmm/fuzz` (`cargo xtask fuzz`); here proptest generates the inputs, a
 //! few hundred cases per property so that `cargo test` stays fast.

@@ -18,7 +18,7 @@ const FORBID: &[&str] = &[
     "stopped: backend",
 ];
 
-fn both(s: Scenario, a72_name: &'static str) -> [Scenario; 2] {
+pub(super) fn both(s: Scenario, a72_name: &'static str) -> [Scenario; 2] {
     let a72 = Scenario {
         name: a72_name,
         cpu: Some("cortex-a72"),
@@ -33,7 +33,11 @@ fn both(s: Scenario, a72_name: &'static str) -> [Scenario; 2] {
     ]
 }
 
-fn arm(name: &'static str, vms: Vec<GuestVm>, expect: &'static [&'static str]) -> Scenario {
+pub(super) fn arm(
+    name: &'static str,
+    vms: Vec<GuestVm>,
+    expect: &'static [&'static str],
+) -> Scenario {
     Scenario {
         forbid: FORBID,
         ..guests(name, Arch::Aarch64, vms, expect)

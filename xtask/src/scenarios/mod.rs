@@ -3,7 +3,8 @@
 //! One file per family so that people adding scenarios do not edit the
 //! same file: `boot.rs` (boot paths, crash reports, the UEFI loader's own
 //! suite), `svm.rs` (x86 guests under AMD SVM), `arm64.rs` (arm64 guests
-//! at EL2), `external.rs` (unmodified kernels from Debian packages). [`all`]
+//! at EL2), `external.rs` (unmodified kernels from Debian packages),
+//! `chaos.rs`, `hostile.rs`, `image.rs` (guest image formats). [`all`]
 //! collects them in that order.
 
 use crate::{Arch, Boot};
@@ -14,6 +15,7 @@ mod boot;
 mod chaos;
 mod external;
 mod hostile;
+mod image;
 mod svm;
 
 /// One emulator run and what it must show.
@@ -76,6 +78,47 @@ pub struct GuestVm {
     /// Take the image from a Debian package instead of the guest crate
     /// (a kernel no one here wrote); `bin` is then only its bundle name.
     pub external: Option<crate::external::DebianFile>,
+    /// The form the built `[[bin]]` is turned into before it goes into the
+    /// bundle (default: the ELF as built).
+    pub form: ImageForm,
+}
+
+/// How a scenario VM's image is made from the `[[bin]]` cargo built (an
+/// ELF): as it is, or converted with the toolchain's `llvm-objcopy`
+/// (`guests::image_in_form`) into a file next to the bundle, named
+/// `<bin><suffix>`, which is also its name in the bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageForm {
+    /// The ELF as built.
+    Elf,
+    /// `llvm-objcopy -O binary`: a flat image of the loaded sections from
+    /// the lowest address on (an arm64 raw binary linked at RAM + 0x80000,
+    /// a Multiboot1 a.out-kludge image whose header comes first).
+    Flat,
+    /// `llvm-objcopy -O elf32-i386`: an ELF64 x86_64 guest whose addresses
+    /// are below 4 GiB as ELF32 (a Multiboot1 ELF32 kernel, as GRUB and QEMU
+    /// `-kernel` take them).
+    Elf32,
+}
+
+impl ImageForm {
+    /// The suffix of the converted file's name (none for [`ImageForm::Elf`]).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ImageForm::Elf => "",
+            ImageForm::Flat => ".bin",
+            ImageForm::Elf32 => ".elf32",
+        }
+    }
+
+    /// `llvm-objcopy`'s output format (`-O`), if the form is a conversion.
+    pub fn objcopy_format(self) -> Option<&'static str> {
+        match self {
+            ImageForm::Elf => None,
+            ImageForm::Flat => Some("binary"),
+            ImageForm::Elf32 => Some("elf32-i386"),
+        }
+    }
 }
 
 /// A VM running guest `bin` with 16 MiB, 1 vCPU and no command line;
@@ -90,6 +133,7 @@ pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
         smp: 1,
         append: "",
         external: None,
+        form: ImageForm::Elf,
     }
 }
 
@@ -98,6 +142,11 @@ impl GuestVm {
     #[allow(dead_code)] // for svm.rs / arm64.rs
     pub const fn append(self, append: &'static str) -> GuestVm {
         GuestVm { append, ..self }
+    }
+
+    /// The same VM with its image converted into `form`.
+    pub const fn form(self, form: ImageForm) -> GuestVm {
+        GuestVm { form, ..self }
     }
 }
 
@@ -170,5 +219,6 @@ pub fn all() -> Vec<Scenario> {
     v.extend(external::scenarios());
     v.extend(chaos::scenarios());
     v.extend(hostile::scenarios());
+    v.extend(image::scenarios());
     v
 }
