@@ -98,7 +98,11 @@ mod guest {
         let r = hypercall(HC_CONSOLE_WRITE, SECRET.as_ptr() as u64, 16);
         check!(r == HC_ERR_PERM, "CONSOLE_WRITE from CPL 3: {:#x} (-4)", r);
         let r = hypercall(HC_EXIT, 7, 0);
-        check!(r == HC_ERR_PERM, "EXIT from CPL 3: {:#x} (-4), still running", r);
+        check!(
+            r == HC_ERR_PERM,
+            "EXIT from CPL 3: {:#x} (-4), still running",
+            r
+        );
         let r = hypercall(HC_YIELD, 0, 0);
         check!(r == HC_ERR_PERM, "YIELD from CPL 3: {:#x} (-4)", r);
         finish()
@@ -123,8 +127,18 @@ mod guest {
     fn icebp_outcome(r: Option<(u64, u64, u64)>, n: u64) {
         match r {
             Some((1, _, _)) => println!("icebp: #{} at CPL {}: #DB", n, cpl()),
-            Some((6, _, _)) => println!("icebp: #{} at CPL {}: #UD from the emulator (no INT1)", n, cpl()),
-            _ => check!(false, "icebp: #{} at CPL {}: {:?}", n, cpl(), r.map(|x| x.0)),
+            Some((6, _, _)) => println!(
+                "icebp: #{} at CPL {}: #UD from the emulator (no INT1)",
+                n,
+                cpl()
+            ),
+            _ => check!(
+                false,
+                "icebp: #{} at CPL {}: {:?}",
+                n,
+                cpl(),
+                r.map(|x| x.0)
+            ),
         }
     }
 
@@ -142,7 +156,13 @@ mod guest {
             // SAFETY: TF set by POPFQ traps after the next instruction; the
             // handler clears TF.
             unsafe {
-                asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "nop", options(nostack))
+                asm!(
+                    "pushfq",
+                    "or qword ptr [rsp], 0x100",
+                    "popfq",
+                    "nop",
+                    options(nostack)
+                )
             }
         });
         check!(
@@ -150,7 +170,11 @@ mod guest {
             "single step raised #DB ({:?})",
             r.map(|x| x.0)
         );
-        check!(dr6() & 0x4000 != 0, "DR6.BS after a single step ({:#x})", dr6());
+        check!(
+            dr6() & 0x4000 != 0,
+            "DR6.BS after a single step ({:#x})",
+            dr6()
+        );
     }
 
     extern "C" fn user_icebp() -> ! {
@@ -174,7 +198,11 @@ mod guest {
         // SAFETY: single-threaded; text lines of 63 characters.
         let buf = unsafe { &mut *core::ptr::addr_of_mut!(FLOOD) };
         for (i, c) in buf.0.iter_mut().enumerate() {
-            *c = if i % 64 == 63 { b'\n' } else { b'0' + (i % 64 % 10) as u8 };
+            *c = if i % 64 == 63 {
+                b'\n'
+            } else {
+                b'0' + (i % 64 % 10) as u8
+            };
         }
         let mut accepted = 0;
         for _ in 0..rounds {
@@ -187,7 +215,12 @@ mod guest {
         for _ in 0..64 {
             hypercall(HC_YIELD, 0, 0);
         }
-        check!(accepted == rounds, "{} of {} CONSOLE_WRITEs of 4 KiB accepted", accepted, rounds);
+        check!(
+            accepted == rounds,
+            "{} of {} CONSOLE_WRITEs of 4 KiB accepted",
+            accepted,
+            rounds
+        );
         // The UART: straight to the THR, without waiting for LSR.THRE.
         for i in 0..96_000u32 {
             outb(COM1, if i % 64 == 63 { b'\n' } else { b'u' });
@@ -208,7 +241,9 @@ mod guest {
         };
         let (lo, hi): (u32, u32);
         // SAFETY: XGETBV(0) with CR4.OSXSAVE set.
-        unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+        unsafe {
+            asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack))
+        };
         let xcr0 = u64::from(hi) << 32 | u64::from(lo);
         check!(xcr0 == 3, "XCR0 is x87|SSE only ({:#x})", xcr0);
         let r = expect_exception(4, || {
@@ -216,14 +251,22 @@ mod guest {
             // while XCR0 lacks AVX, which the handler skips.
             unsafe { asm!(".byte 0xc5, 0xf8, 0x57, 0xc0", out("xmm0") _, options(nomem, nostack)) }
         });
-        check!(matches!(r, Some((6, _, _))), "VEX instruction #UD ({:?})", r.map(|x| x.0));
+        check!(
+            matches!(r, Some((6, _, _))),
+            "VEX instruction #UD ({:?})",
+            r.map(|x| x.0)
+        );
         let r = expect_exception(3, || {
             // SAFETY: XSETBV is intercepted (#UD: XSAVE is hidden).
-            unsafe { asm!("xsetbv", in("ecx") 0, in("eax") 7, in("edx") 0, options(nomem, nostack)) }
+            unsafe {
+                asm!("xsetbv", in("ecx") 0, in("eax") 7, in("edx") 0, options(nomem, nostack))
+            }
         });
         let (lo, hi): (u32, u32);
         // SAFETY: as above.
-        unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+        unsafe {
+            asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack))
+        };
         let after = u64::from(hi) << 32 | u64::from(lo);
         match r {
             Some((6, _, _)) => check!(true, "XSETBV #UD"),
@@ -231,15 +274,29 @@ mod guest {
                 // QEMU 7.2 TCG does not implement the SVM XSETBV intercept:
                 // the write went through. The hypervisor puts XCR0 back at
                 // every turn, so no other VM (nor our next turn) keeps it.
-                println!("note: XSETBV was not intercepted by the emulator (XCR0 now {:#x})", after);
+                println!(
+                    "note: XSETBV was not intercepted by the emulator (XCR0 now {:#x})",
+                    after
+                );
                 hypercall(HC_YIELD, 0, 0);
                 let (lo, hi): (u32, u32);
                 // SAFETY: as above.
-                unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+                unsafe {
+                    asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack))
+                };
                 let again = u64::from(hi) << 32 | u64::from(lo);
-                check!(again == 3, "XSETBV #UD or XCR0 back to 0x3 at the next turn ({:#x})", again);
+                check!(
+                    again == 3,
+                    "XSETBV #UD or XCR0 back to 0x3 at the next turn ({:#x})",
+                    again
+                );
             }
-            other => check!(false, "XSETBV: {:?} (XCR0 now {:#x})", other.map(|x| x.0), after),
+            other => check!(
+                false,
+                "XSETBV: {:?} (XCR0 now {:#x})",
+                other.map(|x| x.0),
+                after
+            ),
         }
     }
 
@@ -262,9 +319,15 @@ mod guest {
         }
         let r = expect_exception(3, || {
             // SAFETY: RDPRU (0F 01 FD), hidden: #UD.
-            unsafe { asm!(".byte 0x0f, 0x01, 0xfd", out("eax") _, out("edx") _, in("ecx") 0, options(nomem, nostack)) }
+            unsafe {
+                asm!(".byte 0x0f, 0x01, 0xfd", out("eax") _, out("edx") _, in("ecx") 0, options(nomem, nostack))
+            }
         });
-        check!(matches!(r, Some((6, _, _))), "RDPRU #UD ({:?})", r.map(|x| x.0));
+        check!(
+            matches!(r, Some((6, _, _))),
+            "RDPRU #UD ({:?})",
+            r.map(|x| x.0)
+        );
     }
 }
 
