@@ -12,7 +12,10 @@
 //! - [`loader`]: ELF and Multiboot1 loaders producing a [`backend::BootState`].
 //! - [`vm`]: VM lifecycle and exit dispatch; [`hypercall`]: the guest ABI.
 //! - [`x86`]: x86 platform devices (legacy PIC, PIT, CMOS/RTC).
-//! - [`arm64`]: the vGICv3 and generic-timer models (pure state machines).
+//! - [`irq`]: the arch-neutral interrupt-controller interface (lines,
+//!   messages, wake-up condition, EOI notification).
+//! - [`arm64`]: the vGICv3 and generic-timer models (pure state machines)
+//!   and their wiring into a VM.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -29,6 +32,7 @@ pub mod event;
 pub mod exit;
 pub mod fdt;
 pub mod hypercall;
+pub mod irq;
 pub mod loader;
 pub mod mem;
 pub mod psci;
