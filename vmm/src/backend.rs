@@ -81,6 +81,15 @@ pub trait Vcpu {
     /// Releases the physical CPU (VMCLEAR, save EL1 state).
     fn unbind(&mut self) -> Result<(), BackendError>;
 
+    /// arm64: the GICv3 virtual CPU interface and the EL1 virtual timer as
+    /// the vmm exchanges them with the hardware around each `run`
+    /// ([`crate::arm64::wiring::VcpuInterface`]: loaded before the entry,
+    /// saved after the exit). `None`: the backend has none (x86, or a CPU
+    /// without the GICv3 system registers).
+    fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
+        None
+    }
+
     /// Applies one [`Action`].
     fn apply(&mut self, action: Action) -> Result<(), BackendError> {
         match action {
