@@ -2383,13 +2383,14 @@ mod tests {
         assert_eq!(vm.run(0, &mut v, n), Flow::Halt);
         assert_eq!(v.get(Reg::X(2)), 1, "CTL: enabled, ISTATUS clear");
         assert_eq!(vm.wake_deadline(0), Some(1_100));
+        assert_eq!(v.gic.as_ref().unwrap().wake_at, Some(1_100), "the backend exits then");
         clock.set(1_100);
         vm.wake_due(1_100);
         v.push(mrs(CNTP_CTL_EL0, 2));
         vm.run(0, &mut v, 1);
         assert_eq!(v.taken, [30]);
         assert_eq!(v.get(Reg::X(2)), 5, "ISTATUS set");
-        assert_eq!(v.gic.as_ref().unwrap().wake_at, Some(1_100));
+        assert_eq!(v.gic.as_ref().unwrap().wake_at, None, "fired already");
     }
 
     /// A level SPI from the test device: three events, each EOI of the

@@ -191,7 +191,10 @@ impl Arm64Irq {
         (ci.cntv_ctl, ci.cntv_cval) = t.restore_virt();
         ci.cntvoff = self.cntvoff;
         ci.vtimer_masked = vlevel;
-        ci.wake_at = t.phys_deadline(now);
+        // Only a deadline still ahead: a timer that fired is in the vGIC
+        // already (an exit for it at every entry would keep the guest from
+        // ever running).
+        ci.wake_at = t.phys_deadline(now).filter(|&d| d > now);
     }
 
     /// After vCPU `v` exits: the virtual timer saved, the list registers
@@ -453,6 +456,7 @@ mod tests {
         irq.before_entry(0, &mut ci, 150);
         assert_eq!(lr_intids(&ci), vec![(PTIMER_INTID, LrState::Pending)]);
         assert!(!ci.vtimer_masked);
+        assert_eq!(ci.wake_at, None, "fired: no exit for it at every entry");
         assert!(irq.has_interrupt(0, 150));
     }
 
