@@ -109,5 +109,29 @@ pub fn scenarios() -> Vec<Scenario> {
                 ],
             )
         },
+        // The same Image with 2 vCPUs: PSCI CPU_ON starts the secondary,
+        // which finds its redistributor and its timer; IPIs are SGIs.
+        Scenario {
+            mem_mib: 768,
+            forbid: FORBID_LINUX,
+            timeout: Duration::from_secs(300),
+            ..guests(
+                "smp-arm64-linux",
+                Arch::Aarch64,
+                vec![GuestVm { smp: 2, ..linux }],
+                &[
+                    "[linux] Booting Linux on physical CPU 0x",
+                    "[linux] GICv3: CPU0: found redistributor 0 region 0:0x00000000080a0000",
+                    "[linux] smp: Bringing up secondary CPUs ...",
+                    "[linux] GICv3: CPU1: found redistributor 1 region 0:0x00000000080c0000",
+                    "[linux] CPU1: Booted secondary processor 0x0000000001",
+                    "[linux] smp: Brought up 1 node, 2 CPUs",
+                    "[linux] SMP: Total of 2 processors activated.",
+                    "[linux] VFS: Unable to mount root fs",
+                    "vm linux: stopped: reset",
+                    "HV-EXIT: success",
+                ],
+            )
+        },
     ]
 }
