@@ -150,6 +150,13 @@ impl<C: IrqChip> SharedIrqChip<C> {
         self.chip.lock()
     }
 
+    /// Whether someone holds the model's lock now (tests: none may while a
+    /// guest runs).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn is_locked(&self) -> bool {
+        self.chip.is_locked()
+    }
+
     /// See [`IrqChip::has_interrupt`].
     pub fn has_interrupt(&self, vcpu: usize) -> bool {
         self.chip.lock().has_interrupt(vcpu)

@@ -2455,6 +2455,65 @@ mod tests {
         assert_eq!(v.taken, want);
     }
 
+    /// No lock of the interrupt controller or the timers is held while
+    /// the guest runs: a backend that checks at every entry.
+    #[test]
+    fn no_interrupt_lock_held_across_a_guest_entry() {
+        use crate::arm64::lr::ICC_SGI1R_EL1;
+        use crate::arm64::timer::CNTP_TVAL_EL0;
+        struct Checking<'a>(&'a Vm<VecBacking>, ScriptedVcpu, usize);
+        impl Vcpu for Checking<'_> {
+            fn begin_turn(&mut self, b: u64) {
+                self.1.begin_turn(b)
+            }
+            fn run(&mut self) -> Result<Exit, BackendError> {
+                assert!(!self.0.arm64_irq().unwrap().locks_held());
+                self.2 += 1;
+                self.1.run()
+            }
+            fn reg(&mut self, r: Reg) -> Result<u64, BackendError> {
+                self.1.reg(r)
+            }
+            fn set_reg(&mut self, r: Reg, v: u64) -> Result<(), BackendError> {
+                self.1.set_reg(r, v)
+            }
+            fn advance_pc(&mut self) -> Result<(), BackendError> {
+                self.1.advance_pc()
+            }
+            fn inject(&mut self, e: Event) -> Result<Queued, BackendError> {
+                self.1.inject(e)
+            }
+            fn apply_boot_state(&mut self, s: &BootState) -> Result<(), BackendError> {
+                self.1.apply_boot_state(s)
+            }
+            fn bind(&mut self, c: crate::backend::PhysCpu) -> Result<(), BackendError> {
+                self.1.bind(c)
+            }
+            fn unbind(&mut self) -> Result<(), BackendError> {
+                self.1.unbind()
+            }
+            fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
+                self.1.gic_interface()
+            }
+        }
+        let (vm, _clock) = arm_clocked(1);
+        let mut s = gic_bring_up(1);
+        s.extend([
+            msr(ICC_SGI1R_EL1, 4 << 24 | 1),
+            mmio_w(TESTDEV_IRQ + 4, B4, 2),
+            msr(CNTP_TVAL_EL0, 5),
+            Exit::ExternalInterrupt,
+            Exit::ExternalInterrupt,
+        ]);
+        let n = s.len();
+        let mut v = ScriptedVcpu::arm64(s).with_gic(4);
+        v.bind(0).unwrap();
+        let mut c = Checking(&vm, v, 0);
+        assert_eq!(vm.run(0, &mut c, n as u64), Flow::Yield);
+        assert_eq!(c.2, n);
+        assert_eq!(c.1.taken, [4, 48, 48]);
+    }
+
     /// The interrupt paths of the exit loop do not allocate either.
     #[test]
     fn exit_dispatch_does_not_allocate_arm64_interrupts() {

@@ -158,6 +158,13 @@ impl Arm64Irq {
         self.cntvoff
     }
 
+    /// Whether the vGIC's or any vCPU's timer lock is held now (tests:
+    /// none may be while a guest runs).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn locks_held(&self) -> bool {
+        self.gic.is_locked() || self.timers.iter().any(|t| t.is_locked())
+    }
+
     /// vCPU `v`'s timers, as last saved (tests, reports).
     pub fn timers(&self, v: usize) -> Option<VcpuTimers> {
         self.timers.get(v).map(|t| t.lock().clone())

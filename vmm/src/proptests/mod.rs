@@ -7,6 +7,7 @@
 
 mod config;
 mod hypercall;
+mod irq;
 mod loaders;
 mod psci;
 
