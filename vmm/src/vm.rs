@@ -573,7 +573,11 @@ impl<B: Backing> Vm<B> {
                     Box::new(Uart16550::new(LineOutput::new(name.clone(), lines.clone())))
                 }
                 DeviceKind::Pl011 => {
-                    Box::new(Pl011::new(LineOutput::new(name.clone(), lines.clone())))
+                    let out = LineOutput::new(name.clone(), lines.clone());
+                    match line_of(d.irq) {
+                        Some(l) => Box::new(Pl011::with_line(out, l)),
+                        None => Box::new(Pl011::new(out)),
+                    }
                 }
                 DeviceKind::DebugExit => Box::new(DebugExit),
                 DeviceKind::FwCfg => {
