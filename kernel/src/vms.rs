@@ -7,8 +7,9 @@
 //! allocator, its own stage-2 tables and vCPUs from the arch backend
 //! (`platform::virt`), and all VMs run round-robin on the boot CPU. A
 //! vCPU that waits for an interrupt (HLT/WFI) costs nothing: blocked vCPUs
-//! whose timer deadline passed are woken between turns, and when no vCPU
-//! of any VM can run, the CPU sleeps until the earliest deadline.
+//! whose timer deadline passed are woken between turns, no turn lasts
+//! beyond the earliest such deadline (`Vcpu::cap_turn`), and when no vCPU
+//! of any VM can run, the CPU sleeps until it.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -244,7 +245,9 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
 
 /// Runs one round-robin pass over the slot's runnable vCPUs (their state
 /// lives in the VM: a PSCI CPU_ON of one vCPU makes another runnable).
-fn run_slot(slot: &mut Slot) {
+/// `wake` is the earliest timer deadline of a blocked vCPU elsewhere: no
+/// turn lasts beyond it (nor beyond one of this VM's own).
+fn run_slot(slot: &mut Slot, wake: Option<u64>) {
     let Slot {
         vm, vcpus, index, ..
     } = slot;
@@ -260,6 +263,13 @@ fn run_slot(slot: &mut Slot) {
             continue;
         }
         cpu.set_current(Some((*index, i as u32)));
+        let cap = match (wake, vm.earliest_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(d) = cap {
+            vcpu.cap_turn(d);
+        }
         vm.run(i as u32, vcpu, SLICE_EXITS);
         cpu.set_current(None);
         let _ = vcpu.unbind();
@@ -308,14 +318,21 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         ..IdleStats::default()
     };
     loop {
-        // Blocked vCPUs whose timers fired are runnable again.
-        let now = virt::counter();
-        for slot in slots.iter().filter(|s| !s.done) {
-            slot.vm.wake_due(now);
-        }
         let mut active = 0;
-        for slot in slots.iter_mut().filter(|s| !s.done) {
-            run_slot(slot);
+        for i in 0..slots.len() {
+            if slots[i].done {
+                continue;
+            }
+            // Wake what is due; no turn outlasts the next timer deadline of
+            // a blocked vCPU (which then runs within a pass).
+            let now = virt::counter();
+            let wake = slots
+                .iter()
+                .filter(|s| !s.done)
+                .filter_map(|s| s.vm.wake_due(now))
+                .min();
+            let slot = &mut slots[i];
+            run_slot(slot, wake);
             if let Some(stop) = slot.vm.stop() {
                 slot.done = true;
                 let code = stop.reason.exit_code();

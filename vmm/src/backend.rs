@@ -61,6 +61,12 @@ pub trait Vcpu {
     /// level) still loses the CPU when the turn is over: `run` then returns
     /// [`Exit::PreemptionTimer`].
     fn begin_turn(&mut self, budget: u64);
+    /// Makes the next turn ([`Vcpu::begin_turn`]) end by `deadline` (a
+    /// value of the VM's clock, `crate::irq::Clock`; arm64: CNTPCT) at the
+    /// latest: the earliest timer deadline of a blocked vCPU, which the
+    /// scheduler must act on while this one runs. Applies to one turn; the
+    /// default ignores it (backends without a clock-based turn end).
+    fn cap_turn(&mut self, _deadline: u64) {}
     /// Enters the guest and returns the next exit.
     fn run(&mut self) -> Result<Exit, BackendError>;
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError>;

@@ -170,15 +170,22 @@ pub fn scenarios() -> Vec<Scenario> {
         // Interrupts and timers (issue 12): the vGICv3 behind the virtual
         // CPU interface, the EL1 virtual timer switched per vCPU, the EL1
         // physical timer emulated, WFI that sleeps.
+        // Next to a VM that spins for a second: the timer VM's interrupts
+        // also arrive while it waits for the CPU, and its WFI wake-ups end
+        // the other VM's turns.
         both(
             arm(
                 "irq-arm64-vtimer",
-                vec![vm("timer", "vtimer").append("timer=virt")],
+                vec![
+                    vm("timer", "vtimer").append("timer=virt"),
+                    vm("wfi", "spin").append("role=spinner ms=1000"),
+                ],
                 &[
                     "[vtimer] vtimer: CNTFRQ 62500000 Hz, virtual count at start",
                     "[vtimer] vtimer: 20 interrupts (10 spinning, 10 in WFI",
                     "[vtimer] vtimer: ok",
                     "vm vtimer: stopped: power off",
+                    "all 2 VM(s) stopped (0 crashed)",
                     "HV-EXIT: success",
                 ],
             ),
@@ -187,12 +194,16 @@ pub fn scenarios() -> Vec<Scenario> {
         both(
             arm(
                 "irq-arm64-ptimer",
-                vec![vm("timer", "ptimer").append("timer=phys")],
+                vec![
+                    vm("timer", "ptimer").append("timer=phys"),
+                    vm("wfi", "spin").append("role=spinner ms=1000"),
+                ],
                 &[
                     "[ptimer] ptimer: CNTFRQ 62500000 Hz, virtual count at start",
                     "[ptimer] ptimer: 20 interrupts (10 spinning, 10 in WFI",
                     "[ptimer] ptimer: ok",
                     "vm ptimer: stopped: power off",
+                    "all 2 VM(s) stopped (0 crashed)",
                     "HV-EXIT: success",
                 ],
             ),

@@ -1062,6 +1062,8 @@ pub struct El2Vcpu {
     gic: VcpuInterface,
     /// The current turn's deadline (`begin_turn`); `None` before the first.
     turn: Option<TurnDeadline>,
+    /// The scheduler's limit for the next turn (`cap_turn`).
+    turn_cap: Option<u64>,
 }
 
 impl El2Vcpu {
@@ -1093,6 +1095,7 @@ impl El2Vcpu {
             vgic: VgicCpuState::default(),
             gic: VcpuInterface::new(ICH_LRS.load(Ordering::Relaxed)),
             turn: None,
+            turn_cap: None,
         })
     }
 
@@ -1130,10 +1133,16 @@ impl Vcpu for El2Vcpu {
     /// renew it (issue 11). `budget` is unused: every exit of this backend
     /// goes back to the vmm, which counts them (nothing loops at EL2).
     fn begin_turn(&mut self, _budget: u64) {
-        self.turn = Some(TurnDeadline::begin(
-            physical_count(),
-            SLICE_TICKS.load(Ordering::Relaxed),
-        ));
+        self.turn = Some(
+            TurnDeadline::begin(physical_count(), SLICE_TICKS.load(Ordering::Relaxed))
+                .capped(self.turn_cap.take()),
+        );
+    }
+
+    /// The next turn ends when a blocked vCPU's timer fires, if earlier
+    /// than the slice.
+    fn cap_turn(&mut self, deadline: u64) {
+        self.turn_cap = Some(deadline);
     }
 
     fn run(&mut self) -> Result<Exit, BackendError> {

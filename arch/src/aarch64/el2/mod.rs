@@ -659,6 +659,12 @@ impl TurnDeadline {
         self.0
     }
 
+    /// The same turn ending by `cap` at the latest (the scheduler's next
+    /// wake-up of a blocked vCPU); a turn without slices gets it as its end.
+    pub const fn capped(self, cap: Option<u64>) -> Self {
+        TurnDeadline(self.cval_with(cap))
+    }
+
     /// CNTHP_CVAL_EL2 for an entry that must also exit by `wake` (a
     /// deadline of the vmm's: the emulated physical timer): the earlier of
     /// the two.
@@ -1210,6 +1216,11 @@ mod tests {
         assert_eq!(t.cval_with(None), Some(150));
         assert_eq!(TurnDeadline::begin(0, 0).cval_with(Some(7)), Some(7));
         assert_eq!(TurnDeadline::begin(0, 0).cval_with(None), None);
+        // A blocked vCPU's wake-up before the turn's end ends the turn then.
+        assert_eq!(t.capped(Some(120)).cval(), Some(120));
+        assert!(t.capped(Some(120)).passed(120));
+        assert_eq!(t.capped(Some(900)), t);
+        assert_eq!(TurnDeadline::begin(0, 0).capped(Some(9)).cval(), Some(9));
         assert!(!TurnDeadline::begin(5, 10).passed(14));
     }
 

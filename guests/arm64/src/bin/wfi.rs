@@ -2,9 +2,10 @@
 //! the sleeping vCPU's meanwhile. `role=sleeper`: three sleeps in WFI on the
 //! virtual timer (600 ms, then 200 ms) and the physical timer (200 ms),
 //! each measured: never shorter than asked, woken soon after, one or two
-//! WFI exits each (no busy waiting). `role=spinner`: spins for 300 ms of
-//! counter time, printing as it goes, then powers off: it runs while the
-//! sleeper's first sleep lasts.
+//! WFI exits each (no busy waiting). `role=spinner [ms=N]`: spins for N
+//! (default 300) ms of counter time, printing every 100 ms, then powers
+//! off: it runs while the sleeper's first sleep lasts (and, in the timer
+//! scenarios, competes with the timer VM for the CPU).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -83,10 +84,10 @@ mod guest {
         println!("wfi: ok");
     }
 
-    fn spinner() {
+    fn spinner(ms: u64) {
         let frq = cntfrq();
         let t0 = cntvct();
-        for step in 1..=3 {
+        for step in 1..=ms / 100 {
             let end = t0 + step * frq / 10;
             while cntvct() < end {
                 core::hint::spin_loop();
@@ -97,8 +98,14 @@ mod guest {
     }
 
     fn main(boot: Boot) {
-        if boot.cmdline().contains("role=spinner") {
-            spinner();
+        let cmd = boot.cmdline();
+        if cmd.contains("role=spinner") {
+            let ms = cmd
+                .split(' ')
+                .find_map(|w| w.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300);
+            spinner(ms);
         } else {
             sleeper();
         }
