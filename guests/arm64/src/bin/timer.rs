@@ -22,6 +22,10 @@ mod guest {
         max: u64,
         sum: u64,
         bad: u64,
+        /// Ticks past the programmed period, per phase (spinning, WFI):
+        /// min and sum.
+        late_min: [u64; 2],
+        late_sum: [u64; 2],
     }
 
     static mut ST: St = St {
@@ -33,6 +37,8 @@ mod guest {
         max: 0,
         sum: 0,
         bad: 0,
+        late_min: [u64::MAX; 2],
+        late_sum: [0; 2],
     };
 
     fn st() -> *mut St {
@@ -81,6 +87,12 @@ mod guest {
             put!(min, get!(min).min(d));
             put!(max, get!(max).max(d));
             put!(sum, get!(sum) + d);
+            let phase = usize::from(get!(count) >= 10);
+            let late = d.saturating_sub(get!(period));
+            let m = &raw mut (*st()).late_min[phase];
+            store(m, load(m).min(late));
+            let t = &raw mut (*st()).late_sum[phase];
+            store(t, load(t) + late);
             put!(last, now);
             put!(count, get!(count) + 1);
             // Re-armed relative to now: the next period starts here.
@@ -160,6 +172,21 @@ mod guest {
             ticks_to_us(min),
             ticks_to_us(sum / n.max(1)),
             ticks_to_us(max)
+        );
+        // SAFETY: IRQs are off.
+        let (lm, ls) = unsafe {
+            (
+                [load(&raw const (*st()).late_min[0]), load(&raw const (*st()).late_min[1])],
+                [load(&raw const (*st()).late_sum[0]), load(&raw const (*st()).late_sum[1])],
+            )
+        };
+        println!(
+            "{}: delivery after the deadline, in counter ticks: spinning min {} avg {}, in WFI min {} avg {}",
+            name,
+            lm[0],
+            ls[0] / spun.max(1),
+            lm[1],
+            ls[1] / (n - spun).max(1)
         );
         check!(bad == 0, "{} wrong interrupts", bad);
         check!(n == 20, "{} of 20 interrupts within 60 periods each", n);
