@@ -9,7 +9,7 @@
 //! structure's own address at `gs:[0]`, and the arm64 exception vectors
 //! find the guest context at `[TPIDR_EL2, #8]`.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use vmm::backend::PhysCpu;
 
@@ -44,6 +44,10 @@ pub struct PerCpu {
     pub current_vm: AtomicUsize,
     pub current_vcpu: AtomicU32,
     pub svm: SvmPerCpu,
+    /// arm64: this CPU's GICv3 redistributor SGI frame (0: not set up),
+    /// and whether the EL1 virtual timer's PPI is disabled there now.
+    pub gicr_sgi: AtomicU64,
+    pub vtimer_ppi_masked: AtomicBool,
 }
 
 impl PerCpu {
@@ -59,6 +63,8 @@ impl PerCpu {
                 last_vm: AtomicUsize::new(0),
                 asid_owner: [const { AtomicUsize::new(0) }; MAX_TRACKED_ASIDS],
             },
+            gicr_sgi: AtomicU64::new(0),
+            vtimer_ppi_masked: AtomicBool::new(false),
         }
     }
 

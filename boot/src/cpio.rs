@@ -108,7 +108,10 @@ impl<'a> Entries<'a> {
                 .get(name_start..name_end)
                 .ok_or(CpioError::Truncated { offset })?;
             let (&nul, name) = raw_name.split_last().ok_or(CpioError::BadName { offset })?;
-            if nul != 0 {
+            // The name is NUL-terminated and holds no other NUL: a namesize
+            // past the string would make "vms.conf\0junk" a different name
+            // from the one every tool shows.
+            if nul != 0 || name.contains(&0) {
                 return Err(CpioError::BadName { offset });
             }
             let name = core::str::from_utf8(name).map_err(|_| CpioError::BadName { offset })?;
@@ -252,6 +255,12 @@ mod tests {
             Some(Err(CpioError::Truncated { offset: 0 }))
         );
         let mut a = archive(&[("x", 0o100644, b"data")]);
+        let mut b = archive(&[("xy", 0o100644, b"data")]);
+        b[HEADER_LEN] = 0; // a NUL inside the name (found by the property test)
+        assert_eq!(
+            entries(&b).next(),
+            Some(Err(CpioError::BadName { offset: 0 }))
+        );
         a[HEADER_LEN + 1] = b'y'; // name without its NUL
         assert_eq!(
             entries(&a).next(),

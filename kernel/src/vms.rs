@@ -5,7 +5,11 @@
 //! line is `<path> [name=..] [mem=MiB] [smp=N] [append="..."]`. Each VM gets
 //! its RAM as one physically contiguous, zeroed range from the frame
 //! allocator, its own stage-2 tables and vCPUs from the arch backend
-//! (`platform::virt`), and all VMs run round-robin on the boot CPU.
+//! (`platform::virt`), and all VMs run round-robin on the boot CPU. A
+//! vCPU that waits for an interrupt (HLT/WFI) costs nothing: blocked vCPUs
+//! whose timer deadline passed are woken between turns, no turn lasts
+//! beyond the earliest such deadline (`Vcpu::cap_turn`), and when no vCPU
+//! of any VM can run, the CPU sleeps until it.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -206,6 +210,7 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     let mut cfg = VmConfig::new(&p.spec.name, GUEST_ARCH, mem, p.image);
     cfg.vcpus = p.spec.vcpus;
     cfg.cmdline = &p.spec.cmdline;
+    virt::configure(&mut cfg);
     let mut s2 = virt::new_stage2(frames, index, cfg.addr_bits).map_err(String::from)?;
     let backing = HostFrames {
         base: ram,
@@ -213,7 +218,9 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     };
     let sink: Arc<dyn ConsoleSink> = Arc::new(Console);
     let policy = virt::exit_policy(index, cfg.vcpus);
-    let vm = Vm::new(&cfg, backing, ram, &mut s2, sink, policy).map_err(|e| format!("{e:?}"))?;
+    let mut vm =
+        Vm::new(&cfg, backing, ram, &mut s2, sink, policy).map_err(|e| format!("{e:?}"))?;
+    vm.set_clock(virt::clock());
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
         vcpus.push(virt::new_vcpu(frames, &s2, index, i).map_err(String::from)?);
@@ -238,7 +245,9 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
 
 /// Runs one round-robin pass over the slot's runnable vCPUs (their state
 /// lives in the VM: a PSCI CPU_ON of one vCPU makes another runnable).
-fn run_slot(slot: &mut Slot) {
+/// `wake` is the earliest timer deadline of a blocked vCPU elsewhere: no
+/// turn lasts beyond it (nor beyond one of this VM's own).
+fn run_slot(slot: &mut Slot, wake: Option<u64>) {
     let Slot {
         vm, vcpus, index, ..
     } = slot;
@@ -254,6 +263,13 @@ fn run_slot(slot: &mut Slot) {
             continue;
         }
         cpu.set_current(Some((*index, i as u32)));
+        let cap = match (wake, vm.earliest_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(d) = cap {
+            vcpu.cap_turn(d);
+        }
         vm.run(i as u32, vcpu, SLICE_EXITS);
         cpu.set_current(None);
         let _ = vcpu.unbind();
@@ -297,10 +313,26 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         return Outcome::Error;
     }
     log::info!("running {} VM(s)", slots.len());
+    let mut idle = IdleStats {
+        freq: virt::clock().frequency(),
+        ..IdleStats::default()
+    };
     loop {
         let mut active = 0;
-        for slot in slots.iter_mut().filter(|s| !s.done) {
-            run_slot(slot);
+        for i in 0..slots.len() {
+            if slots[i].done {
+                continue;
+            }
+            // Wake what is due; no turn outlasts the next timer deadline of
+            // a blocked vCPU (which then runs within a pass).
+            let now = virt::counter();
+            let wake = slots
+                .iter()
+                .filter(|s| !s.done)
+                .filter_map(|s| s.vm.wake_due(now))
+                .min();
+            let slot = &mut slots[i];
+            run_slot(slot, wake);
             if let Some(stop) = slot.vm.stop() {
                 slot.done = true;
                 let code = stop.reason.exit_code();
@@ -315,13 +347,10 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
                 if let Some(report) = &stop.report {
                     log::warn!("vm {}: registers: {report}", slot.vm.name());
                 }
-            } else if (0..slot.vcpus.len() as u32).all(|i| {
-                !matches!(
-                    slot.vm.vcpu_state(i),
-                    Some(VcpuState::Runnable | VcpuState::Running)
-                )
-            }) {
-                // No interrupt sources exist yet, so nothing can wake it.
+            } else if !slot.vm.can_progress() {
+                // Every vCPU waits for an interrupt with no timer armed:
+                // its devices act only on its own vCPUs' accesses, so
+                // nothing can wake it.
                 slot.done = true;
                 slot.vm.drain_console(usize::MAX);
                 log::warn!(
@@ -335,14 +364,49 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         if active == 0 {
             break;
         }
+        idle.sleep_if_nothing_runs(&slots);
     }
     let crashed = slots
         .iter()
         .filter(|s| s.vm.stop().is_none_or(|st| st.reason.is_crash()))
         .count();
     let first_code = slots[0].vm.stop().and_then(|s| s.reason.exit_code());
-    log::info!("all {} VM(s) stopped ({crashed} crashed)", slots.len());
+    log::info!(
+        "all {} VM(s) stopped ({crashed} crashed); CPU idle {} time(s), {} ms",
+        slots.len(),
+        idle.sleeps,
+        idle.ticks / (idle.freq / 1000).max(1)
+    );
     Outcome::AllStopped { first_code }
+}
+
+/// How often and how long the CPU slept with nothing to run.
+#[derive(Default)]
+struct IdleStats {
+    sleeps: u64,
+    ticks: u64,
+    freq: u64,
+}
+
+impl IdleStats {
+    /// When no vCPU of any VM is runnable, sleeps until the earliest
+    /// wake-up deadline of a blocked vCPU (then wakes it).
+    fn sleep_if_nothing_runs(&mut self, slots: &[Slot]) {
+        let live = || slots.iter().filter(|s| !s.done);
+        if live().any(|s| s.vm.has_runnable()) {
+            return;
+        }
+        let now = virt::counter();
+        let next = live().filter_map(|s| s.vm.wake_due(now)).min();
+        if live().any(|s| s.vm.has_runnable()) {
+            return;
+        }
+        if let Some(deadline) = next {
+            virt::idle_until(deadline);
+            self.sleeps += 1;
+            self.ticks += virt::counter().saturating_sub(now);
+        }
+    }
 }
 
 /// Exit status for `exitcode=guest`: the guest's code, or 0xff if it crashed.

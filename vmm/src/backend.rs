@@ -61,6 +61,12 @@ pub trait Vcpu {
     /// level) still loses the CPU when the turn is over: `run` then returns
     /// [`Exit::PreemptionTimer`].
     fn begin_turn(&mut self, budget: u64);
+    /// Makes the next turn ([`Vcpu::begin_turn`]) end by `deadline` (a
+    /// value of the VM's clock, `crate::irq::Clock`; arm64: CNTPCT) at the
+    /// latest: the earliest timer deadline of a blocked vCPU, which the
+    /// scheduler must act on while this one runs. Applies to one turn; the
+    /// default ignores it (backends without a clock-based turn end).
+    fn cap_turn(&mut self, _deadline: u64) {}
     /// Enters the guest and returns the next exit.
     fn run(&mut self) -> Result<Exit, BackendError>;
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError>;
@@ -80,6 +86,15 @@ pub trait Vcpu {
     fn bind(&mut self, cpu: PhysCpu) -> Result<(), BackendError>;
     /// Releases the physical CPU (VMCLEAR, save EL1 state).
     fn unbind(&mut self) -> Result<(), BackendError>;
+
+    /// arm64: the GICv3 virtual CPU interface and the EL1 virtual timer as
+    /// the vmm exchanges them with the hardware around each `run`
+    /// ([`crate::arm64::wiring::VcpuInterface`]: loaded before the entry,
+    /// saved after the exit). `None`: the backend has none (x86, or a CPU
+    /// without the GICv3 system registers).
+    fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
+        None
+    }
 
     /// Applies one [`Action`].
     fn apply(&mut self, action: Action) -> Result<(), BackendError> {

@@ -81,6 +81,9 @@ pub const ARM64_TIMER_PPIS: TimerPpis = TimerPpis {
     hyp: 26,
 };
 
+/// The arm64 test device's interrupt line (a level SPI).
+pub const ARM64_TESTDEV_INTID: u32 = 48;
+
 /// Bytes of one vCPU's redistributor (RD frame + SGI frame, GICv3).
 pub const GICR_STRIDE: u64 = 0x2_0000;
 
@@ -151,8 +154,16 @@ impl Board {
                     0x1000,
                     Some(Irq::Spi(33))
                 ),
-                // The first virtio-mmio slot of QEMU virt, free in ours.
-                dev(DeviceKind::TestDev, Space::Mmio, 0x0a00_0000, 0x1000, None),
+                // The first virtio-mmio slots of QEMU virt, free in ours; the
+                // RAM-like page, then the interrupt registers of its level
+                // line, SPI 48 (virtio-mmio slot 0's INTID on QEMU virt).
+                dev(
+                    DeviceKind::TestDev,
+                    Space::Mmio,
+                    0x0a00_0000,
+                    crate::devices::testdev::TESTDEV_SIZE_WITH_IRQ,
+                    Some(Irq::Spi(ARM64_TESTDEV_INTID)),
+                ),
                 dev(
                     DeviceKind::ArchTimer,
                     Space::Mmio,

@@ -34,6 +34,11 @@ pub trait BusDevice: Any + Send {
     fn read(&mut self, offset: u64, size: AccessSize) -> u64;
     /// A write of the low `size` bytes of `value` at `offset`.
     fn write(&mut self, offset: u64, size: AccessSize, value: u64) -> IoOutcome;
+    /// The guest ended an interrupt of level-triggered `line`, which this
+    /// device drives (`crate::irq`): a device that lowers its line once the
+    /// interrupt is serviced re-evaluates it here (the line's controller is
+    /// not locked then).
+    fn irq_eoi(&mut self, _line: u32) {}
 }
 
 /// Handle returned by [`Bus::register`].
@@ -129,6 +134,14 @@ impl Bus {
         let mut guard = self.devices.get(id.0)?.lock();
         let dev: &mut dyn Any = guard.as_mut();
         dev.downcast_mut::<T>().map(f)
+    }
+
+    /// Tells the device behind `id` that the guest ended an interrupt of
+    /// its level-triggered `line` ([`BusDevice::irq_eoi`]).
+    pub fn irq_eoi(&self, id: DeviceId, line: u32) {
+        if let Some(d) = self.devices.get(id.0) {
+            d.lock().irq_eoi(line);
+        }
     }
 
     /// The device that fully contains `[addr, addr+size)` and the offset.

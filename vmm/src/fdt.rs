@@ -9,10 +9,10 @@
 //!
 //! [`arm64_guest_dtb`] describes what a VM sees (QEMU `virt`-like layout):
 //! `/memory`, `/cpus` with `enable-method = "psci"`, `/psci` (method
-//! "hvc", PSCI 1.0), the PL011, the architected timer, `/chosen` with
-//! `bootargs` and `stdout-path`. The GIC is described but marked
-//! `status = "disabled"`: it is not virtualized yet (no distributor or
-//! redistributor behind those addresses), so a guest must not use it.
+//! "hvc", PSCI 1.0), the GICv3 (distributor and redistributor region, with
+//! the virtual CPU interface's maintenance interrupt as QEMU `virt` lists
+//! it), the architected timer's four PPIs, the PL011, `/chosen` with
+//! `bootargs` and `stdout-path`.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -308,8 +308,8 @@ pub fn arm64_guest_dtb(d: &Arm64Dtb) -> Result<Vec<u8>, FdtError> {
     w.property_null("interrupt-controller")?;
     w.property_u32("#interrupt-cells", 3)?;
     w.property_u64s("reg", &[d.gicd.0, d.gicd.1, d.gicr.0, d.gicr.1])?;
-    // Not virtualized yet: nothing answers at these addresses.
-    w.property_str("status", "disabled")?;
+    // The maintenance interrupt: PPI 9, level-high (QEMU virt's <1 9 4>).
+    w.property_cells("interrupts", &[1, 9, 4])?;
     w.property_u32("phandle", PHANDLE_GIC)?;
     w.end_node()?;
 
@@ -453,7 +453,16 @@ mod tests {
         assert_eq!(prop(&p, "/cpus/cpu@1", "reg"), [0, 0, 0, 1]);
         assert_eq!(prop(&p, "/cpus/cpu@0", "enable-method"), b"psci\0");
         assert_eq!(prop(&p, "/psci", "method"), b"hvc\0");
-        assert_eq!(prop(&p, "/intc@8000000", "status"), b"disabled\0");
+        assert!(
+            !p.iter()
+                .any(|(path, n, _)| path == "/intc@8000000" && n == "status"),
+            "the GIC is there to use"
+        );
+        assert_eq!(
+            prop(&p, "/intc@8000000", "interrupts"),
+            [0, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 4]
+        );
+        assert_eq!(prop(&p, "/intc@8000000", "#interrupt-cells"), [0, 0, 0, 3]);
         assert_eq!(
             prop(&p, "/pl011@9000000", "compatible"),
             b"arm,pl011\0arm,primecell\0"

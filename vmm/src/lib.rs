@@ -13,7 +13,10 @@
 //! - [`vm`]: VM lifecycle and exit dispatch; [`hypercall`]: the guest ABI.
 //! - [`x86`]: x86 platform devices: local APIC, I/O APIC and interrupt
 //!   routing, legacy PIC, PIT and CMOS/RTC (pure state machines).
-//! - [`arm64`]: the vGICv3 and generic-timer models (pure state machines).
+//! - [`irq`]: the arch-neutral interrupt-controller interface (lines,
+//!   messages, wake-up condition, EOI notification).
+//! - [`arm64`]: the vGICv3 and generic-timer models (pure state machines)
+//!   and their wiring into a VM.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -30,6 +33,7 @@ pub mod event;
 pub mod exit;
 pub mod fdt;
 pub mod hypercall;
+pub mod irq;
 pub mod loader;
 pub mod mem;
 pub mod psci;

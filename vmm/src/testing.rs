@@ -153,6 +153,25 @@ impl Stage2 for RecordingStage2 {
     }
 }
 
+/// A clock the test sets ([`crate::irq::Clock`]), at 62.5 MHz.
+#[derive(Default)]
+pub struct ManualClock(pub core::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    pub fn set(&self, now: u64) {
+        self.0.store(now, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl crate::irq::Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+    fn frequency(&self) -> u64 {
+        62_500_000
+    }
+}
+
 /// Collects console lines as `"vm: text"`.
 #[derive(Default)]
 pub struct CollectSink(spin::Mutex<Vec<String>>);
@@ -263,6 +282,16 @@ pub struct ScriptedVcpu {
     pub runs: usize,
     /// The budgets of the turns begun so far ([`Vcpu::begin_turn`]).
     pub turns: Vec<u64>,
+    /// arm64: a GIC virtual CPU interface for the vmm to fill
+    /// ([`ScriptedVcpu::with_gic`]).
+    pub gic: Option<crate::arm64::wiring::VcpuInterface>,
+    /// With [`ScriptedVcpu::with_gic`]: each `run` first plays a guest that
+    /// takes every pending interrupt in its list registers, best priority
+    /// first (acknowledge and deactivate), and records their INTIDs here.
+    pub taken: Vec<u32>,
+    /// With a GIC: CNTV_CTL_EL0 and CNTV_CVAL_EL0 the scripted guest writes
+    /// during its next `run` (taken then).
+    pub set_cntv: Option<(u64, u64)>,
 }
 
 impl ScriptedVcpu {
@@ -289,6 +318,42 @@ impl ScriptedVcpu {
             bound: None,
             boot: None,
             runs: 0,
+            gic: None,
+            taken: Vec::with_capacity(256),
+            set_cntv: None,
+        }
+    }
+
+    /// The same vCPU with a GIC CPU interface of `nr_lrs` list registers,
+    /// whose guest has group 1 enabled and the priority mask open
+    /// (ICH_VMCR_EL2 VENG1, VPMR 0xff).
+    pub fn with_gic(mut self, nr_lrs: usize) -> ScriptedVcpu {
+        let mut ci = crate::arm64::wiring::VcpuInterface::new(nr_lrs);
+        ci.vmcr = 0xff << 24 | 2;
+        self.gic = Some(ci);
+        self
+    }
+
+    /// The scripted guest takes what its list registers hold pending.
+    fn take_interrupts(&mut self) {
+        use crate::arm64::lr::ListReg;
+        let Some(ci) = &mut self.gic else { return };
+        if let Some((ctl, cval)) = self.set_cntv.take() {
+            ci.cntv_ctl = ctl;
+            ci.cntv_cval = cval;
+        }
+        let n = ci.nr_lrs;
+        loop {
+            let best = (0..n)
+                .map(|i| (i, ListReg::decode(ci.lr[i])))
+                .filter(|(_, l)| l.state.pending())
+                .min_by_key(|(_, l)| (l.priority, l.intid));
+            let Some((i, l)) = best else { break };
+            // Acknowledged, then deactivated: State becomes Invalid.
+            ci.lr[i] &= !(3 << 62);
+            if self.taken.len() < self.taken.capacity() {
+                self.taken.push(l.intid);
+            }
         }
     }
 
@@ -324,6 +389,7 @@ impl Vcpu for ScriptedVcpu {
             }
         }
         self.runs += 1;
+        self.take_interrupts();
         self.script.pop_front().ok_or(BackendError::ScriptEnded)
     }
 
@@ -377,6 +443,10 @@ impl Vcpu for ScriptedVcpu {
 
     fn unbind(&mut self) -> Result<(), BackendError> {
         self.bound.take().map(|_| ()).ok_or(BackendError::NotBound)
+    }
+
+    fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
+        self.gic.as_mut()
     }
 }
 

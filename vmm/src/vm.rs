@@ -16,8 +16,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use crate::arm64::wiring::{Arm64Irq, GicDistributor, GicRedistributors, SysRegResult, Wfi};
 use crate::backend::{BackendError, BootState, EntryMode, GuestArch, Stage2, Vcpu};
-use crate::board::{Board, DeviceKind, Space};
+use crate::board::{Board, DeviceKind, Irq, Space};
 use crate::bus::{Bus, BusError, DeviceId, IoOutcome};
 use crate::console::{ConsoleBuffer, CONSOLE_BUFFER_BYTES};
 use crate::devices::debug_exit::DebugExit;
@@ -31,6 +32,7 @@ use crate::exit::{AccessKind, Exit, IoOp, MmioOp, SysRegId, SysRegOp};
 use crate::hypercall::{
     self, Call, CONSOLE_WRITE_MAX, HC_ERR_FAULT, HC_ERR_INVALID, HC_ERR_PERM, HC_ERR_UNKNOWN,
 };
+use crate::irq::{Clock, EoiList, FrozenClock, IrqLine, Trigger, VcpuMask, Waker};
 use crate::loader::{self, KernelFormat, LoadError};
 use crate::mem::{Backing, GuestMemory, MemError, Region};
 use crate::psci::{self, PsciCall};
@@ -68,6 +70,13 @@ pub struct VmConfig<'a> {
     /// Guest-physical address bits (the arm64 IPA size; the backend refuses
     /// what the CPU cannot do, rule `ipa_size`).
     pub addr_bits: u32,
+    /// arm64: the GIC virtual CPU interface's priority bits
+    /// (ICH_VTR_EL2.PRIbits + 1; 5 on QEMU), which the vGIC implements too.
+    pub gic_pri_bits: u8,
+    /// arm64: the counter frequency (CNTFRQ_EL0) and the VM's CNTVOFF_EL2
+    /// (the guest's virtual count is the physical count minus it).
+    pub timer_freq: u64,
+    pub cntvoff: u64,
 }
 
 impl<'a> VmConfig<'a> {
@@ -84,6 +93,9 @@ impl<'a> VmConfig<'a> {
                 GuestArch::X86_64 => 48,
                 GuestArch::Aarch64 => 40,
             },
+            gic_pri_bits: 5,
+            timer_freq: 62_500_000,
+            cntvoff: 0,
         }
     }
 }
@@ -100,6 +112,9 @@ pub enum VmError {
     /// The vCPU has no start request (not the boot vCPU, no PSCI CPU_ON).
     VcpuNotStartable(u32),
     Backend(BackendError),
+    /// The interrupt controller refused the configuration (arm64: the
+    /// GIC's priority bits).
+    Irq(crate::arm64::vgic::VgicError),
 }
 
 impl From<MemError> for VmError {
@@ -368,13 +383,67 @@ impl Kick for NoKick {
 }
 
 /// The part of a vCPU's state that other CPUs read and write: its
-/// scheduling state, its requests and its exit count (written only by the
+/// scheduling state, its requests, its exit count (written only by the
 /// CPU that runs it, with plain loads and stores: no atomic
-/// read-modify-write on the exit path).
+/// read-modify-write on the exit path) and, while it is blocked, when a
+/// timer of its own wakes it.
 struct VcpuSlot {
     state: AtomicU8,
     requests: AtomicU32,
     exits: AtomicU64,
+    /// The clock value at which a blocked vCPU's timer fires ([`NO_WAKE`]:
+    /// none); written when it blocks.
+    wake_at: AtomicU64,
+}
+
+/// [`VcpuSlot::wake_at`] of a vCPU no timer wakes.
+const NO_WAKE: u64 = u64::MAX;
+
+/// The VM's vCPU slots and whom to kick: shared with the interrupt
+/// controller, which wakes vCPUs through it ([`Waker`]).
+struct VcpuTable {
+    slots: Box<[VcpuSlot]>,
+    kick: spin::Once<Arc<dyn Kick>>,
+}
+
+impl VcpuTable {
+    fn kick(&self, index: u32) {
+        if let Some(k) = self.kick.get() {
+            k.kick(index);
+        }
+    }
+
+    /// Leaves `req` for vCPU `index` and makes it runnable if it was
+    /// blocked (or off, for [`request::START`]), then kicks it.
+    fn make_request(&self, index: u32, req: u32) {
+        let Some(s) = self.slots.get(index as usize) else {
+            return;
+        };
+        s.requests.fetch_or(req, Ordering::AcqRel);
+        let from_off = req & request::START != 0;
+        let _ =
+            s.state.fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                |cur| match VcpuState::from_u8(cur) {
+                    VcpuState::Blocked => Some(VcpuState::Runnable as u8),
+                    VcpuState::Off if from_off => Some(VcpuState::Runnable as u8),
+                    _ => None,
+                },
+            );
+        self.kick(index);
+    }
+}
+
+impl Waker for VcpuTable {
+    fn wake(&self, vcpus: VcpuMask) {
+        let mut m = vcpus;
+        while m != 0 {
+            let v = m.trailing_zeros();
+            m &= m - 1;
+            self.make_request(v, request::WAKE);
+        }
+    }
 }
 
 /// One virtual machine: the state its vCPUs share, used through `&self`
@@ -400,11 +469,15 @@ pub struct Vm<B> {
     boot: BootState,
     format: KernelFormat,
     power: spin::Mutex<Vec<Power>>,
-    vcpus: Box<[VcpuSlot]>,
-    kick: Arc<dyn Kick>,
+    vcpus: Arc<VcpuTable>,
     stopped: AtomicBool,
     stop: spin::Mutex<Option<Stop>>,
     board: Board,
+    /// arm64: the vGICv3 and the vCPUs' timers.
+    arm: Option<Arm64Irq>,
+    /// Devices that drive a level-triggered line: told of its EOIs.
+    resample: Vec<(u32, Space, DeviceId)>,
+    clock: Arc<dyn Clock>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -452,24 +525,83 @@ impl<B: Backing> Vm<B> {
         let buffer = Arc::new(ConsoleBuffer::new(CONSOLE_BUFFER_BYTES));
         let lines: Arc<dyn ConsoleSink> = buffer.clone();
         let mut uart = None;
+        let vcpus = Arc::new(VcpuTable {
+            slots: (0..cfg.vcpus)
+                .map(|i| VcpuSlot {
+                    // The boot vCPU starts runnable with its start request;
+                    // the others wait for PSCI CPU_ON (or, on x86,
+                    // INIT-SIPI-SIPI).
+                    state: AtomicU8::new(if i == 0 {
+                        VcpuState::Runnable as u8
+                    } else {
+                        VcpuState::Off as u8
+                    }),
+                    requests: AtomicU32::new(if i == 0 { request::START } else { 0 }),
+                    exits: AtomicU64::new(0),
+                    wake_at: AtomicU64::new(NO_WAKE),
+                })
+                .collect(),
+            kick: spin::Once::new(),
+        });
+        // The interrupt controller comes first: devices get their lines
+        // from it.
+        let arm = match cfg.arch {
+            GuestArch::Aarch64 => Some(
+                Arm64Irq::new(
+                    cfg.vcpus,
+                    cfg.gic_pri_bits,
+                    cfg.timer_freq,
+                    cfg.cntvoff,
+                    vcpus.clone(),
+                )
+                .map_err(VmError::Irq)?,
+            ),
+            GuestArch::X86_64 => None,
+        };
+        let line_of = |irq: Option<Irq>| -> Option<IrqLine> {
+            match (irq?, &arm) {
+                (Irq::Spi(intid), Some(a)) => {
+                    Some(IrqLine::new(a.gic().clone(), intid, Trigger::Level))
+                }
+                _ => None,
+            }
+        };
+        let mut resample = Vec::new();
         for d in &board.devices {
-            // Devices with registers the vmm emulates; the rest (the GIC,
-            // the timer) is the backend's or described only.
+            // Devices with registers the vmm emulates; the timer is the
+            // backend's and the vGIC's, described only.
+            let mut level_line = None;
             let model: Box<dyn crate::bus::BusDevice> = match d.kind {
                 DeviceKind::Uart16550 => {
                     Box::new(Uart16550::new(LineOutput::new(name.clone(), lines.clone())))
                 }
                 DeviceKind::Pl011 => {
-                    Box::new(Pl011::new(LineOutput::new(name.clone(), lines.clone())))
+                    let out = LineOutput::new(name.clone(), lines.clone());
+                    match line_of(d.irq) {
+                        Some(l) => Box::new(Pl011::with_line(out, l)),
+                        None => Box::new(Pl011::new(out)),
+                    }
                 }
                 DeviceKind::DebugExit => Box::new(DebugExit),
                 DeviceKind::FwCfg => {
                     Box::new(FwCfg::new(cfg.mem_size, cfg.vcpus as u16, cfg.cmdline))
                 }
-                DeviceKind::TestDev => Box::<TestDev>::default(),
-                DeviceKind::GicDistributor
-                | DeviceKind::GicRedistributors
-                | DeviceKind::ArchTimer => continue,
+                DeviceKind::TestDev => match line_of(d.irq) {
+                    Some(l) => {
+                        level_line = Some(l.line());
+                        Box::new(TestDev::with_line(l))
+                    }
+                    None => Box::<TestDev>::default(),
+                },
+                DeviceKind::GicDistributor => match &arm {
+                    Some(a) => Box::new(GicDistributor(a.gic().clone())),
+                    None => continue,
+                },
+                DeviceKind::GicRedistributors => match &arm {
+                    Some(a) => Box::new(GicRedistributors(a.gic().clone())),
+                    None => continue,
+                },
+                DeviceKind::ArchTimer => continue,
             };
             let bus = match d.space {
                 Space::Port => &mut ports,
@@ -479,24 +611,14 @@ impl<B: Backing> Vm<B> {
             if matches!(d.kind, DeviceKind::Uart16550 | DeviceKind::Pl011) {
                 uart = Some(id);
             }
+            if let Some(l) = level_line {
+                resample.push((l, d.space, id));
+            }
         }
         let uart = uart.ok_or(VmError::Bus(BusError::ZeroLength))?;
         let (boot, format) = loader::load_kernel_on(&board, &mut mem, cfg.kernel, cfg.cmdline)?;
         let mut power = alloc::vec![Power::Off; cfg.vcpus as usize];
         power[0] = Power::On;
-        let vcpus: Box<[VcpuSlot]> = (0..cfg.vcpus)
-            .map(|i| VcpuSlot {
-                // The boot vCPU starts runnable with its start request; the
-                // others wait for PSCI CPU_ON (or, on x86, INIT-SIPI-SIPI).
-                state: AtomicU8::new(if i == 0 {
-                    VcpuState::Runnable as u8
-                } else {
-                    VcpuState::Off as u8
-                }),
-                requests: AtomicU32::new(if i == 0 { request::START } else { 0 }),
-                exits: AtomicU64::new(0),
-            })
-            .collect();
         Ok(Vm {
             console: spin::Mutex::new(LineOutput::new(name.clone(), lines)),
             out: buffer,
@@ -512,10 +634,12 @@ impl<B: Backing> Vm<B> {
             format,
             power: spin::Mutex::new(power),
             vcpus,
-            kick: Arc::new(NoKick),
             stopped: AtomicBool::new(false),
             stop: spin::Mutex::new(None),
             board,
+            arm,
+            resample,
+            clock: Arc::new(FrozenClock),
         })
     }
 
@@ -528,7 +652,7 @@ impl<B: Backing> Vm<B> {
     }
 
     pub fn vcpu_count(&self) -> u32 {
-        self.vcpus.len() as u32
+        self.vcpus.slots.len() as u32
     }
 
     /// The VM's board: RAM and devices with their addresses and lines.
@@ -536,20 +660,32 @@ impl<B: Backing> Vm<B> {
         &self.board
     }
 
-    /// Who to tell when another CPU must look at a vCPU (set before the
-    /// VM runs; the default tells no one).
+    /// Who to tell when another CPU must look at a vCPU (set once, before
+    /// the VM runs; the default tells no one, and a second call changes
+    /// nothing).
     pub fn set_kick(&mut self, kick: Arc<dyn Kick>) {
-        self.kick = kick;
+        self.vcpus.kick.call_once(|| kick);
+    }
+
+    /// The time base of the VM's timers (set before the VM runs; the
+    /// default never advances).
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    /// arm64: the vGIC and the vCPUs' timers.
+    pub fn arm64_irq(&self) -> Option<&Arm64Irq> {
+        self.arm.as_ref()
     }
 
     /// The scheduling state of vCPU `index` (`None`: no such vCPU).
     pub fn vcpu_state(&self, index: u32) -> Option<VcpuState> {
-        let s = self.vcpus.get(index as usize)?;
+        let s = self.vcpus.slots.get(index as usize)?;
         Some(VcpuState::from_u8(s.state.load(Ordering::Acquire)))
     }
 
     fn set_state(&self, index: u32, st: VcpuState) {
-        if let Some(s) = self.vcpus.get(index as usize) {
+        if let Some(s) = self.vcpus.slots.get(index as usize) {
             s.state.store(st as u8, Ordering::Release);
         }
     }
@@ -557,27 +693,66 @@ impl<B: Backing> Vm<B> {
     /// Leaves `req` for vCPU `index` and makes it runnable if it was
     /// blocked (or off, for [`request::START`]), then kicks it.
     pub fn make_request(&self, index: u32, req: u32) {
-        let Some(s) = self.vcpus.get(index as usize) else {
-            return;
-        };
-        s.requests.fetch_or(req, Ordering::AcqRel);
-        let from_off = req & request::START != 0;
-        let _ =
-            s.state.fetch_update(
-                Ordering::AcqRel,
-                Ordering::Acquire,
-                |cur| match VcpuState::from_u8(cur) {
-                    VcpuState::Blocked => Some(VcpuState::Runnable as u8),
-                    VcpuState::Off if from_off => Some(VcpuState::Runnable as u8),
-                    _ => None,
-                },
-            );
-        self.kick.kick(index);
+        self.vcpus.make_request(index, req);
     }
 
     /// Wakes a blocked vCPU (an interrupt or a timer deadline for it).
     pub fn wake(&self, index: u32) {
         self.make_request(index, request::WAKE);
+    }
+
+    /// When blocked vCPU `index` wakes on its own (a timer of its fires),
+    /// as a clock value; `None` if it is not blocked or only an interrupt
+    /// from elsewhere wakes it.
+    pub fn wake_deadline(&self, index: u32) -> Option<u64> {
+        let s = self.vcpus.slots.get(index as usize)?;
+        if VcpuState::from_u8(s.state.load(Ordering::Acquire)) != VcpuState::Blocked {
+            return None;
+        }
+        let d = s.wake_at.load(Ordering::Acquire);
+        (d != NO_WAKE).then_some(d)
+    }
+
+    /// The earliest timer deadline of a blocked vCPU, if any.
+    pub fn earliest_wake(&self) -> Option<u64> {
+        (0..self.vcpu_count())
+            .filter_map(|i| self.wake_deadline(i))
+            .min()
+    }
+
+    /// Wakes every blocked vCPU whose timer deadline is `now` or earlier;
+    /// returns the earliest deadline of those still blocked (when the run
+    /// loop must look again), if any.
+    pub fn wake_due(&self, now: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        for i in 0..self.vcpu_count() {
+            match self.wake_deadline(i) {
+                Some(d) if d <= now => self.wake(i),
+                Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
+                None => {}
+            }
+        }
+        next
+    }
+
+    /// Whether some vCPU is runnable or running.
+    pub fn has_runnable(&self) -> bool {
+        (0..self.vcpu_count()).any(|i| {
+            matches!(
+                self.vcpu_state(i),
+                Some(VcpuState::Runnable | VcpuState::Running)
+            )
+        })
+    }
+
+    /// Whether the VM can still run: not stopped, and some vCPU is
+    /// runnable or blocked with a timer to wake it. (A VM whose vCPUs all
+    /// wait for interrupts with no timer armed has nothing left to wake
+    /// them: its devices only act on its own vCPUs' accesses.)
+    pub fn can_progress(&self) -> bool {
+        !self.is_stopped()
+            && (self.has_runnable()
+                || (0..self.vcpu_count()).any(|i| self.wake_deadline(i).is_some()))
     }
 
     pub fn boot_state(&self) -> &BootState {
@@ -629,6 +804,7 @@ impl<B: Backing> Vm<B> {
     /// Number of exits handled (all vCPUs).
     pub fn exit_count(&self) -> u64 {
         self.vcpus
+            .slots
             .iter()
             .map(|s| s.exits.load(Ordering::Relaxed))
             .sum()
@@ -654,6 +830,7 @@ impl<B: Backing> Vm<B> {
     pub fn start_vcpu<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) -> Result<(), VmError> {
         let slot = self
             .vcpus
+            .slots
             .get(index as usize)
             .ok_or(VmError::NoSuchVcpu(index))?;
         if slot.requests.fetch_and(!request::START, Ordering::AcqRel) & request::START == 0 {
@@ -688,7 +865,7 @@ impl<B: Backing> Vm<B> {
         if self.is_stopped() {
             return Flow::Stopped;
         }
-        let Some(slot) = self.vcpus.get(index as usize) else {
+        let Some(slot) = self.vcpus.slots.get(index as usize) else {
             return Flow::VcpuOff;
         };
         let requests = slot.requests.load(Ordering::Acquire);
@@ -714,7 +891,10 @@ impl<B: Backing> Vm<B> {
                 flow = Flow::Stopped;
                 break;
             }
-            let f = match vcpu.run() {
+            self.irq_before_entry(index, vcpu);
+            let r = vcpu.run();
+            self.irq_after_exit(index, vcpu);
+            let f = match r {
                 Ok(exit) => self.handle_exit(index, vcpu, exit),
                 Err(e) => self.stop_vm(vcpu, StopReason::Backend(e)),
             };
@@ -750,12 +930,96 @@ impl<B: Backing> Vm<B> {
         flow
     }
 
+    /// Loads vCPU `index`'s interrupt state into the backend's CPU
+    /// interface for the next entry (arm64: timer lines, list registers,
+    /// ICH_HCR_EL2, the virtual timer). Takes the controller's lock only
+    /// for the time it needs. Never allocates.
+    pub fn irq_before_entry<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) {
+        if let (Some(arm), Some(ci)) = (&self.arm, vcpu.gic_interface()) {
+            arm.before_entry(index as usize, ci, self.clock.now());
+        }
+    }
+
+    /// Folds vCPU `index`'s CPU interface back after an exit, wakes the
+    /// vCPUs that must look again, and tells devices of the level
+    /// interrupts the guest ended (with no lock of the controller held).
+    /// Never allocates.
+    pub fn irq_after_exit<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) {
+        let mut eois = EoiList::new();
+        if let (Some(arm), Some(ci)) = (&self.arm, vcpu.gic_interface()) {
+            arm.after_exit(index as usize, ci, &mut eois);
+        }
+        for &line in eois.as_slice() {
+            for &(l, space, id) in &self.resample {
+                if l == line {
+                    match space {
+                        Space::Port => self.ports.irq_eoi(id, line),
+                        Space::Mmio => self.mmio.irq_eoi(id, line),
+                    }
+                }
+            }
+        }
+    }
+
+    /// HLT/WFI of vCPU `index`: goes on if an interrupt is there to take,
+    /// otherwise blocks it (recording when its own timers wake it).
+    fn halt(&self, index: u32) -> Flow {
+        let slot = self.vcpus.slots.get(index as usize);
+        let deadline = match &self.arm {
+            Some(arm) => {
+                // Wake-ups asked for before this check are seen by it (the
+                // controller's state changes before its waker runs); one
+                // that comes after it stays and keeps the vCPU runnable.
+                if let Some(s) = slot {
+                    s.requests.fetch_and(!request::WAKE, Ordering::AcqRel);
+                }
+                match arm.wfi(index as usize, self.clock.now()) {
+                    Wfi::Pending => return Flow::Continue,
+                    Wfi::Block { deadline } => deadline,
+                }
+            }
+            None => None,
+        };
+        if let Some(s) = slot {
+            s.wake_at
+                .store(deadline.unwrap_or(NO_WAKE), Ordering::Release);
+        }
+        Flow::Halt
+    }
+
+    /// A trapped system register the interrupt controller or the timers
+    /// own (arm64 SGI generation, CNTP_*), if it is one.
+    fn irq_sysreg<V: Vcpu + ?Sized>(
+        &self,
+        index: u32,
+        vcpu: &mut V,
+        a: &crate::exit::SysRegAccess,
+    ) -> Option<Result<Flow, StopReason>> {
+        let arm = self.arm.as_ref()?;
+        let write = match a.op {
+            SysRegOp::Write(v) => Some(v),
+            SysRegOp::Read(_) => None,
+        };
+        let r = arm.sysreg(index as usize, a.id, write, self.clock.now());
+        Some(match (r, a.op) {
+            (SysRegResult::NotOurs, _) => return None,
+            (SysRegResult::Undefined, _) => inject(vcpu, Event::Undefined),
+            (SysRegResult::Done(v), op) => (|| {
+                if let SysRegOp::Read(reg) = op {
+                    vcpu.set_reg(reg, v.unwrap_or(0))?;
+                }
+                vcpu.advance_pc()?;
+                Ok(Flow::Continue)
+            })(),
+        })
+    }
+
     /// Handles one exit of vCPU `index`. Never allocates.
     pub fn handle_exit<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V, exit: Exit) -> Flow {
         if self.is_stopped() {
             return Flow::Stopped;
         }
-        if let Some(s) = self.vcpus.get(index as usize) {
+        if let Some(s) = self.vcpus.slots.get(index as usize) {
             // Only this vCPU's CPU writes its count: no read-modify-write.
             s.exits
                 .store(s.exits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -829,7 +1093,7 @@ impl<B: Backing> Vm<B> {
             }
             Exit::Halt => {
                 vcpu.advance_pc()?;
-                Ok(Flow::Halt)
+                Ok(self.halt(index))
             }
             Exit::Yield => {
                 vcpu.advance_pc()?;
@@ -855,6 +1119,9 @@ impl<B: Backing> Vm<B> {
                 crate::exit::ShutdownKind::InvalidState => StopReason::InvalidState,
             }),
             Exit::SysReg(a) => {
+                if let Some(r) = self.irq_sysreg(index, vcpu, &a) {
+                    return r;
+                }
                 let done = match a.op {
                     SysRegOp::Read(reg) => match self.policy.lock().sysreg_read(a.id) {
                         Some(v) => {
@@ -1023,7 +1290,7 @@ impl<B: Backing> Vm<B> {
             *stop = Some(Stop { reason, report });
             self.stopped.store(true, Ordering::Release);
             drop(stop);
-            for s in self.vcpus.iter() {
+            for s in self.vcpus.slots.iter() {
                 s.state.store(VcpuState::Stopped as u8, Ordering::Release);
             }
             self.console.lock().flush();
@@ -1035,7 +1302,7 @@ impl<B: Backing> Vm<B> {
             };
             // Every vCPU sees the stop at its next exit (or is told now).
             for i in 0..self.vcpu_count() {
-                self.kick.kick(i);
+                self.vcpus.kick(i);
             }
             // Its last lines before the line that says it stopped (bounded
             // by the buffer's size).
@@ -1131,7 +1398,8 @@ mod tests {
     use crate::loader::elf::{build::elf, EM_AARCH64};
     use crate::loader::multiboot::HEADER_MAGIC;
     use crate::testing::{
-        CollectSink, RecordingStage2, ScriptedVcpu, SharedBacking, TestDevice, VecBacking,
+        CollectSink, ManualClock, RecordingStage2, ScriptedVcpu, SharedBacking, TestDevice,
+        VecBacking,
     };
     use AccessSize::*;
 
@@ -1834,7 +2102,11 @@ mod tests {
         // An interrupt for it (later: the GIC) wakes it.
         vm.wake(0);
         assert_eq!(vm.vcpu_state(0), Some(VcpuState::Runnable));
-        // A wake-up that comes in while the turn runs is not lost.
+        // A wake-up that comes in while the turn runs, before the WFI: with
+        // an interrupt controller (arm64) the WFI checks what is pending
+        // itself, and a bare wake-up with nothing to take does not keep the
+        // vCPU awake; without one (x86 until its LAPIC lands) the wake-up
+        // is not lost.
         v0.push(Exit::Halt);
         let vm_ref = &vm;
         struct WakeDuring<'a>(&'a Vm<VecBacking>, ScriptedVcpu);
@@ -1872,9 +2144,20 @@ mod tests {
         assert_eq!(vm.run(0, &mut w, 8), Flow::Halt);
         assert_eq!(
             vm.vcpu_state(0),
+            Some(VcpuState::Blocked),
+            "nothing pending"
+        );
+        let x86 = x86_vm("x86", Arc::new(CollectSink::default()));
+        let mut xv = ScriptedVcpu::x86(vec![Exit::Halt], 1);
+        xv.bind(0).unwrap();
+        let mut xw = WakeDuring(&x86, xv);
+        assert_eq!(x86.run(0, &mut xw, 8), Flow::Halt);
+        assert_eq!(
+            x86.vcpu_state(0),
             Some(VcpuState::Runnable),
             "woken meanwhile"
         );
+        vm.wake(0);
         // An off vCPU is not entered.
         let mut v2 = ScriptedVcpu::arm64(vec![Exit::Halt]);
         v2.bind(2).unwrap();
@@ -1981,6 +2264,340 @@ mod tests {
         assert_eq!((zeros, ones), (50, 50), "{lines:?}");
         assert!(!vm.is_stopped());
         assert_eq!(vm.exit_count(), 2 * 50 * 15 + 2);
+    }
+
+    // ---- arm64 interrupts and timers (issue 12) ----
+
+    const GICD: u64 = 0x0800_0000;
+    const GICR: u64 = 0x080a_0000;
+    const TESTDEV_IRQ: u64 = 0x0a00_1000;
+
+    fn mmio_w(gpa: u64, size: AccessSize, v: u64) -> Exit {
+        Exit::Mmio(Mmio {
+            gpa,
+            size,
+            op: MmioOp::Write(v),
+        })
+    }
+
+    fn msr(id: SysRegId, v: u64) -> Exit {
+        Exit::SysReg(SysRegAccess {
+            id,
+            op: SysRegOp::Write(v),
+        })
+    }
+
+    fn mrs(id: SysRegId, r: u8) -> Exit {
+        Exit::SysReg(SysRegAccess {
+            id,
+            op: SysRegOp::Read(Reg::X(r)),
+        })
+    }
+
+    /// What a guest's GIC driver does first: GICD_CTLR.EnableGrp1, each
+    /// redistributor awake with its SGIs and PPIs enabled, SPI 48 enabled.
+    fn gic_bring_up(vcpus: u64) -> Vec<Exit> {
+        let mut v = vec![mmio_w(GICD, B4, 2), mmio_w(GICD + 0x104, B4, 1 << 16)];
+        for i in 0..vcpus {
+            let rd = GICR + i * 0x2_0000;
+            v.push(mmio_w(rd + 0x14, B4, 0));
+            v.push(mmio_w(rd + 0x1_0100, B4, 0xffff_ffff));
+        }
+        v
+    }
+
+    fn arm_clocked(vcpus: u32) -> (Vm<VecBacking>, Arc<ManualClock>) {
+        let mut vm = arm_vm(vcpus, Arc::new(CollectSink::default()));
+        let clock = Arc::new(ManualClock::default());
+        vm.set_clock(clock.clone());
+        (vm, clock)
+    }
+
+    /// An SGI from vCPU 0 (a trapped ICC_SGI1R_EL1 write) wakes vCPU 1
+    /// from WFI, and vCPU 1 takes it from its list registers.
+    #[test]
+    fn arm64_sgi_wakes_a_vcpu_in_wfi() {
+        use crate::arm64::lr::ICC_SGI1R_EL1;
+        let (vm, _clock) = arm_clocked(2);
+        let mut s0 = gic_bring_up(2);
+        s0.push(hvc(0, 0xc400_0003, [1, 0x4008_0000, 0, 0, 0, 0]));
+        let n0 = s0.len() as u64;
+        let mut v0 = ScriptedVcpu::arm64(s0).with_gic(4);
+        v0.bind(0).unwrap();
+        assert_eq!(vm.run(0, &mut v0, n0), Flow::Yield);
+        let mut v1 = ScriptedVcpu::arm64(vec![Exit::Halt]).with_gic(4);
+        v1.bind(1).unwrap();
+        assert_eq!(vm.run(1, &mut v1, 8), Flow::Halt);
+        assert_eq!(vm.vcpu_state(1), Some(VcpuState::Blocked));
+        assert_eq!(vm.wake_deadline(1), None, "no timer armed");
+        assert!(vm.can_progress(), "vCPU 0 still runs");
+        // SGI 3 to Aff0 = 1.
+        v0.push(msr(ICC_SGI1R_EL1, 3 << 24 | 1 << 1));
+        assert_eq!(vm.run(0, &mut v0, 1), Flow::Yield);
+        assert_eq!(vm.vcpu_state(1), Some(VcpuState::Runnable), "woken");
+        v1.push(Exit::ExternalInterrupt);
+        assert_eq!(vm.run(1, &mut v1, 1), Flow::Yield);
+        assert_eq!(v1.taken, [3]);
+        assert!(v0.taken.is_empty());
+        // A read of the write-only register is UNDEFINED.
+        v0.push(mrs(ICC_SGI1R_EL1, 0));
+        vm.run(0, &mut v0, 1);
+        assert_eq!(v0.pending.pending_exception(), Some(Event::Undefined));
+    }
+
+    /// The EL1 virtual timer of a vCPU in WFI wakes it at its deadline
+    /// (CNTVOFF applied), and its interrupt is delivered at the next entry
+    /// with the physical PPI kept masked meanwhile.
+    #[test]
+    fn arm64_virtual_timer_wakes_wfi() {
+        let kernel = elf(
+            true,
+            EM_AARCH64,
+            0x4008_0000,
+            &[(0x4008_0000, 0x4008_0000, &[0x1f, 0x20, 0x03, 0xd5], 4)],
+        );
+        let mut cfg = VmConfig::new("arm", GuestArch::Aarch64, 8 * MIB, &kernel);
+        cfg.cntvoff = 1_000;
+        let mut vm = Vm::new(
+            &cfg,
+            VecBacking::new(0, 8 * MIB as usize),
+            0,
+            &mut RecordingStage2::default(),
+            Arc::new(CollectSink::default()),
+            Box::new(DenyAll),
+        )
+        .unwrap();
+        let clock = Arc::new(ManualClock::default());
+        vm.set_clock(clock.clone());
+        clock.set(5_000);
+        let mut s = gic_bring_up(1);
+        s.push(Exit::Halt);
+        let n = s.len() as u64;
+        let mut v = ScriptedVcpu::arm64(s).with_gic(4);
+        // The guest arms CNTV for virtual count 9_000 = physical 10_000.
+        v.set_cntv = Some((1, 9_000));
+        v.bind(0).unwrap();
+        assert_eq!(vm.run(0, &mut v, n), Flow::Halt);
+        assert_eq!(vm.wake_deadline(0), Some(10_000));
+        assert!(vm.can_progress() && !vm.has_runnable());
+        assert_eq!(vm.wake_due(9_999), Some(10_000));
+        assert_eq!(vm.vcpu_state(0), Some(VcpuState::Blocked));
+        clock.set(10_000);
+        assert_eq!(vm.wake_due(10_000), None);
+        assert_eq!(vm.vcpu_state(0), Some(VcpuState::Runnable));
+        v.push(Exit::ExternalInterrupt);
+        vm.run(0, &mut v, 1);
+        assert_eq!(v.taken, [27]);
+        assert!(v.gic.as_ref().unwrap().vtimer_masked);
+        // Timer state as saved (CTL without ISTATUS).
+        let t = vm.arm64_irq().unwrap().timers(0).unwrap();
+        assert_eq!(t.restore_virt(), (1, 9_000));
+    }
+
+    /// The EL1 physical timer is emulated: trapped CNTP_* accesses, a WFI
+    /// deadline, PPI 30 at the next entry, and a wake-up time for the
+    /// backend while the vCPU runs.
+    #[test]
+    fn arm64_physical_timer_is_emulated() {
+        use crate::arm64::timer::{CNTP_CTL_EL0, CNTP_TVAL_EL0};
+        let (vm, clock) = arm_clocked(1);
+        clock.set(100);
+        let mut s = gic_bring_up(1);
+        s.extend([
+            msr(CNTP_TVAL_EL0, 1_000),
+            msr(CNTP_CTL_EL0, 1),
+            mrs(CNTP_CTL_EL0, 2),
+            Exit::Halt,
+        ]);
+        let n = s.len() as u64;
+        let mut v = ScriptedVcpu::arm64(s).with_gic(4);
+        v.bind(0).unwrap();
+        v.set_reg(Reg::X(2), 77).unwrap();
+        assert_eq!(vm.run(0, &mut v, n), Flow::Halt);
+        assert_eq!(v.get(Reg::X(2)), 1, "CTL: enabled, ISTATUS clear");
+        assert_eq!(vm.wake_deadline(0), Some(1_100));
+        assert_eq!(
+            v.gic.as_ref().unwrap().wake_at,
+            Some(1_100),
+            "the backend exits then"
+        );
+        clock.set(1_100);
+        vm.wake_due(1_100);
+        v.push(mrs(CNTP_CTL_EL0, 2));
+        vm.run(0, &mut v, 1);
+        assert_eq!(v.taken, [30]);
+        assert_eq!(v.get(Reg::X(2)), 5, "ISTATUS set");
+        assert_eq!(v.gic.as_ref().unwrap().wake_at, None, "fired already");
+    }
+
+    /// A level SPI from the test device: three events, each EOI of the
+    /// guest resamples the device, which re-asserts the line until the
+    /// events are used up; a held level re-asserts after every EOI.
+    #[test]
+    fn arm64_level_spi_resample_and_reassertion() {
+        let (vm, _clock) = arm_clocked(1);
+        let mut s = gic_bring_up(1);
+        s.push(mmio_w(TESTDEV_IRQ + 4, B4, 3));
+        for _ in 0..6 {
+            s.push(Exit::ExternalInterrupt);
+        }
+        s.push(mmio_read(TESTDEV_IRQ + 8, B4, LoadDest::full(Reg::X(3))));
+        let n = s.len() as u64;
+        let mut v = ScriptedVcpu::arm64(s).with_gic(4);
+        v.bind(0).unwrap();
+        assert_eq!(vm.run(0, &mut v, n), Flow::Yield);
+        assert_eq!(v.taken, [48, 48, 48]);
+        assert_eq!(v.get(Reg::X(3)), 3, "the device heard three EOIs");
+        // LEVEL held: taken at every entry until the guest lowers it.
+        v.taken.clear();
+        v.push(mmio_w(TESTDEV_IRQ, B4, 1));
+        v.push(Exit::ExternalInterrupt);
+        v.push(Exit::ExternalInterrupt);
+        v.push(mmio_w(TESTDEV_IRQ, B4, 0));
+        v.push(Exit::ExternalInterrupt);
+        v.push(Exit::ExternalInterrupt);
+        assert_eq!(vm.run(0, &mut v, 6), Flow::Yield);
+        assert_eq!(v.taken, [48, 48, 48]);
+    }
+
+    /// More pending interrupts than list registers: all of them, in
+    /// priority order (the scripted guest takes them as a CPU would).
+    #[test]
+    fn arm64_more_pending_than_list_registers() {
+        use crate::arm64::lr::ICC_SGI1R_EL1;
+        let (vm, _clock) = arm_clocked(1);
+        let mut s = gic_bring_up(1);
+        // Priorities of SGIs 0..=9: 0x90 - 0x10 * i / 2 ... distinct.
+        let prio = |i: u64| (((i * 7) % 10) << 4) as u8;
+        for i in 0..10u64 {
+            s.push(mmio_w(GICR + 0x1_0400 + i, B1, prio(i).into()));
+        }
+        for i in 0..10u64 {
+            s.push(msr(ICC_SGI1R_EL1, i << 24 | 1));
+        }
+        let n = s.len() as u64;
+        // The guest keeps interrupts masked while it sends them: one LR
+        // taken per run only from here on.
+        let mut v = ScriptedVcpu::arm64(s).with_gic(1);
+        let saved = v.gic.take();
+        v.bind(0).unwrap();
+        assert_eq!(vm.run(0, &mut v, n), Flow::Yield);
+        v.gic = saved;
+        for _ in 0..12 {
+            v.push(Exit::ExternalInterrupt);
+        }
+        vm.run(0, &mut v, 12);
+        let mut want: Vec<u32> = (0..10).collect();
+        want.sort_by_key(|&i| (prio(i.into()), i));
+        assert_eq!(v.taken, want);
+    }
+
+    /// No lock of the interrupt controller or the timers is held while
+    /// the guest runs: a backend that checks at every entry.
+    #[test]
+    fn no_interrupt_lock_held_across_a_guest_entry() {
+        use crate::arm64::lr::ICC_SGI1R_EL1;
+        use crate::arm64::timer::CNTP_TVAL_EL0;
+        struct Checking<'a>(&'a Vm<VecBacking>, ScriptedVcpu, usize);
+        impl Vcpu for Checking<'_> {
+            fn begin_turn(&mut self, b: u64) {
+                self.1.begin_turn(b)
+            }
+            fn run(&mut self) -> Result<Exit, BackendError> {
+                assert!(!self.0.arm64_irq().unwrap().locks_held());
+                self.2 += 1;
+                self.1.run()
+            }
+            fn reg(&mut self, r: Reg) -> Result<u64, BackendError> {
+                self.1.reg(r)
+            }
+            fn set_reg(&mut self, r: Reg, v: u64) -> Result<(), BackendError> {
+                self.1.set_reg(r, v)
+            }
+            fn advance_pc(&mut self) -> Result<(), BackendError> {
+                self.1.advance_pc()
+            }
+            fn inject(&mut self, e: Event) -> Result<Queued, BackendError> {
+                self.1.inject(e)
+            }
+            fn apply_boot_state(&mut self, s: &BootState) -> Result<(), BackendError> {
+                self.1.apply_boot_state(s)
+            }
+            fn bind(&mut self, c: crate::backend::PhysCpu) -> Result<(), BackendError> {
+                self.1.bind(c)
+            }
+            fn unbind(&mut self) -> Result<(), BackendError> {
+                self.1.unbind()
+            }
+            fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
+                self.1.gic_interface()
+            }
+        }
+        let (vm, _clock) = arm_clocked(1);
+        let mut s = gic_bring_up(1);
+        s.extend([
+            msr(ICC_SGI1R_EL1, 4 << 24 | 1),
+            mmio_w(TESTDEV_IRQ + 4, B4, 2),
+            msr(CNTP_TVAL_EL0, 5),
+            Exit::ExternalInterrupt,
+            Exit::ExternalInterrupt,
+        ]);
+        let n = s.len();
+        let mut v = ScriptedVcpu::arm64(s).with_gic(4);
+        v.bind(0).unwrap();
+        let mut c = Checking(&vm, v, 0);
+        assert_eq!(vm.run(0, &mut c, n as u64), Flow::Yield);
+        assert_eq!(c.2, n);
+        assert_eq!(c.1.taken, [4, 48, 48]);
+    }
+
+    /// The interrupt paths of the exit loop do not allocate either.
+    #[test]
+    fn exit_dispatch_does_not_allocate_arm64_interrupts() {
+        use crate::arm64::lr::ICC_SGI1R_EL1;
+        use crate::arm64::timer::{CNTP_CTL_EL0, CNTP_TVAL_EL0};
+        let (vm, clock) = arm_clocked(2);
+        let mut setup = gic_bring_up(2);
+        setup.push(hvc(0, 0xc400_0003, [1, 0x4008_0000, 0, 0, 0, 0]));
+        let n = setup.len() as u64;
+        let mut v = ScriptedVcpu::arm64(setup).with_gic(4);
+        v.bind(0).unwrap();
+        vm.run(0, &mut v, n);
+        let mut exits = Vec::new();
+        for i in 0..50u64 {
+            exits.extend([
+                msr(ICC_SGI1R_EL1, (i % 16) << 24 | 0b11),
+                msr(ICC_SGI1R_EL1, 1 << 40 | 2 << 24),
+                msr(CNTP_TVAL_EL0, 10),
+                msr(CNTP_CTL_EL0, 1),
+                mrs(CNTP_CTL_EL0, 1),
+                mmio_w(TESTDEV_IRQ + 4, B4, 2),
+                mmio_w(TESTDEV_IRQ, B4, i & 1),
+                mmio_w(GICD + 0x400 + 48, B1, i << 3),
+                mmio_read(GICR + 0x8, B8, LoadDest::full(Reg::X(4))),
+                Exit::ExternalInterrupt,
+                Exit::Halt,
+            ]);
+        }
+        let count = exits.len();
+        for e in exits {
+            v.push(e);
+        }
+        v.set_cntv = Some((1, 5));
+        let info = allocation_counter::measure(|| {
+            let mut done = 0;
+            while done < count {
+                clock.set(done as u64 * 3);
+                vm.wake_due(done as u64 * 3);
+                vm.wake(0);
+                let before = v.runs;
+                vm.run(0, &mut v, ((count - done) as u64).min(64));
+                done += v.runs - before;
+            }
+        });
+        assert_eq!(info.count_total, 0, "{info:?}");
+        assert!(!vm.is_stopped(), "{:?}", vm.stop());
+        assert!(!v.taken.is_empty());
     }
 
     /// A sink that stores nothing, so the measurement sees only the vmm.

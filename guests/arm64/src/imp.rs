@@ -343,6 +343,12 @@ extern "C" {
     static __guest_vectors: u8;
 }
 
+/// Points this vCPU's VBAR_EL1 at the shared vector table (secondary
+/// vCPUs start without one).
+pub(crate) fn install_vectors_here() {
+    install_vectors();
+}
+
 fn install_vectors() {
     let v = &raw const __guest_vectors as u64;
     // SAFETY: VBAR_EL1 points at a valid, 2 KiB aligned vector table.
@@ -352,6 +358,13 @@ fn install_vectors() {
 /// Returns the address to resume at.
 #[no_mangle]
 extern "C" fn __guest_exception(kind: u64, esr: u64, elr: u64, far: u64) -> u64 {
+    // IRQ from the current EL (SP_EL0 or SP_ELx): the GIC's, through the
+    // handler the test installed.
+    if kind == 1 || kind == 5 {
+        if crate::gic::dispatch_irqs() {
+            return elr;
+        }
+    }
     let t = trap();
     // SAFETY: see expect_undefined.
     let (expect, ec) = unsafe {

@@ -10,6 +10,8 @@
 #![cfg_attr(target_os = "none", no_std)]
 
 #[cfg(target_os = "none")]
+pub mod gic;
+#[cfg(target_os = "none")]
 mod imp;
 #[cfg(target_os = "none")]
 pub use imp::*;
@@ -22,6 +24,22 @@ pub const UART_BASE: u64 = 0x0900_0000;
 pub const TESTDEV_BASE: u64 = 0x0a00_0000;
 /// Guest RAM starts here (vmm `ram_base`).
 pub const RAM_BASE: u64 = 0x4000_0000;
+/// The test device's interrupt registers (vmm `devices::testdev`) and its
+/// line, a level SPI.
+pub const TESTDEV_IRQ_REGS: u64 = TESTDEV_BASE + 0x1000;
+pub const TESTDEV_LEVEL: u64 = TESTDEV_IRQ_REGS;
+pub const TESTDEV_EVENTS: u64 = TESTDEV_IRQ_REGS + 0x4;
+pub const TESTDEV_EOIS: u64 = TESTDEV_IRQ_REGS + 0x8;
+pub const TESTDEV_PULSE: u64 = TESTDEV_IRQ_REGS + 0xc;
+pub const TESTDEV_LINE: u64 = TESTDEV_IRQ_REGS + 0x10;
+pub const TESTDEV_INTID: u32 = 48;
+/// GICv3 frames (QEMU virt layout, as the guest DTB says).
+pub const GICD_BASE: u64 = 0x0800_0000;
+pub const GICR_BASE: u64 = 0x080a_0000;
+pub const GICR_STRIDE: u64 = 0x2_0000;
+/// Timer PPIs.
+pub const VTIMER_INTID: u32 = 27;
+pub const PTIMER_INTID: u32 = 30;
 
 pub const PSCI_VERSION: u64 = 0x8400_0000;
 pub const PSCI_CPU_SUSPEND_64: u64 = 0xc400_0001;

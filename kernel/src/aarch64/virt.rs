@@ -3,6 +3,7 @@
 //! The hardware work is in `arch::aarch64::el2`.
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use arch::aarch64::el2::hw::{self, El2Stage2, El2Vcpu};
@@ -12,7 +13,8 @@ use arch::aarch64::regs;
 use arch::paging::TableAlloc;
 use boot::frame::FrameAllocator;
 use vmm::exit::SysRegId;
-use vmm::vm::{ExitPolicy, UnknownExitAction};
+use vmm::irq::Clock;
+use vmm::vm::{ExitPolicy, UnknownExitAction, VmConfig};
 
 pub type Vcpu = El2Vcpu;
 pub type Stage2 = El2Stage2<FramePool>;
@@ -62,13 +64,17 @@ pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
     }
     let (id, traps) = hw::install_vectors();
     let slices = enable_slices();
+    let (lrs, pri_bits) = hw::gic_virtual_interface();
     log::info!(
         "virt: arm64 EL2 backend (non-VHE): IPA up to {} bits (PARange {}), {}-bit VMIDs, \
-         HCR_EL2={:#x} for guests, GIC not virtualized",
+         HCR_EL2={:#x} for guests, vGICv3 over {} list registers ({} priority bits), \
+         EL1 virtual timer switched, EL1 physical timer emulated",
         mmfr0.pa_bits().map_or(0, |b| b.min(48)),
         mmfr0.pa_range(),
         mmfr1.vmid_bits().unwrap_or(8),
-        traps.hcr
+        traps.hcr,
+        lrs,
+        pri_bits
     );
     log::info!(
         "virt: guest traps CPTR_EL2={:#x} MDCR_EL2={:#x} HCRX_EL2={} FGT={} FGT2={} MPAM2_EL2={} \
@@ -101,6 +107,43 @@ pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
 
 /// Guest time slice.
 const SLICE_MS: u64 = 10;
+
+/// The physical counter (CNTPCT_EL0) as the vmm's clock.
+struct PhysicalCounter;
+
+impl Clock for PhysicalCounter {
+    fn now(&self) -> u64 {
+        hw::physical_count()
+    }
+    fn frequency(&self) -> u64 {
+        regs::cntfrq_el0()
+    }
+}
+
+/// The clock of every VM's timers.
+pub fn clock() -> Arc<dyn Clock> {
+    Arc::new(PhysicalCounter)
+}
+
+/// The counter the run loop compares wake-up deadlines with.
+pub fn counter() -> u64 {
+    hw::physical_count()
+}
+
+/// Waits for `deadline` (a counter value) with nothing to run.
+pub fn idle_until(deadline: u64) {
+    hw::idle_until(deadline);
+}
+
+/// What a VM's platform takes from this CPU: the GIC's priority bits, the
+/// counter frequency, and a CNTVOFF_EL2 that starts the VM's virtual count
+/// at zero now.
+pub fn configure(cfg: &mut VmConfig) {
+    let (_, pri_bits) = hw::gic_virtual_interface();
+    cfg.gic_pri_bits = pri_bits;
+    cfg.timer_freq = regs::cntfrq_el0();
+    cfg.cntvoff = hw::physical_count();
+}
 
 /// Turns on guest time slices through the GICv3 of the DTB; returns the
 /// slice in ms.

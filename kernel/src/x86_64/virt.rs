@@ -200,3 +200,21 @@ fn rdtsc() -> u64 {
 pub fn exit_policy(_vm_index: usize, _vcpus: u32) -> Box<dyn vmm::vm::ExitPolicy> {
     Box::new(SvmPolicy::new(Cpuid, rdtsc))
 }
+
+/// The clock of every VM's timers: none on x86 yet (no timer models are
+/// wired), so no vCPU ever has a wake-up deadline.
+pub fn clock() -> alloc::sync::Arc<dyn vmm::irq::Clock> {
+    alloc::sync::Arc::new(vmm::irq::FrozenClock)
+}
+
+/// The counter the run loop compares wake-up deadlines with.
+pub fn counter() -> u64 {
+    0
+}
+
+/// Waits for `deadline` with nothing to run (never reached on x86 yet:
+/// without timers there are no deadlines).
+pub fn idle_until(_deadline: u64) {}
+
+/// What a VM's platform takes from this CPU (nothing on x86 yet).
+pub fn configure(_cfg: &mut vmm::vm::VmConfig) {}

@@ -7,9 +7,11 @@
 //!   ([`vgic::Vgic::fill`] before entry, [`vgic::Vgic::sync`] after exit);
 //! - [`lr`]: the ICH_* register encodings (list registers, HCR, VTR, VMCR,
 //!   MISR) and their system-register IDs;
-//! - [`timer`]: the EL1 virtual and physical timers of one vCPU.
+//! - [`timer`]: the EL1 virtual and physical timers of one vCPU;
+//! - [`wiring`]: all of it wired into a VM as described below (what
+//!   `crate::vm` calls around each entry, on traps and on WFI).
 //!
-//! Nothing here locks, allocates after construction, or knows about the
+//! Nothing in the models locks, allocates after construction, or knows about the
 //! bus, the VM or the backend: time, register values and list registers are
 //! arguments.
 //!
@@ -49,6 +51,7 @@
 pub mod lr;
 pub mod timer;
 pub mod vgic;
+pub mod wiring;
 
 #[cfg(test)]
 mod tests;

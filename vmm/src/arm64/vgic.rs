@@ -40,6 +40,7 @@
 //! maintenance interrupt and the line is resampled then.
 
 use super::lr::{hcr, ListReg, LrState, Vmcr, MAX_LRS};
+use crate::irq::IrqChip;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -69,7 +70,7 @@ pub const fn gicr_size(nr_vcpus: usize) -> u64 {
 }
 
 /// A set of vCPUs by index, bit i = vCPU i.
-pub type VcpuMask = u64;
+pub use crate::irq::VcpuMask;
 
 const fn bit(v: usize) -> VcpuMask {
     if v < MAX_VCPUS {
@@ -503,6 +504,9 @@ pub struct Vgic {
     /// Where IRM = 1 SPIs go (see [`Vgic::any_target`]).
     any_target: u8,
     redist: Vec<Redist>,
+    /// Each vCPU's ICH_VMCR_EL2 as saved at its last exit
+    /// ([`Vgic::set_vmcr`]), for [`IrqChip::has_interrupt`].
+    vmcr: Vec<Vmcr>,
 }
 
 impl Vgic {
@@ -562,6 +566,7 @@ impl Vgic {
             route: vec![NO_VCPU; n],
             owner: vec![NO_VCPU; n],
             any_target: 0,
+            vmcr: vec![Vmcr(0); mpidrs.len()],
             redist,
         };
         let r0 = g.resolve(0);
@@ -571,6 +576,20 @@ impl Vgic {
 
     pub fn nr_vcpus(&self) -> usize {
         self.redist.len()
+    }
+
+    /// Records vCPU `v`'s ICH_VMCR_EL2 as the backend saved it after an
+    /// exit: the guest's priority mask and group enables, which
+    /// [`IrqChip::has_interrupt`] applies. Absent vCPUs are ignored.
+    pub fn set_vmcr(&mut self, v: usize, vmcr: Vmcr) {
+        if let Some(x) = self.vmcr.get_mut(v) {
+            *x = vmcr;
+        }
+    }
+
+    /// vCPU `v`'s ICH_VMCR_EL2 as last recorded.
+    pub fn vmcr(&self, v: usize) -> Vmcr {
+        self.vmcr.get(v).copied().unwrap_or_default()
     }
 
     pub fn nr_spis(&self) -> u32 {
@@ -1433,6 +1452,28 @@ impl Vgic {
             }
         }
         res
+    }
+}
+
+/// The vGIC as the VM's interrupt controller: lines are SPIs by INTID
+/// (32..), messages are not taken (no ITS, no GICD_SETSPI_NSR), and the
+/// wake-up condition is [`Vgic::irq_pending`] with the vCPU's last saved
+/// ICH_VMCR_EL2.
+impl IrqChip for Vgic {
+    fn has_line(&self, line: u32) -> bool {
+        self.is_spi(line)
+    }
+
+    fn set_line(&mut self, line: u32, level: bool) -> VcpuMask {
+        self.set_spi(line, level)
+    }
+
+    fn pulse_line(&mut self, line: u32) -> VcpuMask {
+        self.pulse_spi(line)
+    }
+
+    fn has_interrupt(&self, vcpu: usize) -> bool {
+        self.irq_pending(vcpu, self.vmcr(vcpu))
     }
 }
 

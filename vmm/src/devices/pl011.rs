@@ -4,10 +4,13 @@
 //!
 //! Transmission is instantaneous (FR.TXFE always set, TXFF never). Interrupt
 //! status is level-computed: RX while the receive FIFO holds data, TX after
-//! each transmitted character until cleared through ICR (as in QEMU).
+//! each transmitted character until cleared through ICR (as in QEMU). With
+//! an interrupt line ([`Pl011::with_line`]; SPI 33 on arm64 boards) the
+//! combined output UARTINTR (any unmasked status bit) drives it as a level.
 
 use crate::bus::{BusDevice, IoOutcome};
 use crate::devices::{LineOutput, RxFifo, RX_FIFO_LEN};
+use crate::irq::IrqLine;
 use crate::regs::AccessSize;
 
 /// Base address and size on QEMU's `virt` machine; ours uses the same.
@@ -55,6 +58,9 @@ pub struct Pl011 {
     dmacr: u32,
     /// Latched interrupt bits (TX, overrun); RX is computed from the FIFO.
     latched: u32,
+    /// UARTINTR's line and the level it was last driven to.
+    line: Option<IrqLine>,
+    driven: bool,
 }
 
 impl Pl011 {
@@ -72,6 +78,27 @@ impl Pl011 {
             ilpr: 0,
             dmacr: 0,
             latched: 0,
+            line: None,
+            driven: false,
+        }
+    }
+
+    /// The UART with UARTINTR wired to `line`.
+    pub fn with_line(out: LineOutput, line: IrqLine) -> Pl011 {
+        Pl011 {
+            line: Some(line),
+            ..Pl011::new(out)
+        }
+    }
+
+    /// Drives the interrupt line to UARTINTR when it changed.
+    fn update_line(&mut self) {
+        let level = self.irq_line();
+        if let Some(l) = &self.line {
+            if level != self.driven {
+                self.driven = level;
+                l.set(level);
+            }
         }
     }
 
@@ -90,6 +117,7 @@ impl Pl011 {
             // The byte that did not fit is lost: overrun, as on the chip.
             self.receive(bytes[n]);
         }
+        self.update_line();
         n
     }
 
@@ -152,6 +180,9 @@ impl BusDevice for Pl011 {
             }
             _ => 0,
         };
+        if offset == DR {
+            self.update_line();
+        }
         u64::from(v)
     }
 
@@ -185,6 +216,7 @@ impl BusDevice for Pl011 {
             DMACR => self.dmacr = v & 0x7,
             _ => {} // FR, RIS, MIS, IDs: read-only.
         }
+        self.update_line();
         IoOutcome::Done
     }
 }
@@ -245,6 +277,39 @@ mod tests {
         assert_eq!(u.read(FR, B4) as u32 & FR_RXFE, FR_RXFE);
         u.flush();
         assert_eq!(sink.lines(), ["arm: a"]);
+    }
+
+    #[derive(Default)]
+    struct Levels(spin::Mutex<Vec<bool>>);
+
+    impl crate::irq::IrqSink for Levels {
+        fn set_line(&self, _line: u32, level: bool) {
+            self.0.lock().push(level);
+        }
+        fn pulse_line(&self, _line: u32) {}
+        fn signal_msi(&self, _msi: crate::irq::Msi) -> bool {
+            false
+        }
+    }
+
+    /// UARTINTR drives the line: TX after a character until ICR, RX while
+    /// the FIFO holds input, only where IMSC unmasks them.
+    #[test]
+    fn interrupt_line_follows_uartintr() {
+        let levels = Arc::new(Levels::default());
+        let sink = Arc::new(CollectSink::default());
+        let mut u = Pl011::with_line(
+            LineOutput::new("arm".into(), sink),
+            IrqLine::new(levels.clone(), 33, crate::irq::Trigger::Level),
+        );
+        u.write(DR, B4, u64::from(b'a'));
+        assert!(levels.0.lock().is_empty(), "TX masked");
+        u.write(IMSC, B4, u64::from(INT_TX | INT_RX));
+        u.write(ICR, B4, u64::from(INT_TX));
+        u.push_input(b"k");
+        u.read(DR, B4);
+        u.read(FR, B4);
+        assert_eq!(*levels.0.lock(), [true, false, true, false]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod config;
 mod hypercall;
+mod irq;
 mod loaders;
 mod psci;
 

@@ -18,6 +18,19 @@ const FORBID: &[&str] = &[
     "stopped: backend",
 ];
 
+/// [`FORBID`], and a CPU that never slept while a VM waited in WFI.
+const FORBID_IDLE: &[&str] = &[
+    "*** EXCEPTION",
+    "panicked",
+    "HV-EXIT: failure",
+    "FAIL",
+    "stopped: unknown exit",
+    "stopped: unhandled",
+    "stopped: backend",
+    "CPU idle 0 time(s)",
+    "all vCPUs halted",
+];
+
 pub(super) fn both(s: Scenario, a72_name: &'static str) -> [Scenario; 2] {
     let a72 = Scenario {
         name: a72_name,
@@ -157,6 +170,138 @@ pub fn scenarios() -> Vec<Scenario> {
                 )
             },
             "hostile-arm64-icv-leak-a72",
+        ),
+        // Interrupts and timers (issue 12): the vGICv3 behind the virtual
+        // CPU interface, the EL1 virtual timer switched per vCPU, the EL1
+        // physical timer emulated, WFI that sleeps.
+        // Next to a VM that spins for a second: the timer VM's interrupts
+        // also arrive while it waits for the CPU, and its WFI wake-ups end
+        // the other VM's turns.
+        both(
+            arm(
+                "irq-arm64-vtimer",
+                vec![
+                    vm("timer", "vtimer").append("timer=virt"),
+                    vm("wfi", "spin").append("role=spinner ms=1000"),
+                ],
+                &[
+                    "[vtimer] vtimer: CNTFRQ 62500000 Hz, virtual count at start",
+                    "[vtimer] vtimer: 20 interrupts (10 spinning, 10 in WFI",
+                    "[vtimer] vtimer: ok",
+                    "vm vtimer: stopped: power off",
+                    "all 2 VM(s) stopped (0 crashed)",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "irq-arm64-vtimer-a72",
+        ),
+        both(
+            arm(
+                "irq-arm64-ptimer",
+                vec![
+                    vm("timer", "ptimer").append("timer=phys"),
+                    vm("wfi", "spin").append("role=spinner ms=1000"),
+                ],
+                &[
+                    "[ptimer] ptimer: CNTFRQ 62500000 Hz, virtual count at start",
+                    "[ptimer] ptimer: 20 interrupts (10 spinning, 10 in WFI",
+                    "[ptimer] ptimer: ok",
+                    "vm ptimer: stopped: power off",
+                    "all 2 VM(s) stopped (0 crashed)",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "irq-arm64-ptimer-a72",
+        ),
+        // Two VMs side by side: 2 and 4 vCPUs.
+        both(
+            Scenario {
+                expect_each: &[
+                    &[
+                        "[sgi2] sgi: 2 vCPUs started by PSCI CPU_ON",
+                        "[sgi2] sgi: 2 vCPUs: 10 targeted and 2 broadcast SGIs, each taken exactly once",
+                        "[sgi2] sgi: ok",
+                        "vm sgi2: stopped: power off",
+                    ],
+                    &[
+                        "[sgi4] sgi: 4 vCPUs started by PSCI CPU_ON",
+                        "[sgi4] sgi: 4 vCPUs: 60 targeted and 12 broadcast SGIs, each taken exactly once",
+                        "[sgi4] sgi: ok",
+                        "vm sgi4: stopped: power off",
+                    ],
+                ],
+                ..arm(
+                    "irq-arm64-sgi",
+                    vec![
+                        GuestVm {
+                            smp: 2,
+                            ..vm("sgi", "sgi2")
+                        },
+                        GuestVm {
+                            smp: 4,
+                            ..vm("sgi", "sgi4")
+                        },
+                    ],
+                    &["all 2 VM(s) stopped (0 crashed)", "HV-EXIT: success"],
+                )
+            },
+            "irq-arm64-sgi-a72",
+        ),
+        both(
+            arm(
+                "irq-arm64-spi-level",
+                vec![vm("spi_level", "spi")],
+                &[
+                    "[spi] spi-level: line held high: 3 interrupts, re-asserted after 2 EOIs",
+                    "[spi] spi-level: 5 events resampled at EOI: 5 interrupts, 0 events left, 5 EOIs",
+                    "[spi] spi-level: edge: 3 pulses while masked -> 1 interrupt(s), one more -> 2",
+                    "[spi] spi-level: ok",
+                    "vm spi: stopped: power off",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "irq-arm64-spi-level-a72",
+        ),
+        both(
+            arm(
+                "irq-arm64-lr-overflow",
+                vec![vm("lr_overflow", "lr")],
+                &[
+                    "[lr] lr-overflow: 13 pending interrupts (4 list registers) taken in priority order",
+                    "[lr] lr-overflow: PMR 0x48: 5 through, the other 8 after PMR 0xff, in order",
+                    "[lr] lr-overflow: ok",
+                    "vm lr: stopped: power off",
+                    "HV-EXIT: success",
+                ],
+            ),
+            "irq-arm64-lr-overflow-a72",
+        ),
+        // The sleeper's first WFI lasts longer than the spinner's whole
+        // run: the spinner's lines come between the sleeper's sleep and
+        // wake-up. Its later sleeps are alone: the CPU idles in WFI.
+        both(
+            Scenario {
+                forbid: FORBID_IDLE,
+                ..arm(
+                    "wfi-arm64-wake",
+                    vec![
+                        vm("wfi", "sleeper").append("role=sleeper"),
+                        vm("wfi", "spinner").append("role=spinner"),
+                    ],
+                    &[
+                        "[sleeper] wfi: sleep 1: 600 ms on the virtual timer",
+                        "[spinner] spin: done",
+                        "vm spinner: stopped: power off",
+                        "[sleeper] wfi: woke 1 after",
+                        "[sleeper] wfi: woke 2 after",
+                        "[sleeper] wfi: woke 3 after",
+                        "[sleeper] wfi: ok",
+                        "all 2 VM(s) stopped (0 crashed); CPU idle",
+                        "HV-EXIT: success",
+                    ],
+                )
+            },
+            "wfi-arm64-wake-a72",
         ),
         both(
             arm(

@@ -25,6 +25,7 @@ use super::{
     TurnDeadline, VgicCpuState, CNTHCTL_EL2_GUEST, ESR_UNDEFINED, HCR_EL2_GUEST,
     PSTATE_EL1H_MASKED,
 };
+use vmm::arm64::wiring::VcpuInterface;
 use crate::aarch64::mmu;
 use crate::paging::{
     Aarch64Stage2, Attrs, MapError, MemType, PageSize, PageTable, TableAccess, TableAlloc,
@@ -191,12 +192,29 @@ static HAS_SME: AtomicBool = AtomicBool::new(false);
 static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
 /// The EL2 physical timer's PPI (Arm BSA; QEMU `virt` DTB `<1 10 4>`).
 pub const CNTHP_INTID: u32 = 26;
+/// The GIC virtual CPU interface's maintenance interrupt (QEMU `virt`:
+/// PPI 9).
+pub const MAINTENANCE_PPI: u32 = vmm::arm64::vgic::MAINTENANCE_INTID;
+/// The EL1 virtual timer's PPI (`<1 11 4>`).
+pub const VTIMER_PPI: u32 = vmm::arm64::timer::VTIMER_INTID;
 static HAS_RAS: AtomicBool = AtomicBool::new(false);
 /// List registers of the GIC virtual CPU interface (0: the CPU has no
 /// GICv3 system-register interface, nothing to switch) and active-priority
 /// registers per group, from ICH_VTR_EL2 ([`IchVtr`]).
 static ICH_LRS: AtomicUsize = AtomicUsize::new(0);
 static ICH_APRS: AtomicUsize = AtomicUsize::new(0);
+/// ICH_VTR_EL2.PRIbits + 1: the priority bits the virtual CPU interface
+/// (and so the vGIC) implements.
+static ICH_PRI_BITS: AtomicUsize = AtomicUsize::new(5);
+
+/// The GIC virtual CPU interface found by [`install_vectors`]: (list
+/// registers, priority bits); 0 list registers without one.
+pub fn gic_virtual_interface() -> (usize, u8) {
+    (
+        ICH_LRS.load(Ordering::Relaxed),
+        ICH_PRI_BITS.load(Ordering::Relaxed) as u8,
+    )
+}
 /// Whether SCXTNUM_EL0/EL1 exist (FEAT_CSV2_2, CSV2_1p2): switched per
 /// vCPU (HCR_EL2.EnSCXT lets the guest use them).
 static HAS_SCXTNUM: AtomicBool = AtomicBool::new(false);
@@ -343,6 +361,10 @@ fn probe_ich(gic: bool) {
     unsafe {
         asm!("mrs {}, S3_4_C12_C11_1", out(reg) vtr, options(nomem, nostack, preserves_flags))
     };
+    ICH_PRI_BITS.store(
+        usize::from(vmm::arm64::lr::Vtr(vtr).pri_bits()),
+        Ordering::Relaxed,
+    );
     let vtr = IchVtr(vtr);
     ICH_APRS.store(vtr.apr_regs(), Ordering::Relaxed);
     ICH_LRS.store(vtr.list_regs(), Ordering::Relaxed);
@@ -383,44 +405,119 @@ ich_regs!(load_ap1rs, save_ap1rs, [
     0 => "S3_4_C12_C9_0", 1 => "S3_4_C12_C9_1", 2 => "S3_4_C12_C9_2", 3 => "S3_4_C12_C9_3",
 ]);
 
-/// Loads a vCPU's GIC virtual CPU interface (in `bind`; nothing at EL2
-/// uses it between entries): ICH_HCR_EL2, the list registers, the active
-/// priorities, then ICH_VMCR_EL2 (KVM's `__vgic_v3_restore_state` order).
+/// Loads the part of a vCPU's GIC virtual CPU interface that stays on the
+/// CPU while it is bound (in `bind`): the active priorities, then
+/// ICH_VMCR_EL2 (KVM's `__vgic_v3_restore_state` order). The list
+/// registers and ICH_HCR_EL2 are loaded before every entry from what the
+/// vmm filled ([`gic_enter`]).
 fn vgic_load(g: &VgicCpuState) {
     let lrs = ICH_LRS.load(Ordering::Relaxed);
     if lrs == 0 {
         return;
     }
     let aprs = ICH_APRS.load(Ordering::Relaxed);
-    // SAFETY: ICH_HCR_EL2 exists (lrs != 0: the GICv3 system-register
-    // interface with SRE set); it only controls the guest's virtual
-    // interface.
-    unsafe { asm!("msr S3_4_C12_C11_0, {}", in(reg) g.hcr, options(nostack, preserves_flags)) };
-    load_lrs(&g.lr, lrs);
     load_ap0rs(&g.ap0r, aprs);
     load_ap1rs(&g.ap1r, aprs);
-    // SAFETY: as for ICH_HCR_EL2; the ISB makes the state the guest's
-    // before its entry.
+    // SAFETY: ICH_VMCR_EL2 exists (lrs != 0: the GICv3 system-register
+    // interface with SRE set); it only holds the guest's virtual interface
+    // state; the ISB makes it the guest's before its entry.
     unsafe {
         asm!("msr S3_4_C12_C11_7, {}", "isb", in(reg) g.vmcr, options(nostack, preserves_flags))
     };
 }
 
-/// Saves what [`vgic_load`] loads (in `unbind`).
+/// Saves what [`vgic_load`] loads (in `unbind`), then disables the virtual
+/// CPU interface (ICH_HCR_EL2 = 0: no maintenance interrupt while the CPU
+/// runs the hypervisor, idles or binds another vCPU).
 fn vgic_save(g: &mut VgicCpuState) {
     let lrs = ICH_LRS.load(Ordering::Relaxed);
     if lrs == 0 {
         return;
     }
     let aprs = ICH_APRS.load(Ordering::Relaxed);
-    // SAFETY: as in vgic_load; reads have no side effects.
+    // SAFETY: as in vgic_load; reads have no side effects, and ICH_HCR_EL2 = 0
+    // only turns the guest's virtual interface off until the next entry.
     unsafe {
         asm!("mrs {}, S3_4_C12_C11_7", out(reg) g.vmcr, options(nomem, nostack, preserves_flags));
-        asm!("mrs {}, S3_4_C12_C11_0", out(reg) g.hcr, options(nomem, nostack, preserves_flags));
+        asm!("msr S3_4_C12_C11_0, xzr", "isb", options(nostack, preserves_flags));
     }
-    save_lrs(&mut g.lr, lrs);
     save_ap0rs(&mut g.ap0r, aprs);
     save_ap1rs(&mut g.ap1r, aprs);
+}
+
+/// Before an entry: the list registers and ICH_HCR_EL2 the vmm filled, the
+/// guest's virtual timer with the VM's CNTVOFF_EL2, and the physical
+/// virtual-timer PPI masked or not as the vmm says.
+fn gic_enter(ci: &VcpuInterface) {
+    let lrs = ci.nr_lrs.min(ICH_LRS.load(Ordering::Relaxed));
+    if lrs != 0 {
+        load_lrs(&ci.lr, lrs);
+        // SAFETY: ICH_HCR_EL2 exists (lrs != 0); it only controls the
+        // guest's virtual interface.
+        unsafe { asm!("msr S3_4_C12_C11_0, {}", in(reg) ci.hcr, options(nostack, preserves_flags)) };
+    }
+    // SAFETY: CNTVOFF_EL2 and the EL1 virtual timer only affect the guest's
+    // view of time and PPI 27, which the hypervisor handles only as a guest
+    // exit.
+    unsafe {
+        asm!("msr cntvoff_el2, {off}", "msr cntv_cval_el0, {cval}", "msr cntv_ctl_el0, {ctl}",
+             off = in(reg) ci.cntvoff, cval = in(reg) ci.cntv_cval, ctl = in(reg) ci.cntv_ctl,
+             options(nostack, preserves_flags))
+    };
+    set_vtimer_ppi_masked(ci.vtimer_masked);
+}
+
+/// After an exit: the list registers, ICH_HCR_EL2 (EOIcount),
+/// ICH_VMCR_EL2 and the virtual timer, for the vmm.
+fn gic_exit(ci: &mut VcpuInterface) {
+    // SAFETY: reading the EL1 virtual timer has no side effects.
+    unsafe {
+        asm!("mrs {ctl}, cntv_ctl_el0", "mrs {cval}, cntv_cval_el0",
+             ctl = out(reg) ci.cntv_ctl, cval = out(reg) ci.cntv_cval,
+             options(nomem, nostack, preserves_flags))
+    };
+    let lrs = ci.nr_lrs.min(ICH_LRS.load(Ordering::Relaxed));
+    if lrs == 0 {
+        return;
+    }
+    save_lrs(&mut ci.lr, lrs);
+    // SAFETY: ICH_HCR_EL2 and ICH_VMCR_EL2 exist (lrs != 0); reads have no
+    // side effects.
+    unsafe {
+        asm!("mrs {}, S3_4_C12_C11_0", out(reg) ci.hcr, options(nomem, nostack, preserves_flags));
+        asm!("mrs {}, S3_4_C12_C11_7", out(reg) ci.vmcr, options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// Stops the EL1 virtual timer of the vCPU leaving the CPU (its state is
+/// in its `VcpuInterface`), so that it cannot fire while the CPU idles or
+/// runs another vCPU.
+fn vtimer_off() {
+    // SAFETY: only the guest's EL1 virtual timer is disabled.
+    unsafe { asm!("msr cntv_ctl_el0, xzr", options(nostack, preserves_flags)) };
+}
+
+/// This CPU's GICR_ISENABLER0 / GICR_ICENABLER0 (SGI frame + 0x100 / 0x180).
+const GICR_ISENABLER0: u64 = 0x100;
+const GICR_ICENABLER0: u64 = 0x180;
+
+/// Keeps the physical virtual-timer PPI disabled at this CPU's
+/// redistributor while the guest's timer line is high in the vGIC (it would
+/// fire again at once: the list register carries no HW link to it), and
+/// enables it otherwise. Writes the GIC only when the state changes.
+fn set_vtimer_ppi_masked(masked: bool) {
+    let cpu = crate::percpu::this_cpu();
+    let sgi = cpu.gicr_sgi.load(Ordering::Relaxed);
+    if sgi == 0 || cpu.vtimer_ppi_masked.load(Ordering::Relaxed) == masked {
+        return;
+    }
+    cpu.vtimer_ppi_masked.store(masked, Ordering::Relaxed);
+    let reg = if masked {
+        GICR_ICENABLER0
+    } else {
+        GICR_ISENABLER0
+    };
+    mmio_write32(sgi + reg, 1 << VTIMER_PPI);
 }
 
 /// Traps the guest's debug, PMU, profiling and trace register accesses
@@ -472,12 +569,17 @@ fn own_redistributor(gicr: u64, size: u64) -> Option<u64> {
     None
 }
 
-/// Routes the EL2 physical timer to this CPU through a GICv3 (distributor
-/// at `gicd`, redistributor region `gicr`/`gicr_size`) and turns on guest
-/// time slices of `slice_ticks` counter ticks: group 1, priority 0x80,
-/// enabled in the redistributor's SGI frame; the CPU interface at EL2 with
-/// system registers, PMR open, group 1 on. IRQs stay masked at EL2 (PSTATE.I):
-/// they are only taken while a guest runs (HCR_EL2.IMO).
+/// Routes the EL2 physical timer (PPI 26), the GIC maintenance interrupt
+/// (PPI 25) and the EL1 virtual timer (PPI 27) to this CPU through a GICv3
+/// (distributor at `gicd`, redistributor region `gicr`/`gicr_size`) and
+/// turns on guest time slices of `slice_ticks` counter ticks: group 1,
+/// priority 0x80, enabled in the redistributor's SGI frame; the CPU
+/// interface at EL2 with system registers, PMR open, group 1 on. IRQs stay
+/// masked at EL2 (PSTATE.I): they are only taken while a guest runs
+/// (HCR_EL2.IMO), and they end an idle WFI ([`idle_until`]). Each is a
+/// guest exit: 26 the turn's end or a timer deadline of the vmm's, 25 the
+/// vGIC's list registers to refill, 27 the guest's virtual timer to
+/// deliver.
 pub fn enable_preemption(
     gicd: u64,
     gicr: u64,
@@ -497,16 +599,20 @@ pub fn enable_preemption(
         }
     }
     let sgi = rd + 0x1_0000;
-    let bit = 1u32 << CNTHP_INTID;
-    mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | bit); // IGROUPR0
-    let prio = sgi + 0x400 + u64::from(CNTHP_INTID & !3); // IPRIORITYR
-    let shift = 8 * (CNTHP_INTID & 3);
-    mmio_write32(
-        prio,
-        (mmio_read32(prio) & !(0xff << shift)) | (0x80 << shift),
-    );
-    // ISENABLER0
-    mmio_write32(sgi + 0x100, bit);
+    for intid in [CNTHP_INTID, MAINTENANCE_PPI, VTIMER_PPI] {
+        let bit = 1u32 << intid;
+        mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | bit); // IGROUPR0
+        let prio = sgi + 0x400 + u64::from(intid & !3); // IPRIORITYR
+        let shift = 8 * (intid & 3);
+        mmio_write32(
+            prio,
+            (mmio_read32(prio) & !(0xff << shift)) | (0x80 << shift),
+        );
+        mmio_write32(sgi + GICR_ISENABLER0, bit);
+    }
+    let cpu = crate::percpu::this_cpu();
+    cpu.gicr_sgi.store(sgi, Ordering::Relaxed);
+    cpu.vtimer_ppi_masked.store(false, Ordering::Relaxed);
     // ICC_SRE_EL2.SRE|Enable keep the system-register interface
     // (and EL1's use of ICV_* under IMO); PMR/IGRPEN1 at EL2 are the
     // physical interface's, which no guest reaches (IMO/FMO are set). The
@@ -535,7 +641,7 @@ pub fn enable_preemption(
 
 /// The physical counter (CNTPCT_EL0, what CNTHP compares against); the ISB
 /// keeps the read from being taken early.
-fn physical_count() -> u64 {
+pub fn physical_count() -> u64 {
     let now: u64;
     // SAFETY: reading the counter has no side effects.
     unsafe {
@@ -556,27 +662,51 @@ fn arm_turn_deadline(cval: u64) {
 }
 
 /// Disarms CNTHP after an exit (its level interrupt, if pending, goes away
-/// with it) and, after an IRQ exit, acknowledges whatever interrupt is
-/// still pending. True if the slice is over (CNTHP_CTL_EL2.ISTATUS).
-fn end_slice(irq: bool) -> bool {
-    let ctl: u64;
-    // SAFETY: reading and then disabling the timer has no other effect.
-    unsafe {
-        asm!("mrs {c}, cnthp_ctl_el2", "msr cnthp_ctl_el2, xzr", "isb", c = out(reg) ctl,
-             options(nostack, preserves_flags))
-    };
+/// with it) and, after an IRQ exit, acknowledges the interrupt that caused
+/// it ([`ack_irq`]).
+fn end_slice(irq: bool) {
+    // SAFETY: disabling the timer has no other effect.
+    unsafe { asm!("msr cnthp_ctl_el2, xzr", "isb", options(nostack, preserves_flags)) };
     if irq {
-        let intid: u64;
-        // SAFETY: ICC_IAR1_EL1 at EL2 acknowledges the highest pending
-        // group-1 interrupt (1023: none); EOIR1 ends it (EOImode 0).
-        unsafe {
-            asm!("mrs {}, S3_0_C12_C12_0", out(reg) intid, options(nostack, preserves_flags));
-            if intid < 1020 {
-                asm!("msr S3_0_C12_C12_1, {}", "isb", in(reg) intid, options(nostack, preserves_flags));
-            }
+        ack_irq();
+    }
+}
+
+/// Acknowledges and ends the highest-priority pending physical interrupt,
+/// if any: the hypervisor's interrupts (PPIs 25, 26, 27) only ever mean
+/// "look at the vCPU again", which the caller does. A level interrupt whose
+/// line stays high becomes pending again.
+fn ack_irq() {
+    let intid: u64;
+    // SAFETY: ICC_IAR1_EL1 at EL2 acknowledges the highest pending
+    // group-1 interrupt (1023: none); EOIR1 ends it (EOImode 0).
+    unsafe {
+        asm!("mrs {}, S3_0_C12_C12_0", out(reg) intid, options(nostack, preserves_flags));
+        if intid < 1020 {
+            asm!("msr S3_0_C12_C12_1, {}", "isb", in(reg) intid, options(nostack, preserves_flags));
         }
     }
-    ctl & (1 << 2) != 0
+}
+
+/// Waits on this CPU until the physical count reaches `deadline` (nothing
+/// to run meanwhile): CNTHP armed for it, WFI with IRQs still masked at EL2
+/// (a pending interrupt ends the WFI all the same), then disarmed. Without
+/// the GIC set up ([`enable_preemption`] failed) it polls the counter.
+pub fn idle_until(deadline: u64) {
+    if SLICE_TICKS.load(Ordering::Relaxed) == 0 {
+        while physical_count() < deadline {
+            core::hint::spin_loop();
+        }
+        return;
+    }
+    arm_turn_deadline(deadline);
+    while physical_count() < deadline {
+        // SAFETY: waiting for an interrupt has no memory effects; IRQs stay
+        // masked (PSTATE.I), so none is taken here.
+        unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        ack_irq();
+    }
+    end_slice(true);
 }
 
 fn mrs_isar1() -> u64 {
@@ -698,10 +828,6 @@ pub struct El1Regs {
     pub tpidrro_el0: u64,
     pub mdscr: u64,
     pub csselr: u64,
-    pub cntv_ctl: u64,
-    pub cntv_cval: u64,
-    pub cntp_ctl: u64,
-    pub cntp_cval: u64,
     /// APIA, APIB, APDA, APDB, APGA keys (lo, hi), when the CPU has PAuth.
     pub pauth: [u64; 10],
     /// TPIDR2_EL0, when the CPU has SME.
@@ -807,10 +933,6 @@ switch_regs! {
     tpidrro_el0 => "tpidrro_el0",
     mdscr => "mdscr_el1",
     csselr => "csselr_el1",
-    cntv_ctl => "cntv_ctl_el0",
-    cntv_cval => "cntv_cval_el0",
-    cntp_ctl => "cntp_ctl_el0",
-    cntp_cval => "cntp_cval_el0",
 }
 
 macro_rules! switch_pauth {
@@ -932,10 +1054,16 @@ pub struct El2Vcpu {
     bound: Option<PhysCpu>,
     /// Virtual SError to raise on the next entry.
     vserror: bool,
-    /// The GIC virtual CPU interface, switched in `bind`/`unbind`.
+    /// The GIC virtual CPU interface's VMCR and active priorities,
+    /// switched in `bind`/`unbind`.
     vgic: VgicCpuState,
+    /// List registers, ICH_HCR_EL2 and the virtual timer, exchanged with
+    /// the vmm around every entry.
+    gic: VcpuInterface,
     /// The current turn's deadline (`begin_turn`); `None` before the first.
     turn: Option<TurnDeadline>,
+    /// The scheduler's limit for the next turn (`cap_turn`).
+    turn_cap: Option<u64>,
 }
 
 impl El2Vcpu {
@@ -965,7 +1093,9 @@ impl El2Vcpu {
             bound: None,
             vserror: false,
             vgic: VgicCpuState::default(),
+            gic: VcpuInterface::new(ICH_LRS.load(Ordering::Relaxed)),
             turn: None,
+            turn_cap: None,
         })
     }
 
@@ -1003,10 +1133,16 @@ impl Vcpu for El2Vcpu {
     /// renew it (issue 11). `budget` is unused: every exit of this backend
     /// goes back to the vmm, which counts them (nothing loops at EL2).
     fn begin_turn(&mut self, _budget: u64) {
-        self.turn = Some(TurnDeadline::begin(
-            physical_count(),
-            SLICE_TICKS.load(Ordering::Relaxed),
-        ));
+        self.turn = Some(
+            TurnDeadline::begin(physical_count(), SLICE_TICKS.load(Ordering::Relaxed))
+                .capped(self.turn_cap.take()),
+        );
+    }
+
+    /// The next turn ends when a blocked vCPU's timer fires, if earlier
+    /// than the slice.
+    fn cap_turn(&mut self, deadline: u64) {
+        self.turn_cap = Some(deadline);
     }
 
     fn run(&mut self) -> Result<Exit, BackendError> {
@@ -1027,10 +1163,13 @@ impl Vcpu for El2Vcpu {
                 self.turn.unwrap_or_default()
             }
         };
-        let timed = turn.cval().is_some();
-        if let Some(cval) = turn.cval() {
+        // The turn's end, or earlier a deadline of the vmm's (the emulated
+        // physical timer): either is a CNTHP interrupt.
+        let cnthp = turn.cval_with(self.gic.wake_at);
+        if let Some(cval) = cnthp {
             arm_turn_deadline(cval);
         }
+        gic_enter(&self.gic);
         load_el1(&self.el1);
         if pauth {
             load_pauth(&self.el1.pauth);
@@ -1043,7 +1182,10 @@ impl Vcpu for El2Vcpu {
         // saved here and returns to this call.
         // SAFETY: the guest runs under this VM's stage 2 and every exit returns here (above).
         let vector = unsafe { __el2_guest_enter(&mut self.ctx) };
-        let timer = timed && end_slice(vector == 9);
+        if cnthp.is_some() || vector == 9 {
+            end_slice(vector == 9);
+        }
+        gic_exit(&mut self.gic);
         save_el1(&mut self.el1);
         if pauth {
             save_pauth(&mut self.el1.pauth);
@@ -1069,7 +1211,7 @@ impl Vcpu for El2Vcpu {
                 }
                 decode_sync(&regs, &self.ctx.x)
             }
-            9 if timer => Exit::PreemptionTimer,
+            9 if turn.passed(physical_count()) => Exit::PreemptionTimer,
             9 | 10 => Exit::ExternalInterrupt,
             v => Exit::Unknown {
                 reason: regs.esr,
@@ -1139,6 +1281,7 @@ impl Vcpu for El2Vcpu {
         };
         self.fp = FpRegs::default();
         self.vgic = VgicCpuState::default();
+        self.gic.vmcr = 0;
         self.events = PendingEvents::default();
         self.ctx.pc = state.pc;
         self.ctx.pstate = PSTATE_EL1H_MASKED;
@@ -1178,8 +1321,17 @@ impl Vcpu for El2Vcpu {
         if self.bound.take().is_some() {
             fp_save(&mut self.fp);
             vgic_save(&mut self.vgic);
+            vtimer_off();
         }
         Ok(())
+    }
+
+    fn gic_interface(&mut self) -> Option<&mut VcpuInterface> {
+        if self.gic.nr_lrs > 0 {
+            Some(&mut self.gic)
+        } else {
+            None
+        }
     }
 }
 

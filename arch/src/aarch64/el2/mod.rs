@@ -310,9 +310,14 @@ pub fn debug_pmu_raz_wi(id: SysRegId) -> bool {
     }
 }
 
-/// CNTHCTL_EL2 (E2H = 0): EL1PCTEN | EL1PCEN, the guest may use the
-/// physical counter and timer as well as the virtual ones.
-pub const CNTHCTL_EL2_GUEST: u64 = 0b11;
+/// CNTHCTL_EL2 (E2H = 0): EL1PCTEN (bit 0) set, the guest reads the
+/// physical counter directly; EL1PCEN (bit 1) clear, its CNTP_CTL/CVAL/TVAL
+/// accesses trap (EC 0x18) and the vmm emulates the EL1 physical timer
+/// (`vmm::arm64::timer`), as KVM does without VHE: the hardware's EL1
+/// physical timer is never the guest's, so nothing of it needs switching.
+/// The virtual timer (CNTV_*) is the guest's, switched per vCPU with the
+/// VM's CNTVOFF_EL2.
+pub const CNTHCTL_EL2_GUEST: u64 = 0b01;
 
 /// PSTATE a guest is entered with (EL1h, DAIF masked).
 pub const PSTATE_EL1H_MASKED: u64 = vmm::backend::ARM64_BOOT_PSTATE;
@@ -654,6 +659,23 @@ impl TurnDeadline {
         self.0
     }
 
+    /// The same turn ending by `cap` at the latest (the scheduler's next
+    /// wake-up of a blocked vCPU); a turn without slices gets it as its end.
+    pub const fn capped(self, cap: Option<u64>) -> Self {
+        TurnDeadline(self.cval_with(cap))
+    }
+
+    /// CNTHP_CVAL_EL2 for an entry that must also exit by `wake` (a
+    /// deadline of the vmm's: the emulated physical timer): the earlier of
+    /// the two.
+    pub const fn cval_with(self, wake: Option<u64>) -> Option<u64> {
+        match (self.0, wake) {
+            (Some(a), Some(b)) => Some(if a < b { a } else { b }),
+            (Some(a), None) => Some(a),
+            (None, b) => b,
+        }
+    }
+
     /// Whether the timer condition holds at counter value `now`.
     pub const fn passed(self, now: u64) -> bool {
         match self.0 {
@@ -699,14 +721,15 @@ impl IchVtr {
     }
 }
 
-/// The GIC virtual CPU interface of one vCPU, switched with the vCPU. With
-/// HCR_EL2.IMO/FMO set a guest's ICC_PMR_EL1, ICC_BPR0/1_EL1,
-/// ICC_CTLR_EL1, ICC_IGRPEN0/1_EL1 and ICC_AP0R/AP1R<n>_EL1 accesses reach
-/// the ICV_* registers, whose state the CPU keeps in ICH_VMCR_EL2 and
-/// ICH_AP0R/AP1R<n>_EL2 (and EOIs count in ICH_HCR_EL2.EOIcount): left on
-/// the physical CPU, one VM read another's values (scenario
-/// `hostile-arm64-icv-leak`). The list registers are switched too, for the
-/// virtual GIC to come.
+/// The part of the GIC virtual CPU interface of one vCPU that is switched
+/// in `bind`/`unbind`. With HCR_EL2.IMO/FMO set a guest's ICC_PMR_EL1,
+/// ICC_BPR0/1_EL1, ICC_CTLR_EL1, ICC_IGRPEN0/1_EL1 and ICC_AP0R/AP1R<n>_EL1
+/// accesses reach the ICV_* registers, whose state the CPU keeps in
+/// ICH_VMCR_EL2 and ICH_AP0R/AP1R<n>_EL2: left on the physical CPU, one VM
+/// read another's values (scenario `hostile-arm64-icv-leak`). The list
+/// registers and ICH_HCR_EL2 (with EOIcount) are loaded before and saved
+/// after every entry instead, as the vmm's vGIC fills and folds them
+/// (`vmm::arm64::wiring::VcpuInterface`); `unbind` leaves ICH_HCR_EL2 = 0.
 ///
 /// The default is a vCPU's reset state: everything 0. Writing
 /// ICH_VMCR_EL2 = 0 makes the CPU set both binary points to their minimum
@@ -715,16 +738,12 @@ impl IchVtr {
 /// `vgic_v3_enable` relies on as well.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VgicCpuState {
-    /// ICH_HCR_EL2 (En = 0: the virtual interface signals nothing yet).
-    pub hcr: u64,
     /// ICH_VMCR_EL2: VPMR, VBPR0/1, VENG0/1, VEOIM, VCBPR, VFIQEn, VAckCtl.
     pub vmcr: u64,
     /// ICH_AP0R<n>_EL2, of which [`IchVtr::apr_regs`] exist.
     pub ap0r: [u64; 4],
     /// ICH_AP1R<n>_EL2, of which [`IchVtr::apr_regs`] exist.
     pub ap1r: [u64; 4],
-    /// ICH_LR<n>_EL2, of which [`IchVtr::list_regs`] exist.
-    pub lr: [u64; 16],
 }
 
 /// The guest's view of an ID register trapped by HCR_EL2.TID3 (op0 = 3,
@@ -747,8 +766,8 @@ pub struct VgicCpuState {
 /// DEFINED ID_AA64AFR0/1 describe. Registers with many new fields are
 /// allow-lists (PFR1, DFR0, MMFR3), so a field a newer CPU adds is hidden
 /// until someone switches or traps it. The GIC system-register field stays:
-/// the ICV_* state is switched per vCPU (`VgicCpuState`); the GIC is not
-/// virtualized yet (the guest DTB says so). CSV2/CSV3 stay (properties,
+/// the ICV_* state is switched per vCPU (`VgicCpuState`) and the vmm
+/// emulates the GICv3 distributor and redistributors behind it. CSV2/CSV3 stay (properties,
 /// and SCXTNUM_EL0/EL1 are switched), and so do the PAuth, BTI, SSBS, DIT,
 /// PAN and EL2/VHE fields.
 pub fn filter_id_reg(id: SysRegId, hw: u64) -> Option<u64> {
@@ -1189,6 +1208,19 @@ mod tests {
             Some(u64::MAX)
         );
         assert!(TurnDeadline::begin(5, 10).passed(15));
+        // A vmm deadline (the emulated physical timer) before the turn's
+        // end comes first; one after it does not extend the turn.
+        let t = TurnDeadline::begin(100, 50);
+        assert_eq!(t.cval_with(Some(120)), Some(120));
+        assert_eq!(t.cval_with(Some(900)), Some(150));
+        assert_eq!(t.cval_with(None), Some(150));
+        assert_eq!(TurnDeadline::begin(0, 0).cval_with(Some(7)), Some(7));
+        assert_eq!(TurnDeadline::begin(0, 0).cval_with(None), None);
+        // A blocked vCPU's wake-up before the turn's end ends the turn then.
+        assert_eq!(t.capped(Some(120)).cval(), Some(120));
+        assert!(t.capped(Some(120)).passed(120));
+        assert_eq!(t.capped(Some(900)), t);
+        assert_eq!(TurnDeadline::begin(0, 0).capped(Some(9)).cval(), Some(9));
         assert!(!TurnDeadline::begin(5, 10).passed(14));
     }
 
@@ -1204,9 +1236,11 @@ mod tests {
         assert_eq!(IchVtr(6 << 26 | 15).apr_regs(), 4);
         assert_eq!(IchVtr(6 << 26 | 15).list_regs(), 16);
         let s = VgicCpuState::default();
-        assert!(s.lr.len() >= IchVtr(u64::MAX).list_regs());
+        let ci = vmm::arm64::wiring::VcpuInterface::new(IchVtr(u64::MAX).list_regs());
+        assert_eq!(ci.nr_lrs, 16);
+        assert!(ci.lr.len() >= IchVtr(u64::MAX).list_regs());
         assert!(s.ap0r.len() >= IchVtr(u64::MAX).apr_regs());
-        assert_eq!((s.hcr, s.vmcr), (0, 0), "reset: disabled, VMCR 0");
+        assert_eq!((ci.hcr, s.vmcr), (0, 0), "reset: disabled, VMCR 0");
     }
 
     // ID register values QEMU 7.2 reports (logged by virt_init).

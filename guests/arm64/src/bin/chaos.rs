@@ -348,7 +348,40 @@ mod guest {
     fn op_hostile(r: &mut Rng) {
         const MSR: u32 = 0xd510_0000;
         const MRS: u32 = 0xd530_0000;
-        if r.below(2) == 0 {
+        let kind = r.below(3);
+        if kind == 2 {
+            // The SGI generation registers (trapped by HCR_EL2.IMO, turned
+            // into SGIs by the vGIC) and the EL1 physical timer (trapped,
+            // emulated) with wild values: never UNDEFINED, CNTP_CTL keeps
+            // its RES0 bits clear. IRQs stay masked here.
+            let before = undefined_seen().0;
+            let (o0, op1, crn, crm, op2) = r.pick(&[
+                (1u32, 0u32, 12u32, 11u32, 5u32), // ICC_SGI1R_EL1
+                (1, 0, 12, 11, 6),                // ICC_ASGI1R_EL1
+                (1, 0, 12, 11, 7),                // ICC_SGI0R_EL1
+            ]);
+            let wild = [r.next(), 1 << 40 | r.below(16) << 24, r.next() & 0xffff];
+            let v = r.pick(&wild);
+            run(MSR | sysreg(o0, op1, crn, crm, op2), [0; 7], 0, v);
+            let (o0, op1, crn, crm, op2) = r.pick(&[
+                (1u32, 3u32, 14u32, 2u32, 0u32), // CNTP_TVAL_EL0
+                (1, 3, 14, 2, 1),                // CNTP_CTL_EL0
+                (1, 3, 14, 2, 2),                // CNTP_CVAL_EL0
+            ]);
+            run(MSR | sysreg(o0, op1, crn, crm, op2), [0; 7], 0, r.next());
+            let (_, ctl) = run(MRS | sysreg(1, 3, 14, 2, 1), [0; 7], 0, 0);
+            run(MRS | sysreg(1, 3, 14, 2, 0), [0; 7], 0, 0);
+            run(MRS | sysreg(1, 3, 14, 2, 2), [0; 7], 0, 0);
+            if undefined_seen().0 != before {
+                bad(format_args!(
+                    "SGI or CNTP access faulted (ESR {:#x})",
+                    undefined_seen().1
+                ));
+            }
+            if ctl & !7 != 0 {
+                bad(format_args!("CNTP_CTL_EL0 reads {:#x}: RES0 bits set", ctl));
+            }
+        } else if kind == 0 {
             let (name, (o0, op1, crn, crm, op2)) = r.pick(&HIDDEN);
             let enc = sysreg(o0, op1, crn, crm, op2);
             let write = r.below(2) == 0;
