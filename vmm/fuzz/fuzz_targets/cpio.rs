@@ -1,5 +1,5 @@
 //! The cpio newc reader (boot::cpio) on any bytes: it ends, every file
-//! body is a slice of the input, an error is the last item, `find` agrees
+//! body is a slice of the input, names hold no NUL, an error is the last item, `find` agrees
 //! with the iteration.
 #![no_main]
 
@@ -19,6 +19,8 @@ fuzz_target!(|data: &[u8]| {
             Ok(e) => {
                 let b = e.data.as_ptr_range();
                 assert!(e.data.is_empty() || (range.start <= b.start && b.end <= range.end));
+                // The name every tool shows: no NUL inside it.
+                assert!(!e.name.contains('\0'), "name {:?}", e.name);
                 files.push((e.name, e.data));
             }
             Err(_) => errored = true,
