@@ -502,8 +502,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let paths = Paths::locate();
     // The commands build for the pinned bare-metal targets (listing the
-    // scenarios does not): add what rust-toolchain.toml names first.
-    let needs_targets = !matches!(cli.cmd, Cmd::Test(ref t) if t.list);
+    // scenarios and fuzzing, which uses nightly, do not): add what
+    // rust-toolchain.toml names first.
+    let needs_targets =
+        !matches!(cli.cmd, Cmd::Test(ref t) if t.list) && !matches!(cli.cmd, Cmd::Fuzz(_));
     if needs_targets {
         if let Err(e) = toolchain::ensure(&paths) {
             eprintln!("xtask: error: {e}");
