@@ -450,6 +450,47 @@ impl Vcpu for ScriptedVcpu {
     }
 }
 
+/// A [`ScriptedVcpu`] that calls `hook` before every entry: tests of what
+/// another CPU does while a turn runs, or of what holds during it.
+pub struct HookedVcpu<F: FnMut()> {
+    pub inner: ScriptedVcpu,
+    pub hook: F,
+}
+
+impl<F: FnMut()> Vcpu for HookedVcpu<F> {
+    fn begin_turn(&mut self, budget: u64) {
+        self.inner.begin_turn(budget)
+    }
+    fn run(&mut self) -> Result<Exit, BackendError> {
+        (self.hook)();
+        self.inner.run()
+    }
+    fn reg(&mut self, r: Reg) -> Result<u64, BackendError> {
+        self.inner.reg(r)
+    }
+    fn set_reg(&mut self, r: Reg, v: u64) -> Result<(), BackendError> {
+        self.inner.set_reg(r, v)
+    }
+    fn advance_pc(&mut self) -> Result<(), BackendError> {
+        self.inner.advance_pc()
+    }
+    fn inject(&mut self, e: Event) -> Result<Queued, BackendError> {
+        self.inner.inject(e)
+    }
+    fn apply_boot_state(&mut self, s: &BootState) -> Result<(), BackendError> {
+        self.inner.apply_boot_state(s)
+    }
+    fn bind(&mut self, c: PhysCpu) -> Result<(), BackendError> {
+        self.inner.bind(c)
+    }
+    fn unbind(&mut self) -> Result<(), BackendError> {
+        self.inner.unbind()
+    }
+    fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
+        self.inner.gic_interface()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1398,8 +1398,8 @@ mod tests {
     use crate::loader::elf::{build::elf, EM_AARCH64};
     use crate::loader::multiboot::HEADER_MAGIC;
     use crate::testing::{
-        CollectSink, ManualClock, RecordingStage2, ScriptedVcpu, SharedBacking, TestDevice,
-        VecBacking,
+        CollectSink, HookedVcpu, ManualClock, RecordingStage2, ScriptedVcpu, SharedBacking,
+        TestDevice, VecBacking,
     };
     use AccessSize::*;
 
@@ -2109,38 +2109,10 @@ mod tests {
         // is not lost.
         v0.push(Exit::Halt);
         let vm_ref = &vm;
-        struct WakeDuring<'a>(&'a Vm<VecBacking>, ScriptedVcpu);
-        impl Vcpu for WakeDuring<'_> {
-            fn begin_turn(&mut self, b: u64) {
-                self.1.begin_turn(b)
-            }
-            fn run(&mut self) -> Result<Exit, BackendError> {
-                self.0.wake(0);
-                self.1.run()
-            }
-            fn reg(&mut self, r: Reg) -> Result<u64, BackendError> {
-                self.1.reg(r)
-            }
-            fn set_reg(&mut self, r: Reg, v: u64) -> Result<(), BackendError> {
-                self.1.set_reg(r, v)
-            }
-            fn advance_pc(&mut self) -> Result<(), BackendError> {
-                self.1.advance_pc()
-            }
-            fn inject(&mut self, e: Event) -> Result<Queued, BackendError> {
-                self.1.inject(e)
-            }
-            fn apply_boot_state(&mut self, s: &BootState) -> Result<(), BackendError> {
-                self.1.apply_boot_state(s)
-            }
-            fn bind(&mut self, c: crate::backend::PhysCpu) -> Result<(), BackendError> {
-                self.1.bind(c)
-            }
-            fn unbind(&mut self) -> Result<(), BackendError> {
-                self.1.unbind()
-            }
-        }
-        let mut w = WakeDuring(vm_ref, v0);
+        let mut w = HookedVcpu {
+            inner: v0,
+            hook: || vm_ref.wake(0),
+        };
         assert_eq!(vm.run(0, &mut w, 8), Flow::Halt);
         assert_eq!(
             vm.vcpu_state(0),
@@ -2150,7 +2122,11 @@ mod tests {
         let x86 = x86_vm("x86", Arc::new(CollectSink::default()));
         let mut xv = ScriptedVcpu::x86(vec![Exit::Halt], 1);
         xv.bind(0).unwrap();
-        let mut xw = WakeDuring(&x86, xv);
+        let x86_ref = &x86;
+        let mut xw = HookedVcpu {
+            inner: xv,
+            hook: || x86_ref.wake(0),
+        };
         assert_eq!(x86.run(0, &mut xw, 8), Flow::Halt);
         assert_eq!(
             x86.vcpu_state(0),
@@ -2167,7 +2143,7 @@ mod tests {
         vm.wake(2);
         assert_eq!(vm.vcpu_state(2), Some(VcpuState::Off));
         // Stopping the VM stops every vCPU.
-        let mut v0 = w.1;
+        let mut v0 = w.inner;
         v0.push(hvc(0, 0x8400_0008, [0; 6]));
         assert_eq!(vm.run(0, &mut v0, 8), Flow::Stopped);
         for i in 0..3 {
@@ -2498,41 +2474,6 @@ mod tests {
     fn no_interrupt_lock_held_across_a_guest_entry() {
         use crate::arm64::lr::ICC_SGI1R_EL1;
         use crate::arm64::timer::CNTP_TVAL_EL0;
-        struct Checking<'a>(&'a Vm<VecBacking>, ScriptedVcpu, usize);
-        impl Vcpu for Checking<'_> {
-            fn begin_turn(&mut self, b: u64) {
-                self.1.begin_turn(b)
-            }
-            fn run(&mut self) -> Result<Exit, BackendError> {
-                assert!(!self.0.arm64_irq().unwrap().locks_held());
-                self.2 += 1;
-                self.1.run()
-            }
-            fn reg(&mut self, r: Reg) -> Result<u64, BackendError> {
-                self.1.reg(r)
-            }
-            fn set_reg(&mut self, r: Reg, v: u64) -> Result<(), BackendError> {
-                self.1.set_reg(r, v)
-            }
-            fn advance_pc(&mut self) -> Result<(), BackendError> {
-                self.1.advance_pc()
-            }
-            fn inject(&mut self, e: Event) -> Result<Queued, BackendError> {
-                self.1.inject(e)
-            }
-            fn apply_boot_state(&mut self, s: &BootState) -> Result<(), BackendError> {
-                self.1.apply_boot_state(s)
-            }
-            fn bind(&mut self, c: crate::backend::PhysCpu) -> Result<(), BackendError> {
-                self.1.bind(c)
-            }
-            fn unbind(&mut self) -> Result<(), BackendError> {
-                self.1.unbind()
-            }
-            fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
-                self.1.gic_interface()
-            }
-        }
         let (vm, _clock) = arm_clocked(1);
         let mut s = gic_bring_up(1);
         s.extend([
@@ -2545,10 +2486,18 @@ mod tests {
         let n = s.len();
         let mut v = ScriptedVcpu::arm64(s).with_gic(4);
         v.bind(0).unwrap();
-        let mut c = Checking(&vm, v, 0);
+        let entries = core::cell::Cell::new(0);
+        let vm_ref = &vm;
+        let mut c = HookedVcpu {
+            inner: v,
+            hook: || {
+                assert!(!vm_ref.arm64_irq().unwrap().locks_held());
+                entries.set(entries.get() + 1);
+            },
+        };
         assert_eq!(vm.run(0, &mut c, n as u64), Flow::Yield);
-        assert_eq!(c.2, n);
-        assert_eq!(c.1.taken, [4, 48, 48]);
+        assert_eq!(entries.get(), n);
+        assert_eq!(c.inner.taken, [4, 48, 48]);
     }
 
     /// The interrupt paths of the exit loop do not allocate either.
