@@ -934,8 +934,14 @@ impl<B: Backing> Vm<B> {
     /// interface for the next entry (arm64: timer lines, list registers,
     /// ICH_HCR_EL2, the virtual timer). Takes the controller's lock only
     /// for the time it needs. Never allocates.
+    #[inline]
     pub fn irq_before_entry<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) {
-        if let (Some(arm), Some(ci)) = (&self.arm, vcpu.gic_interface()) {
+        // No controller (x86 for now): nothing to do, and nothing paid on
+        // the exit path.
+        let Some(arm) = &self.arm else {
+            return;
+        };
+        if let Some(ci) = vcpu.gic_interface() {
             arm.before_entry(index as usize, ci, self.clock.now());
         }
     }
@@ -944,11 +950,16 @@ impl<B: Backing> Vm<B> {
     /// vCPUs that must look again, and tells devices of the level
     /// interrupts the guest ended (with no lock of the controller held).
     /// Never allocates.
+    #[inline]
     pub fn irq_after_exit<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) {
+        let Some(arm) = &self.arm else {
+            return;
+        };
+        let Some(ci) = vcpu.gic_interface() else {
+            return;
+        };
         let mut eois = EoiList::new();
-        if let (Some(arm), Some(ci)) = (&self.arm, vcpu.gic_interface()) {
-            arm.after_exit(index as usize, ci, &mut eois);
-        }
+        arm.after_exit(index as usize, ci, &mut eois);
         for &line in eois.as_slice() {
             for &(l, space, id) in &self.resample {
                 if l == line {

@@ -25,11 +25,11 @@ use super::{
     TurnDeadline, VgicCpuState, CNTHCTL_EL2_GUEST, ESR_UNDEFINED, HCR_EL2_GUEST,
     PSTATE_EL1H_MASKED,
 };
-use vmm::arm64::wiring::VcpuInterface;
 use crate::aarch64::mmu;
 use crate::paging::{
     Aarch64Stage2, Attrs, MapError, MemType, PageSize, PageTable, TableAccess, TableAlloc,
 };
+use vmm::arm64::wiring::VcpuInterface;
 use vmm::backend::{
     check_s2_range, BackendError, BootState, EntryMode, PhysCpu, S2Attrs, Stage2, Stage2Error, Vcpu,
 };
@@ -439,7 +439,11 @@ fn vgic_save(g: &mut VgicCpuState) {
     // only turns the guest's virtual interface off until the next entry.
     unsafe {
         asm!("mrs {}, S3_4_C12_C11_7", out(reg) g.vmcr, options(nomem, nostack, preserves_flags));
-        asm!("msr S3_4_C12_C11_0, xzr", "isb", options(nostack, preserves_flags));
+        asm!(
+            "msr S3_4_C12_C11_0, xzr",
+            "isb",
+            options(nostack, preserves_flags)
+        );
     }
     save_ap0rs(&mut g.ap0r, aprs);
     save_ap1rs(&mut g.ap1r, aprs);
@@ -454,7 +458,9 @@ fn gic_enter(ci: &VcpuInterface) {
         load_lrs(&ci.lr, lrs);
         // SAFETY: ICH_HCR_EL2 exists (lrs != 0); it only controls the
         // guest's virtual interface.
-        unsafe { asm!("msr S3_4_C12_C11_0, {}", in(reg) ci.hcr, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("msr S3_4_C12_C11_0, {}", in(reg) ci.hcr, options(nostack, preserves_flags))
+        };
     }
     // SAFETY: CNTVOFF_EL2 and the EL1 virtual timer only affect the guest's
     // view of time and PPI 27, which the hypervisor handles only as a guest
@@ -666,7 +672,13 @@ fn arm_turn_deadline(cval: u64) {
 /// it ([`ack_irq`]).
 fn end_slice(irq: bool) {
     // SAFETY: disabling the timer has no other effect.
-    unsafe { asm!("msr cnthp_ctl_el2, xzr", "isb", options(nostack, preserves_flags)) };
+    unsafe {
+        asm!(
+            "msr cnthp_ctl_el2, xzr",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
     if irq {
         ack_irq();
     }
