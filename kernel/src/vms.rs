@@ -223,7 +223,7 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     vm.set_clock(virt::clock());
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
-        vcpus.push(virt::new_vcpu(frames, &s2, index, i).map_err(String::from)?);
+        vcpus.push(virt::new_vcpu(frames, &s2, index, i, cfg.vcpus).map_err(String::from)?);
     }
     log::info!(
         "vm {}: {} MiB at {:#x}, {} vCPU(s), {:?} kernel, entry {:#x}",

@@ -87,6 +87,15 @@ pub trait Vcpu {
     /// Releases the physical CPU (VMCLEAR, save EL1 state).
     fn unbind(&mut self) -> Result<(), BackendError>;
 
+    /// x86: the vCPU's interrupt state the vmm exchanges with the backend
+    /// around each `run` ([`crate::x86::wiring::X86Interface`]). The
+    /// backend refreshes `interruptible`, `rflags_if` and `cr8` from the
+    /// guest state every time this is called, and applies `inject`,
+    /// `inject_nmi`, `window`, `wake_at` and `cr8` at the next entry.
+    fn x86_interface(&mut self) -> Option<&mut crate::x86::wiring::X86Interface> {
+        None
+    }
+
     /// arm64: the GICv3 virtual CPU interface and the EL1 virtual timer as
     /// the vmm exchanges them with the hardware around each `run`
     /// ([`crate::arm64::wiring::VcpuInterface`]: loaded before the entry,
@@ -198,6 +207,10 @@ pub enum EntryMode {
     X86Protected32,
     /// 64-bit mode with paging on; `cr3` points at page tables built in guest RAM.
     X86Long64 { cr3: u64 },
+    /// Real mode as after INIT and a start-up IPI (SDM §8.4.4.1, §9.1.4):
+    /// CS.base = `cs_base` (the SIPI page), CS.selector = `cs_base >> 4`,
+    /// 64 KiB segment limits, paging and protection off.
+    X86Real { cs_base: u64 },
     /// EL1h with the MMU off and DAIF masked (Linux Documentation/arch/arm64/booting.rst).
     Arm64El1h,
 }
@@ -374,6 +387,48 @@ pub fn x86_mode_state(mode: EntryMode) -> Option<X86ModeState> {
             data: flat,
             tr,
         }),
+        EntryMode::X86Real { cs_base } => {
+            let real_data = Segment {
+                selector: 0,
+                base: 0,
+                limit: 0xffff,
+                typ: 0x3,
+                s: true,
+                dpl: 0,
+                present: true,
+                l: false,
+                db: false,
+                g: false,
+            };
+            Some(X86ModeState {
+                // CR0 after INIT: ET (CD/NW are not modelled: caching is
+                // the host's), everything else clear.
+                cr0: CR0_ET,
+                cr3: 0,
+                cr4: 0,
+                efer: 0,
+                rflags: 0x2,
+                cs: Segment {
+                    selector: ((cs_base >> 4) & 0xffff) as u16,
+                    base: cs_base & 0xf_ffff,
+                    typ: 0xb,
+                    ..real_data
+                },
+                data: real_data,
+                tr: Segment {
+                    selector: 0,
+                    base: 0,
+                    limit: 0xffff,
+                    typ: 0xb,
+                    s: false,
+                    dpl: 0,
+                    present: true,
+                    l: false,
+                    db: false,
+                    g: false,
+                },
+            })
+        }
         EntryMode::Arm64El1h => None,
     }
 }

@@ -26,6 +26,9 @@ pub enum Irq {
     /// x86: an ISA IRQ (8259 line, and the I/O APIC pin of the same number
     /// unless an interrupt source override says otherwise).
     Isa(u8),
+    /// x86: a global system interrupt above the ISA IRQs (an I/O APIC pin,
+    /// level-triggered).
+    Gsi(u32),
     /// arm64: a shared peripheral interrupt, by INTID (32..1019).
     Spi(u32),
     /// arm64: a private peripheral interrupt of every vCPU, by INTID (16..31).
@@ -43,6 +46,9 @@ pub enum DeviceKind {
     FwCfg,
     /// The MMIO test device of the scenarios.
     TestDev,
+    /// The x86 I/O APIC (its MMIO window; the local APICs are per vCPU
+    /// and not on the bus).
+    IoApic,
     /// PL011 UART (arm64).
     Pl011,
     /// GICv3 distributor (arm64).
@@ -129,7 +135,20 @@ impl Board {
                 ),
                 dev(DeviceKind::DebugExit, Space::Port, 0xf4, 4, None),
                 dev(DeviceKind::FwCfg, Space::Port, 0x510, 2, None),
-                dev(DeviceKind::TestDev, Space::Mmio, 0xfeb8_0000, 0x1000, None),
+                dev(
+                    DeviceKind::TestDev,
+                    Space::Mmio,
+                    crate::devices::testdev::TESTDEV_BASE,
+                    crate::devices::testdev::TESTDEV_SIZE_WITH_IRQ,
+                    Some(Irq::Gsi(crate::x86::wiring::TESTDEV_GSI)),
+                ),
+                dev(
+                    DeviceKind::IoApic,
+                    Space::Mmio,
+                    crate::x86::wiring::IOAPIC_BASE,
+                    crate::x86::wiring::IOAPIC_SIZE,
+                    None
+                ),
             ],
             GuestArch::Aarch64 => alloc::vec![
                 dev(

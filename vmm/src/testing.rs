@@ -292,6 +292,14 @@ pub struct ScriptedVcpu {
     /// With a GIC: CNTV_CTL_EL0 and CNTV_CVAL_EL0 the scripted guest writes
     /// during its next `run` (taken then).
     pub set_cntv: Option<(u64, u64)>,
+    /// x86: the interrupt interface for the vmm to fill
+    /// ([`ScriptedVcpu::with_apic`]); each `run` plays a guest that takes
+    /// the injected vector (recorded in `taken`) or NMI (recorded as 2).
+    pub x86: Option<crate::x86::wiring::X86Interface>,
+    /// x86: the guest's RFLAGS.IF (with an interface; default set).
+    pub x86_if: bool,
+    /// x86: the interrupt windows asked for at the entries so far.
+    pub windows: usize,
 }
 
 impl ScriptedVcpu {
@@ -321,7 +329,17 @@ impl ScriptedVcpu {
             gic: None,
             taken: Vec::with_capacity(256),
             set_cntv: None,
+            x86: None,
+            x86_if: true,
+            windows: 0,
         }
+    }
+
+    /// The same x86 vCPU with an interrupt interface (its guest has
+    /// IF = 1 until a test clears `x86_if`).
+    pub fn with_apic(mut self) -> ScriptedVcpu {
+        self.x86 = Some(crate::x86::wiring::X86Interface::default());
+        self
     }
 
     /// The same vCPU with a GIC CPU interface of `nr_lrs` list registers,
@@ -390,6 +408,17 @@ impl Vcpu for ScriptedVcpu {
         }
         self.runs += 1;
         self.take_interrupts();
+        if let Some(ci) = self.x86.as_mut() {
+            if core::mem::take(&mut ci.inject_nmi) {
+                self.taken.push(2);
+            }
+            if let Some(v) = ci.inject.take() {
+                self.taken.push(u32::from(v));
+            }
+            if ci.window {
+                self.windows += 1;
+            }
+        }
         self.script.pop_front().ok_or(BackendError::ScriptEnded)
     }
 
@@ -448,6 +477,14 @@ impl Vcpu for ScriptedVcpu {
     fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
         self.gic.as_mut()
     }
+
+    fn x86_interface(&mut self) -> Option<&mut crate::x86::wiring::X86Interface> {
+        let ready = self.x86_if && self.pending.is_empty();
+        let ci = self.x86.as_mut()?;
+        ci.interruptible = ready;
+        ci.rflags_if = self.x86_if;
+        Some(ci)
+    }
 }
 
 /// A [`ScriptedVcpu`] that calls `hook` before every entry: tests of what
@@ -488,6 +525,9 @@ impl<F: FnMut()> Vcpu for HookedVcpu<F> {
     }
     fn gic_interface(&mut self) -> Option<&mut crate::arm64::wiring::VcpuInterface> {
         self.inner.gic_interface()
+    }
+    fn x86_interface(&mut self) -> Option<&mut crate::x86::wiring::X86Interface> {
+        self.inner.x86_interface()
     }
 }
 

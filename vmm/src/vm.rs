@@ -37,6 +37,7 @@ use crate::loader::{self, KernelFormat, LoadError};
 use crate::mem::{Backing, GuestMemory, MemError, Region};
 use crate::psci::{self, PsciCall};
 use crate::regs::{AccessSize, LoadDest, Reg};
+use crate::x86::wiring::{ApicAccess, Halt, IoApicDevice, X86Irq};
 
 pub const MAX_VCPUS: u32 = 64;
 pub const MAX_NAME: usize = 32;
@@ -366,6 +367,9 @@ pub mod request {
     pub const START: u32 = 1 << 0;
     /// Something it waits for arrived: re-evaluate before blocking again.
     pub const WAKE: u32 = 1 << 1;
+    /// Its interrupt controller state changed (x86: look at the local
+    /// APIC before the next entry).
+    pub const IRQ: u32 = 1 << 2;
 }
 
 /// Makes the CPU that runs (or should run) a vCPU look at it again: an IPI
@@ -441,7 +445,7 @@ impl Waker for VcpuTable {
         while m != 0 {
             let v = m.trailing_zeros();
             m &= m - 1;
-            self.make_request(v, request::WAKE);
+            self.make_request(v, request::WAKE | request::IRQ);
         }
     }
 }
@@ -475,6 +479,8 @@ pub struct Vm<B> {
     board: Board,
     /// arm64: the vGICv3 and the vCPUs' timers.
     arm: Option<Arm64Irq>,
+    /// x86: the local APICs and the I/O APIC.
+    x86: Option<X86Irq>,
     /// Devices that drive a level-triggered line: told of its EOIs.
     resample: Vec<(u32, Space, DeviceId)>,
     clock: Arc<dyn Clock>,
@@ -558,10 +564,22 @@ impl<B: Backing> Vm<B> {
             ),
             GuestArch::X86_64 => None,
         };
+        let x86 = match cfg.arch {
+            GuestArch::X86_64 => Some(X86Irq::new(
+                cfg.vcpus,
+                (cfg.timer_freq / 1000).clamp(1, u64::from(u32::MAX)) as u32,
+                cfg.addr_bits,
+                vcpus.clone(),
+            )),
+            GuestArch::Aarch64 => None,
+        };
         let line_of = |irq: Option<Irq>| -> Option<IrqLine> {
-            match (irq?, &arm) {
-                (Irq::Spi(intid), Some(a)) => {
+            match (irq?, &arm, &x86) {
+                (Irq::Spi(intid), Some(a), _) => {
                     Some(IrqLine::new(a.gic().clone(), intid, Trigger::Level))
+                }
+                (Irq::Gsi(gsi), _, Some(x)) => {
+                    Some(IrqLine::new(x.chip().clone(), gsi, Trigger::Level))
                 }
                 _ => None,
             }
@@ -601,6 +619,10 @@ impl<B: Backing> Vm<B> {
                     Some(a) => Box::new(GicRedistributors(a.gic().clone())),
                     None => continue,
                 },
+                DeviceKind::IoApic => match &x86 {
+                    Some(x) => Box::new(IoApicDevice(x.chip().clone())),
+                    None => continue,
+                },
                 DeviceKind::ArchTimer => continue,
             };
             let bus = match d.space {
@@ -638,6 +660,7 @@ impl<B: Backing> Vm<B> {
             stop: spin::Mutex::new(None),
             board,
             arm,
+            x86,
             resample,
             clock: Arc::new(FrozenClock),
         })
@@ -676,6 +699,11 @@ impl<B: Backing> Vm<B> {
     /// arm64: the vGIC and the vCPUs' timers.
     pub fn arm64_irq(&self) -> Option<&Arm64Irq> {
         self.arm.as_ref()
+    }
+
+    /// x86: the local APICs and the I/O APIC.
+    pub fn x86_irq(&self) -> Option<&X86Irq> {
+        self.x86.as_ref()
     }
 
     /// The scheduling state of vCPU `index` (`None`: no such vCPU).
@@ -840,10 +868,20 @@ impl<B: Backing> Vm<B> {
         match p {
             Power::On if index == 0 => vcpu.apply_boot_state(&self.boot)?,
             Power::OnPending { entry, context } => {
-                // DEN0022 §6.4: the new core starts at `entry` with X0 = context.
-                let st = BootState::new(EntryMode::Arm64El1h, entry)
-                    .with(Reg::X(0), context)
-                    .ok_or(VmError::VcpuNotStartable(index))?;
+                let st = match self.arch {
+                    // DEN0022 §6.4: the new core starts at `entry` with X0 = context.
+                    GuestArch::Aarch64 => BootState::new(EntryMode::Arm64El1h, entry)
+                        .with(Reg::X(0), context)
+                        .ok_or(VmError::VcpuNotStartable(index))?,
+                    // SDM §8.4.4.1 (MP initialization): real mode at
+                    // CS = vector << 8, IP = 0.
+                    GuestArch::X86_64 => BootState::new(
+                        EntryMode::X86Real {
+                            cs_base: entry & 0xF_F000,
+                        },
+                        0,
+                    ),
+                };
                 vcpu.apply_boot_state(&st)?;
                 self.power.lock()[index as usize] = Power::On;
             }
@@ -936,8 +974,24 @@ impl<B: Backing> Vm<B> {
     /// for the time it needs. Never allocates.
     #[inline]
     pub fn irq_before_entry<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) {
-        // No controller (x86 for now): nothing to do, and nothing paid on
-        // the exit path.
+        if let Some(x) = &self.x86 {
+            let Some(ci) = vcpu.x86_interface() else {
+                return;
+            };
+            let Some(slot) = self.vcpus.slots.get(index as usize) else {
+                return;
+            };
+            // Lock-free unless something changed: a plain load of the
+            // request word on the common exit.
+            let raised = slot.requests.load(Ordering::Acquire) & request::IRQ != 0;
+            if raised {
+                slot.requests.fetch_and(!request::IRQ, Ordering::AcqRel);
+            }
+            if raised || X86Irq::needs_sync(ci, || self.clock.now()) {
+                x.before_entry(index as usize, ci, self.clock.now());
+            }
+            return;
+        }
         let Some(arm) = &self.arm else {
             return;
         };
@@ -960,24 +1014,30 @@ impl<B: Backing> Vm<B> {
         };
         let mut eois = EoiList::new();
         arm.after_exit(index as usize, ci, &mut eois);
-        for &line in eois.as_slice() {
-            for &(l, space, id) in &self.resample {
-                if l == line {
-                    match space {
-                        Space::Port => self.ports.irq_eoi(id, line),
-                        Space::Mmio => self.mmio.irq_eoi(id, line),
-                    }
-                }
-            }
-        }
+        self.resample(&eois);
     }
 
     /// HLT/WFI of vCPU `index`: goes on if an interrupt is there to take,
     /// otherwise blocks it (recording when its own timers wake it).
-    fn halt(&self, index: u32) -> Flow {
+    fn halt<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) -> Flow {
         let slot = self.vcpus.slots.get(index as usize);
-        let deadline = match &self.arm {
-            Some(arm) => {
+        let deadline = match (&self.arm, &self.x86) {
+            (_, Some(x)) => {
+                if let Some(s) = slot {
+                    s.requests.fetch_and(!request::WAKE, Ordering::AcqRel);
+                }
+                let Some(ci) = vcpu.x86_interface() else {
+                    return Flow::Halt;
+                };
+                match x.halt(index as usize, ci, self.clock.now()) {
+                    Halt::Pending => {
+                        ci.sync = true;
+                        return Flow::Continue;
+                    }
+                    Halt::Block { deadline } => deadline,
+                }
+            }
+            (Some(arm), None) => {
                 // Wake-ups asked for before this check are seen by it (the
                 // controller's state changes before its waker runs); one
                 // that comes after it stays and keeps the vCPU runnable.
@@ -989,7 +1049,7 @@ impl<B: Backing> Vm<B> {
                     Wfi::Block { deadline } => deadline,
                 }
             }
-            None => None,
+            (None, None) => None,
         };
         if let Some(s) = slot {
             s.wake_at
@@ -1063,6 +1123,7 @@ impl<B: Backing> Vm<B> {
                     }
                 }
             }
+            Exit::Mmio(m) if self.is_lapic_mmio(index, m.gpa) => self.lapic_mmio(index, vcpu, &m),
             Exit::Mmio(m) => match m.op {
                 MmioOp::Write(v) => {
                     vcpu.advance_pc()?;
@@ -1076,12 +1137,17 @@ impl<B: Backing> Vm<B> {
                 }
             },
             Exit::Cpuid { leaf, subleaf } => {
-                let v = self.policy.lock().cpuid(leaf, subleaf);
+                let mut v = self.policy.lock().cpuid(leaf, subleaf);
+                // What depends on which vCPU asks: its APIC ID.
+                crate::x86::cpuid::topology(leaf, subleaf, index, self.vcpu_count(), &mut v);
                 for (r, x) in [Reg::Rax, Reg::Rbx, Reg::Rcx, Reg::Rdx].into_iter().zip(v) {
                     vcpu.set_reg(r, u64::from(x))?;
                 }
                 vcpu.advance_pc()?;
                 Ok(Flow::Continue)
+            }
+            Exit::MsrRead { msr } | Exit::MsrWrite { msr, .. } if self.is_apic_msr(msr) => {
+                self.apic_msr(index, vcpu, &exit)
             }
             Exit::MsrRead { msr } => match self.policy.lock().msr_read(msr) {
                 Some(v) => {
@@ -1104,7 +1170,7 @@ impl<B: Backing> Vm<B> {
             }
             Exit::Halt => {
                 vcpu.advance_pc()?;
-                Ok(self.halt(index))
+                Ok(self.halt(index, vcpu))
             }
             Exit::Yield => {
                 vcpu.advance_pc()?;
@@ -1294,6 +1360,123 @@ impl<B: Backing> Vm<B> {
 
     /// Stops the VM (the first reason wins), with a register report for
     /// crashes, and flushes its console lines.
+    fn is_lapic_mmio(&self, index: u32, gpa: u64) -> bool {
+        self.x86
+            .as_ref()
+            .is_some_and(|x| x.is_mmio(index as usize, gpa))
+    }
+
+    fn is_apic_msr(&self, msr: u32) -> bool {
+        self.x86.is_some() && crate::x86::lapic::LocalApic::is_apic_msr(msr)
+    }
+
+    /// An access to vCPU `index`'s xAPIC page (before the bus: the page
+    /// is per vCPU and relocatable).
+    fn lapic_mmio<V: Vcpu + ?Sized>(
+        &self,
+        index: u32,
+        vcpu: &mut V,
+        m: &crate::exit::Mmio,
+    ) -> Result<Flow, StopReason> {
+        let Some(x) = &self.x86 else {
+            return Ok(Flow::Continue);
+        };
+        let now = self.clock.now();
+        let mut eois = EoiList::new();
+        let r = match vcpu.x86_interface() {
+            Some(ci) => x.mmio(index as usize, ci, m, now, &mut eois),
+            None => ApicAccess::default(),
+        };
+        if let MmioOp::Read(dest) = m.op {
+            load(vcpu, dest, r.value, m.size)?;
+        }
+        vcpu.advance_pc()?;
+        self.apic_done(&eois, r.startups);
+        Ok(Flow::Continue)
+    }
+
+    /// RDMSR/WRMSR of IA32_APIC_BASE, IA32_TSC_DEADLINE or an x2APIC
+    /// register; an error is #GP(0).
+    fn apic_msr<V: Vcpu + ?Sized>(
+        &self,
+        index: u32,
+        vcpu: &mut V,
+        exit: &Exit,
+    ) -> Result<Flow, StopReason> {
+        let (msr, write) = match *exit {
+            Exit::MsrRead { msr } => (msr, None),
+            Exit::MsrWrite { msr, value } => (msr, Some(value)),
+            _ => return Ok(Flow::Continue),
+        };
+        let Some(x) = &self.x86 else {
+            return inject(vcpu, Event::general_protection(0));
+        };
+        let now = self.clock.now();
+        let mut eois = EoiList::new();
+        let r = match vcpu.x86_interface() {
+            Some(ci) => x.msr(index as usize, ci, msr, write, now, &mut eois),
+            None => None,
+        };
+        match r {
+            Some(Ok(a)) => {
+                if write.is_none() {
+                    // RDMSR: EDX:EAX, upper halves cleared (SDM Vol. 2 "RDMSR").
+                    vcpu.set_reg(Reg::Rax, a.value & 0xffff_ffff)?;
+                    vcpu.set_reg(Reg::Rdx, a.value >> 32)?;
+                }
+                vcpu.advance_pc()?;
+                self.apic_done(&eois, a.startups);
+                Ok(Flow::Continue)
+            }
+            Some(Err(_)) | None => inject(vcpu, Event::general_protection(0)),
+        }
+    }
+
+    /// After an APIC write, with no lock held: level EOIs to their devices
+    /// (then lines still high are delivered again), and vCPUs sent a
+    /// start-up IPI scheduled to start in real mode at its page.
+    fn apic_done(&self, eois: &EoiList, startups: VcpuMask) {
+        let Some(x) = &self.x86 else {
+            return;
+        };
+        if !eois.is_empty() {
+            self.resample(eois);
+            x.after_eois();
+        }
+        let mut m = startups;
+        while m != 0 {
+            let v = m.trailing_zeros();
+            m &= m - 1;
+            let Some(vector) = x.take_sipi(v as usize) else {
+                continue;
+            };
+            let mut power = self.power.lock();
+            if power.get(v as usize) == Some(&Power::Off) {
+                power[v as usize] = Power::OnPending {
+                    entry: u64::from(vector) << 12,
+                    context: 0,
+                };
+                drop(power);
+                self.make_request(v, request::START);
+            }
+        }
+    }
+
+    /// Tells the devices driving the lines in `eois` that the guest ended
+    /// their interrupt.
+    fn resample(&self, eois: &EoiList) {
+        for &line in eois.as_slice() {
+            for &(l, space, id) in &self.resample {
+                if l == line {
+                    match space {
+                        Space::Port => self.ports.irq_eoi(id, line),
+                        Space::Mmio => self.mmio.irq_eoi(id, line),
+                    }
+                }
+            }
+        }
+    }
+
     fn stop_vm<V: Vcpu + ?Sized>(&self, vcpu: &mut V, reason: StopReason) -> Flow {
         let mut stop = self.stop.lock();
         if stop.is_none() {
@@ -1402,7 +1585,7 @@ fn inject<V: Vcpu + ?Sized>(vcpu: &mut V, e: Event) -> Result<Flow, StopReason> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::exit::{Conduit, Hypercall, Mmio, PortIo, ShutdownKind, SysRegAccess};
     use crate::hypercall::{ARM64_HC_BASE, HC_CONSOLE_WRITE, HC_EXIT, HC_YIELD};
@@ -1417,7 +1600,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     /// A Multiboot (a.out kludge) kernel loaded at 1 MiB whose code is `code`.
-    fn multiboot_kernel(code: &[u8]) -> Vec<u8> {
+    pub(crate) fn multiboot_kernel(code: &[u8]) -> Vec<u8> {
         let load = 0x10_0000u32;
         let flags = 1u32 << 16;
         let mut img = Vec::new();
@@ -1544,7 +1727,7 @@ mod tests {
             .unwrap();
         let mut v = started(&mut vm, Vec::new());
         for (size, gpa) in [
-            (B1, 0xfee0_0000u64),
+            (B1, 0xfed0_0000u64),
             (B2, 0xc000_0000),
             (B4, 0xfe00_0ffe),
             (B8, u64::MAX - 7),
@@ -2116,8 +2299,7 @@ mod tests {
         // A wake-up that comes in while the turn runs, before the WFI: with
         // an interrupt controller (arm64) the WFI checks what is pending
         // itself, and a bare wake-up with nothing to take does not keep the
-        // vCPU awake; without one (x86 until its LAPIC lands) the wake-up
-        // is not lost.
+        // vCPU awake, on x86 (its local APIC) as on arm64.
         v0.push(Exit::Halt);
         let vm_ref = &vm;
         let mut w = HookedVcpu {
@@ -2131,7 +2313,7 @@ mod tests {
             "nothing pending"
         );
         let x86 = x86_vm("x86", Arc::new(CollectSink::default()));
-        let mut xv = ScriptedVcpu::x86(vec![Exit::Halt], 1);
+        let mut xv = ScriptedVcpu::x86(vec![Exit::Halt], 1).with_apic();
         xv.bind(0).unwrap();
         let x86_ref = &x86;
         let mut xw = HookedVcpu {
@@ -2141,8 +2323,8 @@ mod tests {
         assert_eq!(x86.run(0, &mut xw, 8), Flow::Halt);
         assert_eq!(
             x86.vcpu_state(0),
-            Some(VcpuState::Runnable),
-            "woken meanwhile"
+            Some(VcpuState::Blocked),
+            "nothing pending on x86 either"
         );
         vm.wake(0);
         // An off vCPU is not entered.

@@ -36,6 +36,7 @@ pub mod reg {
     pub const SVR: u64 = 0xf0;
     pub const LVT_TIMER: u64 = 0x320;
     pub const INITIAL_COUNT: u64 = 0x380;
+    pub const CURRENT_COUNT: u64 = 0x390;
     pub const DIVIDE_CONFIG: u64 = 0x3e0;
 }
 
@@ -51,6 +52,48 @@ pub const fn lvt_timer_one_shot() -> u32 {
 
 /// Divide configuration 0b0011: divide by 16 (SDM Figure 11-10).
 pub const DIVIDE_BY_16: u32 = 0b0011;
+
+/// The PIT's input clock (Hz).
+pub const PIT_HZ: u64 = 1_193_182;
+/// PIT channel 2 count of the calibration window: 11932 ticks, 10.0 ms.
+pub const CALIBRATION_PIT_COUNT: u16 = 11_932;
+
+/// What a calibration against the PIT measured: TSC ticks and LAPIC timer
+/// ticks (bus / 16) in the same window of [`CALIBRATION_PIT_COUNT`] PIT
+/// ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Calibration {
+    pub tsc_ticks: u64,
+    pub timer_ticks: u64,
+}
+
+impl Calibration {
+    /// The TSC frequency in Hz (None if nothing was counted).
+    pub fn tsc_hz(&self) -> Option<u64> {
+        let hz =
+            u128::from(self.tsc_ticks) * u128::from(PIT_HZ) / u128::from(CALIBRATION_PIT_COUNT);
+        (hz > 0).then(|| u64::try_from(hz).unwrap_or(u64::MAX))
+    }
+
+    /// Timer ticks per TSC tick in 32.32 fixed point (None if the TSC did
+    /// not move).
+    pub fn timer_per_tsc_q32(&self) -> Option<u64> {
+        if self.tsc_ticks == 0 {
+            return None;
+        }
+        let q = (u128::from(self.timer_ticks) << 32) / u128::from(self.tsc_ticks);
+        u64::try_from(q).ok()
+    }
+}
+
+/// Timer ticks until TSC `deadline` from `now`, at `q32` ticks per TSC
+/// tick (at least 1: a deadline that passed fires at once).
+pub fn ticks_until(deadline: u64, now: u64, q32: u64) -> u64 {
+    let d = u128::from(deadline.saturating_sub(now));
+    u64::try_from((d * u128::from(q32)) >> 32)
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// IA32_APIC_BASE (SDM Vol. 3A §11.4.4): the xAPIC's MMIO base, or `None`
 /// when the APIC is disabled (bit 11 clear) or in x2APIC mode (bit 10 set:
@@ -143,6 +186,108 @@ mod hw {
         INITIAL_COUNT_AT.store(base + reg::INITIAL_COUNT, Ordering::Release);
     }
 
+    /// Timer ticks per TSC tick (32.32 fixed point), 0 until calibrated.
+    static TIMER_PER_TSC_Q32: AtomicU64 = AtomicU64::new(0);
+
+    fn read(base: u64, offset: u64) -> u32 {
+        // SAFETY: as `write`: the xAPIC's MMIO page, device memory.
+        unsafe { core::ptr::read_volatile((base + offset) as *const u32) }
+    }
+
+    fn rdtsc() -> u64 {
+        // SAFETY: RDTSC has no side effects; CR4.TSD is clear in the host.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+
+    /// Measures the TSC and this CPU's LAPIC timer (bus / 16) against PIT
+    /// channel 2 for 10 ms, the way Linux's `pit_calibrate_tsc` does (gate
+    /// high, speaker off, mode 0, wait for OUT2). Before [`enable_slices`]
+    /// (it uses the timer with its LVT masked). None if the PIT never
+    /// counted down (a machine without one).
+    pub fn calibrate(base: u64) -> Option<Calibration> {
+        // SAFETY: port 0x61 bits 0/1 are the PIT channel 2 gate and the
+        // speaker enable; ports 0x42/0x43 program channel 2 only, which
+        // nothing else uses.
+        unsafe {
+            use crate::x86_64::instr::{inb, outb};
+            outb(0x61, (inb(0x61) & !0x02) | 0x01);
+            outb(0x43, 0xb0);
+            outb(0x42, CALIBRATION_PIT_COUNT as u8);
+            outb(0x42, (CALIBRATION_PIT_COUNT >> 8) as u8);
+        }
+        write(base, reg::DIVIDE_CONFIG, DIVIDE_BY_16);
+        write(base, reg::LVT_TIMER, 1 << 16 | u32::from(TIMER_VECTOR));
+        write(base, reg::INITIAL_COUNT, u32::MAX);
+        let t0 = rdtsc();
+        let c0 = read(base, reg::CURRENT_COUNT);
+        let mut done = false;
+        // Bounded: about a second of port reads on any machine.
+        for _ in 0..50_000_000u32 {
+            // SAFETY: reading port 0x61 has no side effects.
+            if unsafe { crate::x86_64::instr::inb(0x61) } & 0x20 != 0 {
+                done = true;
+                break;
+            }
+        }
+        let t1 = rdtsc();
+        let c1 = read(base, reg::CURRENT_COUNT);
+        write(base, reg::INITIAL_COUNT, 0);
+        done.then_some(Calibration {
+            tsc_ticks: t1.wrapping_sub(t0),
+            timer_ticks: u64::from(c0.wrapping_sub(c1)),
+        })
+    }
+
+    /// Lets [`shorten_slice`] convert TSC deadlines into timer ticks.
+    pub fn set_calibration(c: &Calibration) {
+        if let Some(q) = c.timer_per_tsc_q32() {
+            TIMER_PER_TSC_Q32.store(q, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes the current slice end by TSC `deadline` if it would end
+    /// later (a guest's timer expiry; the INTR exit comes then). Nothing
+    /// if slices are off, the timer is uncalibrated, or the slice already
+    /// ended.
+    pub fn shorten_slice(deadline: u64) {
+        let q = TIMER_PER_TSC_Q32.load(Ordering::Relaxed);
+        let at = INITIAL_COUNT_AT.load(Ordering::Relaxed);
+        if q == 0 || at == 0 {
+            return;
+        }
+        let base = at - reg::INITIAL_COUNT;
+        let left = u64::from(read(base, reg::CURRENT_COUNT));
+        let ticks = ticks_until(deadline, rdtsc(), q);
+        if left != 0 && ticks < left {
+            write(base, reg::INITIAL_COUNT, ticks as u32);
+        }
+    }
+
+    /// Sleeps in HLT until TSC `deadline` (nothing to run until then): the
+    /// timer is armed for the deadline and re-armed after each wake-up.
+    /// Returns at once if slices are off or the timer is uncalibrated.
+    pub fn idle_until(deadline: u64) {
+        let q = TIMER_PER_TSC_Q32.load(Ordering::Relaxed);
+        let at = INITIAL_COUNT_AT.load(Ordering::Relaxed);
+        if q == 0 || at == 0 {
+            return;
+        }
+        loop {
+            let now = rdtsc();
+            if now >= deadline {
+                return;
+            }
+            let ticks = ticks_until(deadline, now, q).min(u64::from(u32::MAX));
+            // SAFETY: the initial-count register of this CPU's xAPIC.
+            unsafe { core::ptr::write_volatile(at as *mut u32, ticks as u32) };
+            // SAFETY: STI's shadow covers HLT, so an interrupt that is
+            // already pending wakes HLT rather than being taken before it;
+            // the only enabled source is this timer, whose stub only
+            // writes EOI. Interrupts are off again afterwards.
+            unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+        }
+    }
+
     /// Starts a new slice (before each VMRUN); nothing if not enabled.
     #[inline]
     pub fn arm_slice() {
@@ -172,5 +317,28 @@ mod tests {
         assert_eq!(xapic_base(0xfee0_0900), Some(0xfee0_0000));
         assert_eq!(xapic_base(0xfee0_0d00), None, "x2APIC mode has no MMIO");
         assert_eq!(xapic_base(0xfee0_0100), None, "APIC disabled");
+    }
+
+    #[test]
+    fn calibration_arithmetic() {
+        // 2 GHz TSC, 62.5 MHz timer (1 GHz bus / 16) over 10.0 ms.
+        let c = Calibration {
+            tsc_ticks: 20_000_000,
+            timer_ticks: 625_000,
+        };
+        let hz = c.tsc_hz().unwrap();
+        assert!((1_999_000_000..2_001_000_000).contains(&hz), "{hz}");
+        let q = c.timer_per_tsc_q32().unwrap();
+        // 1 ms of TSC is 62_500 timer ticks.
+        let t = ticks_until(2_000_000 + 5, 5, q);
+        assert!((62_499..=62_500).contains(&t), "{t}");
+        assert_eq!(ticks_until(5, 10, q), 1, "a passed deadline fires at once");
+        assert_eq!(ticks_until(u64::MAX, 0, u64::MAX), u64::MAX);
+        let zero = Calibration {
+            tsc_ticks: 0,
+            timer_ticks: 5,
+        };
+        assert_eq!(zero.tsc_hz(), None);
+        assert_eq!(zero.timer_per_tsc_q32(), None);
     }
 }

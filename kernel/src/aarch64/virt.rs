@@ -203,6 +203,7 @@ pub fn new_vcpu(
     s2: &Stage2,
     _vm_index: usize,
     vcpu_index: u32,
+    _nr_vcpus: u32,
 ) -> Result<Vcpu, &'static str> {
     El2Vcpu::new(s2.config(), s2.root(), vcpu_index)
 }

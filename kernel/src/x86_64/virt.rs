@@ -27,6 +27,8 @@ const PAGE: u64 = 4096;
 
 struct Globals {
     features: Features,
+    /// The TSC frequency (guests get it in CPUID), kHz.
+    tsc_khz: u32,
     asids: u32,
     page_1g: bool,
     msrpm: u64,
@@ -99,9 +101,10 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
         info.vmcb_clean() as u8,
         page_1g as u8
     );
-    start_time_slices();
+    let tsc_khz = start_time_slices();
     GLOBALS.call_once(|| Globals {
         features,
+        tsc_khz,
         asids,
         page_1g,
         msrpm,
@@ -114,14 +117,36 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
 /// (1 GHz APIC bus), a few to tens of ms on real bus clocks.
 const SLICE_COUNT: u32 = 625_000;
 
-/// Sets up the LAPIC timer whose INTR exits end guest time slices
-/// (`arch::x86_64::lapic`), so a guest that never exits cannot keep the CPU.
-fn start_time_slices() {
+/// TSC frequency assumed when it cannot be measured (no PIT, no xAPIC).
+const FALLBACK_TSC_KHZ: u32 = 1_000_000;
+
+/// Measures the TSC and the LAPIC timer against the PIT, then sets up the
+/// LAPIC timer whose INTR exits end guest time slices
+/// (`arch::x86_64::lapic`), so a guest that never exits cannot keep the
+/// CPU. Returns the TSC frequency in kHz.
+fn start_time_slices() -> u32 {
     // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; reading it has no
     // side effects.
     let apic_base = unsafe { arch::x86_64::instr::rdmsr(0x1b) };
+    let mut tsc_khz = FALLBACK_TSC_KHZ;
     match arch::x86_64::lapic::xapic_base(apic_base) {
         Some(base) => {
+            match arch::x86_64::lapic::calibrate(base) {
+                Some(c) => {
+                    arch::x86_64::lapic::set_calibration(&c);
+                    if let Some(hz) = c.tsc_hz() {
+                        tsc_khz = (hz / 1000).clamp(1, u64::from(u32::MAX)) as u32;
+                    }
+                    log::info!(
+                        "virt: TSC {} kHz, LAPIC timer {} ticks per 10 ms (PIT calibration)",
+                        tsc_khz,
+                        c.timer_ticks
+                    );
+                }
+                None => log::warn!(
+                    "virt: PIT calibration failed: TSC taken as {FALLBACK_TSC_KHZ} kHz, guest timers end with the time slice"
+                ),
+            }
             arch::x86_64::lapic::enable_slices(base, SLICE_COUNT);
             log::info!(
                 "virt: guest time slices: LAPIC timer at {base:#x}, {SLICE_COUNT} ticks / 16"
@@ -130,6 +155,7 @@ fn start_time_slices() {
         // Guests still run, but one that never exits keeps the CPU.
         None => log::warn!("virt: no guest time slices (APIC disabled or in x2APIC mode)"),
     }
+    tsc_khz
 }
 
 fn globals() -> Result<&'static Globals, &'static str> {
@@ -153,7 +179,8 @@ pub fn new_vcpu(
     frames: &mut FrameAllocator,
     s2: &Stage2,
     vm_index: usize,
-    _vcpu_index: u32,
+    vcpu_index: u32,
+    nr_vcpus: u32,
 ) -> Result<Vcpu, &'static str> {
     let g = globals()?;
     if !hw::enabled_on_this_cpu() {
@@ -181,7 +208,11 @@ pub fn new_vcpu(
     );
     // The common CPUID leaves are answered inside the vCPU, from the same
     // policy code as the vmm's `exit_policy` (SvmPolicy::cpuid_table).
-    vcpu.set_cpuid_table(SvmPolicy::new(Cpuid, rdtsc).cpuid_table());
+    vcpu.set_cpuid_table(
+        SvmPolicy::new(Cpuid, rdtsc)
+            .with_tsc_khz(g.tsc_khz)
+            .cpuid_table_for(vcpu_index, nr_vcpus),
+    );
     if INTERCEPT_PF.load(core::sync::atomic::Ordering::Relaxed) {
         vcpu.set_intercept_pf(true);
         log::info!("virt: vm {vm_index}: guest #PF intercepted and reflected (svm-intercept-pf)");
@@ -198,23 +229,39 @@ fn rdtsc() -> u64 {
 }
 
 pub fn exit_policy(_vm_index: usize, _vcpus: u32) -> Box<dyn vmm::vm::ExitPolicy> {
-    Box::new(SvmPolicy::new(Cpuid, rdtsc))
+    let khz = globals().map_or(FALLBACK_TSC_KHZ, |g| g.tsc_khz);
+    Box::new(SvmPolicy::new(Cpuid, rdtsc).with_tsc_khz(khz))
 }
 
-/// The clock of every VM's timers: none on x86 yet (no timer models are
-/// wired), so no vCPU ever has a wake-up deadline.
+/// The TSC as the vmm's clock (guests see the host's TSC: no offset).
+struct Tsc;
+
+impl vmm::irq::Clock for Tsc {
+    fn now(&self) -> u64 {
+        rdtsc()
+    }
+    fn frequency(&self) -> u64 {
+        u64::from(globals().map_or(FALLBACK_TSC_KHZ, |g| g.tsc_khz)) * 1000
+    }
+}
+
+/// The clock of every VM's timers.
 pub fn clock() -> alloc::sync::Arc<dyn vmm::irq::Clock> {
-    alloc::sync::Arc::new(vmm::irq::FrozenClock)
+    alloc::sync::Arc::new(Tsc)
 }
 
 /// The counter the run loop compares wake-up deadlines with.
 pub fn counter() -> u64 {
-    0
+    rdtsc()
 }
 
-/// Waits for `deadline` with nothing to run (never reached on x86 yet:
-/// without timers there are no deadlines).
-pub fn idle_until(_deadline: u64) {}
+/// Waits for `deadline` (a TSC value) with nothing to run, in HLT.
+pub fn idle_until(deadline: u64) {
+    arch::x86_64::lapic::idle_until(deadline);
+}
 
-/// What a VM's platform takes from this CPU (nothing on x86 yet).
-pub fn configure(_cfg: &mut vmm::vm::VmConfig) {}
+/// What a VM's platform takes from this CPU: the TSC frequency.
+pub fn configure(cfg: &mut vmm::vm::VmConfig) {
+    let khz = globals().map_or(FALLBACK_TSC_KHZ, |g| g.tsc_khz);
+    cfg.timer_freq = u64::from(khz) * 1000;
+}

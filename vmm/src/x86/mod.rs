@@ -18,11 +18,16 @@
 //! chipsets (ICH and successors).
 
 pub mod apic_bus;
+pub mod cpuid;
 pub mod ioapic;
 pub mod lapic;
 pub mod pic;
 pub mod pit;
 pub mod rtc;
+pub mod wiring;
+
+#[cfg(test)]
+mod vm_tests;
 
 /// How an interrupt message is delivered (ICR bits 10:8, SDM §11.6.1;
 /// I/O APIC redirection entry bits 10:8; MSI data bits 10:8, SDM §11.11.2).

@@ -273,6 +273,10 @@ impl Hw for Machine {
         crate::x86_64::lapic::arm_slice();
     }
 
+    fn arm_deadline(&mut self, tsc: u64) {
+        crate::x86_64::lapic::shorten_slice(tsc);
+    }
+
     fn swap_last_vm(&mut self, _cpu: PhysCpu, vm: usize) -> Option<usize> {
         let slot = &this_cpu().svm.last_vm;
         let prev = slot.load(Ordering::Relaxed);

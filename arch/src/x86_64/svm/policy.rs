@@ -3,17 +3,22 @@
 //! FS/GS base — are handled inside the vCPU).
 //!
 //! CPUID is the host's, filtered: no SVM or VMX (no nested virtualization),
-//! no MONITOR/MWAIT (intercepted), no x2APIC / TSC-deadline (not emulated),
-//! no XSAVE (XCR0 is not context-switched), no architectural PMU, and the
-//! "hypervisor present" bit (CPUID.1:ECX[31]) plus our leaves at 0x4000_0000.
+//! no MONITOR/MWAIT (intercepted), no XSAVE (XCR0 is not context-switched),
+//! no architectural PMU, and the "hypervisor present" bit (CPUID.1:ECX[31])
+//! plus our leaves at 0x4000_0000. The local APIC is the vmm's model
+//! (`vmm::x86::lapic`): x2APIC and the TSC-deadline timer are advertised,
+//! the APIC IDs and topology are the VM's (`vmm::x86::cpuid::topology`),
+//! and the TSC and APIC timer frequencies are in leaves 0x15/0x16 (where
+//! the host has them) and 0x4000_0010.
 
 use super::super::cpuid::{CpuidRegs, CpuidSource};
 use vmm::vm::ExitPolicy;
 
 /// Signature in CPUID 0x4000_0000 EBX, ECX, EDX.
 pub const HV_SIGNATURE: &[u8; 12] = b"RustHvRustHv";
-/// Highest hypervisor leaf.
-pub const HV_MAX_LEAF: u32 = 0x4000_0001;
+/// Highest hypervisor leaf: 0x4000_0010 is the timing leaf (EAX = TSC
+/// kHz, EBX = APIC timer kHz; the VMware/ACRN convention).
+pub const HV_MAX_LEAF: u32 = 0x4000_0010;
 
 pub mod msr {
     pub const TSC: u32 = 0x10;
@@ -36,6 +41,8 @@ const ECX1_TSC_DEADLINE: u32 = 1 << 24;
 const ECX1_XSAVE: u32 = 1 << 26;
 const ECX1_OSXSAVE: u32 = 1 << 27;
 const ECX1_HYPERVISOR: u32 = 1 << 31;
+const EDX1_APIC: u32 = 1 << 9;
+const EDX1_HTT: u32 = 1 << 28;
 /// CPUID.(7,0):ECX bit 4 OSPKE: reflects CR4.PKE of whoever executes CPUID.
 pub const ECX7_OSPKE: u32 = 1 << 4;
 /// CPUID.(7,0):EDX speculation controls: IBRS/IBPB (SPEC_CTRL, bit 26),
@@ -63,6 +70,7 @@ pub struct SvmPolicy<C: CpuidSource + Send> {
     mtrr_def_type: u64,
     max_basic: u32,
     max_ext: u32,
+    tsc_khz: u32,
 }
 
 impl<C: CpuidSource + Send> SvmPolicy<C> {
@@ -75,7 +83,14 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
             mtrr_def_type: 0x6,
             max_basic,
             max_ext,
+            tsc_khz: 0,
         }
+    }
+
+    /// The TSC frequency guests are told (kHz; 0: not reported).
+    pub fn with_tsc_khz(mut self, khz: u32) -> Self {
+        self.tsc_khz = khz;
+        self
     }
 
     fn filtered(&self, leaf: u32, sub: u32) -> CpuidRegs {
@@ -102,6 +117,12 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
                         edx: w(8),
                     }
                 }
+                0x4000_0010 => CpuidRegs {
+                    eax: self.tsc_khz,
+                    ebx: vmm::x86::wiring::APIC_TIMER_KHZ,
+                    ecx: 0,
+                    edx: 0,
+                },
                 _ => CpuidRegs::default(),
             };
         }
@@ -112,21 +133,37 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
         let mut r = self.cpuid.cpuid(leaf, sub);
         match leaf {
             1 => {
-                r.ecx &= !(ECX1_MONITOR
-                    | ECX1_VMX
-                    | ECX1_PDCM
-                    | ECX1_X2APIC
-                    | ECX1_TSC_DEADLINE
-                    | ECX1_XSAVE
-                    | ECX1_OSXSAVE);
-                r.ecx |= ECX1_HYPERVISOR;
-                // One logical processor per package, initial APIC ID 0.
+                r.ecx &= !(ECX1_MONITOR | ECX1_VMX | ECX1_PDCM | ECX1_XSAVE | ECX1_OSXSAVE);
+                r.ecx |= ECX1_HYPERVISOR | ECX1_X2APIC | ECX1_TSC_DEADLINE;
+                r.edx |= EDX1_APIC;
+                // One logical processor per package, initial APIC ID 0
+                // (the vCPU's own values: `cpuid_table_for`, and the vmm's
+                // generic path, `vmm::x86::cpuid::topology`).
                 r.ebx &= 0x0000_ffff;
                 r.ebx |= 1 << 16;
-                // EDX bit 28 HTT stays meaningful with a count of 1.
+                r.edx &= !EDX1_HTT;
             }
-            // MONITOR/MWAIT, thermal/power, PMU, x2APIC topology, XSAVE.
-            5 | 6 | 0xa | 0xb | 0xd | 0x1f => r = CpuidRegs::default(),
+            // MONITOR/MWAIT, thermal/power, PMU, XSAVE.
+            5 | 6 | 0xa | 0xd => r = CpuidRegs::default(),
+            // TSC/crystal ratio: crystal 1 kHz (ECX, Hz), TSC = crystal *
+            // EBX / EAX. Only where the host has the leaf.
+            0x15 if self.tsc_khz != 0 => {
+                r = CpuidRegs {
+                    eax: 1,
+                    ebx: self.tsc_khz,
+                    ecx: 1000,
+                    edx: 0,
+                }
+            }
+            // Base and maximum frequency (MHz), bus (reference) 1000 MHz.
+            0x16 if self.tsc_khz != 0 => {
+                r = CpuidRegs {
+                    eax: self.tsc_khz / 1000,
+                    ebx: self.tsc_khz / 1000,
+                    ecx: vmm::x86::wiring::APIC_TIMER_KHZ / 1000,
+                    edx: 0,
+                }
+            }
             7 if sub == 0 => {
                 // EBX bit 2 SGX, ECX bit 5 WAITPKG, bit 16 LA57: host-only.
                 // OSPKE is the host's CR4.PKE here; the vCPU sets it from the
@@ -157,7 +194,7 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
 #[derive(Clone, Debug)]
 pub struct CpuidTable {
     basic: [Option<[u32; 4]>; 0x20],
-    hv: [Option<[u32; 4]>; 2],
+    hv: [Option<[u32; 4]>; 0x11],
     ext: [Option<[u32; 4]>; 0x22],
 }
 
@@ -184,12 +221,21 @@ const CPU_DEPENDENT_LEAVES: &[u32] = &[0x8000_001e];
 
 impl<C: CpuidSource + Send> SvmPolicy<C> {
     /// The table of this policy's CPUID answers for subleaf 0 of the leaves
-    /// up to the host's maxima (beyond them: the generic path's zeros).
+    /// up to the host's maxima (beyond them: the generic path's zeros), as
+    /// vCPU 0 of a uniprocessor VM sees them.
     pub fn cpuid_table(&self) -> CpuidTable {
+        self.cpuid_table_for(0, 1)
+    }
+
+    /// The table for vCPU `vcpu` of `nr_vcpus`: APIC IDs and topology
+    /// patched by `vmm::x86::cpuid::topology`, as the generic path does.
+    pub fn cpuid_table_for(&self, vcpu: u32, nr_vcpus: u32) -> CpuidTable {
         let entry = |leaf: u32, max: u32| {
             (leaf <= max && !CPU_DEPENDENT_LEAVES.contains(&leaf)).then(|| {
                 let r = self.filtered(leaf, 0);
-                [r.eax, r.ebx, r.ecx, r.edx]
+                let mut a = [r.eax, r.ebx, r.ecx, r.edx];
+                vmm::x86::cpuid::topology(leaf, 0, vcpu, nr_vcpus, &mut a);
+                a
             })
         };
         CpuidTable {
@@ -275,7 +321,10 @@ mod tests {
         let mut p = policy();
         let l1 = p.cpuid(1, 0);
         assert_eq!(l1[2] & ECX1_VMX, 0);
-        assert_eq!(l1[2] & ECX1_X2APIC, 0);
+        // The vmm's local APIC: x2APIC and the TSC-deadline timer.
+        assert_ne!(l1[2] & ECX1_X2APIC, 0);
+        assert_ne!(l1[2] & ECX1_TSC_DEADLINE, 0);
+        assert_ne!(l1[3] & EDX1_APIC, 0);
         assert_eq!(l1[2] & ECX1_MONITOR, 0);
         assert_ne!(l1[2] & ECX1_HYPERVISOR, 0);
         assert_eq!(l1[1] >> 24, 0);
@@ -291,6 +340,11 @@ mod tests {
         }
         assert_eq!(&sig, HV_SIGNATURE);
         assert_eq!(p.cpuid(0x4000_0001, 0), [0; 4]);
+        // The timing leaf: TSC and APIC timer kHz.
+        assert_eq!(p.cpuid(0x4000_0010, 0), [0, 1_000_000, 0, 0]);
+        let mut timed = policy().with_tsc_khz(2_500_000);
+        assert_eq!(timed.cpuid(0x4000_0010, 0), [2_500_000, 1_000_000, 0, 0]);
+        assert_eq!(timed.cpuid(0x4000_0011, 0), [0; 4]);
         // Out of range: zeros (not the host's highest leaf).
         assert_eq!(p.cpuid(0xe, 0), [0; 4]);
         assert_eq!(p.cpuid(0x8000_0022, 0), [0; 4]);
@@ -333,7 +387,10 @@ mod tests {
             .chain([0x2000_0000, 0xc000_0000, u32::MAX]);
         for leaf in leaves {
             if let Some(r) = t.lookup(leaf, 0) {
-                assert_eq!(r, p.cpuid(leaf, 0), "leaf {leaf:#x}");
+                // The generic path: the policy, then the vmm's topology.
+                let mut want = p.cpuid(leaf, 0);
+                vmm::x86::cpuid::topology(leaf, 0, 0, 1, &mut want);
+                assert_eq!(r, want, "leaf {leaf:#x}");
             }
             assert_eq!(t.lookup(leaf, 1), None, "leaf {leaf:#x}");
         }
@@ -342,7 +399,11 @@ mod tests {
         assert_eq!(t.lookup(0x8000_0001, 0), Some(p.cpuid(0x8000_0001, 0)));
         // Above the maxima and CPU-dependent leaves: the generic path.
         assert_eq!(t.lookup(0xe, 0), None);
-        assert_eq!(t.lookup(0x4000_0002, 0), None);
+        assert_eq!(t.lookup(0x4000_0011, 0), None);
+        // Each vCPU its APIC ID.
+        let t2 = p.cpuid_table_for(2, 4);
+        assert_eq!(t2.lookup(1, 0).unwrap()[1] >> 24, 2);
+        assert_eq!(t2.lookup(0xb, 0).unwrap()[3], 2);
         assert_eq!(t.lookup(0x8000_0022, 0), None);
         assert_eq!(t.lookup(0x8000_001e, 0), None);
     }

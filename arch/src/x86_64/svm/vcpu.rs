@@ -21,6 +21,7 @@ use vmm::backend::{x86_mode_state, BackendError, BootState, PhysCpu, Segment};
 use vmm::event::{vector, Event, PendingEvents, Queued};
 use vmm::exit::{Conduit, Exit, Hypercall, IoOp, PortIo, ShutdownKind};
 use vmm::regs::{AccessSize, Reg};
+use vmm::x86::wiring::X86Interface;
 
 /// Guest GPRs that the VMCB does not hold, indexed by ModRM number
 /// (slots 0 = RAX and 4 = RSP are unused: those live in the VMCB).
@@ -65,6 +66,9 @@ pub trait Hw {
     /// timer, whose interrupt is an INTR exit): once per turn, never per
     /// VMRUN, so exits cannot push the deadline back.
     fn arm_turn_deadline(&mut self);
+    /// Makes the guest exit by TSC value `tsc` at the latest (an INTR
+    /// exit), if that is before the turn's deadline.
+    fn arm_deadline(&mut self, tsc: u64);
     /// Loads the guest's DR0-DR3 into the CPU's debug registers (VMRUN does
     /// not switch them; the hypervisor itself never uses them, and #VMEXIT
     /// resets DR7 to 0x400, so guest breakpoints never fire in the host).
@@ -366,6 +370,27 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     /// Exits this turn may still handle inside `run` ([`begin_turn`](
     /// vmm::backend::Vcpu::begin_turn)); at 0 the turn is over.
     turn_budget: u64,
+    /// The interrupt state the vmm exchanges around each `run`.
+    x86: X86Interface,
+    /// The VINTR field as last written (V_TPR, V_IRQ and the masking
+    /// bits): rewritten only when it changes.
+    vintr: u64,
+    /// A VINTR exit came while the guest could not take an interrupt
+    /// (QEMU TCG takes V_IRQ with IF = 0, PLATFORM.md): the window is no
+    /// longer asked of the CPU, and a pending interrupt waits for the
+    /// guest's next exit instead.
+    vintr_unreliable: bool,
+    /// The guest deadline the host timer was last shortened for.
+    armed_wake_at: Option<u64>,
+}
+
+/// VINTR field bits (APM Vol. 2 §15.21, Table B-1 offset 0x60).
+mod vintr {
+    pub const V_TPR: u64 = 0xf;
+    pub const V_IRQ: u64 = 1 << 8;
+    pub const V_INTR_PRIO: u64 = 0xf << 16;
+    pub const V_IGN_TPR: u64 = 1 << 20;
+    pub const V_INTR_MASKING: u64 = 1 << 24;
 }
 
 impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
@@ -462,6 +487,10 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             cpuid_table: None,
             internal_exits: 0,
             turn_budget: 0,
+            x86: X86Interface::default(),
+            vintr: vintr::V_INTR_MASKING,
+            vintr_unreliable: false,
+            armed_wake_at: None,
         }
     }
 
@@ -679,7 +708,19 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             return Ok(());
         }
         if self.pending.is_empty() {
-            // The common case on the exit path: nothing to deliver.
+            // The common case on the exit path: nothing to deliver, or an
+            // interrupt the vmm chose because the guest can take it now.
+            if core::mem::take(&mut self.x86.inject_nmi) {
+                self.vmcb.write64(
+                    ctrl::EVENTINJ,
+                    event_inj::encode(2, event_inj::TYPE_NMI, None),
+                );
+            } else if let Some(v) = self.x86.inject.take() {
+                self.vmcb.write64(
+                    ctrl::EVENTINJ,
+                    event_inj::encode(v, event_inj::TYPE_INTR, None),
+                );
+            }
             return Ok(());
         }
         let shadow = self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0;
@@ -740,6 +781,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// One VMRUN and the decoding of its exit. `None`: handled here, enter again.
     fn run_once(&mut self, cpu: PhysCpu, out: &mut Exit) -> Result<bool, BackendError> {
         self.deliver_events()?;
+        self.load_vintr();
         self.prepare_tlb(cpu);
         if self.features.vmcb_clean {
             // VMCB clean bits: only on the CPU that ran this VMCB last, and
@@ -932,6 +974,15 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             // time-slice timer (taken and ended after the VMRUN's STGI).
             exitcode::INTR => Exit::PreemptionTimer,
             exitcode::NMI | exitcode::SMI | exitcode::INIT => Exit::ExternalInterrupt,
+            exitcode::VINTR => {
+                // The guest's interrupt window opened: the vmm injects at
+                // the next entry. The CPU leaves V_IRQ set; the next
+                // entry's load_vintr decides again.
+                if !self.interruptible() {
+                    self.vintr_unreliable = true;
+                }
+                Exit::ExternalInterrupt
+            }
             exitcode::INVD => {
                 // INVD would drop dirty cache lines of the host and other
                 // VMs: run as a no-op, as KVM does (its effect on the
@@ -958,6 +1009,39 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         };
         *out = exit;
         Ok(true)
+    }
+
+    /// V_TPR from the vmm's TPR; V_IRQ with the VINTR intercept while the
+    /// vmm waits for an interrupt window (V_IGN_TPR: the window is the
+    /// guest's IF and shadow only, the TPR is the vmm's business). Written
+    /// only when it changes (the TPR clean bit stays set otherwise).
+    fn load_vintr(&mut self) {
+        let window = self.x86.window && !self.vintr_unreliable;
+        let mut v = vintr::V_INTR_MASKING | (u64::from(self.x86.cr8) & vintr::V_TPR);
+        if window {
+            v |= vintr::V_IRQ | vintr::V_INTR_PRIO | vintr::V_IGN_TPR;
+        }
+        if v != self.vintr {
+            self.vintr = v;
+            self.vmcb.write64(ctrl::VINTR, v);
+            let m = self.vmcb.read32(ctrl::INTERCEPT_MISC1);
+            let m = if window {
+                m | misc1::VINTR
+            } else {
+                m & !misc1::VINTR
+            };
+            self.vmcb.write32(ctrl::INTERCEPT_MISC1, m);
+        }
+    }
+
+    /// Whether the guest takes a maskable interrupt at the next entry:
+    /// RFLAGS.IF, no STI/MOV SS shadow, nothing else to deliver.
+    fn interruptible(&self) -> bool {
+        self.vmcb.read64(save::RFLAGS) & RFLAGS_IF != 0
+            && self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 == 0
+            && self.reinject.is_none()
+            && self.pending.is_empty()
+            && self.x86.inject.is_none()
     }
 
     fn internal_done(&mut self) -> Result<Option<Exit>, BackendError> {
@@ -1234,6 +1318,14 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     fn begin_turn(&mut self, budget: u64) {
         self.turn_budget = budget;
         self.hw.arm_turn_deadline();
+        self.armed_wake_at = None;
+    }
+
+    fn x86_interface(&mut self) -> Option<&mut X86Interface> {
+        self.x86.interruptible = self.interruptible();
+        self.x86.rflags_if = self.vmcb.read64(save::RFLAGS) & RFLAGS_IF != 0;
+        self.x86.cr8 = (self.vmcb.read64(ctrl::VINTR) & vintr::V_TPR) as u8;
+        Some(&mut self.x86)
     }
 
     /// Runs until an exit needs the vmm. Exits handled here count against
@@ -1242,6 +1334,14 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     /// keeping the CPU; the deadline armed by `begin_turn` ends it as well.
     fn run(&mut self) -> Result<Exit, BackendError> {
         let cpu = self.bound.ok_or(BackendError::NotBound)?;
+        // The guest's local APIC timer: exit by its expiry (the host's
+        // one-shot shortened, only when the deadline moved earlier).
+        if let Some(d) = self.x86.wake_at {
+            if self.armed_wake_at.is_none_or(|a| d < a) {
+                self.armed_wake_at = Some(d);
+                self.hw.arm_deadline(d);
+            }
+        }
         let mut exit = Exit::Halt;
         while !self.run_once(cpu, &mut exit)? {
             self.turn_budget = self.turn_budget.saturating_sub(1);
@@ -1394,6 +1494,7 @@ mod tests {
         drs_live: [u64; 4],
         /// Turn deadlines armed (`Hw::arm_turn_deadline`).
         deadlines: u32,
+        wake_deadlines: Vec<u64>,
         last_vm: HashMap<u32, usize>,
         barriers: u32,
     }
@@ -1436,6 +1537,9 @@ mod tests {
         fn arm_turn_deadline(&mut self) {
             self.deadlines += 1;
         }
+        fn arm_deadline(&mut self, tsc: u64) {
+            self.wake_deadlines.push(tsc);
+        }
         fn swap_last_vm(&mut self, cpu: PhysCpu, vm: usize) -> Option<usize> {
             self.last_vm.insert(cpu, vm)
         }
@@ -1474,6 +1578,7 @@ mod tests {
             fpu_calls: Vec::new(),
             drs_live: [0; 4],
             deadlines: 0,
+            wake_deadlines: Vec::new(),
             last_vm: HashMap::new(),
             barriers: 0,
         };

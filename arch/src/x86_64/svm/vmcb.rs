@@ -96,6 +96,9 @@ pub mod misc1 {
     pub const NMI: u32 = 1 << 1;
     pub const SMI: u32 = 1 << 2;
     pub const INIT: u32 = 1 << 3;
+    /// Virtual interrupt: an exit when the guest would take V_IRQ (the
+    /// interrupt window, APM Vol. 2 §15.21.4).
+    pub const VINTR: u32 = 1 << 4;
     pub const RDPMC: u32 = 1 << 15;
     pub const CPUID: u32 = 1 << 18;
     pub const INVD: u32 = 1 << 22;

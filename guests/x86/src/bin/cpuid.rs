@@ -1,5 +1,6 @@
 //! CPUID as the hypervisor filters it: our leaves at 0x4000_0000 with the
-//! signature, "hypervisor present", SVM/VMX/MONITOR/x2APIC hidden.
+//! signature, "hypervisor present", SVM/VMX/MONITOR hidden, the vmm's
+//! local APIC advertised (x2APIC, TSC deadline) with this vCPU's APIC ID.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -22,7 +23,9 @@ mod guest {
         check!(l1[2] & (1 << 31) != 0, "CPUID.1:ECX.hypervisor set");
         check!(l1[2] & (1 << 5) == 0, "VMX hidden");
         check!(l1[2] & (1 << 3) == 0, "MONITOR hidden");
-        check!(l1[2] & (1 << 21) == 0, "x2APIC hidden");
+        check!(l1[2] & (1 << 21) != 0, "x2APIC advertised");
+        check!(l1[2] & (1 << 24) != 0, "TSC-deadline timer advertised");
+        check!(l1[1] >> 24 == 0, "APIC ID 0 on the only vCPU");
         let e1 = cpuid(0x8000_0001, 0);
         check!(
             e1[2] & (1 << 2) == 0,

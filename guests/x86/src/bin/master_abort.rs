@@ -12,7 +12,7 @@ mod guest {
 
     fn main(boot: Boot) {
         let before = EXCEPTIONS.load(Ordering::SeqCst);
-        for at in [UNBACKED, 0xc000_0000, boot.ram_size + 0x1000, 0xfee0_0000] {
+        for at in [UNBACKED, 0xc000_0000, boot.ram_size + 0x1000, 0xfed0_0000] {
             // SAFETY: identity-mapped guest-physical addresses without RAM;
             // the hypervisor emulates the accesses (master abort).
             unsafe {

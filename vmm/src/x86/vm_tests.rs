@@ -1,0 +1,296 @@
+//! The x86 interrupt controllers through a whole VM: scripted vCPUs whose
+//! exits are the guest's APIC, I/O APIC and test-device accesses, a manual
+//! clock (the TSC, 1 GHz here), and the interrupts the backend is told to
+//! inject at each entry (`ScriptedVcpu::taken`).
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::backend::{EntryMode, GuestArch, Vcpu};
+use crate::devices::testdev::{IRQ_REGS, REG_EOIS, REG_EVENTS, REG_LEVEL, TESTDEV_BASE};
+use crate::exit::{Exit, Mmio, MmioOp};
+use crate::regs::{AccessSize, LoadDest, Reg};
+use crate::testing::{CollectSink, ManualClock, RecordingStage2, ScriptedVcpu, VecBacking};
+use crate::vm::{tests::multiboot_kernel, DenyAll, Flow, VcpuState, Vm, VmConfig};
+use crate::x86::wiring::IOAPIC_BASE;
+
+const MIB: u64 = 1 << 20;
+const APIC: u64 = 0xFEE0_0000;
+
+fn x86(vcpus: u32) -> (Vm<VecBacking>, Arc<ManualClock>) {
+    let kernel = multiboot_kernel(&[0xf4; 16]);
+    let mut cfg = VmConfig::new("x", GuestArch::X86_64, 16 * MIB, &kernel);
+    cfg.vcpus = vcpus;
+    // A 1 GHz TSC: one APIC timer count (1 GHz input) is one TSC tick
+    // times the divisor.
+    cfg.timer_freq = 1_000_000_000;
+    let mut vm = Vm::new(
+        &cfg,
+        VecBacking::new(0, 16 * MIB as usize),
+        0,
+        &mut RecordingStage2::default(),
+        Arc::new(CollectSink::default()),
+        Box::new(DenyAll),
+    )
+    .unwrap();
+    let clock = Arc::new(ManualClock::default());
+    vm.set_clock(clock.clone());
+    (vm, clock)
+}
+
+fn w(gpa: u64, v: u64) -> Exit {
+    Exit::Mmio(Mmio {
+        gpa,
+        size: AccessSize::B4,
+        op: MmioOp::Write(v),
+    })
+}
+
+fn r(gpa: u64) -> Exit {
+    Exit::Mmio(Mmio {
+        gpa,
+        size: AccessSize::B4,
+        op: MmioOp::Read(LoadDest {
+            reg: Reg::Rax,
+            sign_extend: false,
+            width: AccessSize::B4,
+            preserve_upper: false,
+        }),
+    })
+}
+
+/// SVR: software-enabled, spurious vector 0xFF.
+fn enable() -> Exit {
+    w(APIC + 0xF0, 0x1FF)
+}
+
+fn eoi() -> Exit {
+    w(APIC + 0xB0, 0)
+}
+
+/// A vCPU with an interrupt interface, bound, with `script`.
+fn vcpu(script: Vec<Exit>) -> ScriptedVcpu {
+    let mut v = ScriptedVcpu::x86(script, 1).with_apic();
+    v.bind(0).unwrap();
+    v
+}
+
+fn run_all(vm: &Vm<VecBacking>, i: u32, v: &mut ScriptedVcpu, n: u64) -> Flow {
+    vm.run(i, v, n)
+}
+
+#[test]
+fn lapic_one_shot_timer_wakes_hlt_and_is_injected_once() {
+    let (vm, clock) = x86(1);
+    let mut v = vcpu(vec![
+        enable(),
+        w(APIC + 0x3E0, 0xB),  // divide by 1
+        w(APIC + 0x320, 0x40), // one-shot, vector 0x40
+        w(APIC + 0x380, 1000), // 1000 counts from now (0): TSC 1000
+        Exit::Halt,
+    ]);
+    assert_eq!(run_all(&vm, 0, &mut v, 5), Flow::Halt);
+    assert_eq!(vm.vcpu_state(0), Some(VcpuState::Blocked));
+    assert_eq!(vm.wake_deadline(0), Some(1000), "woken by the timer");
+    assert!(v.taken.is_empty());
+    clock.set(999);
+    assert_eq!(vm.wake_due(999), Some(1000));
+    clock.set(1000);
+    assert_eq!(vm.wake_due(1000), None);
+    assert_eq!(vm.vcpu_state(0), Some(VcpuState::Runnable));
+    v.push(eoi());
+    v.push(Exit::ExternalInterrupt);
+    run_all(&vm, 0, &mut v, 2);
+    assert_eq!(v.taken, [0x40], "exactly once");
+    // In service until the EOI; nothing afterwards.
+    clock.set(50_000);
+    v.push(Exit::ExternalInterrupt);
+    run_all(&vm, 0, &mut v, 1);
+    assert_eq!(v.taken, [0x40]);
+}
+
+#[test]
+fn hlt_with_the_timer_armed_while_if_is_clear_sleeps_without_deadline() {
+    let (vm, _clock) = x86(1);
+    let mut v = vcpu(vec![
+        enable(),
+        w(APIC + 0x320, 0x40),
+        w(APIC + 0x380, 10),
+        Exit::Halt,
+    ]);
+    v.x86_if = false;
+    assert_eq!(run_all(&vm, 0, &mut v, 4), Flow::Halt);
+    assert_eq!(vm.wake_deadline(0), None, "CLI; HLT: only an NMI ends it");
+}
+
+/// irq-x86-window on the host: a self IPI sent with IF = 0 waits (an
+/// interrupt window is asked for) and arrives once when IF opens.
+#[test]
+fn interrupt_raised_with_if_clear_arrives_once_after_sti() {
+    let (vm, _clock) = x86(1);
+    let mut v = vcpu(vec![
+        enable(),
+        // ICR: fixed, shorthand self, vector 0x50.
+        w(APIC + 0x300, 0x4_0050),
+        Exit::ExternalInterrupt,
+        Exit::ExternalInterrupt,
+    ]);
+    v.x86_if = false;
+    run_all(&vm, 0, &mut v, 4);
+    assert!(v.taken.is_empty(), "not with IF = 0");
+    assert!(v.windows >= 1, "a window was asked for");
+    v.x86_if = true;
+    // The window exit (VINTR) and then more exits.
+    v.push(Exit::ExternalInterrupt);
+    v.push(Exit::ExternalInterrupt);
+    v.push(Exit::ExternalInterrupt);
+    run_all(&vm, 0, &mut v, 3);
+    assert_eq!(v.taken, [0x50]);
+}
+
+/// TPR blocks a vector of its class or below until it drops (SDM §11.8.3).
+#[test]
+fn tpr_holds_back_lower_classes() {
+    let (vm, _clock) = x86(1);
+    let mut v = vcpu(vec![
+        enable(),
+        w(APIC + 0x80, 0x60),      // TPR class 6
+        w(APIC + 0x300, 0x4_0055), // self IPI 0x55: class 5
+        Exit::ExternalInterrupt,
+        w(APIC + 0x80, 0),
+        Exit::ExternalInterrupt,
+    ]);
+    run_all(&vm, 0, &mut v, 4);
+    assert!(v.taken.is_empty());
+    run_all(&vm, 0, &mut v, 2);
+    assert_eq!(v.taken, [0x55]);
+}
+
+/// smp-x86-init-sipi on the host: INIT and a start-up IPI (vector 8)
+/// start vCPU 1 in real mode at 0x8000; a second SIPI is ignored; a fixed
+/// IPI then wakes it from HLT.
+#[test]
+fn init_sipi_starts_an_ap_in_real_mode_and_ipis_reach_it() {
+    let (vm, _clock) = x86(2);
+    assert_eq!(vm.vcpu_state(1), Some(VcpuState::Off));
+    let mut bsp = vcpu(vec![
+        enable(),
+        w(APIC + 0x310, 1 << 24), // destination APIC ID 1
+        w(APIC + 0x300, 0xC500),  // INIT, level assert
+        w(APIC + 0x310, 1 << 24),
+        w(APIC + 0x300, 0x0608), // SIPI, vector 8
+        w(APIC + 0x310, 1 << 24),
+        w(APIC + 0x300, 0x0609), // second SIPI: ignored
+    ]);
+    run_all(&vm, 0, &mut bsp, 7);
+    assert_eq!(vm.vcpu_state(1), Some(VcpuState::Runnable));
+    let mut ap = vcpu(vec![enable(), Exit::Halt]);
+    assert_eq!(run_all(&vm, 1, &mut ap, 2), Flow::Halt);
+    let boot = ap.boot.unwrap();
+    assert_eq!(boot.mode, EntryMode::X86Real { cs_base: 0x8000 });
+    assert_eq!(boot.pc, 0);
+    assert_eq!(vm.vcpu_state(1), Some(VcpuState::Blocked));
+    // Fixed IPI, vector 0x61, physical destination 1.
+    bsp.push(w(APIC + 0x310, 1 << 24));
+    bsp.push(w(APIC + 0x300, 0x0061));
+    run_all(&vm, 0, &mut bsp, 2);
+    assert_eq!(vm.vcpu_state(1), Some(VcpuState::Runnable), "woken");
+    ap.push(Exit::ExternalInterrupt);
+    run_all(&vm, 1, &mut ap, 1);
+    assert_eq!(ap.taken, [0x61]);
+    assert!(bsp.taken.is_empty());
+    // Hostile: an IPI naming an absent APIC ID, a SIPI to a running vCPU,
+    // a broadcast INIT: nothing breaks, nothing restarts.
+    for icr_high in [7u64 << 24, 0xFF << 24] {
+        bsp.push(w(APIC + 0x310, icr_high));
+        bsp.push(w(APIC + 0x300, 0x0070));
+    }
+    bsp.push(w(APIC + 0x300, 0x0C_C500)); // INIT, all excluding self
+    bsp.push(w(APIC + 0x300, 0x0C_0610)); // SIPI, all excluding self
+    run_all(&vm, 0, &mut bsp, 6);
+    assert_eq!(vm.vcpu_state(1), Some(VcpuState::Runnable));
+    ap.push(Exit::ExternalInterrupt);
+    ap.push(eoi());
+    ap.push(Exit::ExternalInterrupt);
+    run_all(&vm, 1, &mut ap, 3);
+    assert_eq!(ap.taken, [0x61, 0x70], "the broadcast arrived, once");
+}
+
+/// irq-x86-ioapic-level on the host: the test device's level line (GSI
+/// 16) through the I/O APIC; each EOI reaches the device, which keeps the
+/// line high while events are left, and the I/O APIC delivers again.
+#[test]
+fn ioapic_level_line_is_resampled_at_eoi() {
+    let (vm, _clock) = x86(1);
+    let irq = TESTDEV_BASE + IRQ_REGS;
+    let mut v = vcpu(vec![
+        enable(),
+        // Pin 16: vector 0x70, level, active high, unmasked, to APIC 0.
+        w(IOAPIC_BASE, 0x10 + 2 * 16),
+        w(IOAPIC_BASE + 0x10, 0x8070),
+        w(IOAPIC_BASE, 0x11 + 2 * 16),
+        w(IOAPIC_BASE + 0x10, 0),
+        w(irq + REG_EVENTS, 3),
+    ]);
+    run_all(&vm, 0, &mut v, 6);
+    for _ in 0..3 {
+        v.push(Exit::ExternalInterrupt);
+        v.push(eoi());
+    }
+    v.push(Exit::ExternalInterrupt);
+    v.push(Exit::ExternalInterrupt);
+    v.push(r(irq + REG_EOIS));
+    v.push(r(irq + REG_LEVEL));
+    run_all(&vm, 0, &mut v, 10);
+    assert_eq!(v.taken, [0x70, 0x70, 0x70], "one per event");
+    // Remote IRR is clear again, the line low.
+    let rte = vm
+        .x86_irq()
+        .unwrap()
+        .chip()
+        .with(|c| c.ioapic().redirection_entry(16).unwrap());
+    assert_eq!(rte & (1 << 14), 0);
+    assert_eq!(v.get(Reg::Rax), 0, "line low at the end");
+}
+
+/// irq-x86-x2apic on the host: IA32_APIC_BASE to x2APIC, the ID from MSR
+/// 0x802, a self IPI through MSR 0x83F, EOI through 0x80B, reserved bits
+/// #GP; the MMIO page is gone.
+#[test]
+fn x2apic_msrs() {
+    let (vm, _clock) = x86(2);
+    let msr_w = |msr, value| Exit::MsrWrite { msr, value };
+    let mut v = vcpu(vec![
+        msr_w(0x1B, 0xFEE0_0000 | 0xD00), // EN | EXTD | BSP
+        msr_w(0x80F, 0x1FF),              // SVR
+        Exit::MsrRead { msr: 0x802 },
+        msr_w(0x83F, 0x45), // SELF IPI
+        Exit::ExternalInterrupt,
+        msr_w(0x80B, 0),
+        msr_w(0x83F, 1 << 8), // reserved bits: #GP
+        Exit::ExternalInterrupt,
+    ]);
+    run_all(&vm, 0, &mut v, 8);
+    assert_eq!(v.get(Reg::Rax), 0, "x2APIC ID of vCPU 0");
+    assert_eq!(v.taken, [0x45]);
+    assert_eq!(v.delivered.len(), 1, "the reserved write got #GP");
+    assert!(
+        !vm.x86_irq().unwrap().is_mmio(0, APIC + 0x20),
+        "no MMIO page in x2APIC mode"
+    );
+}
+
+/// The common exit of a guest that does not use its APIC takes no lock
+/// and asks for nothing.
+#[test]
+fn quiet_exits_do_not_touch_the_controllers() {
+    let (vm, _clock) = x86(1);
+    let mut v = vcpu(vec![Exit::ExternalInterrupt; 4]);
+    run_all(&vm, 0, &mut v, 4);
+    let ci = v.x86_interface().unwrap();
+    assert!(!ci.sync && !ci.window && ci.wake_at.is_none());
+    assert!(v.taken.is_empty());
+    assert!(!vm.x86_irq().unwrap().locks_held());
+}

@@ -1,0 +1,546 @@
+//! The x86 interrupt controllers wired into a VM: one local APIC per vCPU
+//! and the I/O APIC, behind one lock ([`SharedIrqChip`], the innermost
+//! lock, never held across a guest entry), plus what the VM core does
+//! around each entry, on the APIC's MMIO page and MSRs, on HLT and on
+//! INIT/SIPI.
+//!
+//! Injection (SDM Vol. 3A §6.9 / APM Vol. 2 §15.20): before an entry the
+//! core asks the backend whether the guest can take a maskable interrupt
+//! now (RFLAGS.IF = 1, no STI/MOV SS shadow, nothing else to deliver:
+//! [`X86Interface::interruptible`]). If so, the highest injectable vector
+//! is acknowledged (IRR -> ISR) and the backend injects it as an external
+//! interrupt (EVENTINJ); if not, the backend asks for an exit when the
+//! guest opens its window ([`X86Interface::window`], SVM's VINTR intercept).
+//! The local APIC timer's next expiry goes to the backend as a deadline
+//! by which the guest must exit ([`X86Interface::wake_at`]).
+//!
+//! The work is skipped on exits that cannot have changed anything (the
+//! common VMMCALL/OUT exits of a guest that does not use interrupts): the
+//! lock is taken only when a device or another vCPU raised something
+//! (`force`), this vCPU touched its APIC ([`X86Interface::sync`]), its
+//! timer is due, its window opened, or its CR8 changed.
+//!
+//! Nothing here allocates after [`X86Irq::new`]; every guest value (MMIO
+//! offsets and sizes, MSR values, ICR destinations naming absent vCPUs,
+//! SIPIs to running vCPUs) goes through the models, which validate it.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use super::apic_bus::{route, Action, ApicTarget, ApicTargets};
+use super::ioapic::{IoApic, IOAPIC_PINS};
+use super::lapic::{ApicError, LapicConfig, LapicEffect, LocalApic};
+use super::InterruptMessage;
+use crate::bus::{BusDevice, IoOutcome};
+use crate::irq::{vcpu_bit, EoiList, IrqChip, Msi, SharedIrqChip, VcpuMask, Waker};
+use crate::regs::AccessSize;
+
+/// The I/O APIC's MMIO base (the PC default; MP spec, ACPI MADT).
+pub const IOAPIC_BASE: u64 = 0xFEC0_0000;
+/// Bytes of its window: IOREGSEL, IOWIN and the EOI register.
+pub const IOAPIC_SIZE: u64 = 0x1000;
+/// The local APIC timer's input clock given to guests (as KVM's 1 GHz
+/// APIC bus): CPUID 0x4000_0010 EBX.
+pub const APIC_TIMER_KHZ: u32 = 1_000_000;
+/// The MMIO test device's line on x86: GSI 16, the first I/O APIC pin
+/// above the ISA IRQs (level-triggered lines live there on a PC).
+pub const TESTDEV_GSI: u32 = 16;
+
+/// The interrupt state of one x86 vCPU that the backend holds and
+/// exchanges with the hardware, KVM's `kvm_queued_interrupt` plus its
+/// interrupt-window request.
+///
+/// Backend -> core (refreshed whenever the core asks for the interface):
+/// `interruptible`, `rflags_if`, `cr8`. Core -> backend for the next
+/// entry: `inject`, `inject_nmi`, `window`, `wake_at`, `cr8` (the TPR to
+/// load into V_TPR). The rest is the core's bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct X86Interface {
+    /// The guest takes a maskable interrupt at the next entry: RFLAGS.IF
+    /// = 1, no interrupt shadow, and no other event waiting for delivery.
+    pub interruptible: bool,
+    /// RFLAGS.IF alone (HLT wakes only for interrupts IF lets through).
+    pub rflags_if: bool,
+    /// CR8 (TPR[7:4]) as the guest left it / as the core wants it loaded.
+    pub cr8: u8,
+    /// Inject this vector (external interrupt) at the next entry; taken
+    /// by the backend.
+    pub inject: Option<u8>,
+    /// Inject an NMI at the next entry; taken by the backend.
+    pub inject_nmi: bool,
+    /// Exit as soon as the guest can take an interrupt (VINTR).
+    pub window: bool,
+    /// Exit by this TSC value (the local APIC timer's next expiry).
+    pub wake_at: Option<u64>,
+    /// The guest touched its APIC, or an interrupt was raised for it by
+    /// its own exit: look before the next entry.
+    pub sync: bool,
+    /// The CR8 value loaded at the last entry (a change means a guest
+    /// MOV CR8).
+    pub loaded_cr8: u8,
+}
+
+impl Default for X86Interface {
+    fn default() -> Self {
+        X86Interface {
+            interruptible: false,
+            rflags_if: false,
+            cr8: 0,
+            inject: None,
+            inject_nmi: false,
+            window: false,
+            wake_at: None,
+            // The first entry looks.
+            sync: true,
+            loaded_cr8: 0,
+        }
+    }
+}
+
+/// What HLT found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Halt {
+    /// An interrupt the guest takes is there: it goes on at once.
+    Pending,
+    /// Nothing it would take: block until a wake-up or the deadline (TSC).
+    Block { deadline: Option<u64> },
+}
+
+/// The local APICs as the router sees them.
+struct Targets<'a>(&'a [LocalApic]);
+
+impl ApicTargets for Targets<'_> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn target(&self, index: usize) -> Option<ApicTarget> {
+        self.0.get(index).map(LocalApic::target)
+    }
+}
+
+/// Every interrupt controller of one x86 VM (the model behind the lock).
+pub struct X86Apics {
+    lapics: Vec<LocalApic>,
+    ioapic: IoApic,
+    /// vCPUs that took an INIT and wait for a start-up IPI.
+    wait_for_sipi: VcpuMask,
+    /// vCPUs started (the BSP from creation, APs by their SIPI): an INIT
+    /// or SIPI to them is ignored (an INIT of a running vCPU is not
+    /// modelled: it would need a vCPU reset).
+    running: VcpuMask,
+    /// Start-up vectors the core has yet to act on, per vCPU.
+    sipi: Vec<Option<u8>>,
+}
+
+impl X86Apics {
+    fn deliver(&mut self, msg: &InterruptMessage, source: Option<usize>) -> VcpuMask {
+        let d = route(msg, source, &Targets(&self.lapics));
+        let mut kick = 0;
+        for i in d.vcpus {
+            let bit = vcpu_bit(i);
+            let Some(l) = self.lapics.get_mut(i) else {
+                continue;
+            };
+            let hit = match d.action {
+                Action::Interrupt { vector, trigger } => l.accept_interrupt(vector, trigger),
+                Action::Nmi => {
+                    l.accept_nmi();
+                    l.nmi_pending()
+                }
+                Action::ExtInt => {
+                    l.accept_extint();
+                    false
+                }
+                Action::Init if self.running & bit == 0 => {
+                    l.init_reset();
+                    self.wait_for_sipi |= bit;
+                    false
+                }
+                Action::StartUp { vector } if self.wait_for_sipi & bit != 0 => {
+                    self.wait_for_sipi &= !bit;
+                    self.running |= bit;
+                    self.sipi[i] = Some(vector);
+                    true
+                }
+                Action::Init | Action::StartUp { .. } | Action::None => false,
+            };
+            if hit {
+                kick |= bit;
+            }
+        }
+        kick
+    }
+
+    /// Level messages the I/O APIC has due (lines still high after an
+    /// EOI, or unmasked).
+    fn drain_ioapic(&mut self) -> VcpuMask {
+        let mut kick = 0;
+        // At most one message per pin and pass: remote IRR stops repeats.
+        for _ in 0..IOAPIC_PINS {
+            let Some(m) = self.ioapic.pop_message() else {
+                break;
+            };
+            kick |= self.deliver(&m, None);
+        }
+        kick
+    }
+
+    /// The I/O APIC's EOI of `vector` (from a LAPIC broadcast or its own
+    /// register): the level pins it ends go to `eois`.
+    fn ioapic_eoi(&mut self, vector: u8, eois: &mut EoiList) {
+        use super::ioapic::rte;
+        for pin in 0..IOAPIC_PINS {
+            if let Some(e) = self.ioapic.redirection_entry(pin) {
+                if e as u8 == vector && e & rte::LEVEL != 0 && e & rte::REMOTE_IRR != 0 {
+                    eois.push(pin as u32);
+                }
+            }
+        }
+        self.ioapic.eoi(vector);
+    }
+
+    /// Applies what an APIC register write of vCPU `v` asks for.
+    fn effect(&mut self, v: usize, e: LapicEffect, eois: &mut EoiList) -> VcpuMask {
+        match e {
+            LapicEffect::None => 0,
+            LapicEffect::Send(m) => self.deliver(&m, Some(v)),
+            LapicEffect::EoiBroadcast(vector) => {
+                self.ioapic_eoi(vector, eois);
+                0
+            }
+        }
+    }
+
+    /// vCPU `v`'s local APIC (tests, reports).
+    pub fn lapic(&self, v: usize) -> Option<&LocalApic> {
+        self.lapics.get(v)
+    }
+
+    pub fn ioapic(&self) -> &IoApic {
+        &self.ioapic
+    }
+}
+
+impl IrqChip for X86Apics {
+    fn has_line(&self, line: u32) -> bool {
+        (line as usize) < IOAPIC_PINS
+    }
+
+    fn set_line(&mut self, line: u32, level: bool) -> VcpuMask {
+        match self.ioapic.set_line(line as usize, level) {
+            Some(m) => self.deliver(&m, None),
+            None => 0,
+        }
+    }
+
+    fn pulse_line(&mut self, line: u32) -> VcpuMask {
+        let was = self.ioapic.line(line as usize);
+        let mut kick = 0;
+        if was {
+            kick |= self.set_line(line, false);
+        }
+        kick |= self.set_line(line, true);
+        kick | self.set_line(line, was)
+    }
+
+    fn signal_msi(&mut self, msi: Msi) -> Option<VcpuMask> {
+        let m = InterruptMessage::from_msi(msi.address, msi.data).ok()?;
+        Some(self.deliver(&m, None))
+    }
+
+    fn has_interrupt(&self, vcpu: usize) -> bool {
+        self.lapics
+            .get(vcpu)
+            .is_some_and(|l| l.highest_injectable().is_some() || l.nmi_pending())
+    }
+}
+
+/// An x86 VM's interrupt controllers.
+pub struct X86Irq {
+    chip: Arc<SharedIrqChip<X86Apics>>,
+}
+
+/// The result of an APIC register access the core must act on after the
+/// lock is released.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApicAccess {
+    /// RDMSR / MMIO read value.
+    pub value: u64,
+    /// vCPUs with a start-up IPI to act on ([`X86Irq::take_sipi`]).
+    pub startups: VcpuMask,
+}
+
+impl X86Irq {
+    /// The local APICs of `nr_vcpus` vCPUs (vCPU i has APIC ID i; vCPU 0
+    /// is the BSP) with a TSC of `tsc_khz`, x2APIC and TSC-deadline
+    /// support, and the I/O APIC. `waker` wakes and kicks the VM's vCPUs.
+    pub fn new(nr_vcpus: u32, tsc_khz: u32, addr_bits: u32, waker: Arc<dyn Waker>) -> X86Irq {
+        let lapics = (0..nr_vcpus)
+            .map(|i| {
+                LocalApic::new(LapicConfig {
+                    apic_id: i,
+                    bsp: i == 0,
+                    tsc_khz,
+                    timer_khz: APIC_TIMER_KHZ,
+                    x2apic: true,
+                    tsc_deadline: true,
+                    phys_addr_bits: addr_bits.min(52) as u8,
+                })
+            })
+            .collect();
+        let chip = X86Apics {
+            lapics,
+            // ID after the local APICs' (0..n), as firmware numbers them.
+            ioapic: IoApic::new(nr_vcpus as u8),
+            wait_for_sipi: 0,
+            running: vcpu_bit(0),
+            sipi: (0..nr_vcpus).map(|_| None).collect(),
+        };
+        X86Irq {
+            chip: Arc::new(SharedIrqChip::new(chip, waker)),
+        }
+    }
+
+    /// The shared controllers (device lines are made from it).
+    pub fn chip(&self) -> &Arc<SharedIrqChip<X86Apics>> {
+        &self.chip
+    }
+
+    /// Whether the controllers' lock is held now (tests: never while a
+    /// guest runs).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn locks_held(&self) -> bool {
+        self.chip.is_locked()
+    }
+
+    /// Whether [`X86Irq::before_entry`] has anything to do: cheap, no lock.
+    #[inline]
+    pub fn needs_sync(ci: &X86Interface, now: impl FnOnce() -> u64) -> bool {
+        ci.sync
+            || (ci.window && ci.interruptible)
+            || ci.cr8 != ci.loaded_cr8
+            || ci.wake_at.is_some_and(|d| now() >= d)
+    }
+
+    /// Before vCPU `v` enters at TSC `now`: timer expiries, then an NMI or
+    /// the highest injectable vector for the backend to inject (acked now)
+    /// or an interrupt-window request, and the timer's next deadline.
+    pub fn before_entry(&self, v: usize, ci: &mut X86Interface, now: u64) {
+        let kick = self.chip.with(|c| {
+            let Some(l) = c.lapics.get_mut(v) else {
+                return 0;
+            };
+            if ci.cr8 != ci.loaded_cr8 {
+                // MOV CR8 by the guest (V_TPR): the TPR follows.
+                let _ = l.write_cr8(u64::from(ci.cr8));
+            }
+            l.update(now);
+            let mut window = false;
+            if l.nmi_pending() {
+                // NMI blocking after delivery is not tracked (no IRET
+                // intercept): a second NMI waits only for the next entry.
+                ci.inject_nmi = l.take_nmi();
+            }
+            if let Some(vector) = l.highest_injectable() {
+                if ci.interruptible && ci.inject.is_none() && !ci.inject_nmi {
+                    l.ack(vector);
+                    ci.inject = Some(vector);
+                } else {
+                    window = true;
+                }
+            }
+            ci.window = window;
+            ci.cr8 = l.cr8() as u8;
+            ci.loaded_cr8 = ci.cr8;
+            // Only a deadline still ahead (a timer that fired is in IRR).
+            ci.wake_at = l.next_deadline().filter(|&d| d > now);
+            ci.sync = false;
+            0
+        });
+        self.chip.wake(kick);
+    }
+
+    /// HLT of vCPU `v` at `now` (after the exit's own state is in `ci`):
+    /// goes on if an NMI or an interrupt the guest takes (IF = 1) is
+    /// there, else blocks until the timer's next expiry or a wake-up.
+    pub fn halt(&self, v: usize, ci: &X86Interface, now: u64) -> Halt {
+        self.chip.with(|c| {
+            let Some(l) = c.lapics.get_mut(v) else {
+                return Halt::Block { deadline: None };
+            };
+            l.update(now);
+            if l.nmi_pending() || (ci.rflags_if && l.highest_injectable().is_some()) {
+                return Halt::Pending;
+            }
+            if !ci.rflags_if {
+                // CLI; HLT: only an NMI (or INIT) ends it.
+                return Halt::Block { deadline: None };
+            }
+            Halt::Block {
+                deadline: l.next_deadline().filter(|&d| d > now),
+            }
+        })
+    }
+
+    /// Whether `gpa` is in vCPU `v`'s xAPIC page (the page moves with
+    /// IA32_APIC_BASE and is gone in x2APIC mode).
+    pub fn is_mmio(&self, v: usize, gpa: u64) -> bool {
+        self.chip.with(|c| {
+            c.lapics
+                .get(v)
+                .and_then(LocalApic::mmio_base)
+                .is_some_and(|b| gpa & !0xFFF == b)
+        })
+    }
+
+    /// An xAPIC MMIO access of vCPU `v` (`write`: the value). Level EOIs
+    /// go to `eois` for their devices (then call [`X86Irq::after_eois`]).
+    pub fn mmio(
+        &self,
+        v: usize,
+        ci: &mut X86Interface,
+        m: &crate::exit::Mmio,
+        now: u64,
+        eois: &mut EoiList,
+    ) -> ApicAccess {
+        let (gpa, size) = (m.gpa, m.size);
+        let write = match m.op {
+            crate::exit::MmioOp::Write(v) => Some(v),
+            crate::exit::MmioOp::Read(_) => None,
+        };
+        ci.sync = true;
+        let mut out = ApicAccess::default();
+        let kick = self.chip.with(|c| {
+            let Some(l) = c.lapics.get_mut(v) else {
+                return 0;
+            };
+            let offset = gpa & 0xFFF;
+            let size = size.bytes() as u8;
+            match write {
+                None => {
+                    out.value = l.read_mmio(offset, size, now);
+                    0
+                }
+                Some(val) => {
+                    let e = l.write_mmio(offset, size, val, now);
+                    let k = c.effect(v, e, eois);
+                    out.startups = c.pending_sipis();
+                    k
+                }
+            }
+        });
+        self.wake_others(v, ci, kick);
+        out
+    }
+
+    /// An APIC MSR access of vCPU `v` (IA32_APIC_BASE, IA32_TSC_DEADLINE,
+    /// the x2APIC range): `None` if `msr` is not one; an error is #GP(0).
+    pub fn msr(
+        &self,
+        v: usize,
+        ci: &mut X86Interface,
+        msr: u32,
+        write: Option<u64>,
+        now: u64,
+        eois: &mut EoiList,
+    ) -> Option<Result<ApicAccess, ApicError>> {
+        if !LocalApic::is_apic_msr(msr) {
+            return None;
+        }
+        ci.sync = true;
+        let mut kick = 0;
+        let r = self.chip.with(|c| {
+            let l = c.lapics.get_mut(v)?;
+            Some(match write {
+                None => l
+                    .read_msr(msr, now)
+                    .map(|value| ApicAccess { value, startups: 0 }),
+                Some(val) => match l.write_msr(msr, val, now) {
+                    Ok(e) => {
+                        kick = c.effect(v, e, eois);
+                        Ok(ApicAccess {
+                            value: 0,
+                            startups: c.pending_sipis(),
+                        })
+                    }
+                    Err(e) => Err(e),
+                },
+            })
+        })?;
+        self.wake_others(v, ci, kick);
+        Some(r)
+    }
+
+    /// After the devices heard of `eois`: level lines still high are
+    /// delivered again.
+    pub fn after_eois(&self) {
+        self.chip.update(X86Apics::drain_ioapic);
+    }
+
+    /// Wakes the vCPUs in `kick` but `v` itself, which looks before its
+    /// next entry anyway.
+    fn wake_others(&self, v: usize, ci: &mut X86Interface, kick: VcpuMask) {
+        if kick & vcpu_bit(v) != 0 {
+            ci.sync = true;
+        }
+        self.chip.wake(kick & !vcpu_bit(v));
+    }
+
+    /// The start-up vector sent to vCPU `v`, if one waits (taken).
+    pub fn take_sipi(&self, v: usize) -> Option<u8> {
+        self.chip.with(|c| c.sipi.get_mut(v).and_then(Option::take))
+    }
+
+    /// Whether vCPU `v` has an NMI or an unmasked interrupt pending
+    /// (IF aside).
+    pub fn has_interrupt(&self, v: usize) -> bool {
+        self.chip.has_interrupt(v)
+    }
+
+    /// vCPU `v`'s timer's next expiry (a blocked vCPU's wake-up time).
+    pub fn next_deadline(&self, v: usize) -> Option<u64> {
+        self.chip
+            .with(|c| c.lapics.get(v).and_then(LocalApic::next_deadline))
+    }
+}
+
+impl X86Apics {
+    fn pending_sipis(&self) -> VcpuMask {
+        self.sipi
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .fold(0, |m, (i, _)| m | vcpu_bit(i))
+    }
+}
+
+/// The I/O APIC's window on the MMIO bus.
+pub struct IoApicDevice(pub Arc<SharedIrqChip<X86Apics>>);
+
+impl BusDevice for IoApicDevice {
+    fn name(&self) -> &'static str {
+        "ioapic"
+    }
+
+    fn read(&mut self, offset: u64, size: AccessSize) -> u64 {
+        self.0
+            .with(|c| c.ioapic.read_mmio(offset, size.bytes() as u8))
+    }
+
+    fn write(&mut self, offset: u64, size: AccessSize, value: u64) -> IoOutcome {
+        // Unmasking a pin whose line is high delivers it. An EOI through
+        // the register ends level pins as a LAPIC broadcast would (their
+        // devices are not told on this path: Linux uses it only to clear
+        // remote IRR of lines it then re-checks).
+        self.0.update(|c| {
+            if offset == super::ioapic::offset::EOI {
+                let mut eois = EoiList::new();
+                c.ioapic_eoi(value as u8, &mut eois);
+            } else {
+                c.ioapic.write_mmio(offset, size.bytes() as u8, value);
+            }
+            c.drain_ioapic()
+        });
+        IoOutcome::Done
+    }
+}
