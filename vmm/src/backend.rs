@@ -88,13 +88,18 @@ pub trait Vcpu {
     fn unbind(&mut self) -> Result<(), BackendError>;
 
     /// x86: the vCPU's interrupt state the vmm exchanges with the backend
-    /// around each `run` ([`crate::x86::wiring::X86Interface`]). The
-    /// backend refreshes `interruptible`, `rflags_if` and `cr8` from the
-    /// guest state every time this is called, and applies `inject`,
-    /// `inject_nmi`, `window`, `wake_at` and `cr8` at the next entry.
+    /// around each `run` ([`crate::x86::wiring::X86Interface`]): after
+    /// each exit the backend updates `cr8` and sets `sync` when the vmm
+    /// must look; it applies `inject`, `inject_nmi`, `window`, `wake_at`
+    /// and `cr8` at the next entry when `load` is set.
     fn x86_interface(&mut self) -> Option<&mut crate::x86::wiring::X86Interface> {
         None
     }
+
+    /// x86: refreshes the interface's `interruptible` and `rflags_if` from
+    /// the guest state (the vmm asks only when it is about to inject or
+    /// block).
+    fn x86_refresh(&mut self) {}
 
     /// arm64: the GICv3 virtual CPU interface and the EL1 virtual timer as
     /// the vmm exchanges them with the hardware around each `run`

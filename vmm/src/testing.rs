@@ -417,7 +417,12 @@ impl Vcpu for ScriptedVcpu {
             }
             if ci.window {
                 self.windows += 1;
+                // The window opens when the guest sets IF: a VINTR exit.
+                if self.x86_if {
+                    ci.sync = true;
+                }
             }
+            ci.load = false;
         }
         self.script.pop_front().ok_or(BackendError::ScriptEnded)
     }
@@ -479,11 +484,15 @@ impl Vcpu for ScriptedVcpu {
     }
 
     fn x86_interface(&mut self) -> Option<&mut crate::x86::wiring::X86Interface> {
+        self.x86.as_mut()
+    }
+
+    fn x86_refresh(&mut self) {
         let ready = self.x86_if && self.pending.is_empty();
-        let ci = self.x86.as_mut()?;
-        ci.interruptible = ready;
-        ci.rflags_if = self.x86_if;
-        Some(ci)
+        if let Some(ci) = self.x86.as_mut() {
+            ci.interruptible = ready;
+            ci.rflags_if = self.x86_if;
+        }
     }
 }
 
@@ -528,6 +537,9 @@ impl<F: FnMut()> Vcpu for HookedVcpu<F> {
     }
     fn x86_interface(&mut self) -> Option<&mut crate::x86::wiring::X86Interface> {
         self.inner.x86_interface()
+    }
+    fn x86_refresh(&mut self) {
+        self.inner.x86_refresh()
     }
 }
 

@@ -975,21 +975,20 @@ impl<B: Backing> Vm<B> {
     #[inline]
     pub fn irq_before_entry<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) {
         if let Some(x) = &self.x86 {
-            let Some(ci) = vcpu.x86_interface() else {
-                return;
-            };
             let Some(slot) = self.vcpus.slots.get(index as usize) else {
                 return;
             };
             // Lock-free unless something changed: a plain load of the
-            // request word on the common exit.
+            // request word and two tests on the common exit.
             let raised = slot.requests.load(Ordering::Acquire) & request::IRQ != 0;
             if raised {
                 slot.requests.fetch_and(!request::IRQ, Ordering::AcqRel);
             }
-            if raised || X86Irq::needs_sync(ci, || self.clock.now()) {
-                x.before_entry(index as usize, ci, self.clock.now());
+            match vcpu.x86_interface() {
+                Some(ci) if raised || X86Irq::needs_sync(ci, || self.clock.now()) => {}
+                _ => return,
             }
+            self.x86_sync(x, index, vcpu);
             return;
         }
         let Some(arm) = &self.arm else {
@@ -997,6 +996,17 @@ impl<B: Backing> Vm<B> {
         };
         if let Some(ci) = vcpu.gic_interface() {
             arm.before_entry(index as usize, ci, self.clock.now());
+        }
+    }
+
+    /// The slow path of [`Vm::irq_before_entry`] on x86, kept out of line
+    /// so that the common exit stays short.
+    #[cold]
+    #[inline(never)]
+    fn x86_sync<V: Vcpu + ?Sized>(&self, x: &X86Irq, index: u32, vcpu: &mut V) {
+        vcpu.x86_refresh();
+        if let Some(ci) = vcpu.x86_interface() {
+            x.before_entry(index as usize, ci, self.clock.now());
         }
     }
 
@@ -1026,6 +1036,7 @@ impl<B: Backing> Vm<B> {
                 if let Some(s) = slot {
                     s.requests.fetch_and(!request::WAKE, Ordering::AcqRel);
                 }
+                vcpu.x86_refresh();
                 let Some(ci) = vcpu.x86_interface() else {
                     return Flow::Halt;
                 };

@@ -50,10 +50,13 @@ pub const TESTDEV_GSI: u32 = 16;
 /// exchanges with the hardware, KVM's `kvm_queued_interrupt` plus its
 /// interrupt-window request.
 ///
-/// Backend -> core (refreshed whenever the core asks for the interface):
-/// `interruptible`, `rflags_if`, `cr8`. Core -> backend for the next
-/// entry: `inject`, `inject_nmi`, `window`, `wake_at`, `cr8` (the TPR to
-/// load into V_TPR). The rest is the core's bookkeeping.
+/// Backend -> core: `interruptible` and `rflags_if` (refreshed by
+/// `Vcpu::x86_refresh`, on the slow path only), `cr8` and `sync` (after
+/// each exit: a changed CR8, a window exit). Core -> backend for the next
+/// entry, applied only when `load` is set: `inject`, `inject_nmi`,
+/// `window`, `wake_at`, `cr8` (the TPR to load into V_TPR). The rest is
+/// the core's bookkeeping. On the common exit neither side does more than
+/// test `sync` and `load` (a guest MOV CR8 sets `sync`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct X86Interface {
     /// The guest takes a maskable interrupt at the next entry: RFLAGS.IF
@@ -78,6 +81,9 @@ pub struct X86Interface {
     /// The CR8 value loaded at the last entry (a change means a guest
     /// MOV CR8).
     pub loaded_cr8: u8,
+    /// The core changed the fields above: the backend applies them at the
+    /// next entry (and clears it).
+    pub load: bool,
 }
 
 impl Default for X86Interface {
@@ -93,6 +99,7 @@ impl Default for X86Interface {
             // The first entry looks.
             sync: true,
             loaded_cr8: 0,
+            load: false,
         }
     }
 }
@@ -316,10 +323,7 @@ impl X86Irq {
     /// Whether [`X86Irq::before_entry`] has anything to do: cheap, no lock.
     #[inline]
     pub fn needs_sync(ci: &X86Interface, now: impl FnOnce() -> u64) -> bool {
-        ci.sync
-            || (ci.window && ci.interruptible)
-            || ci.cr8 != ci.loaded_cr8
-            || ci.wake_at.is_some_and(|d| now() >= d)
+        ci.sync || ci.wake_at.is_some_and(|d| now() >= d)
     }
 
     /// Before vCPU `v` enters at TSC `now`: timer expiries, then an NMI or
@@ -355,6 +359,7 @@ impl X86Irq {
             // Only a deadline still ahead (a timer that fired is in IRR).
             ci.wake_at = l.next_deadline().filter(|&d| d > now);
             ci.sync = false;
+            ci.load = true;
             0
         });
         self.chip.wake(kick);

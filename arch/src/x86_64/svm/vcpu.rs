@@ -708,19 +708,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             return Ok(());
         }
         if self.pending.is_empty() {
-            // The common case on the exit path: nothing to deliver, or an
-            // interrupt the vmm chose because the guest can take it now.
-            if core::mem::take(&mut self.x86.inject_nmi) {
-                self.vmcb.write64(
-                    ctrl::EVENTINJ,
-                    event_inj::encode(2, event_inj::TYPE_NMI, None),
-                );
-            } else if let Some(v) = self.x86.inject.take() {
-                self.vmcb.write64(
-                    ctrl::EVENTINJ,
-                    event_inj::encode(v, event_inj::TYPE_INTR, None),
-                );
-            }
+            // The common case on the exit path: nothing to deliver.
             return Ok(());
         }
         let shadow = self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0;
@@ -781,7 +769,6 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// One VMRUN and the decoding of its exit. `None`: handled here, enter again.
     fn run_once(&mut self, cpu: PhysCpu, out: &mut Exit) -> Result<bool, BackendError> {
         self.deliver_events()?;
-        self.load_vintr();
         self.prepare_tlb(cpu);
         if self.features.vmcb_clean {
             // VMCB clean bits: only on the CPU that ran this VMCB last, and
@@ -981,6 +968,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 if !self.interruptible() {
                     self.vintr_unreliable = true;
                 }
+                self.x86.sync = true;
                 Exit::ExternalInterrupt
             }
             exitcode::INVD => {
@@ -1009,6 +997,63 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         };
         *out = exit;
         Ok(true)
+    }
+
+    /// Applies what the vmm set in the interrupt interface (only when it
+    /// set `load`): the interrupt or NMI to inject, V_TPR and the window,
+    /// and the guest timer's deadline for the host timer. An interrupt
+    /// goes straight into EVENTINJ (the vmm chose it because the guest can
+    /// take it now); should another event be waiting after all, it queues
+    /// behind it and is delivered when the guest allows.
+    #[cold]
+    #[inline(never)]
+    fn load_x86(&mut self) -> Result<(), BackendError> {
+        self.x86.load = false;
+        let direct = self.reinject.is_none() && self.pending.is_empty();
+        if core::mem::take(&mut self.x86.inject_nmi) {
+            if direct {
+                self.vmcb.write64(
+                    ctrl::EVENTINJ,
+                    event_inj::encode(2, event_inj::TYPE_NMI, None),
+                );
+            } else {
+                self.queue(Event::Nmi)?;
+            }
+        } else if let Some(v) = self.x86.inject.take() {
+            if direct {
+                self.vmcb.write64(
+                    ctrl::EVENTINJ,
+                    event_inj::encode(v, event_inj::TYPE_INTR, None),
+                );
+            } else {
+                self.queue(Event::Interrupt { vector: v })?;
+            }
+        }
+        self.load_vintr();
+        // The guest's local APIC timer: exit by its expiry (the host's
+        // one-shot shortened, only when the deadline moved earlier).
+        if let Some(d) = self.x86.wake_at {
+            if self.armed_wake_at.is_none_or(|a| d < a) {
+                self.armed_wake_at = Some(d);
+                self.hw.arm_deadline(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// After an exit the vmm sees: a guest MOV CR8 changed V_TPR, or an
+    /// interrupt waits for a window the CPU cannot be trusted to report:
+    /// the vmm must look before the next entry.
+    #[inline]
+    fn note_x86_exit(&mut self) {
+        let tpr = (self.vmcb.read64(ctrl::VINTR) & vintr::V_TPR) as u8;
+        if tpr != self.x86.cr8 {
+            self.x86.cr8 = tpr;
+            self.x86.sync = true;
+        }
+        if self.x86.window && self.vintr_unreliable {
+            self.x86.sync = true;
+        }
     }
 
     /// V_TPR from the vmm's TPR; V_IRQ with the VINTR intercept while the
@@ -1322,10 +1367,12 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     }
 
     fn x86_interface(&mut self) -> Option<&mut X86Interface> {
+        Some(&mut self.x86)
+    }
+
+    fn x86_refresh(&mut self) {
         self.x86.interruptible = self.interruptible();
         self.x86.rflags_if = self.vmcb.read64(save::RFLAGS) & RFLAGS_IF != 0;
-        self.x86.cr8 = (self.vmcb.read64(ctrl::VINTR) & vintr::V_TPR) as u8;
-        Some(&mut self.x86)
     }
 
     /// Runs until an exit needs the vmm. Exits handled here count against
@@ -1334,21 +1381,18 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     /// keeping the CPU; the deadline armed by `begin_turn` ends it as well.
     fn run(&mut self) -> Result<Exit, BackendError> {
         let cpu = self.bound.ok_or(BackendError::NotBound)?;
-        // The guest's local APIC timer: exit by its expiry (the host's
-        // one-shot shortened, only when the deadline moved earlier).
-        if let Some(d) = self.x86.wake_at {
-            if self.armed_wake_at.is_none_or(|a| d < a) {
-                self.armed_wake_at = Some(d);
-                self.hw.arm_deadline(d);
-            }
+        if self.x86.load {
+            self.load_x86()?;
         }
         let mut exit = Exit::Halt;
         while !self.run_once(cpu, &mut exit)? {
             self.turn_budget = self.turn_budget.saturating_sub(1);
             if self.turn_budget == 0 {
+                self.note_x86_exit();
                 return Ok(Exit::PreemptionTimer);
             }
         }
+        self.note_x86_exit();
         Ok(exit)
     }
 
