@@ -71,7 +71,7 @@ pub struct BenchArgs {
 ///   vmmcall 486.6, out 324.6).
 /// - arm64: the `-cpu max` figures of commit "bench: arm64 exit round
 ///   trips and interrupt latencies" (hvc 1425.1, mmio 1444.8, eoi 1592.7,
-///   eoi-dir 1593.0, vtimer 1342.0, vtimer-wfi 1381.1, ipi 3418.0, ipi-wfi
+///   eoi-dir 1593.0, vtimer 1342.0, vtimer-wfi 1378.0, ipi 3417.9, ipi-wfi
 ///   3424.0; `cortex-a72` is about 55 instructions an exit lower: no
 ///   pointer-authentication keys to switch). The latencies are timed to
 ///   a few instructions (a counter tick is 16), far inside the slack.
