@@ -1,17 +1,37 @@
-//! `cargo xtask bench`: deterministic VM-exit path lengths.
+//! `cargo xtask bench`: deterministic VM-exit path lengths and interrupt
+//! latencies, in instructions.
 //!
-//! Method: the release kernel runs the `bench` guest (`guests/x86`) in QEMU
-//! TCG with `-icount shift=0,sleep=off`. QEMU 7.2 then derives the TSC from
-//! the instruction counter (`cpu_get_ticks()` returns `icount_get()`, one
-//! tick per instruction with shift 0), so a guest RDTSC delta counts every
-//! instruction the one virtual CPU executed, the hypervisor's included. The
-//! guest checks this first: two NOP loops of N and 2N iterations (5
-//! instructions each) must differ by exactly 5N ticks. It then times N
-//! iterations of `mov eax, A; xor ecx, ecx; X; dec r8; jnz` with X = NOP
-//! and with X = an exiting instruction; the figure is the difference per
-//! iteration: what one exit round trip costs beyond a NOP (the exiting
-//! instruction, #VMEXIT, the hypervisor's handling, VMRUN; averaged over
-//! N, so the scheduler's slice ends are included).
+//! Method: the release kernel runs the `bench` guest of each architecture
+//! (`guests/x86`, `guests/arm64`) in QEMU TCG with `-icount
+//! shift=0,sleep=off`, on one host CPU. Virtual time is then the
+//! instruction counter: one instruction (guest or hypervisor: it is one
+//! virtual CPU) is one nanosecond.
+//!
+//! - x86: QEMU 7.2 derives the TSC from it (`cpu_get_ticks()` returns
+//!   `icount_get()`), one tick per instruction. The guest checks this
+//!   first: two NOP loops of N and 2N iterations (5 instructions each) must
+//!   differ by exactly 5N ticks.
+//! - arm64: the generic counter (CNTVCT_EL0) ticks at CNTFRQ_EL0 (62.5 MHz
+//!   on QEMU `virt`), 16 instructions a tick. The guest reports raw ticks
+//!   and CNTFRQ; xtask converts (instructions = ticks * 1e9 / CNTFRQ). The
+//!   calibration loops (4 instructions an iteration) must agree within one
+//!   tick. PMCCNTR_EL0 would count better, but the hypervisor makes the PMU
+//!   RAZ/WI for guests (the guest prints what it reads as a `note`).
+//!
+//! Two kinds of figures, the same for every architecture:
+//! - round trips (`BENCH <name> iters=N ticks=T [base=B]`): N iterations of
+//!   a loop with an exiting instruction X against the same loop with NOPs
+//!   in X's place (B ticks, or the `BENCH nop` line's); the figure is
+//!   (T - B) / N: what one exit round trip costs beyond the NOPs (the
+//!   exiting instruction, the exit, the hypervisor's handling, the entry;
+//!   averaged over N, so the scheduler's slice ends are included).
+//! - latencies (`BENCH <name> n=N ticks=T adjust=A`): N samples of a time
+//!   from a start point (a timer deadline, an SGI write) to an end point
+//!   (the guest's IRQ vector), summed: T whole counter ticks minus A
+//!   instructions (the guest's vernier, which times both ends to a few
+//!   instructions although a tick is 16); the figure is (T * 1e9 / CNTFRQ -
+//!   A) / N. An x86 latency (LAPIC timer, IPI, EOI) is the same line from
+//!   the x86 guest (RDTSC: adjust 0) plus a [`FIGURES`] row and a bound.
 //!
 //! The run is deterministic: with icount there is no timer noise, and the
 //! same build gives the same numbers on every machine.
@@ -19,34 +39,54 @@
 use crate::build::{self, KernelBuild};
 use crate::qemu::Machine;
 use crate::scenarios::vm;
-use crate::{deps, guests, image, kernel_cmdline, Accel, Arch, Boot, Paths, Result};
+use crate::{deps, guests, image, kernel_cmdline, Accel, Arch, Paths, Result};
 use clap::Args;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Only the figures whose name or CPU model contains this substring.
+    /// Only the figures whose name, architecture (x86_64, aarch64) or CPU
+    /// model contains this substring.
     #[arg(long, allow_hyphen_values = true)]
     filter: Option<String>,
     /// Iterations per timed loop.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     iters: u64,
+    /// Samples per latency figure (arm64; the spinning-IPI figure takes at
+    /// most 32: each costs the target vCPU's 10 ms time slice).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 16))]
+    samples: u64,
     /// Fail (exit status 1) when a figure exceeds its regression bound
     /// (about 1.5x the figure when the bound was set; see `BOUNDS`).
     #[arg(long)]
     check: bool,
 }
 
-/// Regression bounds for `--check` (figure name, most instructions): about
-/// 1.5x the figures of commit "svm: CPUID fast path" (cpuid 279.0, vmmcall
-/// 486.6, out 324.6), so that only a real regression of the exit path
-/// fails, not a few instructions of new checks. Lower them when the path
-/// gets shorter.
+/// Regression bounds for `--check` (figure name, most instructions), about
+/// 1.5x the figure when it was set, so that only a real regression of the
+/// path fails, not a few instructions of new checks. Lower them when the
+/// path gets shorter.
+/// - x86: the figures of commit "svm: CPUID fast path" (cpuid 279.0,
+///   vmmcall 486.6, out 324.6).
+/// - arm64: the `-cpu max` figures of commit "bench: arm64 exit round
+///   trips and interrupt latencies" (hvc 1425.1, mmio 1444.8, eoi 1592.7,
+///   eoi-dir 1593.0, vtimer 1342.0, vtimer-wfi 1378.0, ipi 3417.9, ipi-wfi
+///   3424.0; `cortex-a72` is about 55 instructions an exit lower: no
+///   pointer-authentication keys to switch). The latencies are timed to
+///   a few instructions (a counter tick is 16), far inside the slack.
 const BOUNDS: &[(&str, f64)] = &[
     ("cpuid-exit-roundtrip", 420.0),
     ("vmmcall-roundtrip", 730.0),
     ("portio-out-roundtrip", 490.0),
+    ("arm64-hvc-roundtrip", 2140.0),
+    ("arm64-mmio-roundtrip", 2170.0),
+    ("arm64-eoi-roundtrip", 2390.0),
+    ("arm64-eoi-dir-roundtrip", 2390.0),
+    ("arm64-vtimer-latency", 2010.0),
+    ("arm64-vtimer-wfi-latency", 2070.0),
+    ("arm64-ipi-latency", 5130.0),
+    ("arm64-ipi-wfi-latency", 5140.0),
 ];
 
 /// The `--check` verdict for one figure: `Err` says what exceeded which bound.
@@ -60,37 +100,172 @@ pub fn check_bound(fig: &str, per: f64) -> std::result::Result<(), String> {
     }
 }
 
-/// One exiting instruction the guest times: (guest name, figure name, what).
-const FIGURES: &[(&str, &str, &str)] = &[
-    ("cpuid", "cpuid-exit-roundtrip", "CPUID leaf 0x4000_0000"),
-    (
+/// One figure: the architecture whose guest measures it, the guest's name
+/// for it (a command-line word and its `BENCH` line), the figure's name,
+/// and what exactly is timed.
+pub struct Figure {
+    pub arch: Arch,
+    pub guest: &'static str,
+    pub name: &'static str,
+    pub what: &'static str,
+}
+
+const fn fig(arch: Arch, guest: &'static str, name: &'static str, what: &'static str) -> Figure {
+    Figure {
+        arch,
+        guest,
+        name,
+        what,
+    }
+}
+
+pub const FIGURES: &[Figure] = &[
+    fig(
+        Arch::X86_64,
+        "cpuid",
+        "cpuid-exit-roundtrip",
+        "CPUID leaf 0x4000_0000",
+    ),
+    fig(
+        Arch::X86_64,
         "vmmcall",
         "vmmcall-roundtrip",
         "VMMCALL with an unknown call number (returns -1)",
     ),
-    (
+    fig(
+        Arch::X86_64,
         "out",
         "portio-out-roundtrip",
         "OUT to port 0x80 (no device: dropped)",
     ),
+    fig(
+        Arch::Aarch64,
+        "hvc",
+        "arm64-hvc-roundtrip",
+        "HVC #0 with an unknown SMCCC function ID (returns NOT_SUPPORTED)",
+    ),
+    fig(
+        Arch::Aarch64,
+        "mmio",
+        "arm64-mmio-roundtrip",
+        "32-bit load from the test device at 0x0a00_0000 (stage-2 abort, decoded, emulated)",
+    ),
+    fig(
+        Arch::Aarch64,
+        "eoi",
+        "arm64-eoi-roundtrip",
+        "ICC_IAR1_EL1 read + ICC_EOIR1_EL1 write of the test device's level SPI 48, \
+         held high: EOI maintenance exit, resample, pending again for the next IAR",
+    ),
+    fig(
+        Arch::Aarch64,
+        "eoidir",
+        "arm64-eoi-dir-roundtrip",
+        "the same with EOImode 1: IAR1, EOIR1 (priority drop), ICC_DIR_EL1 \
+         (deactivation: maintenance exit)",
+    ),
+    fig(
+        Arch::Aarch64,
+        "vtimer",
+        "arm64-vtimer-latency",
+        "virtual timer deadline (CNTV_CVAL) to the guest's IRQ vector, guest spinning",
+    ),
+    fig(
+        Arch::Aarch64,
+        "vtimer-wfi",
+        "arm64-vtimer-wfi-latency",
+        "virtual timer deadline to the guest's IRQ vector, guest blocked in WFI",
+    ),
+    fig(
+        Arch::Aarch64,
+        "ipi",
+        "arm64-ipi-latency",
+        "ICC_SGI1R_EL1 write on vCPU 0 to vCPU 1's IRQ vector, vCPU 1 spinning \
+         (descheduled: one host CPU; vCPU 0 yields right after the write)",
+    ),
+    fig(
+        Arch::Aarch64,
+        "ipi-wfi",
+        "arm64-ipi-wfi-latency",
+        "the same, vCPU 1 blocked in WFI",
+    ),
 ];
 
-/// The SVM CPU models of the scenarios: no NRIPS, decode assists, VMCB
-/// clean bits or flush-by-ASID under TCG 7.2 on either.
-const CPUS: &[&str] = &["EPYC,+svm,+npt", "max"];
+/// How each architecture's guest is run: its QEMU CPU models, its VM's
+/// vCPUs, and what a calibration iteration is.
+struct ArchBench {
+    arch: Arch,
+    /// x86: the SVM CPU models of the scenarios (no NRIPS, decode assists,
+    /// VMCB clean bits or flush-by-ASID under TCG 7.2 on either). arm64:
+    /// `-cpu max`, as the arm64 scenarios boot.
+    cpus: &'static [&'static str],
+    /// The bench VM's vCPUs (arm64: 2, for the IPI figures).
+    vcpus: u32,
+    method: &'static str,
+}
+
+const ARCHES: &[ArchBench] = &[
+    ArchBench {
+        arch: Arch::X86_64,
+        cpus: &["EPYC,+svm,+npt", "max"],
+        vcpus: 1,
+        method: "guest RDTSC under QEMU TCG -icount shift=0,sleep=off (1 TSC tick = 1 \
+                 instruction, checked by a calibration loop), release kernel, 1 CPU; figure = \
+                 instructions per iteration of a loop with the exiting instruction minus the same \
+                 loop with a NOP in its place",
+    },
+    ArchBench {
+        arch: Arch::Aarch64,
+        cpus: &["max", "cortex-a72"],
+        vcpus: 2,
+        method: "guest CNTVCT_EL0 under QEMU TCG virt,virtualization=on,gic-version=3 \
+                 -icount shift=0,sleep=off (1 instruction = 1 ns; instructions = ticks * 1e9 / \
+                 CNTFRQ, checked by a calibration loop), release kernel, 1 host CPU, a VM of \
+                 2 vCPUs; round trip = loop with the instruction(s) minus the same loop with \
+                 NOPs; latency = average of samples timed to a few instructions",
+    },
+];
 
 /// The numbers one guest run printed.
 #[derive(Debug, Default, PartialEq)]
 pub struct Results {
-    /// (iterations, ticks, expected ticks) of the calibration.
+    /// (iterations, ticks, expected instructions) of the calibration.
     pub calib: Option<(u64, u64, u64)>,
+    /// The counter frequency (arm64); none: one tick per instruction.
+    pub freq: Option<u64>,
     /// (iterations, ticks) of the NOP baseline.
     pub nop: Option<(u64, u64)>,
-    /// (guest name, iterations, ticks) per exiting loop.
-    pub loops: Vec<(String, u64, u64)>,
+    /// Round-trip loops.
+    pub loops: Vec<Loop>,
+    /// Latency sums.
+    pub latencies: Vec<Latency>,
+    /// `BENCH note <text>` lines.
+    pub notes: Vec<String>,
 }
 
-/// Parses the guest's `BENCH <name> iters=N ticks=T [expect=E]` lines.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loop {
+    pub name: String,
+    pub iters: u64,
+    pub ticks: u64,
+    /// The loop's own NOP baseline (same iterations), if it has one.
+    pub base: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latency {
+    pub name: String,
+    pub samples: u64,
+    pub ticks: u64,
+    /// Instructions to take off `ticks` (converted).
+    pub adjust: u64,
+    /// The shortest and longest sample in instructions, as the guest
+    /// computed them (for the log).
+    pub min_max: Option<(i64, i64)>,
+}
+
+/// Parses the guest's `BENCH <name> key=value...` lines (see the module
+/// documentation); malformed lines are skipped.
 pub fn parse(serial: &str) -> Results {
     let mut r = Results::default();
     for line in serial.lines() {
@@ -100,53 +275,124 @@ pub fn parse(serial: &str) -> Results {
         let Some(name) = rest.split_whitespace().next() else {
             continue;
         };
+        if name == "note" {
+            r.notes.push(rest["note".len()..].trim().to_string());
+            continue;
+        }
         let field = |key: &str| -> Option<u64> {
             rest.split_whitespace()
                 .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
         };
-        let (Some(iters), Some(ticks)) = (field("iters"), field("ticks")) else {
+        let int = |key: &str| -> Option<i64> {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        };
+        let Some(ticks) = field("ticks") else {
+            continue;
+        };
+        if let (Some(n), Some(adjust)) = (field("n"), field("adjust")) {
+            r.latencies.push(Latency {
+                name: name.to_string(),
+                samples: n,
+                ticks,
+                adjust,
+                min_max: int("min").zip(int("max")),
+            });
+            continue;
+        }
+        let Some(iters) = field("iters") else {
             continue;
         };
         match name {
             "calib" => {
                 if let Some(e) = field("expect") {
                     r.calib = Some((iters, ticks, e));
+                    r.freq = field("freq");
                 }
             }
             "nop" => r.nop = Some((iters, ticks)),
-            n => r.loops.push((n.to_string(), iters, ticks)),
+            n => r.loops.push(Loop {
+                name: n.to_string(),
+                iters,
+                ticks,
+                base: field("base"),
+            }),
         }
     }
     r
 }
 
 impl Results {
-    /// Checks the calibration and gives (guest name, instructions per
-    /// round trip beyond a NOP) for each exiting loop.
+    /// Instructions per counter tick: 1e9 / CNTFRQ, or 1 (x86 TSC).
+    pub fn per_tick(&self) -> Result<f64> {
+        match self.freq {
+            None => Ok(1.0),
+            Some(0) => Err("the guest reported a counter frequency of 0".into()),
+            Some(f) => Ok(1e9 / f as f64),
+        }
+    }
+
+    /// Checks the calibration and gives (guest name, instructions) for
+    /// each round trip (beyond the NOPs) and each latency (average).
     pub fn figures(&self) -> Result<Vec<(String, f64)>> {
         let (n, ticks, expect) = self.calib.ok_or("the guest printed no calibration line")?;
-        if ticks != expect {
-            return Err(format!(
-                "calibration failed: {n} more iterations of a 5-instruction loop took {ticks} \
-                 TSC ticks, not {expect}: the TSC does not count instructions (is -icount \
-                 shift=0 in effect?)"
+        let per_tick = self.per_tick()?;
+        let measured = ticks as f64 * per_tick;
+        // The TSC counts instructions exactly; a counter of coarser ticks
+        // is right within one tick (both loop ends are rounded down).
+        let slack = if self.freq.is_some() { per_tick } else { 0.0 };
+        if (measured - expect as f64).abs() > slack {
+            return Err(match self.freq {
+                None => format!(
+                    "calibration failed: {n} more iterations of a 5-instruction loop took \
+                     {ticks} TSC ticks, not {expect}: the TSC does not count instructions (is \
+                     -icount shift=0 in effect?)"
+                ),
+                Some(f) => format!(
+                    "calibration failed: {n} more iterations of a loop took {ticks} counter \
+                     ticks at {f} Hz = {measured:.0} instructions, not {expect} (within one \
+                     tick): the counter does not count instructions (is -icount shift=0 in \
+                     effect?)"
+                ),
+            });
+        }
+        let mut out = Vec::new();
+        for l in &self.loops {
+            let base = match l.base {
+                Some(b) => b,
+                None => {
+                    let (bn, base) = self.nop.ok_or("the guest printed no NOP baseline")?;
+                    if l.iters != bn {
+                        return Err(format!(
+                            "{}: {} iterations but the baseline had {bn}",
+                            l.name, l.iters
+                        ));
+                    }
+                    base
+                }
+            };
+            if l.iters == 0 {
+                return Err(format!("{}: 0 iterations", l.name));
+            }
+            out.push((
+                l.name.clone(),
+                (l.ticks as f64 - base as f64) * per_tick / l.iters as f64,
             ));
         }
-        let (bn, base) = self.nop.ok_or("the guest printed no NOP baseline")?;
-        self.loops
-            .iter()
-            .map(|(name, n, t)| {
-                if *n != bn || *n == 0 {
-                    return Err(format!("{name}: {n} iterations but the baseline had {bn}"));
-                }
-                Ok((name.clone(), (*t as f64 - base as f64) / *n as f64))
-            })
-            .collect()
+        for l in &self.latencies {
+            if l.samples == 0 {
+                return Err(format!("{}: 0 samples", l.name));
+            }
+            out.push((
+                l.name.clone(),
+                (l.ticks as f64 * per_tick - l.adjust as f64) / l.samples as f64,
+            ));
+        }
+        Ok(out)
     }
 }
 
-/// The QEMU arguments that make the TSC an instruction counter; one CPU so
-/// that nothing else advances the shared virtual clock.
+/// The QEMU arguments that make virtual time an instruction counter.
 fn icount_args(args: &mut Vec<String>) {
     let at = args.iter().position(|a| a == "-accel").unwrap_or(0);
     args.insert(at, "shift=0,sleep=off".into());
@@ -155,63 +401,117 @@ fn icount_args(args: &mut Vec<String>) {
 
 pub fn run(paths: &Paths, a: BenchArgs) -> Result<i32> {
     let matches = |s: &str| a.filter.as_deref().is_none_or(|f| s.contains(f));
-    let figures: Vec<_> = FIGURES
-        .iter()
-        .filter(|(_, fig, _)| CPUS.iter().any(|c| matches(fig) || matches(c)))
-        .collect();
-    let cpus: Vec<&str> = CPUS
-        .iter()
-        .copied()
-        .filter(|c| FIGURES.iter().any(|(_, fig, _)| matches(fig) || matches(c)))
-        .collect();
-    if figures.is_empty() || cpus.is_empty() {
+    // A figure is selected by its name, its architecture or one of its
+    // architecture's CPU models; a CPU model by its name, its
+    // architecture or one of its figures.
+    let selected = |ab: &ArchBench, f: &Figure, cpu: &str| {
+        f.arch == ab.arch && (matches(f.name) || matches(ab.arch.name()) || matches(cpu))
+    };
+    let mut plan = Vec::new();
+    for ab in ARCHES {
+        let figures: Vec<&Figure> = FIGURES
+            .iter()
+            .filter(|f| ab.cpus.iter().any(|c| selected(ab, f, c)))
+            .collect();
+        let cpus: Vec<&str> = ab
+            .cpus
+            .iter()
+            .copied()
+            .filter(|c| FIGURES.iter().any(|f| selected(ab, f, c)))
+            .collect();
+        if !figures.is_empty() && !cpus.is_empty() {
+            plan.push((ab, figures, cpus));
+        }
+    }
+    if plan.is_empty() {
         return Err(format!(
             "nothing matches --filter {:?}; figures: {}; CPU models: {}",
             a.filter.as_deref().unwrap_or(""),
-            FIGURES.iter().map(|f| f.1).collect::<Vec<_>>().join(", "),
-            CPUS.join(", ")
+            FIGURES
+                .iter()
+                .map(|f| f.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+            ARCHES
+                .iter()
+                .flat_map(|ab| ab
+                    .cpus
+                    .iter()
+                    .map(move |c| format!("{} ({})", c, ab.arch.name())))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
-    deps::ensure(&deps::for_run(Arch::X86_64, Boot::Multiboot1, false))?;
+    let mut failed = 0;
+    for (ab, figures, cpus) in plan {
+        match run_arch(paths, &a, ab, &figures, &cpus, &matches) {
+            Ok(f) => failed += f,
+            Err(e) => {
+                println!("bench: {}: {e}", ab.arch.name());
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Builds and runs one architecture's bench guest on each of `cpus`;
+/// returns the number of failures.
+fn run_arch(
+    paths: &Paths,
+    a: &BenchArgs,
+    ab: &ArchBench,
+    figures: &[&Figure],
+    cpus: &[&str],
+    matches: &dyn Fn(&str) -> bool,
+) -> Result<u32> {
+    let arch = ab.arch;
+    let boot = arch.default_boot();
+    println!(
+        "bench: {}: building the release kernel and the bench guest",
+        arch.name()
+    );
+    deps::ensure(&deps::for_run(arch, boot, false))?;
     let kb = KernelBuild {
-        arch: Arch::X86_64,
+        arch,
         test_hooks: false,
         release: true,
     };
     let elf = build::build_kernel(paths, &kb, true)?;
-    build_bench_guest(paths)?;
-    let dir = paths.out.join("bench");
+    build_bench_guest(paths, arch)?;
+    let dir = match arch {
+        Arch::X86_64 => paths.out.join("bench"),
+        Arch::Aarch64 => paths.out.join("bench-aarch64"),
+    };
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut guest_words: Vec<String> = vec![format!("iters={}", a.iters)];
-    guest_words.extend(figures.iter().map(|f| f.0.to_string()));
+    if arch == Arch::Aarch64 {
+        guest_words.push(format!("samples={}", a.samples));
+    }
+    guest_words.extend(figures.iter().map(|f| f.guest.to_string()));
     let guest_cmdline: &'static str = Box::leak(guest_words.join(" ").into_boxed_str());
     let bundle = dir.join(image::BUNDLE_NAME);
     let the_vm = crate::scenarios::GuestVm {
         mem_mib: 16,
+        smp: ab.vcpus,
         ..vm("bench", "bench").append(guest_cmdline)
     };
-    guests::scenario_bundle(paths, Arch::X86_64, true, &[the_vm], &bundle)?;
+    guests::scenario_bundle(paths, arch, true, &[the_vm], &bundle)?;
     let spec = image::BootSpec {
-        arch: Arch::X86_64,
-        boot: Boot::Multiboot1,
-        cmdline: kernel_cmdline(Arch::X86_64, "exitcode=guest"),
+        arch,
+        boot,
+        cmdline: kernel_cmdline(arch, "exitcode=guest"),
         release: true,
         test_hooks: false,
         grub: false,
         bundle: Some(bundle),
     };
     let media = image::make_media(paths, &spec, &elf, None, &dir)?;
-    println!(
-        "bench: method: guest RDTSC under QEMU TCG -icount shift=0,sleep=off (1 TSC tick = 1 \
-         instruction, checked by a calibration loop), release kernel, 1 CPU; figure = \
-         instructions per iteration of a loop with the exiting instruction minus the same \
-         loop with a NOP in its place, {} iterations",
-        a.iters
-    );
+    println!("bench: method: {}, {} iterations", ab.method, a.iters);
     let mut failed = 0;
-    for cpu in cpus {
+    for &cpu in cpus {
         let machine = Machine {
-            arch: Arch::X86_64,
+            arch,
             accel: Accel::Tcg,
             smp: 1,
             mem_mib: crate::scenarios::HV_MEM_MIB + 16,
@@ -221,7 +521,8 @@ pub fn run(paths: &Paths, a: BenchArgs) -> Result<i32> {
         };
         let (program, mut args) = machine.command_line();
         icount_args(&mut args);
-        let serial = match run_qemu(&program, &args, Duration::from_secs(120)) {
+        println!("bench: running the {} guest on -cpu {cpu} ...", arch.name());
+        let serial = match run_qemu(&program, &args, Duration::from_secs(300)) {
             Ok(s) => s,
             Err(e) => {
                 println!("bench: {cpu}: {e}");
@@ -232,30 +533,56 @@ pub fn run(paths: &Paths, a: BenchArgs) -> Result<i32> {
         let log = dir.join(format!("{}.log", cpu.replace([',', '+'], "_")));
         let _ = std::fs::write(&log, &serial);
         let results = parse(&serial);
+        for note in &results.notes {
+            println!("bench: note ({} {cpu}): {note}", arch.name());
+        }
         match results.figures() {
             Ok(list) => {
-                if let Some((n, t, _)) = results.calib {
-                    println!("bench: calibration ({cpu}): {n} iterations x 5 instructions = {t} TSC ticks (exact)");
+                if let Some((n, t, e)) = results.calib {
+                    match results.freq {
+                        None => println!(
+                            "bench: calibration ({cpu}): {n} iterations x 5 instructions = {t} TSC ticks (exact)"
+                        ),
+                        Some(f) => println!(
+                            "bench: calibration ({} {cpu}): {n} iterations x 4 instructions = \
+                             {e} instructions = {t} counter ticks at {f} Hz (x {:.1} = {:.0}, \
+                             within one tick)",
+                            arch.name(),
+                            results.per_tick().unwrap_or(1.0),
+                            t as f64 * results.per_tick().unwrap_or(1.0)
+                        ),
+                    }
                 }
-                for (guest_name, per) in list {
-                    let Some((_, fig, what)) = FIGURES.iter().find(|f| f.0 == guest_name) else {
+                for (guest_name, per) in &list {
+                    let Some(f) = FIGURES
+                        .iter()
+                        .find(|f| f.arch == arch && f.guest == guest_name)
+                    else {
                         continue;
                     };
-                    if matches(fig) || matches(cpu) {
-                        println!("{fig}: {per:.1} instructions ({cpu})  [{what}]");
+                    if matches(f.name) || matches(arch.name()) || matches(cpu) {
+                        println!("{}: {per:.1} instructions ({cpu})  [{}]", f.name, f.what);
+                        let lat = results.latencies.iter().find(|l| l.name == *guest_name);
+                        if let Some(l) = lat {
+                            let spread = l
+                                .min_max
+                                .map(|(lo, hi)| format!(", min {lo}, max {hi}"))
+                                .unwrap_or_default();
+                            println!("bench:   {} samples{spread}", l.samples);
+                        }
                         if a.check {
-                            if let Err(e) = check_bound(fig, per) {
+                            if let Err(e) = check_bound(f.name, *per) {
                                 println!("bench: check FAILED ({cpu}): {e}");
                                 failed += 1;
                             }
                         }
                     }
                 }
-                if results.loops.len() != figures.len() {
+                if list.len() != figures.len() {
                     println!(
                         "bench: {cpu}: expected {} figures, got {} (log: {})",
                         figures.len(),
-                        results.loops.len(),
+                        list.len(),
                         Paths::show(&log)
                     );
                     failed += 1;
@@ -267,13 +594,13 @@ pub fn run(paths: &Paths, a: BenchArgs) -> Result<i32> {
             }
         }
     }
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(failed)
 }
 
 /// Builds only the `bench` guest (another guest in progress must not stop
 /// the benchmark).
-fn build_bench_guest(paths: &Paths) -> Result<()> {
-    let mut args = guests::guest_cargo_args(paths, Arch::X86_64, true);
+fn build_bench_guest(paths: &Paths, arch: Arch) -> Result<()> {
+    let mut args = guests::guest_cargo_args(paths, arch, true);
     let at = args
         .iter()
         .position(|a| a == "--bins")
@@ -329,7 +656,17 @@ mod tests {
         let r = parse(SERIAL);
         assert_eq!(r.calib, Some((100, 500, 500)));
         assert_eq!(r.nop, Some((100, 505)));
-        assert_eq!(r.loops, vec![("cpuid".to_string(), 100, 14050)]);
+        assert_eq!(
+            r.loops,
+            vec![Loop {
+                name: "cpuid".to_string(),
+                iters: 100,
+                ticks: 14050,
+                base: None
+            }]
+        );
+        assert_eq!(r.freq, None);
+        assert!(r.latencies.is_empty() && r.notes.is_empty());
         let f = r.figures().unwrap();
         assert_eq!(f.len(), 1);
         assert!((f[0].1 - 135.45).abs() < 1e-9, "{f:?}");
@@ -351,12 +688,94 @@ mod tests {
 
     #[test]
     fn every_figure_has_a_bound_and_bounds_bite() {
-        for (_, fig, _) in FIGURES {
-            let max = BOUNDS.iter().find(|b| b.0 == *fig).expect("bound").1;
-            assert!(check_bound(fig, max).is_ok());
-            assert!(check_bound(fig, max + 0.1).unwrap_err().contains("exceeds"));
+        for f in FIGURES {
+            let max = BOUNDS.iter().find(|b| b.0 == f.name).expect("bound").1;
+            assert!(max > 0.0, "{}", f.name);
+            assert!(check_bound(f.name, max).is_ok());
+            assert!(check_bound(f.name, max + 0.1)
+                .unwrap_err()
+                .contains("exceeds"));
         }
         assert!(check_bound("nope", 1.0).unwrap_err().contains("no bound"));
+    }
+
+    /// What the arm64 guest prints (counter at 62.5 MHz: 16 instructions a
+    /// tick), as the hypervisor console shows it.
+    const ARM64: &str =
+        "[INFO ] [bench] BENCH calib iters=1000 ticks=250 expect=4000 freq=62500000\n\
+                         [INFO ] [bench] BENCH note pmccntr: PMUVer=0 PMCCNTR_EL0 0 -> 0\n\
+                         [INFO ] [bench] BENCH hvc iters=1000 ticks=40250 base=250\n\
+                         [INFO ] [bench] BENCH vtimer n=4 ticks=300 adjust=40 min=1190 max=1210\n\
+                         [INFO ] [bench] BENCH ipi n=2 ticks=x adjust=3\n";
+
+    #[test]
+    fn arm64_lines_convert_ticks() {
+        let r = parse(ARM64);
+        assert_eq!(r.calib, Some((1000, 250, 4000)));
+        assert_eq!(r.freq, Some(62_500_000));
+        assert_eq!(r.per_tick().unwrap(), 16.0);
+        assert_eq!(r.nop, None);
+        assert_eq!(
+            r.notes,
+            vec!["pmccntr: PMUVer=0 PMCCNTR_EL0 0 -> 0".to_string()]
+        );
+        assert_eq!(
+            r.loops,
+            vec![Loop {
+                name: "hvc".into(),
+                iters: 1000,
+                ticks: 40250,
+                base: Some(250)
+            }]
+        );
+        assert_eq!(
+            r.latencies,
+            vec![Latency {
+                name: "vtimer".into(),
+                samples: 4,
+                ticks: 300,
+                adjust: 40,
+                min_max: Some((1190, 1210)),
+            }]
+        );
+        let f = r.figures().unwrap();
+        // (40250 - 250) * 16 / 1000; (300 * 16 - 40) / 4.
+        assert_eq!(
+            f,
+            vec![("hvc".to_string(), 640.0), ("vtimer".to_string(), 1190.0)]
+        );
+    }
+
+    #[test]
+    fn arm64_calibration_is_within_one_tick() {
+        // 4000 instructions = 250 ticks; 251 or 249 ticks is rounding.
+        for t in [249, 251] {
+            let r = parse(&ARM64.replace("ticks=250 expect", &format!("ticks={t} expect")));
+            assert!(r.figures().is_ok(), "{t}");
+        }
+        for t in [248, 252, 4000] {
+            let r = parse(&ARM64.replace("ticks=250 expect", &format!("ticks={t} expect")));
+            let e = r.figures().unwrap_err();
+            assert!(
+                e.contains("calibration failed") && e.contains("62500000 Hz"),
+                "{e}"
+            );
+        }
+        let r = parse(&ARM64.replace("freq=62500000", "freq=0"));
+        assert!(r.figures().unwrap_err().contains("frequency of 0"));
+        let r = parse(&ARM64.replace("n=4", "n=0"));
+        assert!(r.figures().unwrap_err().contains("0 samples"));
+    }
+
+    #[test]
+    fn figure_names_are_unique_per_arch() {
+        for (i, a) in FIGURES.iter().enumerate() {
+            for b in &FIGURES[i + 1..] {
+                assert_ne!(a.name, b.name);
+                assert!(a.arch != b.arch || a.guest != b.guest, "{}", a.guest);
+            }
+            assert!(ARCHES.iter().any(|ab| ab.arch == a.arch), "{}", a.name);
+        }
     }
 
     #[test]

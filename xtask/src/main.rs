@@ -4,7 +4,7 @@
 //! - `image`: a bootable artifact for one boot path (arm64 Image, GRUB ISO, ESP directory).
 //! - `run`: boots the hypervisor in QEMU with the serial console on this terminal.
 //! - `test`: host unit tests, then the emulator scenarios of `test.rs`.
-//! - `bench`: VM-exit path lengths under QEMU `-icount` (`bench.rs`).
+//! - `bench`: VM-exit path lengths and interrupt latencies under QEMU `-icount` (`bench.rs`).
 //! - `fuzz`: cargo-fuzz / libFuzzer runs of the guest-facing decoders (`fuzz.rs`).
 //!
 //! Everything it writes goes under `<target dir>/xtask/` (`target/xtask/` by default).
