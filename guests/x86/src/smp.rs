@@ -163,10 +163,16 @@ pub fn start_ap(id: u32, main: fn(u32)) -> bool {
     let (cr0, cr3, cr4) = control_regs();
     // The trampoline loads CR3 in 32-bit mode, and PCIDE can only be set
     // in long mode (the loader never sets it).
-    check(
-        cr3 >> 32 == 0 && cr4 & (1 << 17) == 0,
-        format_args!("BSP CR3 {:#x} below 4 GiB, CR4.PCIDE clear", cr3),
-    );
+    if cr3 >> 32 != 0 || cr4 & (1 << 17) != 0 {
+        check(
+            false,
+            format_args!(
+                "BSP CR3 {:#x} below 4 GiB, CR4 {:#x} without PCIDE",
+                cr3, cr4
+            ),
+        );
+        return false;
+    }
     // SAFETY: the trampoline's bytes are copied to the free page at
     // TRAMPOLINE (see the module comment) and its parameter block filled
     // in; no AP runs it now (they are started one at a time, each after
