@@ -170,9 +170,11 @@ pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
 struct Gdt([u64; 3]);
 static GDT: Gdt = Gdt([0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff]);
 
+/// All 256 vectors: exceptions (0-31) from [`init_cpu`], the rest filled
+/// in by [`crate::apic::init`] (not-present until then).
 #[repr(C, align(16))]
-struct Idt([u64; 64]);
-static mut IDT: Idt = Idt([0; 64]);
+struct Idt([u64; 512]);
+static mut IDT: Idt = Idt([0; 512]);
 
 /// The last exception taken: vector, error code, RIP, CR2 at entry.
 pub static LAST_VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -293,9 +295,28 @@ pub fn expect_exception(len: u64, f: impl FnOnce()) -> Option<(u64, u64, u64)> {
 }
 
 fn gate(handler: unsafe extern "C" fn()) -> (u64, u64) {
-    let a = handler as usize as u64;
+    gate_at(handler as usize as u64)
+}
+
+/// A 64-bit interrupt gate (type 0xE: IF cleared on entry, SDM Vol. 3A
+/// §6.14.1) to code selector 0x08 at `a`.
+fn gate_at(a: u64) -> (u64, u64) {
     let low = (a & 0xffff) | (0x08 << 16) | (0x8e00u64 << 32) | ((a >> 16) & 0xffff) << 48;
     (low, a >> 32)
+}
+
+/// Points IDT entry `vector` at `handler` through an interrupt gate.
+/// Entries are written while no interrupt can arrive for them (the caller
+/// has not yet enabled their source).
+pub(crate) fn set_gate(vector: u8, handler: u64) {
+    let (lo, hi) = gate_at(handler);
+    // SAFETY: two aligned 8-byte stores into our IDT; a CPU only reads an
+    // entry when it delivers that vector, which nobody has enabled yet.
+    unsafe {
+        let idt = core::ptr::addr_of_mut!(IDT) as *mut u64;
+        idt.add(2 * vector as usize).write_volatile(lo);
+        idt.add(2 * vector as usize + 1).write_volatile(hi);
+    }
 }
 
 #[repr(C, packed)]
@@ -304,7 +325,9 @@ struct Dtr {
     base: u64,
 }
 
-/// Loads our GDT (code 0x08, data 0x10) and an IDT for vectors 0..19.
+/// Loads our GDT (code 0x08, data 0x10) and the IDT with the exception
+/// vectors 0..19 (interrupt vectors: [`crate::apic::init`]). Each CPU calls
+/// it once (the BSP through [`entry!`], APs in [`crate::smp`]).
 pub fn init_cpu() {
     let stubs: [(usize, unsafe extern "C" fn()); 18] = [
         (0, exc_stub_0),

@@ -13,8 +13,14 @@
 mod imp;
 #[cfg(target_os = "none")]
 pub use imp::*;
+/// Interrupts: IDT gates, local APIC (xAPIC / x2APIC, timer), I/O APIC.
+#[cfg(target_os = "none")]
+pub mod apic;
 #[cfg(target_os = "none")]
 pub mod multiboot;
+/// Application processors started by INIT-SIPI-SIPI.
+#[cfg(target_os = "none")]
+pub mod smp;
 
 pub const COM1: u16 = 0x3f8;
 pub const DEBUG_EXIT: u16 = 0xf4;

@@ -4,7 +4,8 @@
 //! same file: `boot.rs` (boot paths, crash reports, the UEFI loader's own
 //! suite), `svm.rs` (x86 guests under AMD SVM), `arm64.rs` (arm64 guests
 //! at EL2), `external.rs` (unmodified kernels from Debian packages),
-//! `chaos.rs`, `hostile.rs`, `image.rs` (guest image formats). [`all`]
+//! `chaos.rs`, `hostile.rs`, `image.rs` (guest image formats), `irq_x86.rs`
+//! (x86 interrupts, timers, SMP and HLT). [`all`]
 //! collects them in that order.
 
 use crate::{Arch, Boot};
@@ -16,6 +17,7 @@ mod chaos;
 mod external;
 mod hostile;
 mod image;
+mod irq_x86;
 mod svm;
 
 /// One emulator run and what it must show.
@@ -220,5 +222,6 @@ pub fn all() -> Vec<Scenario> {
     v.extend(chaos::scenarios());
     v.extend(hostile::scenarios());
     v.extend(image::scenarios());
+    v.extend(irq_x86::scenarios());
     v
 }
