@@ -49,6 +49,16 @@ pub enum DeviceKind {
     /// The x86 I/O APIC (its MMIO window; the local APICs are per vCPU
     /// and not on the bus).
     IoApic,
+    /// The master and slave 8259 (command and data ports) and their
+    /// edge/level control registers.
+    PicMaster,
+    PicSlave,
+    Elcr,
+    /// The 8254 (channels 0-2 and the control port) and port 0x61.
+    Pit,
+    Port61,
+    /// The CMOS RTC (index and data ports).
+    Rtc,
     /// PL011 UART (arm64).
     Pl011,
     /// GICv3 distributor (arm64).
@@ -134,6 +144,12 @@ impl Board {
                     Some(Irq::Isa(4))
                 ),
                 dev(DeviceKind::DebugExit, Space::Port, 0xf4, 4, None),
+                dev(DeviceKind::PicMaster, Space::Port, 0x20, 2, None),
+                dev(DeviceKind::PicSlave, Space::Port, 0xa0, 2, None),
+                dev(DeviceKind::Elcr, Space::Port, 0x4d0, 2, None),
+                dev(DeviceKind::Pit, Space::Port, 0x40, 4, Some(Irq::Isa(0))),
+                dev(DeviceKind::Port61, Space::Port, 0x61, 1, None),
+                dev(DeviceKind::Rtc, Space::Port, 0x70, 2, Some(Irq::Isa(8))),
                 dev(DeviceKind::FwCfg, Space::Port, 0x510, 2, None),
                 dev(
                     DeviceKind::TestDev,

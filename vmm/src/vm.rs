@@ -37,6 +37,10 @@ use crate::loader::{self, KernelFormat, LoadError};
 use crate::mem::{Backing, GuestMemory, MemError, Region};
 use crate::psci::{self, PsciCall};
 use crate::regs::{AccessSize, LoadDest, Reg};
+use crate::x86::legacy::{DeviceClock, ElcrPorts, PicPorts, PitPorts, Port61, RtcPorts};
+use crate::x86::pic::{Chip, PicPair};
+use crate::x86::pit::Pit;
+use crate::x86::rtc::Rtc;
 use crate::x86::wiring::{ApicAccess, Halt, IoApicDevice, X86Irq};
 
 pub const MAX_VCPUS: u32 = 64;
@@ -78,6 +82,8 @@ pub struct VmConfig<'a> {
     /// (the guest's virtual count is the physical count minus it).
     pub timer_freq: u64,
     pub cntvoff: u64,
+    /// x86: the wall-clock time (Unix seconds) the VM's RTC starts at.
+    pub wall_clock: u64,
 }
 
 impl<'a> VmConfig<'a> {
@@ -97,6 +103,7 @@ impl<'a> VmConfig<'a> {
             gic_pri_bits: 5,
             timer_freq: 62_500_000,
             cntvoff: 0,
+            wall_clock: 0,
         }
     }
 }
@@ -483,6 +490,8 @@ pub struct Vm<B> {
     x86: Option<X86Irq>,
     /// Devices that drive a level-triggered line: told of its EOIs.
     resample: Vec<(u32, Space, DeviceId)>,
+    /// The clock as the x86 legacy devices read it.
+    device_clock: Arc<DeviceClock>,
     clock: Arc<dyn Clock>,
 }
 
@@ -585,6 +594,9 @@ impl<B: Backing> Vm<B> {
             }
         };
         let mut resample = Vec::new();
+        let device_clock = Arc::new(DeviceClock::default());
+        let pic = Arc::new(spin::Mutex::new(PicPair::bios_default()));
+        let pit = Arc::new(spin::Mutex::new(Pit::new(0)));
         for d in &board.devices {
             // Devices with registers the vmm emulates; the timer is the
             // backend's and the vGIC's, described only.
@@ -623,6 +635,27 @@ impl<B: Backing> Vm<B> {
                     Some(x) => Box::new(IoApicDevice(x.chip().clone())),
                     None => continue,
                 },
+                DeviceKind::PicMaster => Box::new(PicPorts {
+                    pic: pic.clone(),
+                    chip: Chip::Master,
+                }),
+                DeviceKind::PicSlave => Box::new(PicPorts {
+                    pic: pic.clone(),
+                    chip: Chip::Slave,
+                }),
+                DeviceKind::Elcr => Box::new(ElcrPorts(pic.clone())),
+                DeviceKind::Pit => Box::new(PitPorts {
+                    pit: pit.clone(),
+                    clock: device_clock.clone(),
+                }),
+                DeviceKind::Port61 => Box::new(Port61 {
+                    pit: pit.clone(),
+                    clock: device_clock.clone(),
+                }),
+                DeviceKind::Rtc => Box::new(RtcPorts {
+                    rtc: Rtc::new(cfg.wall_clock),
+                    clock: device_clock.clone(),
+                }),
                 DeviceKind::ArchTimer => continue,
             };
             let bus = match d.space {
@@ -662,6 +695,7 @@ impl<B: Backing> Vm<B> {
             arm,
             x86,
             resample,
+            device_clock,
             clock: Arc::new(FrozenClock),
         })
     }
@@ -693,6 +727,7 @@ impl<B: Backing> Vm<B> {
     /// The time base of the VM's timers (set before the VM runs; the
     /// default never advances).
     pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.device_clock.set(clock.clone());
         self.clock = clock;
     }
 

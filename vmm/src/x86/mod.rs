@@ -21,6 +21,7 @@ pub mod apic_bus;
 pub mod cpuid;
 pub mod ioapic;
 pub mod lapic;
+pub mod legacy;
 pub mod pic;
 pub mod pit;
 pub mod rtc;

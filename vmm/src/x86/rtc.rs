@@ -217,6 +217,20 @@ pub struct Rtc {
     last: u64,
 }
 
+/// Unix time of a real CMOS clock's time registers (seconds, minutes,
+/// hours, day of week, day, month, year, century: the order of
+/// [`TIME_REGS`]) in the format its register B says: how the kernel turns
+/// the host's clock into a VM's start time. A century of 0 (firmware
+/// without the century byte) is taken as 20.
+pub fn unix_time_of(reg_b: u8, mut bytes: [u8; 8]) -> u64 {
+    let mut r = Rtc::new(0);
+    r.cmos[usize::from(REG_B)] = reg_b;
+    if bytes[7] == 0 {
+        bytes[7] = r.enc(20);
+    }
+    r.parse_time(bytes).0.max(0) as u64
+}
+
 impl Rtc {
     /// The RTC of a VM whose guest time 0 is `start_unix` (seconds since
     /// 1970-01-01 UTC; clamped to 9999-12-31T23:59:59). Registers as after
@@ -641,6 +655,20 @@ mod tests {
     /// sec, min, hour, dow, day, month, year, century as read.
     fn regs(rtc: &mut Rtc, now: u64) -> [u8; 8] {
         TIME_REGS.map(|r| rd(rtc, r, now))
+    }
+
+    #[test]
+    fn host_clock_registers_to_unix_time() {
+        // 2026-12-03 22:24:10, a Thursday, BCD 24 h.
+        let bcd = [0x10, 0x24, 0x22, 0x05, 0x03, 0x12, 0x26, 0x20];
+        assert_eq!(unix_time_of(0x02, bcd), 1_796_336_650);
+        assert_eq!(
+            unix_time_of(0x02, [0x10, 0x24, 0x22, 0x05, 0x03, 0x12, 0x26, 0]),
+            1_796_336_650
+        );
+        // Binary mode.
+        let bin = [10, 24, 22, 5, 3, 12, 26, 20];
+        assert_eq!(unix_time_of(0x06, bin), 1_796_336_650);
     }
 
     #[test]

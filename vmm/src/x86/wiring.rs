@@ -104,6 +104,15 @@ impl Default for X86Interface {
     }
 }
 
+/// A guest MOV CR8 (V_TPR, reported after the exit) reaches the TPR
+/// before anything reads or uses it.
+fn cr8_to_tpr(l: &mut LocalApic, ci: &mut X86Interface) {
+    if ci.cr8 != ci.loaded_cr8 {
+        let _ = l.write_cr8(u64::from(ci.cr8));
+        ci.loaded_cr8 = ci.cr8;
+    }
+}
+
 /// What HLT found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Halt {
@@ -334,10 +343,7 @@ impl X86Irq {
             let Some(l) = c.lapics.get_mut(v) else {
                 return 0;
             };
-            if ci.cr8 != ci.loaded_cr8 {
-                // MOV CR8 by the guest (V_TPR): the TPR follows.
-                let _ = l.write_cr8(u64::from(ci.cr8));
-            }
+            cr8_to_tpr(l, ci);
             l.update(now);
             let mut window = false;
             if l.nmi_pending() {
@@ -368,11 +374,12 @@ impl X86Irq {
     /// HLT of vCPU `v` at `now` (after the exit's own state is in `ci`):
     /// goes on if an NMI or an interrupt the guest takes (IF = 1) is
     /// there, else blocks until the timer's next expiry or a wake-up.
-    pub fn halt(&self, v: usize, ci: &X86Interface, now: u64) -> Halt {
+    pub fn halt(&self, v: usize, ci: &mut X86Interface, now: u64) -> Halt {
         self.chip.with(|c| {
             let Some(l) = c.lapics.get_mut(v) else {
                 return Halt::Block { deadline: None };
             };
+            cr8_to_tpr(l, ci);
             l.update(now);
             if l.nmi_pending() || (ci.rflags_if && l.highest_injectable().is_some()) {
                 return Halt::Pending;
@@ -419,6 +426,7 @@ impl X86Irq {
             let Some(l) = c.lapics.get_mut(v) else {
                 return 0;
             };
+            cr8_to_tpr(l, ci);
             let offset = gpa & 0xFFF;
             let size = size.bytes() as u8;
             match write {
@@ -456,6 +464,7 @@ impl X86Irq {
         let mut kick = 0;
         let r = self.chip.with(|c| {
             let l = c.lapics.get_mut(v)?;
+            cr8_to_tpr(l, ci);
             Some(match write {
                 None => l
                     .read_msr(msr, now)

@@ -382,6 +382,14 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     vintr_unreliable: bool,
     /// The guest deadline the host timer was last shortened for.
     armed_wake_at: Option<u64>,
+    /// RIP when a window was asked for while only the interrupt shadow
+    /// blocked delivery: a VINTR exit at the same RIP made no progress, so
+    /// the shadow cannot be over (QEMU TCG takes V_IRQ inside the shadow
+    /// and reports it clear).
+    shadow_window_rip: Option<u64>,
+    /// The last exit was such a premature VINTR exit: the guest is not
+    /// interruptible until it runs again.
+    premature_window: bool,
 }
 
 /// VINTR field bits (APM Vol. 2 §15.21, Table B-1 offset 0x60).
@@ -491,6 +499,8 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             vintr: vintr::V_INTR_MASKING,
             vintr_unreliable: false,
             armed_wake_at: None,
+            shadow_window_rip: None,
+            premature_window: false,
         }
     }
 
@@ -787,6 +797,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         }
         self.vmcb.write64(ctrl::EVENTINJ, 0);
         self.vmcb.write8(ctrl::TLB_CONTROL, tlb::DO_NOTHING);
+        self.premature_window = false;
         let info = self.vmcb.read64(ctrl::EXITINTINFO);
         if event_inj::is_valid(info) {
             self.reinject = Some(info);
@@ -965,6 +976,9 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 // The guest's interrupt window opened: the vmm injects at
                 // the next entry. The CPU leaves V_IRQ set; the next
                 // entry's load_vintr decides again.
+                if self.shadow_window_rip == Some(self.vmcb.rip()) {
+                    self.premature_window = true;
+                }
                 if !self.interruptible() {
                     self.vintr_unreliable = true;
                 }
@@ -1066,6 +1080,8 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         if window {
             v |= vintr::V_IRQ | vintr::V_INTR_PRIO | vintr::V_IGN_TPR;
         }
+        self.shadow_window_rip =
+            (window && self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0).then(|| self.vmcb.rip());
         if v != self.vintr {
             self.vintr = v;
             self.vmcb.write64(ctrl::VINTR, v);
@@ -1083,6 +1099,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// RFLAGS.IF, no STI/MOV SS shadow, nothing else to deliver.
     fn interruptible(&self) -> bool {
         self.vmcb.read64(save::RFLAGS) & RFLAGS_IF != 0
+            && !self.premature_window
             && self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 == 0
             && self.reinject.is_none()
             && self.pending.is_empty()
