@@ -65,3 +65,38 @@ pub unsafe fn debug_exit(value: u32) {
     // SAFETY: the caller vouches that port 0xF4 is QEMU's debug-exit device.
     unsafe { outl(DEBUG_EXIT_PORT, value) };
 }
+
+/// The host's CMOS clock: register B and the time registers (seconds,
+/// minutes, hours, day of week, day, month, year, century), read between
+/// updates (UIP clear, read twice until both reads agree), for
+/// `vmm::x86::rtc::unix_time_of`.
+pub fn read_cmos_clock() -> (u8, [u8; 8]) {
+    const REGS: [u8; 8] = [0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32];
+    fn read(index: u8) -> u8 {
+        // SAFETY: ports 0x70/0x71 select and read a CMOS register; bit 7
+        // of the index (NMI disable) is kept clear; the hypervisor is the
+        // only user of the host's RTC.
+        unsafe {
+            super::instr::outb(0x70, index & 0x7f);
+            inb(0x71)
+        }
+    }
+    let snapshot = || {
+        // Bounded wait for the end of an update cycle (at most ~2 ms).
+        for _ in 0..100_000 {
+            if read(0x0a) & 0x80 == 0 {
+                break;
+            }
+        }
+        REGS.map(read)
+    };
+    let mut last = snapshot();
+    for _ in 0..4 {
+        let now = snapshot();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    (read(0x0b), last)
+}

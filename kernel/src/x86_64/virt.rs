@@ -260,8 +260,11 @@ pub fn idle_until(deadline: u64) {
     arch::x86_64::lapic::idle_until(deadline);
 }
 
-/// What a VM's platform takes from this CPU: the TSC frequency.
+/// What a VM's platform takes from this CPU: the TSC frequency and the
+/// host's wall-clock time for the VM's RTC.
 pub fn configure(cfg: &mut vmm::vm::VmConfig) {
     let khz = globals().map_or(FALLBACK_TSC_KHZ, |g| g.tsc_khz);
     cfg.timer_freq = u64::from(khz) * 1000;
+    let (reg_b, time) = arch::x86_64::devices::read_cmos_clock();
+    cfg.wall_clock = vmm::x86::rtc::unix_time_of(reg_b, time);
 }
