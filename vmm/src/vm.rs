@@ -37,10 +37,8 @@ use crate::loader::{self, KernelFormat, LoadError};
 use crate::mem::{Backing, GuestMemory, MemError, Region};
 use crate::psci::{self, PsciCall};
 use crate::regs::{AccessSize, LoadDest, Reg};
-use crate::x86::legacy::{DeviceClock, ElcrPorts, PicPorts, PitPorts, Port61, RtcPorts};
-use crate::x86::pic::{Chip, PicPair};
-use crate::x86::pit::Pit;
-use crate::x86::rtc::Rtc;
+use crate::x86::legacy::{DeviceClock, LegacyPort, LegacyPorts};
+use crate::x86::pic::Chip;
 use crate::x86::wiring::{ApicAccess, Halt, IoApicDevice, X86Irq};
 
 pub const MAX_VCPUS: u32 = 64;
@@ -578,6 +576,7 @@ impl<B: Backing> Vm<B> {
                 cfg.vcpus,
                 (cfg.timer_freq / 1000).clamp(1, u64::from(u32::MAX)) as u32,
                 cfg.addr_bits,
+                cfg.wall_clock,
                 vcpus.clone(),
             )),
             GuestArch::Aarch64 => None,
@@ -595,8 +594,14 @@ impl<B: Backing> Vm<B> {
         };
         let mut resample = Vec::new();
         let device_clock = Arc::new(DeviceClock::default());
-        let pic = Arc::new(spin::Mutex::new(PicPair::bios_default()));
-        let pit = Arc::new(spin::Mutex::new(Pit::new(0)));
+        let legacy = |port| -> Option<Box<dyn crate::bus::BusDevice>> {
+            let x = x86.as_ref()?;
+            Some(Box::new(LegacyPorts {
+                chip: x.chip().clone(),
+                clock: device_clock.clone(),
+                port,
+            }))
+        };
         for d in &board.devices {
             // Devices with registers the vmm emulates; the timer is the
             // backend's and the vGIC's, described only.
@@ -635,27 +640,25 @@ impl<B: Backing> Vm<B> {
                     Some(x) => Box::new(IoApicDevice(x.chip().clone())),
                     None => continue,
                 },
-                DeviceKind::PicMaster => Box::new(PicPorts {
-                    pic: pic.clone(),
-                    chip: Chip::Master,
-                }),
-                DeviceKind::PicSlave => Box::new(PicPorts {
-                    pic: pic.clone(),
-                    chip: Chip::Slave,
-                }),
-                DeviceKind::Elcr => Box::new(ElcrPorts(pic.clone())),
-                DeviceKind::Pit => Box::new(PitPorts {
-                    pit: pit.clone(),
-                    clock: device_clock.clone(),
-                }),
-                DeviceKind::Port61 => Box::new(Port61 {
-                    pit: pit.clone(),
-                    clock: device_clock.clone(),
-                }),
-                DeviceKind::Rtc => Box::new(RtcPorts {
-                    rtc: Rtc::new(cfg.wall_clock),
-                    clock: device_clock.clone(),
-                }),
+                DeviceKind::PicMaster
+                | DeviceKind::PicSlave
+                | DeviceKind::Elcr
+                | DeviceKind::Pit
+                | DeviceKind::Port61
+                | DeviceKind::Rtc => {
+                    let port = match d.kind {
+                        DeviceKind::PicMaster => LegacyPort::Pic(Chip::Master),
+                        DeviceKind::PicSlave => LegacyPort::Pic(Chip::Slave),
+                        DeviceKind::Elcr => LegacyPort::Elcr,
+                        DeviceKind::Pit => LegacyPort::Pit,
+                        DeviceKind::Port61 => LegacyPort::Port61,
+                        _ => LegacyPort::Rtc,
+                    };
+                    match legacy(port) {
+                        Some(dev) => dev,
+                        None => continue,
+                    }
+                }
                 DeviceKind::ArchTimer => continue,
             };
             let bus = match d.space {

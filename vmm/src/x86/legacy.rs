@@ -4,21 +4,22 @@
 //! masks the PICs, calibrates the TSC with PIT channel 2 and reads the
 //! date from the RTC.
 //!
-//! Their outputs are not wired to the interrupt controllers yet: the
-//! PICs' INTR (ExtINT through LINT0), PIT channel 0 (IRQ0) and the RTC's
-//! IRQ8 raise nothing. A guest that needs the PIT's IRQ0 as its timer
-//! (Linux's `check_timer` without `no_timer_check`) does not get it.
+//! They live behind the interrupt controllers' lock
+//! ([`super::wiring::Legacy`] in [`super::wiring::X86Apics`]), so that
+//! their outputs reach the controllers in the same step: PIT channel 0
+//! pulses ISA IRQ0 (8259 line 0 and I/O APIC pin 2), the RTC drives IRQ8,
+//! and the 8259's INTR drives the BSP's LINT0 (ExtINT, the virtual wire).
+//! Time-driven edges are collected whenever the BSP looks at its
+//! interrupts, and the next one is a wake-up deadline of the BSP.
 //!
-//! The models count guest time in nanoseconds: [`DeviceClock`] converts
-//! the VM's clock (TSC ticks) with its frequency.
+//! [`DeviceClock`] gives the port devices the VM's clock (TSC ticks).
 
 use alloc::sync::Arc;
 
-use super::pic::{Chip, PicPair};
-use super::pit::Pit;
-use super::rtc::Rtc;
+use super::pic::Chip;
+use super::wiring::{Legacy, X86Apics};
 use crate::bus::{BusDevice, IoOutcome};
-use crate::irq::{Clock, FrozenClock};
+use crate::irq::{vcpu_bit, Clock, FrozenClock, SharedIrqChip};
 use crate::regs::AccessSize;
 
 /// The VM's clock as the legacy devices read it (replaceable after the
@@ -34,6 +35,11 @@ impl Default for DeviceClock {
 impl DeviceClock {
     pub fn set(&self, clock: Arc<dyn Clock>) {
         *self.0.write() = clock;
+    }
+
+    /// The clock's ticks now (the TSC on x86).
+    pub fn now(&self) -> u64 {
+        self.0.read().now()
     }
 
     /// Guest nanoseconds now (0 for a clock of unknown frequency).
@@ -53,103 +59,82 @@ fn widen(byte: u8, size: AccessSize) -> u64 {
     (u64::from(byte) | !0xff) & size.mask()
 }
 
-/// One 8259's two ports (0x20 or 0xA0).
-pub struct PicPorts {
-    pub pic: Arc<spin::Mutex<PicPair>>,
-    pub chip: Chip,
+/// Which legacy port range a [`LegacyPorts`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LegacyPort {
+    /// 0x20-0x21 or 0xA0-0xA1.
+    Pic(Chip),
+    /// 0x4D0-0x4D1.
+    Elcr,
+    /// 0x40-0x43.
+    Pit,
+    /// 0x61.
+    Port61,
+    /// 0x70-0x71.
+    Rtc,
 }
 
-impl BusDevice for PicPorts {
+/// One legacy port range on the bus: the device behind the controllers'
+/// lock, the VM's clock for its time.
+pub struct LegacyPorts {
+    pub chip: Arc<SharedIrqChip<X86Apics>>,
+    pub clock: Arc<DeviceClock>,
+    pub port: LegacyPort,
+}
+
+impl LegacyPorts {
+    /// Runs `f` on the devices at the current time, then their outputs;
+    /// a write may move a deadline, so the BSP looks again.
+    fn access<R: Default>(&self, write: bool, f: impl FnOnce(&mut Legacy, u64) -> R) -> R {
+        let now = self.clock.now();
+        let mut out = R::default();
+        self.chip.update(|c| {
+            let (r, kick) = c.with_legacy(now, f);
+            out = r;
+            if write {
+                kick | vcpu_bit(0)
+            } else {
+                kick
+            }
+        });
+        out
+    }
+}
+
+impl BusDevice for LegacyPorts {
     fn name(&self) -> &'static str {
-        match self.chip {
-            Chip::Master => "pic-master",
-            Chip::Slave => "pic-slave",
+        match self.port {
+            LegacyPort::Pic(Chip::Master) => "pic-master",
+            LegacyPort::Pic(Chip::Slave) => "pic-slave",
+            LegacyPort::Elcr => "elcr",
+            LegacyPort::Pit => "pit",
+            LegacyPort::Port61 => "port61",
+            LegacyPort::Rtc => "rtc",
         }
     }
+
     fn read(&mut self, offset: u64, size: AccessSize) -> u64 {
-        widen(self.pic.lock().read(self.chip, offset), size)
+        let port = self.port;
+        let byte = self.access(false, |l, ns| match port {
+            LegacyPort::Pic(chip) => l.pic.read(chip, offset),
+            LegacyPort::Elcr => l.pic.read_elcr(offset),
+            LegacyPort::Pit => l.pit.read(offset, ns),
+            LegacyPort::Port61 => l.pit.read_port61(ns),
+            LegacyPort::Rtc => l.rtc.read(offset, ns),
+        });
+        widen(byte, size)
     }
+
     fn write(&mut self, offset: u64, _size: AccessSize, value: u64) -> IoOutcome {
-        self.pic.lock().write(self.chip, offset, value as u8);
-        IoOutcome::Done
-    }
-}
-
-/// The edge/level control registers at 0x4D0-0x4D1.
-pub struct ElcrPorts(pub Arc<spin::Mutex<PicPair>>);
-
-impl BusDevice for ElcrPorts {
-    fn name(&self) -> &'static str {
-        "elcr"
-    }
-    fn read(&mut self, offset: u64, size: AccessSize) -> u64 {
-        widen(self.0.lock().read_elcr(offset), size)
-    }
-    fn write(&mut self, offset: u64, _size: AccessSize, value: u64) -> IoOutcome {
-        self.0.lock().write_elcr(offset, value as u8);
-        IoOutcome::Done
-    }
-}
-
-/// The 8254's ports 0x40-0x43.
-pub struct PitPorts {
-    pub pit: Arc<spin::Mutex<Pit>>,
-    pub clock: Arc<DeviceClock>,
-}
-
-impl BusDevice for PitPorts {
-    fn name(&self) -> &'static str {
-        "pit"
-    }
-    fn read(&mut self, offset: u64, size: AccessSize) -> u64 {
-        let now = self.clock.now_ns();
-        widen(self.pit.lock().read(offset, now), size)
-    }
-    fn write(&mut self, offset: u64, _size: AccessSize, value: u64) -> IoOutcome {
-        let now = self.clock.now_ns();
-        self.pit.lock().write(offset, value as u8, now);
-        IoOutcome::Done
-    }
-}
-
-/// Port 0x61: PIT channel 2's gate and output, the speaker.
-pub struct Port61 {
-    pub pit: Arc<spin::Mutex<Pit>>,
-    pub clock: Arc<DeviceClock>,
-}
-
-impl BusDevice for Port61 {
-    fn name(&self) -> &'static str {
-        "port61"
-    }
-    fn read(&mut self, _offset: u64, size: AccessSize) -> u64 {
-        let now = self.clock.now_ns();
-        widen(self.pit.lock().read_port61(now), size)
-    }
-    fn write(&mut self, _offset: u64, _size: AccessSize, value: u64) -> IoOutcome {
-        let now = self.clock.now_ns();
-        self.pit.lock().write_port61(value as u8, now);
-        IoOutcome::Done
-    }
-}
-
-/// The CMOS RTC's index and data ports (0x70-0x71).
-pub struct RtcPorts {
-    pub rtc: Rtc,
-    pub clock: Arc<DeviceClock>,
-}
-
-impl BusDevice for RtcPorts {
-    fn name(&self) -> &'static str {
-        "rtc"
-    }
-    fn read(&mut self, offset: u64, size: AccessSize) -> u64 {
-        let now = self.clock.now_ns();
-        widen(self.rtc.read(offset, now), size)
-    }
-    fn write(&mut self, offset: u64, _size: AccessSize, value: u64) -> IoOutcome {
-        let now = self.clock.now_ns();
-        self.rtc.write(offset, value as u8, now);
+        let port = self.port;
+        let v = value as u8;
+        self.access(true, |l, ns| match port {
+            LegacyPort::Pic(chip) => l.pic.write(chip, offset, v),
+            LegacyPort::Elcr => l.pic.write_elcr(offset, v),
+            LegacyPort::Pit => l.pit.write(offset, v, ns),
+            LegacyPort::Port61 => l.pit.write_port61(v, ns),
+            LegacyPort::Rtc => l.rtc.write(offset, v, ns),
+        });
         IoOutcome::Done
     }
 }
@@ -157,64 +142,66 @@ impl BusDevice for RtcPorts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::irq::NoWaker;
     use crate::testing::ManualClock;
+    use crate::x86::wiring::X86Irq;
 
-    fn clock(ns: u64) -> (Arc<DeviceClock>, Arc<ManualClock>) {
+    /// One vCPU, a 1 GHz TSC (a tick is a nanosecond), the RTC at
+    /// 2026-12-03 22:24:10.
+    fn setup() -> (X86Irq, Arc<DeviceClock>, Arc<ManualClock>) {
         let m = Arc::new(ManualClock::default());
-        // ManualClock runs at 62.5 MHz: 16 ns a tick.
-        m.set(ns / 16);
         let d = Arc::new(DeviceClock::default());
-        assert_eq!(d.now_ns(), 0, "frozen until set");
+        assert_eq!(d.now(), 0, "frozen until set");
         d.set(m.clone());
-        (d, m)
+        let irq = X86Irq::new(1, 1_000_000, 48, 1_796_336_650, Arc::new(NoWaker));
+        (irq, d, m)
+    }
+
+    fn ports(irq: &X86Irq, clock: &Arc<DeviceClock>, port: LegacyPort) -> LegacyPorts {
+        LegacyPorts {
+            chip: irq.chip().clone(),
+            clock: clock.clone(),
+            port,
+        }
     }
 
     #[test]
     fn pit_channel_2_counts_in_guest_time() {
-        let (c, m) = clock(0);
-        let pit = Arc::new(spin::Mutex::new(Pit::new(0)));
-        let mut ports = PitPorts {
-            pit: pit.clone(),
-            clock: c.clone(),
-        };
-        let mut p61 = Port61 { pit, clock: c };
+        let (irq, c, m) = setup();
+        let mut pit = ports(&irq, &c, LegacyPort::Pit);
+        let mut p61 = ports(&irq, &c, LegacyPort::Port61);
         // Linux's pit_calibrate_tsc: gate 2 on, mode 0, count 11932 (10 ms).
         p61.write(0, AccessSize::B1, 0x01);
-        ports.write(3, AccessSize::B1, 0xb0);
-        ports.write(2, AccessSize::B1, 11932 & 0xff);
-        ports.write(2, AccessSize::B1, 11932 >> 8);
+        pit.write(3, AccessSize::B1, 0xb0);
+        pit.write(2, AccessSize::B1, 11932 & 0xff);
+        pit.write(2, AccessSize::B1, 11932 >> 8);
         assert_eq!(
             p61.read(0, AccessSize::B1) & 0x20,
             0,
             "OUT2 low while counting"
         );
-        m.set(9_000_000 / 16);
+        m.set(9_000_000);
         assert_eq!(p61.read(0, AccessSize::B1) & 0x20, 0);
-        m.set(10_100_000 / 16);
+        m.set(10_100_000);
         assert_ne!(
             p61.read(0, AccessSize::B1) & 0x20,
             0,
             "terminal count after 10 ms"
         );
         assert_eq!(p61.read(0, AccessSize::B2) >> 8, 0xff, "open bus above");
+        assert_eq!(pit.name(), "pit");
     }
 
     #[test]
     fn pic_can_be_masked_and_read_back() {
-        let pic = Arc::new(spin::Mutex::new(PicPair::bios_default()));
-        let mut m = PicPorts {
-            pic: pic.clone(),
-            chip: Chip::Master,
-        };
-        let mut s = PicPorts {
-            pic: pic.clone(),
-            chip: Chip::Slave,
-        };
+        let (irq, c, _m) = setup();
+        let mut m = ports(&irq, &c, LegacyPort::Pic(Chip::Master));
+        let mut s = ports(&irq, &c, LegacyPort::Pic(Chip::Slave));
         m.write(1, AccessSize::B1, 0xff);
         s.write(1, AccessSize::B1, 0xff);
         assert_eq!(m.read(1, AccessSize::B1), 0xff);
         assert_eq!(s.read(1, AccessSize::B1), 0xff);
-        let mut e = ElcrPorts(pic);
+        let mut e = ports(&irq, &c, LegacyPort::Elcr);
         e.write(1, AccessSize::B1, 0xff);
         // Lines 8 and 13 stay edge (PIIX).
         assert_eq!(e.read(1, AccessSize::B1), 0xde);
@@ -222,12 +209,9 @@ mod tests {
 
     #[test]
     fn rtc_reads_the_start_date() {
-        let (c, _m) = clock(0);
-        let mut r = RtcPorts {
-            rtc: Rtc::new(1_796_336_650),
-            clock: c,
-        };
-        let rd = |r: &mut RtcPorts, i: u64| {
+        let (irq, c, _m) = setup();
+        let mut r = ports(&irq, &c, LegacyPort::Rtc);
+        let rd = |r: &mut LegacyPorts, i: u64| {
             r.write(0, AccessSize::B1, i);
             r.read(1, AccessSize::B1)
         };

@@ -389,6 +389,12 @@ impl PicPair {
         self.set_irq(line, false);
     }
 
+    /// The interrupt mask register of `chip` (OCW1), without the side
+    /// effects of a port read.
+    pub fn imr(&self, chip: Chip) -> u8 {
+        self.chips[chip as usize].imr
+    }
+
     /// The INTR output: an unmasked request above everything in service.
     pub fn pending(&self) -> bool {
         self.chips[0].highest(self.master_irr(), true).is_some()

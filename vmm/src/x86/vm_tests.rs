@@ -294,3 +294,96 @@ fn quiet_exits_do_not_touch_the_controllers() {
     assert!(v.taken.is_empty());
     assert!(!vm.x86_irq().unwrap().locks_held());
 }
+
+fn out(port: u16, v: u32) -> Exit {
+    Exit::PortIo(crate::exit::PortIo {
+        port,
+        size: AccessSize::B1,
+        op: crate::exit::IoOp::Out(v),
+    })
+}
+
+/// PIT channel 0 in mode 2 at `count` (1.193182 MHz input).
+fn pit_rate(count: u16) -> [Exit; 3] {
+    [
+        out(0x43, 0x34),
+        out(0x40, u32::from(count & 0xff)),
+        out(0x40, u32::from(count >> 8)),
+    ]
+}
+
+/// A BIOS-left VM: the PIT ticks at 18.2 Hz but IRQ0 is masked at the
+/// 8259 and the I/O APIC: a halted BSP has no deadline (it is not woken
+/// every 55 ms for nothing).
+#[test]
+fn masked_legacy_timer_does_not_wake_a_halted_bsp() {
+    let (vm, _clock) = x86(1);
+    let mut v = vcpu(vec![enable(), Exit::Halt]);
+    assert_eq!(run_all(&vm, 0, &mut v, 2), Flow::Halt);
+    assert_eq!(vm.wake_deadline(0), None);
+    assert!(!vm.can_progress());
+}
+
+/// Linux's legacy path: the 8259 remapped to 0x20, IRQ0 unmasked, the
+/// PIT at 1 kHz; the BSP's LINT0 is ExtINT (virtual wire), so a halted
+/// BSP wakes at the PIT's edge and gets the 8259's vector through INTA,
+/// once per tick, with EOI at the 8259.
+#[test]
+fn pit_irq0_through_the_8259_and_lint0_wakes_hlt() {
+    let (vm, clock) = x86(1);
+    let mut s = vec![enable()];
+    // ICW1-4 (edge, cascade, 8086), vectors 0x20 / 0x28, then OCW1.
+    for (port, vals) in [
+        (0x20u16, [0x11u32, 0x20, 0x04, 0x01]),
+        (0xa0, [0x11, 0x28, 0x02, 0x01]),
+    ] {
+        for (i, v) in vals.into_iter().enumerate() {
+            s.push(out(if i == 0 { port } else { port + 1 }, v));
+        }
+    }
+    s.push(out(0x21, 0xfe)); // only IRQ0
+    s.push(out(0xa1, 0xff));
+    s.extend(pit_rate(1193)); // ~1 kHz
+    s.push(Exit::Halt);
+    let n = s.len() as u64;
+    let mut v = vcpu(s);
+    assert_eq!(run_all(&vm, 0, &mut v, n), Flow::Halt);
+    let d = vm.wake_deadline(0).expect("the PIT wakes the BSP");
+    assert!((900_000..=1_100_000).contains(&d), "about 1 ms: {d}");
+    clock.set(d);
+    assert_eq!(vm.wake_due(d), None);
+    v.push(out(0x20, 0x20)); // EOI
+    v.push(Exit::Halt);
+    assert_eq!(run_all(&vm, 0, &mut v, 2), Flow::Halt);
+    assert_eq!(v.taken, [0x20], "IRQ0 at the 8259's vector");
+    let d2 = vm.wake_deadline(0).unwrap();
+    assert!(d2 > d && d2 - d < 1_100_000, "the next tick: {d2}");
+}
+
+/// The I/O APIC path: IRQ0 on pin 2 (the ISA override), edge, to the
+/// BSP's vector 0x30; the 8259 fully masked.
+#[test]
+fn pit_irq0_through_ioapic_pin_2() {
+    let (vm, clock) = x86(1);
+    let mut s = vec![
+        enable(),
+        out(0x21, 0xff),
+        out(0xa1, 0xff),
+        w(IOAPIC_BASE, 0x10 + 2 * 2),
+        w(IOAPIC_BASE + 0x10, 0x30),
+    ];
+    s.extend(pit_rate(11932)); // 100 Hz
+    s.push(Exit::Halt);
+    let n = s.len() as u64;
+    let mut v = vcpu(s);
+    run_all(&vm, 0, &mut v, n);
+    let d = vm.wake_deadline(0).expect("pin 2 unmasked: a deadline");
+    assert!((9_900_000..=10_100_000).contains(&d), "{d}");
+    // Three ticks later (coalesced: one interrupt per look).
+    clock.set(d + 25_000_000);
+    vm.wake_due(d + 25_000_000);
+    v.push(eoi());
+    v.push(Exit::ExternalInterrupt);
+    run_all(&vm, 0, &mut v, 2);
+    assert_eq!(v.taken, [0x30]);
+}

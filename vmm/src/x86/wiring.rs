@@ -1,5 +1,6 @@
-//! The x86 interrupt controllers wired into a VM: one local APIC per vCPU
-//! and the I/O APIC, behind one lock ([`SharedIrqChip`], the innermost
+//! The x86 interrupt controllers wired into a VM: one local APIC per vCPU,
+//! the I/O APIC and the legacy devices whose outputs are lines (8259 pair,
+//! PIT, RTC: [`Legacy`]), behind one lock ([`SharedIrqChip`], the innermost
 //! lock, never held across a guest entry), plus what the VM core does
 //! around each entry, on the APIC's MMIO page and MSRs, on HLT and on
 //! INIT/SIPI.
@@ -29,7 +30,10 @@ use alloc::vec::Vec;
 
 use super::apic_bus::{route, Action, ApicTarget, ApicTargets};
 use super::ioapic::{IoApic, IOAPIC_PINS};
-use super::lapic::{ApicError, LapicConfig, LapicEffect, LocalApic};
+use super::lapic::{ApicError, LapicConfig, LapicEffect, Lint, LocalApic};
+use super::pic::PicPair;
+use super::pit::Pit;
+use super::rtc::Rtc;
 use super::InterruptMessage;
 use crate::bus::{BusDevice, IoOutcome};
 use crate::irq::{vcpu_bit, EoiList, IrqChip, Msi, SharedIrqChip, VcpuMask, Waker};
@@ -134,10 +138,47 @@ impl ApicTargets for Targets<'_> {
     }
 }
 
+/// The I/O APIC pin of ISA IRQ `irq`: the identity but for IRQ 0 (the
+/// PIT), which is on pin 2 (the interrupt source override every PC's
+/// MADT has; pin 0 is the 8259's INTR in ExtINT mode).
+pub const fn isa_gsi(irq: u8) -> usize {
+    if irq == 0 {
+        2
+    } else {
+        irq as usize
+    }
+}
+
+/// The PC's legacy devices whose outputs are interrupt lines: behind the
+/// controllers' lock so that a tick reaches the 8259, the I/O APIC and
+/// LINT0 in one step. Time is guest nanoseconds.
+pub struct Legacy {
+    pub pic: PicPair,
+    pub pit: Pit,
+    pub rtc: Rtc,
+    /// IRQ8 as last driven.
+    rtc_line: bool,
+}
+
+impl Legacy {
+    /// The devices at guest time 0, the RTC showing `wall_clock`.
+    pub fn new(wall_clock: u64) -> Legacy {
+        Legacy {
+            pic: PicPair::bios_default(),
+            pit: Pit::new(0),
+            rtc: Rtc::new(wall_clock),
+            rtc_line: false,
+        }
+    }
+}
+
 /// Every interrupt controller of one x86 VM (the model behind the lock).
 pub struct X86Apics {
     lapics: Vec<LocalApic>,
     ioapic: IoApic,
+    legacy: Legacy,
+    /// Guest nanoseconds per TSC tick, as TSC kHz (for the legacy devices).
+    tsc_khz: u32,
     /// vCPUs that took an INIT and wait for a start-up IPI.
     wait_for_sipi: VcpuMask,
     /// vCPUs started (the BSP from creation, APs by their SIPI): an INIT
@@ -265,9 +306,9 @@ impl IrqChip for X86Apics {
     }
 
     fn has_interrupt(&self, vcpu: usize) -> bool {
-        self.lapics
-            .get(vcpu)
-            .is_some_and(|l| l.highest_injectable().is_some() || l.nmi_pending())
+        self.lapics.get(vcpu).is_some_and(|l| {
+            l.highest_injectable().is_some() || l.nmi_pending() || l.extint_pending()
+        })
     }
 }
 
@@ -290,7 +331,15 @@ impl X86Irq {
     /// The local APICs of `nr_vcpus` vCPUs (vCPU i has APIC ID i; vCPU 0
     /// is the BSP) with a TSC of `tsc_khz`, x2APIC and TSC-deadline
     /// support, and the I/O APIC. `waker` wakes and kicks the VM's vCPUs.
-    pub fn new(nr_vcpus: u32, tsc_khz: u32, addr_bits: u32, waker: Arc<dyn Waker>) -> X86Irq {
+    /// The legacy devices start at guest time 0 with the RTC at
+    /// `wall_clock` (Unix seconds).
+    pub fn new(
+        nr_vcpus: u32,
+        tsc_khz: u32,
+        addr_bits: u32,
+        wall_clock: u64,
+        waker: Arc<dyn Waker>,
+    ) -> X86Irq {
         let lapics = (0..nr_vcpus)
             .map(|i| {
                 LocalApic::new(LapicConfig {
@@ -308,6 +357,8 @@ impl X86Irq {
             lapics,
             // ID after the local APICs' (0..n), as firmware numbers them.
             ioapic: IoApic::new(nr_vcpus as u8),
+            legacy: Legacy::new(wall_clock),
+            tsc_khz,
             wait_for_sipi: 0,
             running: vcpu_bit(0),
             sipi: (0..nr_vcpus).map(|_| None).collect(),
@@ -340,12 +391,17 @@ impl X86Irq {
     /// or an interrupt-window request, and the timer's next deadline.
     pub fn before_entry(&self, v: usize, ci: &mut X86Interface, now: u64) {
         let kick = self.chip.with(|c| {
+            // The legacy devices' ticks reach the controllers when the BSP
+            // looks (their deadlines are the BSP's wake-ups).
+            let mut kick = if v == 0 { c.poll_legacy(now) } else { 0 };
+            let legacy_deadline = if v == 0 { c.legacy_deadline(now) } else { None };
             let Some(l) = c.lapics.get_mut(v) else {
-                return 0;
+                return kick;
             };
             cr8_to_tpr(l, ci);
             l.update(now);
             let mut window = false;
+            let mut extint = false;
             if l.nmi_pending() {
                 // NMI blocking after delivery is not tracked (no IRET
                 // intercept): a second NMI waits only for the next entry.
@@ -358,40 +414,65 @@ impl X86Irq {
                 } else {
                     window = true;
                 }
+            } else if l.extint_pending() {
+                // The 8259's vector, fetched by the INTA cycle (SDM
+                // §11.5.1: ExtINT bypasses the IRR and priorities).
+                if ci.interruptible && ci.inject.is_none() && !ci.inject_nmi {
+                    l.ack_extint();
+                    extint = true;
+                } else {
+                    window = true;
+                }
             }
             ci.window = window;
             ci.cr8 = l.cr8() as u8;
             ci.loaded_cr8 = ci.cr8;
             // Only a deadline still ahead (a timer that fired is in IRR).
-            ci.wake_at = l.next_deadline().filter(|&d| d > now);
+            let lapic_deadline = l.next_deadline().filter(|&d| d > now);
+            ci.wake_at = match (lapic_deadline, legacy_deadline.filter(|&d| d > now)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             ci.sync = false;
             ci.load = true;
-            0
+            if extint {
+                ci.inject = Some(c.legacy.pic.acknowledge());
+                kick |= c.update_intr() & !vcpu_bit(0);
+            }
+            kick
         });
-        self.chip.wake(kick);
+        self.chip.wake(kick & !vcpu_bit(v));
     }
 
     /// HLT of vCPU `v` at `now` (after the exit's own state is in `ci`):
     /// goes on if an NMI or an interrupt the guest takes (IF = 1) is
     /// there, else blocks until the timer's next expiry or a wake-up.
     pub fn halt(&self, v: usize, ci: &mut X86Interface, now: u64) -> Halt {
-        self.chip.with(|c| {
+        let (halt, kick) = self.chip.with(|c| {
+            let kick = if v == 0 { c.poll_legacy(now) } else { 0 };
+            let legacy_deadline = if v == 0 { c.legacy_deadline(now) } else { None };
             let Some(l) = c.lapics.get_mut(v) else {
-                return Halt::Block { deadline: None };
+                return (Halt::Block { deadline: None }, kick);
             };
             cr8_to_tpr(l, ci);
             l.update(now);
-            if l.nmi_pending() || (ci.rflags_if && l.highest_injectable().is_some()) {
-                return Halt::Pending;
+            let takes = l.highest_injectable().is_some() || l.extint_pending();
+            if l.nmi_pending() || (ci.rflags_if && takes) {
+                return (Halt::Pending, kick);
             }
             if !ci.rflags_if {
                 // CLI; HLT: only an NMI (or INIT) ends it.
-                return Halt::Block { deadline: None };
+                return (Halt::Block { deadline: None }, kick);
             }
-            Halt::Block {
-                deadline: l.next_deadline().filter(|&d| d > now),
-            }
-        })
+            let lapic = l.next_deadline().filter(|&d| d > now);
+            let deadline = match (lapic, legacy_deadline.filter(|&d| d > now)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            (Halt::Block { deadline }, kick)
+        });
+        self.chip.wake(kick & !vcpu_bit(v));
+        halt
     }
 
     /// Whether `gpa` is in vCPU `v`'s xAPIC page (the page moves with
@@ -519,6 +600,113 @@ impl X86Irq {
 }
 
 impl X86Apics {
+    /// Guest nanoseconds at TSC `now`.
+    fn ns(&self, now: u64) -> u64 {
+        u64::try_from(u128::from(now) * 1_000_000 / u128::from(self.tsc_khz.max(1)))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// TSC value at guest nanosecond `ns` (rounded up: never early).
+    fn tsc(&self, ns: u64) -> u64 {
+        u64::try_from((u128::from(ns) * u128::from(self.tsc_khz.max(1))).div_ceil(1_000_000))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// ISA IRQ `irq` to `level` on both controllers it reaches: the 8259
+    /// pair and the I/O APIC pin ([`isa_gsi`]).
+    fn isa_line(&mut self, irq: u8, level: bool) -> VcpuMask {
+        self.legacy.pic.set_irq(irq, level);
+        let gsi = isa_gsi(irq) as u32;
+        IrqChip::set_line(self, gsi, level)
+    }
+
+    /// The legacy devices' outputs brought up to TSC `now`: PIT channel 0's
+    /// rising edges pulse IRQ0, the RTC drives IRQ8, and the 8259's INTR
+    /// drives the BSP's LINT0. Returns the vCPUs to kick.
+    pub fn poll_legacy(&mut self, now: u64) -> VcpuMask {
+        let ns = self.ns(now);
+        let mut kick = 0;
+        if self.legacy.pit.irq0_edges(ns) > 0 {
+            // Coalesced: one edge per look, as a missed tick would be.
+            kick |= self.isa_line(0, true);
+            kick |= self.isa_line(0, false);
+        }
+        let rtc = self.legacy.rtc.irq_level(ns);
+        if rtc != self.legacy.rtc_line {
+            self.legacy.rtc_line = rtc;
+            kick |= self.isa_line(8, rtc);
+        }
+        kick | self.update_intr()
+    }
+
+    /// The 8259's INTR output to the BSP's LINT0 (virtual wire, MP spec
+    /// §3.6.2.2; an unmasked ExtINT LVT makes it pending there).
+    fn update_intr(&mut self) -> VcpuMask {
+        let intr = self.legacy.pic.pending();
+        match self.lapics.first_mut() {
+            Some(l) => {
+                l.set_lint(Lint::Lint0, intr);
+                if l.extint_pending() || l.highest_injectable().is_some() {
+                    vcpu_bit(0)
+                } else {
+                    0
+                }
+            }
+            None => 0,
+        }
+    }
+
+    /// Whether ISA IRQ `irq` reaches a CPU: unmasked at the 8259 (the
+    /// slave's through the cascade) or at its I/O APIC pin.
+    fn isa_unmasked(&self, irq: u8) -> bool {
+        use super::ioapic::rte;
+        use super::pic::Chip;
+        let pic = &self.legacy.pic;
+        let at_pic = match irq {
+            0..=7 => pic.imr(Chip::Master) & (1 << irq) == 0,
+            _ => pic.imr(Chip::Slave) & (1 << (irq - 8)) == 0 && pic.imr(Chip::Master) & 4 == 0,
+        };
+        let at_ioapic = self
+            .ioapic
+            .redirection_entry(isa_gsi(irq))
+            .is_some_and(|e| e & rte::MASKED == 0);
+        at_pic || at_ioapic
+    }
+
+    /// The next TSC value at which a legacy device raises a line that
+    /// reaches a CPU (a masked PIT does not wake a halted BSP every 55 ms;
+    /// its edges wait in the model until the line is unmasked).
+    fn legacy_deadline(&mut self, now: u64) -> Option<u64> {
+        let ns = self.ns(now);
+        let pit = if self.isa_unmasked(0) {
+            self.legacy.pit.next_irq0_deadline(ns)
+        } else {
+            None
+        };
+        let rtc = if self.isa_unmasked(8) {
+            self.legacy.rtc.next_irq_deadline(ns)
+        } else {
+            None
+        };
+        let d = match (pit, rtc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(self.tsc(d).max(now))
+    }
+
+    /// The legacy devices, locked with the controllers (their port
+    /// devices run `f`, then propagate the outputs at TSC `now`).
+    pub fn with_legacy<R>(
+        &mut self,
+        now: u64,
+        f: impl FnOnce(&mut Legacy, u64) -> R,
+    ) -> (R, VcpuMask) {
+        let ns = self.ns(now);
+        let r = f(&mut self.legacy, ns);
+        (r, self.poll_legacy(now))
+    }
+
     fn pending_sipis(&self) -> VcpuMask {
         self.sipi
             .iter()
