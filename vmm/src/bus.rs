@@ -166,20 +166,22 @@ impl Bus {
     }
 
     /// The device that fully contains `[addr, addr+size)` and the offset.
+    #[inline]
     fn claim(
         &self,
         addr: u64,
         size: AccessSize,
     ) -> Option<(&spin::Mutex<Box<dyn BusDevice>>, u64)> {
         let last = addr.checked_add(size.bytes() as u64 - 1)?;
-        let i = match &self.port_index {
-            Some(index) => usize::from(*index.get(addr as usize)?).checked_sub(1)?,
-            None => self
-                .map
+        let i = if let Some(index) = &self.port_index {
+            usize::from(*index.get(addr as usize)?).checked_sub(1)?
+        } else {
+            self.map
                 .partition_point(|s| s.base <= addr)
-                .checked_sub(1)?,
+                .checked_sub(1)?
         };
-        let s = self.map.get(i)?;
+        // In range: the index and the search only give existing entries.
+        let s = &self.map[i];
         if last > s.last {
             return None;
         }
