@@ -39,6 +39,7 @@ pub mod mem;
 pub mod psci;
 pub mod regs;
 pub mod smccc;
+pub mod stats;
 pub mod vm;
 pub mod x86;
 

@@ -37,6 +37,7 @@ use crate::loader::{self, KernelFormat, LoadError};
 use crate::mem::{Backing, GuestMemory, MemError, Region};
 use crate::psci::{self, PsciCall};
 use crate::regs::{AccessSize, LoadDest, Reg};
+use crate::stats::{ExitStats, Reason, Report};
 use crate::x86::legacy::{DeviceClock, LegacyPort, LegacyPorts};
 use crate::x86::pic::Chip;
 use crate::x86::wiring::{ApicAccess, Halt, IoApicDevice, X86Irq};
@@ -403,6 +404,8 @@ struct VcpuSlot {
     /// The clock value at which a blocked vCPU's timer fires ([`NO_WAKE`]:
     /// none); written when it blocks.
     wake_at: AtomicU64,
+    /// Exits by reason (written only by the CPU that runs the vCPU).
+    stats: ExitStats,
 }
 
 /// [`VcpuSlot::wake_at`] of a vCPU no timer wakes.
@@ -490,6 +493,8 @@ pub struct Vm<B> {
     resample: Vec<(u32, Space, DeviceId)>,
     /// The clock as the x86 legacy devices read it.
     device_clock: Arc<DeviceClock>,
+    /// Exit handling times are measured (two clock reads per exit).
+    timing: AtomicBool,
     clock: Arc<dyn Clock>,
 }
 
@@ -552,6 +557,7 @@ impl<B: Backing> Vm<B> {
                     requests: AtomicU32::new(if i == 0 { request::START } else { 0 }),
                     exits: AtomicU64::new(0),
                     wake_at: AtomicU64::new(NO_WAKE),
+                    stats: ExitStats::default(),
                 })
                 .collect(),
             kick: spin::Once::new(),
@@ -699,6 +705,7 @@ impl<B: Backing> Vm<B> {
             x86,
             resample,
             device_clock,
+            timing: AtomicBool::new(false),
             clock: Arc::new(FrozenClock),
         })
     }
@@ -868,6 +875,31 @@ impl<B: Backing> Vm<B> {
     }
 
     /// Number of exits handled (all vCPUs).
+    /// Measures exit handling times from now on (`stats` on the kernel
+    /// command line): two clock reads per exit.
+    pub fn set_exit_timing(&self, on: bool) {
+        self.timing.store(on, Ordering::Relaxed);
+    }
+
+    pub fn exit_timing(&self) -> bool {
+        self.timing.load(Ordering::Relaxed)
+    }
+
+    /// The exits of all vCPUs by reason ([`crate::stats`]).
+    pub fn exit_stats(&self) -> Report {
+        let mut r = Report::default();
+        for s in self.vcpus.slots.iter() {
+            s.stats.add_to(&mut r);
+        }
+        r
+    }
+
+    /// [`Vm::exit_stats`] as report lines (times in µs of the VM's clock).
+    pub fn exit_stats_lines(&self) -> Vec<alloc::string::String> {
+        self.exit_stats()
+            .lines(self.exit_timing(), self.clock.frequency())
+    }
+
     pub fn exit_count(&self) -> u64 {
         self.vcpus
             .slots
@@ -969,9 +1001,18 @@ impl<B: Backing> Vm<B> {
             }
             self.irq_before_entry(index, vcpu);
             let r = vcpu.run();
+            let t0 = self.exit_timing().then(|| self.clock.now());
             self.irq_after_exit(index, vcpu);
             let f = match r {
-                Ok(exit) => self.handle_exit(index, vcpu, exit),
+                Ok(exit) => {
+                    let reason = Reason::of(&exit);
+                    let f = self.handle_exit(index, vcpu, exit);
+                    if let Some(t0) = t0 {
+                        let ticks = self.clock.now().saturating_sub(t0);
+                        slot.stats.time(reason, ticks);
+                    }
+                    f
+                }
                 Err(e) => self.stop_vm(vcpu, StopReason::Backend(e)),
             };
             if f != Flow::Continue {
@@ -1143,6 +1184,7 @@ impl<B: Backing> Vm<B> {
             // Only this vCPU's CPU writes its count: no read-modify-write.
             s.exits
                 .store(s.exits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            s.stats.count(Reason::of(&exit));
         }
         match self.dispatch(index, vcpu, exit) {
             Ok(flow) => flow,
