@@ -28,10 +28,11 @@
 //! so the exact answer is CPUID's. The measurement is off by at most one
 //! poll of port 0x61 at the end and one exit between the count write and
 //! the first RDTSC at the start: each a VM exit, tens of microseconds under
-//! QEMU TCG, a few tenths of a percent of 10 ms. 5% leaves room for a
-//! host timer interrupt or a slow exit in the window, and still catches a
-//! wrong input clock (e.g. 1 MHz instead of 1.193 MHz is 19%) or a wrong
-//! time conversion.
+//! QEMU TCG, a few tenths of a percent of 10 ms. Runs with a stall at
+//! either end (a poll or the count write taking over 10x the shortest poll,
+//! Linux's SMI check) are thrown away, which bounds the error at 3%; 5%
+//! leaves room above that and still catches a wrong input clock (e.g.
+//! 1 MHz instead of 1.193 MHz is 19%) or a wrong time conversion.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -183,13 +184,15 @@ mod guest {
 
     /// One `pit_calibrate_tsc(latch, ms, loopmin)` run: TSC kHz (0 if OUT2
     /// never rose within 1 s), port 0x61 after the gate write, polls, and
-    /// the shortest and longest poll in TSC ticks.
+    /// the shortest and longest poll in TSC ticks (the longest also covers
+    /// the MSB write that starts the count).
     fn pit_calibrate(tsc_khz: u64) -> (u64, u8, u64, u64, u64) {
         let v = inb(0x61);
         outb(0x61, (v & !0x02) | 0x01);
         let p61 = inb(0x61);
         outb(0x43, 0xb0); // channel 2, LSB then MSB, mode 0, binary
         outb(0x42, (LATCH & 0xff) as u8);
+        let t0 = rdtsc();
         outb(0x42, (LATCH >> 8) as u8);
         let t1 = rdtsc();
         let (mut tsc, mut t2) = (t1, t1);
@@ -207,7 +210,9 @@ mod guest {
             }
         }
         let khz = (t2 - t1) * PIT_HZ / (LATCH * 1000);
-        (khz, p61, polls, min, max)
+        // The count starts at the MSB write, between t0 and t1: a stall
+        // there shortens the window as one inside a poll lengthens it.
+        (khz, p61, polls, min, max.max(t1 - t0))
     }
 
     /// Counter latch command for `ch`, then LSB and MSB (Linux `pit_read`).
@@ -234,21 +239,36 @@ mod guest {
     }
 
     fn pit(tsc_khz: u64) {
+        // Linux's native_calibrate_tsc tries more than once and throws
+        // away a run hit by an SMI: the longest poll over 10x the shortest
+        // (its `tscmax > 10 * tscmin`). Here the same check, extended to
+        // the count write before the first RDTSC, drops runs in which the
+        // host (QEMU on a shared, loaded machine) stalled for milliseconds
+        // at either end of the window. What is left is off by at most two
+        // such exits, 20x the shortest poll (2x 150 us under TCG, 3% of
+        // 10 ms): within the 5%. Linux's other check, at least 1000 polls
+        // (CAL_PIT_LOOPS), is only reported: under TCG every poll is a VM
+        // exit of tens of microseconds and a 10 ms window has a few hundred.
         let mut results = [0u64; 3];
+        let (mut valid, mut attempts, mut rejected) = (0, 0, 0);
         let mut last = (0, 0, 0, 0);
-        for r in results.iter_mut() {
+        while valid < results.len() && attempts < 50 {
+            attempts += 1;
             let (khz, p61, polls, min, max) = pit_calibrate(tsc_khz);
-            *r = khz;
             last = (p61, polls, min, max);
+            if khz != 0 && max > 10 * min {
+                rejected += 1;
+                continue;
+            }
+            results[valid] = khz;
+            valid += 1;
         }
         let (p61, polls, min, max) = last;
         let cpuid_mhz = tsc_khz / 1000;
-        // Linux's own sanity checks (CAL_PIT_LOOPS, an SMI in the window):
-        // informational, a slow exit path (QEMU TCG) fails the first.
         println!(
-            "legacy: PIT calibration: Linux's sanity checks: at least 1000 polls: {}, longest poll under 10x the shortest: {}",
-            polls >= 1000,
-            max <= 10 * min
+            "legacy: PIT calibration: {} run(s) rejected by Linux's SMI check (longest poll over 10x the shortest); at least 1000 polls (CAL_PIT_LOOPS): {}",
+            rejected,
+            polls >= 1000
         );
         println!(
             "legacy: PIT calibration: TSC {} {} {} MHz vs CPUID {} MHz ({} kHz); last run: {} polls of port 0x61, {}-{} TSC ticks each",
@@ -260,6 +280,12 @@ mod guest {
             polls,
             min,
             max
+        );
+        check!(
+            valid == results.len(),
+            "PIT calibration: 3 runs passed Linux's SMI check ({} of {})",
+            valid,
+            attempts
         );
         check!(
             p61 & 0x03 == 0x01,
@@ -330,45 +356,55 @@ mod guest {
             "PIT: channel 0 after 0x34 and the count: mode 2, LSB/MSB, count loaded (0x34 without OUT: {:#04x})",
             s0
         );
-        let mut samples = [(0u64, 0u16); 5];
+        // pit_read's latch command, bracketed by RDTSC: each count was
+        // latched between `before` and `after`, so the ticks between two
+        // latches lie between the inner and the outer TSC distance (a
+        // host stall widens the bracket instead of failing the check).
+        // Pairs 5 ms apart, under one 10 ms period unless a stall makes
+        // the outer distance a period or more (then the count cannot tell).
+        let ticks = |tsc: u64| tsc * PIT_HZ / (tsc_khz * 1000);
+        let mut samples = [(0u64, 0u16, 0u64); 8];
         for s in samples.iter_mut() {
-            let t = rdtsc();
-            *s = (t, latch(0));
-            delay_us(2000);
+            let before = rdtsc();
+            let c = latch(0);
+            *s = (before, c, rdtsc());
+            delay_us(5000);
         }
-        let mut ok = true;
-        let mut worst = 0i64;
+        let (mut good, mut bad, mut unknown) = (0, 0, 0);
         for w in samples.windows(2) {
-            let ((t0, a), (t1, b)) = (w[0], w[1]);
+            let ((a0, a, a1), (b0, b, b1)) = (w[0], w[1]);
             let (a, b) = (u64::from(a), u64::from(b));
             // Mode 2 counts LATCH..1 and reloads.
             if a == 0 || a > LATCH || b == 0 || b > LATCH {
-                ok = false;
+                bad += 1;
+                continue;
+            }
+            let (lo, hi) = (ticks(b0 - a1), ticks(b1 - a0));
+            if hi >= LATCH {
+                unknown += 1;
                 continue;
             }
             let by_count = (a + LATCH - b) % LATCH;
-            let by_tsc = (t1 - t0) * PIT_HZ / (tsc_khz * 1000);
-            let diff = by_count as i64 - by_tsc as i64;
-            if diff.abs() > worst.abs() {
-                worst = diff;
-            }
-            if by_count == 0 || diff.abs() * 10 > by_tsc as i64 {
-                ok = false;
+            if by_count + 2 >= lo && by_count <= hi + 2 && by_count > 0 {
+                good += 1;
+            } else {
+                bad += 1;
             }
         }
         println!(
-            "legacy: PIT channel 0 (mode 2, {} ticks) latched every 2 ms: {} {} {} {} {}; worst difference from TSC time {} ticks",
+            "legacy: PIT channel 0 (mode 2, {} ticks) latched every 5 ms: {} {} {} {} ...; {} pair(s) within their TSC bracket, {} outside, {} undecidable",
             LATCH,
             samples[0].1,
             samples[1].1,
             samples[2].1,
             samples[3].1,
-            samples[4].1,
-            worst
+            good,
+            bad,
+            unknown
         );
         check!(
-            ok,
-            "PIT: channel 0 latched count decreases at 1.193182 MHz of TSC time (within 10%)"
+            bad == 0 && good >= 3,
+            "PIT: channel 0 latched count decreases by the 1.193182 MHz ticks of the TSC time between latches"
         );
     }
 
@@ -454,19 +490,28 @@ mod guest {
         None
     }
 
-    /// Polls until the seconds register changes (an update): the TSC of
-    /// the first read showing it, and how many reads of register A saw
-    /// UIP on the way. None after 1.5 s.
+    /// Waits for an update: polls register A alone (index 0x0A stays
+    /// selected, one VM exit a poll) until UIP, seen set, falls; then the
+    /// seconds must have changed. Every 64 polls the seconds are read too,
+    /// in case UIP (244 us) fell between two polls. Returns the TSC when
+    /// the change was seen and how many polls saw UIP; None after 1.5 s.
     fn next_update(tsc_khz: u64) -> Option<(u64, u64)> {
         let end = rdtsc() + tsc_khz * 1500;
         let first = cmos(0x00);
-        let mut uip = 0;
+        outb(0x70, 0x0a);
+        let (mut uip, mut polls) = (0, 0u64);
         while rdtsc() < end {
-            if cmos(0x0a) & 0x80 != 0 {
+            polls += 1;
+            if inb(0x71) & 0x80 != 0 {
                 uip += 1;
+                continue;
             }
-            if cmos(0x00) != first {
-                return Some((rdtsc(), uip));
+            if uip > 0 || polls.is_multiple_of(64) {
+                let changed = cmos(0x00) != first;
+                outb(0x70, 0x0a);
+                if changed {
+                    return Some((rdtsc(), uip));
+                }
             }
         }
         None
