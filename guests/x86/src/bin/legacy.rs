@@ -15,8 +15,8 @@
 //!   stops a mode 0 count; channel 0 as the firmware leaves it (mode 3) and
 //!   as Linux's periodic clockevent programs it (mode 2, 0x34), its latched
 //!   count (`pit_read`'s latch command) decreasing at 1.193182 MHz.
-//! - MC146818 RTC: register defaults (A 0x26, B 0x02, D VRT), UIP seen
-//!   before an update and then clear, the date and time read as
+//! - MC146818 RTC: register defaults (A 0x26, B 0x02, D VRT), UIP clear
+//!   after an update (whether a poll saw it set is only printed), the date and time read as
 //!   `mc146818_get_time` does (UIP clear before and after, same seconds),
 //!   plausible (BCD digits, year 2024-2100, a valid day, day of week
 //!   matching the date), one second later after 1.1 s of TSC time and
@@ -560,11 +560,12 @@ mod guest {
             return;
         };
         let uip_after = cmos(0x0a) & 0x80;
-        check!(
-            uip_reads > 0,
-            "RTC: UIP seen before an update ({} reads in {} update(s))",
-            uip_reads,
-            tries
+        // Informational: on a loaded host QEMU's vCPU thread can be off
+        // the CPU for the whole 244 us of UIP, three updates in a row
+        // (seen); the model's UIP timing has its unit tests in vmm.
+        println!(
+            "legacy: RTC: UIP seen set by {} poll(s) over {} update(s)",
+            uip_reads, tries
         );
         check!(uip_after == 0, "RTC: UIP clear after the update");
 
