@@ -738,6 +738,9 @@ impl<B: Backing> Vm<B> {
     /// default never advances).
     pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
         self.device_clock.set(clock.clone());
+        if let Some(x) = &self.x86 {
+            x.set_epoch(clock.now());
+        }
         self.clock = clock;
     }
 

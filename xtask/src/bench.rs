@@ -393,9 +393,11 @@ impl Results {
 }
 
 /// The QEMU arguments that make virtual time an instruction counter.
-fn icount_args(args: &mut Vec<String>) {
+/// Inserts `-icount shift=0,sleep=off` before `-accel` (QEMU wants it
+/// there; scenarios with `icount` use it too).
+pub(crate) fn icount_args(args: &mut Vec<String>, shift: u8) {
     let at = args.iter().position(|a| a == "-accel").unwrap_or(0);
-    args.insert(at, "shift=0,sleep=off".into());
+    args.insert(at, format!("shift={shift},sleep=off"));
     args.insert(at, "-icount".into());
 }
 
@@ -520,7 +522,7 @@ fn run_arch(
             cmdline: spec.cmdline.clone(),
         };
         let (program, mut args) = machine.command_line();
-        icount_args(&mut args);
+        icount_args(&mut args, 0);
         println!("bench: running the {} guest on -cpu {cpu} ...", arch.name());
         let serial = match run_qemu(&program, &args, Duration::from_secs(300)) {
             Ok(s) => s,
@@ -784,7 +786,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        icount_args(&mut a);
+        icount_args(&mut a, 0);
         assert_eq!(
             a,
             [

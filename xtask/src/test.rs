@@ -626,7 +626,10 @@ pub fn run(paths: &Paths, a: TestArgs) -> Result<i32> {
                                 cpu: sc.cpu.map(String::from),
                                 cmdline: kernel_cmdline(sc.arch, sc.append),
                             };
-                            let (program, args) = machine.command_line();
+                            let (program, mut args) = machine.command_line();
+                            if let Some(shift) = sc.icount {
+                                crate::bench::icount_args(&mut args, shift);
+                            }
                             run_scenario(paths, sc, &program, &args)
                         }
                     };

@@ -86,6 +86,16 @@ impl Calibration {
     }
 }
 
+/// The run with the median TSC count of several calibrations: a host
+/// that stalls the CPU during a window (a loaded machine under an emulator,
+/// an SMI on hardware) skews single runs either way, by up to 46% in QEMU
+/// TCG next to other emulators; the median of five does not move with one
+/// or two of them. None if `runs` is empty.
+pub fn median(runs: &mut [Calibration]) -> Option<Calibration> {
+    runs.sort_unstable_by_key(|c| c.tsc_ticks);
+    runs.get(runs.len() / 2).copied()
+}
+
 /// Timer ticks until TSC `deadline` from `now`, at `q32` ticks per TSC
 /// tick (at least 1: a deadline that passed fires at once).
 pub fn ticks_until(deadline: u64, now: u64, q32: u64) -> u64 {
@@ -334,6 +344,13 @@ mod tests {
         assert!((62_499..=62_500).contains(&t), "{t}");
         assert_eq!(ticks_until(5, 10, q), 1, "a passed deadline fires at once");
         assert_eq!(ticks_until(u64::MAX, 0, u64::MAX), u64::MAX);
+        let run = |tsc_ticks| Calibration {
+            tsc_ticks,
+            timer_ticks: tsc_ticks / 32,
+        };
+        let mut runs = [run(30), run(10), run(20), run(99), run(21)];
+        assert_eq!(median(&mut runs), Some(run(21)));
+        assert_eq!(median(&mut []), None);
         let zero = Calibration {
             tsc_ticks: 0,
             timer_ticks: 5,

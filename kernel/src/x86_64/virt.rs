@@ -131,16 +131,20 @@ fn start_time_slices() -> u32 {
     let mut tsc_khz = FALLBACK_TSC_KHZ;
     match arch::x86_64::lapic::xapic_base(apic_base) {
         Some(base) => {
-            match arch::x86_64::lapic::calibrate(base) {
+            // Five 10 ms windows, the median kept (one stall skews a run).
+            let mut runs = [None; 5].map(|_: Option<()>| arch::x86_64::lapic::calibrate(base));
+            let mut good: alloc::vec::Vec<_> = runs.iter_mut().filter_map(|r| r.take()).collect();
+            match arch::x86_64::lapic::median(&mut good) {
                 Some(c) => {
                     arch::x86_64::lapic::set_calibration(&c);
                     if let Some(hz) = c.tsc_hz() {
                         tsc_khz = (hz / 1000).clamp(1, u64::from(u32::MAX)) as u32;
                     }
                     log::info!(
-                        "virt: TSC {} kHz, LAPIC timer {} ticks per 10 ms (PIT calibration)",
+                        "virt: TSC {} kHz, LAPIC timer {} ticks per 10 ms (PIT calibration, median of {})",
                         tsc_khz,
-                        c.timer_ticks
+                        c.timer_ticks,
+                        good.len()
                     );
                 }
                 None => log::warn!(

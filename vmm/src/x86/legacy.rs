@@ -207,6 +207,20 @@ mod tests {
         assert_eq!(e.read(1, AccessSize::B1), 0xde);
     }
 
+    /// Helper finding: the RTC ran ahead by the host's uptime at VM
+    /// creation (its time 0 was the TSC's 0, not the VM's creation).
+    #[test]
+    fn rtc_starts_at_the_vm_creation_not_at_host_reset() {
+        let (irq, c, m) = setup();
+        m.set(7_000_000_000); // the host has been up 7 s
+        irq.set_epoch(7_000_000_000);
+        let mut r = ports(&irq, &c, LegacyPort::Rtc);
+        r.write(0, AccessSize::B1, 0);
+        assert_eq!(r.read(1, AccessSize::B1), 0x10, "22:24:10, not 22:24:17");
+        m.set(9_000_000_000);
+        assert_eq!(r.read(1, AccessSize::B1), 0x12, "two seconds later");
+    }
+
     #[test]
     fn rtc_reads_the_start_date() {
         let (irq, c, _m) = setup();

@@ -179,6 +179,9 @@ pub struct X86Apics {
     legacy: Legacy,
     /// Guest nanoseconds per TSC tick, as TSC kHz (for the legacy devices).
     tsc_khz: u32,
+    /// The TSC at the VM's creation: the legacy devices' time 0 (the RTC
+    /// shows the wall clock read then, not that plus the host's uptime).
+    epoch: u64,
     /// vCPUs that took an INIT and wait for a start-up IPI.
     wait_for_sipi: VcpuMask,
     /// vCPUs started (the BSP from creation, APs by their SIPI): an INIT
@@ -359,6 +362,7 @@ impl X86Irq {
             ioapic: IoApic::new(nr_vcpus as u8),
             legacy: Legacy::new(wall_clock),
             tsc_khz,
+            epoch: 0,
             wait_for_sipi: 0,
             running: vcpu_bit(0),
             sipi: (0..nr_vcpus).map(|_| None).collect(),
@@ -366,6 +370,12 @@ impl X86Irq {
         X86Irq {
             chip: Arc::new(SharedIrqChip::new(chip, waker)),
         }
+    }
+
+    /// The legacy devices' time 0 is TSC `now` (the VM's creation; set once
+    /// the VM has its clock, before any vCPU runs).
+    pub fn set_epoch(&self, now: u64) {
+        self.chip.with(|c| c.epoch = now);
     }
 
     /// The shared controllers (device lines are made from it).
@@ -600,9 +610,10 @@ impl X86Irq {
 }
 
 impl X86Apics {
-    /// Guest nanoseconds at TSC `now`.
+    /// Guest nanoseconds (since the epoch) at TSC `now`.
     fn ns(&self, now: u64) -> u64 {
-        u64::try_from(u128::from(now) * 1_000_000 / u128::from(self.tsc_khz.max(1)))
+        let t = now.saturating_sub(self.epoch);
+        u64::try_from(u128::from(t) * 1_000_000 / u128::from(self.tsc_khz.max(1)))
             .unwrap_or(u64::MAX)
     }
 
@@ -610,6 +621,7 @@ impl X86Apics {
     fn tsc(&self, ns: u64) -> u64 {
         u64::try_from((u128::from(ns) * u128::from(self.tsc_khz.max(1))).div_ceil(1_000_000))
             .unwrap_or(u64::MAX)
+            .saturating_add(self.epoch)
     }
 
     /// ISA IRQ `irq` to `level` on both controllers it reaches: the 8259

@@ -36,6 +36,11 @@ pub struct Scenario {
     /// or `cortex-a72`. KVM always uses `-cpu host`.
     pub cpu: Option<&'static str>,
     pub smp: u32,
+    /// Run QEMU with `-icount shift=N,sleep=off` (TCG): guest time is the
+    /// instruction count (2^N ns each), so checks of timing (a PIT window
+    /// against the TSC, an RTC second) cannot be upset by a loaded host;
+    /// the TSC then runs at 1 GHz of that virtual time.
+    pub icount: Option<u8>,
     /// Machine RAM: enough for the hypervisor (256 MiB) plus every VM.
     pub mem_mib: u32,
     /// Guest VMs, packed into a `vms.cpio` bundle (images + `vms.conf`)
@@ -179,6 +184,7 @@ pub fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Sc
         grub: false,
         cpu: None,
         smp: 2,
+        icount: None,
         mem_mib: 512,
         vms: Vec::new(),
         config: None,
