@@ -54,7 +54,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ..vm(bin, name).append("cpus=4")
     };
     let list = [
-        single(
+        icount(single(
             "irq-x86-lapic-timer",
             "irq-x86-lapic-timer-max",
             vm("lapic_timer", "timer"),
@@ -82,7 +82,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 "vm timer: stopped: debug-exit, code 33",
                 "HV-EXIT: success",
             ],
-        ),
+        )),
         single(
             "irq-x86-ipi",
             "irq-x86-ipi-max",
@@ -137,7 +137,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 "HV-EXIT: success",
             ],
         ),
-        single(
+        icount(single(
             "irq-x86-window",
             "irq-x86-window-max",
             vm("window", "window"),
@@ -171,7 +171,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 "vm window: stopped: debug-exit, code 33",
                 "HV-EXIT: success",
             ],
-        ),
+        )),
         single(
             "irq-x86-x2apic",
             "irq-x86-x2apic-max",
@@ -294,7 +294,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 "HV-EXIT: success",
             ],
         )),
-        both(
+        icount(both(
             Scenario {
                 forbid: FORBID_IDLE,
                 ..x86(
@@ -325,7 +325,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 )
             },
             "halt-x86-wake-max",
-        ),
+        )),
     ];
     list.into_iter().flatten().collect()
 }
