@@ -30,8 +30,14 @@
 //!   (the guest's IRQ vector), summed: T whole counter ticks minus A
 //!   instructions (the guest's vernier, which times both ends to a few
 //!   instructions although a tick is 16); the figure is (T * 1e9 / CNTFRQ -
-//!   A) / N. An x86 latency (LAPIC timer, IPI, EOI) is the same line from
-//!   the x86 guest (RDTSC: adjust 0) plus a [`FIGURES`] row and a bound.
+//!   A) / N. The x86 latencies (LAPIC timer, IPI) are the same line from
+//!   the x86 guest: RDTSC at both ends is exact, A is the instructions
+//!   between the start's RDTSC and the start itself (the IPI's ICR write:
+//!   1), and the end's RDTSC is the handler's first instruction.
+//!
+//! On each CPU model, an architecture's guest runs in a VM of the vCPUs
+//! its figures need: arm64 all in one of 2; x86 the IPI figures in a VM of
+//! 2, the others in a run of their own in a VM of 1 ([`ArchBench`]).
 //!
 //! The run is deterministic: with icount there is no timer noise, and the
 //! same build gives the same numbers on every machine.
@@ -53,8 +59,8 @@ pub struct BenchArgs {
     /// Iterations per timed loop.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     iters: u64,
-    /// Samples per latency figure (arm64; the spinning-IPI figure takes at
-    /// most 32: each costs the target vCPU's 10 ms time slice).
+    /// Samples per latency figure (the spinning-IPI figures take at most
+    /// 32: each costs the target vCPU's 10 ms time slice).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 16))]
     samples: u64,
     /// Fail (exit status 1) when a figure exceeds its regression bound
@@ -75,10 +81,22 @@ pub struct BenchArgs {
 ///   3424.0; `cortex-a72` is about 55 instructions an exit lower: no
 ///   pointer-authentication keys to switch). The latencies are timed to
 ///   a few instructions (a counter tick is 16), far inside the slack.
+/// - x86 interrupts: the `EPYC,+svm,+npt` figures of commit "bench: x86
+///   interrupt latencies and APIC round trips" (timer 1193, timer-hlt 823,
+///   ipi 3576, ipi-hlt 3579, eoi 1925.0, x2apic-eoi 1120.6, self-ipi
+///   3253.4; `max` is 0-11 higher). Every sample of a latency is the same
+///   to the instruction.
 const BOUNDS: &[(&str, f64)] = &[
     ("cpuid-exit-roundtrip", 420.0),
     ("vmmcall-roundtrip", 730.0),
     ("portio-out-roundtrip", 490.0),
+    ("x86-lapic-timer-latency", 1790.0),
+    ("x86-lapic-timer-hlt-latency", 1240.0),
+    ("x86-ipi-latency", 5360.0),
+    ("x86-ipi-hlt-latency", 5370.0),
+    ("x86-eoi-roundtrip", 2890.0),
+    ("x86-x2apic-eoi-roundtrip", 1680.0),
+    ("x86-self-ipi-roundtrip", 4880.0),
     ("arm64-hvc-roundtrip", 2140.0),
     ("arm64-mmio-roundtrip", 2170.0),
     ("arm64-eoi-roundtrip", 2390.0),
@@ -137,6 +155,52 @@ pub const FIGURES: &[Figure] = &[
         "out",
         "portio-out-roundtrip",
         "OUT to port 0x80 (no device: dropped)",
+    ),
+    fig(
+        Arch::X86_64,
+        "timer",
+        "x86-lapic-timer-latency",
+        "LAPIC timer in TSC-deadline mode: the deadline (IA32_TSC_DEADLINE) to the first \
+         instruction of the guest's handler, guest spinning",
+    ),
+    fig(
+        Arch::X86_64,
+        "timer-hlt",
+        "x86-lapic-timer-hlt-latency",
+        "the same, guest in `sti; hlt` (vCPU blocked, the CPU idle in HLT)",
+    ),
+    fig(
+        Arch::X86_64,
+        "ipi",
+        "x86-ipi-latency",
+        "xAPIC ICR write on vCPU 0 (fixed IPI to APIC ID 1) to vCPU 1's handler, vCPU 1 \
+         spinning (descheduled: one host CPU; vCPU 0 yields right after the write)",
+    ),
+    fig(
+        Arch::X86_64,
+        "ipi-hlt",
+        "x86-ipi-hlt-latency",
+        "the same, vCPU 1 in `sti; hlt`",
+    ),
+    fig(
+        Arch::X86_64,
+        "eoi",
+        "x86-eoi-roundtrip",
+        "xAPIC EOI write (MMIO to 0xFEE000B0) with an interrupt in service \
+         (one of 14 nested self-IPIs, one per priority class)",
+    ),
+    fig(
+        Arch::X86_64,
+        "x2apic-eoi",
+        "x86-x2apic-eoi-roundtrip",
+        "x2APIC EOI (WRMSR 0x80B) with an interrupt in service, as above",
+    ),
+    fig(
+        Arch::X86_64,
+        "self-ipi",
+        "x86-self-ipi-roundtrip",
+        "x2APIC SELF IPI (WRMSR 0x83F), the interrupt taken at once, its handler \
+         (count, WRMSR EOI, IRETQ)",
     ),
     fig(
         Arch::Aarch64,
@@ -199,8 +263,14 @@ struct ArchBench {
     /// VMCB clean bits or flush-by-ASID under TCG 7.2 on either). arm64:
     /// `-cpu max`, as the arm64 scenarios boot.
     cpus: &'static [&'static str],
-    /// The bench VM's vCPUs (arm64: 2, for the IPI figures).
+    /// The bench VM's vCPUs (2, for the IPI figures).
     vcpus: u32,
+    /// The guest names of the figures that need the second vCPU; the
+    /// others run in a VM of one vCPU (the run loop's pass over a second,
+    /// never started vCPU adds about 40 instructions to every turn, 0.16
+    /// to each x86 exit round trip). `None`: every figure runs in the VM
+    /// of `vcpus`.
+    smp_figures: Option<&'static [&'static str]>,
     method: &'static str,
 }
 
@@ -208,16 +278,19 @@ const ARCHES: &[ArchBench] = &[
     ArchBench {
         arch: Arch::X86_64,
         cpus: &["EPYC,+svm,+npt", "max"],
-        vcpus: 1,
+        vcpus: 2,
+        smp_figures: Some(&["ipi", "ipi-hlt"]),
         method: "guest RDTSC under QEMU TCG -icount shift=0,sleep=off (1 TSC tick = 1 \
-                 instruction, checked by a calibration loop), release kernel, 1 CPU; figure = \
+                 instruction, checked by a calibration loop), release kernel, 1 CPU, a VM of \
+                 1 vCPU (2 for the IPI figures, in a run of their own); round trip = \
                  instructions per iteration of a loop with the exiting instruction minus the same \
-                 loop with a NOP in its place",
+                 loop with a NOP in its place; latency = average of samples, each exact",
     },
     ArchBench {
         arch: Arch::Aarch64,
         cpus: &["max", "cortex-a72"],
         vcpus: 2,
+        smp_figures: None,
         method: "guest CNTVCT_EL0 under QEMU TCG virt,virtualization=on,gic-version=3 \
                  -icount shift=0,sleep=off (1 instruction = 1 ns; instructions = ticks * 1e9 / \
                  CNTFRQ, checked by a calibration loop), release kernel, 1 host CPU, a VM of \
@@ -225,6 +298,16 @@ const ARCHES: &[ArchBench] = &[
                  NOPs; latency = average of samples timed to a few instructions",
     },
 ];
+
+impl ArchBench {
+    /// The vCPUs of the VM that runs the figure of guest name `guest`.
+    fn vm_vcpus(&self, guest: &str) -> u32 {
+        match self.smp_figures {
+            Some(l) if !l.contains(&guest) => 1,
+            _ => self.vcpus,
+        }
+    }
+}
 
 /// The numbers one guest run printed.
 #[derive(Debug, Default, PartialEq)]
@@ -392,6 +475,16 @@ impl Results {
     }
 }
 
+/// The figures of several guest runs (each checked against its own
+/// calibration and baseline), in run order.
+pub fn all_figures(runs: &[Results]) -> Result<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    for r in runs {
+        out.extend(r.figures()?);
+    }
+    Ok(out)
+}
+
 /// The QEMU arguments that make virtual time an instruction counter.
 /// Inserts `-icount shift=0,sleep=off` before `-accel` (QEMU wants it
 /// there; scenarios with `icount` use it too).
@@ -486,62 +579,86 @@ fn run_arch(
         Arch::Aarch64 => paths.out.join("bench-aarch64"),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut guest_words: Vec<String> = vec![format!("iters={}", a.iters)];
-    if arch == Arch::Aarch64 {
-        guest_words.push(format!("samples={}", a.samples));
+    // One VM (and QEMU run per CPU model) per vCPU count the figures need.
+    let mut groups: Vec<(u32, Vec<&Figure>)> = Vec::new();
+    for f in figures {
+        let n = ab.vm_vcpus(f.guest);
+        match groups.iter_mut().find(|g| g.0 == n) {
+            Some(g) => g.1.push(f),
+            None => groups.push((n, vec![f])),
+        }
     }
-    guest_words.extend(figures.iter().map(|f| f.guest.to_string()));
-    let guest_cmdline: &'static str = Box::leak(guest_words.join(" ").into_boxed_str());
-    let bundle = dir.join(image::BUNDLE_NAME);
-    let the_vm = crate::scenarios::GuestVm {
-        mem_mib: 16,
-        smp: ab.vcpus,
-        ..vm("bench", "bench").append(guest_cmdline)
-    };
-    guests::scenario_bundle(paths, arch, true, &[the_vm], &bundle)?;
-    let spec = image::BootSpec {
-        arch,
-        boot,
-        cmdline: kernel_cmdline(arch, "exitcode=guest"),
-        release: true,
-        test_hooks: false,
-        grub: false,
-        bundle: Some(bundle),
-    };
-    let media = image::make_media(paths, &spec, &elf, None, &dir)?;
+    groups.sort_by_key(|g| g.0);
+    let mut runs = Vec::new();
+    for (n, group) in &groups {
+        let gdir = if groups.len() > 1 {
+            dir.join(format!("vcpus{n}"))
+        } else {
+            dir.clone()
+        };
+        std::fs::create_dir_all(&gdir)
+            .map_err(|e| format!("cannot create {}: {e}", gdir.display()))?;
+        let cmdline: &'static str = Box::leak(guest_cmdline(a, group).into_boxed_str());
+        let bundle = gdir.join(image::BUNDLE_NAME);
+        let the_vm = crate::scenarios::GuestVm {
+            mem_mib: 16,
+            smp: *n,
+            ..vm("bench", "bench").append(cmdline)
+        };
+        guests::scenario_bundle(paths, arch, true, &[the_vm], &bundle)?;
+        let spec = image::BootSpec {
+            arch,
+            boot,
+            cmdline: kernel_cmdline(arch, "exitcode=guest"),
+            release: true,
+            test_hooks: false,
+            grub: false,
+            bundle: Some(bundle),
+        };
+        let media = image::make_media(paths, &spec, &elf, None, &gdir)?;
+        runs.push((*n, spec.cmdline, media));
+    }
     println!("bench: method: {}, {} iterations", ab.method, a.iters);
     let mut failed = 0;
-    for &cpu in cpus {
-        let machine = Machine {
-            arch,
-            accel: Accel::Tcg,
-            smp: 1,
-            mem_mib: crate::scenarios::HV_MEM_MIB + 16,
-            media: media.clone(),
-            cpu: Some(cpu.to_string()),
-            cmdline: spec.cmdline.clone(),
-        };
-        let (program, mut args) = machine.command_line();
-        icount_args(&mut args, 0);
-        println!("bench: running the {} guest on -cpu {cpu} ...", arch.name());
-        let serial = match run_qemu(&program, &args, Duration::from_secs(300)) {
-            Ok(s) => s,
-            Err(e) => {
-                println!("bench: {cpu}: {e}");
-                failed += 1;
-                continue;
+    'cpus: for &cpu in cpus {
+        let mut serials = Vec::new();
+        for (n, cmdline, media) in &runs {
+            let machine = Machine {
+                arch,
+                accel: Accel::Tcg,
+                smp: 1,
+                mem_mib: crate::scenarios::HV_MEM_MIB + 16,
+                media: media.clone(),
+                cpu: Some(cpu.to_string()),
+                cmdline: cmdline.clone(),
+            };
+            let (program, mut args) = machine.command_line();
+            icount_args(&mut args, 0);
+            println!(
+                "bench: running the {} guest on -cpu {cpu} (a VM of {n} vCPU{}) ...",
+                arch.name(),
+                if *n == 1 { "" } else { "s" }
+            );
+            match run_qemu(&program, &args, Duration::from_secs(300)) {
+                Ok(s) => serials.push(s),
+                Err(e) => {
+                    println!("bench: {cpu}: {e}");
+                    failed += 1;
+                    continue 'cpus;
+                }
             }
-        };
+        }
         let log = dir.join(format!("{}.log", cpu.replace([',', '+'], "_")));
-        let _ = std::fs::write(&log, &serial);
-        let results = parse(&serial);
-        for note in &results.notes {
+        let _ = std::fs::write(&log, serials.concat());
+        let results: Vec<Results> = serials.iter().map(|s| parse(s)).collect();
+        for note in results.iter().flat_map(|r| &r.notes) {
             println!("bench: note ({} {cpu}): {note}", arch.name());
         }
-        match results.figures() {
+        match all_figures(&results) {
             Ok(list) => {
-                if let Some((n, t, e)) = results.calib {
-                    match results.freq {
+                for r in &results {
+                    let Some((n, t, e)) = r.calib else { continue };
+                    match r.freq {
                         None => println!(
                             "bench: calibration ({cpu}): {n} iterations x 5 instructions = {t} TSC ticks (exact)"
                         ),
@@ -550,8 +667,8 @@ fn run_arch(
                              {e} instructions = {t} counter ticks at {f} Hz (x {:.1} = {:.0}, \
                              within one tick)",
                             arch.name(),
-                            results.per_tick().unwrap_or(1.0),
-                            t as f64 * results.per_tick().unwrap_or(1.0)
+                            r.per_tick().unwrap_or(1.0),
+                            t as f64 * r.per_tick().unwrap_or(1.0)
                         ),
                     }
                 }
@@ -564,7 +681,10 @@ fn run_arch(
                     };
                     if matches(f.name) || matches(arch.name()) || matches(cpu) {
                         println!("{}: {per:.1} instructions ({cpu})  [{}]", f.name, f.what);
-                        let lat = results.latencies.iter().find(|l| l.name == *guest_name);
+                        let lat = results
+                            .iter()
+                            .flat_map(|r| &r.latencies)
+                            .find(|l| l.name == *guest_name);
                         if let Some(l) = lat {
                             let spread = l
                                 .min_max
@@ -597,6 +717,17 @@ fn run_arch(
         }
     }
     Ok(failed)
+}
+
+/// The bench guest's command line: `iters=N samples=N` and the guest
+/// names of the figures to run.
+fn guest_cmdline(a: &BenchArgs, figures: &[&Figure]) -> String {
+    let mut words = vec![
+        format!("iters={}", a.iters),
+        format!("samples={}", a.samples),
+    ];
+    words.extend(figures.iter().map(|f| f.guest.to_string()));
+    words.join(" ")
 }
 
 /// Builds only the `bench` guest (another guest in progress must not stop
@@ -778,6 +909,100 @@ mod tests {
             }
             assert!(ARCHES.iter().any(|ab| ab.arch == a.arch), "{}", a.name);
         }
+    }
+
+    /// What the x86 guest prints for its interrupt figures (TSC ticks are
+    /// instructions).
+    const X86_IRQ: &str = "[INFO ] [bench] BENCH calib iters=14 ticks=70 expect=70\n\
+                           [INFO ] [bench] BENCH nop iters=14 ticks=75\n\
+                           [INFO ] [bench] BENCH timer n=4 ticks=4772 adjust=0 min=1193 max=1193\n\
+                           [INFO ] [bench] BENCH ipi n=2 ticks=7154 adjust=2 min=3576 max=3576\n\
+                           [INFO ] [bench] BENCH eoi iters=14 ticks=27020 base=70\n";
+
+    #[test]
+    fn x86_latencies_and_own_baselines() {
+        let r = parse(X86_IRQ);
+        assert_eq!(r.freq, None);
+        assert_eq!(
+            r.latencies[1],
+            Latency {
+                name: "ipi".into(),
+                samples: 2,
+                ticks: 7154,
+                adjust: 2,
+                min_max: Some((3576, 3576)),
+            }
+        );
+        assert_eq!(r.loops[0].base, Some(70));
+        let f = r.figures().unwrap();
+        // 4772 / 4; (7154 - 2) / 2; (27020 - 70) / 14.
+        assert_eq!(
+            f,
+            vec![
+                ("eoi".to_string(), 1925.0),
+                ("timer".to_string(), 1193.0),
+                ("ipi".to_string(), 3576.0),
+            ]
+        );
+        for (g, _) in &f {
+            assert!(
+                FIGURES
+                    .iter()
+                    .any(|x| x.arch == Arch::X86_64 && x.guest == g),
+                "{g}"
+            );
+        }
+    }
+
+    #[test]
+    fn runs_are_checked_one_by_one() {
+        let a = parse(X86_IRQ);
+        let b = parse(SERIAL);
+        let f = all_figures(&[a, b]).unwrap();
+        let names: Vec<&str> = f.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(names, ["eoi", "timer", "ipi", "cpuid"]);
+        // The second run's baseline is its own: cpuid as in `SERIAL`.
+        assert!((f[3].1 - 135.45).abs() < 1e-9, "{f:?}");
+        let bad = parse(&SERIAL.replace("ticks=500 ", "ticks=501 "));
+        let e = all_figures(&[parse(X86_IRQ), bad]).unwrap_err();
+        assert!(e.contains("calibration failed"), "{e}");
+    }
+
+    #[test]
+    fn only_the_ipi_figures_take_a_second_x86_vcpu() {
+        let x86 = ARCHES.iter().find(|ab| ab.arch == Arch::X86_64).unwrap();
+        let arm = ARCHES.iter().find(|ab| ab.arch == Arch::Aarch64).unwrap();
+        for f in FIGURES {
+            let (ab, want) = match f.arch {
+                Arch::X86_64 => (x86, if f.guest.starts_with("ipi") { 2 } else { 1 }),
+                Arch::Aarch64 => (arm, 2),
+            };
+            assert_eq!(ab.vm_vcpus(f.guest), want, "{}", f.name);
+        }
+        // Every name in the list is a figure's.
+        for g in x86.smp_figures.unwrap() {
+            assert!(FIGURES
+                .iter()
+                .any(|f| f.arch == Arch::X86_64 && f.guest == *g));
+        }
+    }
+
+    #[test]
+    fn guest_cmdline_has_iterations_samples_and_names() {
+        let a = BenchArgs {
+            filter: None,
+            iters: 100,
+            samples: 8,
+            check: false,
+        };
+        let figs: Vec<&Figure> = FIGURES
+            .iter()
+            .filter(|f| f.arch == Arch::X86_64 && f.guest.starts_with("timer"))
+            .collect();
+        assert_eq!(
+            guest_cmdline(&a, &figs),
+            "iters=100 samples=8 timer timer-hlt"
+        );
     }
 
     #[test]

@@ -108,6 +108,17 @@ pub fn set_handler(vector: u8, h: Handler) {
     HANDLERS[vector as usize].store(h as usize, Ordering::SeqCst);
 }
 
+/// Points `vector` (32-255) straight at `entry` for every CPU, bypassing
+/// the per-vector stub and [`set_handler`]'s dispatcher: the code at
+/// `entry` runs as the CPU delivers the interrupt (interrupt gate, IF=0),
+/// must preserve whatever the interrupted code needs and ends with IRETQ.
+/// For measurements that time the handler's first instruction. Call it
+/// after [`init`], which points every vector at its stub.
+pub fn set_raw_gate(vector: u8, entry: u64) {
+    assert!(vector >= 32, "vector {vector} is an exception");
+    set_gate(vector, entry);
+}
+
 pub fn sti() {
     // SAFETY: enabling interrupts; our IDT has a gate for every vector.
     unsafe { asm!("sti", options(nostack)) };

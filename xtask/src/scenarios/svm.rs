@@ -229,7 +229,7 @@ pub fn scenarios() -> Vec<Scenario> {
     ];
     let mut v: Vec<Scenario> = list.into_iter().flatten().collect();
     // `cargo xtask bench --check` (xtask/bench-smoke.sh): the exit round
-    // trips stay under their regression bounds.
+    // trips and interrupt figures stay under their regression bounds.
     v.push(Scenario {
         script: Some(&["xtask/bench-smoke.sh"]),
         timeout: Duration::from_secs(300),
@@ -238,6 +238,14 @@ pub fn scenarios() -> Vec<Scenario> {
             "cpuid-exit-roundtrip:",
             "vmmcall-roundtrip:",
             "portio-out-roundtrip:",
+            // Round trips before latencies, as the guest prints them.
+            "x86-eoi-roundtrip:",
+            "x86-x2apic-eoi-roundtrip:",
+            "x86-self-ipi-roundtrip:",
+            "x86-lapic-timer-latency:",
+            "x86-lapic-timer-hlt-latency:",
+            "x86-ipi-latency:",
+            "x86-ipi-hlt-latency:",
         ],
         forbid: &["check FAILED", "bench: EPYC"],
         ..boot(
