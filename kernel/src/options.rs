@@ -44,7 +44,13 @@ pub struct Options {
     /// `exitcode=guest`: end the run with the (single) guest's own exit code
     /// instead of the hypervisor's success/failure status.
     pub guest_exit_code: bool,
+    /// `stats`: measure exit handling times (the counts are always kept);
+    /// see [`EXIT_TIMING`].
+    pub exit_timing: bool,
 }
+
+/// [`Options::exit_timing`], for the VM layer.
+pub static EXIT_TIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 impl Options {
     pub fn parse(cmdline: &str) -> Options {
@@ -53,6 +59,7 @@ impl Options {
             exit: ExitMethod::Halt,
             selftest_crash: false,
             guest_exit_code: false,
+            exit_timing: false,
         };
         for word in cmdline.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -72,10 +79,12 @@ impl Options {
                 ("exit", "halt") => o.exit = ExitMethod::Halt,
                 ("selftest", "crash") => o.selftest_crash = true,
                 ("exitcode", "guest") => o.guest_exit_code = true,
+                ("stats", "") => o.exit_timing = true,
                 _ => {}
             }
         }
         EXIT_METHOD.store(o.exit as u8, Ordering::Relaxed);
+        EXIT_TIMING.store(o.exit_timing, Ordering::Relaxed);
         o
     }
 }

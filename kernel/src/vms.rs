@@ -221,6 +221,9 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     let mut vm =
         Vm::new(&cfg, backing, ram, &mut s2, sink, policy).map_err(|e| format!("{e:?}"))?;
     vm.set_clock(virt::clock());
+    // Kernel option `stats`: exit handling times too (two clock reads per
+    // exit); the counts are always kept.
+    vm.set_exit_timing(crate::options::EXIT_TIMING.load(core::sync::atomic::Ordering::Relaxed));
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
         vcpus.push(virt::new_vcpu(frames, &s2, index, i, cfg.vcpus).map_err(String::from)?);
@@ -347,6 +350,7 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
                 if let Some(report) = &stop.report {
                     log::warn!("vm {}: registers: {report}", slot.vm.name());
                 }
+                print_exit_stats(slot);
             } else if !slot.vm.can_progress() {
                 // Every vCPU waits for an interrupt with no timer armed:
                 // its devices act only on its own vCPUs' accesses, so
@@ -357,6 +361,7 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
                     "vm {}: stopped: all vCPUs halted with nothing to wake them",
                     slot.vm.name()
                 );
+                print_exit_stats(slot);
             } else {
                 active += 1;
             }
@@ -378,6 +383,22 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         idle.ticks / (idle.freq / 1000).max(1)
     );
     Outcome::AllStopped { first_code }
+}
+
+/// A stopped VM's exits by reason (`vmm::stats`; handling times with the
+/// kernel option `stats`), and those its backend handled itself.
+fn print_exit_stats(slot: &Slot) {
+    let vm = &slot.vm;
+    for line in vm.exit_stats_lines() {
+        log::info!("vm {}: {line}", vm.name());
+    }
+    let internal: u64 = slot.vcpus.iter().map(|v| v.internal_exits()).sum();
+    if internal > 0 {
+        log::info!(
+            "vm {}:   handled in the backend (CPUID table, VMCB MSRs, DR moves, reflected exceptions): {internal}",
+            vm.name()
+        );
+    }
 }
 
 /// How often and how long the CPU slept with nothing to run.

@@ -87,6 +87,13 @@ pub trait Vcpu {
     /// Releases the physical CPU (VMCLEAR, save EL1 state).
     fn unbind(&mut self) -> Result<(), BackendError>;
 
+    /// Exits the backend handled itself without returning from `run`
+    /// (x86: CPUID from its table, VMCB-held MSRs, DR moves, reflected
+    /// exceptions): the part of the exit statistics the vmm does not see.
+    fn internal_exits(&self) -> u64 {
+        0
+    }
+
     /// x86: the vCPU's interrupt state the vmm exchanges with the backend
     /// around each `run` ([`crate::x86::wiring::X86Interface`]): after
     /// each exit the backend updates `cr8` and sets `sync` when the vmm

@@ -294,6 +294,10 @@ struct RunArgs {
     /// append); xtask exits with the first VM's exit status.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["guests", "no_vms"])]
     config: Option<PathBuf>,
+    /// Measure exit handling times (kernel option `stats`): each VM's exit
+    /// statistics, printed when it stops, get average and maximum times.
+    #[arg(long)]
+    stats: bool,
 }
 
 /// RAM the hypervisor gets on top of its guests' RAM (`run --guest`).
@@ -559,7 +563,12 @@ fn cmd_image(paths: &Paths, a: ImageArgs) -> Result<i32> {
 fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
     let (arch, _) = a.target.resolve()?;
     let plan = a.plan(arch)?;
-    let mut spec = a.target.spec_with(&plan.hv_words)?;
+    let words = if a.stats {
+        format!("{} stats", plan.hv_words).trim().to_string()
+    } else {
+        plan.hv_words.clone()
+    };
+    let mut spec = a.target.spec_with(&words)?;
     let accel = a.accel.unwrap_or_else(|| Accel::detect(spec.arch));
     if accel == Accel::Kvm && spec.arch != Arch::host() {
         return Err(format!(

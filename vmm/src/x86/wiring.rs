@@ -182,6 +182,13 @@ pub struct X86Apics {
     /// The TSC at the VM's creation: the legacy devices' time 0 (the RTC
     /// shows the wall clock read then, not that plus the host's uptime).
     epoch: u64,
+    /// When the legacy devices next raise a line that reaches a CPU (TSC;
+    /// `u64::MAX`: never without an access), and whether an access since
+    /// the last look may have changed that: the BSP looks at them only
+    /// then (a look walks the PIT and the RTC's calendar: hundreds of
+    /// instructions that every APIC access of the BSP paid before).
+    legacy_next: u64,
+    legacy_dirty: bool,
     /// vCPUs that took an INIT and wait for a start-up IPI.
     wait_for_sipi: VcpuMask,
     /// vCPUs started (the BSP from creation, APs by their SIPI): an INIT
@@ -363,6 +370,8 @@ impl X86Irq {
             legacy: Legacy::new(wall_clock),
             tsc_khz,
             epoch: 0,
+            legacy_next: u64::MAX,
+            legacy_dirty: true,
             wait_for_sipi: 0,
             running: vcpu_bit(0),
             sipi: (0..nr_vcpus).map(|_| None).collect(),
@@ -403,8 +412,7 @@ impl X86Irq {
         let kick = self.chip.with(|c| {
             // The legacy devices' ticks reach the controllers when the BSP
             // looks (their deadlines are the BSP's wake-ups).
-            let mut kick = if v == 0 { c.poll_legacy(now) } else { 0 };
-            let legacy_deadline = if v == 0 { c.legacy_deadline(now) } else { None };
+            let (mut kick, legacy_deadline) = if v == 0 { c.legacy_due(now) } else { (0, None) };
             let Some(l) = c.lapics.get_mut(v) else {
                 return kick;
             };
@@ -459,8 +467,7 @@ impl X86Irq {
     /// there, else blocks until the timer's next expiry or a wake-up.
     pub fn halt(&self, v: usize, ci: &mut X86Interface, now: u64) -> Halt {
         let (halt, kick) = self.chip.with(|c| {
-            let kick = if v == 0 { c.poll_legacy(now) } else { 0 };
-            let legacy_deadline = if v == 0 { c.legacy_deadline(now) } else { None };
+            let (kick, legacy_deadline) = if v == 0 { c.legacy_due(now) } else { (0, None) };
             let Some(l) = c.lapics.get_mut(v) else {
                 return (Halt::Block { deadline: None }, kick);
             };
@@ -707,6 +714,21 @@ impl X86Apics {
         Some(self.tsc(d).max(now))
     }
 
+    /// The BSP's look at the legacy devices before an entry or on HLT:
+    /// their edges up to `now` if one is due or an access may have changed
+    /// them; returns the vCPUs to kick and the next deadline still ahead.
+    fn legacy_due(&mut self, now: u64) -> (VcpuMask, Option<u64>) {
+        let mut kick = 0;
+        if self.legacy_dirty || now >= self.legacy_next {
+            kick = self.poll_legacy(now);
+            self.legacy_next = self.legacy_deadline(now).unwrap_or(u64::MAX);
+            self.legacy_dirty = false;
+        }
+        let next =
+            (self.legacy_next != u64::MAX && self.legacy_next > now).then_some(self.legacy_next);
+        (kick, next)
+    }
+
     /// The legacy devices, locked with the controllers (their port
     /// devices run `f`, then propagate the outputs at TSC `now`).
     pub fn with_legacy<R>(
@@ -716,6 +738,7 @@ impl X86Apics {
     ) -> (R, VcpuMask) {
         let ns = self.ns(now);
         let r = f(&mut self.legacy, ns);
+        self.legacy_dirty = true;
         (r, self.poll_legacy(now))
     }
 
@@ -752,8 +775,10 @@ impl BusDevice for IoApicDevice {
                 c.ioapic_eoi(value as u8, &mut eois);
             } else {
                 c.ioapic.write_mmio(offset, size.bytes() as u8, value);
+                // A pin of a legacy device may have been (un)masked.
+                c.legacy_dirty = true;
             }
-            c.drain_ioapic()
+            c.drain_ioapic() | vcpu_bit(0)
         });
         IoOutcome::Done
     }

@@ -18,6 +18,7 @@ mod external;
 mod hostile;
 mod image;
 mod irq_x86;
+mod stats;
 mod svm;
 
 /// One emulator run and what it must show.
@@ -229,5 +230,6 @@ pub fn all() -> Vec<Scenario> {
     v.extend(hostile::scenarios());
     v.extend(image::scenarios());
     v.extend(irq_x86::scenarios());
+    v.extend(stats::scenarios());
     v
 }

@@ -1387,6 +1387,10 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
         Some(&mut self.x86)
     }
 
+    fn internal_exits(&self) -> u64 {
+        self.internal_exits
+    }
+
     fn x86_refresh(&mut self) {
         self.x86.interruptible = self.interruptible();
         self.x86.rflags_if = self.vmcb.read64(save::RFLAGS) & RFLAGS_IF != 0;
