@@ -1,10 +1,10 @@
-//! `svm::walk`: the guest page walk used to fetch the instruction behind a
+//! `guest::walk`: the guest page walk used to fetch the instruction behind a
 //! nested page fault, over arbitrary and generated page tables in a small
 //! fake guest memory, against a table-driven reference walker written from
 //! the SDM/APM paging chapters.
 
 use crate::proptests::config;
-use crate::x86_64::svm::walk::{fetch, translate, GuestPhys, PagingRegs, WalkError};
+use crate::x86_64::guest::walk::{fetch, translate, GuestPhys, PagingRegs, WalkError};
 use core::cell::RefCell;
 use proptest::prelude::*;
 

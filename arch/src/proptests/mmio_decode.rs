@@ -1,8 +1,10 @@
-//! `svm::decode`: the instruction behind a nested page fault outside RAM,
-//! and `MOV DRn` for debug-register intercepts.
+//! `guest::decode` (with `svm::decode::npf_exit`): the instruction behind
+//! a nested page fault outside RAM, and `MOV DRn` for debug-register
+//! intercepts.
 
 use crate::proptests::config;
-use crate::x86_64::svm::decode::{decode_mmio, decode_mov_dr, insn_len, npf_exit, MAX_INSN};
+use crate::x86_64::guest::decode::{decode_mmio, decode_mov_dr, insn_len, MAX_INSN};
+use crate::x86_64::svm::decode::npf_exit;
 use proptest::prelude::*;
 use vmm::exit::{AccessKind, Exit, MmioOp};
 use vmm::regs::{AccessSize, LoadDest, Reg};

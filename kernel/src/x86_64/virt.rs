@@ -10,9 +10,9 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use arch::x86_64::cpuid::{CpuInfo, Cpuid, CpuidSource};
+use arch::x86_64::guest::policy::X86Policy;
 use arch::x86_64::svm::hw::{self, Machine, PhysTables, MAX_TRACKED_ASIDS};
 use arch::x86_64::svm::npt::Npt;
-use arch::x86_64::svm::policy::SvmPolicy;
 use arch::x86_64::svm::vcpu::{Features, SvmVcpu, IOPM_SIZE, MSRPM_SIZE};
 use arch::x86_64::svm::vmcb::Vmcb;
 use boot::frame::FrameAllocator;
@@ -211,9 +211,9 @@ pub fn new_vcpu(
         g.iopm,
     );
     // The common CPUID leaves are answered inside the vCPU, from the same
-    // policy code as the vmm's `exit_policy` (SvmPolicy::cpuid_table).
+    // policy code as the vmm's `exit_policy` (X86Policy::cpuid_table).
     vcpu.set_cpuid_table(
-        SvmPolicy::new(Cpuid, rdtsc)
+        X86Policy::new(Cpuid, rdtsc)
             .with_tsc_khz(g.tsc_khz)
             .cpuid_table_for(vcpu_index, nr_vcpus),
     );
@@ -234,7 +234,7 @@ fn rdtsc() -> u64 {
 
 pub fn exit_policy(_vm_index: usize, _vcpus: u32) -> Box<dyn vmm::vm::ExitPolicy> {
     let khz = globals().map_or(FALLBACK_TSC_KHZ, |g| g.tsc_khz);
-    Box::new(SvmPolicy::new(Cpuid, rdtsc).with_tsc_khz(khz))
+    Box::new(X86Policy::new(Cpuid, rdtsc).with_tsc_khz(khz))
 }
 
 /// The TSC as the vmm's clock (guests see the host's TSC: no offset).

@@ -1,10 +1,10 @@
-//! The guest page walk (arch::x86_64::svm::walk) over a fake guest memory
+//! The guest page walk (arch::x86_64::guest::walk) over a fake guest memory
 //! made from the input, in every paging mode: no panic, at most one entry
 //! read per level, each aligned to its size, and `fetch` returns no more
 //! than asked, the same bytes as translating byte by byte.
 #![no_main]
 
-use arch::x86_64::svm::walk::{fetch, translate, GuestPhys, PagingRegs};
+use arch::x86_64::guest::walk::{fetch, translate, GuestPhys, PagingRegs};
 use core::cell::Cell;
 use libfuzzer_sys::fuzz_target;
 use vmm_fuzz::Unstructured;

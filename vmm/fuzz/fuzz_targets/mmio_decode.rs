@@ -1,10 +1,12 @@
-//! The SVM instruction decoder (arch::x86_64::svm::decode) on any bytes in
-//! 16-, 32- and 64-bit code: decoded lengths stay within the buffer and 15
-//! bytes, sizes and data are consistent, a nested page fault is emulated
-//! only when the instruction agrees with the fault's access kind.
+//! The x86 instruction decoder (arch::x86_64::guest::decode, with
+//! svm::decode::npf_exit) on any bytes in 16-, 32- and 64-bit code:
+//! decoded lengths stay within the buffer and 15 bytes, sizes and data
+//! are consistent, a nested page fault is emulated only when the
+//! instruction agrees with the fault's access kind.
 #![no_main]
 
-use arch::x86_64::svm::decode::{decode_mmio, decode_mov_dr, insn_len, npf_exit, MAX_INSN};
+use arch::x86_64::guest::decode::{decode_mmio, decode_mov_dr, insn_len, MAX_INSN};
+use arch::x86_64::svm::decode::npf_exit;
 use libfuzzer_sys::fuzz_target;
 use vmm::exit::{AccessKind, Exit, MmioOp};
 use vmm::regs::Reg;

@@ -5,9 +5,11 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use super::vcpu::{FpuArea, Gprs, Hw};
+use super::vcpu::{Gprs, Hw};
 use super::vmcb::{Vmcb, EFER_SVME};
 use crate::paging::TableAccess;
+use crate::x86_64::guest::fpu::{self, FpuArea};
+use crate::x86_64::guest::walk::HostPhys;
 use crate::x86_64::instr::{rdmsr, wrmsr, IA32_EFER};
 use vmm::backend::PhysCpu;
 
@@ -20,17 +22,6 @@ const MSR_VM_CR: u32 = 0xc001_0114;
 const VM_CR_SVMDIS: u64 = 1 << 4;
 /// VM_HSAVE_PA: where VMRUN saves host state.
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
-
-/// Whether the CPU has protection keys (CPUID.7.0:ECX.PKU). PKRU is not
-/// switched by VMRUN/#VMEXIT and a guest may set CR4.PKE (CR4 writes are not
-/// intercepted), so each vCPU's PKRU is saved and restored with its x87/SSE
-/// state; otherwise one VM reads (and constrains) another's PKRU (found by
-/// the chaos guests). The host sets CR4.PKE only to reach RDPKRU/WRPKRU: its
-/// own pages are supervisor pages, which protection keys never restrict.
-static HAS_PKU: AtomicBool = AtomicBool::new(false);
-/// Where the vCPU's PKRU is kept in its FXSAVE image: bytes 508..512 of
-/// the 48 bytes (464..511) that FXSAVE leaves to software.
-pub const FPU_AREA_PKRU: usize = 508;
 
 /// Whether the CPU has IBPB (IA32_PRED_CMD bit 0): CPUID 8000_0008 EBX bit
 /// 12 (AMD) or CPUID.(7,0):EDX bit 26 (Intel, with SPEC_CTRL).
@@ -152,20 +143,8 @@ pub unsafe fn enable_on_this_cpu(hsave_pa: u64, host_vmcb_pa: u64) -> Result<(),
     // SAFETY: SVMDIS is clear, so setting EFER.SVME is allowed; the other
     // EFER bits are kept.
     unsafe { wrmsr(IA32_EFER, rdmsr(IA32_EFER) | EFER_SVME) };
-    // FXSAVE/FXRSTOR of guest x87/SSE state need CR0.EM = CR0.TS = 0 and
-    // CR4.OSFXSR = 1 (else XMM registers are not saved).
-    // SAFETY: clearing EM/TS and setting OSFXSR only enables x87/SSE
-    // instructions, which the hypervisor itself never executes.
-    unsafe {
-        crate::x86_64::instr::write_cr0(crate::x86_64::instr::read_cr0() & !((1 << 2) | (1 << 3)));
-        crate::x86_64::instr::write_cr4(crate::x86_64::instr::read_cr4() | (1 << 9));
-    }
-    if core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 3) != 0 {
-        // SAFETY: the CPU has PKU; CR4.PKE only makes RDPKRU/WRPKRU usable
-        // and applies keys to user pages, which the hypervisor has none of.
-        unsafe { crate::x86_64::instr::write_cr4(crate::x86_64::instr::read_cr4() | (1 << 22)) };
-        HAS_PKU.store(true, Ordering::Relaxed);
-    }
+    // SAFETY: SVM is being enabled on this CPU; no vCPU is bound yet.
+    unsafe { fpu::enable_on_this_cpu() };
     let max_ext = core::arch::x86_64::__cpuid_count(0x8000_0000, 0).eax;
     let amd_ibpb = max_ext >= 0x8000_0008
         && core::arch::x86_64::__cpuid_count(0x8000_0008, 0).ebx & (1 << 12) != 0;
@@ -204,6 +183,22 @@ impl TableAccess for PhysTables {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Machine;
 
+impl HostPhys for Machine {
+    fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool {
+        // SAFETY: callers pass addresses found in this VM's NPT (its own RAM
+        // frames, identity-mapped); `buf` is a distinct kernel buffer.
+        unsafe { core::ptr::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+
+    #[inline]
+    fn read_phys_u64(&self, hpa: u64) -> Option<u64> {
+        // SAFETY: as in read_phys: an address found in this VM's NPT
+        // (identity-mapped RAM); the caller passes 8-byte aligned entries.
+        Some(unsafe { (hpa as *const u64).read_unaligned() })
+    }
+}
+
 impl Hw for Machine {
     fn vmrun(&mut self, cpu: PhysCpu, vmcb: &mut Vmcb, gprs: &mut Gprs) {
         let me = this_cpu();
@@ -219,20 +214,6 @@ impl Hw for Machine {
         // by SvmVcpu::new with VMRUN intercepted, ASID != 0 and NPT on; the
         // assembly saves and restores all callee-saved registers.
         unsafe { svm_vmrun_asm(gprs, pa, host) };
-    }
-
-    fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool {
-        // SAFETY: callers pass addresses found in this VM's NPT (its own RAM
-        // frames, identity-mapped); `buf` is a distinct kernel buffer.
-        unsafe { core::ptr::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
-        true
-    }
-
-    #[inline]
-    fn read_phys_u64(&self, hpa: u64) -> Option<u64> {
-        // SAFETY: as in read_phys: an address found in this VM's NPT
-        // (identity-mapped RAM); the caller passes 8-byte aligned entries.
-        Some(unsafe { (hpa as *const u64).read_unaligned() })
     }
 
     fn swap_asid_owner(&mut self, _cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
@@ -253,20 +234,7 @@ impl Hw for Machine {
     }
 
     fn fpu_save(&mut self, area: &mut FpuArea) {
-        // SAFETY: `area` is a 16-byte aligned 512-byte buffer; CR0.EM/TS are
-        // clear and CR4.OSFXSR is set (enable_on_this_cpu).
-        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
-        if HAS_PKU.load(Ordering::Relaxed) {
-            let pkru: u32;
-            // SAFETY: CR4.PKE is set (enable_on_this_cpu); RDPKRU needs ECX
-            // = 0, WRPKRU ECX = EDX = 0; the next vCPU starts from 0.
-            unsafe {
-                core::arch::asm!("rdpkru", "mov {p:e}, eax", "xor eax, eax", "xor edx, edx",
-                    "wrpkru", p = out(reg) pkru, out("eax") _, inout("ecx") 0 => _,
-                    out("edx") _, options(nostack))
-            };
-            area.0[FPU_AREA_PKRU..FPU_AREA_PKRU + 4].copy_from_slice(&pkru.to_le_bytes());
-        }
+        fpu::save(area);
     }
 
     fn arm_turn_deadline(&mut self) {
@@ -293,33 +261,11 @@ impl Hw for Machine {
     }
 
     fn load_guest_drs(&mut self, drs: &[u64; 4]) {
-        // SAFETY: DR0-DR3 only hold addresses; breakpoints are armed by DR7,
-        // which the host keeps at 0x400 (#VMEXIT resets it) and only the
-        // guest's VMCB DR7 enables while the guest runs.
-        unsafe {
-            core::arch::asm!(
-                "mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
-                in(reg) drs[0], in(reg) drs[1], in(reg) drs[2], in(reg) drs[3],
-                options(nostack, nomem)
-            )
-        };
+        crate::x86_64::guest::debug::load_dr0_3(drs);
     }
 
     fn fpu_restore(&mut self, area: &FpuArea) {
-        // The extended-state configuration is the hypervisor's (xstate.rs).
-        crate::x86_64::xstate::repin();
-        // SAFETY: as fpu_save; the image came from FXSAVE or FpuArea::default
-        // (reserved MXCSR bits clear), so FXRSTOR cannot fault.
-        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack)) };
-        if HAS_PKU.load(Ordering::Relaxed) {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&area.0[FPU_AREA_PKRU..FPU_AREA_PKRU + 4]);
-            // SAFETY: as in fpu_save.
-            unsafe {
-                core::arch::asm!("wrpkru", in("eax") u32::from_le_bytes(b), in("ecx") 0,
-                    in("edx") 0, options(nostack))
-            };
-        }
+        fpu::restore(area);
     }
 }
 

@@ -10,13 +10,18 @@
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::decode::{self, MAX_INSN};
-use super::policy::CpuidTable;
+use super::decode::npf_exit;
 use super::vmcb::{
     ctrl, event_inj, exitcode, misc1, misc2, save, tlb, Vmcb, VmcbSeg, EFER_SVME, PAT_DEFAULT,
 };
-use super::walk::{self, GuestPhys, PagingRegs};
 use crate::paging::{PageTable, TableAccess, X86Long4};
+use crate::x86_64::guest::debug::{DebugRegs, MovDrOutcome, DR6_FIXED1, DR7_FIXED1};
+use crate::x86_64::guest::decode::{self, MAX_INSN};
+use crate::x86_64::guest::fetch::{self, RipWalk};
+use crate::x86_64::guest::fpu::FpuArea;
+use crate::x86_64::guest::policy::{CpuidTable, ECX7_OSPKE};
+use crate::x86_64::guest::walk::{HostPhys, LeafHint, Stage2Phys};
+use crate::x86_64::guest::GuestState;
 use vmm::backend::{x86_mode_state, BackendError, BootState, PhysCpu, Segment};
 use vmm::event::{vector, Event, PendingEvents, Queued};
 use vmm::exit::{Conduit, Exit, Hypercall, IoOp, PortIo, ShutdownKind};
@@ -30,21 +35,12 @@ use vmm::x86::wiring::X86Interface;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gprs(pub [u64; 16]);
 
-/// What the machine provides to a vCPU.
-pub trait Hw {
+/// What the machine provides to a vCPU (host-physical reads, [`HostPhys`],
+/// are shared with the other x86 backends).
+pub trait Hw: HostPhys {
     /// Runs the guest until the next #VMEXIT (CLGI, VMLOAD, VMRUN, VMSAVE,
     /// host VMLOAD, STGI).
     fn vmrun(&mut self, cpu: PhysCpu, vmcb: &mut Vmcb, gprs: &mut Gprs);
-    /// Reads host-physical memory (NPT tables, guest RAM); false if it is
-    /// not readable.
-    fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool;
-    /// Reads one little-endian u64 (a guest page-table entry on the exit
-    /// path): the machine overrides this with a single load.
-    #[inline]
-    fn read_phys_u64(&self, hpa: u64) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.read_phys(hpa, &mut b).then(|| u64::from_le_bytes(b))
-    }
     /// Records that `vm` last ran with `asid` on `cpu`; returns the previous
     /// owner (rule `tlb_tag`: ASIDs are reused when VMs outnumber them).
     fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize>;
@@ -73,22 +69,6 @@ pub trait Hw {
     /// not switch them; the hypervisor itself never uses them, and #VMEXIT
     /// resets DR7 to 0x400, so guest breakpoints never fire in the host).
     fn load_guest_drs(&mut self, drs: &[u64; 4]);
-}
-
-/// An FXSAVE image (Intel SDM Vol. 1 §10.5.1, AMD APM Vol. 2 §11.4.4).
-#[repr(C, align(16))]
-#[derive(Clone)]
-pub struct FpuArea(pub [u8; 512]);
-
-impl Default for FpuArea {
-    /// The state after FNINIT with MXCSR at its reset value: FCW 0x037F,
-    /// MXCSR 0x1F80, everything else zero.
-    fn default() -> Self {
-        let mut a = [0u8; 512];
-        a[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        a[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        FpuArea(a)
-    }
 }
 
 /// Optional SVM features (CPUID 8000_000A EDX) the vCPU adapts to.
@@ -154,179 +134,14 @@ const EFER_GUEST_BITS: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 <<
 const EFER_LMA: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const CR0_PG: u64 = 1 << 31;
-const CR4_DE: u64 = 1 << 3;
 /// CR4.PKE (bit 22): protection keys enabled by the guest.
 const CR4_PKE: u64 = 1 << 22;
 const RFLAGS_IF: u64 = 1 << 9;
-/// DR6/DR7 reserved bits (APM Vol. 2 §13.1.1.3/4): DR6 bits 11:4 and 31:16
-/// read as one, bit 12 and bits 63:32 as zero; DR7 bit 10 reads as one,
-/// bits 11, 12, 14, 15 and 63:32 as zero.
-pub const DR6_FIXED1: u64 = 0xffff_0ff0;
-pub const DR6_WRITABLE: u64 = 0xe00f;
-pub const DR7_FIXED1: u64 = 0x400;
-pub const DR7_WRITABLE: u64 = 0xffff_23ff;
-/// DR7.GD: general detect (#DB on the next DR access).
-pub const DR7_GD: u64 = 1 << 13;
-
 /// MSR permission map: 2 bits per MSR for three ranges, 8 KiB (APM Vol. 2
 /// §15.11); all ones intercepts every access.
 pub const MSRPM_SIZE: usize = 8192;
 /// I/O permission map: one bit per port plus 3 bytes, 12 KiB (§15.10.1).
 pub const IOPM_SIZE: usize = 12288;
-
-/// The last NPT leaf guest-physical reads went through (`size` 0: none).
-/// Valid only for the NPT generation it was filled in: every NPT change
-/// bumps the generation (rule `tlb_tag`), so a stale leaf is never used.
-#[derive(Clone, Copy, Debug, Default)]
-struct NptHint {
-    generation: u64,
-    gpa: u64,
-    size: u64,
-    hpa: u64,
-}
-
-/// Guest physical memory as this vCPU reaches it: through its VM's NPT
-/// (only mapped RAM), then host-physical reads.
-struct NptPhys<'a, H: Hw, A: TableAccess> {
-    hw: &'a H,
-    npt: &'a PageTable<X86Long4>,
-    access: &'a A,
-    /// The NPT generation now, and the leaf of the previous read: a guest
-    /// page walk plus the fetch touches one or two 2 MiB blocks, so most
-    /// reads skip the NPT walk.
-    generation: u64,
-    hint: &'a core::cell::Cell<NptHint>,
-}
-
-impl<H: Hw, A: TableAccess> NptPhys<'_, H, A> {
-    #[cold]
-    fn read_u64_unaligned(&self, gpa: u64) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.read(gpa, &mut b).then(|| u64::from_le_bytes(b))
-    }
-
-    #[inline]
-    fn host_pa(&self, gpa: u64) -> Option<u64> {
-        let h = self.hint.get();
-        if h.size != 0 && h.generation == self.generation && gpa.wrapping_sub(h.gpa) < h.size {
-            return Some(h.hpa + (gpa - h.gpa));
-        }
-        let t = self.npt.translate(self.access, gpa)?;
-        let size = t.size.bytes();
-        self.hint.set(NptHint {
-            generation: self.generation,
-            gpa: gpa & !(size - 1),
-            size,
-            hpa: t.pa & !(size - 1),
-        });
-        Some(t.pa)
-    }
-}
-
-impl<H: Hw, A: TableAccess> GuestPhys for NptPhys<'_, H, A> {
-    /// An aligned entry never crosses a page: one translation, one load.
-    #[inline(always)]
-    fn read_u64(&self, gpa: u64) -> Option<u64> {
-        if gpa & 7 != 0 {
-            return self.read_u64_unaligned(gpa);
-        }
-        let h = self.hint.get();
-        if h.size != 0 && h.generation == self.generation && gpa.wrapping_sub(h.gpa) < h.size {
-            return self.hw.read_phys_u64(h.hpa + (gpa - h.gpa));
-        }
-        self.hw.read_phys_u64(self.host_pa(gpa)?)
-    }
-
-    #[inline]
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = gpa.wrapping_add(done as u64);
-            let Some(pa) = self.host_pa(at) else {
-                return false;
-            };
-            let n = (buf.len() - done).min((0x1000 - (at & 0xfff)) as usize);
-            if !self.hw.read_phys(pa, &mut buf[done..done + n]) {
-                return false;
-            }
-            done += n;
-        }
-        true
-    }
-}
-
-/// Most entries one guest walk reads (4-level long mode).
-const RIP_WALK_MAX: usize = 4;
-
-/// The guest walk behind the last byte-at-RIP read, kept so that the next
-/// exit at the same code page REVALIDATES it instead of walking again.
-///
-/// Not a TLB: the guest may rewrite its page tables without any exit (with
-/// nested paging its tables are plain RAM), so a translation kept on trust
-/// could be stale. But `walk::translate` is a pure function of the paging
-/// registers, the linear page, and the values of the entries it reads, and
-/// each entry's location follows from the registers and the entries read
-/// before it. So when the registers, the page and the NPT generation (which
-/// fixes where every guest-physical table lives in host memory) are the
-/// same, and every recorded entry still holds its recorded value when read
-/// again now, a fresh walk would read the same entries and give the same
-/// result. The check re-reads each entry (3-4 host loads) instead of
-/// repeating the whole walk; any change, including the A/D bits the CPU
-/// sets, makes it walk again. 32-bit (non-PAE) walks, whose entries are
-/// 4 bytes, are not recorded.
-#[derive(Clone, Copy, Debug, Default)]
-struct RipWalk {
-    valid: bool,
-    regs: PagingRegs,
-    generation: u64,
-    /// The linear page (`la & !0xfff`) and the host address of its first byte.
-    page: u64,
-    host_page: u64,
-    len: usize,
-    /// (host address, value) of each entry the walk read, in order.
-    entries: [(u64, u64); RIP_WALK_MAX],
-}
-
-/// Guest-physical reads that record the host address and value of each
-/// 8-byte entry a walk reads (for [`RipWalk`]); any other kind of read, or
-/// more than [`RIP_WALK_MAX`] entries, makes the record unusable.
-struct Recording<'a, H: Hw, A: TableAccess> {
-    mem: NptPhys<'a, H, A>,
-    log: core::cell::Cell<WalkLog>,
-}
-
-/// The entries read so far, how many, and whether the record is usable.
-type WalkLog = ([(u64, u64); RIP_WALK_MAX], usize, bool);
-
-impl<H: Hw, A: TableAccess> GuestPhys for Recording<'_, H, A> {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let (e, n, _) = self.log.get();
-        self.log.set((e, n, false));
-        self.mem.read(gpa, buf)
-    }
-
-    fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let (mut e, n, ok) = self.log.get();
-        let hpa = if gpa & 7 == 0 {
-            self.mem.host_pa(gpa)
-        } else {
-            None
-        };
-        let Some(hpa) = hpa else {
-            self.log.set((e, n, false));
-            return self.mem.read_u64(gpa);
-        };
-        let v = self.mem.hw.read_phys_u64(hpa)?;
-        match e.get_mut(n) {
-            Some(slot) => {
-                *slot = (hpa, v);
-                self.log.set((e, n + 1, ok));
-            }
-            None => self.log.set((e, n, false)),
-        }
-        Some(v)
-    }
-}
 
 /// One SVM vCPU.
 pub struct SvmVcpu<H: Hw, A: TableAccess> {
@@ -337,7 +152,7 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     npt_access: A,
     npt_generation: Arc<AtomicU64>,
     seen_generation: u64,
-    npt_hint: core::cell::Cell<NptHint>,
+    npt_hint: core::cell::Cell<LeafHint>,
     rip_walk: RipWalk,
     features: Features,
     vm_index: usize,
@@ -352,12 +167,10 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     /// An event whose delivery an exit interrupted (EXITINTINFO), re-injected
     /// before anything new (APM Vol. 2 §15.7.2).
     reinject: Option<u64>,
-    /// The guest's DR0-3 and DR7 as it wrote them (rule `dr_intercept`).
-    /// DR0-3 are loaded into the CPU while the vCPU is bound; the VMCB DR7
-    /// is the guest's without GD (general detect is not emulated: every DR
-    /// access is intercepted anyway).
-    dr: [u64; 4],
-    dr7: u64,
+    /// The guest's DR0-3 and DR7 as it wrote them (rule `dr_intercept`,
+    /// emulated by the shared [`DebugRegs`]). DR0-3 are loaded into the
+    /// CPU while the vCPU is bound; the VMCB DR7 is the guest's without GD.
+    debug: DebugRegs,
     /// RIP after the instruction of the last exit, when known.
     next_rip: Option<u64>,
     /// x87/SSE state while the vCPU is not bound (separate per vCPU, so
@@ -488,8 +301,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             clean_cpu: None,
             pending: PendingEvents::new(),
             reinject: None,
-            dr: [0; 4],
-            dr7: DR7_FIXED1,
+            debug: DebugRegs::default(),
             next_rip: None,
             fpu: alloc::boxed::Box::default(),
             cpuid_table: None,
@@ -511,7 +323,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// CPUID exits whose (leaf, subleaf) the table has are answered here,
     /// counted in `internal_exits` like the other exits handled inside
     /// `run`; the others still reach the vmm's `ExitPolicy`, from which the
-    /// table was built (`SvmPolicy::cpuid_table`).
+    /// table was built (`X86Policy::cpuid_table`).
     pub fn set_cpuid_table(&mut self, table: CpuidTable) {
         self.cpuid_table = Some(alloc::boxed::Box::new(table));
     }
@@ -550,110 +362,31 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         &mut self.hw
     }
 
-    fn paging(&self) -> PagingRegs {
-        PagingRegs {
-            cr0: self.vmcb.read64(save::CR0),
-            cr3: self.vmcb.read64(save::CR3),
-            cr4: self.vmcb.read64(save::CR4),
-            efer: self.vmcb.read64(save::EFER),
-        }
-    }
-
-    fn bitness(&self) -> u32 {
-        let cs = self.vmcb.read16(save::CS + save::SEG_ATTRIB);
-        decode::bitness(cs, self.vmcb.read64(save::EFER) & EFER_LMA != 0)
-    }
-
     /// The bytes of the instruction at the guest's RIP: from the decode
     /// assists when present, else fetched through the guest's page tables.
     fn fetch_insn(&self, buf: &mut [u8; MAX_INSN]) -> usize {
-        if self.features.decode_assists {
-            let n = usize::from(self.vmcb.read8(ctrl::INSN_LEN)).min(MAX_INSN);
-            if n > 0 {
-                buf[..n].copy_from_slice(&self.vmcb.0[ctrl::INSN_BYTES..ctrl::INSN_BYTES + n]);
-                return n;
-            }
+        fetch::insn_bytes(self.vmcb, &self.guest_phys(), self.assist_bytes(), buf)
+    }
+
+    /// The instruction bytes the decode assists left in the VMCB (none
+    /// without the feature).
+    fn assist_bytes(&self) -> &[u8] {
+        if !self.features.decode_assists {
+            return &[];
         }
-        self.fetch_at_rip(buf)
+        let n = usize::from(self.vmcb.read8(ctrl::INSN_LEN)).min(MAX_INSN);
+        &self.vmcb.0[ctrl::INSN_BYTES..ctrl::INSN_BYTES + n]
     }
 
     /// Guest memory reached through this VM's NPT.
-    fn guest_phys(&self) -> NptPhys<'_, H, A> {
-        NptPhys {
-            hw: &self.hw,
-            npt: &self.npt,
-            access: &self.npt_access,
-            generation: self.npt_generation.load(Ordering::Acquire),
-            hint: &self.npt_hint,
-        }
-    }
-
-    /// The linear address of CS:RIP.
-    fn rip_linear(&self) -> u64 {
-        let cs_base = self.vmcb.read64(save::CS + save::SEG_BASE);
-        let la = self.vmcb.rip().wrapping_add(cs_base);
-        if self.bitness() != 64 {
-            la & 0xffff_ffff
-        } else {
-            la
-        }
-    }
-
-    /// Up to `buf.len()` bytes at CS:RIP through the guest's page tables.
-    fn fetch_at_rip(&self, buf: &mut [u8]) -> usize {
-        walk::fetch(&self.guest_phys(), &self.paging(), self.rip_linear(), buf)
-    }
-
-    /// The byte at CS:RIP (the exit path's prefix check): the last walk
-    /// revalidated when it was for the same page (see [`RipWalk`]), else
-    /// one recorded walk; then the aligned u64 around the byte (same page,
-    /// so the same RAM).
-    #[inline]
-    fn byte_at_rip(&mut self) -> Option<u8> {
-        let la = self.rip_linear();
-        let regs = self.paging();
-        let generation = self.npt_generation.load(Ordering::Acquire);
-        let m = &self.rip_walk;
-        let host_page = if m.valid
-            && m.page == la & !0xfff
-            && m.generation == generation
-            && m.regs == regs
-            && m.entries[..m.len.min(RIP_WALK_MAX)]
-                .iter()
-                .all(|&(hpa, v)| self.hw.read_phys_u64(hpa) == Some(v))
-        {
-            m.host_page
-        } else {
-            self.rip_walk_again(la, regs, generation)?
-        };
-        let at = host_page + (la & 0xfff);
-        let word = self.hw.read_phys_u64(at & !7)?;
-        Some((word >> (8 * (at & 7))) as u8)
-    }
-
-    /// The full walk for [`Self::byte_at_rip`], recorded for the next exit.
-    #[cold]
-    fn rip_walk_again(&mut self, la: u64, regs: PagingRegs, generation: u64) -> Option<u64> {
-        self.rip_walk.valid = false;
-        let rec = Recording {
-            mem: self.guest_phys(),
-            log: core::cell::Cell::new(([(0, 0); RIP_WALK_MAX], 0, true)),
-        };
-        let gpa = walk::translate(&rec, &regs, la).ok()?;
-        // NPT leaves are at least 4 KiB, so the page is contiguous in host
-        // memory.
-        let host_page = rec.mem.host_pa(gpa)? - (gpa & 0xfff);
-        let (entries, len, ok) = rec.log.get();
-        self.rip_walk = RipWalk {
-            valid: ok,
-            regs,
-            generation,
-            page: la & !0xfff,
-            host_page,
-            len,
-            entries,
-        };
-        Some(host_page)
+    fn guest_phys(&self) -> Stage2Phys<'_, H, X86Long4, A> {
+        Stage2Phys::new(
+            &self.hw,
+            &self.npt,
+            &self.npt_access,
+            self.npt_generation.load(Ordering::Acquire),
+            &self.npt_hint,
+        )
     }
 
     fn gpr(&self, r: Reg) -> u64 {
@@ -689,20 +422,38 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     fn next_rip_fixed(&mut self, len: u64, first: u8) {
         self.next_rip = Some(if self.features.nrips {
             self.vmcb.read64(ctrl::NRIP)
-        } else if !decode::is_prefix(first) && self.byte_at_rip() == Some(first) {
-            self.vmcb.rip().wrapping_add(len)
         } else {
-            let mut buf = [0u8; MAX_INSN];
-            let n = self.fetch_insn(&mut buf);
-            let len = decode::insn_len(&buf[..n], self.bitness()).map_or(len, |l| l as u64);
-            self.vmcb.rip().wrapping_add(len)
+            // The fields apart: the memo is written while the NPT is read.
+            let generation = self.npt_generation.load(Ordering::Acquire);
+            let (hw, npt, access, hint) = (&self.hw, &self.npt, &self.npt_access, &self.npt_hint);
+            let mem = || Stage2Phys::new(hw, npt, access, generation, hint);
+            match fetch::bare_next_rip(
+                &*self.vmcb,
+                &mut self.rip_walk,
+                &self.hw,
+                generation,
+                mem,
+                len,
+                first,
+            ) {
+                Some(rip) => rip,
+                None => self.next_rip_decoded(len),
+            }
         });
+    }
+
+    /// The next RIP from the decoded instruction at RIP (prefixed forms);
+    /// `len` when it cannot be fetched or decoded.
+    #[cold]
+    fn next_rip_decoded(&self, len: u64) -> u64 {
+        let mut buf = [0u8; MAX_INSN];
+        let n = self.fetch_insn(&mut buf);
+        fetch::decoded_next_rip(&*self.vmcb, &buf[..n], len)
     }
 
     fn skip(&mut self, len: usize) {
         let rip = self.vmcb.rip().wrapping_add(len as u64);
-        self.vmcb.write64(save::RIP, rip);
-        self.vmcb.write64(ctrl::INTERRUPT_SHADOW, 0);
+        self.vmcb.complete_to(rip);
     }
 
     fn queue(&mut self, e: Event) -> Result<Queued, BackendError> {
@@ -827,7 +578,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                     // CPUID.(7,0):ECX.OSPKE mirrors the guest's own CR4.PKE
                     // (SDM Vol. 2 "CPUID"); the table never has it set.
                     if leaf == 7 && self.vmcb.read64(save::CR4) & CR4_PKE != 0 {
-                        r[2] |= super::policy::ECX7_OSPKE;
+                        r[2] |= ECX7_OSPKE;
                     }
                     // CPUID zero-extends into RAX..RDX (SDM Vol. 2 "CPUID").
                     for (reg, v) in [Reg::Rax, Reg::Rbx, Reg::Rcx, Reg::Rdx].into_iter().zip(r) {
@@ -1145,8 +896,8 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         }
         let mut buf = [0u8; MAX_INSN];
         let n = self.fetch_insn(&mut buf);
-        let bitness = self.bitness();
-        let (exit, len) = decode::npf_exit(info1, gpa, &buf[..n], bitness, |r| self.gpr(r));
+        let bitness = self.vmcb.bitness();
+        let (exit, len) = npf_exit(info1, gpa, &buf[..n], bitness, |r| self.gpr(r));
         self.next_rip = len.map(|l| self.vmcb.rip().wrapping_add(l as u64));
         exit
     }
@@ -1155,48 +906,21 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     fn mov_dr(&mut self, code: u64) -> Result<Option<Exit>, BackendError> {
         let mut buf = [0u8; MAX_INSN];
         let n = self.fetch_insn(&mut buf);
-        let Some(m) = decode::decode_mov_dr(&buf[..n], self.bitness()) else {
+        let Some(m) = decode::decode_mov_dr(&buf[..n], self.vmcb.bitness()) else {
             return Ok(Some(Exit::Unknown {
                 reason: code,
                 qualification: self.vmcb.read64(ctrl::EXITINFO1),
             }));
         };
-        let mut dr = m.dr;
-        if dr == 4 || dr == 5 {
-            // DR4/DR5 alias DR6/DR7 unless CR4.DE (then #UD).
-            if self.vmcb.read64(save::CR4) & CR4_DE != 0 {
-                return self.internal_fault(Event::Undefined);
-            }
-            dr += 2;
-        }
-        if m.to_dr {
-            let v = self.gpr(m.gpr);
-            if (dr >= 6) && v >> 32 != 0 {
-                return self.internal_fault(Event::general_protection(0));
-            }
-            match dr {
-                0..=3 => {
-                    self.dr[usize::from(dr)] = v;
-                    self.hw.load_guest_drs(&self.dr);
+        let gpr = self.gpr(m.gpr);
+        match self.debug.emulate_mov(&mut *self.vmcb, &m, gpr) {
+            MovDrOutcome::Fault(e) => return self.internal_fault(e),
+            MovDrOutcome::Written { load_dr03 } => {
+                if load_dr03 {
+                    self.hw.load_guest_drs(&self.debug.dr);
                 }
-                6 => self
-                    .vmcb
-                    .write64(save::DR6, (v & DR6_WRITABLE) | DR6_FIXED1),
-                _ => self.set_dr7(v),
             }
-        } else {
-            let v = match dr {
-                0..=3 => self.dr[usize::from(dr)],
-                6 => self.vmcb.read64(save::DR6),
-                _ => self.dr7,
-            };
-            // A 32-bit destination in legacy mode: the upper half is zero anyway.
-            let v = if self.bitness() == 64 {
-                v
-            } else {
-                v & 0xffff_ffff
-            };
-            self.set_gpr(m.gpr, v);
+            MovDrOutcome::Read(v) => self.set_gpr(m.gpr, v),
         }
         self.skip(m.len);
         self.internal_exits += 1;
@@ -1204,8 +928,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     }
 
     fn set_dr7(&mut self, v: u64) {
-        self.dr7 = (v & DR7_WRITABLE) | DR7_FIXED1;
-        self.vmcb.write64(save::DR7, self.dr7 & !DR7_GD);
+        self.debug.set_dr7(&mut *self.vmcb, v);
     }
 
     /// MSRs whose value lives in the VMCB. `None`: not one of them.
@@ -1428,7 +1151,7 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
             Reg::Cr4 => v.read64(save::CR4),
             Reg::Efer => v.read64(save::EFER) & !EFER_SVME,
             Reg::Dr6 => v.read64(save::DR6),
-            Reg::Dr7 => self.dr7,
+            Reg::Dr7 => self.debug.dr7,
             r if gpr_index(r).is_some() => self.gpr(r),
             r => return Err(BackendError::NoSuchRegister(r)),
         })
@@ -1514,7 +1237,7 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
             Some(_) => Ok(()),
             None => {
                 self.hw.fpu_restore(&self.fpu);
-                self.hw.load_guest_drs(&self.dr);
+                self.hw.load_guest_drs(&self.debug.dr);
                 // Another VM ran here last (or nothing since boot): its
                 // predictor state must not reach this one (finding 7).
                 if self.hw.swap_last_vm(cpu, self.vm_index) != Some(self.vm_index) {
@@ -1538,6 +1261,7 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
 mod tests {
     use super::super::npt::tests::{npt, MemTables};
     use super::*;
+    use crate::x86_64::guest::debug::{DR6_WRITABLE, DR7_WRITABLE};
     use std::boxed::Box;
     use std::collections::{HashMap, VecDeque};
     use std::vec::Vec;
@@ -1564,6 +1288,19 @@ mod tests {
         barriers: u32,
     }
 
+    impl HostPhys for FakeHw {
+        fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool {
+            let off = hpa.wrapping_sub(self.ram_hpa) as usize;
+            match self.ram.get(off..off + buf.len()) {
+                Some(s) => {
+                    buf.copy_from_slice(s);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
     impl Hw for FakeHw {
         fn vmrun(&mut self, _cpu: PhysCpu, v: &mut Vmcb, g: &mut Gprs) {
             self.seen.push((
@@ -1574,16 +1311,6 @@ mod tests {
             v.write64(ctrl::EXITINTINFO, 0);
             let mut s = self.steps.pop_front().expect("script ended");
             s(v, g);
-        }
-        fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool {
-            let off = hpa.wrapping_sub(self.ram_hpa) as usize;
-            match self.ram.get(off..off + buf.len()) {
-                Some(s) => {
-                    buf.copy_from_slice(s);
-                    true
-                }
-                None => false,
-            }
         }
         fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
             self.owners.insert((cpu, asid), vm)
@@ -1747,8 +1474,8 @@ mod tests {
     /// itself, prefixed forms included; anything else reaches the vmm.
     #[test]
     fn cpuid_ospke_follows_the_guest_cr4() {
-        use super::super::policy::{SvmPolicy, ECX7_OSPKE};
         use crate::x86_64::cpuid::{CpuidRegs, CpuidSource};
+        use crate::x86_64::guest::policy::X86Policy;
         // A host with CR4.PKE set: its CPUID.(7,0) reports OSPKE.
         struct Host;
         impl CpuidSource for Host {
@@ -1761,7 +1488,7 @@ mod tests {
                 }
             }
         }
-        let table = SvmPolicy::new(Host, || 0).cpuid_table();
+        let table = X86Policy::new(Host, || 0).cpuid_table();
         assert_eq!(
             table.lookup(7, 0).unwrap()[2] & ECX7_OSPKE,
             0,
@@ -1788,8 +1515,8 @@ mod tests {
 
     #[test]
     fn cpuid_table_answers_inside_run() {
-        use super::super::policy::SvmPolicy;
         use crate::x86_64::cpuid::{CpuidRegs, CpuidSource};
+        use crate::x86_64::guest::policy::X86Policy;
         struct Host;
         impl CpuidSource for Host {
             fn cpuid(&self, leaf: u32, sub: u32) -> CpuidRegs {
@@ -1801,7 +1528,7 @@ mod tests {
                 }
             }
         }
-        let policy = SvmPolicy::new(Host, || 0);
+        let policy = X86Policy::new(Host, || 0);
         let table = policy.cpuid_table();
         let mut v = vcpu(
             // CPUID; CS: CPUID; CPUID; CPUID; HLT
@@ -1954,8 +1681,8 @@ mod tests {
         // Page 0x8000: bare CPUID; page 0x9000: CS CPUID.
         let mut v = long_mode_vcpu(&[0x0f, 0xa2], &[0x2e, 0x0f, 0xa2], steps);
         assert_eq!(cpuid_at_start(&mut v), 2);
-        assert!(v.rip_walk.valid);
-        assert_eq!(v.rip_walk.len, 4);
+        assert!(v.rip_walk.is_valid());
+        assert_eq!(v.rip_walk.entries_read(), 4);
         // Same tables: revalidated, same answer.
         assert_eq!(cpuid_at_start(&mut v), 2);
         // The guest remaps the page (no exit, no flush seen by us).
@@ -1979,7 +1706,7 @@ mod tests {
         // and the memo is dropped.
         v.hw().ram[0x5000..0x5008].copy_from_slice(&0u64.to_le_bytes());
         assert_eq!(cpuid_at_start(&mut v), 2);
-        assert!(!v.rip_walk.valid);
+        assert!(!v.rip_walk.is_valid());
     }
 
     /// An NPT change (new generation) invalidates the memo even when the
@@ -1989,10 +1716,10 @@ mod tests {
         let steps = (0..2).map(|_| exit(exitcode::CPUID, 0, 0)).collect();
         let mut v = long_mode_vcpu(&[0x0f, 0xa2], &[], steps);
         assert_eq!(cpuid_at_start(&mut v), 2);
-        let g = v.rip_walk.generation;
+        let g = v.rip_walk.generation();
         v.npt_generation.fetch_add(1, Ordering::Release);
         assert_eq!(cpuid_at_start(&mut v), 2);
-        assert_eq!(v.rip_walk.generation, g + 1);
+        assert_eq!(v.rip_walk.generation(), g + 1);
     }
 
     #[test]

@@ -255,6 +255,75 @@ impl Vmcb {
     }
 }
 
+/// The guest state the shared x86 code works on, in the VMCB: the
+/// state-save area, plus the interrupt shadow of the control area.
+impl crate::x86_64::guest::GuestState for Vmcb {
+    #[inline]
+    fn rip(&self) -> u64 {
+        self.read64(save::RIP)
+    }
+    #[inline]
+    fn set_rip(&mut self, rip: u64) {
+        self.write64(save::RIP, rip);
+    }
+    #[inline]
+    fn rflags(&self) -> u64 {
+        self.read64(save::RFLAGS)
+    }
+    #[inline]
+    fn cr0(&self) -> u64 {
+        self.read64(save::CR0)
+    }
+    #[inline]
+    fn cr3(&self) -> u64 {
+        self.read64(save::CR3)
+    }
+    #[inline]
+    fn cr4(&self) -> u64 {
+        self.read64(save::CR4)
+    }
+    #[inline]
+    fn efer(&self) -> u64 {
+        self.read64(save::EFER)
+    }
+    #[inline]
+    fn cpl(&self) -> u8 {
+        self.read8(save::CPL)
+    }
+    #[inline]
+    fn cs_base(&self) -> u64 {
+        self.read64(save::CS + save::SEG_BASE)
+    }
+    /// The VMCB's packed attributes (APM Vol. 2 §15.5.1): L is bit 9, D/B
+    /// bit 10.
+    #[inline]
+    fn cs_l_db(&self) -> (bool, bool) {
+        let a = self.read16(save::CS + save::SEG_ATTRIB);
+        (a & (1 << 9) != 0, a & (1 << 10) != 0)
+    }
+    #[inline]
+    fn dr6(&self) -> u64 {
+        self.read64(save::DR6)
+    }
+    #[inline]
+    fn set_dr6(&mut self, v: u64) {
+        self.write64(save::DR6, v);
+    }
+    #[inline]
+    fn set_dr7(&mut self, v: u64) {
+        self.write64(save::DR7, v);
+    }
+    #[inline]
+    fn interrupt_shadow(&self) -> bool {
+        self.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0
+    }
+    /// Writes the whole 64-bit field (the backend always has).
+    #[inline]
+    fn clear_interrupt_shadow(&mut self) {
+        self.write64(ctrl::INTERRUPT_SHADOW, 0);
+    }
+}
+
 /// EVENTINJ / EXITINTINFO encoding (APM Vol. 2 §15.20): vector 7:0,
 /// type 10:8, EV (error code valid) bit 11, V bit 31, error code 63:32.
 pub mod event_inj {
@@ -392,6 +461,23 @@ pub mod clean {
 
 #[cfg(test)]
 mod tests {
+
+    /// The VMCB's packed CS attributes (L bit 9, D bit 10) give the shared
+    /// code its CS.L / CS.D view.
+    #[test]
+    fn guest_state_code_segment_bitness() {
+        use crate::x86_64::guest::GuestState;
+        let mut v = Vmcb::zeroed();
+        let lma = 1 << 10;
+        for (attrib, efer, bits) in [(0xa9b, lma, 64), (0xc9b, 0, 32), (0x09b, 0, 16)] {
+            v.write16(save::CS + save::SEG_ATTRIB, attrib);
+            v.write64(save::EFER, efer);
+            assert_eq!(v.bitness(), bits, "{attrib:#x}");
+        }
+        v.write64(save::CS + save::SEG_BASE, 0x1_0000);
+        v.write64(save::RIP, 0xffff_fff0);
+        assert_eq!(v.rip_linear(), 0x1_0000 + 0xffff_fff0 - (1 << 32));
+    }
 
     #[test]
     fn clean_bits_follow_the_bytes_of_each_group() {

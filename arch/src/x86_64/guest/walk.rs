@@ -1,13 +1,19 @@
 //! Guest linear → guest physical translation through the GUEST's own page
-//! tables, for fetching the instruction behind a nested page fault when the
-//! CPU has no decode assists (APM Vol. 2 §15.25: EXITINFO2 gives only the
-//! GPA, never the instruction).
+//! tables, for fetching the instruction behind an exit that does not give
+//! its bytes (an SVM nested page fault without decode assists, APM Vol. 2
+//! §15.25: EXITINFO2 gives only the GPA; any VMX exit, SDM Vol. 3C §28.2:
+//! the exit qualification never holds the instruction), and guest-physical
+//! reads through the VM's stage-2 tables ([`Stage2Phys`]).
 //!
 //! Paging modes from CR0.PG, CR4.PAE, EFER.LMA (SDM Vol. 3A §4.1.1 Table 4-1,
 //! APM Vol. 2 §5.1): none, 32-bit (2 levels, 4 MiB pages with CR4.PSE), PAE
 //! (3 levels, PDPTEs at CR3[31:5]), 4-level long mode. 5-level paging
 //! (CR4.LA57) is refused. Every table read goes through [`GuestPhys`], which
 //! only reaches this guest's RAM (rule `guest_addr`).
+
+use core::cell::Cell;
+
+use crate::paging::{Format, PageTable, TableAccess};
 
 /// Reads guest-physical memory (this guest's RAM only).
 pub trait GuestPhys {
@@ -144,6 +150,150 @@ pub fn fetch(mem: &impl GuestPhys, r: &PagingRegs, la: u64, buf: &mut [u8]) -> u
         done += n;
     }
     done
+}
+
+/// Reads host-physical memory (the machine side of a backend; scripted in
+/// host tests).
+pub trait HostPhys {
+    /// Reads host-physical memory (stage-2 tables, guest RAM); false if it
+    /// is not readable.
+    fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool;
+    /// Reads one little-endian u64 (a guest page-table entry on the exit
+    /// path): the machine overrides this with a single load.
+    #[inline]
+    fn read_phys_u64(&self, hpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read_phys(hpa, &mut b).then(|| u64::from_le_bytes(b))
+    }
+}
+
+/// Guest-physical memory that also says where each address lives in host
+/// memory and which stage-2 generation that answer holds for: what
+/// [`super::fetch::RipWalk`] needs to revalidate a recorded walk with host
+/// loads alone.
+pub trait HostMapped: GuestPhys {
+    /// The host-physical address of guest-physical `gpa` (mapped RAM only).
+    fn host_pa(&self, gpa: u64) -> Option<u64>;
+    /// One little-endian u64 at host-physical `hpa` (a [`Self::host_pa`]
+    /// result).
+    fn read_host_u64(&self, hpa: u64) -> Option<u64>;
+    /// The stage-2 generation the translations are valid for (every change
+    /// of the VM's stage-2 tables bumps it, rule `tlb_tag`).
+    fn generation(&self) -> u64;
+}
+
+/// The last stage-2 leaf guest-physical reads went through (`size` 0:
+/// none). Valid only for the stage-2 generation it was filled in: every
+/// stage-2 change bumps the generation (rule `tlb_tag`), so a stale leaf is
+/// never used.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeafHint {
+    generation: u64,
+    gpa: u64,
+    size: u64,
+    hpa: u64,
+}
+
+/// Guest physical memory as a vCPU reaches it: through its VM's stage-2
+/// tables (NPT or EPT, in format `F`: only mapped RAM), then host-physical
+/// reads.
+pub struct Stage2Phys<'a, H: HostPhys, F: Format, A: TableAccess> {
+    host: &'a H,
+    table: &'a PageTable<F>,
+    access: &'a A,
+    /// The stage-2 generation now, and the leaf of the previous read: a
+    /// guest page walk plus the fetch touches one or two 2 MiB blocks, so
+    /// most reads skip the stage-2 walk.
+    generation: u64,
+    hint: &'a Cell<LeafHint>,
+}
+
+impl<'a, H: HostPhys, F: Format, A: TableAccess> Stage2Phys<'a, H, F, A> {
+    /// `generation` is the stage-2 generation loaded now; `hint` is the
+    /// vCPU's own (it survives across exits).
+    #[inline]
+    pub fn new(
+        host: &'a H,
+        table: &'a PageTable<F>,
+        access: &'a A,
+        generation: u64,
+        hint: &'a Cell<LeafHint>,
+    ) -> Self {
+        Stage2Phys {
+            host,
+            table,
+            access,
+            generation,
+            hint,
+        }
+    }
+
+    #[cold]
+    fn read_u64_unaligned(&self, gpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b).then(|| u64::from_le_bytes(b))
+    }
+}
+
+impl<H: HostPhys, F: Format, A: TableAccess> HostMapped for Stage2Phys<'_, H, F, A> {
+    #[inline]
+    fn host_pa(&self, gpa: u64) -> Option<u64> {
+        let h = self.hint.get();
+        if h.size != 0 && h.generation == self.generation && gpa.wrapping_sub(h.gpa) < h.size {
+            return Some(h.hpa + (gpa - h.gpa));
+        }
+        let t = self.table.translate(self.access, gpa)?;
+        let size = t.size.bytes();
+        self.hint.set(LeafHint {
+            generation: self.generation,
+            gpa: gpa & !(size - 1),
+            size,
+            hpa: t.pa & !(size - 1),
+        });
+        Some(t.pa)
+    }
+
+    #[inline(always)]
+    fn read_host_u64(&self, hpa: u64) -> Option<u64> {
+        self.host.read_phys_u64(hpa)
+    }
+
+    #[inline(always)]
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl<H: HostPhys, F: Format, A: TableAccess> GuestPhys for Stage2Phys<'_, H, F, A> {
+    /// An aligned entry never crosses a page: one translation, one load.
+    #[inline(always)]
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        if gpa & 7 != 0 {
+            return self.read_u64_unaligned(gpa);
+        }
+        let h = self.hint.get();
+        if h.size != 0 && h.generation == self.generation && gpa.wrapping_sub(h.gpa) < h.size {
+            return self.host.read_phys_u64(h.hpa + (gpa - h.gpa));
+        }
+        self.host.read_phys_u64(self.host_pa(gpa)?)
+    }
+
+    #[inline]
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = gpa.wrapping_add(done as u64);
+            let Some(pa) = self.host_pa(at) else {
+                return false;
+            };
+            let n = (buf.len() - done).min((0x1000 - (at & 0xfff)) as usize);
+            if !self.host.read_phys(pa, &mut buf[done..done + n]) {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
 }
 
 #[cfg(test)]

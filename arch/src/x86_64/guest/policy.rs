@@ -1,6 +1,9 @@
 //! What an x86 guest sees of CPUID and the MSRs that the vmm handles
-//! (the MSRs backed by VMCB fields — EFER, PAT, the SYSCALL/SYSENTER set,
-//! FS/GS base — are handled inside the vCPU).
+//! (the MSRs backed by control-block fields — EFER, PAT, the
+//! SYSCALL/SYSENTER set, FS/GS base — are handled inside the backend's
+//! vCPU). The same policy serves every x86 backend: it filters the host's
+//! CPUID for both vendors at once, so nothing in it depends on whether SVM
+//! or VMX runs the guest.
 //!
 //! CPUID is the host's, filtered: no SVM or VMX (no nested virtualization),
 //! no MONITOR/MWAIT (intercepted), no XSAVE (XCR0 is not context-switched),
@@ -11,7 +14,7 @@
 //! and the TSC and APIC timer frequencies are in leaves 0x15/0x16 (where
 //! the host has them) and 0x4000_0010.
 
-use super::super::cpuid::{CpuidRegs, CpuidSource};
+use crate::x86_64::cpuid::{CpuidRegs, CpuidSource};
 use vmm::vm::ExitPolicy;
 
 /// Signature in CPUID 0x4000_0000 EBX, ECX, EDX.
@@ -30,6 +33,8 @@ pub mod msr {
     pub const MCG_STATUS: u32 = 0x17a;
     pub const MISC_ENABLE: u32 = 0x1a0;
     pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// AMD's hardware configuration register (reads as 0; an Intel CPU
+    /// would #GP, which no guest relies on).
     pub const HWCR: u32 = 0xc001_0015;
 }
 
@@ -50,7 +55,7 @@ pub const ECX7_OSPKE: u32 = 1 << 4;
 /// IA32_CORE_CAPABILITIES (30), SSBD (31). Their MSRs are not switched per
 /// VM, so they are hidden and writes to them #GP consistently (a guest that
 /// saw the bits and got #GP on SPEC_CTRL would oops); the hypervisor does
-/// IBPB between VMs itself (`SvmVcpu::bind`).
+/// IBPB between VMs itself (the backend's bind, `SvmVcpu::bind`).
 pub const EDX7_SPEC_CTRL_BITS: u32 = 0xfc00_0000;
 /// CPUID.8000_0008:EBX: RDPRU (bit 4, intercepted: #UD), IBPB (12), IBRS
 /// (14), STIBP (15), IBRS/STIBP always on and preferred (16-19), SSBD (24),
@@ -63,8 +68,8 @@ pub const EAX8021_HIDDEN: u32 = (1 << 8) | (1 << 27);
 const ECX81_SVM: u32 = 1 << 2;
 const ECX81_PERFCTR_CORE: u32 = 1 << 23;
 
-/// The policy of one x86 VM on an SVM host.
-pub struct SvmPolicy<C: CpuidSource + Send> {
+/// The CPUID and MSR policy of one x86 VM, whichever backend runs it.
+pub struct X86Policy<C: CpuidSource + Send> {
     cpuid: C,
     tsc: fn() -> u64,
     mtrr_def_type: u64,
@@ -73,11 +78,11 @@ pub struct SvmPolicy<C: CpuidSource + Send> {
     tsc_khz: u32,
 }
 
-impl<C: CpuidSource + Send> SvmPolicy<C> {
+impl<C: CpuidSource + Send> X86Policy<C> {
     pub fn new(cpuid: C, tsc: fn() -> u64) -> Self {
         let max_basic = cpuid.cpuid(0, 0).eax;
         let max_ext = cpuid.cpuid(0x8000_0000, 0).eax;
-        SvmPolicy {
+        X86Policy {
             cpuid,
             tsc,
             mtrr_def_type: 0x6,
@@ -179,7 +184,9 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
             0x8000_0001 => {
                 r.ecx &= !(ECX81_SVM | ECX81_PERFCTR_CORE);
             }
-            // SVM features.
+            // Vendor-specific, on every backend: SVM is hidden like VMX
+            // (leaf 1 above) and its feature leaf is zeros (an Intel host's
+            // extended maximum is below it anyway).
             0x8000_000a => r = CpuidRegs::default(),
             _ => {}
         }
@@ -187,7 +194,7 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
     }
 }
 
-/// CPUID answers precomputed from [`SvmPolicy`] when a VM is created, so
+/// CPUID answers precomputed from [`X86Policy`] when a VM is created, so
 /// the vCPU answers the common leaves without going through the vmm's
 /// dispatch. Only subleaf 0 is kept (any other ECX goes the generic way),
 /// and only leaves whose answer does not depend on the CPU the vCPU runs on.
@@ -219,7 +226,7 @@ impl CpuidTable {
 /// ID of the CPU executing CPUID.
 const CPU_DEPENDENT_LEAVES: &[u32] = &[0x8000_001e];
 
-impl<C: CpuidSource + Send> SvmPolicy<C> {
+impl<C: CpuidSource + Send> X86Policy<C> {
     /// The table of this policy's CPUID answers for subleaf 0 of the leaves
     /// up to the host's maxima (beyond them: the generic path's zeros), as
     /// vCPU 0 of a uniprocessor VM sees them.
@@ -246,7 +253,7 @@ impl<C: CpuidSource + Send> SvmPolicy<C> {
     }
 }
 
-impl<C: CpuidSource + Send> ExitPolicy for SvmPolicy<C> {
+impl<C: CpuidSource + Send> ExitPolicy for X86Policy<C> {
     fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = self.filtered(leaf, subleaf);
         [r.eax, r.ebx, r.ecx, r.edx]
@@ -312,8 +319,8 @@ mod tests {
         }
     }
 
-    fn policy() -> SvmPolicy<Fake> {
-        SvmPolicy::new(Fake, || 42)
+    fn policy() -> X86Policy<Fake> {
+        X86Policy::new(Fake, || 42)
     }
 
     #[test]
