@@ -5,9 +5,10 @@
 //! indexed by a CPU number. Starting more CPUs then means allocating one
 //! more of these and pointing that CPU's register at it.
 //!
-//! The layout of the first two fields is fixed: the x86 accessor reads the
-//! structure's own address at `gs:[0]`, and the arm64 exception vectors
-//! find the guest context at `[TPIDR_EL2, #8]`.
+//! The layout of the first three fields is fixed: the x86 accessor reads
+//! the structure's own address at `gs:[0]`, the arm64 exception vectors
+//! find the guest context at `[TPIDR_EL2, #8]`, and the x86 time-slice
+//! timer's interrupt stub sets `gs:[16]` ([`PerCpu::timer_fired`]).
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -38,6 +39,13 @@ pub struct PerCpu {
     /// arm64: the `GuestContext` of the vCPU in a world switch, stored by
     /// the entry and read by the exit vectors.
     pub guest_ctx: AtomicU64,
+    /// x86: set by the time-slice timer's interrupt stub (offset 16), cleared
+    /// when the timer is armed again. The interrupt is taken right after a
+    /// #VMEXIT's STGI whatever the exit was, so an exit for something else
+    /// (an NPF, a VINTR) that the timer fired just behind would otherwise
+    /// eat the turn's deadline: the guest then kept the CPU until it exited
+    /// by itself (a guest spinning without exits: forever).
+    pub timer_fired: AtomicU64,
     /// The kernel's index of this CPU.
     pub index: PhysCpu,
     /// The vCPU bound here: VM index + 1 (0: none) and vCPU index.
@@ -55,6 +63,7 @@ impl PerCpu {
         PerCpu {
             self_addr: AtomicU64::new(0),
             guest_ctx: AtomicU64::new(0),
+            timer_fired: AtomicU64::new(0),
             index,
             current_vm: AtomicUsize::new(0),
             current_vcpu: AtomicU32::new(0),
@@ -152,6 +161,7 @@ mod tests {
     fn layout_fixed_for_the_assembly() {
         assert_eq!(core::mem::offset_of!(PerCpu, self_addr), 0);
         assert_eq!(core::mem::offset_of!(PerCpu, guest_ctx), 8);
+        assert_eq!(core::mem::offset_of!(PerCpu, timer_fired), 16);
         let p = PerCpu::new(3);
         assert_eq!(p.current(), None);
         p.set_current(Some((0, 2)));

@@ -143,6 +143,8 @@ mod hw {
         jz 2f
         mov dword ptr [rax], 0
     2:  pop rax
+        // PerCpu::timer_fired (arch::percpu: offset 16 through GS base).
+        mov qword ptr gs:[16], 1
         iretq
         .balign 16
         .global arch_x86_lapic_spurious_stub
@@ -270,6 +272,8 @@ mod hw {
         let ticks = ticks_until(deadline, rdtsc(), q);
         if left != 0 && ticks < left {
             write(base, reg::INITIAL_COUNT, ticks as u32);
+            // A slice that expired between the read and the write fired
+            // already: the new count gives it one more interrupt.
         }
     }
 
@@ -298,11 +302,24 @@ mod hw {
         }
     }
 
+    /// Whether this CPU's slice timer fired since it was last armed (its
+    /// interrupt may have been taken after an exit for something else).
+    #[inline]
+    pub fn slice_fired() -> bool {
+        crate::percpu::this_cpu()
+            .timer_fired
+            .load(Ordering::Relaxed)
+            != 0
+    }
+
     /// Starts a new slice (before each VMRUN); nothing if not enabled.
     #[inline]
     pub fn arm_slice() {
         let at = INITIAL_COUNT_AT.load(Ordering::Relaxed);
         if at != 0 {
+            crate::percpu::this_cpu()
+                .timer_fired
+                .store(0, Ordering::Relaxed);
             // SAFETY: the xAPIC initial-count register (enable_slices).
             unsafe {
                 core::ptr::write_volatile(

@@ -245,6 +245,11 @@ impl Hw for Machine {
         crate::x86_64::lapic::shorten_slice(tsc);
     }
 
+    #[inline]
+    fn deadline_fired(&mut self) -> bool {
+        crate::x86_64::lapic::slice_fired()
+    }
+
     fn swap_last_vm(&mut self, _cpu: PhysCpu, vm: usize) -> Option<usize> {
         let slot = &this_cpu().svm.last_vm;
         let prev = slot.load(Ordering::Relaxed);

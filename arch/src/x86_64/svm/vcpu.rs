@@ -65,6 +65,10 @@ pub trait Hw: HostPhys {
     /// Makes the guest exit by TSC value `tsc` at the latest (an INTR
     /// exit), if that is before the turn's deadline.
     fn arm_deadline(&mut self, tsc: u64);
+    /// Whether the deadline fired since it was armed: its interrupt is
+    /// taken after whatever #VMEXIT came first, so an exit for something
+    /// else can carry it (the turn is over then).
+    fn deadline_fired(&mut self) -> bool;
     /// Loads the guest's DR0-DR3 into the CPU's debug registers (VMRUN does
     /// not switch them; the hypervisor itself never uses them, and #VMEXIT
     /// resets DR7 to 0x400, so guest breakpoints never fire in the host).
@@ -195,12 +199,17 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     vintr_unreliable: bool,
     /// The guest deadline the host timer was last shortened for.
     armed_wake_at: Option<u64>,
-    /// RIP when a window was asked for while only the interrupt shadow
-    /// blocked delivery: a VINTR exit at the same RIP made no progress, so
-    /// the shadow cannot be over (QEMU TCG takes V_IRQ inside the shadow
-    /// and reports it clear).
-    shadow_window_rip: Option<u64>,
-    /// The last exit was such a premature VINTR exit: the guest is not
+    /// RIP at which the guest was last seen inside an STI/MOV SS shadow
+    /// (an interrupt or window exit with INTERRUPT_SHADOW set, or a window
+    /// asked for then). An interrupt or window exit at the same RIP made no
+    /// progress, so the shadow cannot be over, whatever the VMCB says:
+    /// QEMU before 9.1 does not reload the shadow at VMRUN (its commit
+    /// "fix INHIBIT_IRQ/TF/RF handling for VMRUN"), so it takes V_IRQ, or
+    /// an INTR exit right at the entry, inside the shadow and then reports
+    /// it clear (`irq-x86-window` found interrupts delivered in a MOV SS
+    /// shadow). On hardware the VMCB is right and this never triggers.
+    shadow_rip: Option<u64>,
+    /// The last exit was such a premature exit: the guest is not
     /// interruptible until it runs again.
     premature_window: bool,
 }
@@ -311,7 +320,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             vintr: vintr::V_INTR_MASKING,
             vintr_unreliable: false,
             armed_wake_at: None,
-            shadow_window_rip: None,
+            shadow_rip: None,
             premature_window: false,
         }
     }
@@ -721,15 +730,16 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             exitcode::INVALID => Exit::Shutdown(ShutdownKind::InvalidState),
             // The only physical interrupt the hypervisor enables is the
             // time-slice timer (taken and ended after the VMRUN's STGI).
-            exitcode::INTR => Exit::PreemptionTimer,
+            exitcode::INTR => {
+                self.note_shadow();
+                Exit::PreemptionTimer
+            }
             exitcode::NMI | exitcode::SMI | exitcode::INIT => Exit::ExternalInterrupt,
             exitcode::VINTR => {
                 // The guest's interrupt window opened: the vmm injects at
                 // the next entry. The CPU leaves V_IRQ set; the next
                 // entry's load_vintr decides again.
-                if self.shadow_window_rip == Some(self.vmcb.rip()) {
-                    self.premature_window = true;
-                }
+                self.note_shadow();
                 if !self.interruptible() {
                     self.vintr_unreliable = true;
                 }
@@ -831,8 +841,9 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         if window {
             v |= vintr::V_IRQ | vintr::V_INTR_PRIO | vintr::V_IGN_TPR;
         }
-        self.shadow_window_rip =
-            (window && self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0).then(|| self.vmcb.rip());
+        if window && self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0 {
+            self.shadow_rip = Some(self.vmcb.rip());
+        }
         if v != self.vintr {
             self.vintr = v;
             self.vmcb.write64(ctrl::VINTR, v);
@@ -843,6 +854,20 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 m & !misc1::VINTR
             };
             self.vmcb.write32(ctrl::INTERCEPT_MISC1, m);
+        }
+    }
+
+    /// After an interrupt or window exit (no instruction completed by the
+    /// exit itself): records a reported shadow, or finds one the CPU lost
+    /// ([`SvmVcpu::shadow_rip`]).
+    fn note_shadow(&mut self) {
+        let rip = self.vmcb.rip();
+        if self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 != 0 {
+            self.shadow_rip = Some(rip);
+        } else if self.shadow_rip == Some(rip) {
+            self.premature_window = true;
+        } else {
+            self.shadow_rip = None;
         }
     }
 
@@ -1128,10 +1153,13 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
         if self.x86.load {
             self.load_x86()?;
         }
+        if self.hw.deadline_fired() {
+            return Ok(Exit::PreemptionTimer);
+        }
         let mut exit = Exit::Halt;
         while !self.run_once(cpu, &mut exit)? {
             self.turn_budget = self.turn_budget.saturating_sub(1);
-            if self.turn_budget == 0 {
+            if self.turn_budget == 0 || self.hw.deadline_fired() {
                 self.note_x86_exit();
                 return Ok(Exit::PreemptionTimer);
             }
@@ -1284,6 +1312,8 @@ mod tests {
         /// Turn deadlines armed (`Hw::arm_turn_deadline`).
         deadlines: u32,
         wake_deadlines: Vec<u64>,
+        fired: bool,
+        fire_after_vmrun: bool,
         last_vm: HashMap<u32, usize>,
         barriers: u32,
     }
@@ -1311,6 +1341,9 @@ mod tests {
             v.write64(ctrl::EXITINTINFO, 0);
             let mut s = self.steps.pop_front().expect("script ended");
             s(v, g);
+            if self.fire_after_vmrun {
+                self.fired = true;
+            }
         }
         fn swap_asid_owner(&mut self, cpu: PhysCpu, asid: u32, vm: usize) -> Option<usize> {
             self.owners.insert((cpu, asid), vm)
@@ -1331,6 +1364,9 @@ mod tests {
         }
         fn arm_deadline(&mut self, tsc: u64) {
             self.wake_deadlines.push(tsc);
+        }
+        fn deadline_fired(&mut self) -> bool {
+            self.fired
         }
         fn swap_last_vm(&mut self, cpu: PhysCpu, vm: usize) -> Option<usize> {
             self.last_vm.insert(cpu, vm)
@@ -1371,6 +1407,8 @@ mod tests {
             drs_live: [0; 4],
             deadlines: 0,
             wake_deadlines: Vec::new(),
+            fired: false,
+            fire_after_vmrun: false,
             last_vm: HashMap::new(),
             barriers: 0,
         };
@@ -2176,6 +2214,37 @@ mod tests {
         assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
         assert_eq!(v.internal_exits, 7);
         assert_eq!(v.hw().deadlines, armed + 2);
+    }
+
+    /// The turn's deadline fired behind an exit for something else (its
+    /// interrupt is taken at the STGI after any #VMEXIT): the guest made an
+    /// MMIO access and the slice timer went off meanwhile. Before, the turn
+    /// went on without a deadline and `irq-x86-window` (a guest looping
+    /// without exits) hung about once in ten runs; now the next `run` ends
+    /// the turn without entering, and so does an internal exit.
+    #[test]
+    fn a_deadline_taken_behind_another_exit_ends_the_turn() {
+        let steps: Vec<Step> = (0..3)
+            .map(|_| {
+                Box::new(|v: &mut Vmcb, g: &mut Gprs| {
+                    v.write64(ctrl::EXITCODE, exitcode::MSR);
+                    v.write64(ctrl::EXITINFO1, 0);
+                    g.0[1] = u64::from(msrs::LSTAR);
+                }) as Step
+            })
+            .collect();
+        let mut v = vcpu(&[0x0f, 0x32], steps, Features::default());
+        v.set_reg(Reg::Rcx, u64::from(msrs::LSTAR)).unwrap();
+        v.begin_turn(100);
+        v.hw().fired = true;
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert!(v.hw().seen.is_empty(), "not entered with the deadline gone");
+        // Fired during the turn's first (internal) exit: the turn ends there.
+        v.hw().fired = false;
+        v.begin_turn(100);
+        v.hw().fire_after_vmrun = true;
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert_eq!(v.hw().seen.len(), 1, "one VMRUN, then the turn is over");
     }
 
     /// Review finding 7: no IBPB when a CPU switched between VMs. Binding a
