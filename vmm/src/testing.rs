@@ -492,6 +492,7 @@ impl Vcpu for ScriptedVcpu {
         if let Some(ci) = self.x86.as_mut() {
             ci.interruptible = ready;
             ci.rflags_if = self.x86_if;
+            ci.nmi_ready = self.pending.is_empty();
         }
     }
 }

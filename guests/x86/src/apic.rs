@@ -119,6 +119,12 @@ pub fn set_raw_gate(vector: u8, entry: u64) {
     set_gate(vector, entry);
 }
 
+/// Points the NMI's gate (vector 2) at `entry`: code that runs as the CPU
+/// delivers the NMI, preserves every register it uses and ends with IRETQ.
+pub fn set_nmi_gate(entry: u64) {
+    set_gate(2, entry);
+}
+
 pub fn sti() {
     // SAFETY: enabling interrupts; our IDT has a gate for every vector.
     unsafe { asm!("sti", options(nostack)) };
@@ -298,6 +304,7 @@ pub const TIMER_TSC_DEADLINE: u32 = 2 << 17;
 /// ICR fields (SDM Figure 11-12).
 pub mod icr {
     pub const FIXED: u32 = 0 << 8;
+    pub const NMI: u32 = 4 << 8;
     pub const INIT: u32 = 5 << 8;
     pub const STARTUP: u32 = 6 << 8;
     /// xAPIC delivery status: send pending.

@@ -68,6 +68,10 @@ pub struct X86Interface {
     pub interruptible: bool,
     /// RFLAGS.IF alone (HLT wakes only for interrupts IF lets through).
     pub rflags_if: bool,
+    /// An NMI can be injected at the next entry: the last one's handler
+    /// returned (IRET), no shadow, nothing else to deliver. NMIs that come
+    /// meanwhile wait in the local APIC (one is latched, SDM §6.7.1).
+    pub nmi_ready: bool,
     /// CR8 (TPR[7:4]) as the guest left it / as the core wants it loaded.
     pub cr8: u8,
     /// Inject this vector (external interrupt) at the next entry; taken
@@ -95,6 +99,7 @@ impl Default for X86Interface {
         X86Interface {
             interruptible: false,
             rflags_if: false,
+            nmi_ready: false,
             cr8: 0,
             inject: None,
             inject_nmi: false,
@@ -420,9 +425,9 @@ impl X86Irq {
             l.update(now);
             let mut window = false;
             let mut extint = false;
-            if l.nmi_pending() {
-                // NMI blocking after delivery is not tracked (no IRET
-                // intercept): a second NMI waits only for the next entry.
+            if l.nmi_pending() && ci.nmi_ready && !ci.inject_nmi {
+                // Blocked NMIs wait: the backend reports the end of the
+                // handler (IRET) with `sync`.
                 ci.inject_nmi = l.take_nmi();
             }
             if let Some(vector) = l.highest_injectable() {

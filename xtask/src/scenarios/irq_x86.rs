@@ -228,6 +228,22 @@ pub fn scenarios() -> Vec<Scenario> {
                 "HV-EXIT: success",
             ],
         ),
+        // NMIs through the LAPIC and their blocking until the handler's IRET
+        // (the backend intercepts IRET: no vNMI under TCG).
+        single(
+            "irq-x86-nmi",
+            "irq-x86-nmi-max",
+            vm("nmi", "nmi"),
+            &[
+                "[nmi] nmi: 3 NMI(s) taken, 0 inside the handler, IF = 0",
+                "[nmi] ok: three NMIs, each sent from the previous handler (3)",
+                "[nmi] ok: none delivered inside a running NMI handler (0)",
+                "[nmi] ok: no NMI more afterwards (3)",
+                "[nmi] PASS",
+                "vm nmi: stopped: debug-exit, code 33",
+                "HV-EXIT: success",
+            ],
+        ),
         // The legacy devices as a stock kernel probes them (PIC, PIT
         // calibration, RTC date), polled. Under icount: the PIT window and
         // the RTC second are measured against the TSC, which a loaded host

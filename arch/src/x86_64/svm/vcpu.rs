@@ -212,6 +212,11 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     /// The last exit was such a premature exit: the guest is not
     /// interruptible until it runs again.
     premature_window: bool,
+    /// An injected NMI's handler has not returned yet: NMIs are blocked
+    /// (SDM §6.7.1). IRET is intercepted meanwhile (KVM's way without vNMI).
+    nmi_masked: bool,
+    /// The RIP of that IRET: once the guest is past it, NMIs are open.
+    iret_rip: Option<u64>,
 }
 
 /// VINTR field bits (APM Vol. 2 §15.21, Table B-1 offset 0x60).
@@ -322,6 +327,8 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             armed_wake_at: None,
             shadow_rip: None,
             premature_window: false,
+            nmi_masked: false,
+            iret_rip: None,
         }
     }
 
@@ -597,6 +604,15 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 }
                 Exit::Cpuid { leaf, subleaf }
             }
+            exitcode::IRET => {
+                // The NMI handler returns: IRET itself has not run yet (the
+                // intercept comes before it), so NMIs open once RIP has
+                // moved on (note_x86_exit). Re-entered at once, unchanged.
+                self.iret_rip = Some(self.vmcb.rip());
+                let m = self.vmcb.read32(ctrl::INTERCEPT_MISC1);
+                self.vmcb.write32(ctrl::INTERCEPT_MISC1, m & !misc1::IRET);
+                return slot(out, self.internal_done());
+            }
             exitcode::HLT => {
                 self.next_rip_fixed(1, 0xf4);
                 Exit::Halt
@@ -794,6 +810,11 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             } else {
                 self.queue(Event::Nmi)?;
             }
+            // Blocked until the handler's IRET has completed.
+            self.nmi_masked = true;
+            self.iret_rip = None;
+            let m = self.vmcb.read32(ctrl::INTERCEPT_MISC1);
+            self.vmcb.write32(ctrl::INTERCEPT_MISC1, m | misc1::IRET);
         } else if let Some(v) = self.x86.inject.take() {
             if direct {
                 self.vmcb.write64(
@@ -821,6 +842,14 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// the vmm must look before the next entry.
     #[inline]
     fn note_x86_exit(&mut self) {
+        if let Some(r) = self.iret_rip {
+            // Past the NMI handler's IRET: NMIs are open again.
+            if self.vmcb.rip() != r {
+                self.iret_rip = None;
+                self.nmi_masked = false;
+                self.x86.sync = true;
+            }
+        }
         let tpr = (self.vmcb.read64(ctrl::VINTR) & vintr::V_TPR) as u8;
         if tpr != self.x86.cr8 {
             self.x86.cr8 = tpr;
@@ -1140,6 +1169,10 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     }
 
     fn x86_refresh(&mut self) {
+        self.x86.nmi_ready = !self.nmi_masked
+            && self.reinject.is_none()
+            && self.pending.is_empty()
+            && self.vmcb.read64(ctrl::INTERRUPT_SHADOW) & 1 == 0;
         self.x86.interruptible = self.interruptible();
         self.x86.rflags_if = self.vmcb.read64(save::RFLAGS) & RFLAGS_IF != 0;
     }
@@ -2214,6 +2247,46 @@ mod tests {
         assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
         assert_eq!(v.internal_exits, 7);
         assert_eq!(v.hw().deadlines, armed + 2);
+    }
+
+    /// NMI blocking (SDM §6.7.1) without vNMI: after an NMI is injected,
+    /// no other is until the handler's IRET has completed; IRET is
+    /// intercepted for that, and NMIs open at the first exit past it.
+    #[test]
+    fn nmis_are_blocked_until_the_handler_returns() {
+        let at = |rip: u64, code: u64| -> Step {
+            Box::new(move |v: &mut Vmcb, _g: &mut Gprs| {
+                v.write64(save::RIP, rip);
+                v.write64(ctrl::EXITCODE, code);
+            })
+        };
+        let steps = vec![
+            at(0x1000, exitcode::HLT),
+            at(0x2000, exitcode::IRET),
+            at(0x1001, exitcode::HLT),
+        ];
+        let mut v = vcpu(&[0xf4, 0xf4], steps, Features::default());
+        v.x86_refresh();
+        assert!(v.x86_interface().unwrap().nmi_ready);
+        let ci = v.x86_interface().unwrap();
+        ci.inject_nmi = true;
+        ci.load = true;
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(
+            v.hw().seen[0].0 & 0x7ff,
+            0x200 | 2,
+            "EVENTINJ: NMI, vector 2"
+        );
+        assert_ne!(v.vmcb().read32(ctrl::INTERCEPT_MISC1) & misc1::IRET, 0);
+        v.x86_refresh();
+        assert!(!v.x86_interface().unwrap().nmi_ready, "in the NMI handler");
+        // The handler's IRET (handled inside run), then an exit past it.
+        v.x86_interface().unwrap().sync = false;
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.vmcb().read32(ctrl::INTERCEPT_MISC1) & misc1::IRET, 0);
+        assert!(v.x86_interface().unwrap().sync, "the vmm looks again");
+        v.x86_refresh();
+        assert!(v.x86_interface().unwrap().nmi_ready, "IRET done: open");
     }
 
     /// The turn's deadline fired behind an exit for something else (its

@@ -101,6 +101,9 @@ pub mod misc1 {
     pub const VINTR: u32 = 1 << 4;
     pub const RDPMC: u32 = 1 << 15;
     pub const CPUID: u32 = 1 << 18;
+    /// IRET: how SVM without vNMI learns that the guest's NMI handler
+    /// returned (NMIs are blocked until then, SDM §6.7.1).
+    pub const IRET: u32 = 1 << 20;
     pub const INVD: u32 = 1 << 22;
     pub const PAUSE: u32 = 1 << 23;
     pub const HLT: u32 = 1 << 24;
@@ -152,6 +155,7 @@ pub mod exitcode {
     pub const VINTR: u64 = 0x64;
     pub const RDPMC: u64 = 0x6f;
     pub const CPUID: u64 = 0x72;
+    pub const IRET: u64 = 0x74;
     pub const INVD: u64 = 0x76;
     pub const PAUSE: u64 = 0x77;
     pub const HLT: u64 = 0x78;
