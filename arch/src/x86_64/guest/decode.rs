@@ -259,11 +259,12 @@ pub fn insn_len(bytes: &[u8], bitness: u32) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vmm::regs::AccessSize::*;
 
-    fn regs(r: Reg) -> u64 {
+    /// Register values the decoder tests read (SVM's reuse them).
+    pub(crate) fn regs(r: Reg) -> u64 {
         match r {
             Reg::Rax => 0x1122_3344_5566_7788,
             Reg::Rbx => 0xaabb,

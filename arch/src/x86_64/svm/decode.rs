@@ -31,14 +31,7 @@ mod tests {
     use super::*;
     use vmm::exit::{Mmio, MmioOp};
 
-    fn regs(r: Reg) -> u64 {
-        match r {
-            Reg::Rax => 0x1122_3344_5566_7788,
-            Reg::Rbx => 0xaabb,
-            Reg::R9 => 0x99,
-            _ => 0,
-        }
-    }
+    use crate::x86_64::guest::decode::tests::regs;
 
     #[test]
     fn inv_exit_qual_npf_access_from_this_exit() {

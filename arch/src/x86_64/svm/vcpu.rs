@@ -2217,14 +2217,10 @@ mod tests {
         assert_eq!(v.internal_exits, 3);
     }
 
-    /// Review finding 1 (host DoS from guest user mode): exits handled
-    /// inside `run` looped without bound and the slice timer was re-armed
-    /// before every VMRUN, so `1: cpuid; jmp 1b` kept the CPU forever. The
-    /// deadline is armed once per turn and internal exits spend the turn's
-    /// budget: the turn ends with `PreemptionTimer` after `budget` of them.
-    #[test]
-    fn internal_exits_spend_the_turn_budget() {
-        let steps: Vec<Step> = (0..10)
+    /// A vCPU whose next `n` exits are RDMSR of IA32_LSTAR, which the
+    /// vCPU answers itself from the VMCB (internal exits).
+    fn lstar_reader(n: usize) -> SvmVcpu<FakeHw, MemTables> {
+        let steps: Vec<Step> = (0..n)
             .map(|_| {
                 Box::new(|v: &mut Vmcb, g: &mut Gprs| {
                     v.write64(ctrl::EXITCODE, exitcode::MSR);
@@ -2235,6 +2231,17 @@ mod tests {
             .collect();
         let mut v = vcpu(&[0x0f, 0x32], steps, Features::default());
         v.set_reg(Reg::Rcx, u64::from(msrs::LSTAR)).unwrap();
+        v
+    }
+
+    /// Review finding 1 (host DoS from guest user mode): exits handled
+    /// inside `run` looped without bound and the slice timer was re-armed
+    /// before every VMRUN, so `1: cpuid; jmp 1b` kept the CPU forever. The
+    /// deadline is armed once per turn and internal exits spend the turn's
+    /// budget: the turn ends with `PreemptionTimer` after `budget` of them.
+    #[test]
+    fn internal_exits_spend_the_turn_budget() {
+        let mut v = lstar_reader(10);
         let armed = v.hw().deadlines;
         v.begin_turn(4);
         assert_eq!(v.hw().deadlines, armed + 1, "one deadline per turn");
@@ -2297,17 +2304,7 @@ mod tests {
     /// the turn without entering, and so does an internal exit.
     #[test]
     fn a_deadline_taken_behind_another_exit_ends_the_turn() {
-        let steps: Vec<Step> = (0..3)
-            .map(|_| {
-                Box::new(|v: &mut Vmcb, g: &mut Gprs| {
-                    v.write64(ctrl::EXITCODE, exitcode::MSR);
-                    v.write64(ctrl::EXITINFO1, 0);
-                    g.0[1] = u64::from(msrs::LSTAR);
-                }) as Step
-            })
-            .collect();
-        let mut v = vcpu(&[0x0f, 0x32], steps, Features::default());
-        v.set_reg(Reg::Rcx, u64::from(msrs::LSTAR)).unwrap();
+        let mut v = lstar_reader(3);
         v.begin_turn(100);
         v.hw().fired = true;
         assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
