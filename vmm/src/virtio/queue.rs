@@ -240,7 +240,10 @@ impl DescriptorChain {
             if self.count > self.table_len {
                 return self.fail(ChainError::Loop);
             }
-            let at = self.table + DESC_SIZE * u64::from(i);
+            // The table may be an unvalidated guest value: no wrap-around.
+            let Some(at) = self.table.checked_add(DESC_SIZE * u64::from(i)) else {
+                return self.fail(ChainError::DescriptorNotRam(self.table));
+            };
             let mut raw = [0u8; DESC_SIZE as usize];
             if mem.read(at, &mut raw).is_err() {
                 return self.fail(ChainError::DescriptorNotRam(at));
@@ -409,11 +412,21 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// An active queue from a validated configuration and the negotiated
-    /// features.
+    /// An active queue from a configuration (validated by the transport:
+    /// [`QueueConfig::validate`]) and the negotiated features. A
+    /// configuration whose rings would wrap around the address space makes
+    /// a queue that is broken from the start, so that no ring address
+    /// computation can overflow.
     pub fn new(cfg: &QueueConfig, negotiated: u64) -> Queue {
-        Queue {
+        let c = QueueConfig {
             size: cfg.size.max(1),
+            ..*cfg
+        };
+        let wraps = c.desc.checked_add(c.desc_table_len()).is_none()
+            || c.driver.checked_add(c.avail_ring_len()).is_none()
+            || c.device.checked_add(c.used_ring_len()).is_none();
+        Queue {
+            size: c.size,
             desc: cfg.desc,
             avail: cfg.driver,
             used: cfg.device,
@@ -423,7 +436,7 @@ impl Queue {
             next_used: Wrapping(0),
             signalled_used: Wrapping(0),
             unsignalled: false,
-            broken: false,
+            broken: wraps,
         }
     }
 

@@ -296,6 +296,39 @@ fn inv_guest_addr_virtqueue_ram_removed_under_an_active_queue() {
 }
 
 #[test]
+fn inv_guest_addr_virtqueue_rings_at_the_top_of_the_address_space() {
+    // Found by the virtqueue fuzz target: ring addresses whose ring
+    // would wrap past 2^64 overflowed the address arithmetic.
+    let mem = ram();
+    for (desc, avail, used) in [
+        (DESC, AVAIL, u64::MAX - 3),
+        (DESC, u64::MAX - 1, USED),
+        (u64::MAX - 15, AVAIL, USED),
+    ] {
+        let cfg = QueueConfig {
+            size: 16,
+            ready: true,
+            desc,
+            driver: avail,
+            device: used,
+        };
+        assert!(cfg.validate(256, &*mem).is_err());
+        let mut q = Queue::new(&cfg, features::EVENT_IDX);
+        assert!(q.is_broken());
+        assert_eq!(q.pop(&*mem), Err(QueueError::Broken));
+        assert_eq!(q.add_used(&*mem, 0, 0), Err(QueueError::Broken));
+        assert_eq!(q.enable_notification(&*mem), Err(QueueError::Broken));
+        assert_eq!(q.needs_notification(&*mem), Err(QueueError::Broken));
+    }
+    // A chain whose descriptor table wraps.
+    let c = DescriptorChain::new(u64::MAX - 15, 16, 3, false);
+    assert_eq!(
+        walk(c, &*mem),
+        Err(ChainError::DescriptorNotRam(u64::MAX - 15))
+    );
+}
+
+#[test]
 fn descriptor_loops_terminate() {
     let mem = ram();
     let r = Ring::new(&*mem, 16);
