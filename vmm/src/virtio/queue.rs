@@ -43,10 +43,12 @@ use crate::mem::MemError;
 
 /// §2.7: the largest split-queue size.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
-/// Entries of an indirect table at most (a table of 1 MiB). The spec
-/// bounds a chain by the queue size for the driver; Linux sizes indirect
-/// tables by its scatter-gather lists, well below this.
-pub const MAX_INDIRECT: u32 = 65536;
+/// Entries of an indirect table at most (16 KiB). §2.7.5.3.1 bounds a
+/// chain by the queue size for the driver; QEMU accepts at most 1024
+/// descriptors in a chain (`VIRTQUEUE_MAX_SIZE`), so drivers stay below.
+/// It bounds the work of one request: a chain is at most queue size +
+/// `MAX_INDIRECT` descriptor reads.
+pub const MAX_INDIRECT: u32 = 1024;
 
 /// Descriptor flags (§2.7.5).
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
