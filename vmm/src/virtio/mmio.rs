@@ -32,7 +32,7 @@
 //! DRIVER_OK in that order and clears none but by writing 0 (reset); a
 //! write that clears a bit or skips a step is ignored. FEATURES_OK sticks
 //! only if the driver accepted VERSION_1 and nothing the device did not
-//! offer (§2.2.1: "the device SHOULD accept any valid subset ... otherwise
+//! offer (§2.2.2: "the device SHOULD accept any valid subset ... otherwise
 //! it MUST fail to set FEATURES_OK"). Features are written between DRIVER
 //! and FEATURES_OK, queues between FEATURES_OK and DRIVER_OK; at DRIVER_OK
 //! the device is activated, and if it refuses, DEVICE_NEEDS_RESET is set
