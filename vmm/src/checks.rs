@@ -13,6 +13,10 @@
 //!   `guest_addr`, no wrap-around), every call gives its documented result.
 //! - [`check_psci`]: any sequence of PSCI calls from the running vCPUs of a
 //!   multi-vCPU VM agrees with a model of DEN0022's power states.
+//! - [`check_virtqueue`]: any split-queue rings, descriptors and buffers,
+//!   served as virtio-blk requests or chain walks over guarded RAM: no
+//!   host access outside the VM's RAM (rule `guest_addr`), every walk
+//!   bounded, the used ring consistent with the device.
 //! - [`check_conf_line`]: any text as a `vms.conf` line or boot-module
 //!   command line; an accepted spec is one the VM layer can create, and it
 //!   renders back to a line that parses to the same spec.
@@ -629,4 +633,174 @@ pub fn check_conf_line(line: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Guest RAM of the virtqueue checker: [`VQ_RAM`] bytes at [`VQ_BASE`].
+pub const VQ_BASE: u64 = 0x8000_0000;
+pub const VQ_RAM: u64 = 0x1_0000;
+/// Sectors of the checker's block disk.
+pub const VQ_DISK_SECTORS: u64 = 16;
+
+/// One virtqueue case: a queue configuration (any values: it is used
+/// whether or not it passes [`QueueConfig::validate`]), the negotiated
+/// features, and guest RAM contents (`(offset, bytes)` writes into
+/// [`VQ_RAM`], clipped at its end) holding the rings and descriptors.
+#[derive(Clone, Debug, Default)]
+pub struct VqCase {
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub features: u64,
+    pub ram: Vec<(u64, Vec<u8>)>,
+    /// Serve the requests as virtio-blk requests (else: walk each chain).
+    pub blk: bool,
+}
+
+/// Serves a virtqueue twice (two notifications) over guarded RAM
+/// (rule `guest_addr`), as virtio-blk requests over an in-memory disk or
+/// as plain chain walks, and checks: nothing panics; no host access
+/// outside the VM's RAM; every chain walk ends within its bound (queue
+/// size + [`queue::MAX_INDIRECT`] descriptors) with every buffer in RAM;
+/// a served queue's `used.idx` in RAM is the device's count and each used
+/// id is a valid head; a broken queue stays broken; the block disk is
+/// untouched outside the sectors a well-formed OUT names.
+pub fn check_virtqueue(case: &VqCase) -> Result<(), String> {
+    use crate::virtio::block::{handle_request, MemDisk, SECTOR_SIZE};
+    use crate::virtio::queue::{self, ChainError, Queue, QueueConfig};
+    use crate::virtio::{serve_queue, IrqTrigger, QueueMemory, Signals};
+
+    let mem = guarded_ram(VQ_BASE, VQ_RAM, 48);
+    for (off, bytes) in &case.ram {
+        let Some(room) = VQ_RAM.checked_sub(*off) else {
+            continue;
+        };
+        let n = (bytes.len() as u64).min(room) as usize;
+        GuestMemory::write(&mem, VQ_BASE + off, &bytes[..n])
+            .map_err(|e| format!("test set-up: {e:?}"))?;
+    }
+    let cfg = QueueConfig {
+        size: case.size,
+        ready: true,
+        desc: case.desc,
+        driver: case.avail,
+        device: case.used,
+    };
+    let validated = cfg.validate(queue::MAX_QUEUE_SIZE, &mem).is_ok();
+    let mut q = Queue::new(&cfg, case.features);
+    let size = q.size();
+    let sink = Arc::new(NullSink);
+    let signals = Arc::new(Signals::new(crate::irq::IrqLine::new(
+        sink,
+        0,
+        crate::irq::Trigger::Level,
+    )));
+    let irq = IrqTrigger::new(signals.clone());
+    let disk_bytes: Vec<u8> = (0..VQ_DISK_SECTORS * SECTOR_SIZE)
+        .map(|i| i as u8)
+        .collect();
+    let mut disk = MemDisk::new(disk_bytes.clone());
+    let mut out_sectors = Vec::new();
+    let bound = u32::from(size) + queue::MAX_INDIRECT;
+    let mut served = 0u32;
+    for round in 0..2 {
+        let mut walk_err = None;
+        let r = serve_queue(&mut q, &mem, &irq, |chain| {
+            if chain.head() >= size {
+                walk_err = Some(format!("head {} of a {size}-entry queue", chain.head()));
+            }
+            if case.blk {
+                // Which sectors a well-formed OUT may write.
+                let mut h = [0u8; 16];
+                if chain.read_at(&mem, 0, &mut h).is_ok() && h[0..4] == [1, 0, 0, 0] {
+                    out_sectors.push(u64::from_le_bytes(h[8..16].try_into().unwrap_or_default()));
+                }
+                return handle_request(chain, &mem, &mut disk);
+            }
+            let mut c = chain.clone();
+            let mut n = 0u32;
+            loop {
+                match c.next(&mem) {
+                    Ok(Some(d)) => {
+                        n += 1;
+                        if n > bound {
+                            walk_err = Some(format!("chain walk past {bound} descriptors"));
+                            return Err(ChainError::Loop);
+                        }
+                        if QueueMemory::check(&mem, d.addr, u64::from(d.len)).is_err() {
+                            walk_err = Some(format!("buffer {d:?} not in RAM"));
+                        }
+                    }
+                    Ok(None) => return Ok(n),
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        if let Some(e) = walk_err {
+            return Err(format!("round {round}: {e}"));
+        }
+        if let Some(hpa) = mem.backing().stray() {
+            return Err(format!(
+                "round {round}: host access outside RAM at {hpa:#x} ({r:?})"
+            ));
+        }
+        match r {
+            Ok(n) => {
+                served += n;
+                if n > crate::virtio::SERVE_BUDGET_QUEUES * u32::from(size) {
+                    return Err(format!("served {n} requests, above the budget"));
+                }
+                if n > 0 {
+                    let idx = QueueMemory::read_u16(&mem, case.used.wrapping_add(2))
+                        .map_err(|e| format!("used.idx after serving: {e:?}"))?;
+                    if idx != q.next_used() || idx != served as u16 {
+                        return Err(format!(
+                            "used.idx {idx} but the device served {served} (next_used {})",
+                            q.next_used()
+                        ));
+                    }
+                    for i in 0..n.min(u32::from(size)) {
+                        let slot = u64::from((q.next_used().wrapping_sub(1 + i as u16)) % size);
+                        let id = mem
+                            .read_u32(case.used.wrapping_add(4 + 8 * slot))
+                            .map_err(|e| format!("used ring: {e:?}"))?;
+                        if id >= u32::from(size) {
+                            return Err(format!("used id {id} of a {size}-entry queue"));
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                if !q.is_broken() || !signals.needs_reset() {
+                    return Err("a queue error without a broken queue and NEEDS_RESET".into());
+                }
+            }
+        }
+    }
+    if validated && served == 0 && q.is_broken() && case.ram.is_empty() {
+        return Err("an empty, valid queue broke".into());
+    }
+    // The disk changed only in sectors some OUT request named.
+    for (i, (a, b)) in disk.bytes.iter().zip(&disk_bytes).enumerate() {
+        let sector = i as u64 / SECTOR_SIZE;
+        if a != b
+            && !out_sectors
+                .iter()
+                .any(|&s| sector >= s && sector - s < VQ_DISK_SECTORS)
+        {
+            return Err(format!("disk byte {i:#x} changed without an OUT near it"));
+        }
+    }
+    Ok(())
+}
+
+/// An interrupt controller input that goes nowhere.
+struct NullSink;
+
+impl crate::irq::IrqSink for NullSink {
+    fn set_line(&self, _line: u32, _level: bool) {}
+    fn pulse_line(&self, _line: u32) {}
+    fn signal_msi(&self, _msi: crate::irq::Msi) -> bool {
+        false
+    }
 }

@@ -15,6 +15,8 @@
 //!   routing, legacy PIC, PIT and CMOS/RTC (pure state machines).
 //! - [`irq`]: the arch-neutral interrupt-controller interface (lines,
 //!   messages, wake-up condition, EOI notification).
+//! - [`virtio`]: the virtio-mmio transport, split virtqueues and the
+//!   virtio device models (entropy, block).
 //! - [`arm64`]: the vGICv3 and generic-timer models (pure state machines)
 //!   and their wiring into a VM.
 #![cfg_attr(not(test), no_std)]
@@ -40,6 +42,7 @@ pub mod psci;
 pub mod regs;
 pub mod smccc;
 pub mod stats;
+pub mod virtio;
 pub mod vm;
 pub mod x86;
 

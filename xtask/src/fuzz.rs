@@ -45,6 +45,10 @@ pub const TARGETS: &[(&str, &str)] = &[
     ),
     ("cpio", "cpio newc reader of the VM bundle"),
     ("vms_conf", "vms.conf and boot-module command lines"),
+    (
+        "virtqueue",
+        "virtio split-queue chains and virtio-blk requests over guarded RAM",
+    ),
 ];
 
 #[derive(Args, Debug)]
