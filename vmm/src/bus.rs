@@ -166,7 +166,7 @@ impl Bus {
     }
 
     /// The device that fully contains `[addr, addr+size)` and the offset.
-    #[inline]
+    #[inline(always)]
     fn claim(
         &self,
         addr: u64,

@@ -85,6 +85,7 @@ fn ours(nr: u64, a: &[u64; 6]) -> Call {
 }
 
 /// Decodes a call for a guest of `arch`.
+#[inline]
 pub fn decode(arch: GuestArch, hc: &Hypercall) -> Call {
     if !hc.privileged {
         return Call::Denied;

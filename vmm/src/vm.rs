@@ -994,9 +994,9 @@ impl<B: Backing> Vm<B> {
         // per exit) only when asked for, so that its cost is not paid
         // otherwise.
         let mut flow = if self.exit_timing() {
-            self.turn::<true, V>(index, vcpu, max_exits, &slot.stats)
+            self.turn::<true, V>(index, vcpu, max_exits, slot)
         } else {
-            self.turn::<false, V>(index, vcpu, max_exits, &slot.stats)
+            self.turn::<false, V>(index, vcpu, max_exits, slot)
         };
         if self.is_stopped() {
             flow = Flow::Stopped;
@@ -1033,13 +1033,14 @@ impl<B: Backing> Vm<B> {
         index: u32,
         vcpu: &mut V,
         max_exits: u64,
-        stats: &ExitStats,
+        slot: &VcpuSlot,
     ) -> Flow {
+        let stats = &slot.stats;
         for _ in 0..max_exits {
             if self.is_stopped() {
                 return Flow::Stopped;
             }
-            self.irq_before_entry(index, vcpu);
+            self.irq_before_entry_at(index, Some(slot), vcpu);
             let r = vcpu.run();
             let t0 = if TIMED { self.clock.now() } else { 0 };
             self.irq_after_exit(index, vcpu);
@@ -1066,8 +1067,20 @@ impl<B: Backing> Vm<B> {
     /// for the time it needs. Never allocates.
     #[inline]
     pub fn irq_before_entry<V: Vcpu + ?Sized>(&self, index: u32, vcpu: &mut V) {
+        self.irq_before_entry_at(index, self.vcpus.slots.get(index as usize), vcpu)
+    }
+
+    /// [`Vm::irq_before_entry`] with vCPU `index`'s slot already looked up
+    /// (the run loop holds it: no bounds check per exit).
+    #[inline]
+    fn irq_before_entry_at<V: Vcpu + ?Sized>(
+        &self,
+        index: u32,
+        slot: Option<&VcpuSlot>,
+        vcpu: &mut V,
+    ) {
         if let Some(x) = &self.x86 {
-            let Some(slot) = self.vcpus.slots.get(index as usize) else {
+            let Some(slot) = slot else {
                 return;
             };
             // Lock-free unless something changed: a plain load of the

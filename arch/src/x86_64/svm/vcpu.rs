@@ -619,14 +619,22 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             }
             exitcode::VMMCALL => {
                 self.next_rip_fixed(3, 0x0f);
-                let a = [Reg::Rbx, Reg::Rcx, Reg::Rdx, Reg::Rsi, Reg::Rdi, Reg::R8];
                 Exit::Hypercall(Hypercall {
                     conduit: Conduit::Vmmcall,
                     // VMMCALL works at any CPL: only the guest kernel may call.
                     privileged: self.vmcb.read8(save::CPL) == 0,
                     imm: 0,
                     nr: self.gpr(Reg::Rax),
-                    args: a.map(|r| self.gpr(r)),
+                    // Spelled out: `[Reg; 6].map(|r| self.gpr(r))` was an
+                    // outlined try_map matching each register at run time.
+                    args: [
+                        self.gpr(Reg::Rbx),
+                        self.gpr(Reg::Rcx),
+                        self.gpr(Reg::Rdx),
+                        self.gpr(Reg::Rsi),
+                        self.gpr(Reg::Rdi),
+                        self.gpr(Reg::R8),
+                    ],
                 })
             }
             exitcode::MSR => {
