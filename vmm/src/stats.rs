@@ -103,17 +103,13 @@ impl Reason {
     }
 }
 
-#[derive(Default)]
-struct Counter {
-    count: AtomicU64,
-    total: AtomicU64,
-    max: AtomicU64,
-}
-
-/// One vCPU's counters (written only by the CPU that runs it).
+/// One vCPU's counters (written only by the CPU that runs it). The counts
+/// are an array of their own: the exit path indexes it with the reason.
 #[derive(Default)]
 pub struct ExitStats {
-    by_reason: [Counter; REASONS],
+    count: [AtomicU64; REASONS],
+    total: [AtomicU64; REASONS],
+    max: [AtomicU64; REASONS],
 }
 
 /// One row of a report.
@@ -135,27 +131,27 @@ impl ExitStats {
     /// One exit of `reason` (only the CPU that runs the vCPU calls this).
     #[inline]
     pub fn count(&self, reason: Reason) {
-        let c = &self.by_reason[reason as usize].count;
+        let c = &self.count[reason as usize];
         c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     /// Its handling took `ticks`.
     #[inline]
     pub fn time(&self, reason: Reason, ticks: u64) {
-        let c = &self.by_reason[reason as usize];
-        c.total
-            .store(c.total.load(Ordering::Relaxed) + ticks, Ordering::Relaxed);
-        if ticks > c.max.load(Ordering::Relaxed) {
-            c.max.store(ticks, Ordering::Relaxed);
+        let i = reason as usize;
+        let total = &self.total[i];
+        total.store(total.load(Ordering::Relaxed) + ticks, Ordering::Relaxed);
+        if ticks > self.max[i].load(Ordering::Relaxed) {
+            self.max[i].store(ticks, Ordering::Relaxed);
         }
     }
 
     /// Adds this vCPU's counters to `r`.
     pub fn add_to(&self, r: &mut Report) {
-        for (row, c) in r.rows.iter_mut().zip(&self.by_reason) {
-            row.count += c.count.load(Ordering::Relaxed);
-            row.total += c.total.load(Ordering::Relaxed);
-            row.max = row.max.max(c.max.load(Ordering::Relaxed));
+        for (i, row) in r.rows.iter_mut().enumerate() {
+            row.count += self.count[i].load(Ordering::Relaxed);
+            row.total += self.total[i].load(Ordering::Relaxed);
+            row.max = row.max.max(self.max[i].load(Ordering::Relaxed));
         }
     }
 }

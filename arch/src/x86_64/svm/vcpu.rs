@@ -217,6 +217,9 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     nmi_masked: bool,
     /// The RIP of that IRET: once the guest is past it, NMIs are open.
     iret_rip: Option<u64>,
+    /// `iret_rip` is set or a window waits without VINTR: the exit path
+    /// looks at them (one flag test otherwise).
+    watch: bool,
 }
 
 /// VINTR field bits (APM Vol. 2 §15.21, Table B-1 offset 0x60).
@@ -329,6 +332,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             premature_window: false,
             nmi_masked: false,
             iret_rip: None,
+            watch: false,
         }
     }
 
@@ -564,7 +568,6 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         }
         self.vmcb.write64(ctrl::EVENTINJ, 0);
         self.vmcb.write8(ctrl::TLB_CONTROL, tlb::DO_NOTHING);
-        self.premature_window = false;
         let info = self.vmcb.read64(ctrl::EXITINTINFO);
         if event_inj::is_valid(info) {
             self.reinject = Some(info);
@@ -609,6 +612,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 // intercept comes before it), so NMIs open once RIP has
                 // moved on (note_x86_exit). Re-entered at once, unchanged.
                 self.iret_rip = Some(self.vmcb.rip());
+                self.watch = true;
                 let m = self.vmcb.read32(ctrl::INTERCEPT_MISC1);
                 self.vmcb.write32(ctrl::INTERCEPT_MISC1, m & !misc1::IRET);
                 return slot(out, self.internal_done());
@@ -850,6 +854,20 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// the vmm must look before the next entry.
     #[inline]
     fn note_x86_exit(&mut self) {
+        let tpr = (self.vmcb.read64(ctrl::VINTR) & vintr::V_TPR) as u8;
+        if tpr != self.x86.cr8 {
+            self.x86.cr8 = tpr;
+            self.x86.sync = true;
+        }
+        if self.watch {
+            self.note_x86_rare();
+        }
+    }
+
+    /// The rare part of [`SvmVcpu::note_x86_exit`], behind one flag: an
+    /// NMI handler's IRET to see past, a window the CPU cannot report.
+    #[cold]
+    fn note_x86_rare(&mut self) {
         if let Some(r) = self.iret_rip {
             // Past the NMI handler's IRET: NMIs are open again.
             if self.vmcb.rip() != r {
@@ -858,14 +876,10 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 self.x86.sync = true;
             }
         }
-        let tpr = (self.vmcb.read64(ctrl::VINTR) & vintr::V_TPR) as u8;
-        if tpr != self.x86.cr8 {
-            self.x86.cr8 = tpr;
-            self.x86.sync = true;
-        }
         if self.x86.window && self.vintr_unreliable {
             self.x86.sync = true;
         }
+        self.watch = self.iret_rip.is_some() || (self.x86.window && self.vintr_unreliable);
     }
 
     /// V_TPR from the vmm's TPR; V_IRQ with the VINTR intercept while the
@@ -874,6 +888,9 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
     /// only when it changes (the TPR clean bit stays set otherwise).
     fn load_vintr(&mut self) {
         let window = self.x86.window && !self.vintr_unreliable;
+        if self.x86.window && self.vintr_unreliable {
+            self.watch = true;
+        }
         let mut v = vintr::V_INTR_MASKING | (u64::from(self.x86.cr8) & vintr::V_TPR);
         if window {
             v |= vintr::V_IRQ | vintr::V_INTR_PRIO | vintr::V_IGN_TPR;
@@ -1194,6 +1211,8 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
         if self.x86.load {
             self.load_x86()?;
         }
+        // A premature exit's verdict holds until the guest runs again.
+        self.premature_window = false;
         if self.hw.deadline_fired() {
             return Ok(Exit::PreemptionTimer);
         }
