@@ -316,5 +316,17 @@ pub fn scenarios() -> Vec<Scenario> {
             "arm64-undef-a72",
         ),
     ];
-    list.into_iter().flatten().collect()
+    list.into_iter()
+        .flatten()
+        .map(|s| {
+            // The interrupt and timer scenarios measure periods and wait
+            // with counter timeouts: deterministic under icount, whatever
+            // the host's load (see irq_x86.rs).
+            let timed = s.name.starts_with("irq-arm64") || s.name.starts_with("wfi-arm64");
+            Scenario {
+                icount: timed.then_some(3).or(s.icount),
+                ..s
+            }
+        })
+        .collect()
 }
