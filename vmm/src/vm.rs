@@ -1041,17 +1041,18 @@ impl<B: Backing> Vm<B> {
                 return Flow::Stopped;
             }
             self.irq_before_entry_at(index, Some(slot), vcpu);
-            let r = vcpu.run();
+            let mut exit = Exit::Halt;
+            let r = vcpu.run_into(&mut exit);
             let t0 = if TIMED { self.clock.now() } else { 0 };
             self.irq_after_exit(index, vcpu);
             let f = match r {
-                Ok(exit) if TIMED => {
+                Ok(()) if TIMED => {
                     let reason = Reason::of(&exit);
                     let f = self.handle_exit(index, vcpu, exit);
                     stats.time(reason, self.clock.now().saturating_sub(t0));
                     f
                 }
-                Ok(exit) => self.handle_exit(index, vcpu, exit),
+                Ok(()) => self.handle_exit(index, vcpu, exit),
                 Err(e) => self.stop_vm(vcpu, StopReason::Backend(e)),
             };
             if f != Flow::Continue {
@@ -1210,7 +1211,7 @@ impl<B: Backing> Vm<B> {
             // Only this vCPU's CPU writes its counts: no read-modify-write.
             s.stats.count(Reason::of(&exit));
         }
-        match self.dispatch(index, vcpu, exit) {
+        match self.dispatch(index, vcpu, &exit) {
             Ok(flow) => flow,
             Err(reason) => self.stop_vm(vcpu, reason),
         }
@@ -1220,9 +1221,9 @@ impl<B: Backing> Vm<B> {
         &self,
         index: u32,
         vcpu: &mut V,
-        exit: Exit,
+        exit: &Exit,
     ) -> Result<Flow, StopReason> {
-        match exit {
+        match *exit {
             Exit::PortIo(io) => {
                 let port = u64::from(io.port);
                 match io.op {
@@ -1262,7 +1263,7 @@ impl<B: Backing> Vm<B> {
                 Ok(Flow::Continue)
             }
             Exit::MsrRead { msr } | Exit::MsrWrite { msr, .. } if self.is_apic_msr(msr) => {
-                self.apic_msr(index, vcpu, &exit)
+                self.apic_msr(index, vcpu, exit)
             }
             Exit::MsrRead { msr } => match self.policy.lock().msr_read(msr) {
                 Some(v) => {

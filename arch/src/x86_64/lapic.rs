@@ -306,10 +306,18 @@ mod hw {
     /// interrupt may have been taken after an exit for something else).
     #[inline]
     pub fn slice_fired() -> bool {
-        crate::percpu::this_cpu()
-            .timer_fired
-            .load(Ordering::Relaxed)
-            != 0
+        let fired: u64;
+        // SAFETY: GS base is this CPU's PerCpu (installed before the slice
+        // timer is enabled); offset 16 is `timer_fired` (percpu's layout
+        // test). One load instead of going through gs:[0].
+        unsafe {
+            core::arch::asm!(
+                "mov {}, gs:[16]",
+                out(reg) fired,
+                options(nostack, readonly, preserves_flags)
+            )
+        };
+        fired != 0
     }
 
     /// Starts a new slice (before each VMRUN); nothing if not enabled.

@@ -1207,6 +1207,12 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
     /// MOV DR, at CPL 3 too) ends its turn with `PreemptionTimer` instead of
     /// keeping the CPU; the deadline armed by `begin_turn` ends it as well.
     fn run(&mut self) -> Result<Exit, BackendError> {
+        let mut exit = Exit::Halt;
+        self.run_into(&mut exit)?;
+        Ok(exit)
+    }
+
+    fn run_into(&mut self, out: &mut Exit) -> Result<(), BackendError> {
         let cpu = self.bound.ok_or(BackendError::NotBound)?;
         if self.x86.load {
             self.load_x86()?;
@@ -1214,18 +1220,19 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
         // A premature exit's verdict holds until the guest runs again.
         self.premature_window = false;
         if self.hw.deadline_fired() {
-            return Ok(Exit::PreemptionTimer);
+            *out = Exit::PreemptionTimer;
+            return Ok(());
         }
-        let mut exit = Exit::Halt;
-        while !self.run_once(cpu, &mut exit)? {
+        while !self.run_once(cpu, out)? {
             self.turn_budget = self.turn_budget.saturating_sub(1);
             if self.turn_budget == 0 || self.hw.deadline_fired() {
                 self.note_x86_exit();
-                return Ok(Exit::PreemptionTimer);
+                *out = Exit::PreemptionTimer;
+                return Ok(());
             }
         }
         self.note_x86_exit();
-        Ok(exit)
+        Ok(())
     }
 
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError> {
