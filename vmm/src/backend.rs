@@ -69,14 +69,6 @@ pub trait Vcpu {
     fn cap_turn(&mut self, _deadline: u64) {}
     /// Enters the guest and returns the next exit.
     fn run(&mut self) -> Result<Exit, BackendError>;
-    /// [`Vcpu::run`] writing the exit into `out` (the run loop's: a backend
-    /// that decodes in place saves returning and copying the 64-byte exit
-    /// on every round trip).
-    #[inline]
-    fn run_into(&mut self, out: &mut Exit) -> Result<(), BackendError> {
-        *out = self.run()?;
-        Ok(())
-    }
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError>;
     fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), BackendError>;
     /// Skips the instruction that caused the last exit. Backends normalize

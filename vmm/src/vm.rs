@@ -1041,18 +1041,17 @@ impl<B: Backing> Vm<B> {
                 return Flow::Stopped;
             }
             self.irq_before_entry_at(index, Some(slot), vcpu);
-            let mut exit = Exit::Halt;
-            let r = vcpu.run_into(&mut exit);
+            let r = vcpu.run();
             let t0 = if TIMED { self.clock.now() } else { 0 };
             self.irq_after_exit(index, vcpu);
             let f = match r {
-                Ok(()) if TIMED => {
+                Ok(exit) if TIMED => {
                     let reason = Reason::of(&exit);
                     let f = self.handle_exit(index, vcpu, exit);
                     stats.time(reason, self.clock.now().saturating_sub(t0));
                     f
                 }
-                Ok(()) => self.handle_exit(index, vcpu, exit),
+                Ok(exit) => self.handle_exit(index, vcpu, exit),
                 Err(e) => self.stop_vm(vcpu, StopReason::Backend(e)),
             };
             if f != Flow::Continue {
