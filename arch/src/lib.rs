@@ -7,6 +7,7 @@
 
 extern crate alloc;
 
+pub mod hostirq;
 pub mod paging;
 
 pub mod percpu;

@@ -7,8 +7,9 @@
 //!
 //! The layout of the first three fields is fixed: the x86 accessor reads
 //! the structure's own address at `gs:[0]`, the arm64 exception vectors
-//! find the guest context at `[TPIDR_EL2, #8]`, and the x86 time-slice
-//! timer's interrupt stub sets `gs:[16]` ([`PerCpu::timer_fired`]).
+//! find the guest context at `[TPIDR_EL2, #8]`, and the x86 host
+//! interrupt stubs set `gs:[16]` ([`PerCpu::timer_fired`]) and `gs:[24]`
+//! ([`PerCpu::last_host_irq`]).
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -46,6 +47,9 @@ pub struct PerCpu {
     /// eat the turn's deadline: the guest then kept the CPU until it exited
     /// by itself (a guest spinning without exits: forever).
     pub timer_fired: AtomicU64,
+    /// x86: the vector of the last host interrupt taken (offset 24, written
+    /// by the interrupt stubs; `hostirq::NO_LINE` before any).
+    pub last_host_irq: AtomicU64,
     /// The kernel's index of this CPU.
     pub index: PhysCpu,
     /// The vCPU bound here: VM index + 1 (0: none) and vCPU index.
@@ -64,6 +68,7 @@ impl PerCpu {
             self_addr: AtomicU64::new(0),
             guest_ctx: AtomicU64::new(0),
             timer_fired: AtomicU64::new(0),
+            last_host_irq: AtomicU64::new(crate::hostirq::NO_LINE),
             index,
             current_vm: AtomicUsize::new(0),
             current_vcpu: AtomicU32::new(0),
@@ -162,6 +167,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(PerCpu, self_addr), 0);
         assert_eq!(core::mem::offset_of!(PerCpu, guest_ctx), 8);
         assert_eq!(core::mem::offset_of!(PerCpu, timer_fired), 16);
+        assert_eq!(core::mem::offset_of!(PerCpu, last_host_irq), 24);
         let p = PerCpu::new(3);
         assert_eq!(p.current(), None);
         p.set_current(Some((0, 2)));

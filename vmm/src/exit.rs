@@ -44,6 +44,10 @@ pub enum Exit {
     },
     /// A physical interrupt arrived while the guest ran; the host handles it.
     ExternalInterrupt,
+    /// A host interrupt on `line` (x86 vector, arm64 INTID) that does not
+    /// end the turn (a kick, a maintenance interrupt): the vCPU goes on
+    /// after the vmm looked at its requests (`arch::hostirq`).
+    HostInterrupt { line: u32 },
     /// The time slice armed before entry expired.
     PreemptionTimer,
     /// A machine check was raised while the guest ran (SVM #MC intercept):

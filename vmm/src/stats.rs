@@ -30,6 +30,7 @@ pub enum Reason {
     Hypercall,
     Stage2Fault,
     ExternalInterrupt,
+    HostInterrupt,
     PreemptionTimer,
     MachineCheck,
     Shutdown,
@@ -38,7 +39,7 @@ pub enum Reason {
 }
 
 /// Number of [`Reason`]s.
-pub const REASONS: usize = 15;
+pub const REASONS: usize = 16;
 
 impl Reason {
     pub const ALL: [Reason; REASONS] = [
@@ -52,6 +53,7 @@ impl Reason {
         Reason::Hypercall,
         Reason::Stage2Fault,
         Reason::ExternalInterrupt,
+        Reason::HostInterrupt,
         Reason::PreemptionTimer,
         Reason::MachineCheck,
         Reason::Shutdown,
@@ -73,6 +75,7 @@ impl Reason {
             Exit::Hypercall(_) => Reason::Hypercall,
             Exit::Stage2Fault { .. } => Reason::Stage2Fault,
             Exit::ExternalInterrupt => Reason::ExternalInterrupt,
+            Exit::HostInterrupt { .. } => Reason::HostInterrupt,
             Exit::PreemptionTimer => Reason::PreemptionTimer,
             Exit::MachineCheck => Reason::MachineCheck,
             Exit::Shutdown(_) => Reason::Shutdown,
@@ -94,6 +97,7 @@ impl Reason {
             Reason::Hypercall => "hypercall",
             Reason::Stage2Fault => "stage2-fault",
             Reason::ExternalInterrupt => "interrupt",
+            Reason::HostInterrupt => "host-irq",
             Reason::PreemptionTimer => "end-of-slice",
             Reason::MachineCheck => "machine-check",
             Reason::Shutdown => "shutdown",

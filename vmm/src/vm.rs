@@ -1303,7 +1303,7 @@ impl<B: Backing> Vm<B> {
                     Err(StopReason::Stage2Fault { gpa, access })
                 }
             }
-            Exit::ExternalInterrupt => Ok(Flow::Continue),
+            Exit::ExternalInterrupt | Exit::HostInterrupt { .. } => Ok(Flow::Continue),
             Exit::PreemptionTimer => Ok(Flow::Yield),
             Exit::MachineCheck => Err(StopReason::MachineCheck),
             Exit::Shutdown(k) => Err(match k {

@@ -131,20 +131,41 @@ mod hw {
     static INITIAL_COUNT_AT: AtomicU64 = AtomicU64::new(0);
     static SLICE_COUNT: AtomicU64 = AtomicU64::new(0);
 
+    // One 16-byte entry per vector FIRST_OPEN_VECTOR..=0xFE (push the
+    // vector, jump to the common part), then the common part: record the
+    // vector in PerCpu::last_host_irq (gs:[24]), look it up in the host's
+    // interrupt table (arch::hostirq) and for an end-of-turn line set
+    // PerCpu::timer_fired (gs:[16]), write EOI, return.
     global_asm!(
         r#"
         .section .text.arch_x86_lapic_stubs, "ax"
         .balign 16
-        .global arch_x86_lapic_timer_stub
-    arch_x86_lapic_timer_stub:
+        .global arch_x86_lapic_vector_stubs
+    arch_x86_lapic_vector_stubs:
+        .set arch_x86_vec, {first}
+        .rept 0xff - {first}
+        .byte 0x68
+        .long arch_x86_vec
+        jmp arch_x86_lapic_common
+        .balign 16
+        .set arch_x86_vec, arch_x86_vec + 1
+        .endr
+    arch_x86_lapic_common:
         push rax
-        mov rax, qword ptr [rip + {eoi}]
-        test rax, rax
-        jz 2f
-        mov dword ptr [rax], 0
-    2:  pop rax
-        // PerCpu::timer_fired (arch::percpu: offset 16 through GS base).
+        push rcx
+        mov rax, qword ptr [rsp + 16]
+        mov qword ptr gs:[24], rax
+        lea rcx, [rip + {table}]
+        cmp byte ptr [rcx + rax], 1
+        jne 2f
         mov qword ptr gs:[16], 1
+    2:  mov rax, qword ptr [rip + {eoi}]
+        test rax, rax
+        jz 3f
+        mov dword ptr [rax], 0
+    3:  pop rcx
+        pop rax
+        add rsp, 8
         iretq
         .balign 16
         .global arch_x86_lapic_spurious_stub
@@ -153,20 +174,39 @@ mod hw {
         .text
         "#,
         eoi = sym ARCH_X86_LAPIC_EOI,
+        table = sym crate::hostirq::TABLE,
+        first = const FIRST_OPEN_VECTOR,
     );
 
     extern "C" {
-        fn arch_x86_lapic_timer_stub();
+        fn arch_x86_lapic_vector_stubs();
         fn arch_x86_lapic_spurious_stub();
     }
 
-    /// Entry points for the IDT gates of [`FIRST_OPEN_VECTOR`]..=0xFE
-    /// (EOI) and [`SPURIOUS_VECTOR`] (none).
+    /// Entry points for the IDT gates: vector `v` of
+    /// [`FIRST_OPEN_VECTOR`]..=0xFE at `base + 16 * (v - FIRST_OPEN_VECTOR)`
+    /// (EOI, recorded), [`SPURIOUS_VECTOR`] at the second (none).
     pub fn stub_addresses() -> (u64, u64) {
         (
-            arch_x86_lapic_timer_stub as *const () as u64,
+            arch_x86_lapic_vector_stubs as *const () as u64,
             arch_x86_lapic_spurious_stub as *const () as u64,
         )
+    }
+
+    /// The vector of the last host interrupt this CPU took (its stub
+    /// recorded it), if any.
+    #[inline]
+    pub fn last_host_irq() -> Option<u32> {
+        let v: u64;
+        // SAFETY: as `slice_fired`: offset 24 of this CPU's PerCpu.
+        unsafe {
+            core::arch::asm!(
+                "mov {}, gs:[24]",
+                out(reg) v,
+                options(nostack, readonly, preserves_flags)
+            )
+        };
+        u32::try_from(v).ok()
     }
 
     fn write(base: u64, offset: u64, v: u32) {

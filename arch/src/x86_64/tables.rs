@@ -158,9 +158,10 @@ pub fn install_idt(handler: ExceptionHandler) {
             };
             *gate = IdtGate::interrupt(stubs[v], KERNEL_CS, ist);
         }
-        let (timer, spurious) = super::lapic::stub_addresses();
-        for gate in &mut idt[usize::from(super::lapic::FIRST_OPEN_VECTOR)..] {
-            *gate = IdtGate::interrupt(timer, KERNEL_CS, 0);
+        let (vectors, spurious) = super::lapic::stub_addresses();
+        let first = usize::from(super::lapic::FIRST_OPEN_VECTOR);
+        for (i, gate) in idt[first..].iter_mut().enumerate() {
+            *gate = IdtGate::interrupt(vectors + 16 * i as u64, KERNEL_CS, 0);
         }
         idt[usize::from(super::lapic::SPURIOUS_VECTOR)] =
             IdtGate::interrupt(spurious, KERNEL_CS, 0);

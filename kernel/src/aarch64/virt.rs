@@ -63,6 +63,12 @@ pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
         return Err("HCR_EL2.E2H is set (the backend is non-VHE)");
     }
     let (id, traps) = hw::install_vectors();
+    // What the host's interrupts mean for the vCPU they interrupt
+    // (arch::hostirq): registered before any can come.
+    use arch::hostirq::{HostIrq, TABLE};
+    TABLE.set(hw::CNTHP_INTID, HostIrq::EndOfTurn);
+    TABLE.set(hw::MAINTENANCE_PPI, HostIrq::Resync);
+    TABLE.set(hw::VTIMER_PPI, HostIrq::Resync);
     let slices = enable_slices();
     let (lrs, pri_bits) = hw::gic_virtual_interface();
     log::info!(

@@ -151,6 +151,12 @@ fn start_time_slices() -> u32 {
                     "virt: PIT calibration failed: TSC taken as {FALLBACK_TSC_KHZ} kHz, guest timers end with the time slice"
                 ),
             }
+            // The slice timer ends a turn (arch::hostirq); registered
+            // before its interrupts can come.
+            arch::hostirq::TABLE.set(
+                u32::from(arch::x86_64::lapic::TIMER_VECTOR),
+                arch::hostirq::HostIrq::EndOfTurn,
+            );
             arch::x86_64::lapic::enable_slices(base, SLICE_COUNT);
             log::info!(
                 "virt: guest time slices: LAPIC timer at {base:#x}, {SLICE_COUNT} ticks / 16"

@@ -18,6 +18,8 @@
 //! same vCPU touches them.
 
 use core::arch::{asm, global_asm};
+
+use crate::hostirq::HostIrq;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::{
@@ -669,8 +671,8 @@ fn arm_turn_deadline(cval: u64) {
 
 /// Disarms CNTHP after an exit (its level interrupt, if pending, goes away
 /// with it) and, after an IRQ exit, acknowledges the interrupt that caused
-/// it ([`ack_irq`]).
-fn end_slice(irq: bool) {
+/// it ([`ack_irq`]): its INTID, if there was one.
+fn end_slice(irq: bool) -> Option<u32> {
     // SAFETY: disabling the timer has no other effect.
     unsafe {
         asm!(
@@ -680,15 +682,18 @@ fn end_slice(irq: bool) {
         )
     };
     if irq {
-        ack_irq();
+        ack_irq()
+    } else {
+        None
     }
 }
 
 /// Acknowledges and ends the highest-priority pending physical interrupt,
-/// if any: the hypervisor's interrupts (PPIs 25, 26, 27) only ever mean
-/// "look at the vCPU again", which the caller does. A level interrupt whose
-/// line stays high becomes pending again.
-fn ack_irq() {
+/// if any, and returns its INTID: what it means is the host's table's
+/// (`crate::hostirq`: CNTHP ends the turn, the maintenance and virtual
+/// timer PPIs mean "look at the vCPU again"). A level interrupt whose line
+/// stays high becomes pending again.
+fn ack_irq() -> Option<u32> {
     let intid: u64;
     // SAFETY: ICC_IAR1_EL1 at EL2 acknowledges the highest pending
     // group-1 interrupt (1023: none); EOIR1 ends it (EOImode 0).
@@ -698,6 +703,7 @@ fn ack_irq() {
             asm!("msr S3_0_C12_C12_1, {}", "isb", in(reg) intid, options(nostack, preserves_flags));
         }
     }
+    (intid < 1020).then_some(intid as u32)
 }
 
 /// Waits on this CPU until the physical count reaches `deadline` (nothing
@@ -718,7 +724,7 @@ pub fn idle_until(deadline: u64) {
         unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
         ack_irq();
     }
-    end_slice(true);
+    let _ = end_slice(true);
 }
 
 fn mrs_isar1() -> u64 {
@@ -1194,9 +1200,11 @@ impl Vcpu for El2Vcpu {
         // saved here and returns to this call.
         // SAFETY: the guest runs under this VM's stage 2 and every exit returns here (above).
         let vector = unsafe { __el2_guest_enter(&mut self.ctx) };
-        if cnthp.is_some() || vector == 9 {
-            end_slice(vector == 9);
-        }
+        let host_irq = if cnthp.is_some() || vector == 9 {
+            end_slice(vector == 9)
+        } else {
+            None
+        };
         gic_exit(&mut self.gic);
         save_el1(&mut self.el1);
         if pauth {
@@ -1223,8 +1231,17 @@ impl Vcpu for El2Vcpu {
                 }
                 decode_sync(&regs, &self.ctx.x)
             }
+            // An IRQ: the host's table says what its INTID means; a turn
+            // whose deadline passed ends whatever came.
             9 if turn.passed(physical_count()) => Exit::PreemptionTimer,
-            9 | 10 => Exit::ExternalInterrupt,
+            9 => match host_irq {
+                Some(line) if crate::hostirq::TABLE.get(line) != HostIrq::EndOfTurn => {
+                    Exit::HostInterrupt { line }
+                }
+                // CNTHP before its deadline (a shortened turn), or gone.
+                _ => Exit::ExternalInterrupt,
+            },
+            10 => Exit::ExternalInterrupt,
             v => Exit::Unknown {
                 reason: regs.esr,
                 qualification: v,

@@ -250,6 +250,10 @@ impl Hw for Machine {
         crate::x86_64::lapic::slice_fired()
     }
 
+    fn last_host_irq(&mut self) -> Option<u32> {
+        crate::x86_64::lapic::last_host_irq()
+    }
+
     fn swap_last_vm(&mut self, _cpu: PhysCpu, vm: usize) -> Option<usize> {
         let slot = &this_cpu().svm.last_vm;
         let prev = slot.load(Ordering::Relaxed);

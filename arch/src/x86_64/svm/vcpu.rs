@@ -14,6 +14,7 @@ use super::decode::npf_exit;
 use super::vmcb::{
     ctrl, event_inj, exitcode, misc1, misc2, save, tlb, Vmcb, VmcbSeg, EFER_SVME, PAT_DEFAULT,
 };
+use crate::hostirq::HostIrq;
 use crate::paging::{PageTable, TableAccess, X86Long4};
 use crate::x86_64::guest::debug::{DebugRegs, MovDrOutcome, DR6_FIXED1, DR7_FIXED1};
 use crate::x86_64::guest::decode::{self, MAX_INSN};
@@ -69,6 +70,9 @@ pub trait Hw: HostPhys {
     /// taken after whatever #VMEXIT came first, so an exit for something
     /// else can carry it (the turn is over then).
     fn deadline_fired(&mut self) -> bool;
+    /// The vector of the last host interrupt this CPU took (recorded by
+    /// its stub), for an INTR exit.
+    fn last_host_irq(&mut self) -> Option<u32>;
     /// Loads the guest's DR0-DR3 into the CPU's debug registers (VMRUN does
     /// not switch them; the hypervisor itself never uses them, and #VMEXIT
     /// resets DR7 to 0x400, so guest breakpoints never fire in the host).
@@ -760,7 +764,16 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             // time-slice timer (taken and ended after the VMRUN's STGI).
             exitcode::INTR => {
                 self.note_shadow();
-                Exit::PreemptionTimer
+                // The interrupt was taken at the STGI after the exit; its
+                // stub recorded the vector. The host's table says what it
+                // means (arch::hostirq); without a record, the slice timer
+                // (the only source before kicks) is assumed.
+                match self.hw.last_host_irq() {
+                    Some(line) if crate::hostirq::TABLE.get(line) != HostIrq::EndOfTurn => {
+                        Exit::HostInterrupt { line }
+                    }
+                    _ => Exit::PreemptionTimer,
+                }
             }
             exitcode::NMI | exitcode::SMI | exitcode::INIT => Exit::ExternalInterrupt,
             exitcode::VINTR => {
@@ -1383,6 +1396,7 @@ mod tests {
         wake_deadlines: Vec<u64>,
         fired: bool,
         fire_after_vmrun: bool,
+        host_irq: Option<u32>,
         last_vm: HashMap<u32, usize>,
         barriers: u32,
     }
@@ -1437,6 +1451,9 @@ mod tests {
         fn deadline_fired(&mut self) -> bool {
             self.fired
         }
+        fn last_host_irq(&mut self) -> Option<u32> {
+            self.host_irq
+        }
         fn swap_last_vm(&mut self, cpu: PhysCpu, vm: usize) -> Option<usize> {
             self.last_vm.insert(cpu, vm)
         }
@@ -1478,6 +1495,7 @@ mod tests {
             wake_deadlines: Vec::new(),
             fired: false,
             fire_after_vmrun: false,
+            host_irq: None,
             last_vm: HashMap::new(),
             barriers: 0,
         };
@@ -2290,6 +2308,36 @@ mod tests {
         assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
         assert_eq!(v.internal_exits, 7);
         assert_eq!(v.hw().deadlines, armed + 2);
+    }
+
+    /// Host interrupts are dispatched from the host's table: the INTR exit
+    /// carries the vector the stub recorded; an end-of-turn line ends the
+    /// turn, any other comes back as `HostInterrupt { line }`.
+    #[test]
+    fn intr_exits_carry_the_host_vector() {
+        use crate::hostirq::{HostIrq, TABLE};
+        TABLE.set(0xef, HostIrq::EndOfTurn);
+        TABLE.set(0xe4, HostIrq::Resync);
+        let intr = || -> Step {
+            Box::new(|v: &mut Vmcb, _g: &mut Gprs| v.write64(ctrl::EXITCODE, exitcode::INTR))
+        };
+        let mut v = vcpu(
+            &[0x90],
+            vec![intr(), intr(), intr(), intr()],
+            Features::default(),
+        );
+        v.hw().host_irq = Some(0xef);
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        v.hw().host_irq = Some(0xe4);
+        assert_eq!(v.run().unwrap(), Exit::HostInterrupt { line: 0xe4 });
+        v.hw().host_irq = Some(0xe9);
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::HostInterrupt { line: 0xe9 },
+            "unassigned: never lost, never the end of the turn"
+        );
+        v.hw().host_irq = None;
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer, "nothing recorded");
     }
 
     /// NMI blocking (SDM §6.7.1) without vNMI: after an NMI is injected,
