@@ -467,7 +467,9 @@ impl Waker for VcpuTable {
 pub struct Vm<B> {
     name: Arc<str>,
     arch: GuestArch,
-    mem: GuestMemory<B>,
+    /// Shared with the devices that reach guest memory themselves (virtio
+    /// queues: `crate::virtio::MemHandle`).
+    mem: Arc<GuestMemory<B>>,
     ports: Bus,
     mmio: Bus,
     uart: DeviceId,
@@ -687,7 +689,7 @@ impl<B: Backing> Vm<B> {
             sink,
             name,
             arch: cfg.arch,
-            mem,
+            mem: Arc::new(mem),
             ports,
             mmio,
             uart,
@@ -841,9 +843,16 @@ impl<B: Backing> Vm<B> {
         &self.mem
     }
 
-    /// Region changes before the VM runs (or in host tests).
-    pub fn memory_mut(&mut self) -> &mut GuestMemory<B> {
-        &mut self.mem
+    /// Region changes before the VM runs (or in host tests); `None` once a
+    /// device holds a handle ([`Vm::memory_handle`]): regions then stay.
+    pub fn memory_mut(&mut self) -> Option<&mut GuestMemory<B>> {
+        Arc::get_mut(&mut self.mem)
+    }
+
+    /// The guest memory for a device that reaches it by itself (a virtio
+    /// queue): every access is checked against the VM's RAM as ours are.
+    pub fn memory_handle(&self) -> Arc<GuestMemory<B>> {
+        self.mem.clone()
     }
 
     pub fn ports(&self) -> &Bus {
@@ -1909,7 +1918,7 @@ pub(crate) mod tests {
         let mut a = mk("a", 0);
         let mut b = mk("b", 4 * MIB);
         // A fills all its RAM with a pattern; B's RAM keeps its own content.
-        a.memory_mut().fill(0, 4 * MIB, 0xaa).unwrap();
+        a.memory_mut().unwrap().fill(0, 4 * MIB, 0xaa).unwrap();
         assert_eq!(b.memory().read_u32(0x10_0000), Ok(HEADER_MAGIC));
         assert!(a.memory().read_u8(4 * MIB).is_err());
         // A's hypercall buffer beyond its RAM faults instead of reading B's.
@@ -1953,7 +1962,10 @@ pub(crate) mod tests {
     fn hypercall_from_user_mode_is_denied() {
         let sink = Arc::new(CollectSink::default());
         let mut vm = x86_vm("hc", sink.clone());
-        vm.memory_mut().write(0x2000, b"kernel secret\n").unwrap();
+        vm.memory_mut()
+            .unwrap()
+            .write(0x2000, b"kernel secret\n")
+            .unwrap();
         let mut v = started(&mut vm, Vec::new());
         let user = |nr, a0, a1| match vmcall(nr, a0, a1) {
             Exit::Hypercall(h) => Exit::Hypercall(Hypercall {
@@ -1992,6 +2004,7 @@ pub(crate) mod tests {
         let sink = Arc::new(CollectSink::default());
         let mut vm = x86_vm("hc", sink.clone());
         vm.memory_mut()
+            .unwrap()
             .write(0x2000, b"from hypercall\nrest")
             .unwrap();
         let mut v = started(&mut vm, Vec::new());
@@ -2879,7 +2892,10 @@ pub(crate) mod tests {
             Box::new(DenyAll),
         )
         .unwrap();
-        vm.memory_mut().write(0x3000, b"hypercall line\n").unwrap();
+        vm.memory_mut()
+            .unwrap()
+            .write(0x3000, b"hypercall line\n")
+            .unwrap();
         let mut exits: Vec<Exit> = Vec::new();
         for _ in 0..50 {
             exits.extend(b"uart line\n".iter().map(|&b| out(0x3f8, B1, b.into())));

@@ -387,3 +387,21 @@ fn pit_irq0_through_ioapic_pin_2() {
     run_all(&vm, 0, &mut v, 2);
     assert_eq!(v.taken, [0x30]);
 }
+
+/// A device's handle on guest memory (virtio queues) reads and writes the
+/// VM's RAM through the same checks; regions stay put once one exists.
+#[test]
+fn memory_handles_for_devices() {
+    use crate::virtio::{MemHandle, QueueMemory};
+    let (mut vm, _clock) = x86(1);
+    assert!(vm.memory_mut().is_some(), "nobody holds it yet");
+    let h: MemHandle = vm.memory_handle();
+    h.write(0x5000, &[1, 2, 3, 4]).unwrap();
+    let mut b = [0u8; 4];
+    vm.memory().read(0x5000, &mut b).unwrap();
+    assert_eq!(b, [1, 2, 3, 4]);
+    assert!(h.write(16 * MIB, &[0]).is_err(), "beyond RAM");
+    assert!(vm.memory_mut().is_none(), "shared: no region changes");
+    drop(h);
+    assert!(vm.memory_mut().is_some());
+}
