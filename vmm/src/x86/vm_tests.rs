@@ -392,7 +392,7 @@ fn pit_irq0_through_ioapic_pin_2() {
 /// VM's RAM through the same checks; regions stay put once one exists.
 #[test]
 fn memory_handles_for_devices() {
-    use crate::virtio::{MemHandle, QueueMemory};
+    use crate::virtio::MemHandle;
     let (mut vm, _clock) = x86(1);
     assert!(vm.memory_mut().is_some(), "nobody holds it yet");
     let h: MemHandle = vm.memory_handle();
