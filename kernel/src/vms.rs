@@ -107,37 +107,40 @@ impl Backing for HostFrames {
 }
 
 /// A naturally aligned 2/4/8-byte load from checked guest RAM at `hpa`,
-/// as one access; None for other sizes or alignments.
+/// as one access; None for other sizes or alignments. The caller checked
+/// that [hpa, hpa+len) is this VM's RAM, mapped 1:1.
 fn single_load(hpa: u64, len: usize) -> Option<u64> {
-    // SAFETY (each arm): the caller checked [hpa, hpa+len) is this VM's
-    // RAM, mapped 1:1; the address is aligned to the access size.
-    match len {
-        2 if hpa % 2 == 0 => Some(u64::from(unsafe { (hpa as *const u16).read_volatile() })),
-        4 if hpa % 4 == 0 => Some(u64::from(unsafe { (hpa as *const u32).read_volatile() })),
-        8 if hpa % 8 == 0 => Some(unsafe { (hpa as *const u64).read_volatile() }),
-        _ => None,
-    }
+    let aligned = len.is_power_of_two() && hpa % len as u64 == 0;
+    let v = match len {
+        // SAFETY: checked guest RAM (caller), aligned to the access size.
+        2 if aligned => u64::from(unsafe { (hpa as *const u16).read_volatile() }),
+        // SAFETY: as above.
+        4 if aligned => u64::from(unsafe { (hpa as *const u32).read_volatile() }),
+        // SAFETY: as above.
+        8 if aligned => unsafe { (hpa as *const u64).read_volatile() },
+        _ => return None,
+    };
+    Some(v)
 }
 
 /// The store counterpart of [`single_load`]; false if `data` is not one.
 fn single_store(hpa: u64, data: &[u8]) -> bool {
-    // SAFETY (each arm): as in `single_load`.
-    match *data {
-        [a, b] if hpa % 2 == 0 => {
-            unsafe { (hpa as *mut u16).write_volatile(u16::from_le_bytes([a, b])) };
-            true
-        }
-        [a, b, c, d] if hpa % 4 == 0 => {
-            unsafe { (hpa as *mut u32).write_volatile(u32::from_le_bytes([a, b, c, d])) };
-            true
-        }
-        [a, b, c, d, e, f, g, h] if hpa % 8 == 0 => {
-            let v = u64::from_le_bytes([a, b, c, d, e, f, g, h]);
-            unsafe { (hpa as *mut u64).write_volatile(v) };
-            true
-        }
-        _ => false,
+    let len = data.len();
+    if !(matches!(len, 2 | 4 | 8) && hpa % len as u64 == 0) {
+        return false;
     }
+    let mut b = [0u8; 8];
+    b[..len].copy_from_slice(data);
+    let v = u64::from_le_bytes(b);
+    match len {
+        // SAFETY: checked guest RAM (caller), aligned to the access size.
+        2 => unsafe { (hpa as *mut u16).write_volatile(v as u16) },
+        // SAFETY: as above.
+        4 => unsafe { (hpa as *mut u32).write_volatile(v as u32) },
+        // SAFETY: as above.
+        _ => unsafe { (hpa as *mut u64).write_volatile(v) },
+    }
+    true
 }
 
 /// Guest console lines go to the hypervisor console, prefixed with the VM name.

@@ -1247,7 +1247,7 @@ impl<B: Backing> Vm<B> {
                     }
                 }
             }
-            Exit::Mmio(m) if self.is_lapic_mmio(index, m.gpa) => self.lapic_mmio(index, vcpu, &m),
+            Exit::Mmio(m) if self.is_lapic_mmio(vcpu, m.gpa) => self.lapic_mmio(index, vcpu, &m),
             Exit::Mmio(m) => match m.op {
                 MmioOp::Write(v) => {
                     vcpu.advance_pc()?;
@@ -1484,10 +1484,14 @@ impl<B: Backing> Vm<B> {
 
     /// Stops the VM (the first reason wins), with a register report for
     /// crashes, and flushes its console lines.
-    fn is_lapic_mmio(&self, index: u32, gpa: u64) -> bool {
-        self.x86
-            .as_ref()
-            .is_some_and(|x| x.is_mmio(index as usize, gpa))
+    /// Whether `gpa` is in this vCPU's xAPIC page (no lock: the page the
+    /// vCPU's interface keeps).
+    fn is_lapic_mmio<V: Vcpu + ?Sized>(&self, vcpu: &mut V, gpa: u64) -> bool {
+        self.x86.is_some()
+            && vcpu
+                .x86_interface()
+                .and_then(|ci| ci.apic_page)
+                .is_some_and(|b| gpa & !0xFFF == b)
     }
 
     fn is_apic_msr(&self, msr: u32) -> bool {
@@ -1724,6 +1728,20 @@ pub(crate) mod tests {
     const MIB: u64 = 1 << 20;
 
     /// A Multiboot (a.out kludge) kernel loaded at 1 MiB whose code is `code`.
+    /// A VM of `cfg` over a `Vec` of its RAM size, recording stage 2,
+    /// lines into `sink`, and the deny-all exit policy.
+    pub(crate) fn test_vm(cfg: &VmConfig, sink: Arc<CollectSink>) -> Vm<VecBacking> {
+        Vm::new(
+            cfg,
+            VecBacking::new(0, cfg.mem_size as usize),
+            0,
+            &mut RecordingStage2::default(),
+            sink,
+            Box::new(DenyAll),
+        )
+        .unwrap()
+    }
+
     pub(crate) fn multiboot_kernel(code: &[u8]) -> Vec<u8> {
         let load = 0x10_0000u32;
         let flags = 1u32 << 16;
@@ -1748,15 +1766,7 @@ pub(crate) mod tests {
         let kernel = multiboot_kernel(&[0xf4; 16]);
         let mut cfg = VmConfig::new(name, GuestArch::X86_64, 16 * MIB, &kernel);
         cfg.cmdline = "quiet";
-        Vm::new(
-            &cfg,
-            VecBacking::new(0, 16 * MIB as usize),
-            0,
-            &mut RecordingStage2::default(),
-            sink,
-            Box::new(DenyAll),
-        )
-        .unwrap()
+        test_vm(&cfg, sink)
     }
 
     fn out(port: u16, size: AccessSize, v: u32) -> Exit {
@@ -2145,15 +2155,7 @@ pub(crate) mod tests {
         );
         let mut cfg = VmConfig::new("arm", GuestArch::Aarch64, 8 * MIB, &kernel);
         cfg.vcpus = vcpus;
-        Vm::new(
-            &cfg,
-            VecBacking::new(0, 8 * MIB as usize),
-            0,
-            &mut RecordingStage2::default(),
-            sink,
-            Box::new(DenyAll),
-        )
-        .unwrap()
+        test_vm(&cfg, sink)
     }
 
     fn hvc(imm: u16, x0: u64, args: [u64; 6]) -> Exit {
@@ -2655,15 +2657,7 @@ pub(crate) mod tests {
         );
         let mut cfg = VmConfig::new("arm", GuestArch::Aarch64, 8 * MIB, &kernel);
         cfg.cntvoff = 1_000;
-        let mut vm = Vm::new(
-            &cfg,
-            VecBacking::new(0, 8 * MIB as usize),
-            0,
-            &mut RecordingStage2::default(),
-            Arc::new(CollectSink::default()),
-            Box::new(DenyAll),
-        )
-        .unwrap();
+        let mut vm = test_vm(&cfg, Arc::new(CollectSink::default()));
         let clock = Arc::new(ManualClock::default());
         vm.set_clock(clock.clone());
         clock.set(5_000);

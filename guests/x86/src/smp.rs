@@ -145,9 +145,9 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     AP_ENTRIES[(id as usize).min(MAX_CPUS - 1)].fetch_add(1, Ordering::SeqCst);
     apic::lapic_enable();
     ONLINE.fetch_or(1 << cpu, Ordering::SeqCst);
+    let main = AP_MAIN.load(Ordering::SeqCst);
     // SAFETY: only `start_ap` stores AP_MAIN, always an `fn(u32)`.
-    let f: fn(u32) =
-        unsafe { core::mem::transmute::<usize, fn(u32)>(AP_MAIN.load(Ordering::SeqCst)) };
+    let f: fn(u32) = unsafe { core::mem::transmute::<usize, fn(u32)>(main) };
     f(cpu as u32);
     loop {
         apic::sti_hlt();

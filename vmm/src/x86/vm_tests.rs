@@ -3,7 +3,6 @@
 //! clock (the TSC, 1 GHz here), and the interrupts the backend is told to
 //! inject at each entry (`ScriptedVcpu::taken`).
 
-use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -12,8 +11,9 @@ use crate::backend::{EntryMode, GuestArch, Vcpu};
 use crate::devices::testdev::{IRQ_REGS, REG_EOIS, REG_EVENTS, REG_LEVEL, TESTDEV_BASE};
 use crate::exit::{Exit, Mmio, MmioOp};
 use crate::regs::{AccessSize, LoadDest, Reg};
-use crate::testing::{CollectSink, ManualClock, RecordingStage2, ScriptedVcpu, VecBacking};
-use crate::vm::{tests::multiboot_kernel, DenyAll, Flow, VcpuState, Vm, VmConfig};
+use crate::testing::{CollectSink, ManualClock, ScriptedVcpu, VecBacking};
+use crate::vm::tests::{multiboot_kernel, test_vm};
+use crate::vm::{Flow, VcpuState, Vm, VmConfig};
 use crate::x86::wiring::IOAPIC_BASE;
 
 const MIB: u64 = 1 << 20;
@@ -26,15 +26,7 @@ fn x86(vcpus: u32) -> (Vm<VecBacking>, Arc<ManualClock>) {
     // A 1 GHz TSC: one APIC timer count (1 GHz input) is one TSC tick
     // times the divisor.
     cfg.timer_freq = 1_000_000_000;
-    let mut vm = Vm::new(
-        &cfg,
-        VecBacking::new(0, 16 * MIB as usize),
-        0,
-        &mut RecordingStage2::default(),
-        Arc::new(CollectSink::default()),
-        Box::new(DenyAll),
-    )
-    .unwrap();
+    let mut vm = test_vm(&cfg, Arc::new(CollectSink::default()));
     let clock = Arc::new(ManualClock::default());
     vm.set_clock(clock.clone());
     (vm, clock)
@@ -404,4 +396,39 @@ fn memory_handles_for_devices() {
     assert!(vm.memory_mut().is_none(), "shared: no region changes");
     drop(h);
     assert!(vm.memory_mut().is_some());
+}
+
+/// IA32_APIC_BASE moves the xAPIC page (SDM §11.4.5): accesses follow it,
+/// the old address is master-abort; x2APIC mode has no page at all.
+#[test]
+fn the_xapic_page_follows_ia32_apic_base() {
+    let (vm, _clock) = x86(1);
+    let new = 0xFED0_0000u64;
+    let mut v = vcpu(vec![
+        Exit::MsrWrite {
+            msr: 0x1B,
+            value: new | 0x900,
+        },
+        r(new + 0x30),  // version
+        r(APIC + 0x30), // the old page: nothing there now
+    ]);
+    run_all(&vm, 0, &mut v, 2);
+    assert_eq!(v.x86_interface().unwrap().apic_page, Some(new));
+    assert_eq!(
+        v.get(Reg::Rax) & 0xff,
+        0x14,
+        "the LAPIC's version at the new page"
+    );
+    run_all(&vm, 0, &mut v, 1);
+    assert_eq!(v.get(Reg::Rax), 0xffff_ffff, "master abort at the old page");
+    v.push(Exit::MsrWrite {
+        msr: 0x1B,
+        value: new | 0xD00,
+    });
+    run_all(&vm, 0, &mut v, 1);
+    assert_eq!(
+        v.x86_interface().unwrap().apic_page,
+        None,
+        "x2APIC: no page"
+    );
 }

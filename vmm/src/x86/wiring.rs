@@ -92,6 +92,10 @@ pub struct X86Interface {
     /// The core changed the fields above: the backend applies them at the
     /// next entry (and clears it).
     pub load: bool,
+    /// Where this vCPU's xAPIC page is (None: x2APIC mode or disabled),
+    /// kept by the core as IA32_APIC_BASE changes, so that an MMIO exit
+    /// finds it without the controllers' lock.
+    pub apic_page: Option<u64>,
 }
 
 impl Default for X86Interface {
@@ -109,6 +113,7 @@ impl Default for X86Interface {
             sync: true,
             loaded_cr8: 0,
             load: false,
+            apic_page: Some(super::lapic::DEFAULT_APIC_BASE),
         }
     }
 }
@@ -574,6 +579,9 @@ impl X86Irq {
                     .map(|value| ApicAccess { value, startups: 0 }),
                 Some(val) => match l.write_msr(msr, val, now) {
                     Ok(e) => {
+                        if msr == super::lapic::MSR_APIC_BASE {
+                            ci.apic_page = l.mmio_base();
+                        }
                         kick = c.effect(v, e, eois);
                         Ok(ApicAccess {
                             value: 0,

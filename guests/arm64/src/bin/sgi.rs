@@ -186,10 +186,11 @@ mod guest {
                 broadcast += recv(i, 8 + j);
             }
         }
-        // SAFETY: as above.
-        let wakes: u64 = (0..n)
-            .map(|i| unsafe { load(&raw const (*sh()).wakes[i]) })
-            .sum();
+        let wake = |i: usize| {
+            // SAFETY: as above.
+            unsafe { load(&raw const (*sh()).wakes[i]) }
+        };
+        let wakes: u64 = (0..n).map(wake).sum();
         println!(
             "sgi: {} vCPUs: {} targeted and {} broadcast SGIs, each taken exactly once; {} WFI wake-ups",
             n, targeted, broadcast, wakes

@@ -164,8 +164,8 @@ mod guest {
         } else {
             set_cntv_ctl(0);
         }
-        // SAFETY: IRQs are off.
         let (n, min, max, sum, bad) =
+            // SAFETY: IRQs are off.
             unsafe { (get!(count), get!(min), get!(max), get!(sum), get!(bad)) };
         println!(
             "{}: {} interrupts ({} spinning, {} in WFI with {} wake-ups); period {} us: min {} avg {} max {} us",
