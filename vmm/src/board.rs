@@ -67,6 +67,10 @@ pub enum DeviceKind {
     GicRedistributors,
     /// The architected timer's PPIs (no address range).
     ArchTimer,
+    /// A virtio-mmio transport (version 2) with a device of this type
+    /// (VIRTIO 1.2 §5: 2 block, 4 entropy, ...), in one of the board's
+    /// [`VIRTIO_SLOTS`] slots.
+    VirtioMmio(u32),
 }
 
 /// One device of the board.
@@ -102,6 +106,24 @@ pub const ARM64_TESTDEV_INTID: u32 = 48;
 
 /// Bytes of one vCPU's redistributor (RD frame + SGI frame, GICv3).
 pub const GICR_STRIDE: u64 = 0x2_0000;
+
+/// Bytes of one virtio-mmio slot: the registers (0x100) and up to 0x100
+/// bytes of configuration space, as on QEMU's `virt` machine.
+pub const VIRTIO_SLOT_SIZE: u64 = 0x200;
+/// Virtio-mmio slots of a board.
+pub const VIRTIO_SLOTS: u32 = 7;
+/// arm64: slot `n` at `ARM64_VIRTIO_BASE + n * VIRTIO_SLOT_SIZE` with SPI
+/// INTID `ARM64_VIRTIO_INTID + n`: QEMU `virt`'s virtio-mmio transports
+/// 16-22 (its slot `k` sits at 0x0a00_0000 + k * 0x200 with INTID 48 + k;
+/// slots 0-15 hold our test device and its interrupt registers).
+pub const ARM64_VIRTIO_BASE: u64 = 0x0a00_2000;
+pub const ARM64_VIRTIO_INTID: u32 = 64;
+/// x86: slot `n` at `X86_VIRTIO_BASE + n * VIRTIO_SLOT_SIZE` on I/O APIC
+/// pin `X86_VIRTIO_GSI + n` (level, active high), GSIs 17-23, above the
+/// test device's 16. Linux finds them with
+/// `virtio_mmio.device=512@0xfeb00000:17` (and, later, through ACPI).
+pub const X86_VIRTIO_BASE: u64 = 0xfeb0_0000;
+pub const X86_VIRTIO_GSI: u32 = 17;
 
 /// A VM's board.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +238,59 @@ impl Board {
         }
     }
 
+    /// Adds a virtio-mmio transport for a device of type `device_id` in
+    /// the next free slot; `None` when all [`VIRTIO_SLOTS`] are taken.
+    pub fn add_virtio(&mut self, device_id: u32) -> Option<BoardDevice> {
+        let n = self
+            .devices
+            .iter()
+            .filter(|d| matches!(d.kind, DeviceKind::VirtioMmio(_)))
+            .count() as u32;
+        if n >= VIRTIO_SLOTS {
+            return None;
+        }
+        let (base, irq) = match self.arch {
+            GuestArch::X86_64 => (X86_VIRTIO_BASE, Irq::Gsi(X86_VIRTIO_GSI + n)),
+            GuestArch::Aarch64 => (ARM64_VIRTIO_BASE, Irq::Spi(ARM64_VIRTIO_INTID + n)),
+        };
+        let d = dev(
+            DeviceKind::VirtioMmio(device_id),
+            Space::Mmio,
+            base + u64::from(n) * VIRTIO_SLOT_SIZE,
+            VIRTIO_SLOT_SIZE,
+            Some(irq),
+        );
+        self.devices.push(d);
+        Some(d)
+    }
+
+    /// The virtio-mmio transports, in slot order.
+    pub fn virtio(&self) -> impl Iterator<Item = &BoardDevice> {
+        self.devices
+            .iter()
+            .filter(|d| matches!(d.kind, DeviceKind::VirtioMmio(_)))
+    }
+
+    /// Linux's `virtio_mmio.device=` words for the virtio transports
+    /// (x86, where no firmware table lists them yet), space-separated.
+    pub fn virtio_cmdline(&self) -> alloc::string::String {
+        let mut s = alloc::string::String::new();
+        for d in self.virtio() {
+            if let Some(Irq::Gsi(gsi)) = d.irq {
+                if !s.is_empty() {
+                    s.push(' ');
+                }
+                s.push_str(&alloc::format!(
+                    "virtio_mmio.device={}@{:#x}:{}",
+                    d.size,
+                    d.base,
+                    gsi
+                ));
+            }
+        }
+        s
+    }
+
     /// The first device of `kind`.
     pub fn find(&self, kind: DeviceKind) -> Option<&BoardDevice> {
         self.devices.iter().find(|d| d.kind == kind)
@@ -237,6 +312,63 @@ mod tests {
             && b.size > 0
             && a.base < b.base + b.size
             && b.base < a.base + a.size
+    }
+
+    #[test]
+    fn virtio_slots_fill_in_order_and_stop_at_the_last() {
+        for arch in [GuestArch::X86_64, GuestArch::Aarch64] {
+            let mut b = Board::standard(arch, 64 << 20, 1);
+            let slots: Vec<BoardDevice> = (0..VIRTIO_SLOTS)
+                .map(|i| b.add_virtio(if i % 2 == 0 { 2 } else { 4 }).unwrap())
+                .collect();
+            assert_eq!(b.add_virtio(4), None, "{arch:?}: only {VIRTIO_SLOTS} slots");
+            assert_eq!(b.virtio().count(), VIRTIO_SLOTS as usize);
+            for (i, d) in slots.iter().enumerate() {
+                assert_eq!(d.base, slots[0].base + i as u64 * VIRTIO_SLOT_SIZE);
+                let want = match arch {
+                    GuestArch::X86_64 => Irq::Gsi(X86_VIRTIO_GSI + i as u32),
+                    GuestArch::Aarch64 => Irq::Spi(ARM64_VIRTIO_INTID + i as u32),
+                };
+                assert_eq!(d.irq, Some(want));
+            }
+            // Every line is distinct from the other devices' lines.
+            for d in &b.devices {
+                for e in &b.devices {
+                    if !core::ptr::eq(d, e) && d.irq.is_some() && d.kind != DeviceKind::ArchTimer {
+                        assert_ne!(d.irq, e.irq, "{d:?} and {e:?} share a line");
+                    }
+                }
+            }
+            check_layout(&b);
+        }
+        // x86 GSIs stay on the I/O APIC's 24 pins.
+        assert!(X86_VIRTIO_GSI + VIRTIO_SLOTS <= crate::x86::ioapic::IOAPIC_PINS as u32);
+        // arm64: QEMU virt's slot numbering (INTID 48 + k at 0x0a00_0000 + k * 0x200).
+        let k = (ARM64_VIRTIO_BASE - 0x0a00_0000) / VIRTIO_SLOT_SIZE;
+        assert_eq!(u64::from(ARM64_VIRTIO_INTID), 48 + k);
+        let mut x = Board::standard(GuestArch::X86_64, 16 << 20, 1);
+        assert_eq!(x.virtio_cmdline(), "");
+        x.add_virtio(4);
+        x.add_virtio(2);
+        assert_eq!(
+            x.virtio_cmdline(),
+            "virtio_mmio.device=512@0xfeb00000:17 virtio_mmio.device=512@0xfeb00200:18"
+        );
+    }
+
+    fn check_layout(b: &Board) {
+        let (ram, len) = b.ram[0];
+        for (i, d) in b.devices.iter().enumerate() {
+            for e in &b.devices[i + 1..] {
+                assert!(!overlap(d, e), "{d:?} overlaps {e:?}");
+            }
+            if d.space == Space::Mmio && d.size > 0 {
+                assert!(
+                    d.base + d.size <= ram || d.base >= ram + len,
+                    "{d:?} in RAM"
+                );
+            }
+        }
     }
 
     #[test]

@@ -584,14 +584,30 @@ pub fn render_conf_line(spec: &VmSpec) -> Option<String> {
             Some(v.into())
         }
     };
-    Some(format!(
+    let mut line = format!(
         "name={} kernel={} mem={} smp={} append={}",
         value(&spec.name)?,
         value(&spec.kernel)?,
         spec.mem_mib,
         spec.vcpus,
         (!spec.cmdline.contains('"')).then(|| format!("\"{}\"", spec.cmdline))?,
-    ))
+    );
+    // The syntax holds one disk, after the other devices.
+    let disks = spec.virtio.iter().filter(|d| d.word().is_none()).count();
+    if disks > 1 || (disks == 1 && spec.virtio.last().and_then(|d| d.word()).is_some()) {
+        return None;
+    }
+    let words: Vec<&str> = spec.virtio.iter().filter_map(|d| d.word()).collect();
+    if !words.is_empty() {
+        line.push_str(&format!(" virtio={}", words.join(",")));
+    }
+    for d in &spec.virtio {
+        if let config::VirtioSpec::Disk { file, read_only } = d {
+            let ro = if *read_only { ",ro" } else { "" };
+            line.push_str(&format!(" disk={}", value(&format!("{file}{ro}"))?));
+        }
+    }
+    Some(line)
 }
 
 fn check_spec(what: &str, line: &str, spec: &VmSpec) -> Result<(), String> {

@@ -14,10 +14,15 @@
 //! Keys: `name` (1-32 of `[A-Za-z0-9._-]`; default: the kernel file name
 //! without directory and extension), `kernel` (file in the bundle;
 //! required in vms.conf), `mem` (MiB, default 64), `smp` (vCPUs, default 1),
-//! `append` (the guest's command line). Unknown keys are errors: a typo
-//! must not silently give a VM other resources than asked for.
+//! `append` (the guest's command line), `virtio` (comma-separated virtio
+//! devices without backing files: `rng`), `disk` (a virtio block device
+//! over a file of the bundle, `disk=FILE` or read-only `disk=FILE,ro`).
+//! The VM's virtio devices are those of `virtio` in their order, then the
+//! disk. Unknown keys are errors: a typo must not silently give a VM
+//! other resources than asked for.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 
 pub const DEFAULT_MEM_MIB: u64 = 64;
 /// Upper bound on one VM's RAM accepted from a spec (the VM layer and the
@@ -31,6 +36,28 @@ pub struct VmSpec {
     pub mem_mib: u64,
     pub vcpus: u32,
     pub cmdline: String,
+    /// The VM's virtio devices, in slot order.
+    pub virtio: Vec<VirtioSpec>,
+}
+
+/// One virtio device of a VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VirtioSpec {
+    /// The entropy device.
+    Rng,
+    /// A block device over `file` (in the bundle); its writes live in
+    /// host RAM and are gone when the hypervisor stops.
+    Disk { file: String, read_only: bool },
+}
+
+impl VirtioSpec {
+    /// The `virtio=` word of a device without a file.
+    pub fn word(&self) -> Option<&'static str> {
+        match self {
+            VirtioSpec::Rng => Some("rng"),
+            VirtioSpec::Disk { .. } => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +72,8 @@ pub enum ConfigError {
     MissingKernel,
     /// The same key twice on one line.
     Duplicate(&'static str),
+    /// More virtio devices than a VM's board has slots.
+    TooManyDevices(usize),
 }
 
 impl core::fmt::Display for ConfigError {
@@ -55,6 +84,11 @@ impl core::fmt::Display for ConfigError {
             ConfigError::UnterminatedQuote => write!(f, "unterminated quote"),
             ConfigError::MissingKernel => write!(f, "missing kernel=FILE"),
             ConfigError::Duplicate(k) => write!(f, "{k} given twice"),
+            ConfigError::TooManyDevices(n) => write!(
+                f,
+                "{n} virtio devices; a VM has {} slots",
+                crate::board::VIRTIO_SLOTS
+            ),
         }
     }
 }
@@ -128,7 +162,9 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<(), ConfigError> {
-    let mut seen = [false; 5];
+    let mut seen = [false; 7];
+    let mut plain = Vec::new();
+    let mut disk = None;
     for w in words(words_of) {
         let (key, value) = w?;
         let (slot, key) = match key {
@@ -137,6 +173,8 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
             "mem" => (2, "mem"),
             "smp" => (3, "smp"),
             "append" => (4, "append"),
+            "virtio" => (5, "virtio"),
+            "disk" => (6, "disk"),
             _ => return Err(ConfigError::UnknownKey(key.into())),
         };
         if core::mem::replace(&mut seen[slot], true) {
@@ -172,8 +210,36 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                     .filter(|&n| n >= 1)
                     .ok_or_else(|| ConfigError::BadValue("smp", value.into()))?
             }
+            "virtio" => {
+                for w in value.split(',') {
+                    plain.push(match w {
+                        "rng" => VirtioSpec::Rng,
+                        _ => return Err(ConfigError::BadValue("virtio", value.into())),
+                    });
+                }
+            }
+            "disk" => {
+                let (file, read_only) = match value.strip_suffix(",ro") {
+                    Some(f) => (f, true),
+                    None => (value, false),
+                };
+                if file.is_empty() || file.contains(',') {
+                    return Err(ConfigError::BadValue("disk", value.into()));
+                }
+                disk = Some(VirtioSpec::Disk {
+                    file: file.into(),
+                    read_only,
+                });
+            }
             _ => spec.cmdline = value.into(),
         }
+    }
+    if seen[5] || seen[6] {
+        plain.extend(disk);
+        if plain.len() > crate::board::VIRTIO_SLOTS as usize {
+            return Err(ConfigError::TooManyDevices(plain.len()));
+        }
+        spec.virtio = plain;
     }
     Ok(())
 }
@@ -185,6 +251,7 @@ fn empty_spec() -> VmSpec {
         mem_mib: DEFAULT_MEM_MIB,
         vcpus: 1,
         cmdline: String::new(),
+        virtio: Vec::new(),
     }
 }
 
@@ -227,6 +294,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn virtio_devices() {
+        let s = parse_conf_line("kernel=k disk=d.img virtio=rng,rng")
+            .unwrap()
+            .unwrap();
+        let disk = |ro| VirtioSpec::Disk {
+            file: "d.img".into(),
+            read_only: ro,
+        };
+        assert_eq!(s.virtio, [VirtioSpec::Rng, VirtioSpec::Rng, disk(false)]);
+        let s = parse_module_line("/k disk=d.img,ro").unwrap();
+        assert_eq!(s.virtio, [disk(true)]);
+        assert_eq!(parse_module_line("/k").unwrap().virtio, []);
+        for bad in [
+            "virtio=",
+            "virtio=rng,",
+            "virtio=net",
+            "disk=",
+            "disk=,ro",
+            "disk=a,b",
+            "disk=a,rw",
+        ] {
+            assert!(
+                matches!(
+                    parse_module_line(&alloc::format!("/k {bad}")),
+                    Err(ConfigError::BadValue(..))
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_module_line("/k virtio=rng,rng,rng,rng,rng,rng,rng disk=x"),
+            Err(ConfigError::TooManyDevices(8))
+        );
+        assert_eq!(
+            parse_module_line("/k disk=a disk=b"),
+            Err(ConfigError::Duplicate("disk"))
+        );
+    }
+
+    #[test]
     fn conf_lines() {
         assert_eq!(parse_conf_line("  # comment").unwrap(), None);
         assert_eq!(parse_conf_line("").unwrap(), None);
@@ -241,7 +348,8 @@ mod tests {
                 kernel: "web.elf".into(),
                 mem_mib: 32,
                 vcpus: 2,
-                cmdline: "console=ttyS0 quiet".into()
+                cmdline: "console=ttyS0 quiet".into(),
+                virtio: Vec::new(),
             }
         );
         let s = parse_conf_line("kernel=guests/hello.elf").unwrap().unwrap();

@@ -229,6 +229,8 @@ pub struct Arm64Dtb<'a> {
     /// GICv3 distributor and redistributor regions (base, size).
     pub gicd: (u64, u64),
     pub gicr: (u64, u64),
+    /// virtio-mmio transports: (base, size, SPI INTID).
+    pub virtio: Vec<(u64, u64, u32)>,
 }
 
 impl Arm64Dtb<'_> {
@@ -242,6 +244,13 @@ impl Arm64Dtb<'_> {
             uart: board.range(DeviceKind::Pl011).unwrap_or((0, 0)),
             gicd: board.range(DeviceKind::GicDistributor).unwrap_or((0, 0)),
             gicr: board.range(DeviceKind::GicRedistributors).unwrap_or((0, 0)),
+            virtio: board
+                .virtio()
+                .filter_map(|d| match d.irq {
+                    Some(crate::board::Irq::Spi(intid)) => Some((d.base, d.size, intid)),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 }
@@ -328,6 +337,18 @@ pub fn arm64_guest_dtb(d: &Arm64Dtb) -> Result<Vec<u8>, FdtError> {
     w.property_cells("clocks", &[PHANDLE_CLK, PHANDLE_CLK])?;
     w.property_strs("clock-names", &["uartclk", "apb_pclk"])?;
     w.end_node()?;
+
+    // virtio-mmio transports (Documentation/devicetree/bindings/virtio/
+    // mmio.yaml): a level-high SPI each, as the transport's InterruptStatus
+    // is a level (QEMU `virt` says edge; the line it drives is level too).
+    for &(base, size, intid) in &d.virtio {
+        w.begin_node(&alloc::format!("virtio_mmio@{base:x}"))?;
+        w.property_str("compatible", "virtio,mmio")?;
+        w.property_u64s("reg", &[base, size])?;
+        w.property_cells("interrupts", &[0, intid.saturating_sub(32), 4])?;
+        w.property_null("dma-coherent")?;
+        w.end_node()?;
+    }
 
     w.end_node()?;
     w.finish()
@@ -438,6 +459,7 @@ mod tests {
             uart: (0x0900_0000, 0x1000),
             gicd: (0x0800_0000, 0x1_0000),
             gicr: (0x080a_0000, 0xf6_0000),
+            virtio: vec![(0x0a00_2000, 0x200, 64), (0x0a00_2200, 0x200, 65)],
         })
         .unwrap();
         let p = walk(&b);
@@ -468,6 +490,19 @@ mod tests {
             b"arm,pl011\0arm,primecell\0"
         );
         assert!(p.iter().any(|(path, _, _)| path == "/timer"));
+        assert_eq!(
+            prop(&p, "/virtio_mmio@a002200", "compatible"),
+            b"virtio,mmio\0"
+        );
+        assert_eq!(
+            prop(&p, "/virtio_mmio@a002200", "reg"),
+            [0, 0, 0, 0, 0x0a, 0, 0x22, 0, 0, 0, 0, 0, 0, 0, 2, 0]
+        );
+        // SPI 33 (INTID 65), level-high.
+        assert_eq!(
+            prop(&p, "/virtio_mmio@a002200", "interrupts"),
+            [0, 0, 0, 0, 0, 0, 0, 33, 0, 0, 0, 4]
+        );
         assert!(b.len() < 4096);
     }
 }

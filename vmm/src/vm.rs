@@ -38,6 +38,8 @@ use crate::mem::{Backing, GuestMemory, MemError, Region};
 use crate::psci::{self, PsciCall};
 use crate::regs::{AccessSize, LoadDest, Reg};
 use crate::stats::{ExitStats, Reason, Report};
+use crate::virtio::mmio::MmioTransport;
+use crate::virtio::{MemHandle, VirtioDevice};
 use crate::x86::legacy::{DeviceClock, LegacyPort, LegacyPorts};
 use crate::x86::pic::Chip;
 use crate::x86::wiring::{ApicAccess, Halt, IoApicDevice, X86Irq};
@@ -122,6 +124,9 @@ pub enum VmError {
     /// The interrupt controller refused the configuration (arm64: the
     /// GIC's priority bits).
     Irq(crate::arm64::vgic::VgicError),
+    /// More virtio devices than the board has slots
+    /// ([`crate::board::VIRTIO_SLOTS`]).
+    NoVirtioSlot,
 }
 
 impl From<MemError> for VmError {
@@ -506,6 +511,38 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+impl<B: Backing + Send + Sync + 'static> Vm<B> {
+    /// [`Vm::new`] with virtio devices: each gets the board's next
+    /// virtio-mmio slot (address and interrupt line, listed in the arm64
+    /// device tree; [`Board::virtio_cmdline`] for x86 guests), a transport
+    /// on the MMIO bus, the VM's guest memory and its line.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_devices<S: Stage2 + ?Sized>(
+        cfg: &VmConfig,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        backing: B,
+        ram_hpa: u64,
+        s2: &mut S,
+        sink: Arc<dyn ConsoleSink>,
+        policy: Box<dyn ExitPolicy>,
+    ) -> Result<Vm<B>, VmError> {
+        let ids: Vec<u32> = devices.iter().map(|d| d.device_id()).collect();
+        let mut vm = Self::build(cfg, &ids, backing, ram_hpa, s2, sink, policy)?;
+        let slots: Vec<crate::board::BoardDevice> = vm.board.virtio().copied().collect();
+        let mem: MemHandle = vm.mem.clone();
+        for (device, slot) in devices.into_iter().zip(slots) {
+            let line = vm.irq_line(slot.irq).ok_or(VmError::NoVirtioSlot)?;
+            let number = line.line();
+            let transport = MmioTransport::new(device, mem.clone(), line);
+            let id = vm
+                .mmio
+                .register(slot.base, slot.size, Box::new(transport))?;
+            vm.resample.push((number, Space::Mmio, id));
+        }
+        Ok(vm)
+    }
+}
+
 impl<B: Backing> Vm<B> {
     /// Creates a VM: RAM at [`ram_base`] backed by host frames from
     /// `ram_hpa` (mapped through `s2`), the platform devices, and the kernel
@@ -513,6 +550,21 @@ impl<B: Backing> Vm<B> {
     /// 0x510. arm64: PL011 at 0x0900_0000.
     pub fn new<S: Stage2 + ?Sized>(
         cfg: &VmConfig,
+        backing: B,
+        ram_hpa: u64,
+        s2: &mut S,
+        sink: Arc<dyn ConsoleSink>,
+        policy: Box<dyn ExitPolicy>,
+    ) -> Result<Vm<B>, VmError> {
+        Self::build(cfg, &[], backing, ram_hpa, s2, sink, policy)
+    }
+
+    /// [`Vm::new`] with the board's virtio slots set aside for devices of
+    /// types `virtio` (so the generated device tree lists them); their
+    /// transports are attached by [`Vm::with_devices`].
+    fn build<S: Stage2 + ?Sized>(
+        cfg: &VmConfig,
+        virtio: &[u32],
         backing: B,
         ram_hpa: u64,
         s2: &mut S,
@@ -538,7 +590,10 @@ impl<B: Backing> Vm<B> {
             name: "ram",
         };
         mem.add_region(region, s2)?;
-        let board = Board::standard(cfg.arch, cfg.mem_size, cfg.vcpus);
+        let mut board = Board::standard(cfg.arch, cfg.mem_size, cfg.vcpus);
+        for &id in virtio {
+            board.add_virtio(id).ok_or(VmError::NoVirtioSlot)?;
+        }
         let mut ports = Bus::ports();
         let mut mmio = Bus::mmio();
         let buffer = Arc::new(ConsoleBuffer::new(CONSOLE_BUFFER_BYTES));
@@ -665,7 +720,9 @@ impl<B: Backing> Vm<B> {
                         None => continue,
                     }
                 }
-                DeviceKind::ArchTimer => continue,
+                // The transports come with their devices (`with_devices`),
+                // once guest memory can be shared.
+                DeviceKind::ArchTimer | DeviceKind::VirtioMmio(_) => continue,
             };
             let bus = match d.space {
                 Space::Port => &mut ports,
@@ -725,6 +782,20 @@ impl<B: Backing> Vm<B> {
     /// The VM's board: RAM and devices with their addresses and lines.
     pub fn board(&self) -> &Board {
         &self.board
+    }
+
+    /// The level-triggered line of the VM's interrupt controller that a
+    /// board device's `irq` names (SPIs on arm64, I/O APIC GSIs on x86).
+    fn irq_line(&self, irq: Option<Irq>) -> Option<IrqLine> {
+        match (irq?, &self.arm, &self.x86) {
+            (Irq::Spi(intid), Some(a), _) => {
+                Some(IrqLine::new(a.gic().clone(), intid, Trigger::Level))
+            }
+            (Irq::Gsi(gsi), _, Some(x)) => {
+                Some(IrqLine::new(x.chip().clone(), gsi, Trigger::Level))
+            }
+            _ => None,
+        }
     }
 
     /// Who to tell when another CPU must look at a vCPU (set once, before
@@ -2156,6 +2227,149 @@ pub(crate) mod tests {
         let mut cfg = VmConfig::new("arm", GuestArch::Aarch64, 8 * MIB, &kernel);
         cfg.vcpus = vcpus;
         test_vm(&cfg, sink)
+    }
+
+    /// An arm64 VM with a virtio entropy device (counting bytes) in the
+    /// board's first virtio slot.
+    fn arm_vm_with_rng() -> Vm<VecBacking> {
+        let kernel = elf(
+            true,
+            EM_AARCH64,
+            0x4008_0000,
+            &[(0x4008_0000, 0x4008_0000, &[0x1f, 0x20, 0x03, 0xd5], 4)],
+        );
+        let cfg = VmConfig::new("arm", GuestArch::Aarch64, 8 * MIB, &kernel);
+        let rng = crate::virtio::rng::VirtioRng::new(crate::virtio::tests::Counter::endless());
+        Vm::with_devices(
+            &cfg,
+            vec![Box::new(rng) as Box<dyn VirtioDevice>],
+            VecBacking::new(0, cfg.mem_size as usize),
+            0,
+            &mut RecordingStage2::default(),
+            Arc::new(CollectSink::default()),
+            Box::new(DenyAll),
+        )
+        .unwrap()
+    }
+
+    /// A virtio device in a VM: its slot in the board and the device tree,
+    /// its transport on the MMIO bus, requests served from guest RAM, and
+    /// its level SPI taken by the vCPU until the driver acknowledges.
+    #[test]
+    fn arm64_virtio_rng_in_a_vm() {
+        use crate::virtio::mmio::*;
+        use crate::virtio::status::*;
+        let mut vm = arm_vm_with_rng();
+        vm.set_clock(Arc::new(ManualClock::default()));
+        let slot = *vm.board().virtio().next().unwrap();
+        assert_eq!(
+            slot.kind,
+            DeviceKind::VirtioMmio(crate::virtio::device_id::ENTROPY)
+        );
+        assert_eq!((slot.base, slot.irq), (0x0a00_2000, Some(Irq::Spi(64))));
+        // The guest's device tree names it (the DTB sits at the top of RAM).
+        let ram = vm.memory();
+        let mut dtb = vec![0u8; 4096];
+        ram.read(0x4000_0000 + 8 * MIB - 4096, &mut dtb).unwrap();
+        let needle = b"virtio_mmio@a002000";
+        assert!(dtb.windows(needle.len()).any(|w| w == needle));
+        let base = slot.base;
+        assert_eq!(vm.mmio().read(base + REG_MAGIC, B4), 0x7472_6976);
+        assert_eq!(vm.mmio().read(base + REG_DEVICE_ID, B4), 4);
+        // Rings and a buffer in guest RAM, 16 entries.
+        let (desc, avail, used, buf) = (
+            0x4010_0000u64,
+            0x4010_1000u64,
+            0x4010_2000u64,
+            0x4011_0000u64,
+        );
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&buf.to_le_bytes());
+        d[8..12].copy_from_slice(&8u32.to_le_bytes());
+        d[12..14].copy_from_slice(&2u16.to_le_bytes()); // VIRTQ_DESC_F_WRITE
+        ram.write(desc, &d).unwrap();
+        ram.write(avail + 4, &0u16.to_le_bytes()).unwrap();
+        ram.write(avail + 2, &1u16.to_le_bytes()).unwrap();
+        let mut s = gic_bring_up(1);
+        // GICD_ISENABLER2: INTID 64.
+        s.push(mmio_w(GICD + 0x108, B4, 1));
+        for (reg, v) in [
+            (REG_STATUS, ACKNOWLEDGE),
+            (REG_STATUS, ACKNOWLEDGE | DRIVER),
+            (REG_DRIVER_FEATURES_SEL, 1),
+            (REG_DRIVER_FEATURES, 1),
+            (REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK),
+            (REG_QUEUE_SEL, 0),
+            (REG_QUEUE_NUM, 16),
+            (REG_QUEUE_DESC_LOW, desc as u32),
+            (REG_QUEUE_DRIVER_LOW, avail as u32),
+            (REG_QUEUE_DEVICE_LOW, used as u32),
+            (REG_QUEUE_READY, 1),
+            (REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK),
+            (REG_QUEUE_NOTIFY, 0),
+        ] {
+            s.push(mmio_w(base + reg, B4, u64::from(v)));
+        }
+        s.push(Exit::ExternalInterrupt);
+        s.push(Exit::ExternalInterrupt);
+        s.push(mmio_w(base + REG_INTERRUPT_ACK, B4, 1));
+        s.push(Exit::ExternalInterrupt);
+        s.push(Exit::ExternalInterrupt);
+        let n = s.len() as u64;
+        let mut v = ScriptedVcpu::arm64(s).with_gic(4);
+        v.bind(0).unwrap();
+        assert_eq!(vm.run(0, &mut v, n), Flow::Yield);
+        assert_eq!(
+            vm.mmio().read(base + REG_STATUS, B4),
+            0xf,
+            "driver ok, no reset needed"
+        );
+        let mut u = [0u8; 12];
+        ram.read(used, &mut u).unwrap();
+        assert_eq!(u16::from_le_bytes([u[2], u[3]]), 1, "one request used");
+        assert_eq!(
+            u32::from_le_bytes(u[8..12].try_into().unwrap()),
+            8,
+            "8 bytes"
+        );
+        let mut got = [0u8; 8];
+        ram.read(buf, &mut got).unwrap();
+        assert_eq!(got, [0, 1, 2, 3, 4, 5, 6, 7]);
+        // Taken while InterruptStatus held the line high (once per EOI),
+        // never after the acknowledgement.
+        assert!(
+            !v.taken.is_empty() && v.taken.iter().all(|&i| i == 64),
+            "{:?}",
+            v.taken
+        );
+        let before_ack = v.taken.len();
+        assert!(before_ack <= 3, "{:?}", v.taken);
+        assert_eq!(vm.mmio().read(base + REG_INTERRUPT_STATUS, B4), 0);
+    }
+
+    /// A VM holds at most `VIRTIO_SLOTS` virtio devices; one more is an
+    /// error, not a device at a clashing address.
+    #[test]
+    fn too_many_virtio_devices_are_refused() {
+        let kernel = multiboot_kernel(&[0xf4; 16]);
+        let cfg = VmConfig::new("x", GuestArch::X86_64, 16 * MIB, &kernel);
+        let devices = (0..=crate::board::VIRTIO_SLOTS)
+            .map(|_| {
+                Box::new(crate::virtio::rng::VirtioRng::new(
+                    crate::virtio::tests::Counter::endless(),
+                )) as Box<dyn VirtioDevice>
+            })
+            .collect();
+        let r = Vm::with_devices(
+            &cfg,
+            devices,
+            VecBacking::new(0, cfg.mem_size as usize),
+            0,
+            &mut RecordingStage2::default(),
+            Arc::new(CollectSink::default()),
+            Box::new(DenyAll),
+        );
+        assert_eq!(r.err(), Some(VmError::NoVirtioSlot));
     }
 
     fn hvc(imm: u16, x0: u64, args: [u64; 6]) -> Exit {

@@ -346,6 +346,7 @@ mod tests {
                 mem_mib: 16,
                 vcpus: 1,
                 cmdline: String::new(),
+                virtio: Vec::new(),
             }
         );
         assert_eq!(
@@ -356,6 +357,7 @@ mod tests {
                 mem_mib: 64,
                 vcpus: 2,
                 cmdline: "console=ttyS0 quiet a=b='c' $x;y \\n".into(),
+                virtio: Vec::new(),
             }
         );
         assert_eq!(

@@ -101,6 +101,7 @@ proptest! {
                 mem_mib: v.mem_mib.into(),
                 vcpus: v.smp,
                 cmdline: v.append.clone(),
+                virtio: Vec::new(),
             })
             .collect();
         prop_assert_eq!(specs, want);

@@ -2,7 +2,7 @@
 
 use super::{config, verdict};
 use crate::checks::{check_conf_line, render_conf_line};
-use crate::config::{parse_conf_line, parse_module_line, VmSpec, MAX_MEM_MIB};
+use crate::config::{parse_conf_line, parse_module_line, VirtioSpec, VmSpec, MAX_MEM_MIB};
 use proptest::prelude::*;
 
 /// Text made of the syntax's own pieces (keys, `=`, quotes, `#`, white
@@ -12,7 +12,7 @@ fn line() -> impl Strategy<Value = String> {
         4 => prop::sample::select(vec![
             "name=", "kernel=", "mem=", "smp=", "append=", "=", "\"", " ", "\t", "#", "\n",
             "0", "1", "64", "1048576", "1048577", "-1", "99999999999999999999", "a.elf",
-            "/boot/", "x y", "\u{a0}", "é", "\r",
+            "/boot/", "x y", "\u{a0}", "é", "\r", "virtio=", "rng", ",", "disk=", ",ro",
         ]).prop_map(String::from),
         2 => "[ -~]{1,6}",
         1 => any::<char>().prop_map(String::from),
@@ -27,14 +27,21 @@ fn spec() -> impl Strategy<Value = VmSpec> {
         1..=MAX_MEM_MIB,
         prop_oneof![1u32..=8, 1..=u32::MAX],
         prop_oneof!["[ -~&&[^\"]]{0,40}", "[^\"]{0,12}"],
+        0..=4usize,
+        prop::option::of(("[!-~&&[^\",]]{1,12}", any::<bool>())),
     )
-        .prop_map(|(name, kernel, mem_mib, vcpus, cmdline)| VmSpec {
-            name,
-            kernel,
-            mem_mib,
-            vcpus,
-            cmdline,
-        })
+        .prop_map(
+            |(name, kernel, mem_mib, vcpus, cmdline, rngs, disk)| VmSpec {
+                name,
+                kernel,
+                mem_mib,
+                vcpus,
+                cmdline,
+                virtio: core::iter::repeat_n(VirtioSpec::Rng, rngs)
+                    .chain(disk.map(|(file, read_only)| VirtioSpec::Disk { file, read_only }))
+                    .collect(),
+            },
+        )
 }
 
 proptest! {
@@ -54,17 +61,18 @@ proptest! {
     #[test]
     fn prop_conf_line_round_trips_generated_specs(
         s in spec(),
-        order in Just((0..5).collect::<Vec<usize>>()).prop_shuffle(),
-        gaps in prop::collection::vec("[ \t]{1,3}", 6),
+        order in Just((0..7).collect::<Vec<usize>>()).prop_shuffle(),
+        gaps in prop::collection::vec("[ \t]{1,3}", 8),
     ) {
         let Some(rendered) = render_conf_line(&s) else {
             // A kernel name with both white space and a quote: nothing to say.
             return Ok(());
         };
         let words: Vec<&str> = split_words(&rendered);
-        prop_assert_eq!(words.len(), 5, "{}", rendered);
-        let mut line = gaps[5].clone();
-        for (i, &w) in order.iter().enumerate() {
+        // 5 words, then `virtio=` and `disk=` when the spec has them.
+        prop_assert!((5..=7).contains(&words.len()), "{}", rendered);
+        let mut line = gaps[7].clone();
+        for (i, &w) in order.iter().filter(|&&w| w < words.len()).enumerate() {
             line.push_str(words[w]);
             line.push_str(&gaps[i]);
         }

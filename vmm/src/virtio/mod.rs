@@ -193,6 +193,41 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// A boxed device is a device: the VM holds its devices' models as
+/// `Box<dyn VirtioDevice>` behind one transport type.
+impl VirtioDevice for alloc::boxed::Box<dyn VirtioDevice> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn device_id(&self) -> u32 {
+        (**self).device_id()
+    }
+    fn features(&self) -> u64 {
+        (**self).features()
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        (**self).queue_max_sizes()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        (**self).read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        (**self).write_config(offset, data)
+    }
+    fn accepts_features(&self, features: u64) -> bool {
+        (**self).accepts_features(features)
+    }
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        (**self).activate(a)
+    }
+    fn queue_notify(&mut self, index: u16) {
+        (**self).queue_notify(index)
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+}
+
 struct SignalState {
     /// InterruptStatus.
     status: u32,

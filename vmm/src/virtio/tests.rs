@@ -719,6 +719,15 @@ pub(crate) struct Counter {
     pub budget: Option<usize>,
 }
 
+impl Counter {
+    pub(crate) fn endless() -> Counter {
+        Counter {
+            next: 0,
+            budget: None,
+        }
+    }
+}
+
 impl EntropySource for Counter {
     fn fill(&mut self, buf: &mut [u8]) -> usize {
         let n = self.budget.map_or(buf.len(), |b| b.min(buf.len()));
