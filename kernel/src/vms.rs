@@ -15,14 +15,19 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+use alloc::boxed::Box;
+use arch::entropy::{EntropyKind, HostEntropy};
 use boot::frame::FrameAllocator;
 use boot::{cpio, BootInfo};
 use vmm::backend::GuestArch;
 use vmm::backend::Vcpu as _;
-use vmm::config::{self, VmSpec};
+use vmm::config::{self, VirtioSpec, VmSpec};
 use vmm::console::CONSOLE_TURN_BUDGET;
 use vmm::devices::ConsoleSink;
 use vmm::mem::{Backing, MemError};
+use vmm::virtio::block::{Disk, DiskError, VirtioBlock, SECTOR_SIZE};
+use vmm::virtio::rng::VirtioRng;
+use vmm::virtio::VirtioDevice;
 use vmm::vm::{VcpuState, Vm, VmConfig};
 
 use crate::platform::virt;
@@ -41,10 +46,12 @@ const BOOT_CPU: u32 = 0;
 /// Guest RAM is 2 MiB aligned so stage 2 can use 2 MiB blocks.
 const RAM_ALIGN: u64 = 2 << 20;
 
-/// One VM spec with the image it boots.
+/// One VM spec with the image it boots and the contents of its disks (in
+/// the order of the spec's disk devices).
 struct Pending {
     spec: VmSpec,
     image: &'static [u8],
+    disks: Vec<&'static [u8]>,
 }
 
 /// How the run of all VMs ended.
@@ -203,7 +210,16 @@ fn collect(info: &BootInfo) -> (Vec<Pending>, usize) {
                 match config::parse_conf_line(line) {
                     Ok(None) => {}
                     Ok(Some(spec)) => match cpio::find(data, &spec.kernel) {
-                        Ok(Some(image)) => out.push(Pending { spec, image }),
+                        Ok(Some(image)) => {
+                            let found = disk_files(&spec, |f| cpio::find(data, f).ok().flatten());
+                            match found {
+                                Ok(disks) => out.push(Pending { spec, image, disks }),
+                                Err(f) => {
+                                    log::error!("vms.conf:{}: disk {f:?} not in the bundle", n + 1);
+                                    errors += 1;
+                                }
+                            }
+                        }
                         _ => {
                             log::error!(
                                 "vms.conf:{}: kernel {:?} not in the bundle",
@@ -221,7 +237,27 @@ fn collect(info: &BootInfo) -> (Vec<Pending>, usize) {
             }
         } else {
             match config::parse_module_line(label) {
-                Ok(spec) => out.push(Pending { spec, image: data }),
+                Ok(spec) => {
+                    // A plain module's disk is another module, named by the
+                    // first word of its command line.
+                    let by_name = |f: &str| {
+                        info.modules()
+                            .iter()
+                            .find(|m| m.name.as_str().split_ascii_whitespace().next() == Some(f))
+                            .map(module_bytes)
+                    };
+                    match disk_files(&spec, by_name) {
+                        Ok(disks) => out.push(Pending {
+                            spec,
+                            image: data,
+                            disks,
+                        }),
+                        Err(f) => {
+                            log::error!("module {label:?}: disk {f:?} is not a boot module");
+                            errors += 1;
+                        }
+                    }
+                }
                 Err(e) => {
                     log::error!("module {label:?}: {e}");
                     errors += 1;
@@ -230,6 +266,128 @@ fn collect(info: &BootInfo) -> (Vec<Pending>, usize) {
         }
     }
     (out, errors)
+}
+
+/// The contents of `spec`'s disks, found by `find`; the first file it
+/// does not find is the error.
+fn disk_files<'a>(
+    spec: &'a VmSpec,
+    find: impl Fn(&str) -> Option<&'static [u8]>,
+) -> Result<Vec<&'static [u8]>, &'a str> {
+    spec.virtio
+        .iter()
+        .filter_map(|d| match d {
+            VirtioSpec::Disk { file, .. } => Some(file.as_str()),
+            _ => None,
+        })
+        .map(|f| find(f).ok_or(f))
+        .collect()
+}
+
+/// A virtio-blk disk in host memory: a copy of its image in frames of its
+/// own (writes live there and are gone when the hypervisor stops), or, for
+/// a read-only disk, the boot module itself (never written: the device
+/// refuses writes before they reach [`Disk::write`]).
+struct FrameDisk {
+    base: u64,
+    size: u64,
+    read_only: bool,
+}
+
+impl FrameDisk {
+    fn check(&self, offset: u64, len: usize) -> Result<u64, DiskError> {
+        let end = offset.checked_add(len as u64).ok_or(DiskError)?;
+        if end > self.size {
+            return Err(DiskError);
+        }
+        Ok(self.base + offset)
+    }
+}
+
+impl Disk for FrameDisk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let at = self.check(offset, buf.len())?;
+        // SAFETY: [at, at+len) lies inside this disk's frames (or its
+        // reserved boot module), mapped 1:1 and used by this disk alone;
+        // `buf` is a distinct buffer.
+        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError);
+        }
+        let at = self.check(offset, data.len())?;
+        // SAFETY: as in `read`; a writable disk is a copy in frames that
+        // belong to it alone.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) };
+        Ok(())
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+}
+
+/// The virtio devices of `p`'s spec, in slot order.
+fn virtio_devices(
+    p: &Pending,
+    frames: &mut FrameAllocator,
+) -> Result<Vec<Box<dyn VirtioDevice>>, String> {
+    use alloc::format;
+    let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut disks = p.disks.iter();
+    for d in &p.spec.virtio {
+        match d {
+            VirtioSpec::Rng => {
+                let source = HostEntropy::detect();
+                if source.kind() == EntropyKind::Counter {
+                    log::warn!(
+                        "vm {}: no RDSEED/RDRAND/RNDR: virtio-rng gives bytes of a {}",
+                        p.spec.name,
+                        source.kind().name()
+                    );
+                }
+                out.push(Box::new(VirtioRng::new(source)));
+            }
+            VirtioSpec::Disk { file, read_only } => {
+                let data = disks.next().ok_or("internal: disk contents missing")?;
+                let size = data.len() as u64 & !(SECTOR_SIZE - 1);
+                if size == 0 {
+                    return Err(format!("disk {file:?}: smaller than one 512-byte sector"));
+                }
+                let base = if *read_only {
+                    data.as_ptr() as u64
+                } else {
+                    let base = frames
+                        .alloc_contiguous(size.next_multiple_of(4096), 4096)
+                        .ok_or_else(|| format!("disk {file:?}: no {size} bytes of RAM left"))?;
+                    // SAFETY: [base, base+size) was just taken from the frame
+                    // allocator for this disk alone and is mapped 1:1; the
+                    // module is reserved and distinct from it.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            data.as_ptr(),
+                            base as *mut u8,
+                            size as usize,
+                        )
+                    };
+                    base
+                };
+                out.push(Box::new(VirtioBlock::new(FrameDisk {
+                    base,
+                    size,
+                    read_only: *read_only,
+                })));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// One VM as the run loop holds it: the shared VM state (reached through
@@ -266,8 +424,18 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     };
     let sink: Arc<dyn ConsoleSink> = Arc::new(Console);
     let policy = virt::exit_policy(index, cfg.vcpus);
-    let mut vm =
-        Vm::new(&cfg, backing, ram, &mut s2, sink, policy).map_err(|e| format!("{e:?}"))?;
+    let devices = virtio_devices(p, frames)?;
+    let mut vm = Vm::with_devices(&cfg, devices, backing, ram, &mut s2, sink, policy)
+        .map_err(|e| format!("{e:?}"))?;
+    for d in vm.board().virtio() {
+        log::info!(
+            "vm {}: virtio-mmio {:?} at {:#x}, {:?}",
+            p.spec.name,
+            d.kind,
+            d.base,
+            d.irq.unwrap_or(vmm::board::Irq::Spi(0))
+        );
+    }
     vm.set_clock(virt::clock());
     // Kernel option `stats`: exit handling times too (two clock reads per
     // exit); the counts are always kept.

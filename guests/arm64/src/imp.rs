@@ -212,6 +212,23 @@ macro_rules! check {
     };
 }
 
+/// The shared virtio checks report here: `ok: ...`, or a failure that
+/// stops the VM at once (as [`check!`] does).
+pub struct Checks;
+
+impl guest_virtio::Report for Checks {
+    fn check(&mut self, ok: bool, what: fmt::Arguments) {
+        if ok {
+            println!("ok: {}", what);
+        } else {
+            fail(what)
+        }
+    }
+    fn say(&mut self, what: fmt::Arguments) {
+        println!("{}", what);
+    }
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("FAIL: panic: {}", info);

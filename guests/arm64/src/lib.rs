@@ -33,6 +33,10 @@ pub const TESTDEV_EOIS: u64 = TESTDEV_IRQ_REGS + 0x8;
 pub const TESTDEV_PULSE: u64 = TESTDEV_IRQ_REGS + 0xc;
 pub const TESTDEV_LINE: u64 = TESTDEV_IRQ_REGS + 0x10;
 pub const TESTDEV_INTID: u32 = 48;
+/// The hypervisor's virtio-mmio slots (vmm `board::ARM64_VIRTIO_BASE`):
+/// slot n at `VIRTIO_BASE + n * 0x200` with SPI INTID `VIRTIO_INTID + n`.
+pub const VIRTIO_BASE: u64 = 0x0a00_2000;
+pub const VIRTIO_INTID: u32 = 64;
 /// GICv3 frames (QEMU virt layout, as the guest DTB says).
 pub const GICD_BASE: u64 = 0x0800_0000;
 pub const GICR_BASE: u64 = 0x080a_0000;

@@ -121,6 +121,18 @@ pub fn debug_exit(v: u32) -> ! {
     }
 }
 
+/// The shared virtio checks report through [`check`].
+pub struct Checks;
+
+impl guest_virtio::Report for Checks {
+    fn check(&mut self, ok: bool, what: fmt::Arguments) {
+        check(ok, what)
+    }
+    fn say(&mut self, what: fmt::Arguments) {
+        println!("{}", what);
+    }
+}
+
 /// Ends the test: PASS → debug-exit 0x10 (status 33), else 0x11 (35).
 pub fn finish() -> ! {
     let f = FAILURES.load(Ordering::Relaxed);

@@ -26,6 +26,10 @@ pub const COM1: u16 = 0x3f8;
 pub const DEBUG_EXIT: u16 = 0xf4;
 /// vmm `devices::testdev::TESTDEV_BASE`.
 pub const TESTDEV_BASE: u64 = 0xfeb8_0000;
+/// The hypervisor's virtio-mmio slots (vmm `board::X86_VIRTIO_BASE`):
+/// slot n at `VIRTIO_BASE + n * 0x200` on I/O APIC pin `VIRTIO_GSI + n`.
+pub const VIRTIO_BASE: u64 = 0xfeb0_0000;
+pub const VIRTIO_GSI: u32 = 17;
 /// An address with nothing behind it (below the 4 GiB identity map's end).
 pub const UNBACKED: u64 = 0xfe00_0000;
 

@@ -310,17 +310,24 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn write_queue_ready(&mut self, value: u32) {
+        let sel = self.queue_sel as usize;
+        if value & 1 == 0 {
+            // §4.2.2.2: a driver stops using a queue by writing 0 here and
+            // reading it back, in any state (virtio-drivers does so when it
+            // drops a device, without a reset first). Once DRIVER_OK the
+            // device gets no more notifications for it; making it ready
+            // again takes a reset (no VIRTIO_F_RING_RESET).
+            if let Some(q) = self.queues.get_mut(sel) {
+                q.ready = false;
+            }
+            return;
+        }
         if !self.queue_writable() {
             return;
         }
-        let sel = self.queue_sel as usize;
         let (Some(&max), Some(cfg)) = (self.max_sizes.get(sel), self.queues.get(sel)) else {
             return;
         };
-        if value & 1 == 0 {
-            self.queues[sel].ready = false;
-            return;
-        }
         match cfg.validate(max, &*self.mem) {
             Ok(()) => self.queues[sel].ready = true,
             Err(e) => log::debug!(

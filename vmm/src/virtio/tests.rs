@@ -968,9 +968,14 @@ fn status_state_machine() {
     assert_eq!(s.t.queue_config(0).unwrap().size, 16);
     s.driver_ok();
     assert_eq!(s.status(), a | d | fo | dok);
-    // After DRIVER_OK the queue cannot be changed or disabled.
-    s.w(REG_QUEUE_READY, 0);
+    // After DRIVER_OK the queue cannot be changed, only stopped (§4.2.2.2;
+    // `queue_ready_zero_stops_a_live_queue`).
+    s.w(REG_QUEUE_SEL, 0);
+    s.w(REG_QUEUE_NUM, 8);
+    assert_eq!(s.t.queue_config(0).unwrap().size, 16);
     assert_eq!(s.r(REG_QUEUE_READY), 1);
+    s.w(REG_QUEUE_READY, 0);
+    assert_eq!(s.r(REG_QUEUE_READY), 0);
     // FAILED may be set at any time.
     s.w(REG_STATUS, a | d | fo | dok | status::FAILED);
     assert_eq!(s.status(), a | d | fo | dok | status::FAILED);
@@ -1443,4 +1448,30 @@ fn config_space_accesses() {
     s.t.write(CONFIG_SPACE, B4, 0xffff);
     assert_eq!(s.t.read(CONFIG_SPACE, B4), 3);
     let _ = AccessSize::B1;
+}
+
+/// A driver that stops using a live queue (QueueReady = 0 after DRIVER_OK,
+/// then reads it back, as §4.2.2.2 asks and virtio-drivers does on drop)
+/// reads 0 and its later notifications are ignored; the queue cannot be
+/// made ready again without a reset.
+#[test]
+fn queue_ready_zero_stops_a_live_queue() {
+    let mut s = rng(None);
+    s.start(features::VERSION_1);
+    let mem = s.mem.clone();
+    let mut r = Ring::new(&*mem, 16);
+    r.set_desc(0, BUF, 8, VIRTQ_DESC_F_WRITE, 0);
+    r.push(0);
+    s.w(REG_QUEUE_SEL, 0);
+    s.w(REG_QUEUE_READY, 0);
+    assert_eq!(s.r(REG_QUEUE_READY), 0);
+    s.w(REG_QUEUE_NOTIFY, 0);
+    assert_eq!(r.used_idx(), 0, "a stopped queue is not served");
+    s.w(REG_QUEUE_READY, 1);
+    assert_eq!(s.r(REG_QUEUE_READY), 0, "not re-enabled while DRIVER_OK");
+    // A reset and a new initialization serve it again.
+    s.w(REG_STATUS, 0);
+    s.start(features::VERSION_1);
+    s.w(REG_QUEUE_NOTIFY, 0);
+    assert_eq!(r.used_idx(), 1);
 }

@@ -63,7 +63,7 @@ mod guest {
 
     fn main(_boot: Boot) {
         init();
-        set_nmi_gate(x86g_nmi_entry as usize as u64);
+        set_nmi_gate(x86g_nmi_entry as *const () as u64);
         cli();
         // One NMI, which sends two more from inside its handler (one per
         // run): three in all, none nested.

@@ -1,0 +1,315 @@
+//! The virtio checks of the test guests, shared by the x86 and arm64 guest
+//! crates: the hypervisor's virtio-mmio devices driven through the
+//! `virtio-drivers` crate (a driver no one here wrote).
+//!
+//! The guests run identity-mapped (x86: a 4 GiB identity map; arm64: the
+//! MMU off), so a guest-physical address is the pointer. DMA memory comes
+//! from a bump arena in `.bss` that is never freed (a test is short). No
+//! atomics: on arm64 with the MMU off every access is Device memory.
+#![no_std]
+
+use core::fmt;
+use core::ptr::NonNull;
+
+use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
+use virtio_drivers::device::rng::VirtIORng;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+pub use virtio_drivers::transport::DeviceType;
+use virtio_drivers::transport::Transport;
+use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
+
+/// The hypervisor's virtio-mmio slots (vmm `board`): 7 of 0x200 bytes.
+pub const SLOTS: u32 = 7;
+pub const SLOT_SIZE: u64 = 0x200;
+pub const MAGIC: u32 = 0x7472_6976;
+pub const REG_INTERRUPT_STATUS: u64 = 0x60;
+pub const REG_INTERRUPT_ACK: u64 = 0x64;
+
+const ARENA: usize = 512 * 1024;
+const PAGE: usize = 4096;
+
+#[repr(C, align(4096))]
+struct Arena([u8; ARENA]);
+
+static mut ARENA_MEM: Arena = Arena([0; ARENA]);
+static mut ARENA_NEXT: usize = 0;
+
+/// `virtio-drivers`' view of our memory: identity-mapped, DMA pages from
+/// the arena.
+pub struct Dma;
+
+// SAFETY: `dma_alloc` hands out distinct, zeroed, page-aligned ranges of
+// the arena (never reused), whose address is the guest-physical one; MMIO
+// and shared buffers are identity-mapped.
+unsafe impl Hal for Dma {
+    fn dma_alloc(pages: usize, _dir: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        let len = pages * PAGE;
+        // SAFETY: the guests are single-threaded where they drive virtio.
+        let off = unsafe { ARENA_NEXT };
+        assert!(off + len <= ARENA, "DMA arena exhausted");
+        // SAFETY: as above.
+        unsafe { ARENA_NEXT = off + len };
+        // SAFETY: [off, off+len) is inside the arena and handed out once.
+        let p = unsafe { (&raw mut ARENA_MEM).cast::<u8>().add(off) };
+        // SAFETY: as above.
+        unsafe { core::ptr::write_bytes(p, 0, len) };
+        (p as PhysAddr, NonNull::new(p).unwrap())
+    }
+
+    unsafe fn dma_dealloc(_paddr: PhysAddr, _vaddr: NonNull<u8>, _pages: usize) -> i32 {
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+        NonNull::new(paddr as *mut u8).unwrap()
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _dir: BufferDirection) -> PhysAddr {
+        buffer.as_ptr().cast::<u8>() as PhysAddr
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _dir: BufferDirection) {}
+}
+
+/// How a guest reports: `check` records one result (`ok: ...` or
+/// `FAIL: ...`), `say` prints a line.
+pub trait Report {
+    fn check(&mut self, ok: bool, what: fmt::Arguments);
+    fn say(&mut self, what: fmt::Arguments);
+}
+
+fn read32(addr: u64) -> u32 {
+    // SAFETY: a 32-bit read of a virtio-mmio register (or of an empty
+    // slot, which reads as all ones).
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+fn write32(addr: u64, v: u32) {
+    // SAFETY: a 32-bit write of a virtio-mmio register.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+}
+
+/// The first device of type `want` in the slots at `base`: (slot, its
+/// base, transport).
+pub fn find(base: u64, want: DeviceType) -> Option<(u32, u64, MmioTransport<'static>)> {
+    for n in 0..SLOTS {
+        let at = base + u64::from(n) * SLOT_SIZE;
+        if read32(at) != MAGIC {
+            continue;
+        }
+        let header = NonNull::new(at as *mut VirtIOHeader)?;
+        // SAFETY: `at` is a virtio-mmio slot of SLOT_SIZE bytes (the magic
+        // says so), identity-mapped and used only through this transport.
+        match unsafe { MmioTransport::new(header, SLOT_SIZE as usize) } {
+            Ok(t) if t.device_type() == want => return Some((n, at, t)),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The driver's acknowledgement of a transport's interrupt (what an
+/// interrupt handler does): reads InterruptStatus and acks those bits;
+/// returns them.
+pub fn ack_interrupt(base: u64) -> u32 {
+    let s = read32(base + REG_INTERRUPT_STATUS);
+    write32(base + REG_INTERRUPT_ACK, s);
+    s
+}
+
+pub fn interrupt_status(base: u64) -> u32 {
+    read32(base + REG_INTERRUPT_STATUS)
+}
+
+/// `key=value` of a command line.
+pub fn arg<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Byte `j` of sector `i` of the scenarios' disk images (xtask
+/// `guests::disk_pattern`): `SECTOR <i as 8 hex digits>\n`, then
+/// `(i * 7 + j * 13 + 1) as u8`.
+pub fn pattern(i: u64, j: usize) -> u8 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match j {
+        0..=6 => b"SECTOR "[j],
+        7..=14 => HEX[((i >> (4 * (14 - j))) & 0xf) as usize],
+        15 => b'\n',
+        _ => {
+            (i.wrapping_mul(7)
+                .wrapping_add(j as u64 * 13)
+                .wrapping_add(1)) as u8
+        }
+    }
+}
+
+/// What the write checks put into sector `i`.
+fn written(i: u64, j: usize) -> u8 {
+    pattern(i, j) ^ 0xa5
+}
+
+/// The first byte of `buf` (sector `first` on) that is not `want`'s.
+fn mismatch(first: u64, buf: &[u8], want: fn(u64, usize) -> u8) -> Option<(u64, usize)> {
+    buf.chunks(SECTOR_SIZE).enumerate().find_map(|(k, s)| {
+        let i = first + k as u64;
+        s.iter()
+            .enumerate()
+            .find(|&(j, &b)| b != want(i, j))
+            .map(|(j, _)| (i, j))
+    })
+}
+
+/// virtio-blk: capacity and read-only flag as configured, every sector
+/// read back with the image's pattern (4 KiB requests), GET_ID, a read
+/// beyond the end failing with IOERR; on a writable disk, writes of one
+/// and of several sectors read back and FLUSH; on a read-only disk, a
+/// refused write that changes nothing.
+pub fn blk(r: &mut dyn Report, t: MmioTransport<'static>, sectors: u64, read_only: bool) {
+    let mut blk = match VirtIOBlk::<Dma, _>::new(t) {
+        Ok(b) => b,
+        Err(e) => return r.check(false, format_args!("virtio-blk initialised ({e:?})")),
+    };
+    r.say(format_args!(
+        "virtio-blk: {} sectors, {}",
+        blk.capacity(),
+        if blk.readonly() {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    ));
+    r.check(
+        blk.capacity() == sectors,
+        format_args!("capacity {} sectors ({})", sectors, blk.capacity()),
+    );
+    r.check(
+        blk.readonly() == read_only,
+        format_args!("read-only flag {} ({})", read_only, blk.readonly()),
+    );
+    let mut buf = [0u8; 8 * SECTOR_SIZE];
+    let mut bad = None;
+    let mut errors = 0;
+    let mut s = 0;
+    while s < sectors {
+        let n = (sectors - s).min(8) as usize;
+        let b = &mut buf[..n * SECTOR_SIZE];
+        if blk.read_blocks(s as usize, b).is_err() {
+            errors += 1;
+        } else if bad.is_none() {
+            bad = mismatch(s, b, pattern);
+        }
+        s += n as u64;
+    }
+    r.check(
+        errors == 0 && bad.is_none(),
+        format_args!(
+            "read {sectors} sectors with the image's contents ({errors} errors, first wrong byte {bad:?})"
+        ),
+    );
+    let mut id = [0u8; 20];
+    let n = blk.device_id(&mut id).unwrap_or(0);
+    let id = core::str::from_utf8(&id[..n]).unwrap_or("?");
+    r.check(id == "hv-vblk0", format_args!("GET_ID {id:?}"));
+    let beyond = blk.read_blocks(sectors as usize, &mut buf[..SECTOR_SIZE]);
+    r.check(
+        beyond == Err(Error::IoError),
+        format_args!("read beyond the end fails with IOERR ({beyond:?})"),
+    );
+    let straddle = blk.read_blocks(sectors as usize - 1, &mut buf[..2 * SECTOR_SIZE]);
+    r.check(
+        straddle == Err(Error::IoError),
+        format_args!("read across the end fails with IOERR ({straddle:?})"),
+    );
+    for (j, b) in buf.iter_mut().enumerate() {
+        *b = written(2 + (j / SECTOR_SIZE) as u64, j % SECTOR_SIZE);
+    }
+    let w = blk.write_blocks(2, &buf[..3 * SECTOR_SIZE]);
+    let mut back = [0u8; 4 * SECTOR_SIZE];
+    let rb = blk.read_blocks(1, &mut back);
+    if read_only {
+        r.check(
+            w == Err(Error::IoError),
+            format_args!("write to a read-only disk refused ({w:?})"),
+        );
+        r.check(
+            rb.is_ok() && mismatch(1, &back, pattern).is_none(),
+            format_args!("read-only disk unchanged"),
+        );
+    } else {
+        r.check(w.is_ok(), format_args!("wrote sectors 2-4 ({w:?})"));
+        let ok = rb.is_ok()
+            && mismatch(1, &back[..SECTOR_SIZE], pattern).is_none()
+            && mismatch(2, &back[SECTOR_SIZE..], written).is_none();
+        r.check(
+            ok,
+            format_args!("sectors 2-4 read back as written, sector 1 untouched"),
+        );
+        let last = sectors - 1;
+        for (j, b) in buf[..SECTOR_SIZE].iter_mut().enumerate() {
+            *b = written(last, j);
+        }
+        let w = blk.write_blocks(last as usize, &buf[..SECTOR_SIZE]);
+        let rb = blk.read_blocks(last as usize, &mut back[..SECTOR_SIZE]);
+        r.check(
+            w.is_ok() && rb.is_ok() && mismatch(last, &back[..SECTOR_SIZE], written).is_none(),
+            format_args!("last sector written and read back"),
+        );
+        let f = blk.flush();
+        r.check(f.is_ok(), format_args!("FLUSH ({f:?})"));
+    }
+}
+
+/// virtio-rng: requests of 64 and 4096 bytes filled, not all zero, two
+/// in a row different. `irqs` (arch code) waits with interrupts enabled
+/// and returns how many interrupts of the device's line its handler took
+/// (the handler calls [`ack_interrupt`]): the used-buffer notification of
+/// the requests made with interrupts off comes as exactly one interrupt,
+/// and the line is low after the acknowledgement.
+pub fn rng(
+    r: &mut dyn Report,
+    t: MmioTransport<'static>,
+    base: u64,
+    irqs: &mut dyn FnMut() -> u64,
+) {
+    let mut rng = match VirtIORng::<Dma, _>::new(t) {
+        Ok(d) => d,
+        Err(e) => return r.check(false, format_args!("virtio-rng initialised ({e:?})")),
+    };
+    let mut a = [0u8; 64];
+    let mut b = [0u8; 64];
+    let na = rng.request_entropy(&mut a);
+    let nb = rng.request_entropy(&mut b);
+    r.say(format_args!(
+        "virtio-rng: {na:?} and {nb:?} bytes, first {:02x?}",
+        &a[..8]
+    ));
+    r.check(
+        na == Ok(64) && nb == Ok(64),
+        format_args!("two 64-byte requests filled ({na:?}, {nb:?})"),
+    );
+    r.check(
+        a != [0; 64] && a != b,
+        format_args!("the bytes are not zero and differ"),
+    );
+    let mut big = [0u8; 4096];
+    let nbig = rng.request_entropy(&mut big);
+    let zeros = big.iter().filter(|&&x| x == 0).count();
+    r.check(
+        nbig == Ok(4096) && zeros < 64,
+        format_args!("a 4096-byte request filled ({nbig:?}, {zeros} zero bytes)"),
+    );
+    let pending = interrupt_status(base);
+    r.check(
+        pending & 1 == 1,
+        format_args!("used-buffer interrupt pending ({pending:#x})"),
+    );
+    let n = irqs();
+    r.check(n == 1, format_args!("one interrupt, acknowledged ({n})"));
+    let after = interrupt_status(base);
+    r.check(
+        after == 0,
+        format_args!("InterruptStatus 0 after the acknowledgement ({after:#x})"),
+    );
+}
