@@ -141,6 +141,8 @@ pub fn scenario_bundle(
             mem_mib: vm.mem_mib,
             smp: vm.smp,
             append: vm.append.into(),
+            virtio: Vec::new(),
+            disk: None,
         });
         sources.push((file, image));
     }
@@ -195,6 +197,8 @@ pub fn run_vms(
             mem_mib,
             smp,
             append: append.split_whitespace().collect::<Vec<_>>().join(" "),
+            virtio: Vec::new(),
+            disk: None,
         };
         line.check()?;
         lines.push(line);

@@ -396,6 +396,8 @@ impl RunArgs {
                         mem_mib: 16,
                         smp,
                         append: append.into(),
+                        virtio: Vec::new(),
+                        disk: None,
                     });
                     if !plan.sources.iter().any(|(f, _)| f == bin) {
                         let path =

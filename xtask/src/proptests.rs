@@ -29,6 +29,8 @@ fn vm_line() -> impl Strategy<Value = VmLine> {
             mem_mib,
             smp,
             append,
+            virtio: Vec::new(),
+            disk: None,
         })
 }
 

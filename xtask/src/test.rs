@@ -727,6 +727,8 @@ mod tests {
                     mem_mib: v.mem_mib,
                     smp: v.smp,
                     append: v.append.into(),
+                    virtio: Vec::new(),
+                    disk: None,
                 })
                 .collect();
             if let Err(e) = crate::bundle::vms_conf(&lines) {
