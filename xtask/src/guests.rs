@@ -157,18 +157,25 @@ pub fn scenario_bundle(
 pub type RunVms = (Vec<VmLine>, Vec<(String, PathBuf)>);
 
 /// The VMs for `run --guest FILE...`: every file gets a VM with the same
-/// `mem`, `smp` and command line, named after the file (`hello.elf` →
-/// `hello`; a repeated name gets `-2`, `-3`, ...). Each file is read and
-/// checked here, before anything is built or booted.
+/// `mem`, `smp`, command line and virtio devices, named after the file
+/// (`hello.elf` → `hello`; a repeated name gets `-2`, `-3`, ...). With
+/// `disk` (host path, read-only) every VM gets a virtio block device over
+/// that image, stored once in the bundle under its own file name. Each
+/// file is read and checked here, before anything is built or booted.
 pub fn run_vms(
     arch: Arch,
     files: &[PathBuf],
     mem_mib: u32,
     smp: u32,
     append: &str,
+    virtio: &[String],
+    disk: Option<(&Path, bool)>,
 ) -> Result<RunVms> {
     let mut lines: Vec<VmLine> = Vec::new();
     let mut sources = Vec::new();
+    if let Some((path, _)) = disk {
+        bundle::check_disk(path)?;
+    }
     for path in files {
         check_guest(arch, path, mem_mib)?;
         let base = bundle::name_for(path);
@@ -197,12 +204,24 @@ pub fn run_vms(
             mem_mib,
             smp,
             append: append.split_whitespace().collect::<Vec<_>>().join(" "),
-            virtio: Vec::new(),
+            virtio: virtio.to_vec(),
             disk: None,
         };
-        line.check()?;
         lines.push(line);
         sources.push((file, path.clone()));
+    }
+    // Named once the images are, so that it takes no image's name.
+    if let Some((path, read_only)) = disk {
+        let file = bundle::add_source(&mut sources, path, &bundle::disk_name_for(path));
+        for line in &mut lines {
+            line.disk = Some(bundle::DiskLine {
+                file: file.clone(),
+                read_only,
+            });
+        }
+    }
+    for line in &lines {
+        line.check()?;
     }
     Ok((lines, sources))
 }
@@ -637,7 +656,7 @@ mod tests {
         assert_eq!(check_guest(Arch::Aarch64, &f, 2), Ok("raw arm64 binary"));
         // The format alone is fine whatever the VM.
         assert_eq!(check_image(Arch::Aarch64, &f), Ok("raw arm64 binary"));
-        let e = run_vms(Arch::Aarch64, std::slice::from_ref(&f), 1, 1, "").unwrap_err();
+        let e = run_vms(Arch::Aarch64, std::slice::from_ref(&f), 1, 1, "", &[], None).unwrap_err();
         assert!(e.contains("--mem"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -674,8 +693,16 @@ mod tests {
         let b = dir.join("b/hello.elf");
         std::fs::write(&a, elf(2, EM_X86_64)).unwrap();
         std::fs::write(&b, multiboot(0)).unwrap();
-        let (lines, sources) =
-            run_vms(Arch::X86_64, &[a.clone(), b.clone()], 32, 2, " x  y ").unwrap();
+        let (lines, sources) = run_vms(
+            Arch::X86_64,
+            &[a.clone(), b.clone()],
+            32,
+            2,
+            " x  y ",
+            &[],
+            None,
+        )
+        .unwrap();
         assert_eq!(lines[0].name, "hello");
         assert_eq!(lines[0].file, "hello.elf");
         assert_eq!(lines[1].name, "hello-2");
@@ -684,13 +711,83 @@ mod tests {
         assert_eq!(lines[1].append, "x y");
         assert_eq!(sources[1], ("hello-2.elf".to_string(), b.clone()));
         // Missing, a directory, the wrong architecture, an unusable command line.
-        let e = run_vms(Arch::X86_64, &[dir.join("nope.elf")], 16, 1, "").unwrap_err();
+        let e = run_vms(Arch::X86_64, &[dir.join("nope.elf")], 16, 1, "", &[], None).unwrap_err();
         assert!(e.contains("nope.elf: cannot read it"), "{e}");
-        let e = run_vms(Arch::X86_64, &[dir.join("b")], 16, 1, "").unwrap_err();
+        let e = run_vms(Arch::X86_64, &[dir.join("b")], 16, 1, "", &[], None).unwrap_err();
         assert!(e.contains("is a directory"), "{e}");
-        let e = run_vms(Arch::Aarch64, std::slice::from_ref(&a), 16, 1, "").unwrap_err();
+        let e = run_vms(
+            Arch::Aarch64,
+            std::slice::from_ref(&a),
+            16,
+            1,
+            "",
+            &[],
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("not an aarch64 guest"), "{e}");
-        assert!(run_vms(Arch::X86_64, &[a], 16, 1, "say \"x\"").is_err());
+        assert!(run_vms(
+            Arch::X86_64,
+            std::slice::from_ref(&a),
+            16,
+            1,
+            "say \"x\"",
+            &[],
+            None
+        )
+        .is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_vms_with_virtio_devices_and_a_disk() {
+        let dir = std::env::temp_dir().join(format!("xtask-run-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("hello.elf");
+        std::fs::write(&a, elf(2, EM_X86_64)).unwrap();
+        // A disk whose file name is an image's: it gets another name.
+        let d = dir.join("d");
+        std::fs::create_dir_all(&d).unwrap();
+        let disk = d.join("hello.elf");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        let rng = vec!["rng".to_string()];
+        let run = |virtio: &[String], disk: Option<(&Path, bool)>| {
+            run_vms(
+                Arch::X86_64,
+                &[a.clone(), a.clone()],
+                16,
+                1,
+                "",
+                virtio,
+                disk,
+            )
+        };
+        let (lines, sources) = run(&rng, Some((&disk, true))).unwrap();
+        for l in &lines {
+            assert_eq!(l.virtio, rng);
+            let d = l.disk.as_ref().unwrap();
+            assert_eq!((d.file.as_str(), d.read_only), ("hello.elf-2", true));
+        }
+        // Stored once for both VMs.
+        assert_eq!(sources.len(), 3);
+        assert_eq!(sources[2], ("hello.elf-2".to_string(), disk.clone()));
+        assert_eq!(
+            lines[1].render().unwrap(),
+            "name=hello-2 kernel=hello-2.elf mem=16 smp=1 append=\"\" virtio=rng \
+             disk=hello.elf-2,ro"
+        );
+        let (lines, _) = run(&[], Some((&disk, false))).unwrap();
+        assert!(lines[0].virtio.is_empty() && !lines[0].disk.as_ref().unwrap().read_only);
+        // Unknown words, too many devices, unusable disk images.
+        let e = run(&["net".to_string()], None).unwrap_err();
+        assert!(e.contains("unknown virtio device \"net\""), "{e}");
+        let e = run(&vec!["rng".to_string(); 7], Some((&disk, false))).unwrap_err();
+        assert!(e.contains("8 virtio devices"), "{e}");
+        let e = run(&[], Some((&dir.join("none.img"), false))).unwrap_err();
+        assert!(e.contains("disk image") && e.contains("none.img"), "{e}");
+        std::fs::write(&disk, vec![0u8; 511]).unwrap();
+        let e = run(&[], Some((&disk, false))).unwrap_err();
+        assert!(e.contains("511 bytes is not a whole number"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
