@@ -2,6 +2,12 @@
 //! writes) holding the guest images and a `vms.conf` with one VM per line.
 //! The kernel reads it with `boot::cpio` and parses the lines with
 //! `vmm::config::parse_conf_line`; the host tests below check both.
+//!
+//! A VM's virtio devices: `virtio=rng,...` for devices without a backing
+//! file ([`VIRTIO_WORDS`]) and `disk=FILE` / `disk=FILE,ro` for a
+//! virtio-blk device over a file of the bundle (a raw image of whole
+//! 512-byte sectors, stored once however many VMs use it: each VM gets its
+//! own RAM copy in the hypervisor).
 
 use crate::Result;
 use std::fs;
@@ -18,7 +24,28 @@ pub struct VmLine {
     pub smp: u32,
     /// The guest's command line: printable, no `"` (vms.conf has no escapes).
     pub append: String,
+    /// Virtio devices without a backing file, in slot order: words of
+    /// [`VIRTIO_WORDS`] (`virtio=rng,...`).
+    pub virtio: Vec<String>,
+    /// A virtio block device over a file of the bundle (after `virtio`).
+    pub disk: Option<DiskLine>,
 }
+
+/// The `disk=` of a VM line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskLine {
+    /// The disk image's file name in the bundle.
+    pub file: String,
+    /// `disk=FILE,ro`: the guest cannot write it.
+    pub read_only: bool,
+}
+
+/// The `virtio=` words the kernel knows (`vmm::config::VirtioSpec::word`).
+pub const VIRTIO_WORDS: &[&str] = &["rng"];
+/// Virtio devices per VM, the disk included (`vmm::board::VIRTIO_SLOTS`).
+pub const VIRTIO_SLOTS: usize = 7;
+/// A disk image is a whole number of these (the kernel's block sectors).
+pub const SECTOR_SIZE: u64 = 512;
 
 /// A file name or VM name that survives the vms.conf word syntax and cpio.
 fn check_token(what: &str, s: &str, max: usize) -> Result<()> {
@@ -69,17 +96,135 @@ impl VmLine {
         if self.smp == 0 {
             return Err(format!("VM {}: smp must be at least 1", self.name));
         }
-        check_append(&self.name, &self.append)
+        check_append(&self.name, &self.append)?;
+        if let Some(w) = self
+            .virtio
+            .iter()
+            .find(|w| !VIRTIO_WORDS.contains(&w.as_str()))
+        {
+            return Err(format!(
+                "VM {}: unknown virtio device {w:?} (known: {})",
+                self.name,
+                VIRTIO_WORDS.join(", ")
+            ));
+        }
+        let devices = self.virtio.len() + usize::from(self.disk.is_some());
+        if devices > VIRTIO_SLOTS {
+            return Err(format!(
+                "VM {}: {devices} virtio devices (disk included); a VM has {VIRTIO_SLOTS} slots",
+                self.name
+            ));
+        }
+        if let Some(d) = &self.disk {
+            check_token("disk file name", &d.file, 100)?;
+            if d.file == CONF_NAME || d.file == TRAILER {
+                return Err(format!(
+                    "disk file name {:?} is reserved in the bundle",
+                    d.file
+                ));
+            }
+        }
+        Ok(())
     }
 
-    /// `name=.. kernel=.. mem=.. smp=.. append=".."`.
+    /// `name=.. kernel=.. mem=.. smp=.. append=".."`, then
+    /// ` virtio=rng,..` if there are such devices and ` disk=FILE[,ro]`
+    /// if there is a disk.
     pub fn render(&self) -> Result<String> {
         self.check()?;
-        Ok(format!(
+        let mut line = format!(
             "name={} kernel={} mem={} smp={} append=\"{}\"",
             self.name, self.file, self.mem_mib, self.smp, self.append
-        ))
+        );
+        if !self.virtio.is_empty() {
+            line.push_str(" virtio=");
+            line.push_str(&self.virtio.join(","));
+        }
+        if let Some(d) = &self.disk {
+            line.push_str(" disk=");
+            line.push_str(&d.file);
+            if d.read_only {
+                line.push_str(",ro");
+            }
+        }
+        Ok(line)
     }
+}
+
+/// Why `len` bytes are not a disk image (empty, or not whole sectors).
+fn disk_size_error(len: u64) -> Option<String> {
+    if len == 0 {
+        Some("is empty (a disk image needs at least one 512-byte sector)".into())
+    } else if !len.is_multiple_of(SECTOR_SIZE) {
+        Some(format!(
+            "{len} bytes is not a whole number of {SECTOR_SIZE}-byte sectors \
+             (the VM sees whole sectors only)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Checks that `path` is a usable disk image (a readable, non-empty file
+/// of whole 512-byte sectors) and returns its size in bytes.
+pub fn check_disk(path: &Path) -> Result<u64> {
+    let meta = fs::metadata(path).map_err(|e| format!("disk image {}: {e}", path.display()))?;
+    if meta.is_dir() {
+        return Err(format!("disk image {}: is a directory", path.display()));
+    }
+    fs::File::open(path)
+        .map_err(|e| format!("disk image {}: cannot read it: {e}", path.display()))?;
+    match disk_size_error(meta.len()) {
+        Some(why) => Err(format!("disk image {}: {why}", path.display())),
+        None => Ok(meta.len()),
+    }
+}
+
+/// A bundle file name for a disk image at `path`: its file name with
+/// characters outside `[A-Za-z0-9._-]` replaced by `_`, at most 90
+/// characters (room for a `-N` suffix), `disk` if nothing is left.
+pub fn disk_name_for(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = file
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(90)
+        .collect();
+    if name.is_empty() || name == "." || name == ".." {
+        "disk".into()
+    } else {
+        name
+    }
+}
+
+/// The bundle file name of host file `path` among `sources` (file name in
+/// the bundle, host path): the one it already has, else `base` made
+/// unique (`base-2`, `base-3`, ...; never `vms.conf`), added to `sources`.
+pub fn add_source(
+    sources: &mut Vec<(String, std::path::PathBuf)>,
+    path: &Path,
+    base: &str,
+) -> String {
+    if let Some((f, _)) = sources.iter().find(|(_, p)| p == path) {
+        return f.clone();
+    }
+    let mut f = base.to_string();
+    let mut n = 1;
+    while f == CONF_NAME || f == TRAILER || sources.iter().any(|(g, _)| *g == f) {
+        n += 1;
+        f = format!("{base}-{n}");
+    }
+    sources.push((f.clone(), path.to_path_buf()));
+    f
 }
 
 /// The largest `mem=` the kernel's parser accepts (`vmm::config::MAX_MEM_MIB`).
@@ -162,7 +307,8 @@ impl CpioWriter {
     }
 }
 
-/// The bundle bytes: `vms.conf` first, then each distinct image once.
+/// The bundle bytes: `vms.conf` first, then each distinct file (guest
+/// images and disk images) once.
 pub fn bundle_bytes(vms: &[VmLine], images: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     let conf = vms_conf(vms)?;
     for vm in vms {
@@ -171,6 +317,17 @@ pub fn bundle_bytes(vms: &[VmLine], images: &[(String, Vec<u8>)]) -> Result<Vec<
                 "internal: VM {}: no image {:?} for the bundle",
                 vm.name, vm.file
             ));
+        }
+        if let Some(d) = &vm.disk {
+            let Some((_, data)) = images.iter().find(|(f, _)| *f == d.file) else {
+                return Err(format!(
+                    "internal: VM {}: no disk image {:?} for the bundle",
+                    vm.name, d.file
+                ));
+            };
+            if let Some(why) = disk_size_error(data.len() as u64) {
+                return Err(format!("VM {}: disk image {:?}: {why}", vm.name, d.file));
+            }
         }
     }
     let mut w = CpioWriter::new();
@@ -184,16 +341,33 @@ pub fn bundle_bytes(vms: &[VmLine], images: &[(String, Vec<u8>)]) -> Result<Vec<
     Ok(w.finish())
 }
 
-/// Writes `out` (a `vms.cpio`), reading each VM's image from `sources`
-/// (file name in the bundle → path on the host).
+/// Writes `out` (a `vms.cpio`), reading each VM's image and disk image
+/// from `sources` (file name in the bundle → path on the host; a name
+/// given twice must be the same path).
 pub fn write_bundle(out: &Path, vms: &[VmLine], sources: &[(String, &Path)]) -> Result<()> {
     let mut images = Vec::new();
-    for (file, path) in sources {
-        if images.iter().any(|(f, _): &(String, Vec<u8>)| f == file) {
+    for (i, (file, path)) in sources.iter().enumerate() {
+        if let Some((_, other)) = sources[..i].iter().find(|(f, _)| f == file) {
+            if other != path {
+                return Err(format!(
+                    "internal: bundle file {file:?} from both {} and {}",
+                    other.display(),
+                    path.display()
+                ));
+            }
             continue;
         }
-        let data = fs::read(path)
-            .map_err(|e| format!("cannot read guest image {}: {e}", path.display()))?;
+        let is_disk = vms
+            .iter()
+            .any(|v| v.disk.as_ref().is_some_and(|d| d.file == *file));
+        let what = if is_disk { "disk image" } else { "guest image" };
+        let data =
+            fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+        if is_disk {
+            if let Some(why) = disk_size_error(data.len() as u64) {
+                return Err(format!("disk image {}: {why}", path.display()));
+            }
+        }
         images.push((file.clone(), data));
     }
     let bytes = bundle_bytes(vms, &images)?;
@@ -238,6 +412,8 @@ mod tests {
             mem_mib: 16,
             smp: 1,
             append: append.into(),
+            virtio: Vec::new(),
+            disk: None,
         }
     }
 
@@ -429,6 +605,228 @@ mod tests {
             assert_eq!(cpio::find(&b, &s.kernel).unwrap().unwrap(), b"\x7fELF....");
         }
         assert!(bundle_bytes(&[line("x", "missing", "")], &images).is_err());
+    }
+
+    fn disk(file: &str, read_only: bool) -> Option<DiskLine> {
+        Some(DiskLine {
+            file: file.into(),
+            read_only,
+        })
+    }
+
+    #[test]
+    fn virtio_limits_match_the_kernel() {
+        assert_eq!(VIRTIO_SLOTS, vmm::board::VIRTIO_SLOTS as usize);
+        for w in VIRTIO_WORDS {
+            let spec = parse_conf_line(&format!("kernel=k virtio={w}"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(spec.virtio.len(), 1);
+            assert_eq!(spec.virtio[0].word(), Some(*w));
+        }
+    }
+
+    #[test]
+    fn virtio_and_disk_lines_parse_back_in_the_kernel() {
+        use vmm::config::VirtioSpec;
+        let rng = || "rng".to_string();
+        let cases = [
+            (Vec::new(), None, "", vec![]),
+            (vec![rng()], None, " virtio=rng", vec![VirtioSpec::Rng]),
+            (
+                vec![rng(), rng()],
+                disk("root.img", false),
+                " virtio=rng,rng disk=root.img",
+                vec![
+                    VirtioSpec::Rng,
+                    VirtioSpec::Rng,
+                    VirtioSpec::Disk {
+                        file: "root.img".into(),
+                        read_only: false,
+                    },
+                ],
+            ),
+            (
+                Vec::new(),
+                disk("d", true),
+                " disk=d,ro",
+                vec![VirtioSpec::Disk {
+                    file: "d".into(),
+                    read_only: true,
+                }],
+            ),
+            (
+                vec![rng(); 6],
+                disk("x.disk", true),
+                " virtio=rng,rng,rng,rng,rng,rng disk=x.disk,ro",
+                [
+                    vec![VirtioSpec::Rng; 6],
+                    vec![VirtioSpec::Disk {
+                        file: "x.disk".into(),
+                        read_only: true,
+                    }],
+                ]
+                .concat(),
+            ),
+        ];
+        for (virtio, disk, tail, want) in cases {
+            let l = VmLine {
+                virtio,
+                disk,
+                ..line("vm", "k", "a b")
+            };
+            let r = l.render().unwrap();
+            assert_eq!(
+                r,
+                format!("name=vm kernel=k mem=16 smp=1 append=\"a b\"{tail}")
+            );
+            let spec = parse_conf_line(&r).unwrap().unwrap();
+            assert_eq!(spec.virtio, want, "{r}");
+            assert_eq!((spec.kernel.as_str(), spec.cmdline.as_str()), ("k", "a b"));
+        }
+    }
+
+    #[test]
+    fn virtio_and_disk_refusals() {
+        let with = |virtio: &[&str], d: Option<DiskLine>| VmLine {
+            virtio: virtio.iter().map(|w| w.to_string()).collect(),
+            disk: d,
+            ..line("a", "a", "")
+        };
+        let e = with(&["net"], None).render().unwrap_err();
+        assert!(
+            e.contains("unknown virtio device \"net\" (known: rng)"),
+            "{e}"
+        );
+        assert!(with(&[""], None).render().is_err());
+        assert!(with(&["rng,rng"], None).render().is_err());
+        assert!(with(&["rng"; 7], None).render().is_ok());
+        let e = with(&["rng"; 8], None).render().unwrap_err();
+        assert!(e.contains("8 virtio devices"), "{e}");
+        let e = with(&["rng"; 7], disk("d", false)).render().unwrap_err();
+        assert!(e.contains("8 virtio devices (disk included)"), "{e}");
+        for bad in ["", "a b", "a,ro", "dir/d", "..", "vms.conf", "TRAILER!!!"] {
+            let e = with(&[], disk(bad, false)).render().unwrap_err();
+            assert!(e.contains("disk file name"), "{bad}: {e}");
+        }
+        assert!(with(&[], disk(&"d".repeat(101), false)).render().is_err());
+    }
+
+    #[test]
+    fn disks_go_into_the_bundle_once() {
+        let vms = [
+            VmLine {
+                disk: disk("root.img", false),
+                ..line("one", "hello", "")
+            },
+            VmLine {
+                disk: disk("root.img", true),
+                virtio: vec!["rng".into()],
+                ..line("two", "hello", "")
+            },
+        ];
+        let images = vec![
+            ("hello".to_string(), b"\x7fELF....".to_vec()),
+            ("root.img".to_string(), vec![7u8; 1024]),
+        ];
+        let b = bundle_bytes(&vms, &images).unwrap();
+        let names: Vec<_> = cpio::entries(&b).map(|e| e.unwrap().name).collect();
+        assert_eq!(names, ["vms.conf", "hello", "root.img"]);
+        assert_eq!(cpio::find(&b, "root.img").unwrap().unwrap(), &[7u8; 1024]);
+        // No disk file, or one that is not whole sectors.
+        let e = bundle_bytes(&vms, &images[..1]).unwrap_err();
+        assert!(e.contains("no disk image \"root.img\""), "{e}");
+        let odd = vec![images[0].clone(), ("root.img".to_string(), vec![0; 513])];
+        let e = bundle_bytes(&vms, &odd).unwrap_err();
+        assert!(
+            e.contains("513 bytes is not a whole number of 512-byte sectors"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn disk_files_are_checked_by_name() {
+        let dir = std::env::temp_dir().join(format!("xtask-disk-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.img");
+        fs::write(&good, vec![0u8; 2048]).unwrap();
+        assert_eq!(check_disk(&good), Ok(2048));
+        let e = check_disk(&dir.join("nope.img")).unwrap_err();
+        assert!(
+            e.starts_with("disk image ") && e.contains("nope.img"),
+            "{e}"
+        );
+        let e = check_disk(&dir).unwrap_err();
+        assert!(e.contains("is a directory"), "{e}");
+        let empty = dir.join("empty.img");
+        fs::write(&empty, b"").unwrap();
+        let e = check_disk(&empty).unwrap_err();
+        assert!(e.contains("empty.img: is empty"), "{e}");
+        let odd = dir.join("odd.img");
+        fs::write(&odd, vec![0u8; 1000]).unwrap();
+        let e = check_disk(&odd).unwrap_err();
+        assert!(
+            e.contains("odd.img: 1000 bytes is not a whole number"),
+            "{e}"
+        );
+        // write_bundle reads it again and names the host file.
+        let k = dir.join("k");
+        fs::write(&k, b"kernel").unwrap();
+        let vms = [VmLine {
+            disk: disk("d.img", false),
+            ..line("a", "k", "")
+        }];
+        let out = dir.join("vms.cpio");
+        let e = write_bundle(&out, &vms, &[("k".into(), &k), ("d.img".into(), &odd)]).unwrap_err();
+        assert!(e.contains("disk image") && e.contains("odd.img"), "{e}");
+        let e = write_bundle(
+            &out,
+            &vms,
+            &[("k".into(), &k), ("d.img".into(), &dir.join("nope.img"))],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("cannot read disk image") && e.contains("nope.img"),
+            "{e}"
+        );
+        // One bundle name, two host files: refused, not one silently dropped.
+        let e = write_bundle(
+            &out,
+            &vms,
+            &[
+                ("k".into(), &k),
+                ("d.img".into(), &good),
+                ("d.img".into(), &odd),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.contains("from both"), "{e}");
+        write_bundle(&out, &vms, &[("k".into(), &k), ("d.img".into(), &good)]).unwrap();
+        let b = fs::read(&out).unwrap();
+        assert_eq!(cpio::find(&b, "d.img").unwrap().unwrap(), &[0u8; 2048]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn disk_names_and_sources() {
+        assert_eq!(disk_name_for(Path::new("/x/root fs.img")), "root_fs.img");
+        assert_eq!(disk_name_for(Path::new("/")), "disk");
+        assert_eq!(disk_name_for(Path::new(&"d".repeat(200))).len(), 90);
+        let mut sources = vec![("hello.elf".to_string(), "/a/hello.elf".into())];
+        // The same host file keeps its name; another one gets a new name.
+        assert_eq!(
+            add_source(&mut sources, Path::new("/a/hello.elf"), "x"),
+            "hello.elf"
+        );
+        assert_eq!(
+            add_source(&mut sources, Path::new("/b/hello.elf"), "hello.elf"),
+            "hello.elf-2"
+        );
+        assert_eq!(
+            add_source(&mut sources, Path::new("/c/vms.conf"), "vms.conf"),
+            "vms.conf-2"
+        );
+        assert_eq!(sources.len(), 3);
     }
 
     #[test]

@@ -11,17 +11,25 @@
 //! mem = 32                # MiB, default 64
 //! smp = 2                 # vCPUs, default 1
 //! append = "console words"
+//! virtio = ["rng"]        # virtio devices without a file, default none
+//! disk = "disks/web.img"  # a virtio block device over this raw image
+//!                         # (relative to this file; whole 512-byte sectors)
+//! disk_readonly = true    # the guest cannot write it (default false)
 //! ```
 //!
-//! Unknown keys are errors (a key of a later feature, such as a disk image,
-//! is refused until it exists rather than ignored); every error names the
-//! file, line and column.
+//! A VM has at most 7 virtio devices, the disk included. VMs may share a
+//! disk file (the bundle stores it once; each VM gets its own copy, and
+//! writes stay in the hypervisor's RAM).
+//!
+//! Unknown keys are errors (a key of a later feature is refused until it
+//! exists rather than ignored); every error names the file, line and
+//! column.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::bundle::{self, VmLine};
+use crate::bundle::{self, DiskLine, VmLine};
 use crate::{guests, Arch, Result};
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +48,9 @@ struct VmTable {
     mem: Option<u32>,
     smp: Option<u32>,
     append: Option<String>,
+    virtio: Option<Vec<String>>,
+    disk: Option<PathBuf>,
+    disk_readonly: Option<bool>,
 }
 
 /// Defaults of a VM without `mem` / `smp` (the kernel's `vms.conf` defaults).
@@ -75,17 +86,20 @@ pub fn parse(
         return Err(format!("{}: no [[vm]] table", file.display()));
     }
     let dir = file.parent().unwrap_or(Path::new("."));
+    let relative = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            dir.join(p)
+        }
+    };
     let mut lines: Vec<VmLine> = Vec::new();
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
     for (i, t) in parsed.vm.iter().enumerate() {
         let err = |msg: String| at(file, text, table_offset(text, i), &msg);
         let (path, stored) = match (&t.kernel, &t.guest) {
             (Some(k), None) => {
-                let p = if k.is_absolute() {
-                    k.clone()
-                } else {
-                    dir.join(k)
-                };
+                let p = relative(k);
                 let stored = bundle::name_for(&p);
                 (p, stored)
             }
@@ -100,18 +114,19 @@ pub fn parse(
         if lines.iter().any(|l| l.name == name) {
             return Err(err(format!("a second VM named {name:?}")));
         }
-        // Two VMs may share an image; different images need different names.
-        let file_name = match sources.iter().find(|(_, p)| *p == path) {
-            Some((f, _)) => f.clone(),
-            None => {
-                let mut f = stored.clone();
-                let mut n = 1;
-                while sources.iter().any(|(g, _)| *g == f) {
-                    n += 1;
-                    f = format!("{stored}-{n}");
-                }
-                sources.push((f.clone(), path.clone()));
-                f
+        // Two VMs may share an image or a disk; different files need
+        // different names.
+        let file_name = bundle::add_source(&mut sources, &path, &stored);
+        let disk = match (&t.disk, t.disk_readonly) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(err("`disk_readonly` without `disk`".into())),
+            (Some(d), read_only) => {
+                let p = relative(d);
+                let file = bundle::add_source(&mut sources, &p, &bundle::disk_name_for(&p));
+                Some(DiskLine {
+                    file,
+                    read_only: read_only.unwrap_or(false),
+                })
             }
         };
         let line = VmLine {
@@ -120,8 +135,11 @@ pub fn parse(
             mem_mib: t.mem.unwrap_or(DEFAULT_MEM_MIB),
             smp: t.smp.unwrap_or(DEFAULT_SMP),
             append: t.append.clone().unwrap_or_default(),
+            virtio: t.virtio.clone().unwrap_or_default(),
+            disk,
         };
-        // The bundle's own rules (name, mem and smp ranges).
+        // The bundle's own rules (name, mem and smp ranges, virtio words
+        // and slots).
         line.check().map_err(&err)?;
         lines.push(line);
     }
@@ -136,9 +154,17 @@ pub fn load(file: &Path, arch: Arch, release: bool) -> Result<guests::RunVms> {
     let vms = parse(file, &text, |g| {
         guests::guest_path(&paths, arch, release, g)
     })?;
-    for (_, p) in &vms.1 {
-        if p.is_file() {
+    let (lines, sources) = &vms;
+    let path_of = |f: &str| sources.iter().find(|(g, _)| g == f).map(|(_, p)| p);
+    for line in lines {
+        // Guest-crate images may not be built yet: checked when they are.
+        if let Some(p) = path_of(&line.file).filter(|p| p.is_file()) {
             guests::check_image(arch, p)?;
+        }
+    }
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(p) = line.disk.as_ref().and_then(|d| path_of(&d.file)) {
+            bundle::check_disk(p).map_err(|e| at(file, &text, table_offset(&text, i), &e))?;
         }
     }
     Ok(vms)
@@ -195,12 +221,93 @@ guest = "hello"
     }
 
     #[test]
+    fn virtio_devices_and_disks() {
+        let (lines, sources) = p(r#"
+[[vm]]
+name = "a"
+guest = "hello"
+virtio = ["rng", "rng"]
+disk = "disks/root.img"
+
+[[vm]]
+name = "b"
+guest = "hello"
+disk = "/abs/../disks/root.img"
+disk_readonly = true
+
+[[vm]]
+name = "c"
+guest = "hello"
+disk = "/cfg/disks/root.img"
+disk_readonly = false
+
+[[vm]]
+name = "d"
+guest = "hello"
+disk = "other/root.img"
+virtio = []
+"#)
+        .unwrap();
+        let disk = |i: usize| lines[i].disk.clone().map(|d| (d.file, d.read_only));
+        assert_eq!(lines[0].virtio, ["rng", "rng"]);
+        assert_eq!(disk(0), Some(("root.img".into(), false)));
+        // Another path (the same file or not, xtask does not resolve it)
+        // is another bundle file; the same path is stored once.
+        assert_eq!(disk(1), Some(("root.img-2".into(), true)));
+        assert_eq!(disk(2), Some(("root.img".into(), false)));
+        assert_eq!(disk(3), Some(("root.img-3".into(), false)));
+        assert!(lines[1].virtio.is_empty() && lines[3].virtio.is_empty());
+        let files: Vec<(&str, &Path)> = sources
+            .iter()
+            .map(|(f, p)| (f.as_str(), p.as_path()))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("hello", Path::new("/guests/hello")),
+                ("root.img", Path::new("/cfg/disks/root.img")),
+                ("root.img-2", Path::new("/abs/../disks/root.img")),
+                ("root.img-3", Path::new("/cfg/other/root.img")),
+            ]
+        );
+        assert_eq!(
+            lines[1].render().unwrap(),
+            "name=b kernel=hello mem=64 smp=1 append=\"\" disk=root.img-2,ro"
+        );
+    }
+
+    #[test]
+    fn load_checks_disk_images() {
+        let dir = std::env::temp_dir().join(format!("xtask-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("vms.toml");
+        let text = "[[vm]]\nguest = \"hello\"\n\n[[vm]]\nname = \"b\"\nguest = \"hello\"\n\
+                    disk = \"d.img\"\n";
+        std::fs::write(&toml, text).unwrap();
+        let e = load(&toml, Arch::X86_64, false).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}:4:1: disk image ", toml.display())) && e.contains("d.img"),
+            "{e}"
+        );
+        std::fs::write(dir.join("d.img"), [0u8; 100]).unwrap();
+        let e = load(&toml, Arch::X86_64, false).unwrap_err();
+        assert!(e.contains("100 bytes is not a whole number"), "{e}");
+        std::fs::write(dir.join("d.img"), [0u8; 512]).unwrap();
+        let (lines, sources) = load(&toml, Arch::X86_64, false).unwrap();
+        assert_eq!(lines[1].disk.as_ref().unwrap().file, "d.img");
+        assert!(sources
+            .iter()
+            .any(|(f, p)| f == "d.img" && *p == dir.join("d.img")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn errors_name_file_line_and_column() {
         let e = p("[[vm]]\nguest = \"hello\"\nmem = \"lots\"\n").unwrap_err();
         assert!(e.starts_with("/cfg/vms.toml:3:7: "), "{e}");
-        let e = p("[[vm]]\nguest = \"a\"\ndisk = \"d.img\"\n").unwrap_err();
+        let e = p("[[vm]]\nguest = \"a\"\ndisks = \"d.img\"\n").unwrap_err();
         assert!(
-            e.starts_with("/cfg/vms.toml:3:1: ") && e.contains("disk"),
+            e.starts_with("/cfg/vms.toml:3:1: ") && e.contains("disks"),
             "{e}"
         );
         let e = p("[[vm]]\nguest = \"a\"\n\n[[vm]]\nname = \"x\"\n").unwrap_err();
@@ -220,6 +327,28 @@ guest = "hello"
         let e = p("[[vm]]\nguest = \"a\"\nsmp = 0\n").unwrap_err();
         assert!(
             e.starts_with("/cfg/vms.toml:1:1: ") && e.contains("smp"),
+            "{e}"
+        );
+        // Virtio keys: types, words, slots, a read-only flag without a disk.
+        let e = p("[[vm]]\nguest = \"a\"\nvirtio = \"rng\"\n").unwrap_err();
+        assert!(e.starts_with("/cfg/vms.toml:3:10: "), "{e}");
+        let e = p("[[vm]]\nguest = \"a\"\ndisk_readonly = 1\n").unwrap_err();
+        assert!(e.starts_with("/cfg/vms.toml:3:17: "), "{e}");
+        let e =
+            p("[[vm]]\nguest = \"a\"\n[[vm]]\nguest = \"b\"\nvirtio = [\"net\"]\n").unwrap_err();
+        assert!(
+            e.starts_with("/cfg/vms.toml:3:1: ") && e.contains("unknown virtio device \"net\""),
+            "{e}"
+        );
+        let e = p(
+            "[[vm]]\nguest = \"a\"\nvirtio = [\"rng\", \"rng\", \"rng\", \"rng\", \
+                   \"rng\", \"rng\", \"rng\"]\ndisk = \"d\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("8 virtio devices"), "{e}");
+        let e = p("[[vm]]\nguest = \"a\"\ndisk_readonly = true\n").unwrap_err();
+        assert!(
+            e.starts_with("/cfg/vms.toml:1:1: ") && e.contains("`disk_readonly` without `disk`"),
             "{e}"
         );
         assert!(p("").unwrap_err().contains("no [[vm]]"));

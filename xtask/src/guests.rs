@@ -107,8 +107,48 @@ pub fn image_in_form(paths: &Paths, vm: &GuestVm, elf: &Path, dir: &Path) -> Res
     Ok(out)
 }
 
+/// The largest generated disk: its bytes must fit a cpio entry's size.
+pub const MAX_DISK_SECTORS: u32 = u32::MAX / bundle::SECTOR_SIZE as u32;
+
+/// The content of a scenario VM's disk ([`GuestDisk`](crate::scenarios::GuestDisk)): sector `i`
+/// (512 bytes) holds `(i * 7 + j * 13 + 1) as u8` at offset `j`, except for
+/// its first 16 bytes: `SECTOR ` + `i` as 8 lowercase hex digits + `\n`.
+pub fn disk_pattern(sectors: u32) -> Vec<u8> {
+    let size = bundle::SECTOR_SIZE as usize;
+    let mut v = Vec::with_capacity(sectors as usize * size);
+    for i in 0..u64::from(sectors) {
+        let start = v.len();
+        v.extend((0..size as u64).map(|j| (i * 7 + j * 13 + 1) as u8));
+        v[start..start + 16].copy_from_slice(format!("SECTOR {i:08x}\n").as_bytes());
+    }
+    v
+}
+
+/// The `vms.conf` line of a scenario VM whose image is `file` in the
+/// bundle (its disk, if any, is `<name>.disk`).
+pub fn scenario_line(vm: &GuestVm, file: &str) -> VmLine {
+    VmLine {
+        name: vm.name.into(),
+        file: file.into(),
+        mem_mib: vm.mem_mib,
+        smp: vm.smp,
+        append: vm.append.into(),
+        virtio: if vm.virtio.is_empty() {
+            Vec::new()
+        } else {
+            vm.virtio.split(',').map(String::from).collect()
+        },
+        disk: vm.disk.map(|d| bundle::DiskLine {
+            file: format!("{}.disk", vm.name),
+            read_only: d.read_only,
+        }),
+    }
+}
+
 /// Writes `out` (a vms.cpio) for a scenario's VMs from the built guests;
-/// images in another [`ImageForm`] are converted into `out`'s directory.
+/// images in another [`ImageForm`] are converted into `out`'s directory,
+/// and each VM's [`GuestDisk`](crate::scenarios::GuestDisk) is written there as `<vm name>.disk`
+/// ([`disk_pattern`]).
 pub fn scenario_bundle(
     paths: &Paths,
     arch: Arch,
@@ -135,14 +175,22 @@ pub fn scenario_bundle(
         let image = image_in_form(paths, vm, &image, dir)?;
         check_guest(arch, &image, vm.mem_mib)?;
         let file = format!("{}{}", vm.bin, vm.form.suffix());
-        lines.push(VmLine {
-            name: vm.name.into(),
-            file: file.clone(),
-            mem_mib: vm.mem_mib,
-            smp: vm.smp,
-            append: vm.append.into(),
-        });
+        let line = scenario_line(vm, &file);
+        line.check()?;
         sources.push((file, image));
+        if let (Some(d), Some(disk)) = (&line.disk, vm.disk) {
+            if !(1..=MAX_DISK_SECTORS).contains(&disk.sectors) {
+                return Err(format!(
+                    "VM {}: a disk of {} sectors (1 to {MAX_DISK_SECTORS})",
+                    vm.name, disk.sectors
+                ));
+            }
+            let path = dir.join(&d.file);
+            std::fs::write(&path, disk_pattern(disk.sectors))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            sources.push((d.file.clone(), path));
+        }
+        lines.push(line);
     }
     let sources: Vec<(String, &Path)> = sources
         .iter()
@@ -155,18 +203,25 @@ pub fn scenario_bundle(
 pub type RunVms = (Vec<VmLine>, Vec<(String, PathBuf)>);
 
 /// The VMs for `run --guest FILE...`: every file gets a VM with the same
-/// `mem`, `smp` and command line, named after the file (`hello.elf` →
-/// `hello`; a repeated name gets `-2`, `-3`, ...). Each file is read and
-/// checked here, before anything is built or booted.
+/// `mem`, `smp`, command line and virtio devices, named after the file
+/// (`hello.elf` → `hello`; a repeated name gets `-2`, `-3`, ...). With
+/// `disk` (host path, read-only) every VM gets a virtio block device over
+/// that image, stored once in the bundle under its own file name. Each
+/// file is read and checked here, before anything is built or booted.
 pub fn run_vms(
     arch: Arch,
     files: &[PathBuf],
     mem_mib: u32,
     smp: u32,
     append: &str,
+    virtio: &[String],
+    disk: Option<(&Path, bool)>,
 ) -> Result<RunVms> {
     let mut lines: Vec<VmLine> = Vec::new();
     let mut sources = Vec::new();
+    if let Some((path, _)) = disk {
+        bundle::check_disk(path)?;
+    }
     for path in files {
         check_guest(arch, path, mem_mib)?;
         let base = bundle::name_for(path);
@@ -195,10 +250,24 @@ pub fn run_vms(
             mem_mib,
             smp,
             append: append.split_whitespace().collect::<Vec<_>>().join(" "),
+            virtio: virtio.to_vec(),
+            disk: None,
         };
-        line.check()?;
         lines.push(line);
         sources.push((file, path.clone()));
+    }
+    // Named once the images are, so that it takes no image's name.
+    if let Some((path, read_only)) = disk {
+        let file = bundle::add_source(&mut sources, path, &bundle::disk_name_for(path));
+        for line in &mut lines {
+            line.disk = Some(bundle::DiskLine {
+                file: file.clone(),
+                read_only,
+            });
+        }
+    }
+    for line in &lines {
+        line.check()?;
     }
     Ok((lines, sources))
 }
@@ -633,7 +702,7 @@ mod tests {
         assert_eq!(check_guest(Arch::Aarch64, &f, 2), Ok("raw arm64 binary"));
         // The format alone is fine whatever the VM.
         assert_eq!(check_image(Arch::Aarch64, &f), Ok("raw arm64 binary"));
-        let e = run_vms(Arch::Aarch64, std::slice::from_ref(&f), 1, 1, "").unwrap_err();
+        let e = run_vms(Arch::Aarch64, std::slice::from_ref(&f), 1, 1, "", &[], None).unwrap_err();
         assert!(e.contains("--mem"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -670,8 +739,16 @@ mod tests {
         let b = dir.join("b/hello.elf");
         std::fs::write(&a, elf(2, EM_X86_64)).unwrap();
         std::fs::write(&b, multiboot(0)).unwrap();
-        let (lines, sources) =
-            run_vms(Arch::X86_64, &[a.clone(), b.clone()], 32, 2, " x  y ").unwrap();
+        let (lines, sources) = run_vms(
+            Arch::X86_64,
+            &[a.clone(), b.clone()],
+            32,
+            2,
+            " x  y ",
+            &[],
+            None,
+        )
+        .unwrap();
         assert_eq!(lines[0].name, "hello");
         assert_eq!(lines[0].file, "hello.elf");
         assert_eq!(lines[1].name, "hello-2");
@@ -680,13 +757,173 @@ mod tests {
         assert_eq!(lines[1].append, "x y");
         assert_eq!(sources[1], ("hello-2.elf".to_string(), b.clone()));
         // Missing, a directory, the wrong architecture, an unusable command line.
-        let e = run_vms(Arch::X86_64, &[dir.join("nope.elf")], 16, 1, "").unwrap_err();
+        let e = run_vms(Arch::X86_64, &[dir.join("nope.elf")], 16, 1, "", &[], None).unwrap_err();
         assert!(e.contains("nope.elf: cannot read it"), "{e}");
-        let e = run_vms(Arch::X86_64, &[dir.join("b")], 16, 1, "").unwrap_err();
+        let e = run_vms(Arch::X86_64, &[dir.join("b")], 16, 1, "", &[], None).unwrap_err();
         assert!(e.contains("is a directory"), "{e}");
-        let e = run_vms(Arch::Aarch64, std::slice::from_ref(&a), 16, 1, "").unwrap_err();
+        let e = run_vms(
+            Arch::Aarch64,
+            std::slice::from_ref(&a),
+            16,
+            1,
+            "",
+            &[],
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("not an aarch64 guest"), "{e}");
-        assert!(run_vms(Arch::X86_64, &[a], 16, 1, "say \"x\"").is_err());
+        assert!(run_vms(
+            Arch::X86_64,
+            std::slice::from_ref(&a),
+            16,
+            1,
+            "say \"x\"",
+            &[],
+            None
+        )
+        .is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn disk_pattern_is_the_documented_one() {
+        assert!(disk_pattern(0).is_empty());
+        let d = disk_pattern(0x2b);
+        assert_eq!(d.len(), 0x2b * 512);
+        assert_eq!(&d[..16], b"SECTOR 00000000\n");
+        assert_eq!(&d[0x2a * 512..0x2a * 512 + 16], b"SECTOR 0000002a\n");
+        assert_eq!(d[16], 209); // 16 * 13 + 1
+        assert_eq!(d[512 + 511], 251); // (7 + 511 * 13 + 1) mod 256
+        assert_eq!(d[0x2a * 512 + 100], 59); // (0x2a * 7 + 100 * 13 + 1) mod 256
+        for (i, s) in d.chunks(512).enumerate() {
+            assert_eq!(s[..16], *format!("SECTOR {i:08x}\n").as_bytes());
+            for (j, &b) in s.iter().enumerate().skip(16) {
+                assert_eq!(b, (i * 7 + j * 13 + 1) as u8, "sector {i} byte {j}");
+            }
+        }
+        // A longer disk starts with the shorter one.
+        assert_eq!(d[..512], disk_pattern(1)[..]);
+    }
+
+    #[test]
+    fn scenario_bundles_carry_virtio_devices_and_disks() {
+        use crate::scenarios::{vm, GuestDisk};
+        use boot::cpio;
+        let root = std::env::temp_dir().join(format!("xtask-sc-disk-{}", std::process::id()));
+        let p = Paths {
+            root: root.clone(),
+            target: root.join("target"),
+            out: root.join("out"),
+        };
+        let bin = guest_path(&p, Arch::X86_64, false, "hello");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(&p.out).unwrap();
+        std::fs::write(&bin, elf(2, EM_X86_64)).unwrap();
+        let vms = [
+            vm("hello", "a").virtio("rng").disk(3, false),
+            vm("hello", "b").disk(1, true),
+            vm("hello", "c").virtio("rng,rng"),
+        ];
+        assert_eq!(
+            vms[0].disk,
+            Some(GuestDisk {
+                sectors: 3,
+                read_only: false
+            })
+        );
+        let out = p.out.join("vms.cpio");
+        scenario_bundle(&p, Arch::X86_64, false, &vms, &out).unwrap();
+        let b = std::fs::read(&out).unwrap();
+        let names: Vec<_> = cpio::entries(&b).map(|e| e.unwrap().name).collect();
+        assert_eq!(names, ["vms.conf", "hello", "a.disk", "b.disk"]);
+        assert_eq!(cpio::find(&b, "a.disk").unwrap().unwrap(), disk_pattern(3));
+        assert_eq!(
+            std::fs::read(p.out.join("b.disk")).unwrap(),
+            disk_pattern(1)
+        );
+        let conf = std::str::from_utf8(cpio::find(&b, "vms.conf").unwrap().unwrap()).unwrap();
+        let lines: Vec<&str> = conf.lines().skip(1).collect();
+        assert_eq!(
+            lines,
+            [
+                "name=a kernel=hello mem=16 smp=1 append=\"\" virtio=rng disk=a.disk",
+                "name=b kernel=hello mem=16 smp=1 append=\"\" disk=b.disk,ro",
+                "name=c kernel=hello mem=16 smp=1 append=\"\" virtio=rng,rng",
+            ]
+        );
+        for l in &lines {
+            assert!(vmm::config::parse_conf_line(l).unwrap().is_some(), "{l}");
+        }
+        let e = scenario_bundle(
+            &p,
+            Arch::X86_64,
+            false,
+            &[vm("hello", "z").disk(0, false)],
+            &out,
+        )
+        .unwrap_err();
+        assert!(e.contains("a disk of 0 sectors"), "{e}");
+        let e = scenario_bundle(
+            &p,
+            Arch::X86_64,
+            false,
+            &[vm("hello", "z").virtio("rng,")],
+            &out,
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown virtio device \"\""), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn run_vms_with_virtio_devices_and_a_disk() {
+        let dir = std::env::temp_dir().join(format!("xtask-run-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("hello.elf");
+        std::fs::write(&a, elf(2, EM_X86_64)).unwrap();
+        // A disk whose file name is an image's: it gets another name.
+        let d = dir.join("d");
+        std::fs::create_dir_all(&d).unwrap();
+        let disk = d.join("hello.elf");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        let rng = vec!["rng".to_string()];
+        let run = |virtio: &[String], disk: Option<(&Path, bool)>| {
+            run_vms(
+                Arch::X86_64,
+                &[a.clone(), a.clone()],
+                16,
+                1,
+                "",
+                virtio,
+                disk,
+            )
+        };
+        let (lines, sources) = run(&rng, Some((&disk, true))).unwrap();
+        for l in &lines {
+            assert_eq!(l.virtio, rng);
+            let d = l.disk.as_ref().unwrap();
+            assert_eq!((d.file.as_str(), d.read_only), ("hello.elf-2", true));
+        }
+        // Stored once for both VMs.
+        assert_eq!(sources.len(), 3);
+        assert_eq!(sources[2], ("hello.elf-2".to_string(), disk.clone()));
+        assert_eq!(
+            lines[1].render().unwrap(),
+            "name=hello-2 kernel=hello-2.elf mem=16 smp=1 append=\"\" virtio=rng \
+             disk=hello.elf-2,ro"
+        );
+        let (lines, _) = run(&[], Some((&disk, false))).unwrap();
+        assert!(lines[0].virtio.is_empty() && !lines[0].disk.as_ref().unwrap().read_only);
+        // Unknown words, too many devices, unusable disk images.
+        let e = run(&["net".to_string()], None).unwrap_err();
+        assert!(e.contains("unknown virtio device \"net\""), "{e}");
+        let e = run(&vec!["rng".to_string(); 7], Some((&disk, false))).unwrap_err();
+        assert!(e.contains("8 virtio devices"), "{e}");
+        let e = run(&[], Some((&dir.join("none.img"), false))).unwrap_err();
+        assert!(e.contains("disk image") && e.contains("none.img"), "{e}");
+        std::fs::write(&disk, vec![0u8; 511]).unwrap();
+        let e = run(&[], Some((&disk, false))).unwrap_err();
+        assert!(e.contains("511 bytes is not a whole number"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -273,15 +273,28 @@ struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     smp: Option<u32>,
     /// RAM in MiB [default: 512, at least 64]. With --guest: each guest
-    /// VM's RAM [default: 64]; the machine gets the guests' RAM + 256 MiB.
+    /// VM's RAM [default: 64]; the machine gets the guests' RAM, room for
+    /// the --disk image (in the bundle and in each VM) and 256 MiB.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
     mem: Option<u32>,
     /// Run this guest image (x86_64: Multiboot1 or ELF64; aarch64: ELF64 or
-    /// arm64 Image) in a VM; repeat for more VMs. --append, --smp and --mem
-    /// then apply to each guest, `exitcode=guest` is passed and xtask exits
-    /// with the (first) guest's exit status.
+    /// arm64 Image) in a VM; repeat for more VMs. --append, --smp, --mem,
+    /// --virtio and --disk then apply to each guest, `exitcode=guest` is
+    /// passed and xtask exits with the (first) guest's exit status.
     #[arg(long = "guest", value_name = "FILE")]
     guests: Vec<PathBuf>,
+    /// With --guest: virtio devices without a backing file for each guest
+    /// VM, a comma list (repeatable; known: rng).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    virtio: Vec<String>,
+    /// With --guest: a virtio block device over this raw disk image (whole
+    /// 512-byte sectors) for each guest VM. The bundle holds the file once;
+    /// each VM gets its own copy and its writes are lost when QEMU ends.
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
+    /// With --disk: the guests cannot write the disk.
+    #[arg(long)]
+    disk_readonly: bool,
     /// Extra hypervisor command-line words (with or without --guest).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     hv_append: String,
@@ -291,7 +304,8 @@ struct RunArgs {
     no_vms: bool,
     /// Run the VMs of this TOML file (one `[[vm]]` table per VM: name,
     /// kernel = PATH or guest = BIN of the test-guest crate, mem, smp,
-    /// append); xtask exits with the first VM's exit status.
+    /// append, virtio, disk, disk_readonly); xtask exits with the first
+    /// VM's exit status.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["guests", "no_vms"])]
     config: Option<PathBuf>,
     /// Measure exit handling times (kernel option `stats`): each VM's exit
@@ -300,7 +314,7 @@ struct RunArgs {
     stats: bool,
 }
 
-/// RAM the hypervisor gets on top of its guests' RAM (`run --guest`).
+/// RAM the hypervisor gets on top of its guests' RAM and disks (`run --guest`).
 const HV_MEM_MIB: u32 = scenarios::HV_MEM_MIB;
 /// Guest defaults for `run --guest` (the kernel's `vmm::config` defaults).
 const GUEST_MEM_MIB: u32 = 64;
@@ -343,7 +357,64 @@ fn demo_vms(arch: Arch) -> &'static [(&'static str, &'static str, u32, &'static 
     }
 }
 
+/// Machine RAM for the VMs' disks (MiB): each disk image once in the
+/// bundle and once more for each VM that uses it (its own copy in the
+/// hypervisor). Sizes were checked when the plan read the files.
+fn disk_ram_mib(vms: &[bundle::VmLine], sources: &[(String, PathBuf)]) -> u64 {
+    let mut files: Vec<&str> = vms
+        .iter()
+        .filter_map(|v| v.disk.as_ref().map(|d| d.file.as_str()))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    files
+        .iter()
+        .map(|f| {
+            let users = vms
+                .iter()
+                .filter(|v| v.disk.as_ref().is_some_and(|d| d.file == *f))
+                .count() as u64;
+            let bytes = sources
+                .iter()
+                .find(|(g, _)| g == f)
+                .and_then(|(_, p)| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len());
+            bytes.div_ceil(1 << 20) * (users + 1)
+        })
+        .sum()
+}
+
 impl RunArgs {
+    /// --virtio, --disk and --disk-readonly: only with --guest.
+    fn check_device_options(&self) -> Result<()> {
+        if self.disk_readonly && self.disk.is_none() {
+            return Err("--disk-readonly needs --disk FILE".into());
+        }
+        let given: Vec<&str> = [
+            (!self.virtio.is_empty(), "--virtio"),
+            (self.disk.is_some(), "--disk"),
+        ]
+        .iter()
+        .filter_map(|&(on, name)| on.then_some(name))
+        .collect();
+        let Some(first) = given.first() else {
+            return Ok(());
+        };
+        if self.config.is_some() {
+            return Err(format!(
+                "{first} cannot be used with --config: give each [[vm]] table its own \
+                 `virtio = [...]` / `disk = \"FILE\"` (and `disk_readonly = true`)"
+            ));
+        }
+        if self.guests.is_empty() {
+            return Err(format!(
+                "{first} applies to the VMs of --guest FILE; without --guest there are none \
+                 to give it to (or use --config with `virtio` / `disk` keys)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the options (and reads every guest file) before anything is
     /// built or booted.
     fn plan(&self, arch: Arch) -> Result<RunPlan> {
@@ -353,12 +424,17 @@ impl RunArgs {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        self.check_device_options()?;
         if let Some(file) = &self.config {
             let (vms, sources) = config::load(file, arch, self.target.release)?;
+            let disks = disk_ram_mib(&vms, &sources);
             let mem_mib = vms
                 .iter()
-                .try_fold(HV_MEM_MIB, |m, v| m.checked_add(v.mem_mib))
+                .try_fold(u64::from(HV_MEM_MIB) + disks, |m, v| {
+                    m.checked_add(v.mem_mib.into())
+                })
                 .filter(|&m| m <= 1 << 20)
+                .map(|m| m as u32)
                 .ok_or_else(|| format!("{}: the VMs need too much RAM", file.display()))?;
             let smp = vms.iter().map(|v| v.smp).max().unwrap_or(1).max(2);
             let demo = sources.iter().any(|(_, p)| !p.is_file());
@@ -396,6 +472,8 @@ impl RunArgs {
                         mem_mib: 16,
                         smp,
                         append: append.into(),
+                        virtio: Vec::new(),
+                        disk: None,
                     });
                     if !plan.sources.iter().any(|(f, _)| f == bin) {
                         let path =
@@ -417,11 +495,13 @@ impl RunArgs {
             guest_mem,
             guest_smp,
             &self.target.append,
+            &self.virtio,
+            self.disk.as_deref().map(|d| (d, self.disk_readonly)),
         )?;
-        let mem_mib = (vms.len() as u32)
-            .checked_mul(guest_mem)
-            .and_then(|m| m.checked_add(HV_MEM_MIB))
+        let mem_mib = (vms.len() as u64 * u64::from(guest_mem))
+            .checked_add(u64::from(HV_MEM_MIB) + disk_ram_mib(&vms, &sources))
             .filter(|&m| m <= 1 << 20)
+            .map(|m| m as u32)
             .ok_or_else(|| format!("{} guests of {guest_mem} MiB: too much RAM", vms.len()))?;
         Ok(RunPlan {
             smp: guest_smp.max(2),
@@ -604,8 +684,24 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
                 .iter()
                 .find(|(f, _)| *f == vm.file)
                 .map_or(Path::new("?"), |(_, p)| p.as_path());
+            let mut devices = vm.virtio.join(",");
+            if let Some(d) = &vm.disk {
+                let disk_path = plan
+                    .sources
+                    .iter()
+                    .find(|(f, _)| *f == d.file)
+                    .map_or(Path::new("?"), |(_, p)| p.as_path());
+                let ro = if d.read_only { " read-only" } else { "" };
+                if !devices.is_empty() {
+                    devices.push_str(", ");
+                }
+                devices.push_str(&format!("disk {}{ro}", Paths::show(disk_path)));
+            }
+            if !devices.is_empty() {
+                devices = format!(", virtio: {devices}");
+            }
             println!(
-                "xtask: VM {}: {} ({} MiB, {} vCPU(s), command line {:?})",
+                "xtask: VM {}: {} ({} MiB, {} vCPU(s), command line {:?}{devices})",
                 vm.name,
                 Paths::show(path),
                 vm.mem_mib,
@@ -874,6 +970,85 @@ mod tests {
         assert!(e.contains("missing.elf: cannot read it"), "{e}");
         let e = run_args(&["--guest", g]).plan(Arch::X86_64).unwrap_err();
         assert!(e.contains("not an x86_64 guest"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_plan_with_virtio_devices_and_a_disk() {
+        let dir = std::env::temp_dir().join(format!("xtask-plan-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let g = dir.join("g.elf");
+        let mut elf = vec![0u8; 64];
+        elf[..5].copy_from_slice(b"\x7fELF\x02");
+        elf[16] = 2; // ET_EXEC
+        elf[18] = 183; // EM_AARCH64
+        std::fs::write(&g, &elf).unwrap();
+        let disk = dir.join("root.img");
+        std::fs::write(&disk, vec![0u8; 3 << 19]).unwrap(); // 1.5 MiB
+        let (g, d) = (g.to_str().unwrap(), disk.to_str().unwrap());
+        let p = run_args(&[
+            "--guest",
+            g,
+            "--guest",
+            g,
+            "--virtio",
+            "rng,rng",
+            "--virtio",
+            "rng",
+            "--disk",
+            d,
+            "--disk-readonly",
+        ])
+        .plan(Arch::Aarch64)
+        .unwrap();
+        assert_eq!(
+            p.vms[1].render().unwrap(),
+            "name=g-2 kernel=g-2.elf mem=64 smp=1 append=\"\" virtio=rng,rng,rng \
+             disk=root.img,ro"
+        );
+        assert_eq!(p.sources.len(), 3);
+        // 2 x 64 MiB of guests, the disk (2 MiB rounded) in the bundle and
+        // in each VM, the hypervisor's 256.
+        assert_eq!(p.mem_mib, 128 + 3 * 2 + 256);
+        let p = run_args(&["--guest", g, "--disk", d])
+            .plan(Arch::Aarch64)
+            .unwrap();
+        assert_eq!(
+            p.vms[0].render().unwrap(),
+            "name=g kernel=g.elf mem=64 smp=1 append=\"\" disk=root.img"
+        );
+        // What is refused, and why.
+        let e = run_args(&["--guest", g, "--virtio", "net"])
+            .plan(Arch::Aarch64)
+            .unwrap_err();
+        assert!(
+            e.contains("unknown virtio device \"net\" (known: rng)"),
+            "{e}"
+        );
+        let e = run_args(&["--guest", g, "--disk-readonly"])
+            .plan(Arch::Aarch64)
+            .unwrap_err();
+        assert!(e.contains("--disk-readonly needs --disk"), "{e}");
+        let e = run_args(&["--virtio", "rng"])
+            .plan(Arch::Aarch64)
+            .unwrap_err();
+        assert!(e.contains("--virtio applies to the VMs of --guest"), "{e}");
+        let e = run_args(&["--no-vms", "--disk", d])
+            .plan(Arch::Aarch64)
+            .unwrap_err();
+        assert!(e.contains("--disk applies to the VMs of --guest"), "{e}");
+        let e = run_args(&["--config", "x.toml", "--disk", d])
+            .plan(Arch::Aarch64)
+            .unwrap_err();
+        assert!(e.contains("--disk cannot be used with --config"), "{e}");
+        std::fs::write(&disk, b"not sectors").unwrap();
+        let e = run_args(&["--guest", g, "--disk", d])
+            .plan(Arch::Aarch64)
+            .unwrap_err();
+        assert!(
+            e.contains("root.img: 11 bytes is not a whole number"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

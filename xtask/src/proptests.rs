@@ -2,10 +2,10 @@
 //! through the kernel's own readers: `vms.cpio` through `boot::cpio`,
 //! `vms.conf` lines through `vmm::config::parse_conf_line`.
 
-use crate::bundle::{vms_conf, CpioWriter, VmLine};
+use crate::bundle::{vms_conf, CpioWriter, DiskLine, VmLine, VIRTIO_SLOTS, VIRTIO_WORDS};
 use boot::cpio;
 use proptest::prelude::*;
-use vmm::config::{parse_conf_line, VmSpec};
+use vmm::config::{parse_conf_line, VirtioSpec, VmSpec};
 
 fn config(cases: u32) -> proptest::test_runner::Config {
     proptest::test_runner::Config {
@@ -15,6 +15,17 @@ fn config(cases: u32) -> proptest::test_runner::Config {
     }
 }
 
+/// Mostly known `virtio=` words, sometimes words the kernel does not know.
+fn virtio_words() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(
+        prop_oneof![
+            19 => prop::sample::select(VIRTIO_WORDS).prop_map(String::from),
+            1 => "[a-z,]{0,6}",
+        ],
+        0..9,
+    )
+}
+
 fn vm_line() -> impl Strategy<Value = VmLine> {
     (
         "[A-Za-z0-9._-]{1,32}",
@@ -22,14 +33,34 @@ fn vm_line() -> impl Strategy<Value = VmLine> {
         prop_oneof![1u32..=4096, any::<u32>()],
         prop_oneof![1u32..=8, any::<u32>()],
         prop_oneof!["[ -~]{0,60}", any::<String>()],
+        virtio_words(),
+        prop::option::of((
+            prop_oneof![
+                19 => "[A-Za-z0-9._-]{1,40}",
+                1 => "[ -~]{0,12}",
+            ],
+            any::<bool>(),
+        )),
     )
-        .prop_map(|(name, file, mem_mib, smp, append)| VmLine {
+        .prop_map(|(name, file, mem_mib, smp, append, virtio, disk)| VmLine {
             name,
             file,
             mem_mib,
             smp,
             append,
+            virtio,
+            disk: disk.map(|(file, read_only)| DiskLine { file, read_only }),
         })
+}
+
+/// A disk file name the bundle cannot hold.
+fn bad_disk_name(f: &str) -> bool {
+    f.is_empty()
+        || f.len() > 100
+        || !f
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        || [".", "..", "vms.conf"].contains(&f)
 }
 
 proptest! {
@@ -66,10 +97,12 @@ proptest! {
     }
 
     /// A VM line that xtask renders is one the kernel accepts, with the
-    /// same name, file, memory, vCPUs and command line; what it refuses
-    /// has a reason (a repeated name, "." or "..", the bundle's own
-    /// vms.conf, a size out of range, a quote or control character in the
-    /// command line).
+    /// same name, file, memory, vCPUs, command line and virtio devices
+    /// (the words in order, then the disk); what it refuses has a reason
+    /// (a repeated name, "." or "..", the bundle's own vms.conf, a size
+    /// out of range, a quote or control character in the command line, an
+    /// unknown virtio word, more than 7 devices, a disk name that is not a
+    /// bundle file name).
     #[test]
     fn prop_vms_conf_lines_parse_back_in_the_kernel(
         vms in prop::collection::vec(vm_line(), 1..4),
@@ -83,7 +116,10 @@ proptest! {
                         || [".", ".."].contains(&v.name.as_str())
                         || [".", "..", "vms.conf"].contains(&v.file.as_str())
                         || u64::from(v.mem_mib) > vmm::config::MAX_MEM_MIB
-                        || v.append.contains(|c: char| c == '"' || c.is_control()));
+                        || v.append.contains(|c: char| c == '"' || c.is_control())
+                        || v.virtio.iter().any(|w| !VIRTIO_WORDS.contains(&w.as_str()))
+                        || v.virtio.len() + usize::from(v.disk.is_some()) > VIRTIO_SLOTS
+                        || v.disk.as_ref().is_some_and(|d| bad_disk_name(&d.file)));
                 prop_assert!(explained, "refused without a reason: {e}");
                 return Ok(());
             }
@@ -101,7 +137,18 @@ proptest! {
                 mem_mib: v.mem_mib.into(),
                 vcpus: v.smp,
                 cmdline: v.append.clone(),
-                virtio: Vec::new(),
+                virtio: v
+                    .virtio
+                    .iter()
+                    .map(|w| match w.as_str() {
+                        "rng" => VirtioSpec::Rng,
+                        w => unreachable!("a virtio word this test does not map yet: {w:?}"),
+                    })
+                    .chain(v.disk.iter().map(|d| VirtioSpec::Disk {
+                        file: d.file.clone(),
+                        read_only: d.read_only,
+                    }))
+                    .collect(),
             })
             .collect();
         prop_assert_eq!(specs, want);

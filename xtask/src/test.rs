@@ -711,7 +711,15 @@ mod tests {
             }
             // The machine holds the hypervisor and every VM; each VM is a
             // valid vms.conf line and names are distinct.
-            let vm_mem: u32 = s.vms.iter().map(|v| v.mem_mib).sum();
+            // A VM's disk is in the bundle and copied into the hypervisor.
+            let vm_mem: u32 = s
+                .vms
+                .iter()
+                .map(|v| {
+                    let disk = v.disk.map_or(0, |d| d.sectors.div_ceil(2048));
+                    v.mem_mib + 2 * disk
+                })
+                .sum();
             assert!(
                 s.mem_mib >= vm_mem + crate::scenarios::HV_MEM_MIB,
                 "{}: {} MiB is too little",
@@ -721,13 +729,7 @@ mod tests {
             let lines: Vec<_> = s
                 .vms
                 .iter()
-                .map(|v| crate::bundle::VmLine {
-                    name: v.name.into(),
-                    file: v.bin.into(),
-                    mem_mib: v.mem_mib,
-                    smp: v.smp,
-                    append: v.append.into(),
-                })
+                .map(|v| crate::guests::scenario_line(v, v.bin))
                 .collect();
             if let Err(e) = crate::bundle::vms_conf(&lines) {
                 panic!("{}: {e}", s.name);

@@ -89,6 +89,25 @@ pub struct GuestVm {
     /// The form the built `[[bin]]` is turned into before it goes into the
     /// bundle (default: the ELF as built).
     pub form: ImageForm,
+    /// Virtio devices without a backing file: `virtio=` words separated by
+    /// commas (`"rng"`, `"rng,rng"`); `""` for none.
+    pub virtio: &'static str,
+    /// A virtio block device over a generated disk image (after the
+    /// `virtio` devices).
+    pub disk: Option<GuestDisk>,
+}
+
+/// A scenario VM's disk: `scenario_bundle` writes `<vm name>.disk` next to
+/// the bundle with [`crate::guests::disk_pattern`]'s content, so that a
+/// guest can check every sector it reads: sector `i` is 512 bytes
+/// `(i * 7 + j * 13 + 1) as u8` (`j` = offset in the sector) but for its
+/// first 16, `SECTOR ` + `i` in 8 lowercase hex digits + `\n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestDisk {
+    /// Size in 512-byte sectors (at least 1).
+    pub sectors: u32,
+    /// `disk=FILE,ro`: the guest cannot write it.
+    pub read_only: bool,
 }
 
 /// How a scenario VM's image is made from the `[[bin]]` cargo built (an
@@ -129,9 +148,10 @@ impl ImageForm {
     }
 }
 
-/// A VM running guest `bin` with 16 MiB, 1 vCPU and no command line;
-/// change those with `GuestVm { smp: 2, ..vm("hello", "hello") }` or
-/// [`GuestVm::append`].
+/// A VM running guest `bin` with 16 MiB, 1 vCPU, no command line and no
+/// virtio devices; change those with `GuestVm { smp: 2, ..vm("hello",
+/// "hello") }`, [`GuestVm::append`], [`GuestVm::virtio`] or
+/// [`GuestVm::disk`].
 #[allow(dead_code)] // for svm.rs / arm64.rs
 pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
     GuestVm {
@@ -142,6 +162,8 @@ pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
         append: "",
         external: None,
         form: ImageForm::Elf,
+        virtio: "",
+        disk: None,
     }
 }
 
@@ -155,6 +177,21 @@ impl GuestVm {
     /// The same VM with its image converted into `form`.
     pub const fn form(self, form: ImageForm) -> GuestVm {
         GuestVm { form, ..self }
+    }
+
+    /// The same VM with these virtio devices (comma-separated words).
+    #[allow(dead_code)] // for scenarios of virtio guests
+    pub const fn virtio(self, virtio: &'static str) -> GuestVm {
+        GuestVm { virtio, ..self }
+    }
+
+    /// The same VM with a generated disk of `sectors` 512-byte sectors.
+    #[allow(dead_code)] // for scenarios of virtio guests
+    pub const fn disk(self, sectors: u32, read_only: bool) -> GuestVm {
+        GuestVm {
+            disk: Some(GuestDisk { sectors, read_only }),
+            ..self
+        }
     }
 }
 
