@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(buf[16..], [0; 4]);
         // A partial last chunk takes the low bytes.
         let mut odd = [0u8; 3];
-        assert_eq!(fill_from(&mut odd, || Some(0x0302_01)), 3);
+        assert_eq!(fill_from(&mut odd, || Some(0x0003_0201)), 3);
         assert_eq!(odd, [1, 2, 3]);
     }
 
