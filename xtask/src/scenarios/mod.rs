@@ -19,6 +19,7 @@ mod hostile;
 mod image;
 mod irq_x86;
 mod stats;
+mod virtio;
 mod svm;
 
 /// One emulator run and what it must show.
@@ -180,13 +181,11 @@ impl GuestVm {
     }
 
     /// The same VM with these virtio devices (comma-separated words).
-    #[allow(dead_code)] // for scenarios of virtio guests
     pub const fn virtio(self, virtio: &'static str) -> GuestVm {
         GuestVm { virtio, ..self }
     }
 
     /// The same VM with a generated disk of `sectors` 512-byte sectors.
-    #[allow(dead_code)] // for scenarios of virtio guests
     pub const fn disk(self, sectors: u32, read_only: bool) -> GuestVm {
         GuestVm {
             disk: Some(GuestDisk { sectors, read_only }),
@@ -268,5 +267,6 @@ pub fn all() -> Vec<Scenario> {
     v.extend(image::scenarios());
     v.extend(irq_x86::scenarios());
     v.extend(stats::scenarios());
+    v.extend(virtio::scenarios());
     v
 }

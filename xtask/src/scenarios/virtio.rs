@@ -1,0 +1,110 @@
+//! virtio devices (issue 14) driven by test guests through the
+//! `virtio-drivers` crate (`guests/virtio`): the entropy device with its
+//! level interrupt, and block devices over generated disk images (the
+//! pattern of `guests::disk_pattern`), one writable and one read-only VM
+//! side by side.
+
+use super::arm64::arm;
+use super::svm::x86;
+use super::{vm, Scenario};
+
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        x86(
+            "virtio-rng-x86",
+            vec![vm("virtio_rng", "rng").virtio("rng")],
+            &[
+                "vm rng: virtio-mmio VirtioMmio(4) at 0xfeb00000, Gsi(17)",
+                "[rng] virtio-rng in slot 0 at 0xfeb00000, GSI 17",
+                "[rng] ok: two 64-byte requests filled",
+                "[rng] ok: a 4096-byte request filled",
+                "[rng] ok: one interrupt, acknowledged (1)",
+                "[rng] ok: InterruptStatus 0 after the acknowledgement",
+                "[rng] PASS",
+                "HV-EXIT: success",
+            ],
+        ),
+        arm(
+            "virtio-rng-arm64",
+            vec![vm("virtio_rng", "rng").virtio("rng")],
+            &[
+                "vm rng: virtio-mmio VirtioMmio(4) at 0xa002000, Spi(64)",
+                "[rng] virtio-rng in slot 0 at 0xa002000, INTID 64",
+                "[rng] ok: two 64-byte requests filled",
+                "[rng] ok: a 4096-byte request filled",
+                "[rng] ok: one interrupt, acknowledged (1)",
+                "[rng] ok: InterruptStatus 0 after the acknowledgement",
+                "[rng] virtio-rng: ok",
+                "HV-EXIT: success",
+            ],
+        ),
+        Scenario {
+            expect_each: &[
+                &[
+                    "[blk] virtio-blk: 64 sectors, read-write",
+                    "[blk] ok: read 64 sectors with the image's contents",
+                    "[blk] ok: GET_ID \"hv-vblk0\"",
+                    "[blk] ok: read beyond the end fails with IOERR",
+                    "[blk] ok: sectors 2-4 read back as written, sector 1 untouched",
+                    "[blk] ok: last sector written and read back",
+                    "[blk] ok: FLUSH",
+                    "[blk] PASS",
+                ],
+                &[
+                    "[blk-ro] virtio-blk: 40 sectors, read-only",
+                    "[blk-ro] ok: read 40 sectors with the image's contents",
+                    "[blk-ro] ok: write to a read-only disk refused (Err(IoError))",
+                    "[blk-ro] ok: read-only disk unchanged",
+                    "[blk-ro] PASS",
+                ],
+            ],
+            ..x86(
+                "virtio-blk-x86",
+                vec![
+                    vm("virtio_blk", "blk")
+                        .disk(64, false)
+                        .append("sectors=64 ro=0"),
+                    vm("virtio_blk", "blk-ro")
+                        .disk(40, true)
+                        .virtio("rng")
+                        .append("sectors=40 ro=1"),
+                ],
+                &["HV-EXIT: success"],
+            )
+        },
+        Scenario {
+            expect_each: &[
+                &[
+                    "[blk] virtio-blk: 64 sectors, read-write",
+                    "[blk] ok: read 64 sectors with the image's contents",
+                    "[blk] ok: GET_ID \"hv-vblk0\"",
+                    "[blk] ok: read beyond the end fails with IOERR",
+                    "[blk] ok: sectors 2-4 read back as written, sector 1 untouched",
+                    "[blk] ok: last sector written and read back",
+                    "[blk] ok: FLUSH",
+                    "[blk] virtio-blk: ok",
+                ],
+                &[
+                    "[blk-ro] virtio-blk: 40 sectors, read-only",
+                    "[blk-ro] ok: read 40 sectors with the image's contents",
+                    "[blk-ro] ok: write to a read-only disk refused (Err(IoError))",
+                    "[blk-ro] ok: read-only disk unchanged",
+                    "[blk-ro] virtio-blk: ok",
+                ],
+            ],
+            ..arm(
+                "virtio-blk-arm64",
+                vec![
+                    vm("virtio_blk", "blk")
+                        .disk(64, false)
+                        .append("sectors=64 ro=0"),
+                    vm("virtio_blk", "blk-ro")
+                        .disk(40, true)
+                        .virtio("rng")
+                        .append("sectors=40 ro=1"),
+                ],
+                &["HV-EXIT: success"],
+            )
+        },
+    ]
+}
