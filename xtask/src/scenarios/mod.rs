@@ -19,8 +19,8 @@ mod hostile;
 mod image;
 mod irq_x86;
 mod stats;
-mod virtio;
 mod svm;
+mod virtio;
 
 /// One emulator run and what it must show.
 #[derive(Clone, Debug)]
