@@ -18,6 +18,8 @@ pub use virtio_drivers::transport::DeviceType;
 use virtio_drivers::transport::Transport;
 use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
 
+pub mod raw;
+
 /// The hypervisor's virtio-mmio slots (vmm `board`): 7 of 0x200 bytes.
 pub const SLOTS: u32 = 7;
 pub const SLOT_SIZE: u64 = 0x200;
@@ -78,13 +80,30 @@ pub trait Report {
     fn say(&mut self, what: fmt::Arguments);
 }
 
-fn read32(addr: u64) -> u32 {
-    // SAFETY: a 32-bit read of a virtio-mmio register (or of an empty
-    // slot, which reads as all ones).
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
+/// A 32-bit MMIO read as one plain load. On x86 it is a `MOV` written
+/// out, as Linux's `readl` does: LLVM may fold a volatile load into the
+/// instruction that uses it (`TEST m32, imm32`), and the hypervisor's MMIO
+/// decoder emulates data moves only.
+pub(crate) fn read32(addr: u64) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let v: u32;
+        // SAFETY: a 32-bit read of a virtio-mmio register (or of an empty
+        // slot, which reads as all ones).
+        unsafe {
+            core::arch::asm!("mov {0:e}, dword ptr [{1}]", out(reg) v, in(reg) addr,
+                             options(nostack, readonly, preserves_flags))
+        };
+        v
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above.
+    unsafe {
+        core::ptr::read_volatile(addr as *const u32)
+    }
 }
 
-fn write32(addr: u64, v: u32) {
+pub(crate) fn write32(addr: u64, v: u32) {
     // SAFETY: a 32-bit write of a virtio-mmio register.
     unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
 }

@@ -106,5 +106,62 @@ pub fn scenarios() -> Vec<Scenario> {
                 &["HV-EXIT: success"],
             )
         },
+        // Rule guest_addr from inside a guest: a hostile driver next to a
+        // well-behaved VM with the same device type; both end well.
+        Scenario {
+            expect_each: &[
+                &[
+                    "[hostile] ok: QueueReady refused: descriptors beyond RAM",
+                    "[hostile] ok: QueueReady refused: used ring crossing the end of RAM",
+                    "[hostile] ok: a good request: Some(16) bytes",
+                    "[hostile] ok: a buffer beyond RAM: the request fails alone",
+                    "[hostile] ok: a buffer straddling the end of RAM: the request fails alone",
+                    "[hostile] ok: the last bytes of RAM untouched",
+                    "[hostile] ok: a descriptor loop fails alone",
+                    "[hostile] ok: a runaway available index: DEVICE_NEEDS_RESET",
+                    "[hostile] ok: after a reset, a request is served again",
+                    "[hostile] PASS",
+                ],
+                &["[rng] ok: one interrupt, acknowledged (1)", "[rng] PASS"],
+            ],
+            ..x86(
+                "inv_guest_addr-x86",
+                vec![
+                    vm("virtio_hostile", "hostile").virtio("rng"),
+                    vm("virtio_rng", "rng").virtio("rng"),
+                ],
+                &["HV-EXIT: success"],
+            )
+        },
+        Scenario {
+            expect_each: &[
+                &[
+                    "[hostile] ok: QueueReady refused: descriptors beyond RAM",
+                    "[hostile] ok: QueueReady refused: used ring crossing the end of RAM",
+                    "[hostile] ok: a good request: Some(16) bytes",
+                    "[hostile] ok: a buffer beyond RAM: the request fails alone",
+                    "[hostile] ok: a buffer straddling the end of RAM: the request fails alone",
+                    "[hostile] ok: the last bytes of RAM untouched",
+                    "[hostile] ok: a descriptor loop fails alone",
+                    "[hostile] ok: a runaway available index: DEVICE_NEEDS_RESET",
+                    "[hostile] ok: after a reset, a request is served again",
+                    "[hostile] virtio-hostile: ok",
+                ],
+                &[
+                    "[rng] ok: one interrupt, acknowledged (1)",
+                    "[rng] virtio-rng: ok",
+                ],
+            ],
+            ..arm(
+                "inv_guest_addr-arm64",
+                vec![
+                    vm("virtio_hostile", "hostile")
+                        .virtio("rng")
+                        .append("ram=16"),
+                    vm("virtio_rng", "rng").virtio("rng"),
+                ],
+                &["HV-EXIT: success"],
+            )
+        },
     ]
 }
