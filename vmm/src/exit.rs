@@ -90,6 +90,25 @@ pub struct Mmio {
 pub enum MmioOp {
     Read(LoadDest),
     Write(u64),
+    /// x86 `TEST` or `CMP` with an MMIO operand: a read whose value only
+    /// sets RFLAGS' status flags (`crate::x86::flags`).
+    ReadFlags(FlagsOp),
+}
+
+impl MmioOp {
+    pub fn is_read(&self) -> bool {
+        !matches!(self, MmioOp::Write(_))
+    }
+}
+
+/// What an x86 flags-only read computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagsOp {
+    /// `TEST mem, other` (or `TEST other, mem`): AND, flags only.
+    Test(u64),
+    /// `CMP`: the memory operand minus `other` if `mem_first`, else
+    /// `other` minus it; flags only.
+    Cmp { other: u64, mem_first: bool },
 }
 
 /// The kind of access that faulted.

@@ -1324,9 +1324,9 @@ impl<B: Backing> Vm<B> {
                     vcpu.advance_pc()?;
                     device_outcome(self.mmio.write(m.gpa, m.size, v))
                 }
-                MmioOp::Read(dest) => {
+                op => {
                     let v = self.mmio.read(m.gpa, m.size);
-                    load(vcpu, dest, v, m.size)?;
+                    complete_read(vcpu, op, v, m.size)?;
                     vcpu.advance_pc()?;
                     Ok(Flow::Continue)
                 }
@@ -1586,9 +1586,7 @@ impl<B: Backing> Vm<B> {
             Some(ci) => x.mmio(index as usize, ci, m, now, &mut eois),
             None => ApicAccess::default(),
         };
-        if let MmioOp::Read(dest) = m.op {
-            load(vcpu, dest, r.value, m.size)?;
-        }
+        complete_read(vcpu, m.op, r.value, m.size)?;
         vcpu.advance_pc()?;
         self.apic_done(&eois, r.startups);
         Ok(Flow::Continue)
@@ -1773,6 +1771,25 @@ fn load<V: Vcpu + ?Sized>(
         0
     };
     vcpu.set_reg(dest.reg, dest.merge(old, data, size))
+}
+
+/// Completes an MMIO read with the device's `data`: into the destination
+/// register, or into RFLAGS' status flags (x86 TEST/CMP); nothing for a
+/// write.
+fn complete_read<V: Vcpu + ?Sized>(
+    vcpu: &mut V,
+    op: MmioOp,
+    data: u64,
+    size: AccessSize,
+) -> Result<(), BackendError> {
+    match op {
+        MmioOp::Read(dest) => load(vcpu, dest, data, size),
+        MmioOp::ReadFlags(f) => {
+            let rflags = vcpu.reg(Reg::Rflags)?;
+            vcpu.set_reg(Reg::Rflags, crate::x86::flags::apply(rflags, f, data, size))
+        }
+        MmioOp::Write(_) => Ok(()),
+    }
 }
 
 /// Queues an event; a triple fault from the double-fault rules stops the VM.

@@ -110,6 +110,7 @@ proptest! {
                                 prop_assert_eq!(ld.width, w);
                                 prop_assert!(!ld.preserve_upper);
                             }
+                            MmioOp::ReadFlags(_) => prop_assert!(false, "x86 flags op on arm64"),
                         }
                     }
                     Exit::Stage2Fault { gpa, gva, access } => {

@@ -6,7 +6,7 @@ use crate::proptests::config;
 use crate::x86_64::guest::decode::{decode_mmio, decode_mov_dr, insn_len, MAX_INSN};
 use crate::x86_64::svm::decode::npf_exit;
 use proptest::prelude::*;
-use vmm::exit::{AccessKind, Exit, MmioOp};
+use vmm::exit::{AccessKind, Exit, FlagsOp, MmioOp};
 use vmm::regs::{AccessSize, LoadDest, Reg};
 
 /// A distinct value per register, so a wrong source register shows.
@@ -102,6 +102,9 @@ proptest! {
                     prop_assert!(ld.width.bytes() >= d.size.bytes(), "{d:?}");
                     prop_assert_eq!(ld.preserve_upper, ld.width.bytes() <= 2);
                 }
+                MmioOp::ReadFlags(FlagsOp::Test(v) | FlagsOp::Cmp { other: v, .. }) => {
+                    prop_assert_eq!(v & !d.size.mask(), 0)
+                }
             }
         }
         if let Some(m) = decode_mov_dr(&bytes, bits) {
@@ -117,7 +120,8 @@ proptest! {
                 prop_assert_eq!(n, len);
                 let agrees = matches!(
                     (access, m.op),
-                    (AccessKind::Write, MmioOp::Write(_)) | (AccessKind::Read, MmioOp::Read(_))
+                    (AccessKind::Write, MmioOp::Write(_))
+                        | (AccessKind::Read, MmioOp::Read(_) | MmioOp::ReadFlags(_))
                 );
                 prop_assert!(agrees, "{access:?} fault emulated as {:?}", m.op);
             }

@@ -19,6 +19,7 @@
 
 pub mod apic_bus;
 pub mod cpuid;
+pub mod flags;
 pub mod ioapic;
 pub mod lapic;
 pub mod legacy;

@@ -526,7 +526,7 @@ impl X86Irq {
         let (gpa, size) = (m.gpa, m.size);
         let write = match m.op {
             crate::exit::MmioOp::Write(v) => Some(v),
-            crate::exit::MmioOp::Read(_) => None,
+            crate::exit::MmioOp::Read(_) | crate::exit::MmioOp::ReadFlags(_) => None,
         };
         ci.sync = true;
         let mut out = ApicAccess::default();

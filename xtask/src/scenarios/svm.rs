@@ -129,6 +129,8 @@ pub fn scenarios() -> Vec<Scenario> {
                 "[mmio] ok: 64-bit store/load",
                 "[mmio] ok: movsxd r64, m32",
                 "[mmio] ok: mov m64, imm32 sign-extends",
+                "[mmio] ok: test m32, imm: bit clear, ZF set",
+                "[mmio] ok: cmp r32, m32: above",
                 "[mmio] PASS",
                 "HV-EXIT: success",
             ],

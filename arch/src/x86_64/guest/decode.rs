@@ -5,15 +5,17 @@
 //! operand), `MOV` to/from a debug register (DR intercepts), and the
 //! length of an instruction whose exit does not give it.
 //!
-//! Uses `iced-x86`'s decoder. Only plain data moves are emulated (`MOV`
-//! reg↔mem, `MOV` mem←imm, `MOVZX`, `MOVSX`, `MOVSXD`); anything else
-//! (read-modify-write, string instructions, high-byte destinations such
-//! as AH) is reported as undecodable and the VM stops with a stage-2 fault.
+//! Uses `iced-x86`'s decoder. Plain data moves are emulated (`MOV`
+//! reg↔mem, `MOV` mem←imm, `MOVZX`, `MOVSX`, `MOVSXD`), and reads that
+//! only set flags (`TEST`, `CMP` with a memory operand: compilers fold a
+//! volatile load into them); anything else (read-modify-write, string
+//! instructions, high-byte destinations such as AH) is reported as
+//! undecodable and the VM stops with a stage-2 fault.
 //! How a backend's exit information gives the access kind stays with the
 //! backend (`svm::decode::npf_exit` for EXITINFO1).
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
-use vmm::exit::{AccessKind, Exit, Mmio, MmioOp};
+use vmm::exit::{AccessKind, Exit, FlagsOp, Mmio, MmioOp};
 use vmm::regs::{AccessSize, LoadDest, Reg};
 
 /// The longest x86 instruction.
@@ -145,6 +147,44 @@ pub fn decode_mmio(bytes: &[u8], bitness: u32, gpr_value: impl Fn(Reg) -> u64) -
                 len,
             })
         }
+        // TEST/CMP with a memory operand: a read that only sets flags
+        // (compilers fold volatile loads into them).
+        m @ (Mnemonic::Test | Mnemonic::Cmp) if k0 == OpKind::Memory || k1 == OpKind::Memory => {
+            let other_kind = if k0 == OpKind::Memory { k1 } else { k0 };
+            let other_at = if k0 == OpKind::Memory { 1 } else { 0 };
+            let other = match other_kind {
+                OpKind::Register => {
+                    let (r, high) = gpr(i.op_register(other_at))?;
+                    let v = gpr_value(r);
+                    if high {
+                        v >> 8
+                    } else {
+                        v
+                    }
+                }
+                OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate8to16
+                | OpKind::Immediate8to32
+                | OpKind::Immediate8to64
+                | OpKind::Immediate32to64 => i.immediate(other_at),
+                _ => return None,
+            } & msize.mask();
+            let op = if m == Mnemonic::Test {
+                FlagsOp::Test(other)
+            } else {
+                FlagsOp::Cmp {
+                    other,
+                    mem_first: k0 == OpKind::Memory,
+                }
+            };
+            Some(Decoded {
+                size: msize,
+                op: MmioOp::ReadFlags(op),
+                len,
+            })
+        }
         _ => None,
     }
 }
@@ -173,7 +213,8 @@ pub fn mmio_exit(
         Some(d) => {
             let agrees = matches!(
                 (access, d.op),
-                (AccessKind::Write, MmioOp::Write(_)) | (AccessKind::Read, MmioOp::Read(_))
+                (AccessKind::Write, MmioOp::Write(_))
+                    | (AccessKind::Read, MmioOp::Read(_) | MmioOp::ReadFlags(_))
             );
             if agrees {
                 (
@@ -351,6 +392,91 @@ pub(crate) mod tests {
         // 32-bit code: mov eax, [0xfeb00000]
         let d = decode_mmio(&[0xa1, 0, 0, 0xb0, 0xfe], 32, regs).unwrap();
         assert_eq!((d.size, d.len), (B4, 5));
+    }
+
+    #[test]
+    fn test_and_cmp_read_flags() {
+        // test dword [rbx+0x70], 8 (what LLVM made of a volatile read).
+        let d = decode_mmio(&[0xf7, 0x43, 0x70, 8, 0, 0, 0], 64, regs).unwrap();
+        assert_eq!((d.size, d.len), (B4, 7));
+        assert_eq!(d.op, MmioOp::ReadFlags(FlagsOp::Test(8)));
+        // test [rdi], bl / test bh, [rdi] (either operand order).
+        let d = decode_mmio(&[0x84, 0x1f], 64, regs).unwrap();
+        assert_eq!((d.size, d.op), (B1, MmioOp::ReadFlags(FlagsOp::Test(0xbb))));
+        let d = decode_mmio(&[0x84, 0x3f], 64, regs).unwrap();
+        assert_eq!(d.op, MmioOp::ReadFlags(FlagsOp::Test(0xaa)));
+        // cmp dword [rdi], -1 (imm8 sign-extended to the operand size).
+        let d = decode_mmio(&[0x83, 0x3f, 0xff], 64, regs).unwrap();
+        let cmp = |other, mem_first| MmioOp::ReadFlags(FlagsOp::Cmp { other, mem_first });
+        assert_eq!((d.size, d.op), (B4, cmp(0xffff_ffff, true)));
+        // cmp r9d, [rdi]: the register minus memory.
+        let d = decode_mmio(&[0x44, 0x3b, 0x0f], 64, regs).unwrap();
+        assert_eq!(d.op, cmp(0x99, false));
+        // cmp qword [rdi], rbx
+        let d = decode_mmio(&[0x48, 0x39, 0x1f], 64, regs).unwrap();
+        assert_eq!((d.size, d.op), (B8, cmp(0xaabb, true)));
+        // A read fault only: as a write fault it is not emulated.
+        let (e, _) = mmio_exit(
+            AccessKind::Write,
+            0xfeb0_0070,
+            &[0xf7, 0x43, 0x70, 8, 0, 0, 0],
+            64,
+            regs,
+        );
+        assert!(matches!(e, Exit::Stage2Fault { .. }));
+        // Register-only forms are not MMIO accesses.
+        assert!(decode_mmio(&[0x85, 0xc0], 64, regs).is_none()); // test eax, eax
+    }
+
+    /// The flags the vmm computes for an emulated TEST/CMP are the CPU's.
+    #[test]
+    fn emulated_flags_agree_with_the_cpu() {
+        use vmm::regs::AccessSize;
+        use vmm::x86::flags::{status_flags, AF, STATUS};
+        fn host(cmp: bool, a: u32, b: u32) -> u64 {
+            let f: u64;
+            // SAFETY: register-only arithmetic and a flags push/pop.
+            unsafe {
+                if cmp {
+                    core::arch::asm!("cmp {a:e}, {b:e}", "pushfq", "pop {f}", a = in(reg) a, b = in(reg) b, f = out(reg) f);
+                } else {
+                    core::arch::asm!("test {a:e}, {b:e}", "pushfq", "pop {f}", a = in(reg) a, b = in(reg) b, f = out(reg) f);
+                }
+            }
+            f & STATUS
+        }
+        let vals = [
+            0u32,
+            1,
+            2,
+            7,
+            8,
+            0xf,
+            0x10,
+            0x7f,
+            0x80,
+            0xff,
+            0x7fff_ffff,
+            0x8000_0000,
+            0xffff_fffe,
+            u32::MAX,
+        ];
+        for &a in &vals {
+            for &b in &vals {
+                let cmp = FlagsOp::Cmp {
+                    other: u64::from(b),
+                    mem_first: true,
+                };
+                assert_eq!(
+                    status_flags(cmp, u64::from(a), AccessSize::B4),
+                    host(true, a, b),
+                    "cmp {a:#x}, {b:#x}"
+                );
+                let t = status_flags(FlagsOp::Test(u64::from(b)), u64::from(a), AccessSize::B4);
+                // AF is undefined after TEST.
+                assert_eq!(t & !AF, host(false, a, b) & !AF, "test {a:#x}, {b:#x}");
+            }
+        }
     }
 
     #[test]

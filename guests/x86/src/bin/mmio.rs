@@ -77,6 +77,50 @@ mod guest {
             );
         }
         check!(q == u64::MAX - 1, "mov m64, imm32 sign-extends ({:#x})", q);
+        // Reads that only set flags (TEST, CMP with an MMIO operand), each
+        // with the flags captured right after it; CF=0x1, ZF=0x40, SF=0x80.
+        let mut f = [0u64; 5];
+        // SAFETY: as above; the flags are read through PUSHFQ/POP.
+        unsafe {
+            asm!(
+                "mov dword ptr [{p} + 0x30], 0x80000001",
+                "test dword ptr [{p} + 0x30], 1",
+                "pushfq", "pop {f0}",
+                "test dword ptr [{p} + 0x30], 2",
+                "pushfq", "pop {f1}",
+                "cmp dword ptr [{p} + 0x30], 0x80000001",
+                "pushfq", "pop {f2}",
+                "cmp dword ptr [{p} + 0x30], {two:e}",
+                "pushfq", "pop {f3}",
+                "cmp {two:e}, dword ptr [{p} + 0x30]",
+                "pushfq", "pop {f4}",
+                p = in(reg) p,
+                two = in(reg) 0x8000_0002u64,
+                f0 = out(reg) f[0],
+                f1 = out(reg) f[1],
+                f2 = out(reg) f[2],
+                f3 = out(reg) f[3],
+                f4 = out(reg) f[4],
+            );
+        }
+        let st = |v: u64| v & 0x8d5;
+        check!(
+            st(f[0]) & 0x40 == 0 && st(f[0]) & 0x80 == 0,
+            "test m32, imm: bit set, ZF clear ({:#x})",
+            f[0]
+        );
+        check!(
+            st(f[1]) & 0x40 != 0,
+            "test m32, imm: bit clear, ZF set ({:#x})",
+            f[1]
+        );
+        check!(st(f[2]) & 0x41 == 0x40, "cmp m32, imm: equal ({:#x})", f[2]);
+        check!(
+            st(f[3]) & 0x1 != 0,
+            "cmp m32, r32: below, CF set ({:#x})",
+            f[3]
+        );
+        check!(st(f[4]) & 0x41 == 0, "cmp r32, m32: above ({:#x})", f[4]);
     }
 }
 
