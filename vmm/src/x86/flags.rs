@@ -26,7 +26,7 @@ fn zf_sf_pf(r: u64, size: AccessSize) -> u64 {
         f |= SF;
     }
     // PF: even parity of the low byte.
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         f |= PF;
     }
     f
