@@ -23,6 +23,7 @@ use vmm::backend::GuestArch;
 use vmm::backend::Vcpu as _;
 use vmm::config::{self, VirtioSpec, VmSpec};
 use vmm::console::CONSOLE_TURN_BUDGET;
+use vmm::hvconsole::{Action, HvConsole};
 use vmm::devices::ConsoleSink;
 use vmm::mem::{Backing, MemError};
 use vmm::virtio::block::{Disk, DiskError, VirtioBlock, SECTOR_SIZE};
@@ -536,7 +537,9 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         freq: virt::clock().frequency(),
         ..IdleStats::default()
     };
+    let mut keys = HvConsole::new();
     loop {
+        console_keys(&mut keys, &mut slots);
         let mut active = 0;
         for i in 0..slots.len() {
             if slots[i].done {
@@ -603,6 +606,60 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
 
 /// A stopped VM's exits by reason (`vmm::stats`; handling times with the
 /// kernel option `stats`), and those its backend handled itself.
+/// Keys typed on the hypervisor console (at most a line's worth per pass):
+/// input for the focused VM or Ctrl-A commands (`vmm::hvconsole`).
+fn console_keys(keys: &mut HvConsole, slots: &mut [Slot]) {
+    for _ in 0..64 {
+        let Some(b) = crate::platform::console_getc() else {
+            return;
+        };
+        let focus = keys.focus();
+        match keys.key(b, slots.len()) {
+            Action::None => {}
+            Action::Input(b) => {
+                if let Some(s) = slots.get(focus).filter(|s| !s.done) {
+                    if s.vm.console_input(&[b]) == 0 {
+                        log::warn!("vm {}: console input full, key dropped", s.vm.name());
+                    }
+                }
+            }
+            Action::Focus(n) => log::info!("console: input goes to vm {n} ({})", slots[n].vm.name()),
+            Action::List => {
+                for (n, s) in slots.iter().enumerate() {
+                    let state = match s.vm.stop() {
+                        Some(st) => alloc::format!("stopped: {}", st.reason),
+                        None if s.vm.has_runnable() => "running".into(),
+                        None => "waiting".into(),
+                    };
+                    log::info!(
+                        "console: vm {n} {}{}: {state}, {} vCPU(s), {} exits",
+                        s.vm.name(),
+                        if n == focus { " (input)" } else { "" },
+                        s.vm.vcpu_count(),
+                        s.vm.exit_count()
+                    );
+                }
+            }
+            Action::Stats => {
+                if let Some(s) = slots.get(focus) {
+                    print_exit_stats(s);
+                }
+            }
+            Action::Stop => {
+                if let Some(s) = slots.get(focus).filter(|s| !s.done) {
+                    log::warn!("console: stopping vm {}", s.vm.name());
+                    s.vm.stop_by_host();
+                }
+            }
+            Action::Help => {
+                for l in HvConsole::help() {
+                    log::info!("console: {l}");
+                }
+            }
+        }
+    }
+}
+
 fn print_exit_stats(slot: &Slot) {
     let vm = &slot.vm;
     for line in vm.exit_stats_lines() {
@@ -638,6 +695,13 @@ impl IdleStats {
         if live().any(|s| s.vm.has_runnable()) {
             return;
         }
+        // VMs that wait only for console input: look at the keyboard
+        // every 10 ms.
+        let next = next.or_else(|| {
+            live()
+                .any(|s| s.vm.waits_for_input())
+                .then(|| now + (self.freq / 100).max(1))
+        });
         if let Some(deadline) = next {
             virt::idle_until(deadline);
             self.sleeps += 1;

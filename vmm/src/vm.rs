@@ -184,6 +184,8 @@ pub enum StopReason {
         qualification: u64,
     },
     Backend(BackendError),
+    /// Stopped from the hypervisor console ([`Vm::stop_by_host`]).
+    Host,
 }
 
 impl From<BackendError> for StopReason {
@@ -198,6 +200,9 @@ impl StopReason {
         match *self {
             StopReason::DebugExit { code } | StopReason::Exit { code } => Some(code),
             StopReason::PowerOff | StopReason::Reset => Some(0),
+            // Not the guest's doing, and not a crash either: like a power
+            // button, exit code 0 would claim a clean guest shutdown.
+            StopReason::Host => Some(0x80),
             _ => None,
         }
     }
@@ -229,6 +234,7 @@ impl fmt::Display for StopReason {
                 "unknown exit, reason={reason:#x} qualification={qualification:#x}"
             ),
             StopReason::Backend(e) => write!(f, "backend error {e:?}"),
+            StopReason::Host => write!(f, "stopped from the hypervisor console"),
         }
     }
 }
@@ -899,7 +905,21 @@ impl<B: Backing> Vm<B> {
     pub fn can_progress(&self) -> bool {
         !self.is_stopped()
             && (self.has_runnable()
-                || (0..self.vcpu_count()).any(|i| self.wake_deadline(i).is_some()))
+                || (0..self.vcpu_count()).any(|i| self.wake_deadline(i).is_some())
+                || self.waits_for_input())
+    }
+
+    /// Whether console input could wake the VM: its UART's receive
+    /// interrupt is enabled and wired (arm64 PL011; the x86 16550's IRQ 4
+    /// is not wired yet, so an x86 guest polls its UART).
+    pub fn waits_for_input(&self) -> bool {
+        match self.arch {
+            GuestArch::X86_64 => false,
+            GuestArch::Aarch64 => self
+                .mmio
+                .with_device(self.uart, |u: &mut Pl011| u.waits_for_input())
+                .unwrap_or(false),
+        }
     }
 
     pub fn boot_state(&self) -> &BootState {
@@ -1675,9 +1695,23 @@ impl<B: Backing> Vm<B> {
     }
 
     fn stop_vm<V: Vcpu + ?Sized>(&self, vcpu: &mut V, reason: StopReason) -> Flow {
+        if self.stop.lock().is_none() {
+            let report = reason.is_crash().then(|| self.report(vcpu));
+            self.finish_stop(reason, report);
+        }
+        Flow::Stopped
+    }
+
+    /// Stops the VM from outside it (the hypervisor console): its vCPUs
+    /// see the stop at their next exit and are kicked; no crash report.
+    /// A VM that stopped already keeps its first reason.
+    pub fn stop_by_host(&self) {
+        self.finish_stop(StopReason::Host, None);
+    }
+
+    fn finish_stop(&self, reason: StopReason, report: Option<CrashReport>) {
         let mut stop = self.stop.lock();
         if stop.is_none() {
-            let report = reason.is_crash().then(|| self.report(vcpu));
             *stop = Some(Stop { reason, report });
             self.stopped.store(true, Ordering::Release);
             drop(stop);
@@ -1703,7 +1737,6 @@ impl<B: Backing> Vm<B> {
                 None => log::info!("vm {}: stopped: {}", self.name, reason),
             }
         }
-        Flow::Stopped
     }
 
     fn report<V: Vcpu + ?Sized>(&self, vcpu: &mut V) -> CrashReport {
@@ -2362,6 +2395,28 @@ pub(crate) mod tests {
         let before_ack = v.taken.len();
         assert!(before_ack <= 3, "{:?}", v.taken);
         assert_eq!(vm.mmio().read(base + REG_INTERRUPT_STATUS, B4), 0);
+    }
+
+    /// The hypervisor console stops a VM from outside: reason `Host`, no
+    /// crash report, exit code 0x80, its vCPUs stop at their next turn, and
+    /// a second stop keeps the first reason.
+    #[test]
+    fn stop_by_host_stops_every_vcpu() {
+        let vm = arm_vm(2, Arc::new(CollectSink::default()));
+        vm.stop_by_host();
+        let stop = vm.stop().unwrap();
+        assert_eq!(stop.reason, StopReason::Host);
+        assert!(stop.report.is_none());
+        assert_eq!(stop.reason.exit_code(), Some(0x80));
+        assert!(!stop.reason.is_crash());
+        assert!(vm.is_stopped());
+        assert_eq!(vm.vcpu_state(0), Some(VcpuState::Stopped));
+        assert_eq!(vm.vcpu_state(1), Some(VcpuState::Stopped));
+        let mut v = ScriptedVcpu::arm64(vec![Exit::Halt]).with_gic(4);
+        v.bind(0).unwrap();
+        assert_eq!(vm.run(0, &mut v, 4), Flow::Stopped);
+        vm.stop_by_host();
+        assert_eq!(vm.stop().unwrap().reason, StopReason::Host);
     }
 
     /// A VM holds at most `VIRTIO_SLOTS` virtio devices; one more is an

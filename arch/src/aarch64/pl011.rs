@@ -1,8 +1,9 @@
-//! Arm PrimeCell UART (PL011), polled transmit only.
+//! Arm PrimeCell UART (PL011), polled.
 //!
 //! Registers from the PL011 TRM (DDI 0183): UARTDR at +0x00, UARTFR at
-//! +0x18 with TXFF (bit 5, transmit FIFO full) and BUSY (bit 3). The
-//! firmware (or QEMU, which needs none) has set the baud rate; we only send.
+//! +0x18 with TXFF (bit 5, transmit FIFO full), RXFE (bit 4, receive FIFO
+//! empty) and BUSY (bit 3). The firmware (or QEMU, which needs none) has
+//! set the baud rate.
 
 use core::ptr::{read_volatile, write_volatile};
 
@@ -10,6 +11,7 @@ const UARTDR: usize = 0x00;
 const UARTFR: usize = 0x18;
 const FR_TXFF: u32 = 1 << 5;
 const FR_BUSY: u32 = 1 << 3;
+const FR_RXFE: u32 = 1 << 4;
 
 /// A PL011 at a fixed physical (= virtual: identity map) address.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +43,17 @@ impl Pl011 {
         }
         // SAFETY: `new`'s contract: UARTDR is a writable device register.
         unsafe { write_volatile((self.base + UARTDR) as *mut u32, b as u32) };
+    }
+
+    /// A received byte, if one is waiting (UARTDR bits 7:0; the error
+    /// flags in bits 11:8 are dropped).
+    pub fn getc(&self) -> Option<u8> {
+        if self.fr() & FR_RXFE != 0 {
+            return None;
+        }
+        // SAFETY: `new`'s contract: UARTDR is a readable device register;
+        // the FIFO holds a byte (RXFE clear), which the read takes.
+        Some(unsafe { read_volatile((self.base + UARTDR) as *const u32) } as u8)
     }
 
     /// Waits until every queued byte has left the transmitter (before

@@ -36,6 +36,18 @@ pub fn serial_putc(b: u8) {
     com1().send_raw(b);
 }
 
+/// LSR bit 0, Data Ready: the receive buffer holds a byte.
+const LSR_DR: u8 = 1 << 0;
+
+/// A byte typed on COM1, if one is waiting (polled: the hypervisor
+/// console reads between VM turns).
+pub fn serial_getc() -> Option<u8> {
+    // SAFETY: COM1 belongs to the hypervisor (see `com1`); reading LSR has
+    // no side effect, and reading the receive buffer only when DR is set
+    // takes the byte that is there.
+    unsafe { (inb(COM1 + LSR) & LSR_DR != 0).then(|| inb(COM1)) }
+}
+
 /// Waits until every byte sent so far has left the UART, so that nothing
 /// is lost when the emulator exits right after (seen with Bochs).
 pub fn serial_flush() {

@@ -87,6 +87,11 @@ pub fn console_putc(b: u8) {
     uart().putc(b);
 }
 
+/// A byte typed on the hypervisor console, if any.
+pub fn console_getc() -> Option<u8> {
+    uart().getc()
+}
+
 pub fn init_memory(info: &BootInfo, frames: &mut FrameAllocator) {
     let _ = (info, frames);
     let Some(p) = PLATFORM.get() else { return };

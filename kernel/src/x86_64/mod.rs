@@ -55,6 +55,11 @@ pub fn console_putc(b: u8) {
     devices::serial_putc(b);
 }
 
+/// A byte typed on the hypervisor console, if any.
+pub fn console_getc() -> Option<u8> {
+    devices::serial_getc()
+}
+
 /// Exceptions are all fatal for the hypervisor itself: print the report
 /// (without taking the console lock) and fail the run.
 fn crash_handler(frame: &mut ExceptionFrame) {

@@ -91,6 +91,12 @@ impl Pl011 {
         }
     }
 
+    /// Whether the guest waits for input with the receive interrupt
+    /// unmasked (and the line wired): a byte typed for it can wake it.
+    pub fn waits_for_input(&self) -> bool {
+        self.line.is_some() && self.imsc & INT_RX != 0
+    }
+
     /// Drives the interrupt line to UARTINTR when it changed.
     fn update_line(&mut self) {
         let level = self.irq_line();
