@@ -491,3 +491,54 @@ fn disk_defaults_zero_in_chunks_and_discard_keeps_data() {
     assert_eq!(m.discard(1024, 4096), Err(DiskError));
     assert_eq!(m.write_zeroes(u64::MAX, 1), Err(DiskError));
 }
+
+/// The fuzz/proptest checker serves DISCARD and WRITE_ZEROES: well-formed
+/// ones change the sectors their segments name and nothing else, hostile
+/// ones change nothing.
+#[test]
+fn check_virtqueue_serves_discard_and_write_zeroes() {
+    use crate::checks::{check_virtqueue, VqCase, VQ_BASE};
+    let bufs = VQ_BASE + 0x3000;
+    let mut ram = Vec::new();
+    let mut table = Vec::new();
+    let mut desc = |addr: u64, len: u32, flags: u16, next: u16| {
+        table.extend_from_slice(&addr.to_le_bytes());
+        table.extend_from_slice(&len.to_le_bytes());
+        table.extend_from_slice(&flags.to_le_bytes());
+        table.extend_from_slice(&next.to_le_bytes());
+    };
+    let requests: [(u32, Vec<u8>); 5] = [
+        (ZEROES, segs(&[(2, 3, 0), (9, 1, SEGMENT_F_UNMAP)])),
+        (DISCARD, segs(&[(5, 1, 0)])),
+        (ZEROES, segs(&[(0, 1, 2)])),
+        (DISCARD, segs(&[(15, 2, 0)])),
+        (ZEROES, segs(&[(u64::MAX / 512, 1, 0)])),
+    ];
+    for (i, (kind, data)) in requests.iter().enumerate() {
+        let at = bufs + 0x400 * i as u64;
+        let mut h = kind.to_le_bytes().to_vec();
+        h.resize(16, 0);
+        h.extend_from_slice(data);
+        ram.push((at - VQ_BASE, h));
+        let d = 3 * i as u16;
+        desc(at, 16, VIRTQ_DESC_F_NEXT, d + 1);
+        desc(at + 16, data.len() as u32, VIRTQ_DESC_F_NEXT, d + 2);
+        desc(at + 0x3ff, 1, VIRTQ_DESC_F_WRITE, 0);
+    }
+    ram.push((0, table));
+    let mut avail = vec![0u8, 0, 5, 0];
+    for i in 0..5u16 {
+        avail.extend_from_slice(&(3 * i).to_le_bytes());
+    }
+    ram.push((0x1000, avail));
+    let case = VqCase {
+        size: 16,
+        desc: VQ_BASE,
+        avail: VQ_BASE + 0x1000,
+        used: VQ_BASE + 0x2000,
+        features: 0,
+        ram,
+        blk: true,
+    };
+    check_virtqueue(&case).unwrap();
+}
