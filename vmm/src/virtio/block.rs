@@ -1,5 +1,13 @@
-//! The block device (VIRTIO 1.2 §5.2): device ID 2, one queue, requests
-//! parsed by [`handle_request_with`] over a [`Disk`].
+//! The block device (VIRTIO 1.2 §5.2): device ID 2, requests parsed by
+//! [`handle_request_with`] over a [`Disk`], on one request queue
+//! ([`VirtioBlock::new`]) or up to [`MAX_QUEUES`]
+//! ([`VirtioBlock::with_queues`], `VIRTIO_BLK_F_MQ` with `num_queues`).
+//! Rule `vq_scaling`: a notification serves its own queue and no other
+//! (within the [`serve_queue`] budget), so queues could be served on
+//! several CPUs once the host is SMP; they share the [`Disk`], which
+//! would then need a lock of its own. The driver may make fewer queues
+//! ready than declared (queue 0 is needed); without `VIRTIO_BLK_F_MQ`
+//! only queue 0 is served.
 //!
 //! A request (§5.2.6) is a device-readable header `{le32 type, le32
 //! reserved, le64 sector}`, data (device-readable for OUT, DISCARD and
@@ -26,8 +34,8 @@
 //! `write_zeroes_may_unmap` is 0).
 //!
 //! Configuration space (§5.2.4, [`config`]): `capacity` (le64, 512-byte
-//! sectors), the discard and write-zeroes limits; the other fields read
-//! as 0.
+//! sectors), `num_queues` (with more than one queue), the discard and
+//! write-zeroes limits; the other fields read as 0.
 
 use alloc::vec::Vec;
 
@@ -39,10 +47,13 @@ use super::{
 
 pub const SECTOR_SIZE: u64 = 512;
 pub const QUEUE_SIZE: u16 = 256;
+/// Request queues of one device at most ([`VirtioBlock::with_queues`]).
+pub const MAX_QUEUES: u16 = 8;
 
 /// Feature bits (§5.2.3).
 pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
 pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 
@@ -439,23 +450,45 @@ pub fn handle_request_with<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
 struct Active {
     mem: MemHandle,
     irq: IrqTrigger,
-    queue: Queue,
+    /// The request queues in use: one per queue the device declared with
+    /// VIRTIO_BLK_F_MQ negotiated (`None`: not made ready), else one.
+    queues: Vec<Option<Queue>>,
     /// The negotiated features.
     features: u64,
 }
 
-/// A virtio block device over a [`Disk`].
+/// A virtio block device over a [`Disk`], with one or more request
+/// queues.
 pub struct VirtioBlock<D> {
     disk: D,
     config: [u8; config::LEN],
+    num_queues: u16,
+    queue_sizes: [u16; MAX_QUEUES as usize],
     active: Option<Active>,
 }
 
 impl<D: Disk> VirtioBlock<D> {
+    /// A device with one request queue (no VIRTIO_BLK_F_MQ).
     pub fn new(disk: D) -> VirtioBlock<D> {
+        Self::build(disk, 1)
+    }
+
+    /// A device with `n` request queues, 1 to [`MAX_QUEUES`] (else
+    /// `None`); above 1 it offers VIRTIO_BLK_F_MQ with `num_queues` = `n`.
+    /// Each queue is served on its own notification only (rule
+    /// `vq_scaling`); a driver may make fewer of them ready (queue 0 is
+    /// needed), and without VIRTIO_BLK_F_MQ only queue 0 is used.
+    pub fn with_queues(disk: D, n: u16) -> Option<VirtioBlock<D>> {
+        (1..=MAX_QUEUES).contains(&n).then(|| Self::build(disk, n))
+    }
+
+    fn build(disk: D, num_queues: u16) -> VirtioBlock<D> {
         let capacity = disk.size() / SECTOR_SIZE;
         let mut c = [0u8; config::LEN];
         c[config::CAPACITY..][..8].copy_from_slice(&capacity.to_le_bytes());
+        if num_queues > 1 {
+            c[config::NUM_QUEUES..][..2].copy_from_slice(&num_queues.to_le_bytes());
+        }
         for (at, v) in [
             (config::MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS),
             (config::MAX_DISCARD_SEG, MAX_DISCARD_SEG),
@@ -468,8 +501,15 @@ impl<D: Disk> VirtioBlock<D> {
         VirtioBlock {
             disk,
             config: c,
+            num_queues,
+            queue_sizes: [QUEUE_SIZE; MAX_QUEUES as usize],
             active: None,
         }
+    }
+
+    /// The request queues the device declares.
+    pub fn num_queues(&self) -> u16 {
+        self.num_queues
     }
 
     pub fn disk(&self) -> &D {
@@ -496,7 +536,13 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
         } else {
             0
         };
+        let mq = if self.num_queues > 1 {
+            VIRTIO_BLK_F_MQ
+        } else {
+            0
+        };
         VIRTIO_BLK_F_FLUSH
+            | mq
             | VIRTIO_BLK_F_DISCARD
             | VIRTIO_BLK_F_WRITE_ZEROES
             | ro
@@ -505,7 +551,7 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+        &self.queue_sizes[..usize::from(self.num_queues)]
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -513,28 +559,36 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let Some(Some(queue)) = a.queues.into_iter().next() else {
+        let mut queues = a.queues;
+        // §5.2.2: one request queue unless VIRTIO_BLK_F_MQ.
+        if a.features & VIRTIO_BLK_F_MQ == 0 {
+            queues.truncate(1);
+        }
+        if !matches!(queues.first(), Some(Some(_))) {
             return Err(ActivateError::QueueNotReady(0));
-        };
+        }
         self.active = Some(Active {
             mem: a.mem,
             irq: a.irq,
-            queue,
+            queues,
             features: a.features,
         });
         Ok(())
     }
 
+    /// Serves queue `index` alone (rule `vq_scaling`): the other queues'
+    /// requests wait for their own notifications.
     fn queue_notify(&mut self, index: u16) {
-        let (Some(a), 0) = (self.active.as_mut(), index) else {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let Some(Some(queue)) = a.queues.get_mut(usize::from(index)) else {
             return;
         };
         let disk = &mut self.disk;
         let (mem, f) = (&*a.mem, a.features);
-        if let Err(e) = serve_queue(&mut a.queue, mem, &a.irq, |c| {
-            handle_request_with(c, mem, disk, f)
-        }) {
-            log::debug!("virtio-blk: queue broken: {e:?}");
+        if let Err(e) = serve_queue(queue, mem, &a.irq, |c| handle_request_with(c, mem, disk, f)) {
+            log::debug!("virtio-blk: queue {index} broken: {e:?}");
         }
     }
 

@@ -162,6 +162,10 @@ impl Dev {
         status
     }
 
+    fn used_idx(&self, q: u16) -> u16 {
+        ring(&self.mem, q).used_idx()
+    }
+
     fn notify(&mut self, q: u16) {
         self.w(REG_QUEUE_NOTIFY, u32::from(q));
     }
@@ -208,6 +212,7 @@ fn blk_offers_discard_and_write_zeroes_with_their_config() {
     let f = u64::from(d.r(REG_DEVICE_FEATURES));
     assert_ne!(f & VIRTIO_BLK_F_DISCARD, 0);
     assert_ne!(f & VIRTIO_BLK_F_WRITE_ZEROES, 0);
+    assert_eq!(f & VIRTIO_BLK_F_MQ, 0, "one queue: no MQ");
     assert_eq!(d.t.read(CONFIG_SPACE, B8), 32, "capacity");
     for (off, want) in [
         (8, 0),     // size_max
@@ -541,4 +546,101 @@ fn check_virtqueue_serves_discard_and_write_zeroes() {
         blk: true,
     };
     check_virtqueue(&case).unwrap();
+}
+
+// ---------------------------------------------------------- multi-queue
+
+const MQ_DWZ: u64 = VIRTIO_BLK_F_MQ | VIRTIO_BLK_F_WRITE_ZEROES;
+
+#[test]
+fn inv_vq_scaling_blk_queues_served_independently() {
+    let blk = VirtioBlock::with_queues(disk(32), 2).unwrap();
+    let mut d = Dev::new(blk, MQ_DWZ, &[0, 1]);
+    let before = d.bytes();
+    let s0 = d.push(0, ZEROES, 0, &segs(&[(0, 2, 0)]));
+    let s1 = d.push(1, ZEROES, 0, &segs(&[(10, 2, 0)]));
+    let s2 = d.push(1, ZEROES, 0, &segs(&[(12, 1, 0)]));
+    // A notification of queue 1 serves queue 1 only.
+    d.notify(1);
+    assert_eq!((d.used_idx(0), d.used_idx(1)), (0, 2));
+    assert_eq!(d.mem.read_u8(s0).unwrap(), 0xee, "queue 0's request waits");
+    assert_eq!(d.mem.read_u8(s1).unwrap(), OK);
+    assert_eq!(d.mem.read_u8(s2).unwrap(), OK);
+    let mid = d.bytes();
+    assert!(zeroed(&mid, 10..13));
+    assert_eq!(
+        mid[..10 * 512],
+        before[..10 * 512],
+        "nothing of queue 0 done"
+    );
+    // Again: nothing new on queue 1, queue 0 still waits.
+    d.notify(1);
+    assert_eq!((d.used_idx(0), d.used_idx(1)), (0, 2));
+    // Queue 0's own notification serves it, and it alone.
+    let s3 = d.push(1, ZEROES, 0, &segs(&[(20, 1, 0)]));
+    d.notify(0);
+    assert_eq!((d.used_idx(0), d.used_idx(1)), (1, 2));
+    assert_eq!(d.mem.read_u8(s0).unwrap(), OK);
+    assert_eq!(d.mem.read_u8(s3).unwrap(), 0xee);
+    assert!(zeroed(&d.bytes(), 0..2) && !zeroed(&d.bytes(), 20..21));
+    d.notify(1);
+    assert_eq!((d.used_idx(0), d.used_idx(1)), (1, 3));
+}
+
+#[test]
+fn blk_multi_queue_declares_its_queues() {
+    assert!(VirtioBlock::with_queues(disk(1), 0).is_none());
+    assert!(VirtioBlock::with_queues(disk(1), MAX_QUEUES + 1).is_none());
+    assert_eq!(VirtioBlock::new(disk(1)).num_queues(), 1);
+    let one = VirtioBlock::with_queues(disk(1), 1).unwrap();
+    assert_eq!(one.features() & VIRTIO_BLK_F_MQ, 0);
+    let blk = VirtioBlock::with_queues(disk(4), MAX_QUEUES).unwrap();
+    assert_eq!(blk.num_queues(), MAX_QUEUES);
+    assert_eq!(blk.queue_max_sizes(), [QUEUE_SIZE; MAX_QUEUES as usize]);
+    let mut d = Dev::new(blk, MQ_DWZ, &[0]);
+    d.w(REG_DEVICE_FEATURES_SEL, 0);
+    assert_ne!(u64::from(d.r(REG_DEVICE_FEATURES)) & VIRTIO_BLK_F_MQ, 0);
+    let nq = CONFIG_SPACE + config::NUM_QUEUES as u64;
+    assert_eq!(d.t.read(nq, B2), u64::from(MAX_QUEUES));
+    assert_eq!(d.t.read(CONFIG_SPACE, B8), 4, "capacity");
+    assert_eq!(d.config32(36), MAX_DISCARD_SECTORS, "after num_queues");
+    for q in 0..=MAX_QUEUES {
+        d.w(REG_QUEUE_SEL, u32::from(q));
+        let want = if q < MAX_QUEUES { 256 } else { 0 };
+        assert_eq!(d.r(REG_QUEUE_NUM_MAX), want, "queue {q}");
+    }
+}
+
+#[test]
+fn blk_multi_queue_driver_may_use_fewer_queues() {
+    // Four queues, the driver makes 0 and 2 ready (Linux uses at most one
+    // queue per CPU; any subset with queue 0 is accepted).
+    let blk = VirtioBlock::with_queues(disk(8), 4).unwrap();
+    let mut d = Dev::new(blk, MQ_DWZ, &[0, 2]);
+    assert!(d.t.is_active());
+    let s = d.push(2, ZEROES, 0, &segs(&[(3, 1, 0)]));
+    d.notify(1);
+    d.notify(3);
+    assert_eq!(d.mem.read_u8(s).unwrap(), 0xee);
+    d.notify(2);
+    assert_eq!(d.mem.read_u8(s).unwrap(), OK);
+    assert!(zeroed(&d.bytes(), 3..4));
+    // Queue 0 not ready: the device refuses DRIVER_OK.
+    let blk = VirtioBlock::with_queues(disk(8), 4).unwrap();
+    let mut d = Dev::new(blk, MQ_DWZ, &[1]);
+    assert!(!d.t.is_active());
+    assert_ne!(d.status() & status::DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn blk_without_mq_negotiated_serves_queue_0_only() {
+    let blk = VirtioBlock::with_queues(disk(8), 2).unwrap();
+    let mut d = Dev::new(blk, VIRTIO_BLK_F_WRITE_ZEROES, &[0, 1]);
+    assert!(d.t.is_active());
+    let s1 = d.push(1, ZEROES, 0, &segs(&[(1, 1, 0)]));
+    d.notify(1);
+    assert_eq!(d.used_idx(1), 0, "queue 1 is not a request queue");
+    assert_eq!(d.mem.read_u8(s1).unwrap(), 0xee);
+    assert_eq!(d.req(ZEROES, &segs(&[(2, 1, 0)])), (1, OK));
+    assert!(!zeroed(&d.bytes(), 1..2) && zeroed(&d.bytes(), 2..3));
 }
