@@ -14,7 +14,8 @@
 //! - [`check_psci`]: any sequence of PSCI calls from the running vCPUs of a
 //!   multi-vCPU VM agrees with a model of DEN0022's power states.
 //! - [`check_virtqueue`]: any split-queue rings, descriptors and buffers,
-//!   served as virtio-blk requests or chain walks over guarded RAM: no
+//!   served as virtio-blk requests (DISCARD and WRITE_ZEROES negotiated)
+//!   or chain walks over guarded RAM: no
 //!   host access outside the VM's RAM (rule `guest_addr`), every walk
 //!   bounded, the used ring consistent with the device.
 //! - [`check_conf_line`]: any text as a `vms.conf` line or boot-module
@@ -680,9 +681,13 @@ pub struct VqCase {
 /// size + [`queue::MAX_INDIRECT`] descriptors) with every buffer in RAM;
 /// a served queue's `used.idx` in RAM is the device's count and each used
 /// id is a valid head; a broken queue stays broken; the block disk is
-/// untouched outside the sectors a well-formed OUT names.
+/// untouched outside the sectors a well-formed OUT, or a segment of a
+/// DISCARD or WRITE_ZEROES request, names.
 pub fn check_virtqueue(case: &VqCase) -> Result<(), String> {
-    use crate::virtio::block::{handle_request, MemDisk, SECTOR_SIZE};
+    use crate::virtio::block::{
+        handle_request, MemDisk, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SEG, SECTOR_SIZE, SEGMENT_LEN,
+        VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    };
     use crate::virtio::queue::{self, ChainError, Queue, QueueConfig};
     use crate::virtio::{serve_queue, IrqTrigger, QueueMemory, Signals};
 
@@ -716,7 +721,8 @@ pub fn check_virtqueue(case: &VqCase) -> Result<(), String> {
         .map(|i| i as u8)
         .collect();
     let mut disk = MemDisk::new(disk_bytes.clone());
-    let mut out_sectors = Vec::new();
+    // (first sector, sectors) a request may change.
+    let mut named: Vec<(u64, u64)> = Vec::new();
     let bound = u32::from(size) + queue::MAX_INDIRECT;
     let mut served = 0u32;
     for round in 0..2 {
@@ -726,10 +732,30 @@ pub fn check_virtqueue(case: &VqCase) -> Result<(), String> {
                 walk_err = Some(format!("head {} of a {size}-entry queue", chain.head()));
             }
             if case.blk {
-                // Which sectors a well-formed OUT may write.
+                // Which sectors a well-formed OUT, DISCARD or WRITE_ZEROES
+                // may change (the disk is smaller than any OUT's reach
+                // past its sector; a segment names its own range).
                 let mut h = [0u8; 16];
-                if chain.read_at(&mem, 0, &mut h).is_ok() && h[0..4] == [1, 0, 0, 0] {
-                    out_sectors.push(u64::from_le_bytes(h[8..16].try_into().unwrap_or_default()));
+                if chain.read_at(&mem, 0, &mut h).is_ok() {
+                    let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                    let sector = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+                    if kind == VIRTIO_BLK_T_OUT {
+                        named.push((sector, VQ_DISK_SECTORS));
+                    }
+                    if kind == VIRTIO_BLK_T_DISCARD || kind == VIRTIO_BLK_T_WRITE_ZEROES {
+                        let mut seg = [0u8; SEGMENT_LEN as usize];
+                        // The device reads no more segments than that.
+                        let most = MAX_DISCARD_SEG.max(MAX_WRITE_ZEROES_SEG);
+                        for i in 0..u64::from(most) {
+                            let at = 16 + i * u64::from(SEGMENT_LEN);
+                            if chain.read_at(&mem, at, &mut seg).is_err() {
+                                break;
+                            }
+                            let start = u64::from_le_bytes(seg[..8].try_into().unwrap_or_default());
+                            let n = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
+                            named.push((start, u64::from(n)));
+                        }
+                    }
                 }
                 return handle_request(chain, &mem, &mut disk);
             }
@@ -796,15 +822,14 @@ pub fn check_virtqueue(case: &VqCase) -> Result<(), String> {
     if validated && served == 0 && q.is_broken() && case.ram.is_empty() {
         return Err("an empty, valid queue broke".into());
     }
-    // The disk changed only in sectors some OUT request named.
+    // The disk changed only in sectors some OUT, DISCARD or WRITE_ZEROES
+    // request named.
     for (i, (a, b)) in disk.bytes.iter().zip(&disk_bytes).enumerate() {
         let sector = i as u64 / SECTOR_SIZE;
-        if a != b
-            && !out_sectors
-                .iter()
-                .any(|&s| sector >= s && sector - s < VQ_DISK_SECTORS)
-        {
-            return Err(format!("disk byte {i:#x} changed without an OUT near it"));
+        if a != b && !named.iter().any(|&(s, n)| sector >= s && sector - s < n) {
+            return Err(format!(
+                "disk byte {i:#x} changed without a request naming it"
+            ));
         }
     }
     Ok(())

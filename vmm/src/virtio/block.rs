@@ -1,18 +1,41 @@
-//! The block device (VIRTIO 1.2 §5.2): device ID 2, one queue, requests
-//! parsed by [`handle_request`] over a [`Disk`].
+//! The block device (VIRTIO 1.2 §5.2): device ID 2, requests parsed by
+//! [`handle_request_with`] over a [`Disk`], on one request queue
+//! ([`VirtioBlock::new`]) or up to [`MAX_QUEUES`]
+//! ([`VirtioBlock::with_queues`], `VIRTIO_BLK_F_MQ` with `num_queues`).
+//! Rule `vq_scaling`: a notification serves its own queue and no other
+//! (within the [`serve_queue`] budget), so queues could be served on
+//! several CPUs once the host is SMP; they share the [`Disk`], which
+//! would then need a lock of its own. The driver may make fewer queues
+//! ready than declared (queue 0 is needed); without `VIRTIO_BLK_F_MQ`
+//! only queue 0 is served.
 //!
 //! A request (§5.2.6) is a device-readable header `{le32 type, le32
-//! reserved, le64 sector}`, data (device-readable for OUT, device-writable
-//! for IN and GET_ID) and a device-writable status byte, the last byte of
-//! the chain. The parser assumes no framing (§2.7.4): the header and the
-//! data may be split over descriptors in any way. Types served: IN (0),
-//! OUT (1), FLUSH (4), GET_ID (8); others get `VIRTIO_BLK_S_UNSUPP`. IN and
-//! OUT with data that is not whole sectors, or reaching beyond the
-//! capacity, and OUT on a read-only disk, get `VIRTIO_BLK_S_IOERR` with no
-//! data moved (§5.2.6.2). A chain without a writable byte for the status,
-//! or malformed ([`ChainError`]), is returned with length 0.
+//! reserved, le64 sector}`, data (device-readable for OUT, DISCARD and
+//! WRITE_ZEROES, device-writable for IN and GET_ID) and a device-writable
+//! status byte, the last byte of the chain. The parser assumes no framing
+//! (§2.7.4): the header and the data may be split over descriptors in any
+//! way. Types served: IN (0), OUT (1), FLUSH (4), GET_ID (8), and with
+//! their features negotiated DISCARD (11, `VIRTIO_BLK_F_DISCARD`) and
+//! WRITE_ZEROES (13, `VIRTIO_BLK_F_WRITE_ZEROES`); others get
+//! `VIRTIO_BLK_S_UNSUPP`. IN and OUT with data that is not whole sectors,
+//! or reaching beyond the capacity, and OUT on a read-only disk, get
+//! `VIRTIO_BLK_S_IOERR` with no data moved (§5.2.6.2). A chain without a
+//! writable byte for the status, or malformed ([`ChainError`]), is
+//! returned with length 0.
 //!
-//! Configuration space (§5.2.4): `capacity` (le64, 512-byte sectors) only.
+//! DISCARD and WRITE_ZEROES carry 1 to 16 segments `{le64 sector; le32
+//! num_sectors; le32 flags}` (flag bit 0: `unmap`, write zeroes only).
+//! All segments are checked before the disk is touched: data that is not
+//! whole segments, no segment, too many, more than 8192 sectors (4 MiB)
+//! in all, a range beyond the capacity, or a read-only disk: IOERR; a
+//! reserved flag or `unmap` on a discard: UNSUPP. The 4 MiB bound is the
+//! most one request asks of [`Disk::discard`] / [`Disk::write_zeroes`].
+//! `unmap` is accepted and ignored (zeroes are written;
+//! `write_zeroes_may_unmap` is 0).
+//!
+//! Configuration space (§5.2.4, [`config`]): `capacity` (le64, 512-byte
+//! sectors), `num_queues` (with more than one queue), the discard and
+//! write-zeroes limits; the other fields read as 0.
 
 use alloc::vec::Vec;
 
@@ -24,16 +47,23 @@ use super::{
 
 pub const SECTOR_SIZE: u64 = 512;
 pub const QUEUE_SIZE: u16 = 256;
+/// Request queues of one device at most ([`VirtioBlock::with_queues`]).
+pub const MAX_QUEUES: u16 = 8;
 
 /// Feature bits (§5.2.3).
 pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 
 /// Request types (§5.2.6).
 pub const VIRTIO_BLK_T_IN: u32 = 0;
 pub const VIRTIO_BLK_T_OUT: u32 = 1;
 pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
 pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
 
 /// Status byte values (§5.2.6).
 pub const VIRTIO_BLK_S_OK: u8 = 0;
@@ -44,6 +74,52 @@ pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 pub const HEADER_LEN: u32 = 16;
 /// Length of the GET_ID string.
 pub const ID_LEN: usize = 20;
+
+/// Length of one `virtio_blk_discard_write_zeroes` segment: `{le64 sector;
+/// le32 num_sectors; le32 flags}` (§5.2.6).
+pub const SEGMENT_LEN: u32 = 16;
+/// The segment flag `unmap` (write zeroes only; bits 1-31 are reserved).
+pub const SEGMENT_F_UNMAP: u32 = 1;
+
+/// Segments of one DISCARD request at most (`max_discard_seg`).
+pub const MAX_DISCARD_SEG: u32 = 16;
+/// Sectors of one DISCARD request at most, over all its segments
+/// (`max_discard_sectors`): 4 MiB, the work one request may ask of the
+/// [`Disk`] in one exit.
+pub const MAX_DISCARD_SECTORS: u32 = 8192;
+/// `discard_sector_alignment`: a hint for the driver's splitting; any
+/// sector can be discarded.
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 1;
+/// Segments of one WRITE_ZEROES request at most (`max_write_zeroes_seg`).
+pub const MAX_WRITE_ZEROES_SEG: u32 = 16;
+/// Sectors of one WRITE_ZEROES request at most, over all its segments
+/// (`max_write_zeroes_sectors`): one exit zeroes at most 4 MiB.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 8192;
+
+/// Offsets of the configuration space fields (`struct virtio_blk_config`,
+/// §5.2.4) this device fills in; the others read as 0.
+pub mod config {
+    /// le64, 512-byte sectors.
+    pub const CAPACITY: usize = 0;
+    /// le16 (with VIRTIO_BLK_F_MQ).
+    pub const NUM_QUEUES: usize = 34;
+    /// le32 each (with VIRTIO_BLK_F_DISCARD).
+    pub const MAX_DISCARD_SECTORS: usize = 36;
+    pub const MAX_DISCARD_SEG: usize = 40;
+    pub const DISCARD_SECTOR_ALIGNMENT: usize = 44;
+    /// le32 each (with VIRTIO_BLK_F_WRITE_ZEROES).
+    pub const MAX_WRITE_ZEROES_SECTORS: usize = 48;
+    pub const MAX_WRITE_ZEROES_SEG: usize = 52;
+    /// u8: 0, [`super::Disk::write_zeroes`] never deallocates.
+    pub const WRITE_ZEROES_MAY_UNMAP: usize = 56;
+    /// The image up to `unused1[3]` (the secure-erase and zoned fields
+    /// after it read as 0).
+    pub const LEN: usize = 60;
+}
+
+/// What [`Disk::write_zeroes`] writes at a time by default.
+const ZERO_CHUNK: usize = 4096;
+static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskError;
@@ -59,6 +135,28 @@ pub trait Disk: Send {
     }
     fn read_only(&self) -> bool {
         false
+    }
+    /// DISCARD of `len` bytes at `offset` (whole sectors inside the disk,
+    /// checked by the device): the disk may deallocate them; afterwards
+    /// they may read as anything (§5.2.6: the driver assumes nothing).
+    /// Default: nothing happens and the data stays, a valid discard.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        let _ = (offset, len);
+        Ok(())
+    }
+    /// WRITE_ZEROES of `len` bytes at `offset` (whole sectors inside the
+    /// disk, checked by the device): they read as zeroes afterwards.
+    /// Default: [`Self::write`] from a zeroed buffer, 4 KiB at a time
+    /// (the device bounds `len` by [`MAX_WRITE_ZEROES_SECTORS`]).
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        let mut done = 0u64;
+        while done < len {
+            let k = (len - done).min(ZERO_CHUNK as u64) as usize;
+            let at = offset.checked_add(done).ok_or(DiskError)?;
+            self.write(at, &ZEROES[..k])?;
+            done += k as u64;
+        }
+        Ok(())
     }
     /// The GET_ID string (zero-padded).
     fn id(&self) -> [u8; ID_LEN] {
@@ -115,6 +213,16 @@ impl Disk for MemDisk {
     fn read_only(&self) -> bool {
         self.read_only
     }
+    /// Zeroes the range (what a later read sees is then well defined).
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.write_zeroes(offset, len)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        let len = usize::try_from(len).map_err(|_| DiskError)?;
+        let r = self.range(offset, len)?;
+        self.bytes[r].fill(0);
+        Ok(())
+    }
 }
 
 /// The byte range of `sector` and `len` bytes on a disk of `disk_len`
@@ -129,12 +237,125 @@ fn data_range(sector: u64, len: u64, disk_len: u64) -> Option<u64> {
     (end <= capacity).then_some(start)
 }
 
-/// Serves one request: returns the bytes written to the chain's writable
-/// buffers (data and status), or the chain's error (no status written).
+/// One `virtio_blk_discard_write_zeroes` segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Segment {
+    sector: u64,
+    num_sectors: u32,
+    flags: u32,
+}
+
+/// Segments of one DISCARD or WRITE_ZEROES request at most.
+const MAX_SEGMENTS: usize = if MAX_DISCARD_SEG > MAX_WRITE_ZEROES_SEG {
+    MAX_DISCARD_SEG as usize
+} else {
+    MAX_WRITE_ZEROES_SEG as usize
+};
+
+/// A DISCARD (`zeroes` false) or WRITE_ZEROES request whose readable data
+/// after the header is `data_len` bytes: returns the status byte.
+///
+/// Every segment is read and checked before the disk is touched, so a
+/// refused request has no effect: data that is not whole segments, no
+/// segment, more than `max_*_seg` segments, more than `max_*_sectors`
+/// sectors in all, or a range beyond the capacity (or whose byte offset
+/// overflows) gets IOERR, as does a read-only disk; a reserved flag, or
+/// `unmap` on a discard, gets UNSUPP (§5.2.6.2). Only a [`Disk`] failure
+/// while the segments are carried out can leave part of them done (the
+/// spec leaves the segments indeterminate on IOERR).
+fn discard_write_zeroes<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
+    chain: &DescriptorChain,
+    mem: &M,
+    disk: &mut D,
+    zeroes: bool,
+    data_len: u64,
+) -> u8 {
+    let (max_seg, max_sectors, flags_ok) = if zeroes {
+        (
+            MAX_WRITE_ZEROES_SEG,
+            MAX_WRITE_ZEROES_SECTORS,
+            SEGMENT_F_UNMAP,
+        )
+    } else {
+        (MAX_DISCARD_SEG, MAX_DISCARD_SECTORS, 0)
+    };
+    let seg_len = u64::from(SEGMENT_LEN);
+    let n = data_len / seg_len;
+    if n == 0 || !data_len.is_multiple_of(seg_len) || n > u64::from(max_seg) {
+        return VIRTIO_BLK_S_IOERR;
+    }
+    let n = n as usize;
+    let mut raw = [0u8; MAX_SEGMENTS * SEGMENT_LEN as usize];
+    let raw = &mut raw[..n * SEGMENT_LEN as usize];
+    if chain.read_at(mem, u64::from(HEADER_LEN), raw).is_err() {
+        return VIRTIO_BLK_S_IOERR;
+    }
+    let mut segs = [Segment::default(); MAX_SEGMENTS];
+    for (s, b) in segs.iter_mut().zip(raw.chunks_exact(SEGMENT_LEN as usize)) {
+        let le32 = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        *s = Segment {
+            sector: u64::from(le32(0)) | u64::from(le32(4)) << 32,
+            num_sectors: le32(8),
+            flags: le32(12),
+        };
+    }
+    let segs = &segs[..n];
+    if segs.iter().any(|s| s.flags & !flags_ok != 0) {
+        return VIRTIO_BLK_S_UNSUPP;
+    }
+    if disk.read_only() {
+        return VIRTIO_BLK_S_IOERR;
+    }
+    let total: u64 = segs.iter().map(|s| u64::from(s.num_sectors)).sum();
+    if total > u64::from(max_sectors) {
+        return VIRTIO_BLK_S_IOERR;
+    }
+    let disk_len = disk.size();
+    let mut ranges = [(0u64, 0u64); MAX_SEGMENTS];
+    for (r, s) in ranges.iter_mut().zip(segs) {
+        let len = u64::from(s.num_sectors) * SECTOR_SIZE;
+        let Some(start) = data_range(s.sector, len, disk_len) else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        *r = (start, len);
+    }
+    for &(start, len) in ranges[..n].iter().filter(|r| r.1 > 0) {
+        let r = if zeroes {
+            disk.write_zeroes(start, len)
+        } else {
+            disk.discard(start, len)
+        };
+        if r.is_err() {
+            return VIRTIO_BLK_S_IOERR;
+        }
+    }
+    VIRTIO_BLK_S_OK
+}
+
+/// Serves one request with every request type this device offers
+/// ([`handle_request_with`] with DISCARD and WRITE_ZEROES negotiated).
 pub fn handle_request<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
     chain: &DescriptorChain,
     mem: &M,
     disk: &mut D,
+) -> Result<u32, ChainError> {
+    handle_request_with(
+        chain,
+        mem,
+        disk,
+        VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES,
+    )
+}
+
+/// Serves one request under the negotiated `features` (DISCARD and
+/// WRITE_ZEROES requests without their feature get UNSUPP): returns the
+/// bytes written to the chain's writable buffers (data and status), or
+/// the chain's error (no status written).
+pub fn handle_request_with<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
+    chain: &DescriptorChain,
+    mem: &M,
+    disk: &mut D,
+    features: u64,
 ) -> Result<u32, ChainError> {
     let s = chain.summary(mem)?;
     let Some(status_at) = s.writable.checked_sub(1) else {
@@ -213,6 +434,12 @@ pub fn handle_request<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
                 chain.write_at(mem, 0, &disk.id()[..n])?;
                 (VIRTIO_BLK_S_OK, n as u32)
             }
+            VIRTIO_BLK_T_DISCARD if features & VIRTIO_BLK_F_DISCARD != 0 => {
+                (discard_write_zeroes(chain, mem, disk, false, data_out), 0)
+            }
+            VIRTIO_BLK_T_WRITE_ZEROES if features & VIRTIO_BLK_F_WRITE_ZEROES != 0 => {
+                (discard_write_zeroes(chain, mem, disk, true, data_out), 0)
+            }
             _ => (VIRTIO_BLK_S_UNSUPP, 0),
         }
     };
@@ -223,24 +450,66 @@ pub fn handle_request<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
 struct Active {
     mem: MemHandle,
     irq: IrqTrigger,
-    queue: Queue,
+    /// The request queues in use: one per queue the device declared with
+    /// VIRTIO_BLK_F_MQ negotiated (`None`: not made ready), else one.
+    queues: Vec<Option<Queue>>,
+    /// The negotiated features.
+    features: u64,
 }
 
-/// A virtio block device over a [`Disk`].
+/// A virtio block device over a [`Disk`], with one or more request
+/// queues.
 pub struct VirtioBlock<D> {
     disk: D,
-    config: [u8; 8],
+    config: [u8; config::LEN],
+    num_queues: u16,
+    queue_sizes: [u16; MAX_QUEUES as usize],
     active: Option<Active>,
 }
 
 impl<D: Disk> VirtioBlock<D> {
+    /// A device with one request queue (no VIRTIO_BLK_F_MQ).
     pub fn new(disk: D) -> VirtioBlock<D> {
+        Self::build(disk, 1)
+    }
+
+    /// A device with `n` request queues, 1 to [`MAX_QUEUES`] (else
+    /// `None`); above 1 it offers VIRTIO_BLK_F_MQ with `num_queues` = `n`.
+    /// Each queue is served on its own notification only (rule
+    /// `vq_scaling`); a driver may make fewer of them ready (queue 0 is
+    /// needed), and without VIRTIO_BLK_F_MQ only queue 0 is used.
+    pub fn with_queues(disk: D, n: u16) -> Option<VirtioBlock<D>> {
+        (1..=MAX_QUEUES).contains(&n).then(|| Self::build(disk, n))
+    }
+
+    fn build(disk: D, num_queues: u16) -> VirtioBlock<D> {
         let capacity = disk.size() / SECTOR_SIZE;
+        let mut c = [0u8; config::LEN];
+        c[config::CAPACITY..][..8].copy_from_slice(&capacity.to_le_bytes());
+        if num_queues > 1 {
+            c[config::NUM_QUEUES..][..2].copy_from_slice(&num_queues.to_le_bytes());
+        }
+        for (at, v) in [
+            (config::MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS),
+            (config::MAX_DISCARD_SEG, MAX_DISCARD_SEG),
+            (config::DISCARD_SECTOR_ALIGNMENT, DISCARD_SECTOR_ALIGNMENT),
+            (config::MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SECTORS),
+            (config::MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SEG),
+        ] {
+            c[at..][..4].copy_from_slice(&v.to_le_bytes());
+        }
         VirtioBlock {
             disk,
-            config: capacity.to_le_bytes(),
+            config: c,
+            num_queues,
+            queue_sizes: [QUEUE_SIZE; MAX_QUEUES as usize],
             active: None,
         }
+    }
+
+    /// The request queues the device declares.
+    pub fn num_queues(&self) -> u16 {
+        self.num_queues
     }
 
     pub fn disk(&self) -> &D {
@@ -267,11 +536,22 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
         } else {
             0
         };
-        VIRTIO_BLK_F_FLUSH | ro | features::INDIRECT_DESC | features::EVENT_IDX
+        let mq = if self.num_queues > 1 {
+            VIRTIO_BLK_F_MQ
+        } else {
+            0
+        };
+        VIRTIO_BLK_F_FLUSH
+            | mq
+            | VIRTIO_BLK_F_DISCARD
+            | VIRTIO_BLK_F_WRITE_ZEROES
+            | ro
+            | features::INDIRECT_DESC
+            | features::EVENT_IDX
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+        &self.queue_sizes[..usize::from(self.num_queues)]
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -279,25 +559,36 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let Some(Some(queue)) = a.queues.into_iter().next() else {
+        let mut queues = a.queues;
+        // §5.2.2: one request queue unless VIRTIO_BLK_F_MQ.
+        if a.features & VIRTIO_BLK_F_MQ == 0 {
+            queues.truncate(1);
+        }
+        if !matches!(queues.first(), Some(Some(_))) {
             return Err(ActivateError::QueueNotReady(0));
-        };
+        }
         self.active = Some(Active {
             mem: a.mem,
             irq: a.irq,
-            queue,
+            queues,
+            features: a.features,
         });
         Ok(())
     }
 
+    /// Serves queue `index` alone (rule `vq_scaling`): the other queues'
+    /// requests wait for their own notifications.
     fn queue_notify(&mut self, index: u16) {
-        let (Some(a), 0) = (self.active.as_mut(), index) else {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let Some(Some(queue)) = a.queues.get_mut(usize::from(index)) else {
             return;
         };
         let disk = &mut self.disk;
-        let mem = &*a.mem;
-        if let Err(e) = serve_queue(&mut a.queue, mem, &a.irq, |c| handle_request(c, mem, disk)) {
-            log::debug!("virtio-blk: queue broken: {e:?}");
+        let (mem, f) = (&*a.mem, a.features);
+        if let Err(e) = serve_queue(queue, mem, &a.irq, |c| handle_request_with(c, mem, disk, f)) {
+            log::debug!("virtio-blk: queue {index} broken: {e:?}");
         }
     }
 
@@ -305,3 +596,7 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
         self.active = None;
     }
 }
+
+#[cfg(test)]
+#[path = "block_tests.rs"]
+mod tests;
