@@ -23,8 +23,8 @@ use vmm::backend::GuestArch;
 use vmm::backend::Vcpu as _;
 use vmm::config::{self, VirtioSpec, VmSpec};
 use vmm::console::CONSOLE_TURN_BUDGET;
-use vmm::hvconsole::{Action, HvConsole};
 use vmm::devices::ConsoleSink;
+use vmm::hvconsole::{Action, HvConsole};
 use vmm::mem::{Backing, MemError};
 use vmm::virtio::block::{Disk, DiskError, VirtioBlock, SECTOR_SIZE};
 use vmm::virtio::rng::VirtioRng;
@@ -537,7 +537,10 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         freq: virt::clock().frequency(),
         ..IdleStats::default()
     };
-    let mut keys = HvConsole::new();
+    let mut keys = Keys {
+        console: HvConsole::new(),
+        typed: alloc::collections::VecDeque::new(),
+    };
     loop {
         console_keys(&mut keys, &mut slots);
         let mut active = 0;
@@ -606,24 +609,59 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
 
 /// A stopped VM's exits by reason (`vmm::stats`; handling times with the
 /// kernel option `stats`), and those its backend handled itself.
+/// Keys typed for a VM that its UART has not taken yet: a UART without
+/// FIFO holds one byte, and keys arrive faster than a guest reads them.
+const TYPED_MAX: usize = 1024;
+
+/// The hypervisor console: its Ctrl-A state and the keys on their way to
+/// a VM (VM index, byte), oldest first.
+struct Keys {
+    console: HvConsole,
+    typed: alloc::collections::VecDeque<(usize, u8)>,
+}
+
 /// Keys typed on the hypervisor console (at most a line's worth per pass):
-/// input for the focused VM or Ctrl-A commands (`vmm::hvconsole`).
-fn console_keys(keys: &mut HvConsole, slots: &mut [Slot]) {
+/// input for the focused VM or Ctrl-A commands (`vmm::hvconsole`). Typed
+/// input reaches the VM's UART as fast as the guest makes room in it.
+fn console_keys(keys: &mut Keys, slots: &mut [Slot]) {
+    // First what is still on its way, in order (a VM whose UART is full
+    // keeps the rest for the next pass).
+    let mut blocked = alloc::vec![false; slots.len()];
+    keys.typed.retain(|&(vm, b)| {
+        let Some(s) = slots.get(vm).filter(|s| !s.done) else {
+            return false;
+        };
+        let stuck = blocked.get(vm).copied().unwrap_or(true);
+        if stuck || s.vm.console_input(&[b]) == 0 {
+            if let Some(x) = blocked.get_mut(vm) {
+                *x = true;
+            }
+            return true;
+        }
+        false
+    });
+    let keys_console = &mut keys.console;
     for _ in 0..64 {
         let Some(b) = crate::platform::console_getc() else {
             return;
         };
-        let focus = keys.focus();
-        match keys.key(b, slots.len()) {
+        let focus = keys_console.focus();
+        match keys_console.key(b, slots.len()) {
             Action::None => {}
             Action::Input(b) => {
-                if let Some(s) = slots.get(focus).filter(|s| !s.done) {
-                    if s.vm.console_input(&[b]) == 0 {
-                        log::warn!("vm {}: console input full, key dropped", s.vm.name());
+                if slots.get(focus).is_some_and(|s| !s.done) {
+                    if keys.typed.len() < TYPED_MAX {
+                        keys.typed.push_back((focus, b));
+                    } else {
+                        log::warn!(
+                            "console: {TYPED_MAX} keys not yet read by the guest; key dropped"
+                        );
                     }
                 }
             }
-            Action::Focus(n) => log::info!("console: input goes to vm {n} ({})", slots[n].vm.name()),
+            Action::Focus(n) => {
+                log::info!("console: input goes to vm {n} ({})", slots[n].vm.name())
+            }
             Action::List => {
                 for (n, s) in slots.iter().enumerate() {
                     let state = match s.vm.stop() {

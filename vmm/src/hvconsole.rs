@@ -104,7 +104,11 @@ mod tests {
         assert_eq!(c.key(b'\r', 3), Action::Input(b'\r'));
         assert_eq!(c.key(PREFIX, 3), Action::None);
         assert_eq!(c.key(PREFIX, 3), Action::Input(PREFIX));
-        assert_eq!(c.key(b'a', 3), Action::Input(b'a'), "the prefix is one key only");
+        assert_eq!(
+            c.key(b'a', 3),
+            Action::Input(b'a'),
+            "the prefix is one key only"
+        );
     }
 
     #[test]

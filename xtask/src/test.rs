@@ -245,6 +245,20 @@ fn run_captured(
     limit: Duration,
     log: &Path,
 ) -> Result<Captured> {
+    run_captured_with_input(program, args, cwd, limit, log, &[])
+}
+
+/// [`run_captured`] that types into the program's standard input: each
+/// `(marker, keys)` is written once `marker` has appeared on its standard
+/// output (after the previous marker), in order.
+fn run_captured_with_input(
+    program: &str,
+    args: &[String],
+    cwd: &Path,
+    limit: Duration,
+    log: &Path,
+    input: &[(&str, &str)],
+) -> Result<Captured> {
     let log_file =
         File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let backstop = (limit.as_secs() + 30).to_string();
@@ -253,12 +267,19 @@ fn run_captured(
         .args(["-s", "KILL", &backstop, program])
         .args(args)
         .current_dir(cwd)
-        .stdin(Stdio::null())
+        .stdin(if input.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let mut stdin = child.stdin.take();
+    let mut next_input = 0;
+    let mut seen_upto = 0;
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
     let t_out = pump(child.stdout.take().unwrap(), out.clone(), Some(log_file));
@@ -276,7 +297,24 @@ fn run_captured(
                 let _ = child.wait();
                 break None;
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(25)),
+            Ok(None) => {
+                if let (Some((marker, keys)), Some(w)) = (input.get(next_input), stdin.as_mut()) {
+                    let o = out.lock().unwrap();
+                    let hay = &o[seen_upto.min(o.len())..];
+                    if let Some(at) = hay
+                        .windows(marker.len().max(1))
+                        .position(|x| x == marker.as_bytes())
+                    {
+                        seen_upto += at + marker.len();
+                        drop(o);
+                        let _ = w.write_all(keys.as_bytes());
+                        let _ = w.flush();
+                        next_input += 1;
+                        continue;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25))
+            }
             Err(e) => return Err(format!("waiting for {program}: {e}")),
         }
     };
@@ -416,7 +454,7 @@ fn run_scenario(paths: &Paths, sc: &Scenario, program: &str, args: &[String]) ->
         tail,
         log: Some(log.clone()),
     };
-    let c = match run_captured(program, args, &paths.root, sc.timeout, &log) {
+    let c = match run_captured_with_input(program, args, &paths.root, sc.timeout, &log, sc.input) {
         Ok(c) => c,
         Err(e) => return fail(e, Vec::new()),
     };
@@ -924,6 +962,23 @@ mod tests {
         assert_eq!(tail("a\nb\nc\n", 2), ["b", "c"]);
         assert_eq!(tail("a", 5), ["a"]);
         assert!(tail("", 3).is_empty());
+    }
+
+    #[test]
+    fn input_is_typed_after_each_marker_in_order() {
+        let dir = std::env::temp_dir();
+        let log = dir.join(format!("xtask-input-{}.log", std::process::id()));
+        let script = "echo ready; read a; echo got $a; echo again; read b; echo then $b";
+        let args: Vec<String> = ["-c", script].iter().map(|s| s.to_string()).collect();
+        let input = [("ready", "one\n"), ("again", "two\n")];
+        let c = run_captured_with_input("sh", &args, &dir, Duration::from_secs(20), &log, &input)
+            .unwrap();
+        assert!(c.status.is_some_and(|s| s.success()));
+        assert_eq!(
+            String::from_utf8_lossy(&c.stdout),
+            "ready\ngot one\nagain\nthen two\n"
+        );
+        let _ = std::fs::remove_file(&log);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod boot;
 mod chaos;
 mod external;
 mod hostile;
+mod hvconsole;
 mod image;
 mod irq_x86;
 mod stats;
@@ -70,6 +71,9 @@ pub struct Scenario {
     pub expect_each: &'static [&'static [&'static str]],
     /// Substrings that must not appear anywhere.
     pub forbid: &'static [&'static str],
+    /// Keys typed on the serial console: each `(marker, keys)` once
+    /// `marker` has appeared (after the previous one), in order.
+    pub input: &'static [(&'static str, &'static str)],
 }
 
 /// One VM of a scenario: a line of the bundle's `vms.conf`.
@@ -231,6 +235,7 @@ pub fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Sc
         expect: BANNER_AND_SUCCESS,
         expect_each: &[],
         forbid: NO_CRASH,
+        input: &[],
     }
 }
 
@@ -268,5 +273,6 @@ pub fn all() -> Vec<Scenario> {
     v.extend(irq_x86::scenarios());
     v.extend(stats::scenarios());
     v.extend(virtio::scenarios());
+    v.extend(hvconsole::scenarios());
     v
 }
