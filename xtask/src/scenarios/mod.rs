@@ -21,6 +21,7 @@ mod irq_x86;
 mod stats;
 mod svm;
 mod virtio;
+mod virtio_console;
 
 /// One emulator run and what it must show.
 #[derive(Clone, Debug)]
@@ -268,5 +269,6 @@ pub fn all() -> Vec<Scenario> {
     v.extend(irq_x86::scenarios());
     v.extend(stats::scenarios());
     v.extend(virtio::scenarios());
+    v.extend(virtio_console::scenarios());
     v
 }
