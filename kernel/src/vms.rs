@@ -28,8 +28,7 @@ use vmm::hvconsole::{Action, HvConsole};
 use vmm::mem::{Backing, MemError};
 use vmm::virtio::block::{Disk, DiskError, VirtioBlock, SECTOR_SIZE};
 use vmm::virtio::rng::VirtioRng;
-use vmm::virtio::VirtioDevice;
-use vmm::vm::{VcpuState, Vm, VmConfig};
+use vmm::vm::{VcpuState, VirtioModel, Vm, VmConfig};
 
 use crate::platform::virt;
 
@@ -336,12 +335,9 @@ impl Disk for FrameDisk {
 }
 
 /// The virtio devices of `p`'s spec, in slot order.
-fn virtio_devices(
-    p: &Pending,
-    frames: &mut FrameAllocator,
-) -> Result<Vec<Box<dyn VirtioDevice>>, String> {
+fn virtio_devices(p: &Pending, frames: &mut FrameAllocator) -> Result<Vec<VirtioModel>, String> {
     use alloc::format;
-    let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut out: Vec<VirtioModel> = Vec::new();
     let mut disks = p.disks.iter();
     for d in &p.spec.virtio {
         match d {
@@ -354,8 +350,10 @@ fn virtio_devices(
                         source.kind().name()
                     );
                 }
-                out.push(Box::new(VirtioRng::new(source)));
+                out.push(VirtioModel::Device(Box::new(VirtioRng::new(source))));
             }
+            // The VM makes it: it prints to the VM's own console lines.
+            VirtioSpec::Console => out.push(VirtioModel::Console),
             VirtioSpec::Disk { file, read_only } => {
                 let data = disks.next().ok_or("internal: disk contents missing")?;
                 let size = data.len() as u64 & !(SECTOR_SIZE - 1);
@@ -380,11 +378,11 @@ fn virtio_devices(
                     };
                     base
                 };
-                out.push(Box::new(VirtioBlock::new(FrameDisk {
+                out.push(VirtioModel::Device(Box::new(VirtioBlock::new(FrameDisk {
                     base,
                     size,
                     read_only: *read_only,
-                })));
+                }))));
             }
         }
     }
@@ -426,7 +424,7 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     let sink: Arc<dyn ConsoleSink> = Arc::new(Console);
     let policy = virt::exit_policy(index, cfg.vcpus);
     let devices = virtio_devices(p, frames)?;
-    let mut vm = Vm::with_devices(&cfg, devices, backing, ram, &mut s2, sink, policy)
+    let mut vm = Vm::with_virtio(&cfg, devices, backing, ram, &mut s2, sink, policy)
         .map_err(|e| format!("{e:?}"))?;
     for d in vm.board().virtio() {
         log::info!(

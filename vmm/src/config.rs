@@ -15,7 +15,7 @@
 //! without directory and extension), `kernel` (file in the bundle;
 //! required in vms.conf), `mem` (MiB, default 64), `smp` (vCPUs, default 1),
 //! `append` (the guest's command line), `virtio` (comma-separated virtio
-//! devices without backing files: `rng`), `disk` (a virtio block device
+//! devices without backing files: `rng`, `console`), `disk` (a virtio block device
 //! over a file of the bundle, `disk=FILE` or read-only `disk=FILE,ro`).
 //! The VM's virtio devices are those of `virtio` in their order, then the
 //! disk. Unknown keys are errors: a typo must not silently give a VM
@@ -45,6 +45,8 @@ pub struct VmSpec {
 pub enum VirtioSpec {
     /// The entropy device.
     Rng,
+    /// A console (port 0) printing to the VM's console lines.
+    Console,
     /// A block device over `file` (in the bundle); its writes live in
     /// host RAM and are gone when the hypervisor stops.
     Disk { file: String, read_only: bool },
@@ -55,6 +57,7 @@ impl VirtioSpec {
     pub fn word(&self) -> Option<&'static str> {
         match self {
             VirtioSpec::Rng => Some("rng"),
+            VirtioSpec::Console => Some("console"),
             VirtioSpec::Disk { .. } => None,
         }
     }
@@ -214,6 +217,7 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                 for w in value.split(',') {
                     plain.push(match w {
                         "rng" => VirtioSpec::Rng,
+                        "console" => VirtioSpec::Console,
                         _ => return Err(ConfigError::BadValue("virtio", value.into())),
                     });
                 }
@@ -292,6 +296,14 @@ pub fn parse_module_line(line: &str) -> Result<VmSpec, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_console_word() {
+        let s = parse_module_line("/k virtio=console,rng disk=d").unwrap();
+        assert_eq!(s.virtio[..2], [VirtioSpec::Console, VirtioSpec::Rng]);
+        assert_eq!(VirtioSpec::Console.word(), Some("console"));
+        assert!(parse_module_line("/k virtio=consoles").is_err());
+    }
 
     #[test]
     fn virtio_devices() {

@@ -38,6 +38,7 @@ use crate::mem::{Backing, GuestMemory, MemError, Region};
 use crate::psci::{self, PsciCall};
 use crate::regs::{AccessSize, LoadDest, Reg};
 use crate::stats::{ExitStats, Reason, Report};
+use crate::virtio::console::VirtioConsole;
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::{MemHandle, VirtioDevice};
 use crate::x86::legacy::{DeviceClock, LegacyPort, LegacyPorts};
@@ -503,6 +504,9 @@ pub struct Vm<B> {
     x86: Option<X86Irq>,
     /// Devices that drive a level-triggered line: told of its EOIs.
     resample: Vec<(u32, Space, DeviceId)>,
+    /// The first virtio console's transport (console input goes there
+    /// once its driver is up).
+    virtio_console: Option<DeviceId>,
     /// The clock as the x86 legacy devices read it.
     device_clock: Arc<DeviceClock>,
     /// Exit handling times are measured (two clock reads per exit).
@@ -532,20 +536,70 @@ impl<B: Backing + Send + Sync + 'static> Vm<B> {
         sink: Arc<dyn ConsoleSink>,
         policy: Box<dyn ExitPolicy>,
     ) -> Result<Vm<B>, VmError> {
-        let ids: Vec<u32> = devices.iter().map(|d| d.device_id()).collect();
+        let models = devices.into_iter().map(VirtioModel::Device).collect();
+        Self::with_virtio(cfg, models, backing, ram_hpa, s2, sink, policy)
+    }
+
+    /// [`Vm::with_devices`] with devices the VM builds itself from what
+    /// only it has ([`VirtioModel::Console`]: its console lines), in slot
+    /// order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_virtio<S: Stage2 + ?Sized>(
+        cfg: &VmConfig,
+        models: Vec<VirtioModel>,
+        backing: B,
+        ram_hpa: u64,
+        s2: &mut S,
+        sink: Arc<dyn ConsoleSink>,
+        policy: Box<dyn ExitPolicy>,
+    ) -> Result<Vm<B>, VmError> {
+        let ids: Vec<u32> = models.iter().map(|m| m.device_id()).collect();
         let mut vm = Self::build(cfg, &ids, backing, ram_hpa, s2, sink, policy)?;
         let slots: Vec<crate::board::BoardDevice> = vm.board.virtio().copied().collect();
         let mem: MemHandle = vm.mem.clone();
-        for (device, slot) in devices.into_iter().zip(slots) {
+        for (model, slot) in models.into_iter().zip(slots) {
             let line = vm.irq_line(slot.irq).ok_or(VmError::NoVirtioSlot)?;
             let number = line.line();
-            let transport = MmioTransport::new(device, mem.clone(), line);
-            let id = vm
-                .mmio
-                .register(slot.base, slot.size, Box::new(transport))?;
+            let id = match model {
+                VirtioModel::Device(d) => {
+                    let transport = MmioTransport::new(d, mem.clone(), line);
+                    vm.mmio
+                        .register(slot.base, slot.size, Box::new(transport))?
+                }
+                VirtioModel::Console => {
+                    let lines: Arc<dyn ConsoleSink> = vm.out.clone();
+                    let out = LineOutput::new(vm.name.clone(), lines);
+                    // Its own transport type, so that console input can
+                    // reach it (`Vm::console_input`).
+                    let transport = MmioTransport::new(VirtioConsole::new(out), mem.clone(), line);
+                    let id = vm
+                        .mmio
+                        .register(slot.base, slot.size, Box::new(transport))?;
+                    vm.virtio_console.get_or_insert(id);
+                    id
+                }
+            };
             vm.resample.push((number, Space::Mmio, id));
         }
         Ok(vm)
+    }
+}
+
+/// A virtio device of a VM ([`Vm::with_virtio`]): a model built by the
+/// caller, or one the VM builds because it needs the VM's own parts.
+pub enum VirtioModel {
+    Device(Box<dyn VirtioDevice>),
+    /// A console (`crate::virtio::console`) whose output goes to the VM's
+    /// console lines (`[vmname] ...`), as the UART's does.
+    Console,
+}
+
+impl VirtioModel {
+    pub fn device_id(&self) -> u32 {
+        match self {
+            VirtioModel::Device(d) => d.device_id(),
+            VirtioModel::Console => crate::virtio::device_id::CONSOLE,
+        }
     }
 }
 
@@ -767,6 +821,7 @@ impl<B: Backing> Vm<B> {
             arm,
             x86,
             resample,
+            virtio_console: None,
             device_clock,
             timing: AtomicBool::new(false),
             clock: Arc::new(FrozenClock),
@@ -1005,9 +1060,21 @@ impl<B: Backing> Vm<B> {
         self.exit_stats().total_exits()
     }
 
-    /// Host → guest console input (to the UART's receive FIFO); returns how
-    /// many bytes it took.
+    /// Host → guest console input; returns how many bytes it took. It goes
+    /// to the VM's virtio console once its driver is up (DRIVER_OK), else
+    /// to the UART's receive FIFO.
     pub fn console_input(&self, bytes: &[u8]) -> usize {
+        if let Some(id) = self.virtio_console {
+            let taken = self
+                .mmio
+                .with_device(id, |t: &mut MmioTransport<VirtioConsole>| {
+                    t.is_active().then(|| t.device_mut().input(bytes))
+                })
+                .flatten();
+            if let Some(n) = taken {
+                return n;
+            }
+        }
         match self.arch {
             GuestArch::X86_64 => self
                 .ports
@@ -2442,6 +2509,81 @@ pub(crate) mod tests {
             Box::new(DenyAll),
         );
         assert_eq!(r.err(), Some(VmError::NoVirtioSlot));
+    }
+
+    /// A virtio console the VM builds itself (`VirtioModel::Console`):
+    /// in the board's slot as device 3, its output among the VM's own
+    /// console lines (the sink gets them with the VM's name, as the UART's).
+    #[test]
+    fn virtio_console_prints_vm_lines() {
+        use crate::virtio::mmio::*;
+        use crate::virtio::status::*;
+        let kernel = multiboot_kernel(&[0xf4; 16]);
+        let cfg = VmConfig::new("con", GuestArch::X86_64, 16 * MIB, &kernel);
+        let sink = Arc::new(CollectSink::default());
+        let rng = crate::virtio::rng::VirtioRng::new(crate::virtio::tests::Counter::endless());
+        let vm = Vm::with_virtio(
+            &cfg,
+            vec![VirtioModel::Device(Box::new(rng)), VirtioModel::Console],
+            VecBacking::new(0, cfg.mem_size as usize),
+            0,
+            &mut RecordingStage2::default(),
+            sink.clone(),
+            Box::new(DenyAll),
+        )
+        .unwrap();
+        let slot = *vm.board().virtio().nth(1).unwrap();
+        assert_eq!(slot.kind, DeviceKind::VirtioMmio(3));
+        let base = slot.base;
+        assert_eq!(vm.mmio().read(base + REG_DEVICE_ID, B4), 3);
+        // transmitq0 (queue 1) with one buffer, "hi\n"; receiveq0 too.
+        let ram = vm.memory();
+        let (desc, avail, used, buf) = (0x80_0000u64, 0x80_1000u64, 0x80_2000u64, 0x81_0000u64);
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&buf.to_le_bytes());
+        d[8..12].copy_from_slice(&3u32.to_le_bytes());
+        ram.write(desc, &d).unwrap();
+        ram.write(buf, b"hi\n").unwrap();
+        ram.write(avail + 2, &1u16.to_le_bytes()).unwrap();
+        let w = |reg: u64, v: u32| {
+            vm.mmio().write(base + reg, B4, u64::from(v));
+        };
+        w(REG_STATUS, ACKNOWLEDGE);
+        w(REG_STATUS, ACKNOWLEDGE | DRIVER);
+        w(REG_DRIVER_FEATURES_SEL, 1);
+        w(REG_DRIVER_FEATURES, 1);
+        w(REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        for (q, off) in [(0u32, 0x8000u64), (1, 0)] {
+            w(REG_QUEUE_SEL, q);
+            w(REG_QUEUE_NUM, 16);
+            w(REG_QUEUE_DESC_LOW, (desc + off) as u32);
+            w(REG_QUEUE_DRIVER_LOW, (avail + off) as u32);
+            w(REG_QUEUE_DEVICE_LOW, (used + off) as u32);
+            w(REG_QUEUE_READY, 1);
+        }
+        w(REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        w(REG_QUEUE_NOTIFY, 1);
+        assert_eq!(vm.mmio().read(base + REG_STATUS, B4), 0xf);
+        assert_eq!(ram.read_u16(used + 2).unwrap(), 1);
+        vm.drain_console(usize::MAX);
+        assert_eq!(sink.lines(), ["con: hi"]);
+        // Console input goes to the active virtio console: receiveq0 (at
+        // +0x8000) gets a writable buffer, then the typed bytes.
+        let rx_buf = 0x82_0000u64;
+        d[..8].copy_from_slice(&rx_buf.to_le_bytes());
+        d[8..12].copy_from_slice(&16u32.to_le_bytes());
+        d[12..14].copy_from_slice(&2u16.to_le_bytes()); // VIRTQ_DESC_F_WRITE
+        ram.write(desc + 0x8000, &d).unwrap();
+        ram.write(avail + 0x8000 + 2, &1u16.to_le_bytes()).unwrap();
+        w(REG_QUEUE_NOTIFY, 0);
+        assert_eq!(vm.console_input(b"ls\r"), 3);
+        assert_eq!(ram.read_u16(used + 0x8000 + 2).unwrap(), 1);
+        let mut got = [0u8; 3];
+        ram.read(rx_buf, &mut got).unwrap();
+        assert_eq!(&got, b"ls\r");
+        // Reset: the UART takes input again (one byte: no FIFO enabled).
+        w(REG_STATUS, 0);
+        assert_eq!(vm.console_input(b"xy"), 1);
     }
 
     fn hvc(imm: u16, x0: u64, args: [u64; 6]) -> Exit {

@@ -284,7 +284,7 @@ struct RunArgs {
     #[arg(long = "guest", value_name = "FILE")]
     guests: Vec<PathBuf>,
     /// With --guest: virtio devices without a backing file for each guest
-    /// VM, a comma list (repeatable; known: rng).
+    /// VM, a comma list (repeatable; known: rng, console).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     virtio: Vec<String>,
     /// With --guest: a virtio block device over this raw disk image (whole
@@ -1022,7 +1022,7 @@ mod tests {
             .plan(Arch::Aarch64)
             .unwrap_err();
         assert!(
-            e.contains("unknown virtio device \"net\" (known: rng)"),
+            e.contains("unknown virtio device \"net\" (known: rng, console)"),
             "{e}"
         );
         let e = run_args(&["--guest", g, "--disk-readonly"])

@@ -142,6 +142,7 @@ proptest! {
                     .iter()
                     .map(|w| match w.as_str() {
                         "rng" => VirtioSpec::Rng,
+                        "console" => VirtioSpec::Console,
                         w => unreachable!("a virtio word this test does not map yet: {w:?}"),
                     })
                     .chain(v.disk.iter().map(|d| VirtioSpec::Disk {

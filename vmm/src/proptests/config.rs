@@ -13,6 +13,7 @@ fn line() -> impl Strategy<Value = String> {
             "name=", "kernel=", "mem=", "smp=", "append=", "=", "\"", " ", "\t", "#", "\n",
             "0", "1", "64", "1048576", "1048577", "-1", "99999999999999999999", "a.elf",
             "/boot/", "x y", "\u{a0}", "é", "\r", "virtio=", "rng", ",", "disk=", ",ro",
+            "console",
         ]).prop_map(String::from),
         2 => "[ -~]{1,6}",
         1 => any::<char>().prop_map(String::from),
@@ -27,17 +28,21 @@ fn spec() -> impl Strategy<Value = VmSpec> {
         1..=MAX_MEM_MIB,
         prop_oneof![1u32..=8, 1..=u32::MAX],
         prop_oneof!["[ -~&&[^\"]]{0,40}", "[^\"]{0,12}"],
-        0..=4usize,
+        prop::collection::vec(
+            prop_oneof![Just(VirtioSpec::Rng), Just(VirtioSpec::Console)],
+            0..=4,
+        ),
         prop::option::of(("[!-~&&[^\",]]{1,12}", any::<bool>())),
     )
         .prop_map(
-            |(name, kernel, mem_mib, vcpus, cmdline, rngs, disk)| VmSpec {
+            |(name, kernel, mem_mib, vcpus, cmdline, plain, disk)| VmSpec {
                 name,
                 kernel,
                 mem_mib,
                 vcpus,
                 cmdline,
-                virtio: core::iter::repeat_n(VirtioSpec::Rng, rngs)
+                virtio: plain
+                    .into_iter()
                     .chain(disk.map(|(file, read_only)| VirtioSpec::Disk { file, read_only }))
                     .collect(),
             },

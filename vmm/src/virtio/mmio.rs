@@ -318,7 +318,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             // device gets no more notifications for it; making it ready
             // again takes a reset (no VIRTIO_F_RING_RESET).
             if let Some(q) = self.queues.get_mut(sel) {
-                q.ready = false;
+                let was_ready = core::mem::replace(&mut q.ready, false);
+                if was_ready && self.active {
+                    self.device.queue_stop(sel as u16);
+                }
             }
             return;
         }

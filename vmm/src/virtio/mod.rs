@@ -12,7 +12,8 @@
 //!   notification suppression with `VIRTIO_F_EVENT_IDX` in the order of
 //!   rule `vq_barrier`.
 //! - [`rng`]: the entropy device (§5.4), [`block`]: the block device's
-//!   request parser and device (§5.2).
+//!   request parser and device (§5.2), [`console`]: the console device
+//!   (§5.3, port 0).
 //!
 //! A device model implements [`VirtioDevice`]: it declares its features,
 //! its configuration space and its queues, and is activated (DRIVER_OK)
@@ -35,6 +36,7 @@ use crate::irq::IrqLine;
 use crate::mem::{Backing, GuestMemory, MemError};
 
 pub mod block;
+pub mod console;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
@@ -76,6 +78,7 @@ pub mod features {
 /// Device IDs (§5).
 pub mod device_id {
     pub const BLOCK: u32 = 2;
+    pub const CONSOLE: u32 = 3;
     pub const ENTROPY: u32 = 4;
 }
 
@@ -187,6 +190,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError>;
     /// The driver notified queue `index` (a ready queue of this device).
     fn queue_notify(&mut self, index: u16);
+    /// The driver stopped queue `index` after DRIVER_OK (QueueReady = 0,
+    /// §4.2.2.2): the device must not use its buffers any more, also for
+    /// work that does not come from a notification (default: nothing to
+    /// do for a device that works only on notifications).
+    fn queue_stop(&mut self, _index: u16) {}
     /// Device reset (§2.4): drop the queues, the memory handle and the
     /// trigger, and any request in flight; back to the state before
     /// activation.
@@ -222,6 +230,9 @@ impl VirtioDevice for alloc::boxed::Box<dyn VirtioDevice> {
     }
     fn queue_notify(&mut self, index: u16) {
         (**self).queue_notify(index)
+    }
+    fn queue_stop(&mut self, index: u16) {
+        (**self).queue_stop(index)
     }
     fn reset(&mut self) {
         (**self).reset()
@@ -443,3 +454,6 @@ pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod console_tests;

@@ -22,6 +22,7 @@ mod irq_x86;
 mod stats;
 mod svm;
 mod virtio;
+mod virtio_console;
 
 /// One emulator run and what it must show.
 #[derive(Clone, Debug)]
@@ -273,6 +274,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(irq_x86::scenarios());
     v.extend(stats::scenarios());
     v.extend(virtio::scenarios());
+    v.extend(virtio_console::scenarios());
     v.extend(hvconsole::scenarios());
     v
 }
