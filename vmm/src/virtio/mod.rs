@@ -38,6 +38,7 @@ pub mod block;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
+pub mod switch;
 
 pub use queue::{Descriptor, DescriptorChain, Queue, QueueConfig};
 
