@@ -36,6 +36,7 @@ use crate::mem::{Backing, GuestMemory, MemError};
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod switch;
@@ -76,6 +77,7 @@ pub mod features {
 
 /// Device IDs (§5).
 pub mod device_id {
+    pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const ENTROPY: u32 = 4;
 }
