@@ -38,8 +38,10 @@ use crate::mem::{Backing, GuestMemory, MemError};
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
+pub mod switch;
 
 pub use queue::{Descriptor, DescriptorChain, Queue, QueueConfig};
 
@@ -77,6 +79,7 @@ pub mod features {
 
 /// Device IDs (§5).
 pub mod device_id {
+    pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const CONSOLE: u32 = 3;
     pub const ENTROPY: u32 = 4;
