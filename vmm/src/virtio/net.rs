@@ -187,6 +187,7 @@ fn transmit<M: QueueMemory + ?Sized>(
     chain: &DescriptorChain,
     mem: &M,
     port: &PortHandle,
+    mac: &Mac,
     buf: &mut [u8; MAX_FRAME],
 ) -> Result<u32, ChainError> {
     let s = chain.summary(mem)?;
@@ -204,6 +205,12 @@ fn transmit<M: QueueMemory + ?Sized>(
         return Ok(0);
     }
     chain.read_at(mem, HDR_LEN as u64, &mut buf[..len])?;
+    // A VM sends from its own address only: a spoofed source would make
+    // the switch learn it on this port and take another VM's traffic.
+    if buf[6..12] != mac[..] {
+        port.port().count_tx_dropped();
+        return Ok(0);
+    }
     port.send(&buf[..len]);
     Ok(0)
 }
@@ -315,10 +322,11 @@ impl VirtioDevice for VirtioNet {
             TX_QUEUE => {
                 let Some(a) = self.tx.as_mut() else { return };
                 let port = &self.port;
+                let mac = self.mac;
                 let mem = &*a.mem;
                 let mut buf = [0u8; MAX_FRAME];
                 let r = serve_queue(&mut a.queue, mem, &a.irq, |c| {
-                    transmit(c, mem, port, &mut buf).inspect_err(|_| {
+                    transmit(c, mem, port, &mac, &mut buf).inspect_err(|_| {
                         port.port().count_tx_dropped();
                     })
                 });
@@ -326,6 +334,17 @@ impl VirtioDevice for VirtioNet {
                     log::debug!("virtio-net: tx queue broken: {e:?}");
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// The driver stopped a queue (QueueReady = 0): receive stops using
+    /// its buffers at once (frames for it wait in the backlog); transmit
+    /// gets no more notifications anyway.
+    fn queue_stop(&mut self, index: u16) {
+        match index {
+            RX_QUEUE => self.port.port().disconnect(),
+            TX_QUEUE => self.tx = None,
             _ => {}
         }
     }

@@ -409,9 +409,13 @@ fn net_mac_learning_sends_unicast_to_the_learned_port_only() {
     v[0].send(&h);
     assert!(v[0].received().is_empty() && v[1].received().is_empty());
     assert!(v[2].received().is_empty());
-    // The address moves when it shows up elsewhere.
+    // A VM sending with another VM's address (to take its traffic) is
+    // dropped at its own device: nothing learned, nothing delivered.
+    let dropped = v[2].stats().tx_dropped;
     v[2].send(&frame(BROADCAST, mac(2), 60, 4));
-    assert_eq!(sw.learned(&mac(2)), Some(v[2].dev().port_id()));
+    assert_eq!(sw.learned(&mac(2)), Some(v[1].dev().port_id()));
+    assert!(v[0].received().is_empty() && v[1].received().is_empty());
+    assert_eq!(v[2].stats().tx_dropped, dropped + 1);
 }
 
 #[test]
@@ -1042,4 +1046,21 @@ mod props {
             }
         }
     }
+}
+
+/// A driver that stops its receive queue (QueueReady = 0 after DRIVER_OK,
+/// as virtio-drivers does when it drops the device) gets no more frames
+/// written into its buffers; they wait in the port's bounded backlog.
+#[test]
+fn net_stopped_rx_queue_gets_no_frames() {
+    let (_sw, mut v) = vms(2);
+    v[1].give_rx(8, 2048);
+    v[0].send(&frame(mac(2), mac(1), 60, 1));
+    assert_eq!(v[1].frames().len(), 1);
+    v[1].w(REG_QUEUE_SEL, u32::from(RX_QUEUE));
+    v[1].w(REG_QUEUE_READY, 0);
+    assert_eq!(v[1].r(REG_QUEUE_READY), 0);
+    v[0].send(&frame(mac(2), mac(1), 60, 2));
+    assert!(v[1].received().is_empty(), "no write into a stopped queue");
+    assert_eq!(v[1].stats().backlog, 1);
 }
