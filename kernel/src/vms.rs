@@ -27,7 +27,9 @@ use vmm::devices::ConsoleSink;
 use vmm::hvconsole::{Action, HvConsole};
 use vmm::mem::{Backing, MemError};
 use vmm::virtio::block::{Disk, DiskError, VirtioBlock, SECTOR_SIZE};
+use vmm::virtio::net::VirtioNet;
 use vmm::virtio::rng::VirtioRng;
+use vmm::virtio::switch::Switch;
 use vmm::vm::{VcpuState, VirtioModel, Vm, VmConfig};
 
 use crate::platform::virt;
@@ -334,13 +336,45 @@ impl Disk for FrameDisk {
     }
 }
 
+/// The switch between the VMs' virtio-net devices (one for all VMs).
+static SWITCH: spin::Once<Arc<Switch>> = spin::Once::new();
+
+/// The MAC address of VM `index`'s network device: locally administered
+/// (bit 1 of the first byte), `02:48:56:00:hi:lo` with `hi:lo` = index + 1.
+fn vm_mac(index: usize) -> [u8; 6] {
+    let n = (index + 1) as u16;
+    [0x02, 0x48, 0x56, 0x00, (n >> 8) as u8, n as u8]
+}
+
 /// The virtio devices of `p`'s spec, in slot order.
-fn virtio_devices(p: &Pending, frames: &mut FrameAllocator) -> Result<Vec<VirtioModel>, String> {
+fn virtio_devices(
+    index: usize,
+    p: &Pending,
+    frames: &mut FrameAllocator,
+) -> Result<Vec<VirtioModel>, String> {
     use alloc::format;
     let mut out: Vec<VirtioModel> = Vec::new();
     let mut disks = p.disks.iter();
     for d in &p.spec.virtio {
         match d {
+            VirtioSpec::Net => {
+                let switch = SWITCH.call_once(|| Arc::new(Switch::new()));
+                let mac = vm_mac(index);
+                let net = VirtioNet::new(mac, switch)
+                    .map_err(|e| format!("virtio-net: no switch port left ({e:?})"))?;
+                log::info!(
+                    "vm {}: virtio-net MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} on switch port {}",
+                    p.spec.name,
+                    mac[0],
+                    mac[1],
+                    mac[2],
+                    mac[3],
+                    mac[4],
+                    mac[5],
+                    net.port_id().0
+                );
+                out.push(VirtioModel::Device(Box::new(net)));
+            }
             VirtioSpec::Rng => {
                 let source = HostEntropy::detect();
                 if source.kind() == EntropyKind::Counter {
@@ -423,7 +457,7 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     };
     let sink: Arc<dyn ConsoleSink> = Arc::new(Console);
     let policy = virt::exit_policy(index, cfg.vcpus);
-    let devices = virtio_devices(p, frames)?;
+    let devices = virtio_devices(index, p, frames)?;
     let mut vm = Vm::with_virtio(&cfg, devices, backing, ram, &mut s2, sink, policy)
         .map_err(|e| format!("{e:?}"))?;
     for d in vm.board().virtio() {

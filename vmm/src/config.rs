@@ -47,6 +47,8 @@ pub enum VirtioSpec {
     Rng,
     /// A console (port 0) printing to the VM's console lines.
     Console,
+    /// A network device on the hypervisor's switch between VMs.
+    Net,
     /// A block device over `file` (in the bundle); its writes live in
     /// host RAM and are gone when the hypervisor stops.
     Disk { file: String, read_only: bool },
@@ -58,6 +60,7 @@ impl VirtioSpec {
         match self {
             VirtioSpec::Rng => Some("rng"),
             VirtioSpec::Console => Some("console"),
+            VirtioSpec::Net => Some("net"),
             VirtioSpec::Disk { .. } => None,
         }
     }
@@ -218,6 +221,7 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                     plain.push(match w {
                         "rng" => VirtioSpec::Rng,
                         "console" => VirtioSpec::Console,
+                        "net" => VirtioSpec::Net,
                         _ => return Err(ConfigError::BadValue("virtio", value.into())),
                     });
                 }
@@ -321,7 +325,7 @@ mod tests {
         for bad in [
             "virtio=",
             "virtio=rng,",
-            "virtio=net",
+            "virtio=gpu",
             "disk=",
             "disk=,ro",
             "disk=a,b",

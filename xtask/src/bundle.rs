@@ -41,7 +41,7 @@ pub struct DiskLine {
 }
 
 /// The `virtio=` words the kernel knows (`vmm::config::VirtioSpec::word`).
-pub const VIRTIO_WORDS: &[&str] = &["rng", "console"];
+pub const VIRTIO_WORDS: &[&str] = &["rng", "console", "net"];
 /// Virtio devices per VM, the disk included (`vmm::board::VIRTIO_SLOTS`).
 pub const VIRTIO_SLOTS: usize = 7;
 /// A disk image is a whole number of these (the kernel's block sectors).
@@ -693,9 +693,9 @@ mod tests {
             disk: d,
             ..line("a", "a", "")
         };
-        let e = with(&["net"], None).render().unwrap_err();
+        let e = with(&["gpu"], None).render().unwrap_err();
         assert!(
-            e.contains("unknown virtio device \"net\" (known: rng, console)"),
+            e.contains("unknown virtio device \"gpu\" (known: rng, console, net)"),
             "{e}"
         );
         assert!(with(&[""], None).render().is_err());

@@ -284,7 +284,7 @@ struct RunArgs {
     #[arg(long = "guest", value_name = "FILE")]
     guests: Vec<PathBuf>,
     /// With --guest: virtio devices without a backing file for each guest
-    /// VM, a comma list (repeatable; known: rng, console).
+    /// VM, a comma list (repeatable; known: rng, console, net).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     virtio: Vec<String>,
     /// With --guest: a virtio block device over this raw disk image (whole
@@ -1018,11 +1018,11 @@ mod tests {
             "name=g kernel=g.elf mem=64 smp=1 append=\"\" disk=root.img"
         );
         // What is refused, and why.
-        let e = run_args(&["--guest", g, "--virtio", "net"])
+        let e = run_args(&["--guest", g, "--virtio", "gpu"])
             .plan(Arch::Aarch64)
             .unwrap_err();
         assert!(
-            e.contains("unknown virtio device \"net\" (known: rng, console)"),
+            e.contains("unknown virtio device \"gpu\" (known: rng, console, net)"),
             "{e}"
         );
         let e = run_args(&["--guest", g, "--disk-readonly"])

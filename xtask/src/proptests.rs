@@ -143,6 +143,7 @@ proptest! {
                     .map(|w| match w.as_str() {
                         "rng" => VirtioSpec::Rng,
                         "console" => VirtioSpec::Console,
+                        "net" => VirtioSpec::Net,
                         w => unreachable!("a virtio word this test does not map yet: {w:?}"),
                     })
                     .chain(v.disk.iter().map(|d| VirtioSpec::Disk {

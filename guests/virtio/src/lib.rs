@@ -13,6 +13,7 @@ use core::ptr::NonNull;
 
 use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::device::console::VirtIOConsole;
+use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 pub use virtio_drivers::transport::DeviceType;
@@ -425,4 +426,119 @@ pub fn console(r: &mut dyn Report, t: MmioTransport<'static>) {
         input == Ok(None),
         format_args!("no input pending ({input:?})"),
     );
+}
+
+/// EtherType of the test frames (IEEE 802 local experimental).
+const ETHERTYPE: u16 = 0x88b5;
+/// Yields (or other idle steps) a peer is waited for at most.
+const NET_WAIT: u32 = 200_000;
+
+/// Waits for a frame into `rx` (header included); returns the frame
+/// (without the virtio-net header), or None after `NET_WAIT` idle steps.
+fn net_receive<'a>(
+    net: &mut VirtIONetRaw<Dma, MmioTransport<'static>, 16>,
+    rx: &'a mut [u8],
+    idle: &mut dyn FnMut(),
+) -> Option<&'a [u8]> {
+    // SAFETY: `rx` is not touched until `receive_complete` (or dropped
+    // with the device, which stops its queues first).
+    let token = unsafe { net.receive_begin(rx) }.ok()?;
+    let mut waited = 0;
+    while net.poll_receive() != Some(token) {
+        if waited == NET_WAIT {
+            return None;
+        }
+        waited += 1;
+        idle();
+    }
+    // SAFETY: the same buffer as `receive_begin`'s, now complete.
+    let (hdr, len) = unsafe { net.receive_complete(token, rx) }.ok()?;
+    rx.get(hdr..hdr + len)
+}
+
+fn net_frame(buf: &mut [u8], dst: &[u8; 6], src: &[u8; 6], payload: &[u8]) -> usize {
+    buf[..6].copy_from_slice(dst);
+    buf[6..12].copy_from_slice(src);
+    buf[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    buf[14..14 + payload.len()].copy_from_slice(payload);
+    14 + payload.len()
+}
+
+/// virtio-net between two VMs on the hypervisor's switch. Role `a`
+/// broadcasts a hello, waits for `b`'s unicast reply (which tells it b's
+/// address), sends b a full-size 1514-byte frame and waits for b's
+/// acknowledgement of its length. Role `b` waits for the hello, replies,
+/// checks the big frame and acknowledges it. Both check their MAC is the
+/// hypervisor's locally administered `02:48:56:...` and the link is up.
+/// `idle` gives the CPU to the other VM while waiting (a yield hypercall).
+pub fn net(r: &mut dyn Report, t: MmioTransport<'static>, role: &str, idle: &mut dyn FnMut()) {
+    let mut net = match VirtIONetRaw::<Dma, _, 16>::new(t) {
+        Ok(n) => n,
+        Err(e) => return r.check(false, format_args!("virtio-net initialised ({e:?})")),
+    };
+    let mac = net.mac_address();
+    r.say(format_args!("virtio-net {role}: MAC {mac:02x?}"));
+    r.check(
+        mac[..3] == [0x02, 0x48, 0x56],
+        format_args!("a locally administered MAC of the hypervisor's"),
+    );
+    let mut rx = [0u8; 2048];
+    let mut tx = [0u8; 1514];
+    if role == "a" {
+        let n = net_frame(&mut tx, &[0xff; 6], &mac, b"hello from a");
+        let s = net.send(&tx[..n]);
+        r.check(s.is_ok(), format_args!("broadcast sent ({s:?})"));
+        let Some(f) = net_receive(&mut net, &mut rx, idle) else {
+            return r.check(false, format_args!("a reply from b"));
+        };
+        let peer: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
+        r.check(
+            f[..6] == mac && f.len() >= 14 + 12 && &f[14..26] == b"reply from b",
+            format_args!("unicast reply from {peer:02x?} ({} bytes)", f.len()),
+        );
+        let payload = [0x5au8; 1500];
+        let n = net_frame(&mut tx, &peer, &mac, &payload);
+        let s = net.send(&tx[..n]);
+        r.check(
+            s.is_ok() && n == 1514,
+            format_args!("a 1514-byte frame sent ({s:?})"),
+        );
+        let Some(f) = net_receive(&mut net, &mut rx, idle) else {
+            return r.check(false, format_args!("an acknowledgement from b"));
+        };
+        r.check(
+            f.len() >= 14 + 8 && &f[14..22] == b"got 1514",
+            format_args!("b got the full-size frame"),
+        );
+    } else {
+        let Some(f) = net_receive(&mut net, &mut rx, idle) else {
+            return r.check(false, format_args!("a hello from a"));
+        };
+        let peer: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
+        r.check(
+            f[..6] == [0xff; 6] && f.len() >= 26 && &f[14..26] == b"hello from a",
+            format_args!("broadcast hello from {peer:02x?}"),
+        );
+        let n = net_frame(&mut tx, &peer, &mac, b"reply from b");
+        let s = net.send(&tx[..n]);
+        r.check(s.is_ok(), format_args!("unicast reply sent ({s:?})"));
+        let Some(f) = net_receive(&mut net, &mut rx, idle) else {
+            return r.check(false, format_args!("the full-size frame from a"));
+        };
+        let len = f.len();
+        r.check(
+            len == 1514 && f[..6] == mac && f[14..].iter().all(|&b| b == 0x5a),
+            format_args!("a full-size frame of {len} bytes, intact"),
+        );
+        let mut msg = *b"got ....";
+        msg[4..].copy_from_slice(&[
+            b'0' + (len / 1000 % 10) as u8,
+            b'0' + (len / 100 % 10) as u8,
+            b'0' + (len / 10 % 10) as u8,
+            b'0' + (len % 10) as u8,
+        ]);
+        let n = net_frame(&mut tx, &peer, &mac, &msg);
+        let s = net.send(&tx[..n]);
+        r.check(s.is_ok(), format_args!("acknowledgement sent ({s:?})"));
+    }
 }

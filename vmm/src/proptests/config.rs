@@ -13,7 +13,7 @@ fn line() -> impl Strategy<Value = String> {
             "name=", "kernel=", "mem=", "smp=", "append=", "=", "\"", " ", "\t", "#", "\n",
             "0", "1", "64", "1048576", "1048577", "-1", "99999999999999999999", "a.elf",
             "/boot/", "x y", "\u{a0}", "é", "\r", "virtio=", "rng", ",", "disk=", ",ro",
-            "console",
+            "console", "net",
         ]).prop_map(String::from),
         2 => "[ -~]{1,6}",
         1 => any::<char>().prop_map(String::from),
@@ -29,7 +29,11 @@ fn spec() -> impl Strategy<Value = VmSpec> {
         prop_oneof![1u32..=8, 1..=u32::MAX],
         prop_oneof!["[ -~&&[^\"]]{0,40}", "[^\"]{0,12}"],
         prop::collection::vec(
-            prop_oneof![Just(VirtioSpec::Rng), Just(VirtioSpec::Console)],
+            prop_oneof![
+                Just(VirtioSpec::Rng),
+                Just(VirtioSpec::Console),
+                Just(VirtioSpec::Net)
+            ],
             0..=4,
         ),
         prop::option::of(("[!-~&&[^\",]]{1,12}", any::<bool>())),

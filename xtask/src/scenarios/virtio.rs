@@ -163,5 +163,57 @@ pub fn scenarios() -> Vec<Scenario> {
                 &["HV-EXIT: success"],
             )
         },
+        // Two VMs exchange frames through the hypervisor's switch.
+        Scenario {
+            expect_each: &[
+                &[
+                    "vm net-a: virtio-net MAC 02:48:56:00:00:01 on switch port",
+                    "[net-a] ok: broadcast sent",
+                    "[net-a] ok: unicast reply from [02, 48, 56, 00, 00, 02]",
+                    "[net-a] ok: a 1514-byte frame sent",
+                    "[net-a] ok: b got the full-size frame",
+                    "[net-a] PASS",
+                ],
+                &[
+                    "[net-b] ok: broadcast hello from [02, 48, 56, 00, 00, 01]",
+                    "[net-b] ok: unicast reply sent",
+                    "[net-b] ok: a full-size frame of 1514 bytes, intact",
+                    "[net-b] ok: acknowledgement sent",
+                    "[net-b] PASS",
+                ],
+            ],
+            ..x86(
+                "virtio-net-x86",
+                vec![
+                    vm("virtio_net", "net-a").virtio("net").append("role=a"),
+                    vm("virtio_net", "net-b").virtio("net").append("role=b"),
+                ],
+                &["HV-EXIT: success"],
+            )
+        },
+        Scenario {
+            expect_each: &[
+                &[
+                    "vm net-a: virtio-net MAC 02:48:56:00:00:01 on switch port",
+                    "[net-a] ok: broadcast sent",
+                    "[net-a] ok: unicast reply from [02, 48, 56, 00, 00, 02]",
+                    "[net-a] ok: b got the full-size frame",
+                    "[net-a] virtio-net: ok",
+                ],
+                &[
+                    "[net-b] ok: broadcast hello from [02, 48, 56, 00, 00, 01]",
+                    "[net-b] ok: a full-size frame of 1514 bytes, intact",
+                    "[net-b] virtio-net: ok",
+                ],
+            ],
+            ..arm(
+                "virtio-net-arm64",
+                vec![
+                    vm("virtio_net", "net-a").virtio("net").append("role=a"),
+                    vm("virtio_net", "net-b").virtio("rng,net").append("role=b"),
+                ],
+                &["HV-EXIT: success"],
+            )
+        },
     ]
 }

@@ -1,0 +1,28 @@
+//! virtio-net between two VMs (guest-virtio `net`), as the x86 guest of
+//! the same name.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+mod guest {
+    use arm64_guests::*;
+    use guest_virtio::*;
+
+    fn main(boot: Boot) {
+        let role = arg(boot.cmdline(), "role").unwrap_or("a");
+        let Some((slot, base, t)) = find(VIRTIO_BASE, DeviceType::Network) else {
+            fail(format_args!(
+                "no virtio-net device in the virtio-mmio slots"
+            ));
+        };
+        println!("virtio-net in slot {slot} at {base:#x}, role {role}");
+        net(&mut Checks, t, role, &mut || {
+            hvc(HC_YIELD, 0, 0, 0);
+        });
+        println!("virtio-net: ok");
+    }
+
+    entry!(main);
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {}
