@@ -335,9 +335,9 @@ virtio = []
         let e = p("[[vm]]\nguest = \"a\"\ndisk_readonly = 1\n").unwrap_err();
         assert!(e.starts_with("/cfg/vms.toml:3:17: "), "{e}");
         let e =
-            p("[[vm]]\nguest = \"a\"\n[[vm]]\nguest = \"b\"\nvirtio = [\"net\"]\n").unwrap_err();
+            p("[[vm]]\nguest = \"a\"\n[[vm]]\nguest = \"b\"\nvirtio = [\"gpu\"]\n").unwrap_err();
         assert!(
-            e.starts_with("/cfg/vms.toml:3:1: ") && e.contains("unknown virtio device \"net\""),
+            e.starts_with("/cfg/vms.toml:3:1: ") && e.contains("unknown virtio device \"gpu\""),
             "{e}"
         );
         let e = p(
