@@ -590,6 +590,9 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
                 .min();
             let slot = &mut slots[i];
             run_slot(slot, wake);
+            // Device work put off to bound an exit (a virtio queue past its
+            // budget): the next part, between this VM's turns.
+            slot.vm.poll_devices();
             if let Some(stop) = slot.vm.stop() {
                 slot.done = true;
                 let code = stop.reason.exit_code();
@@ -757,7 +760,7 @@ impl IdleStats {
     /// wake-up deadline of a blocked vCPU (then wakes it).
     fn sleep_if_nothing_runs(&mut self, slots: &[Slot]) {
         let live = || slots.iter().filter(|s| !s.done);
-        if live().any(|s| s.vm.has_runnable()) {
+        if live().any(|s| s.vm.has_runnable() || s.vm.has_deferred_work()) {
             return;
         }
         let now = virt::counter();

@@ -39,6 +39,12 @@ pub trait BusDevice: Any + Send {
     /// interrupt is serviced re-evaluates it here (the line's controller is
     /// not locked then).
     fn irq_eoi(&mut self, _line: u32) {}
+    /// Work the device put off to bound one exit (a virtio queue with more
+    /// requests than one notification may serve): do the next bounded
+    /// part; true if more remains. Called between vCPU turns.
+    fn deferred_work(&mut self) -> bool {
+        false
+    }
 }
 
 /// Handle returned by [`Bus::register`].
@@ -155,6 +161,13 @@ impl Bus {
         let mut guard = self.devices.get(id.0)?.lock();
         let dev: &mut dyn Any = guard.as_mut();
         dev.downcast_mut::<T>().map(f)
+    }
+
+    /// [`BusDevice::deferred_work`] of the device behind `id`.
+    pub fn deferred_work(&self, id: DeviceId) -> bool {
+        self.devices
+            .get(id.0)
+            .is_some_and(|d| d.lock().deferred_work())
     }
 
     /// Tells the device behind `id` that the guest ended an interrupt of

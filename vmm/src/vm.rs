@@ -507,6 +507,10 @@ pub struct Vm<B> {
     /// The first virtio console's transport (console input goes there
     /// once its driver is up).
     virtio_console: Option<DeviceId>,
+    /// Every virtio transport (for [`Vm::poll_devices`]).
+    virtio_ids: Vec<DeviceId>,
+    /// A device had work left at the last [`Vm::poll_devices`].
+    deferred: AtomicBool,
     /// The clock as the x86 legacy devices read it.
     device_clock: Arc<DeviceClock>,
     /// Exit handling times are measured (two clock reads per exit).
@@ -580,6 +584,7 @@ impl<B: Backing + Send + Sync + 'static> Vm<B> {
                 }
             };
             vm.resample.push((number, Space::Mmio, id));
+            vm.virtio_ids.push(id);
         }
         Ok(vm)
     }
@@ -822,6 +827,8 @@ impl<B: Backing> Vm<B> {
             x86,
             resample,
             virtio_console: None,
+            virtio_ids: Vec::new(),
+            deferred: AtomicBool::new(false),
             device_clock,
             timing: AtomicBool::new(false),
             clock: Arc::new(FrozenClock),
@@ -961,7 +968,26 @@ impl<B: Backing> Vm<B> {
         !self.is_stopped()
             && (self.has_runnable()
                 || (0..self.vcpu_count()).any(|i| self.wake_deadline(i).is_some())
-                || self.waits_for_input())
+                || self.waits_for_input()
+                || self.has_deferred_work())
+    }
+
+    /// Work the VM's devices put off to bound one exit (a virtio queue
+    /// with more requests than one turn's budget): the next part of each,
+    /// with its completions and interrupts. Call it between vCPU turns;
+    /// true if work remains.
+    pub fn poll_devices(&self) -> bool {
+        let mut more = false;
+        for &id in &self.virtio_ids {
+            more |= self.mmio.deferred_work(id);
+        }
+        self.deferred.store(more, Ordering::Release);
+        more
+    }
+
+    /// Whether the last [`Vm::poll_devices`] left work.
+    pub fn has_deferred_work(&self) -> bool {
+        self.deferred.load(Ordering::Acquire)
     }
 
     /// Whether console input could wake the VM: its UART's receive

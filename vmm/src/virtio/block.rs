@@ -41,8 +41,8 @@ use alloc::vec::Vec;
 
 use super::queue::{ChainError, DescriptorChain, Queue};
 use super::{
-    device_id, features, read_config_bytes, serve_queue, ActivateError, Activation, IrqTrigger,
-    MemHandle, QueueMemory, VirtioDevice,
+    device_id, features, read_config_bytes, serve_queue_bounded, ActivateError, Activation,
+    IrqTrigger, MemHandle, QueueMemory, VirtioDevice,
 };
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -163,6 +163,58 @@ pub trait Disk: Send {
         let mut id = [0; ID_LEN];
         id[..8].copy_from_slice(b"hv-vblk0");
         id
+    }
+}
+
+/// Disk data one notification (or one later `poll`) moves at most before
+/// the rest of the queue waits for the next vCPU turn: 4 MiB, so a guest
+/// pointing every descriptor of a queue at all of its RAM cannot hold a
+/// CPU for gigabytes of copying in one exit (one request still moves up
+/// to its own length, bounded by the chain limits and the guest's RAM).
+pub const BYTES_PER_TURN: u64 = 4 << 20;
+
+/// A disk that counts the bytes it moves (read, written, zeroed,
+/// discarded) for the budget of one turn.
+struct Metered<'a, D: ?Sized> {
+    disk: &'a mut D,
+    moved: &'a core::sync::atomic::AtomicU64,
+}
+
+impl<D: Disk + ?Sized> Metered<'_, D> {
+    fn count(&self, n: u64) {
+        self.moved
+            .fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<D: Disk + ?Sized> Disk for Metered<'_, D> {
+    fn size(&self) -> u64 {
+        self.disk.size()
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.count(buf.len() as u64);
+        self.disk.read(offset, buf)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.count(data.len() as u64);
+        self.disk.write(offset, data)
+    }
+    fn flush(&mut self) -> Result<(), DiskError> {
+        self.disk.flush()
+    }
+    fn read_only(&self) -> bool {
+        self.disk.read_only()
+    }
+    fn id(&self) -> [u8; ID_LEN] {
+        self.disk.id()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.count(len);
+        self.disk.discard(offset, len)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.count(len);
+        self.disk.write_zeroes(offset, len)
     }
 }
 
@@ -450,6 +502,9 @@ pub fn handle_request_with<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
 struct Active {
     mem: MemHandle,
     irq: IrqTrigger,
+    /// Queues with requests left over when their budget ran out
+    /// ([`BYTES_PER_TURN`]): served again by `poll`.
+    deferred: Vec<bool>,
     /// The request queues in use: one per queue the device declared with
     /// VIRTIO_BLK_F_MQ negotiated (`None`: not made ready), else one.
     queues: Vec<Option<Queue>>,
@@ -468,6 +523,42 @@ pub struct VirtioBlock<D> {
 }
 
 impl<D: Disk> VirtioBlock<D> {
+    /// Serves queue `index` until it is empty or [`BYTES_PER_TURN`] of
+    /// disk data moved; in the second case the queue is left for `poll`.
+    fn serve(&mut self, index: u16) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let i = usize::from(index);
+        let Some(Some(queue)) = a.queues.get_mut(i) else {
+            return;
+        };
+        let moved = core::sync::atomic::AtomicU64::new(0);
+        let mut disk = Metered {
+            disk: &mut self.disk,
+            moved: &moved,
+        };
+        let (mem, f) = (&*a.mem, a.features);
+        let spent = || moved.load(core::sync::atomic::Ordering::Relaxed) >= BYTES_PER_TURN;
+        let r = serve_queue_bounded(
+            queue,
+            mem,
+            &a.irq,
+            |c| handle_request_with(c, mem, &mut disk, f),
+            spent,
+        );
+        let more = match r {
+            Ok(s) => s.more,
+            Err(e) => {
+                log::debug!("virtio-blk: queue {index} broken: {e:?}");
+                false
+            }
+        };
+        if let Some(d) = a.deferred.get_mut(i) {
+            *d = more;
+        }
+    }
+
     /// A device with one request queue (no VIRTIO_BLK_F_MQ).
     pub fn new(disk: D) -> VirtioBlock<D> {
         Self::build(disk, 1)
@@ -570,26 +661,33 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
         self.active = Some(Active {
             mem: a.mem,
             irq: a.irq,
+            deferred: alloc::vec![false; queues.len()],
             queues,
             features: a.features,
         });
         Ok(())
     }
 
+    /// Queues whose budget ran out: the next [`BYTES_PER_TURN`] of each.
+    fn poll(&mut self) -> bool {
+        let Some(a) = self.active.as_ref() else {
+            return false;
+        };
+        let pending: Vec<u16> = (0..a.deferred.len() as u16)
+            .filter(|&i| a.deferred[usize::from(i)])
+            .collect();
+        for i in &pending {
+            self.serve(*i);
+        }
+        self.active
+            .as_ref()
+            .is_some_and(|a| a.deferred.iter().any(|&d| d))
+    }
+
     /// Serves queue `index` alone (rule `vq_scaling`): the other queues'
     /// requests wait for their own notifications.
     fn queue_notify(&mut self, index: u16) {
-        let Some(a) = self.active.as_mut() else {
-            return;
-        };
-        let Some(Some(queue)) = a.queues.get_mut(usize::from(index)) else {
-            return;
-        };
-        let disk = &mut self.disk;
-        let (mem, f) = (&*a.mem, a.features);
-        if let Err(e) = serve_queue(queue, mem, &a.irq, |c| handle_request_with(c, mem, disk, f)) {
-            log::debug!("virtio-blk: queue {index} broken: {e:?}");
-        }
+        self.serve(index);
     }
 
     fn reset(&mut self) {

@@ -644,3 +644,75 @@ fn blk_without_mq_negotiated_serves_queue_0_only() {
     assert_eq!(d.req(ZEROES, &segs(&[(2, 1, 0)])), (1, OK));
     assert!(!zeroed(&d.bytes(), 1..2) && zeroed(&d.bytes(), 2..3));
 }
+
+/// One notification moves at most BYTES_PER_TURN of disk data; the rest
+/// of the queue waits (notifications off) for `deferred_work` between
+/// turns, so a guest cannot hold an exit for gigabytes of work.
+#[test]
+fn inv_bounded_work_blk_budget_per_turn_defers_the_rest() {
+    let two_mib = 4096u32; // sectors
+    let blk = VirtioBlock::new(disk(3 * 4096));
+    let mut d = Dev::new(blk, VIRTIO_BLK_F_WRITE_ZEROES, &[0]);
+    // The helper keeps 3 requests in flight; each zeroes 2 MiB.
+    let st: Vec<u64> = (0..3u64)
+        .map(|i| {
+            d.push(
+                0,
+                ZEROES,
+                0,
+                &segs(&[
+                    (i * u64::from(two_mib), two_mib / 2, 0),
+                    (
+                        i * u64::from(two_mib) + u64::from(two_mib / 2),
+                        two_mib / 2,
+                        0,
+                    ),
+                ]),
+            )
+        })
+        .collect();
+    assert_eq!(BYTES_PER_TURN, 4 << 20);
+    d.notify(0);
+    assert_eq!(d.used_idx(0), 2, "4 MiB in the notifying exit");
+    assert_eq!(d.mem.read_u8(st[2]).unwrap(), 0xee, "the third waits");
+    // The device comes back by itself between turns: the rest fits this
+    // turn's budget, so nothing is left after it.
+    assert!(!d.t.deferred_work());
+    assert_eq!(d.used_idx(0), 3);
+    assert!(st.iter().all(|&s| d.mem.read_u8(s).unwrap() == OK));
+    assert!(zeroed(&d.bytes(), 0..3 * 4096));
+    assert!(!d.t.deferred_work());
+    assert_eq!(d.used_idx(0), 3);
+}
+
+/// Requests of a whole budget each: one per turn, and `deferred_work`
+/// says when more is left.
+#[test]
+fn inv_bounded_work_blk_one_full_budget_request_per_turn() {
+    let four_mib = 8192u32; // sectors: one request's maximum
+    let mut d = Dev::new(
+        VirtioBlock::new(disk(3 * 8192)),
+        VIRTIO_BLK_F_WRITE_ZEROES,
+        &[0],
+    );
+    for i in 0..3u64 {
+        d.push(
+            0,
+            ZEROES,
+            0,
+            &segs(&[(i * u64::from(four_mib), four_mib, 0)]),
+        );
+    }
+    d.notify(0);
+    assert_eq!(d.used_idx(0), 1);
+    assert!(d.t.deferred_work(), "one more turn needed");
+    assert_eq!(d.used_idx(0), 2);
+    assert!(!d.t.deferred_work());
+    assert_eq!(d.used_idx(0), 3);
+    // A reset drops the deferred work with the queue.
+    d.push(0, ZEROES, 0, &segs(&[(0, four_mib, 0)]));
+    d.push(0, ZEROES, 0, &segs(&[(0, four_mib, 0)]));
+    d.notify(0);
+    d.w(REG_STATUS, 0);
+    assert!(!d.t.deferred_work());
+}

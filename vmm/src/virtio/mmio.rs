@@ -463,4 +463,11 @@ impl<D: VirtioDevice + 'static> BusDevice for MmioTransport<D> {
             self.signals.resample();
         }
     }
+
+    fn deferred_work(&mut self) -> bool {
+        self.active
+            && self.status & status::DRIVER_OK != 0
+            && !self.signals.needs_reset()
+            && self.device.poll()
+    }
 }

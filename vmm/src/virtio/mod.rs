@@ -198,6 +198,12 @@ pub trait VirtioDevice: Send {
     /// work that does not come from a notification (default: nothing to
     /// do for a device that works only on notifications).
     fn queue_stop(&mut self, _index: u16) {}
+    /// Work put off to bound one exit ([`serve_queue_bounded`] stopped
+    /// early): do the next bounded part; true if more remains. The VM
+    /// calls it between vCPU turns while it returns true.
+    fn poll(&mut self) -> bool {
+        false
+    }
     /// Device reset (§2.4): drop the queues, the memory handle and the
     /// trigger, and any request in flight; back to the state before
     /// activation.
@@ -236,6 +242,9 @@ impl VirtioDevice for alloc::boxed::Box<dyn VirtioDevice> {
     }
     fn queue_stop(&mut self, index: u16) {
         (**self).queue_stop(index)
+    }
+    fn poll(&mut self) -> bool {
+        (**self).poll()
     }
     fn reset(&mut self) {
         (**self).reset()
@@ -410,14 +419,43 @@ pub fn serve_queue<M: QueueMemory + ?Sized>(
     queue: &mut Queue,
     mem: &M,
     irq: &IrqTrigger,
-    mut handle: impl FnMut(&DescriptorChain) -> Result<u32, queue::ChainError>,
+    handle: impl FnMut(&DescriptorChain) -> Result<u32, queue::ChainError>,
 ) -> Result<u32, queue::QueueError> {
+    serve_queue_bounded(queue, mem, irq, handle, || false).map(|s| s.done)
+}
+
+/// What one [`serve_queue_bounded`] call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// Requests completed.
+    pub done: u32,
+    /// It stopped because `spent` said so, with requests left: the device
+    /// must come back ([`VirtioDevice::poll`]); notifications stay off
+    /// until then, so the driver need not notify again.
+    pub more: bool,
+}
+
+/// [`serve_queue`] that also stops once `spent()` says this call did
+/// enough work (a byte budget of the device's): a guest cannot make one
+/// exit copy or zero gigabytes by pointing many requests at its RAM.
+pub fn serve_queue_bounded<M: QueueMemory + ?Sized>(
+    queue: &mut Queue,
+    mem: &M,
+    irq: &IrqTrigger,
+    mut handle: impl FnMut(&DescriptorChain) -> Result<u32, queue::ChainError>,
+    spent: impl Fn() -> bool,
+) -> Result<Served, queue::QueueError> {
     let budget = SERVE_BUDGET_QUEUES * u32::from(queue.size());
     let mut done = 0u32;
+    let mut more = false;
     let r = (|| {
         loop {
             queue.disable_notification(mem)?;
             while done < budget {
+                if spent() {
+                    more = queue.has_available(mem)?;
+                    break;
+                }
                 let Some(chain) = queue.pop(mem)? else { break };
                 let len = handle(&chain).unwrap_or_else(|e| {
                     log::debug!("virtio: request {} failed: {e:?}", chain.head());
@@ -426,14 +464,14 @@ pub fn serve_queue<M: QueueMemory + ?Sized>(
                 queue.add_used(mem, chain.head(), len)?;
                 done += 1;
             }
-            if !queue.enable_notification(mem)? || done >= budget {
+            if more || !queue.enable_notification(mem)? || done >= budget {
                 break;
             }
         }
         if queue.needs_notification(mem)? {
             irq.signal_used();
         }
-        Ok(done)
+        Ok(Served { done, more })
     })();
     if r.is_err() {
         queue.set_broken();

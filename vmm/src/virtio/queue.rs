@@ -515,6 +515,12 @@ impl Queue {
         Ok(idx)
     }
 
+    /// Whether the driver made a chain available that [`Queue::pop`] has
+    /// not taken yet.
+    pub fn has_available<M: QueueMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, QueueError> {
+        Ok(self.avail_idx(mem)? != self.next_avail.0)
+    }
+
     /// The next available chain (§2.7.13), `Ok(None)` if the driver has
     /// made none available.
     pub fn pop<M: QueueMemory + ?Sized>(
