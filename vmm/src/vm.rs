@@ -715,6 +715,11 @@ impl<B: Backing> Vm<B> {
                 (Irq::Gsi(gsi), _, Some(x)) => {
                     Some(IrqLine::new(x.chip().clone(), gsi, Trigger::Level))
                 }
+                (Irq::Isa(irq), _, Some(x)) => Some(IrqLine::new(
+                    x.chip().clone(),
+                    crate::x86::wiring::ISA_LINE + u32::from(irq),
+                    Trigger::Level,
+                )),
                 _ => None,
             }
         };
@@ -734,7 +739,11 @@ impl<B: Backing> Vm<B> {
             let mut level_line = None;
             let model: Box<dyn crate::bus::BusDevice> = match d.kind {
                 DeviceKind::Uart16550 => {
-                    Box::new(Uart16550::new(LineOutput::new(name.clone(), lines.clone())))
+                    let out = LineOutput::new(name.clone(), lines.clone());
+                    match line_of(d.irq) {
+                        Some(l) => Box::new(Uart16550::with_line(out, l)),
+                        None => Box::new(Uart16550::new(out)),
+                    }
                 }
                 DeviceKind::Pl011 => {
                     let out = LineOutput::new(name.clone(), lines.clone());
@@ -991,11 +1000,13 @@ impl<B: Backing> Vm<B> {
     }
 
     /// Whether console input could wake the VM: its UART's receive
-    /// interrupt is enabled and wired (arm64 PL011; the x86 16550's IRQ 4
-    /// is not wired yet, so an x86 guest polls its UART).
+    /// interrupt is enabled and wired (the 16550's IRQ 4, the PL011's SPI).
     pub fn waits_for_input(&self) -> bool {
         match self.arch {
-            GuestArch::X86_64 => false,
+            GuestArch::X86_64 => self
+                .ports
+                .with_device(self.uart, |u: &mut Uart16550| u.waits_for_input())
+                .unwrap_or(false),
             GuestArch::Aarch64 => self
                 .mmio
                 .with_device(self.uart, |u: &mut Pl011| u.waits_for_input())

@@ -4,11 +4,14 @@
 //! IIR bits 7:6, loopback through MCR/MSR) and for polling drivers.
 //!
 //! Transmission is instantaneous: THR is always empty (LSR.THRE and TEMT
-//! set), transmitted bytes go to a [`LineOutput`]. The interrupt state is
-//! computed ([`Uart16550::irq_line`]) for an interrupt controller to sample.
+//! set), transmitted bytes go to a [`LineOutput`]. The interrupt output
+//! ([`Uart16550::irq_line`]: a pending interrupt gated by MCR.OUT2, as on
+//! PC boards) drives an [`IrqLine`] when one is wired (COM1's IRQ 4), after
+//! every access and every byte received.
 
 use crate::bus::{BusDevice, IoOutcome};
 use crate::devices::{LineOutput, RxFifo, RX_FIFO_LEN};
+use crate::irq::IrqLine;
 use crate::regs::AccessSize;
 
 /// COM1.
@@ -58,6 +61,9 @@ pub struct Uart16550 {
     msr_delta: u8,
     /// THR-empty interrupt condition (cleared by reading IIR or writing THR).
     thr_ipending: bool,
+    line: Option<IrqLine>,
+    /// The level `line` was last driven to.
+    driven: bool,
 }
 
 impl Uart16550 {
@@ -76,7 +82,35 @@ impl Uart16550 {
             overrun: false,
             msr_delta: 0,
             thr_ipending: false,
+            line: None,
+            driven: false,
         }
+    }
+
+    /// The UART with its interrupt output wired to `line`.
+    pub fn with_line(out: LineOutput, line: IrqLine) -> Uart16550 {
+        Uart16550 {
+            line: Some(line),
+            ..Uart16550::new(out)
+        }
+    }
+
+    /// Drives the line to the interrupt output when it changed.
+    fn update_line(&mut self) {
+        let level = self.irq_line();
+        if let Some(l) = &self.line {
+            if level != self.driven {
+                self.driven = level;
+                l.set(level);
+            }
+        }
+    }
+
+    /// Whether the guest waits for input with the receive interrupt
+    /// enabled and reaching the line (IER.RDI, MCR.OUT2, a wired line): a
+    /// byte typed for it can wake it.
+    pub fn waits_for_input(&self) -> bool {
+        self.line.is_some() && self.ier & IER_RDI != 0 && self.mcr & MCR_OUT2 != 0
     }
 
     fn rx_capacity(&self) -> usize {
@@ -95,6 +129,7 @@ impl Uart16550 {
             // The byte that did not fit is lost: overrun, as on the chip.
             self.receive(bytes[n]);
         }
+        self.update_line();
         n
     }
 
@@ -201,7 +236,21 @@ impl BusDevice for Uart16550 {
         "uart16550"
     }
 
-    fn read(&mut self, offset: u64, _size: AccessSize) -> u64 {
+    fn read(&mut self, offset: u64, size: AccessSize) -> u64 {
+        let v = self.read_reg(offset, size);
+        self.update_line();
+        v
+    }
+
+    fn write(&mut self, offset: u64, size: AccessSize, value: u64) -> IoOutcome {
+        let r = self.write_reg(offset, size, value);
+        self.update_line();
+        r
+    }
+}
+
+impl Uart16550 {
+    fn read_reg(&mut self, offset: u64, _size: AccessSize) -> u64 {
         let dlab = self.lcr & LCR_DLAB != 0;
         let v = match offset {
             0 if dlab => self.dll,
@@ -239,7 +288,7 @@ impl BusDevice for Uart16550 {
         u64::from(v)
     }
 
-    fn write(&mut self, offset: u64, _size: AccessSize, value: u64) -> IoOutcome {
+    fn write_reg(&mut self, offset: u64, _size: AccessSize, value: u64) -> IoOutcome {
         let v = value as u8;
         let dlab = self.lcr & LCR_DLAB != 0;
         match offset {

@@ -432,3 +432,52 @@ fn the_xapic_page_follows_ia32_apic_base() {
         "x2APIC: no page"
     );
 }
+
+/// COM1's IRQ 4 reaches the guest: with IER.RDI and MCR.OUT2 set and I/O
+/// APIC pin 4 routed, a halted BSP waits for input (kept, not stopped as
+/// unwakeable), a typed byte wakes it with the pin's vector, and reading
+/// the byte drops the line.
+#[test]
+fn uart_irq4_through_the_ioapic_wakes_hlt_on_input() {
+    let (vm, _clock) = x86(1);
+    let s = vec![
+        enable(),
+        out(0x21, 0xff),
+        out(0xa1, 0xff),
+        // Pin 4: vector 0x34, edge, active high, unmasked, to APIC 0.
+        w(IOAPIC_BASE, 0x10 + 2 * 4),
+        w(IOAPIC_BASE + 0x10, 0x34),
+        w(IOAPIC_BASE, 0x11 + 2 * 4),
+        w(IOAPIC_BASE + 0x10, 0),
+        out(0x3f9, 0x01), // IER: received data available
+        out(0x3fc, 0x08), // MCR: OUT2
+        Exit::Halt,
+    ];
+    let n = s.len() as u64;
+    let mut v = vcpu(s);
+    assert_eq!(run_all(&vm, 0, &mut v, n), Flow::Halt);
+    assert_eq!(vm.vcpu_state(0), Some(VcpuState::Blocked));
+    assert_eq!(vm.wake_deadline(0), None);
+    assert!(
+        vm.waits_for_input() && vm.can_progress(),
+        "input can wake it"
+    );
+    assert_eq!(vm.console_input(b"k"), 1);
+    assert_eq!(
+        vm.vcpu_state(0),
+        Some(VcpuState::Runnable),
+        "woken by IRQ 4"
+    );
+    v.push(Exit::PortIo(crate::exit::PortIo {
+        port: 0x3f8,
+        size: AccessSize::B1,
+        op: crate::exit::IoOp::In,
+    }));
+    v.push(eoi());
+    v.push(Exit::Halt);
+    assert_eq!(run_all(&vm, 0, &mut v, 3), Flow::Halt);
+    assert_eq!(v.taken, [0x34]);
+    assert_eq!(v.get(Reg::Rax) & 0xff, u64::from(b'k'));
+    // Nothing more: the line fell when the byte was read.
+    assert!(!vm.x86_irq().unwrap().chip().with(|c| c.ioapic().line(4)));
+}

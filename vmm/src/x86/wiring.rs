@@ -298,12 +298,21 @@ impl X86Apics {
     }
 }
 
+/// Line numbers `ISA_LINE + irq` name ISA IRQs of devices outside the
+/// controllers (the 16550's IRQ 4): such a line drives the 8259 pair and
+/// the I/O APIC pin of the IRQ ([`isa_gsi`]), as an ISA bus line does.
+/// Lines below it are I/O APIC pins (GSIs).
+pub const ISA_LINE: u32 = 0x100;
+
 impl IrqChip for X86Apics {
     fn has_line(&self, line: u32) -> bool {
-        (line as usize) < IOAPIC_PINS
+        (line as usize) < IOAPIC_PINS || (ISA_LINE..ISA_LINE + 16).contains(&line)
     }
 
     fn set_line(&mut self, line: u32, level: bool) -> VcpuMask {
+        if let Some(irq) = line.checked_sub(ISA_LINE).filter(|&i| i < 16) {
+            return self.isa_line(irq as u8, level) | self.update_intr();
+        }
         match self.ioapic.set_line(line as usize, level) {
             Some(m) => self.deliver(&m, None),
             None => 0,
@@ -311,7 +320,11 @@ impl IrqChip for X86Apics {
     }
 
     fn pulse_line(&mut self, line: u32) -> VcpuMask {
-        let was = self.ioapic.line(line as usize);
+        let pin = match line.checked_sub(ISA_LINE).filter(|&i| i < 16) {
+            Some(irq) => isa_gsi(irq as u8),
+            None => line as usize,
+        };
+        let was = self.ioapic.line(pin);
         let mut kick = 0;
         if was {
             kick |= self.set_line(line, false);

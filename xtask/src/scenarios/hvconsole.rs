@@ -1,8 +1,9 @@
 //! The hypervisor console (issue 13, item 7): keys typed on the serial
 //! console go to the VM with the input focus, Ctrl-A commands move the
 //! focus, list the VMs, print exit statistics and stop a VM. Two echo
-//! guests that read their UART (x86: polling the 16550; arm64: waiting in
-//! WFI for the PL011's receive interrupt, no timer armed).
+//! guests that wait for their UART's receive interrupt with no timer
+//! armed (x86: HLT, the 16550's IRQ 4 on I/O APIC pin 4; arm64: WFI, the
+//! PL011's SPI), so only typed input wakes them.
 
 use super::arm64::arm;
 use super::svm::x86;
@@ -40,6 +41,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             input: INPUT,
             expect_each: &[&[
+                "[echo-a] ok: woken by the receive interrupt",
                 "[echo-a] PASS",
                 "vm echo-a: stopped: debug-exit, code 33",
                 "HV-EXIT: success",
