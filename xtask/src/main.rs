@@ -338,21 +338,30 @@ struct RunPlan {
 }
 
 /// The demo of `cargo xtask run` without --guest: (guest binary, VM name,
-/// vCPUs, command line) of test guests that each show something and end
-/// by themselves, so the run ends cleanly.
-fn demo_vms(arch: Arch) -> &'static [(&'static str, &'static str, u32, &'static str)] {
+/// vCPUs, command line, virtio devices) of test guests that each show
+/// something and end by themselves, so the run ends cleanly; two of them
+/// exchange frames over the hypervisor's switch.
+fn demo_vms(
+    arch: Arch,
+) -> &'static [(&'static str, &'static str, u32, &'static str, &'static str)] {
     match arch {
         Arch::X86_64 => &[
-            ("hello", "hello", 1, "demo from the README"),
-            ("multiboot", "multiboot", 1, "mb-arg=42 second"),
-            ("isolation", "iso-a", 1, "pattern=0x5a"),
-            ("isolation", "iso-b", 1, "pattern=0xc3"),
+            ("hello", "hello", 1, "demo from the README", ""),
+            ("multiboot", "multiboot", 1, "mb-arg=42 second", ""),
+            ("isolation", "iso-a", 1, "pattern=0x5a", ""),
+            ("isolation", "iso-b", 1, "pattern=0xc3", ""),
+            ("virtio_net", "net-a", 1, "role=a", "net"),
+            ("virtio_net", "net-b", 1, "role=b", "net"),
+            ("virtio_rng", "rng", 1, "", "rng"),
         ],
         Arch::Aarch64 => &[
-            ("hello", "hello", 1, "demo from the README"),
-            ("psci", "psci", 2, ""),
-            ("isolation", "iso-a", 1, "seed=1"),
-            ("isolation", "iso-b", 1, "seed=2"),
+            ("hello", "hello", 1, "demo from the README", ""),
+            ("psci", "psci", 2, "", ""),
+            ("isolation", "iso-a", 1, "seed=1", ""),
+            ("isolation", "iso-b", 1, "seed=2", ""),
+            ("virtio_net", "net-a", 1, "role=a", "net"),
+            ("virtio_net", "net-b", 1, "role=b", "net"),
+            ("virtio_rng", "rng", 1, "", "rng"),
         ],
     }
 }
@@ -465,14 +474,18 @@ impl RunArgs {
                 build_guests: false,
             };
             if !self.no_vms {
-                for &(bin, name, smp, append) in demo_vms(arch) {
+                for &(bin, name, smp, append, virtio) in demo_vms(arch) {
                     plan.vms.push(bundle::VmLine {
                         name: name.into(),
                         file: bin.into(),
                         mem_mib: 16,
                         smp,
                         append: append.into(),
-                        virtio: Vec::new(),
+                        virtio: virtio
+                            .split(',')
+                            .filter(|w| !w.is_empty())
+                            .map(String::from)
+                            .collect(),
                         disk: None,
                     });
                     if !plan.sources.iter().any(|(f, _)| f == bin) {
@@ -902,15 +915,29 @@ mod tests {
         // Without --guest: the demo, several test guests side by side, with
         // no exitcode=guest (the run ends with the hypervisor's status).
         assert!(p.demo);
-        assert_eq!(p.vms.len(), 4);
+        assert_eq!(p.vms.len(), 7);
         assert!(p.vms.iter().all(|v| v.check().is_ok()));
         for v in &p.vms {
             assert!(p.sources.iter().any(|(f, _)| *f == v.file), "{}", v.file);
         }
         let names: Vec<&str> = p.vms.iter().map(|v| v.name.as_str()).collect();
-        assert_eq!(names, ["hello", "multiboot", "iso-a", "iso-b"]);
+        assert_eq!(
+            names,
+            [
+                "hello",
+                "multiboot",
+                "iso-a",
+                "iso-b",
+                "net-a",
+                "net-b",
+                "rng"
+            ]
+        );
+        // Two of them talk over virtio-net, one uses virtio-rng.
+        assert_eq!(p.vms[4].virtio, ["net"]);
+        assert_eq!(p.vms[6].virtio, ["rng"]);
         let arm = run_args(&[]).plan(Arch::Aarch64).unwrap();
-        assert_eq!(arm.vms.len(), 4);
+        assert_eq!(arm.vms.len(), 7);
         assert!(arm.demo);
         let p = run_args(&["--smp", "3", "--mem", "64", "--no-vms"])
             .plan(Arch::X86_64)
@@ -919,7 +946,7 @@ mod tests {
         assert!(p.vms.is_empty() && !p.demo);
         // The demo's VMs need their RAM on top of the hypervisor's.
         let p = run_args(&["--mem", "64"]).plan(Arch::X86_64).unwrap();
-        assert_eq!(p.mem_mib, HV_MEM_MIB + 4 * 16);
+        assert_eq!(p.mem_mib, HV_MEM_MIB + 7 * 16);
         assert!(Cli::try_parse_from(["xtask", "run", "--no-vms", "--guest", "x"]).is_err());
         let e = run_args(&["--mem", "63"]).plan(Arch::X86_64).unwrap_err();
         assert!(e.contains("at least 64"), "{e}");
