@@ -81,6 +81,27 @@ fn size_of_reg(r: Register) -> Option<AccessSize> {
     AccessSize::from_bytes(r.size() as u64)
 }
 
+/// The value of operand `at` of `i` when it is a GPR (a legacy high-byte
+/// register gives bits 15:8) or an immediate (sign-extended as encoded);
+/// None for other kinds.
+fn operand_value(i: &Instruction, at: u32, gpr_value: &impl Fn(Reg) -> u64) -> Option<u64> {
+    match i.op_kind(at) {
+        OpKind::Register => {
+            let (r, high) = gpr(i.op_register(at))?;
+            let v = gpr_value(r);
+            Some(if high { v >> 8 } else { v })
+        }
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Some(i.immediate(at)),
+        _ => None,
+    }
+}
+
 /// A decoded MMIO access, before it is checked against the fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decoded {
@@ -102,23 +123,7 @@ pub fn decode_mmio(bytes: &[u8], bitness: u32, gpr_value: impl Fn(Reg) -> u64) -
     let (k0, k1) = (i.op_kind(0), i.op_kind(1));
     match i.mnemonic() {
         Mnemonic::Mov if k0 == OpKind::Memory => {
-            let value = match k1 {
-                OpKind::Register => {
-                    let (r, high) = gpr(i.op_register(1))?;
-                    let v = gpr_value(r);
-                    if high {
-                        v >> 8
-                    } else {
-                        v
-                    }
-                }
-                OpKind::Immediate8
-                | OpKind::Immediate16
-                | OpKind::Immediate32
-                | OpKind::Immediate32to64
-                | OpKind::Immediate8to64 => i.immediate(1),
-                _ => return None,
-            };
+            let value = operand_value(&i, 1, &gpr_value)?;
             Some(Decoded {
                 size: msize,
                 op: MmioOp::Write(value & msize.mask()),
@@ -150,27 +155,8 @@ pub fn decode_mmio(bytes: &[u8], bitness: u32, gpr_value: impl Fn(Reg) -> u64) -
         // TEST/CMP with a memory operand: a read that only sets flags
         // (compilers fold volatile loads into them).
         m @ (Mnemonic::Test | Mnemonic::Cmp) if k0 == OpKind::Memory || k1 == OpKind::Memory => {
-            let other_kind = if k0 == OpKind::Memory { k1 } else { k0 };
             let other_at = if k0 == OpKind::Memory { 1 } else { 0 };
-            let other = match other_kind {
-                OpKind::Register => {
-                    let (r, high) = gpr(i.op_register(other_at))?;
-                    let v = gpr_value(r);
-                    if high {
-                        v >> 8
-                    } else {
-                        v
-                    }
-                }
-                OpKind::Immediate8
-                | OpKind::Immediate16
-                | OpKind::Immediate32
-                | OpKind::Immediate8to16
-                | OpKind::Immediate8to32
-                | OpKind::Immediate8to64
-                | OpKind::Immediate32to64 => i.immediate(other_at),
-                _ => return None,
-            } & msize.mask();
+            let other = operand_value(&i, other_at, &gpr_value)? & msize.mask();
             let op = if m == Mnemonic::Test {
                 FlagsOp::Test(other)
             } else {
