@@ -34,6 +34,7 @@ pub mod devices;
 pub mod event;
 pub mod exit;
 pub mod fdt;
+pub mod gdb;
 pub mod hvconsole;
 pub mod hypercall;
 pub mod irq;
