@@ -93,6 +93,24 @@ pub enum MmioOp {
     /// x86 `TEST` or `CMP` with an MMIO operand: a read whose value only
     /// sets RFLAGS' status flags (`crate::x86::flags`).
     ReadFlags(FlagsOp),
+    /// x86 `ADD`/`SUB`/`AND`/`OR`/`XOR reg, mem` with an MMIO source: a
+    /// read, `dest = other op mem` (`other`: the register's value before),
+    /// and the status flags.
+    ReadAlu {
+        op: AluOp,
+        dest: LoadDest,
+        other: u64,
+    },
+}
+
+/// The arithmetic of [`MmioOp::ReadAlu`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AluOp {
+    Add,
+    Sub,
+    And,
+    Or,
+    Xor,
 }
 
 impl MmioOp {

@@ -1925,6 +1925,15 @@ fn complete_read<V: Vcpu + ?Sized>(
             let rflags = vcpu.reg(Reg::Rflags)?;
             vcpu.set_reg(Reg::Rflags, crate::x86::flags::apply(rflags, f, data, size))
         }
+        MmioOp::ReadAlu { op, dest, other } => {
+            use crate::x86::flags;
+            // The operation is at the destination's width (the memory
+            // operand has it too).
+            let (r, f) = flags::alu(op, other, data, dest.width);
+            let rflags = vcpu.reg(Reg::Rflags)?;
+            load(vcpu, dest, r, dest.width)?;
+            vcpu.set_reg(Reg::Rflags, (rflags & !flags::STATUS) | f)
+        }
         MmioOp::Write(_) => Ok(()),
     }
 }

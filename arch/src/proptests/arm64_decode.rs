@@ -110,7 +110,9 @@ proptest! {
                                 prop_assert_eq!(ld.width, w);
                                 prop_assert!(!ld.preserve_upper);
                             }
-                            MmioOp::ReadFlags(_) => prop_assert!(false, "x86 flags op on arm64"),
+                            MmioOp::ReadFlags(_) | MmioOp::ReadAlu { .. } => {
+                                prop_assert!(false, "x86 ALU op on arm64")
+                            }
                         }
                     }
                     Exit::Stage2Fault { gpa, gva, access } => {

@@ -105,6 +105,11 @@ proptest! {
                 MmioOp::ReadFlags(FlagsOp::Test(v) | FlagsOp::Cmp { other: v, .. }) => {
                     prop_assert_eq!(v & !d.size.mask(), 0)
                 }
+                MmioOp::ReadAlu { dest, other, .. } => {
+                    prop_assert!(is_gpr(dest.reg), "{dest:?}");
+                    prop_assert_eq!(dest.width, d.size);
+                    prop_assert_eq!(other & !d.size.mask(), 0);
+                }
             }
         }
         if let Some(m) = decode_mov_dr(&bytes, bits) {
@@ -121,7 +126,10 @@ proptest! {
                 let agrees = matches!(
                     (access, m.op),
                     (AccessKind::Write, MmioOp::Write(_))
-                        | (AccessKind::Read, MmioOp::Read(_) | MmioOp::ReadFlags(_))
+                        | (
+                            AccessKind::Read,
+                            MmioOp::Read(_) | MmioOp::ReadFlags(_) | MmioOp::ReadAlu { .. }
+                        )
                 );
                 prop_assert!(agrees, "{access:?} fault emulated as {:?}", m.op);
             }

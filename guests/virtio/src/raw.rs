@@ -124,13 +124,23 @@ fn status(base: u64) -> u32 {
 
 /// Reset and negotiate VERSION_1 only; true if FEATURES_OK stuck.
 fn negotiate(base: u64) -> bool {
+    negotiate_with(base, 0)
+}
+
+/// VIRTIO_F_EVENT_IDX (feature bit 29).
+const EVENT_IDX: u32 = 1 << 29;
+
+/// Reset and negotiate VERSION_1 plus `low` (bits 0-31, if offered).
+fn negotiate_with(base: u64, low: u32) -> bool {
     write32(base + REG_STATUS, 0);
     write32(base + REG_STATUS, ACKNOWLEDGE);
     write32(base + REG_STATUS, ACKNOWLEDGE | DRIVER);
+    write32(base + REG_DEVICE_FEATURES_SEL, 0);
+    let offered_low = read32(base + REG_DEVICE_FEATURES);
     write32(base + REG_DEVICE_FEATURES_SEL, 1);
     let high = read32(base + REG_DEVICE_FEATURES);
     write32(base + REG_DRIVER_FEATURES_SEL, 0);
-    write32(base + REG_DRIVER_FEATURES, 0);
+    write32(base + REG_DRIVER_FEATURES, low & offered_low);
     write32(base + REG_DRIVER_FEATURES_SEL, 1);
     write32(base + REG_DRIVER_FEATURES, high & 1);
     write32(base + REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
@@ -156,12 +166,16 @@ fn setup(base: u64, desc: u64, avail: u64, used: u64) -> bool {
 
 /// A fresh queue on the rings in PAGES, DRIVER_OK.
 fn start(r: &mut dyn Report, base: u64) -> Queue {
+    start_with(r, base, 0)
+}
+
+fn start_with(r: &mut dyn Report, base: u64, features: u32) -> Queue {
     for p in 0..3 {
         for off in (0..4096).step_by(8) {
             poke64(page(p) + off, 0);
         }
     }
-    let ok = negotiate(base) && setup(base, page(0), page(1), page(2));
+    let ok = negotiate_with(base, features) && setup(base, page(0), page(1), page(2));
     write32(
         base + REG_STATUS,
         ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
@@ -267,6 +281,97 @@ pub fn hostile_rng(r: &mut dyn Report, base: u64, ram_base: u64, ram_end: u64) {
     r.check(
         n == Some(64),
         format_args!("after a reset, a request is served again ({n:?})"),
+    );
+    write32(base + REG_STATUS, 0);
+}
+
+/// `vring_need_event` (VIRTIO 1.2 §2.7.10): whether moving an index from
+/// `old` to `new` crosses `event`.
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// Rule `vq_barrier` from inside a guest, on one vCPU: VIRTIO_F_EVENT_IDX
+/// followed to the letter by a register-level driver of the entropy
+/// device. The driver notifies only when the device's `avail_event` asks
+/// for it, so a device that publishes it wrong (too far ahead) strands
+/// requests; it sets `used_event` and checks that the device interrupts
+/// exactly when its used index crosses it. (The cross-CPU race the rule
+/// is about needs host SMP; the host test `inv_vq_barrier_*` covers it.)
+pub fn event_idx_rng(r: &mut dyn Report, base: u64) {
+    let mut q = start_with(r, base, EVENT_IDX);
+    write32(base + REG_DEVICE_FEATURES_SEL, 0);
+    r.check(
+        read32(base + REG_DEVICE_FEATURES) & EVENT_IDX != 0,
+        format_args!("the device offers EVENT_IDX"),
+    );
+    let buf = page(3);
+    let avail = page(1);
+    let used = page(2);
+    // used_event is after the available ring, avail_event after the used.
+    let used_event = avail + 4 + 2 * u64::from(SIZE);
+    let avail_event = used + 4 + 8 * u64::from(SIZE);
+    for i in 0..SIZE {
+        q.desc(i, buf + 64 * u64::from(i), 16, F_WRITE, 0);
+    }
+    let mut notified = 0u32;
+    let mut stranded = 0u32;
+    let mut wrong_irqs = 0u32;
+    let mut served = 0u32;
+    // 40 rounds of 1-5 requests, each made available in one go.
+    for round in 0..40u16 {
+        let n = 1 + round % 5;
+        let old = q.avail_idx;
+        // Ask for an interrupt only after the third completion of this
+        // round (or the last one if fewer), except every fourth round,
+        // which asks for none.
+        let used_before = peek16(used + 2);
+        let want_irq = round % 4 != 3;
+        let event = if want_irq {
+            used_before.wrapping_add(n.min(3) - 1)
+        } else {
+            used_before.wrapping_add(1000)
+        };
+        poke16(used_event, event);
+        for k in 0..n {
+            let head = (old.wrapping_add(k)) % SIZE;
+            poke16(avail + 4 + 2 * u64::from(q.avail_idx % SIZE), head);
+            q.avail_idx = q.avail_idx.wrapping_add(1);
+        }
+        poke16(avail + 2, q.avail_idx);
+        let isr_before = read32(base + REG_INTERRUPT_STATUS);
+        write32(base + REG_INTERRUPT_ACK, isr_before);
+        if need_event(peek16(avail_event), q.avail_idx, old) {
+            write32(base + REG_QUEUE_NOTIFY, 0);
+            notified += 1;
+        }
+        let now = peek16(used + 2);
+        let done = now.wrapping_sub(used_before);
+        served += u32::from(done);
+        if done != n {
+            stranded += 1;
+        }
+        let irq = read32(base + REG_INTERRUPT_STATUS) & 1 != 0;
+        if irq != (want_irq && done == n) {
+            wrong_irqs += 1;
+        }
+        write32(base + REG_INTERRUPT_ACK, 1);
+        q.used_seen = now;
+    }
+    r.say(format_args!(
+        "event-idx: {served} requests in 40 rounds, {notified} notifications, {stranded} stranded, {wrong_irqs} wrong interrupts"
+    ));
+    r.check(
+        stranded == 0,
+        format_args!("no request stranded by avail_event ({stranded})"),
+    );
+    r.check(
+        notified == 40,
+        format_args!("avail_event asked for every round's first request ({notified})"),
+    );
+    r.check(
+        wrong_irqs == 0,
+        format_args!("interrupts exactly when used_event was crossed ({wrong_irqs} wrong)"),
     );
     write32(base + REG_STATUS, 0);
 }

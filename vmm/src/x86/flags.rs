@@ -3,7 +3,7 @@
 //! a volatile load into the instruction that uses it (`test dword ptr
 //! [rbx+0x70], 8`), so a guest's MMIO read need not be a `MOV`.
 
-use crate::exit::FlagsOp;
+use crate::exit::{AluOp, FlagsOp};
 use crate::regs::AccessSize;
 
 pub const CF: u64 = 1 << 0;
@@ -65,6 +65,51 @@ pub fn status_flags(op: FlagsOp, mem: u64, size: AccessSize) -> u64 {
     }
 }
 
+/// `a op b` at `size` and its status flags (SDM Vol. 2 "ADD", "SUB",
+/// "AND", "OR", "XOR": the logic ones clear CF and OF, AF undefined: 0).
+pub fn alu(op: AluOp, a: u64, b: u64, size: AccessSize) -> (u64, u64) {
+    let m = size.mask();
+    let (a, b) = (a & m, b & m);
+    match op {
+        AluOp::Sub => (
+            a.wrapping_sub(b) & m,
+            // a - b: CMP with `a` in the first operand's place.
+            status_flags(
+                FlagsOp::Cmp {
+                    other: b,
+                    mem_first: true,
+                },
+                a,
+                size,
+            ),
+        ),
+        AluOp::Add => {
+            let r = a.wrapping_add(b) & m;
+            let sign = 1u64 << (size.bytes() * 8 - 1);
+            let mut f = zf_sf_pf(r, size);
+            if r < a {
+                f |= CF;
+            }
+            if (a ^ b ^ r) & 0x10 != 0 {
+                f |= AF;
+            }
+            // Signed overflow: operands of one sign, the result of the other.
+            if (a ^ r) & (b ^ r) & sign != 0 {
+                f |= OF;
+            }
+            (r, f)
+        }
+        AluOp::And | AluOp::Or | AluOp::Xor => {
+            let r = match op {
+                AluOp::And => a & b,
+                AluOp::Or => a | b,
+                _ => a ^ b,
+            };
+            (r, zf_sf_pf(r, size))
+        }
+    }
+}
+
 /// RFLAGS with `op`'s status flags in place of the old ones.
 pub fn apply(rflags: u64, op: FlagsOp, mem: u64, size: AccessSize) -> u64 {
     (rflags & !STATUS) | status_flags(op, mem, size)
@@ -90,6 +135,22 @@ mod tests {
             apply(0x202 | CF | OF | AF | ZF, FlagsOp::Test(1), 1, B4),
             0x202
         );
+    }
+
+    #[test]
+    fn alu_results_and_flags() {
+        assert_eq!(alu(AluOp::And, 0xf0, 0x3c, B1), (0x30, PF));
+        assert_eq!(alu(AluOp::Or, 0, 0, B4), (0, ZF | PF));
+        assert_eq!(alu(AluOp::Xor, 0x8000_0000, 0, B4), (0x8000_0000, SF | PF));
+        assert_eq!(alu(AluOp::Add, 0xff, 1, B1), (0, CF | ZF | PF | AF));
+        assert_eq!(
+            alu(AluOp::Add, 0x7fff_ffff, 1, B4),
+            (0x8000_0000, SF | OF | PF | AF)
+        );
+        assert_eq!(alu(AluOp::Sub, 1, 2, B2), (0xffff, CF | SF | PF | AF));
+        // Operands are taken at the operation's size.
+        assert_eq!(alu(AluOp::Add, u64::MAX, 1, B8).0, 0);
+        assert_eq!(alu(AluOp::And, 0x1_0000_00ff, 0xff, B4).0, 0xff);
     }
 
     #[test]

@@ -539,7 +539,9 @@ impl X86Irq {
         let (gpa, size) = (m.gpa, m.size);
         let write = match m.op {
             crate::exit::MmioOp::Write(v) => Some(v),
-            crate::exit::MmioOp::Read(_) | crate::exit::MmioOp::ReadFlags(_) => None,
+            crate::exit::MmioOp::Read(_)
+            | crate::exit::MmioOp::ReadFlags(_)
+            | crate::exit::MmioOp::ReadAlu { .. } => None,
         };
         ci.sync = true;
         let mut out = ApicAccess::default();

@@ -131,6 +131,8 @@ pub fn scenarios() -> Vec<Scenario> {
                 "[mmio] ok: mov m64, imm32 sign-extends",
                 "[mmio] ok: test m32, imm: bit clear, ZF set",
                 "[mmio] ok: cmp r32, m32: above",
+                "[mmio] ok: and/or/xor r32, m32",
+                "[mmio] ok: add r32, m32: carry out, zero",
                 "[mmio] PASS",
                 "HV-EXIT: success",
             ],

@@ -215,5 +215,30 @@ pub fn scenarios() -> Vec<Scenario> {
                 &["HV-EXIT: success"],
             )
         },
+        // Rule vq_barrier inside a guest, on one vCPU: EVENT_IDX to the
+        // letter (no request stranded by avail_event, interrupts exactly
+        // at used_event). The cross-CPU race waits for host SMP.
+        x86(
+            "inv_vq_barrier-x86",
+            vec![vm("virtio_hostile", "evidx").virtio("rng").append("test=event-idx")],
+            &[
+                "[evidx] ok: the device offers EVENT_IDX",
+                "[evidx] event-idx: 120 requests in 40 rounds, 40 notifications, 0 stranded, 0 wrong interrupts",
+                "[evidx] ok: no request stranded by avail_event",
+                "[evidx] ok: interrupts exactly when used_event was crossed",
+                "[evidx] PASS",
+                "HV-EXIT: success",
+            ],
+        ),
+        arm(
+            "inv_vq_barrier-arm64",
+            vec![vm("virtio_hostile", "evidx").virtio("rng").append("test=event-idx")],
+            &[
+                "[evidx] ok: the device offers EVENT_IDX",
+                "[evidx] event-idx: 120 requests in 40 rounds, 40 notifications, 0 stranded, 0 wrong interrupts",
+                "[evidx] virtio-event-idx: ok",
+                "HV-EXIT: success",
+            ],
+        ),
     ]
 }

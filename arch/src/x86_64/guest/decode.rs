@@ -8,14 +8,15 @@
 //! Uses `iced-x86`'s decoder. Plain data moves are emulated (`MOV`
 //! reg↔mem, `MOV` mem←imm, `MOVZX`, `MOVSX`, `MOVSXD`), and reads that
 //! only set flags (`TEST`, `CMP` with a memory operand: compilers fold a
-//! volatile load into them); anything else (read-modify-write, string
+//! volatile load into them), and `ADD`/`SUB`/`AND`/`OR`/`XOR reg, mem`
+//! (the same folding); anything else (read-modify-write, string
 //! instructions, high-byte destinations such as AH) is reported as
 //! undecodable and the VM stops with a stage-2 fault.
 //! How a backend's exit information gives the access kind stays with the
 //! backend (`svm::decode::npf_exit` for EXITINFO1).
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
-use vmm::exit::{AccessKind, Exit, FlagsOp, Mmio, MmioOp};
+use vmm::exit::{AccessKind, AluOp, Exit, FlagsOp, Mmio, MmioOp};
 use vmm::regs::{AccessSize, LoadDest, Reg};
 
 /// The longest x86 instruction.
@@ -152,6 +153,38 @@ pub fn decode_mmio(bytes: &[u8], bitness: u32, gpr_value: impl Fn(Reg) -> u64) -
                 len,
             })
         }
+        // ALU ops with an MMIO source: a read combined into the register.
+        m @ (Mnemonic::Add | Mnemonic::Sub | Mnemonic::And | Mnemonic::Or | Mnemonic::Xor)
+            if k0 == OpKind::Register && k1 == OpKind::Memory =>
+        {
+            let dst = i.op_register(0);
+            let (reg, high) = gpr(dst)?;
+            let width = size_of_reg(dst)?;
+            if high || width != msize {
+                return None;
+            }
+            let op = match m {
+                Mnemonic::Add => AluOp::Add,
+                Mnemonic::Sub => AluOp::Sub,
+                Mnemonic::And => AluOp::And,
+                Mnemonic::Or => AluOp::Or,
+                _ => AluOp::Xor,
+            };
+            Some(Decoded {
+                size: msize,
+                op: MmioOp::ReadAlu {
+                    op,
+                    dest: LoadDest {
+                        reg,
+                        sign_extend: false,
+                        width,
+                        preserve_upper: matches!(width, AccessSize::B1 | AccessSize::B2),
+                    },
+                    other: gpr_value(reg) & width.mask(),
+                },
+                len,
+            })
+        }
         // TEST/CMP with a memory operand: a read that only sets flags
         // (compilers fold volatile loads into them).
         m @ (Mnemonic::Test | Mnemonic::Cmp) if k0 == OpKind::Memory || k1 == OpKind::Memory => {
@@ -200,7 +233,10 @@ pub fn mmio_exit(
             let agrees = matches!(
                 (access, d.op),
                 (AccessKind::Write, MmioOp::Write(_))
-                    | (AccessKind::Read, MmioOp::Read(_) | MmioOp::ReadFlags(_))
+                    | (
+                        AccessKind::Read,
+                        MmioOp::Read(_) | MmioOp::ReadFlags(_) | MmioOp::ReadAlu { .. }
+                    )
             );
             if agrees {
                 (
@@ -410,8 +446,73 @@ pub(crate) mod tests {
             regs,
         );
         assert!(matches!(e, Exit::Stage2Fault { .. }));
-        // Register-only forms are not MMIO accesses.
+        // and r8d, [rbx+16] (what LLVM made of `read32(..) & x`).
+        let d = decode_mmio(&[0x44, 0x23, 0x43, 0x10], 64, regs).unwrap();
+        assert_eq!(
+            d.op,
+            MmioOp::ReadAlu {
+                op: AluOp::And,
+                dest: LoadDest {
+                    reg: Reg::R8,
+                    sign_extend: false,
+                    width: B4,
+                    preserve_upper: false
+                },
+                other: 0,
+            }
+        );
+        // add rbx, [rdi]; sub cl, [rdi] (8-bit: the rest kept).
+        let d = decode_mmio(&[0x48, 0x03, 0x1f], 64, regs).unwrap();
+        assert!(matches!(
+            d.op,
+            MmioOp::ReadAlu {
+                op: AluOp::Add,
+                other: 0xaabb,
+                ..
+            }
+        ));
+        let d = decode_mmio(&[0x2a, 0x0f], 64, regs).unwrap();
+        let MmioOp::ReadAlu {
+            op: AluOp::Sub,
+            dest,
+            ..
+        } = d.op
+        else {
+            panic!()
+        };
+        assert!(dest.preserve_upper && dest.width == B1);
+        // Memory destinations (read-modify-write) stay unemulated.
+        assert!(decode_mmio(&[0x21, 0x1f], 64, regs).is_none()); // and [rdi], ebx
+        assert!(decode_mmio(&[0x20, 0x3f], 64, regs).is_none()); // and [rdi], bh
+                                                                 // Register-only forms are not MMIO accesses.
         assert!(decode_mmio(&[0x85, 0xc0], 64, regs).is_none()); // test eax, eax
+    }
+
+    /// `a op b` on the host CPU: the result and the status flags.
+    fn host_alu(op: AluOp, a: u32, b: u32) -> (u32, u64) {
+        let mut r = a;
+        let f: u64;
+        // SAFETY: register-only arithmetic and a flags push/pop.
+        unsafe {
+            match op {
+                AluOp::Add => {
+                    core::arch::asm!("add {r:e}, {b:e}", "pushfq", "pop {f}", r = inout(reg) r, b = in(reg) b, f = out(reg) f)
+                }
+                AluOp::Sub => {
+                    core::arch::asm!("sub {r:e}, {b:e}", "pushfq", "pop {f}", r = inout(reg) r, b = in(reg) b, f = out(reg) f)
+                }
+                AluOp::And => {
+                    core::arch::asm!("and {r:e}, {b:e}", "pushfq", "pop {f}", r = inout(reg) r, b = in(reg) b, f = out(reg) f)
+                }
+                AluOp::Or => {
+                    core::arch::asm!("or {r:e}, {b:e}", "pushfq", "pop {f}", r = inout(reg) r, b = in(reg) b, f = out(reg) f)
+                }
+                AluOp::Xor => {
+                    core::arch::asm!("xor {r:e}, {b:e}", "pushfq", "pop {f}", r = inout(reg) r, b = in(reg) b, f = out(reg) f)
+                }
+            }
+        }
+        (r, f & vmm::x86::flags::STATUS)
     }
 
     /// The flags the vmm computes for an emulated TEST/CMP are the CPU's.
@@ -461,6 +562,21 @@ pub(crate) mod tests {
                 let t = status_flags(FlagsOp::Test(u64::from(b)), u64::from(a), AccessSize::B4);
                 // AF is undefined after TEST.
                 assert_eq!(t & !AF, host(false, a, b) & !AF, "test {a:#x}, {b:#x}");
+                for op in [AluOp::Add, AluOp::Sub, AluOp::And, AluOp::Or, AluOp::Xor] {
+                    let (r, f) =
+                        vmm::x86::flags::alu(op, u64::from(a), u64::from(b), AccessSize::B4);
+                    let (hr, hf) = host_alu(op, a, b);
+                    let undefined = if matches!(op, AluOp::And | AluOp::Or | AluOp::Xor) {
+                        AF
+                    } else {
+                        0
+                    };
+                    assert_eq!(
+                        (r, f & !undefined),
+                        (u64::from(hr), hf & !undefined),
+                        "{op:?} {a:#x}, {b:#x}"
+                    );
+                }
             }
         }
     }

@@ -121,6 +121,48 @@ mod guest {
             f[3]
         );
         check!(st(f[4]) & 0x41 == 0, "cmp r32, m32: above ({:#x})", f[4]);
+        // ALU ops with an MMIO source (the device word is 0x80000001).
+        let (mut a, mut o, mut x, mut ad, mut sb) = (0xffu64, 0x10u64, 1u64, 0x7fff_ffffu64, 0u64);
+        let mut fl = [0u64; 2];
+        // SAFETY: as above.
+        unsafe {
+            asm!(
+                "and {a:e}, dword ptr [{p} + 0x30]",
+                "or {o:e}, dword ptr [{p} + 0x30]",
+                "xor {x:e}, dword ptr [{p} + 0x30]",
+                "pushfq", "pop {f0}",
+                "add {ad:e}, dword ptr [{p} + 0x30]",
+                "pushfq", "pop {f1}",
+                "sub {sb}, qword ptr [{p} + 0x30]",
+                p = in(reg) p,
+                a = inout(reg) a,
+                o = inout(reg) o,
+                x = inout(reg) x,
+                ad = inout(reg) ad,
+                sb = inout(reg) sb,
+                f0 = out(reg) fl[0],
+                f1 = out(reg) fl[1],
+            );
+        }
+        check!(
+            a == 1 && o == 0x8000_0011 && x == 0x8000_0000,
+            "and/or/xor r32, m32 ({:#x} {:#x} {:#x})",
+            a,
+            o,
+            x
+        );
+        check!(st(fl[0]) & 0x80 != 0, "xor r32, m32: SF set ({:#x})", fl[0]);
+        check!(
+            ad == 0 && st(fl[1]) & 0x41 == 0x41,
+            "add r32, m32: carry out, zero ({:#x}, {:#x})",
+            ad,
+            fl[1]
+        );
+        check!(
+            sb == 0u64.wrapping_sub(0x8000_0001),
+            "sub r64, m64 ({:#x})",
+            sb
+        );
     }
 }
 
