@@ -655,14 +655,11 @@ struct Keys {
     typed: alloc::collections::VecDeque<(usize, u8)>,
 }
 
-/// Keys typed on the hypervisor console (at most a line's worth per pass):
-/// input for the focused VM or Ctrl-A commands (`vmm::hvconsole`). Typed
-/// input reaches the VM's UART as fast as the guest makes room in it.
-fn console_keys(keys: &mut Keys, slots: &mut [Slot]) {
-    // First what is still on its way, in order (a VM whose UART is full
-    // keeps the rest for the next pass).
+/// What is still on its way to the VMs, in order; a VM whose UART is full
+/// keeps the rest for the next pass.
+fn deliver_typed(typed: &mut alloc::collections::VecDeque<(usize, u8)>, slots: &[Slot]) {
     let mut blocked = alloc::vec![false; slots.len()];
-    keys.typed.retain(|&(vm, b)| {
+    typed.retain(|&(vm, b)| {
         let Some(s) = slots.get(vm).filter(|s| !s.done) else {
             return false;
         };
@@ -675,6 +672,17 @@ fn console_keys(keys: &mut Keys, slots: &mut [Slot]) {
         }
         false
     });
+}
+
+/// Keys typed on the hypervisor console (at most a line's worth per pass):
+/// input for the focused VM or Ctrl-A commands (`vmm::hvconsole`). Typed
+/// input reaches the VM's UART as fast as the guest makes room in it.
+fn console_keys(keys: &mut Keys, slots: &mut [Slot]) {
+    // The common case costs one UART status read: nothing typed, nothing
+    // on its way.
+    if !keys.typed.is_empty() {
+        deliver_typed(&mut keys.typed, slots);
+    }
     let keys_console = &mut keys.console;
     for _ in 0..64 {
         let Some(b) = crate::platform::console_getc() else {
