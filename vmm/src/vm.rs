@@ -1913,6 +1913,7 @@ fn load<V: Vcpu + ?Sized>(
 /// Completes an MMIO read with the device's `data`: into the destination
 /// register, or into RFLAGS' status flags (x86 TEST/CMP); nothing for a
 /// write.
+#[inline(always)]
 fn complete_read<V: Vcpu + ?Sized>(
     vcpu: &mut V,
     op: MmioOp,

@@ -85,6 +85,7 @@ fn size_of_reg(r: Register) -> Option<AccessSize> {
 /// The value of operand `at` of `i` when it is a GPR (a legacy high-byte
 /// register gives bits 15:8) or an immediate (sign-extended as encoded);
 /// None for other kinds.
+#[inline(always)]
 fn operand_value(i: &Instruction, at: u32, gpr_value: &impl Fn(Reg) -> u64) -> Option<u64> {
     match i.op_kind(at) {
         OpKind::Register => {
@@ -153,6 +154,25 @@ pub fn decode_mmio(bytes: &[u8], bitness: u32, gpr_value: impl Fn(Reg) -> u64) -
                 len,
             })
         }
+        // The flag-setting forms compilers fold volatile loads into: out of
+        // line, so the data moves (the xAPIC's and the devices' common
+        // case) keep their short path.
+        _ => decode_alu(&i, msize, len, &gpr_value),
+    }
+}
+
+/// `ADD`/`SUB`/`AND`/`OR`/`XOR reg, mem`, `TEST` and `CMP` with a memory
+/// operand (see [`decode_mmio`]).
+#[inline(never)]
+#[cold]
+fn decode_alu(
+    i: &Instruction,
+    msize: AccessSize,
+    len: usize,
+    gpr_value: &impl Fn(Reg) -> u64,
+) -> Option<Decoded> {
+    let (k0, k1) = (i.op_kind(0), i.op_kind(1));
+    match i.mnemonic() {
         // ALU ops with an MMIO source: a read combined into the register.
         m @ (Mnemonic::Add | Mnemonic::Sub | Mnemonic::And | Mnemonic::Or | Mnemonic::Xor)
             if k0 == OpKind::Register && k1 == OpKind::Memory =>
@@ -189,7 +209,7 @@ pub fn decode_mmio(bytes: &[u8], bitness: u32, gpr_value: impl Fn(Reg) -> u64) -
         // (compilers fold volatile loads into them).
         m @ (Mnemonic::Test | Mnemonic::Cmp) if k0 == OpKind::Memory || k1 == OpKind::Memory => {
             let other_at = if k0 == OpKind::Memory { 1 } else { 0 };
-            let other = operand_value(&i, other_at, &gpr_value)? & msize.mask();
+            let other = operand_value(i, other_at, &gpr_value)? & msize.mask();
             let op = if m == Mnemonic::Test {
                 FlagsOp::Test(other)
             } else {
