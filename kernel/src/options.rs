@@ -47,7 +47,13 @@ pub struct Options {
     /// `stats`: measure exit handling times (the counts are always kept);
     /// see [`EXIT_TIMING`].
     pub exit_timing: bool,
+    /// `smp=off`: leave every CPU but the boot CPU off (default: start
+    /// them all; see [`SMP`]).
+    pub smp: bool,
 }
+
+/// [`Options::smp`], for `platform::start_cpus`.
+pub static SMP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
 
 /// [`Options::exit_timing`], for the VM layer.
 pub static EXIT_TIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -60,6 +66,7 @@ impl Options {
             selftest_crash: false,
             guest_exit_code: false,
             exit_timing: false,
+            smp: true,
         };
         for word in cmdline.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -80,11 +87,14 @@ impl Options {
                 ("selftest", "crash") => o.selftest_crash = true,
                 ("exitcode", "guest") => o.guest_exit_code = true,
                 ("stats", "") => o.exit_timing = true,
+                ("smp", "off") => o.smp = false,
+                ("smp", "on") => o.smp = true,
                 _ => {}
             }
         }
         EXIT_METHOD.store(o.exit as u8, Ordering::Relaxed);
         EXIT_TIMING.store(o.exit_timing, Ordering::Relaxed);
+        SMP.store(o.smp, Ordering::Relaxed);
         o
     }
 }
