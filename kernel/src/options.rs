@@ -52,6 +52,11 @@ pub struct Options {
     pub smp: bool,
 }
 
+/// `selftest=crash-ap`: the first secondary CPU reads its own stack's
+/// guard page once it runs (needs the test-hooks feature; arm64).
+pub static SELFTEST_CRASH_AP: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
 /// [`Options::smp`], for `platform::start_cpus`.
 pub static SMP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
 
@@ -85,6 +90,7 @@ impl Options {
                 ("exit", "psci") => o.exit = ExitMethod::Psci,
                 ("exit", "halt") => o.exit = ExitMethod::Halt,
                 ("selftest", "crash") => o.selftest_crash = true,
+                ("selftest", "crash-ap") => SELFTEST_CRASH_AP.store(true, Ordering::Relaxed),
                 ("exitcode", "guest") => o.guest_exit_code = true,
                 ("stats", "") => o.exit_timing = true,
                 ("smp", "off") => o.smp = false,

@@ -28,7 +28,7 @@
 //! frames used are then reserved in that map (as `Kernel`), so the
 //! allocator `kernel_main` builds never hands them out again.
 
-use super::exceptions::STACK_SIZE;
+pub use super::exceptions::STACK_SIZE;
 use arch::aarch64::mmu;
 use arch::paging::{Aarch64Stage1, Attrs, MapError, PageSize, PageTable, TableAccess, TableAlloc};
 use boot::dtb::DtbInfo;

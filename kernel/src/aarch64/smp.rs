@@ -229,6 +229,11 @@ fn start_one(
         index,
         state: AtomicU32::new(STARTING),
     }));
+    log::debug!(
+        "cpu {index}: EL2 stack {:#x}-{:#x} (guard below it unmapped)",
+        stack_top - memory::STACK_SIZE,
+        stack_top
+    );
     let at = b as *const ApBoot as u64;
     // The new CPU reads the block with its MMU (and so its caches) off.
     mmu::clean_invalidate_dcache_range(at, at + core::mem::size_of::<ApBoot>() as u64);
@@ -266,6 +271,15 @@ extern "C" fn ap_main(b: &'static ApBoot) -> ! {
     };
     if let Err(e) = gic {
         log::warn!("cpu {}: GIC CPU interface not set up: {e}", b.index);
+    }
+    #[cfg(feature = "test-hooks")]
+    if b.index == 1 && crate::options::SELFTEST_CRASH_AP.load(Ordering::Relaxed) {
+        let guard = b.stack_top - 2 * super::exceptions::STACK_SIZE + 0x10;
+        log::warn!("cpu 1: deliberate fault: reading {guard:#x} (its stack's guard, unmapped)");
+        // SAFETY: not safe by design: the read faults (translation fault)
+        // and the EL2 vector reports it and ends the run.
+        let v = unsafe { core::ptr::read_volatile(guard as *const u64) };
+        log::error!("cpu 1: deliberate fault did not fault (read {v:#x})");
     }
     log::info!(
         "cpu {}: up (MPIDR {:#x}), EL{}",

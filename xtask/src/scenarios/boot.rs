@@ -112,6 +112,19 @@ pub fn scenarios() -> Vec<Scenario> {
             forbid: NO_SUCCESS,
             ..boot("crash-report-arm64", Aarch64, Image, KERNEL_TIMEOUT)
         },
+        // A secondary CPU's stack has its guard too: cpu 1 reads it.
+        Scenario {
+            append: "selftest=crash-ap",
+            expect_status: STATUS_FAILURE,
+            expect: &[
+                "cpu 1: deliberate fault",
+                "*** EXCEPTION",
+                "translation fault, level 3",
+                "HV-EXIT: failure",
+            ],
+            forbid: &["cpu 1: up", "did not fault", "HV-EXIT: success", "panicked"],
+            ..boot("smp-arm64-ap-stack-guard", Aarch64, Image, KERNEL_TIMEOUT)
+        },
         // The VM bundle reaches the kernel on every boot path (the default
         // paths, -kernel with -initrd, are covered by svm.rs / arm64.rs):
         // vms.conf parsed, each image found, the guest's command line
