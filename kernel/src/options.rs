@@ -57,6 +57,10 @@ pub struct Options {
 pub static SELFTEST_CRASH_AP: core::sync::atomic::AtomicBool =
     core::sync::atomic::AtomicBool::new(false);
 
+/// `selftest=ap-silent`: cpu 1 is started at an entry that never answers
+/// (needs the test-hooks feature; arm64).
+pub static AP_SILENT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// [`Options::smp`], for `platform::start_cpus`.
 pub static SMP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
 
@@ -91,6 +95,7 @@ impl Options {
                 ("exit", "halt") => o.exit = ExitMethod::Halt,
                 ("selftest", "crash") => o.selftest_crash = true,
                 ("selftest", "crash-ap") => SELFTEST_CRASH_AP.store(true, Ordering::Relaxed),
+                ("selftest", "ap-silent") => AP_SILENT.store(true, Ordering::Relaxed),
                 ("exitcode", "guest") => o.guest_exit_code = true,
                 ("stats", "") => o.exit_timing = true,
                 ("smp", "off") => o.smp = false,

@@ -15,6 +15,8 @@
 //! started CPU to report in.
 
 use super::{memory, psci_conduit, PLATFORM};
+#[cfg(feature = "test-hooks")]
+use crate::options::AP_SILENT;
 use crate::options::SMP;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -59,6 +61,9 @@ const ANSWER_MS: u64 = 5000;
 extern "C" {
     /// The secondary CPUs' first instruction (below).
     fn __ap_entry();
+    /// Test hook: an entry that never reports in.
+    #[cfg(feature = "test-hooks")]
+    fn __ap_silent();
 }
 
 core::arch::global_asm!(
@@ -108,6 +113,12 @@ __ap_entry:
     b       1b
 2:  wfi
     b       2b
+
+    // Test hook (selftest=ap-silent): a CPU that starts but never answers.
+    .global __ap_silent
+__ap_silent:
+    wfi
+    b       __ap_silent
     .ltorg
 "#,
     stack = const OFF_STACK,
@@ -169,6 +180,12 @@ pub fn start_cpus(info: &BootInfo, frames: &mut FrameAllocator) {
             ),
             CpuStart::Psci => {
                 let Some(conduit) = conduit else { continue };
+                #[cfg(feature = "test-hooks")]
+                let entry = if index == 1 && AP_SILENT.load(Ordering::Relaxed) {
+                    __ap_silent as *const () as u64
+                } else {
+                    entry
+                };
                 match start_one(conduit, index, c.mpidr, entry, p.mmu) {
                     Ok(b) => started.push((b, c.mpidr)),
                     Err(e) => log::error!("cpu {index} (MPIDR {:#x}): {e}: left off", c.mpidr),
@@ -205,6 +222,17 @@ pub fn start_cpus(info: &BootInfo, frames: &mut FrameAllocator) {
         }
     }
     log::info!("cpus: {up} of {total} up");
+    #[cfg(feature = "test-hooks")]
+    if AP_SILENT.load(Ordering::Relaxed) {
+        // The silent CPU is on: a second CPU_ON must be refused, and said so.
+        if let (Some(c), Some((_, mpidr))) = (conduit, started.first()) {
+            let again = match start_one(c, 1, *mpidr, entry, p.mmu) {
+                Ok(_) => "accepted",
+                Err(e) => e,
+            };
+            log::warn!("selftest: CPU_ON again for cpu 1 (MPIDR {mpidr:#x}): {again}");
+        }
+    }
 }
 
 /// Prepares CPU `index`'s block and stack and issues CPU_ON.
@@ -241,7 +269,7 @@ fn start_one(
     // at EL2, and its context id is the block just cleaned to memory, which
     // lives for ever, as do its stack and PerCpu (its own, unused by others).
     unsafe { psci::cpu_on(conduit, mpidr, entry, at) }.map_err(|e| match e {
-        psci::PsciError::AlreadyOn => "PSCI CPU_ON: ALREADY_ON (not ours to start)",
+        psci::PsciError::AlreadyOn => "PSCI CPU_ON: ALREADY_ON (the CPU is running)",
         psci::PsciError::InvalidParameters => "PSCI CPU_ON: INVALID_PARAMETERS (unknown MPIDR)",
         psci::PsciError::InvalidAddress => "PSCI CPU_ON: INVALID_ADDRESS (entry refused)",
         psci::PsciError::OnPending => "PSCI CPU_ON: ON_PENDING",

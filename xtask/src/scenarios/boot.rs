@@ -125,6 +125,21 @@ pub fn scenarios() -> Vec<Scenario> {
             forbid: &["cpu 1: up", "did not fault", "HV-EXIT: success", "panicked"],
             ..boot("smp-arm64-ap-stack-guard", Aarch64, Image, KERNEL_TIMEOUT)
         },
+        // A CPU that PSCI starts but that never answers: the boot CPU
+        // waits (bounded), names it, goes on with the others; a second
+        // CPU_ON for it is refused with PSCI's ALREADY_ON.
+        Scenario {
+            append: "selftest=ap-silent",
+            expect: &[
+                "cpus: 2 (MPIDR",
+                "cpu 1 (MPIDR 0x1): PSCI CPU_ON succeeded but the CPU did not report in within",
+                "cpus: 1 of 2 up",
+                "selftest: CPU_ON again for cpu 1 (MPIDR 0x1): PSCI CPU_ON: ALREADY_ON (the CPU is running)",
+                "HV-EXIT: success",
+            ],
+            forbid: &["cpu 1: up", "*** EXCEPTION", "panicked", "HV-EXIT: failure"],
+            ..boot("smp-arm64-ap-silent", Aarch64, Image, KERNEL_TIMEOUT)
+        },
         // The VM bundle reaches the kernel on every boot path (the default
         // paths, -kernel with -initrd, are covered by svm.rs / arm64.rs):
         // vms.conf parsed, each image found, the guest's command line
