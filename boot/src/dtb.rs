@@ -419,6 +419,41 @@ pub struct Cpu {
     pub enable_method: EnableMethod,
 }
 
+/// MPIDR affinity bits as the `/cpus` `reg` property holds them: Aff3
+/// (39:32), Aff2, Aff1, Aff0 (23:0).
+pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+
+/// What SMP bring-up does with one `/cpus` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuStart {
+    /// The CPU running the kernel (already up).
+    Boot,
+    /// Started with PSCI CPU_ON.
+    Psci,
+    /// Left off: `enable-method = "psci"` but no PSCI conduit the caller
+    /// can use.
+    NoPsci,
+    /// Left off: an enable method the kernel does not implement (spin
+    /// table, another, or none).
+    Unsupported(EnableMethod),
+}
+
+impl Cpu {
+    /// How bring-up treats this CPU when the kernel runs on `boot_mpidr`
+    /// (affinity fields, as [`Cpu::mpidr`]) and PSCI is (`psci`) or is not
+    /// usable.
+    pub const fn start_method(&self, boot_mpidr: u64, psci: bool) -> CpuStart {
+        if self.mpidr & MPIDR_AFFINITY_MASK == boot_mpidr & MPIDR_AFFINITY_MASK {
+            return CpuStart::Boot;
+        }
+        match self.enable_method {
+            EnableMethod::Psci if psci => CpuStart::Psci,
+            EnableMethod::Psci => CpuStart::NoPsci,
+            m => CpuStart::Unsupported(m),
+        }
+    }
+}
+
 /// The PSCI conduit (`method` property): SMC to EL3 or HVC to EL2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PsciConduit {
@@ -1136,6 +1171,16 @@ mod tests {
         let psci = i.psci.unwrap();
         assert_eq!(psci.conduit, PsciConduit::Smc);
         assert!(psci.v0_2);
+        // SMP bring-up's choice per CPU, from either CPU as the boot CPU.
+        let starts = |boot: u64, psci: bool| -> Vec<CpuStart> {
+            i.cpus()
+                .iter()
+                .map(|c| c.start_method(boot, psci))
+                .collect()
+        };
+        assert_eq!(starts(0, true), [CpuStart::Boot, CpuStart::Psci]);
+        assert_eq!(starts(1, true), [CpuStart::Psci, CpuStart::Boot]);
+        assert_eq!(starts(0, false), [CpuStart::Boot, CpuStart::NoPsci]);
         let gic = i.gic.unwrap();
         assert_eq!(gic.version, GicVersion::V3);
         assert_eq!(gic.distributor, r(0x0800_0000, 0x10000));
@@ -1502,5 +1547,41 @@ mod tests {
         let mut no_ranges = bus;
         no_ranges.ranges = None;
         assert_eq!(translate(&[root, no_ranges], 0x1000, 0x10), None);
+    }
+
+    #[test]
+    fn cpu_start_method() {
+        let c = |mpidr, enable_method| Cpu {
+            mpidr,
+            enable_method,
+        };
+        // Aff3 counts; bits outside the affinity fields do not.
+        assert_eq!(
+            c(0x1_0000_0000, EnableMethod::Psci).start_method(0, true),
+            CpuStart::Psci
+        );
+        assert_eq!(
+            c(0x1_0000_0000, EnableMethod::Psci).start_method(0x1_8000_0000, true),
+            CpuStart::Boot
+        );
+        assert_eq!(
+            c(0x101, EnableMethod::Psci).start_method(0x101, false),
+            CpuStart::Boot
+        );
+        let spin = EnableMethod::SpinTable {
+            release_addr: 0x8000_00f8,
+        };
+        assert_eq!(
+            c(2, spin).start_method(0, true),
+            CpuStart::Unsupported(spin)
+        );
+        assert_eq!(
+            c(3, EnableMethod::None).start_method(0, true),
+            CpuStart::Unsupported(EnableMethod::None)
+        );
+        assert_eq!(
+            c(4, EnableMethod::Other).start_method(0, true),
+            CpuStart::Unsupported(EnableMethod::Other)
+        );
     }
 }

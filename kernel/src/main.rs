@@ -66,6 +66,12 @@ pub fn kernel_main(info: &BootInfo) -> ! {
         selftest_crash();
     }
 
+    // Every other CPU up and idle (unless `smp=off`); VMs still run on
+    // the boot CPU only. (x86: its own branch adds the same function; the
+    // cfg goes when both are in.)
+    #[cfg(target_arch = "aarch64")]
+    platform::start_cpus(info, &mut frames);
+
     match vms::run(info, &mut frames) {
         vms::Outcome::NoVms => {
             log::info!("no VMs given (boot modules / vms.cpio): stopping");

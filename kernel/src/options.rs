@@ -47,7 +47,22 @@ pub struct Options {
     /// `stats`: measure exit handling times (the counts are always kept);
     /// see [`EXIT_TIMING`].
     pub exit_timing: bool,
+    /// `smp=off`: leave every CPU but the boot CPU off (default: start
+    /// them all; see [`SMP`]).
+    pub smp: bool,
 }
+
+/// `selftest=crash-ap`: the first secondary CPU reads its own stack's
+/// guard page once it runs (needs the test-hooks feature; arm64).
+pub static SELFTEST_CRASH_AP: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// `selftest=ap-silent`: cpu 1 is started at an entry that never answers
+/// (needs the test-hooks feature; arm64).
+pub static AP_SILENT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// [`Options::smp`], for `platform::start_cpus`.
+pub static SMP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
 
 /// [`Options::exit_timing`], for the VM layer.
 pub static EXIT_TIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -60,6 +75,7 @@ impl Options {
             selftest_crash: false,
             guest_exit_code: false,
             exit_timing: false,
+            smp: true,
         };
         for word in cmdline.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
@@ -78,13 +94,18 @@ impl Options {
                 ("exit", "psci") => o.exit = ExitMethod::Psci,
                 ("exit", "halt") => o.exit = ExitMethod::Halt,
                 ("selftest", "crash") => o.selftest_crash = true,
+                ("selftest", "crash-ap") => SELFTEST_CRASH_AP.store(true, Ordering::Relaxed),
+                ("selftest", "ap-silent") => AP_SILENT.store(true, Ordering::Relaxed),
                 ("exitcode", "guest") => o.guest_exit_code = true,
                 ("stats", "") => o.exit_timing = true,
+                ("smp", "off") => o.smp = false,
+                ("smp", "on") => o.smp = true,
                 _ => {}
             }
         }
         EXIT_METHOD.store(o.exit as u8, Ordering::Relaxed);
         EXIT_TIMING.store(o.exit_timing, Ordering::Relaxed);
+        SMP.store(o.smp, Ordering::Relaxed);
         o
     }
 }

@@ -20,6 +20,65 @@ pub enum Conduit {
     Hvc,
 }
 
+/// A PSCI call's failure (Arm DEN 0022 §5.2.2, "Return error codes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsciError {
+    NotSupported,
+    InvalidParameters,
+    Denied,
+    AlreadyOn,
+    OnPending,
+    InternalFailure,
+    NotPresent,
+    Disabled,
+    InvalidAddress,
+    /// A value the specification does not define.
+    Unknown(i32),
+}
+
+impl PsciError {
+    pub const fn name(self) -> &'static str {
+        match self {
+            PsciError::NotSupported => "NOT_SUPPORTED",
+            PsciError::InvalidParameters => "INVALID_PARAMETERS",
+            PsciError::Denied => "DENIED",
+            PsciError::AlreadyOn => "ALREADY_ON",
+            PsciError::OnPending => "ON_PENDING",
+            PsciError::InternalFailure => "INTERNAL_FAILURE",
+            PsciError::NotPresent => "NOT_PRESENT",
+            PsciError::Disabled => "DISABLED",
+            PsciError::InvalidAddress => "INVALID_ADDRESS",
+            PsciError::Unknown(_) => "unknown error",
+        }
+    }
+}
+
+impl core::fmt::Display for PsciError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PsciError::Unknown(v) => write!(f, "unknown PSCI return value {v}"),
+            e => f.write_str(e.name()),
+        }
+    }
+}
+
+/// Decodes a PSCI return value (x0, a signed 32-bit value; SUCCESS = 0).
+pub const fn decode_return(x0: u64) -> Result<(), PsciError> {
+    match x0 as u32 as i32 {
+        0 => Ok(()),
+        -1 => Err(PsciError::NotSupported),
+        -2 => Err(PsciError::InvalidParameters),
+        -3 => Err(PsciError::Denied),
+        -4 => Err(PsciError::AlreadyOn),
+        -5 => Err(PsciError::OnPending),
+        -6 => Err(PsciError::InternalFailure),
+        -7 => Err(PsciError::NotPresent),
+        -8 => Err(PsciError::Disabled),
+        -9 => Err(PsciError::InvalidAddress),
+        v => Err(PsciError::Unknown(v)),
+    }
+}
+
 /// PSCI_VERSION result → (major, minor).
 pub const fn decode_version(v: u32) -> (u16, u16) {
     ((v >> 16) as u16, (v & 0xffff) as u16)
@@ -67,6 +126,24 @@ mod hw {
         unsafe { call(conduit, fid::SYSTEM_OFF, 0, 0, 0) as i32 }
     }
 
+    /// PSCI CPU_ON (SMC64): starts the CPU whose MPIDR affinity is
+    /// `mpidr` at physical address `entry`, at this EL with the MMU off,
+    /// with `context_id` in x0.
+    ///
+    /// # Safety
+    /// `entry` must be code that can run on a fresh CPU with the MMU off
+    /// and `context_id` whatever that code expects; the started CPU then
+    /// shares memory with the caller.
+    pub unsafe fn cpu_on(
+        conduit: Conduit,
+        mpidr: u64,
+        entry: u64,
+        context_id: u64,
+    ) -> Result<(), super::PsciError> {
+        // SAFETY: the caller vouches for the entry point and context.
+        super::decode_return(unsafe { call(conduit, fid::CPU_ON_64, mpidr, entry, context_id) })
+    }
+
     /// PSCI_VERSION.
     pub fn version(conduit: Conduit) -> u32 {
         // SAFETY: PSCI_VERSION has no side effects.
@@ -85,5 +162,27 @@ mod tests {
     fn version_decoding() {
         assert_eq!(decode_version(0x0001_0000), (1, 0));
         assert_eq!(decode_version(0x0000_0002), (0, 2));
+    }
+
+    #[test]
+    fn return_codes() {
+        assert_eq!(decode_return(0), Ok(()));
+        // x0 holds a sign-extended 32-bit value, or only its low half.
+        assert_eq!(decode_return(-4i64 as u64), Err(PsciError::AlreadyOn));
+        assert_eq!(decode_return(0xffff_fffc), Err(PsciError::AlreadyOn));
+        assert_eq!(
+            decode_return(-2i64 as u64),
+            Err(PsciError::InvalidParameters)
+        );
+        assert_eq!(decode_return(-5i64 as u64), Err(PsciError::OnPending));
+        assert_eq!(decode_return(-6i64 as u64), Err(PsciError::InternalFailure));
+        assert_eq!(decode_return(-9i64 as u64), Err(PsciError::InvalidAddress));
+        assert_eq!(decode_return(-1i64 as u64), Err(PsciError::NotSupported));
+        assert_eq!(decode_return(-3i64 as u64).unwrap_err().name(), "DENIED");
+        assert_eq!(decode_return(7), Err(PsciError::Unknown(7)));
+        assert_eq!(
+            format!("{}", decode_return(-42i64 as u64).unwrap_err()),
+            "unknown PSCI return value -42"
+        );
     }
 }

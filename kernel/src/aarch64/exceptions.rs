@@ -24,7 +24,6 @@ use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 /// Size of every EL2 stack (and of the guard below it): per-CPU stacks
 /// allocated later must use it (see the module documentation).
-#[allow(dead_code)]
 pub const STACK_SIZE: u64 = 1 << STACK_SHIFT;
 /// log2 of [`STACK_SIZE`]; the vector entry tests this bit of SP.
 pub const STACK_SHIFT: u32 = 16;

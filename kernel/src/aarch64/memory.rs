@@ -17,10 +17,18 @@
 //!   Device-nGnRE, read/write, execute-never; device ranges the DTB names
 //!   above 4 GiB (UART, GIC) likewise. The rest of the 48-bit space faults.
 //!
+//! - one EL2 stack per secondary CPU the DTB lists for PSCI (at most
+//!   [`MAX_SECONDARIES`]), each [`STACK_SIZE`] aligned to twice that with
+//!   the [`STACK_SIZE`] below it unmapped, as the boot stack (the rule of
+//!   `exceptions.rs`); carved out before the MMU is on, so splitting the
+//!   RAM blocks around the guards needs no break-before-make on live
+//!   mappings.
+//!
 //! Table frames come from a [`FrameAllocator`] over the boot memory map; the
 //! frames used are then reserved in that map (as `Kernel`), so the
 //! allocator `kernel_main` builds never hands them out again.
 
+pub use super::exceptions::STACK_SIZE;
 use arch::aarch64::mmu;
 use arch::paging::{Aarch64Stage1, Attrs, MapError, PageSize, PageTable, TableAccess, TableAlloc};
 use boot::dtb::DtbInfo;
@@ -67,6 +75,27 @@ pub fn image_layout() -> ImageLayout {
         stack_top: &raw const __boot_stack_top as u64,
         end: &raw const __image_end as u64,
     }
+}
+
+/// Secondary CPUs that get an EL2 stack at most (more stay off).
+pub const MAX_SECONDARIES: usize = 31;
+
+/// The secondary CPUs' stacks: one block of `2 * count + 1` slots of
+/// [`STACK_SIZE`] from `base` (aligned to `2 * STACK_SIZE`); slot `2i + 1`
+/// is stack `i`'s guard (unmapped), slot `2i + 2` stack `i`. Slot 0 is
+/// ordinary RAM (not reserved). Set once by [`setup`].
+static AP_STACKS_BASE: AtomicU64 = AtomicU64::new(0);
+static AP_STACKS_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// How many secondary-CPU stacks [`setup`] made.
+pub fn secondary_stacks() -> usize {
+    AP_STACKS_COUNT.load(Ordering::Relaxed) as usize
+}
+
+/// The top (initial SP) of secondary stack `i` (< [`secondary_stacks`]).
+pub fn secondary_stack_top(i: usize) -> Option<u64> {
+    (i < secondary_stacks())
+        .then(|| AP_STACKS_BASE.load(Ordering::Relaxed) + (2 * i as u64 + 3) * STACK_SIZE)
 }
 
 /// Whether the MMU is on (then table edits need TLB maintenance).
@@ -166,7 +195,7 @@ struct Ranges {
 }
 
 impl Ranges {
-    fn new() -> Self {
+    const fn new() -> Self {
         Self {
             r: [(0, 0); MAX_RANGES],
             n: 0,
@@ -215,6 +244,17 @@ impl Ranges {
     }
 }
 
+/// [`setup`]'s two range sets (10 KiB), kept off the boot stack:
+/// `prepare` and `setup` together came within a few hundred bytes of its
+/// 64 KiB, and went past it (into the guard, unnoticed until the MMU came
+/// on) with the secondary-stack code.
+struct Scratch(core::cell::UnsafeCell<(Ranges, Ranges)>);
+
+// SAFETY: only `setup` uses it, once, on the boot CPU alone.
+unsafe impl Sync for Scratch {}
+
+static SCRATCH: Scratch = Scratch(core::cell::UnsafeCell::new((Ranges::new(), Ranges::new())));
+
 fn is_ram(kind: MemoryKind) -> bool {
     !matches!(kind, MemoryKind::BadMemory | MemoryKind::Reserved)
 }
@@ -225,7 +265,11 @@ fn is_ram(kind: MemoryKind) -> bool {
 pub fn setup(info: &mut BootInfo, dtb: Option<&DtbInfo>) -> Result<MmuSummary, SetupError> {
     let img = image_layout();
 
-    let mut normal = Ranges::new();
+    // SAFETY: setup runs once, on the boot CPU, before any other CPU is
+    // started; nothing else touches the scratch sets.
+    let (normal, device) = unsafe { &mut *SCRATCH.0.get() };
+    *normal = Ranges::new();
+    *device = Ranges::new();
     if let Some(d) = dtb {
         for m in d.memory.as_slice() {
             normal.add(m.base, m.end())?;
@@ -238,7 +282,6 @@ pub fn setup(info: &mut BootInfo, dtb: Option<&DtbInfo>) -> Result<MmuSummary, S
     normal.normalize();
 
     // Device: the gaps below 4 GiB, plus DTB devices above it.
-    let mut device = Ranges::new();
     let mut cursor = 0;
     for &(s, e) in normal.as_slice() {
         if s >= FOUR_GIB {
@@ -266,6 +309,16 @@ pub fn setup(info: &mut BootInfo, dtb: Option<&DtbInfo>) -> Result<MmuSummary, S
     }
     device.normalize();
 
+    // Secondary stacks: before the tables, so their block is not counted
+    // as table frames; reserved with them below.
+    let secondaries = dtb.map_or(0, |d| {
+        let me = arch::aarch64::regs::mpidr_affinity();
+        d.cpus()
+            .iter()
+            .filter(|c| c.start_method(me, true) == boot::dtb::CpuStart::Psci)
+            .count()
+            .min(MAX_SECONDARIES)
+    });
     let pa_range = arch::aarch64::id::Mmfr0(arch::aarch64::regs::id_aa64mmfr0_el1()).pa_range();
     let tcr = mmu::tcr_el2(pa_range).ok_or(SetupError::BadParange(pa_range))?;
 
@@ -274,6 +327,16 @@ pub fn setup(info: &mut BootInfo, dtb: Option<&DtbInfo>) -> Result<MmuSummary, S
         runs: [(0, 0); MAX_RUNS],
         nruns: 0,
         count: 0,
+    };
+    let ap_stacks = match secondaries {
+        0 => None,
+        n => {
+            let slots = 2 * n as u64 + 1;
+            alloc
+                .frames
+                .alloc_contiguous(slots * STACK_SIZE, 2 * STACK_SIZE)
+                .map(|base| (base, n, slots))
+        }
     };
     let mut access = IdentityAccess;
     let mut pt: PageTable<Aarch64Stage1> =
@@ -314,9 +377,23 @@ pub fn setup(info: &mut BootInfo, dtb: Option<&DtbInfo>) -> Result<MmuSummary, S
     for &(s, e) in device.as_slice() {
         map(s, e, Attrs::DEVICE)?;
     }
+    // The secondary stacks' guards: RAM mapped above, unmapped here (the
+    // MMU is off: no TLB to keep coherent; blocks split as needed).
+    if let Some((base, n, _)) = ap_stacks {
+        unmap_guards(&mut pt, &mut alloc, base, n)?;
+    }
     let root = pt.root();
 
     let (runs, nruns, tables) = (alloc.runs, alloc.nruns, alloc.count);
+    if let Some((base, _, slots)) = ap_stacks {
+        info.memory_map
+            .reserve(
+                base + STACK_SIZE,
+                base + slots * STACK_SIZE,
+                MemoryKind::Kernel,
+            )
+            .map_err(|_| SetupError::MemoryMapFull)?;
+    }
     for &(s, e) in &runs[..nruns] {
         info.memory_map
             .reserve(s, e, MemoryKind::Kernel)
@@ -340,6 +417,10 @@ pub fn setup(info: &mut BootInfo, dtb: Option<&DtbInfo>) -> Result<MmuSummary, S
     unsafe { mmu::enable_el2(mmu::MAIR_EL2, tcr, root, mmu::SCTLR_EL2_MMU_ON) };
     MMU_ON.store(true, Ordering::Relaxed);
     ROOT.store(root, Ordering::Relaxed);
+    if let Some((base, n, _)) = ap_stacks {
+        AP_STACKS_BASE.store(base, Ordering::Relaxed);
+        AP_STACKS_COUNT.store(n as u64, Ordering::Relaxed);
+    }
 
     Ok(MmuSummary {
         root,
@@ -349,6 +430,24 @@ pub fn setup(info: &mut BootInfo, dtb: Option<&DtbInfo>) -> Result<MmuSummary, S
         device_ranges: device.n,
         tcr,
     })
+}
+
+/// Unmaps the guards of the `n` secondary stacks from `base` (out of line:
+/// `setup` runs on the boot stack under `prepare`'s large frame, and the
+/// walk's locals must not add to it while the MMU is enabled).
+#[inline(never)]
+fn unmap_guards(
+    pt: &mut PageTable<Aarch64Stage1>,
+    alloc: &mut TrackingAlloc,
+    base: u64,
+    n: usize,
+) -> Result<(), SetupError> {
+    for i in 0..n as u64 {
+        let guard = base + (2 * i + 1) * STACK_SIZE;
+        pt.unmap(alloc, &mut IdentityAccess, guard, STACK_SIZE)
+            .map_err(|e| SetupError::Map(e, guard, STACK_SIZE))?;
+    }
+    Ok(())
 }
 
 /// TTBR0_EL2 of the kernel's identity map (0 before [`setup`]), for later

@@ -7,6 +7,7 @@
 //! - `report_platform(&BootInfo)`: banner with CPU vendor, virtualization features, CPU list
 //! - `deliberate_fault()`: test hook for the crash-report scenarios
 //! - `exit(ExitStatus, ExitMethod) -> !`
+//! - `start_cpus(&BootInfo, &mut FrameAllocator)`: every other CPU up and idle (`smp.rs`)
 //!
 //! Boot flow: `entry.rs` (Image header, EL and load-address checks, stack,
 //! vectors) → `start.rs` (DTB / UEFI handoff → `BootInfo`, MMU on via
@@ -16,8 +17,11 @@
 mod entry;
 pub mod exceptions;
 pub mod memory;
+mod smp;
 mod start;
 pub mod virt;
+
+pub use smp::start_cpus;
 
 use crate::options::ExitMethod;
 use crate::ExitStatus;

@@ -17,6 +17,24 @@ const ARM64_HELLO: &[&str] = &[
     "HV-EXIT: success",
 ];
 
+/// arm64 SMP bring-up on a 4-CPU machine: each secondary CPU's own line
+/// (in whatever order they come), then the boot CPU's count.
+const ARM64_SMP4: &[&str] = &["cpus: 4 (MPIDR", "cpus: 4 of 4 up", "HV-EXIT: success"];
+const ARM64_SMP4_EACH: &[&[&str]] = &[
+    &["cpu 1: up (MPIDR 0x1), EL2"],
+    &["cpu 2: up (MPIDR 0x2), EL2"],
+    &["cpu 3: up (MPIDR 0x3), EL2"],
+];
+/// The banner of a 2-CPU arm64 machine with its second CPU started.
+const ARM64_SMP2: &[&str] = &[
+    "cpu:",
+    "virt:",
+    "cpus: 2",
+    "cpu 1: up (MPIDR 0x1), EL2",
+    "cpus: 2 of 2 up",
+    "HV-EXIT: success",
+];
+
 /// The `hello` guest in a bundle on `boot_path`.
 fn bundle(
     name: &'static str,
@@ -47,8 +65,39 @@ pub fn scenarios() -> Vec<Scenario> {
             )
         },
         boot("boot-x86-uefi", X86_64, Uefi, UEFI_TIMEOUT),
-        boot("boot-arm64-image", Aarch64, Image, KERNEL_TIMEOUT),
-        boot("boot-arm64-uefi", Aarch64, Uefi, UEFI_TIMEOUT),
+        Scenario {
+            expect: ARM64_SMP2,
+            ..boot("boot-arm64-image", Aarch64, Image, KERNEL_TIMEOUT)
+        },
+        Scenario {
+            expect: ARM64_SMP2,
+            ..boot("boot-arm64-uefi", Aarch64, Uefi, UEFI_TIMEOUT)
+        },
+        // Every CPU of the DTB up through PSCI CPU_ON, on both boot paths
+        // (no scheduler yet: they idle), and `smp=off` keeping them off.
+        Scenario {
+            smp: 4,
+            expect: ARM64_SMP4,
+            expect_each: ARM64_SMP4_EACH,
+            ..boot("smp-arm64-host", Aarch64, Image, KERNEL_TIMEOUT)
+        },
+        Scenario {
+            smp: 4,
+            expect: ARM64_SMP4,
+            expect_each: ARM64_SMP4_EACH,
+            ..boot("smp-arm64-host-uefi", Aarch64, Uefi, UEFI_TIMEOUT)
+        },
+        Scenario {
+            smp: 4,
+            append: "smp=off",
+            expect: &[
+                "cpus: 4 (MPIDR",
+                "cpus: 1 of 4 up (smp=off: the others stay off)",
+                "HV-EXIT: success",
+            ],
+            forbid: &["cpu 1: up", "*** EXCEPTION", "panicked", "HV-EXIT: failure"],
+            ..boot("smp-arm64-host-off", Aarch64, Image, KERNEL_TIMEOUT)
+        },
         Scenario {
             append: "selftest=crash",
             expect_status: STATUS_FAILURE,
@@ -62,6 +111,34 @@ pub fn scenarios() -> Vec<Scenario> {
             expect: &["*** EXCEPTION", "ESR_EL2=", "HV-EXIT: failure"],
             forbid: NO_SUCCESS,
             ..boot("crash-report-arm64", Aarch64, Image, KERNEL_TIMEOUT)
+        },
+        // A secondary CPU's stack has its guard too: cpu 1 reads it.
+        Scenario {
+            append: "selftest=crash-ap",
+            expect_status: STATUS_FAILURE,
+            expect: &[
+                "cpu 1: deliberate fault",
+                "*** EXCEPTION",
+                "translation fault, level 3",
+                "HV-EXIT: failure",
+            ],
+            forbid: &["cpu 1: up", "did not fault", "HV-EXIT: success", "panicked"],
+            ..boot("smp-arm64-ap-stack-guard", Aarch64, Image, KERNEL_TIMEOUT)
+        },
+        // A CPU that PSCI starts but that never answers: the boot CPU
+        // waits (bounded), names it, goes on with the others; a second
+        // CPU_ON for it is refused with PSCI's ALREADY_ON.
+        Scenario {
+            append: "selftest=ap-silent",
+            expect: &[
+                "cpus: 2 (MPIDR",
+                "cpu 1 (MPIDR 0x1): PSCI CPU_ON succeeded but the CPU did not report in within",
+                "cpus: 1 of 2 up",
+                "selftest: CPU_ON again for cpu 1 (MPIDR 0x1): PSCI CPU_ON: ALREADY_ON (the CPU is running)",
+                "HV-EXIT: success",
+            ],
+            forbid: &["cpu 1: up", "*** EXCEPTION", "panicked", "HV-EXIT: failure"],
+            ..boot("smp-arm64-ap-silent", Aarch64, Image, KERNEL_TIMEOUT)
         },
         // The VM bundle reaches the kernel on every boot path (the default
         // paths, -kernel with -initrd, are covered by svm.rs / arm64.rs):

@@ -594,19 +594,9 @@ pub fn enable_preemption(
     gicr_size: u64,
     slice_ticks: u64,
 ) -> Result<(), &'static str> {
-    let rd = own_redistributor(gicr, gicr_size).ok_or("no GICv3 redistributor for this CPU")?;
     // GICD_CTLR: EnableGrp0 | EnableGrp1 (ARE/DS as the firmware left them).
     mmio_write32(gicd, mmio_read32(gicd) | 0x3);
-    // GICR_WAKER: clear ProcessorSleep, wait for ChildrenAsleep to clear.
-    mmio_write32(rd + 0x14, mmio_read32(rd + 0x14) & !(1 << 1));
-    let mut spins = 0u32;
-    while mmio_read32(rd + 0x14) & (1 << 2) != 0 {
-        spins += 1;
-        if spins > 1_000_000 {
-            return Err("GICR_WAKER.ChildrenAsleep stays set");
-        }
-    }
-    let sgi = rd + 0x1_0000;
+    let sgi = gic_cpu_on(gicr, gicr_size)?;
     for intid in [CNTHP_INTID, MAINTENANCE_PPI, VTIMER_PPI] {
         let bit = 1u32 << intid;
         mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | bit); // IGROUPR0
@@ -618,14 +608,42 @@ pub fn enable_preemption(
         );
         mmio_write32(sgi + GICR_ISENABLER0, bit);
     }
-    let cpu = crate::percpu::this_cpu();
-    cpu.gicr_sgi.store(sgi, Ordering::Relaxed);
-    cpu.vtimer_ppi_masked.store(false, Ordering::Relaxed);
+    crate::percpu::this_cpu()
+        .vtimer_ppi_masked
+        .store(false, Ordering::Relaxed);
+    SLICE_TICKS.store(slice_ticks, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Brings up the calling CPU's own part of a GICv3 (redistributor region
+/// `gicr`/`gicr_size`): finds its redistributor (GICR_TYPER affinity),
+/// wakes it (GICR_WAKER: clear ProcessorSleep, wait for ChildrenAsleep to
+/// clear, bounded), and turns on the CPU interface at EL2 through system
+/// registers (ICC_SRE_EL2.SRE|Enable, PMR open, group 1 on), with CNTHP
+/// off. Records the SGI frame in this CPU's [`crate::percpu::PerCpu`] and
+/// returns it. No interrupt is enabled in the redistributor here (that is
+/// [`enable_preemption`]'s, per use), and PSTATE.I stays as it is. Every
+/// CPU calls it for itself: the boot CPU through [`enable_preemption`],
+/// the others when they start.
+pub fn gic_cpu_on(gicr: u64, gicr_size: u64) -> Result<u64, &'static str> {
+    let rd = own_redistributor(gicr, gicr_size).ok_or("no GICv3 redistributor for this CPU")?;
+    mmio_write32(rd + 0x14, mmio_read32(rd + 0x14) & !(1 << 1));
+    let mut spins = 0u32;
+    while mmio_read32(rd + 0x14) & (1 << 2) != 0 {
+        spins += 1;
+        if spins > 1_000_000 {
+            return Err("GICR_WAKER.ChildrenAsleep stays set");
+        }
+    }
+    let sgi = rd + 0x1_0000;
+    crate::percpu::this_cpu()
+        .gicr_sgi
+        .store(sgi, Ordering::Relaxed);
     // ICC_SRE_EL2.SRE|Enable keep the system-register interface
     // (and EL1's use of ICV_* under IMO); PMR/IGRPEN1 at EL2 are the
     // physical interface's, which no guest reaches (IMO/FMO are set). The
     // timer stays disabled until a guest entry arms it.
-    // SAFETY: only EL2-private interrupt state changes (above).
+    // SAFETY: only this CPU's EL2-private interrupt state changes.
     unsafe {
         asm!(
             "mrs {t}, S3_4_C12_C9_5",
@@ -643,8 +661,7 @@ pub fn enable_preemption(
             options(nostack, preserves_flags)
         )
     };
-    SLICE_TICKS.store(slice_ticks, Ordering::Relaxed);
-    Ok(())
+    Ok(sgi)
 }
 
 /// The physical counter (CNTPCT_EL0, what CNTHP compares against); the ISB
