@@ -52,6 +52,14 @@
 //! A CREDIT_REQUEST is answered by the device itself (a CREDIT_UPDATE with
 //! the peer's latest credit); a CREDIT_UPDATE to another VM is forwarded.
 //!
+//! The cap is what bounds the hypervisor's memory (below), and it has a
+//! cost: between two VMs, a receiver that advertises more than
+//! [`CONN_BUF`] and sends CREDIT_UPDATE only once its own free space (of
+//! its larger `buf_alloc`) runs low may leave its sender waiting for
+//! credit. Receivers that update when they drain their queue, or that
+//! advertise at most [`CONN_BUF`], are not affected; the echo service
+//! never is (the device is the receiver).
+//!
 //! RST is the answer to a packet of an unknown connection, of a type other
 //! than stream, of an unknown op, whose `len` exceeds [`MAX_PAYLOAD`] or
 //! the bytes after the header, or that an established connection's state
@@ -544,6 +552,7 @@ impl EpState {
         match (h.op, c.state) {
             (op::RESPONSE, State::Accepting) => {
                 c.state = State::Established;
+                c.owe_request = false;
                 Some(c.to_peer_header(cid, op::RESPONSE))
             }
             (op::RW, State::Established) => {
@@ -688,6 +697,10 @@ impl EpState {
             (op::SHUTDOWN, _) => {
                 c.peer_shut |= h.flags & SHUTDOWN_BOTH;
                 c.owe_shutdown = true;
+            }
+            (op::RST, _) if c.owe_request => {
+                // The guest never saw the REQUEST: nothing to tell it.
+                self.conns.swap_remove(i);
             }
             (op::RST, _) => {
                 self.reset_conn(i);
