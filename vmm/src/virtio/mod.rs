@@ -42,6 +42,7 @@ pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod switch;
+pub mod vsock;
 
 pub use queue::{Descriptor, DescriptorChain, Queue, QueueConfig};
 
@@ -83,6 +84,7 @@ pub mod device_id {
     pub const BLOCK: u32 = 2;
     pub const CONSOLE: u32 = 3;
     pub const ENTROPY: u32 = 4;
+    pub const VSOCK: u32 = 19;
 }
 
 /// Bits of the InterruptStatus register (§4.2.2).
