@@ -67,6 +67,11 @@ pub struct BenchArgs {
     /// (about 1.5x the figure when the bound was set; see `BOUNDS`).
     #[arg(long)]
     check: bool,
+    /// Instead: virtio-blk throughput in guest time, in a VM of ours
+    /// against the same guest on QEMU's own virtio devices (arm64;
+    /// `vbench.rs`).
+    #[arg(long, conflicts_with_all = ["filter", "check"])]
+    virtio: bool,
 }
 
 /// Regression bounds for `--check` (figure name, most instructions), about
@@ -495,6 +500,9 @@ pub(crate) fn icount_args(args: &mut Vec<String>, shift: u8) {
 }
 
 pub fn run(paths: &Paths, a: BenchArgs) -> Result<i32> {
+    if a.virtio {
+        return crate::vbench::run(paths);
+    }
     let matches = |s: &str| a.filter.as_deref().is_none_or(|f| s.contains(f));
     // A figure is selected by its name, its architecture or one of its
     // architecture's CPU models; a CPU model by its name, its
@@ -573,7 +581,7 @@ fn run_arch(
         release: true,
     };
     let elf = build::build_kernel(paths, &kb, true)?;
-    build_bench_guest(paths, arch)?;
+    build_guest_bin(paths, arch, "bench")?;
     let dir = match arch {
         Arch::X86_64 => paths.out.join("bench"),
         Arch::Aarch64 => paths.out.join("bench-aarch64"),
@@ -730,18 +738,15 @@ fn guest_cmdline(a: &BenchArgs, figures: &[&Figure]) -> String {
     words.join(" ")
 }
 
-/// Builds only the `bench` guest (another guest in progress must not stop
+/// Builds only the guest `bin` (another guest in progress must not stop
 /// the benchmark).
-fn build_bench_guest(paths: &Paths, arch: Arch) -> Result<()> {
+pub(crate) fn build_guest_bin(paths: &Paths, arch: Arch, bin: &str) -> Result<()> {
     let mut args = guests::guest_cargo_args(paths, arch, true);
     let at = args
         .iter()
         .position(|a| a == "--bins")
         .unwrap_or(args.len());
-    args.splice(
-        at..at + 1,
-        ["-q".to_string(), "--bin".into(), "bench".into()],
-    );
+    args.splice(at..at + 1, ["-q".to_string(), "--bin".into(), bin.into()]);
     let status = build::cargo(paths)
         .args(&args)
         .stdin(Stdio::null())
@@ -994,6 +999,7 @@ mod tests {
             iters: 100,
             samples: 8,
             check: false,
+            virtio: false,
         };
         let figs: Vec<&Figure> = FIGURES
             .iter()

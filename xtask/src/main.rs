@@ -5,6 +5,7 @@
 //! - `run`: boots the hypervisor in QEMU with the serial console on this terminal.
 //! - `test`: host unit tests, then the emulator scenarios of `test.rs`.
 //! - `bench`: VM-exit path lengths and interrupt latencies under QEMU `-icount` (`bench.rs`).
+//!   `bench --virtio`: virtio-blk throughput in guest time against QEMU's own devices (`vbench.rs`).
 //! - `fuzz`: cargo-fuzz / libFuzzer runs of the guest-facing decoders (`fuzz.rs`).
 //!
 //! Everything it writes goes under `<target dir>/xtask/` (`target/xtask/` by default).
@@ -24,6 +25,7 @@ mod qemu;
 mod scenarios;
 mod test;
 mod toolchain;
+mod vbench;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};

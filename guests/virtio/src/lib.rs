@@ -542,3 +542,4 @@ pub fn net(r: &mut dyn Report, t: MmioTransport<'static>, role: &str, idle: &mut
         r.check(s.is_ok(), format_args!("acknowledgement sent ({s:?})"));
     }
 }
+pub mod bench;
