@@ -30,6 +30,7 @@ use vmm::virtio::block::{Disk, DiskError, VirtioBlock, SECTOR_SIZE};
 use vmm::virtio::net::VirtioNet;
 use vmm::virtio::rng::VirtioRng;
 use vmm::virtio::switch::Switch;
+use vmm::virtio::vsock::{VirtioVsock, VsockHub};
 use vmm::vm::{VcpuState, VirtioModel, Vm, VmConfig};
 
 use crate::platform::virt;
@@ -336,6 +337,9 @@ impl Disk for FrameDisk {
     }
 }
 
+/// The hub that routes virtio-vsock packets between VMs (one for all).
+static HUB: spin::Once<Arc<VsockHub>> = spin::Once::new();
+
 /// The switch between the VMs' virtio-net devices (one for all VMs).
 static SWITCH: spin::Once<Arc<Switch>> = spin::Once::new();
 
@@ -357,6 +361,14 @@ fn virtio_devices(
     let mut disks = p.disks.iter();
     for d in &p.spec.virtio {
         match d {
+            VirtioSpec::Vsock => {
+                let hub = HUB.call_once(VsockHub::new);
+                let cid = index as u64 + 3;
+                let dev = VirtioVsock::new(cid, hub)
+                    .map_err(|e| format!("virtio-vsock: CID {cid}: {e:?}"))?;
+                log::info!("vm {}: virtio-vsock CID {cid}", p.spec.name);
+                out.push(VirtioModel::Device(Box::new(dev)));
+            }
             VirtioSpec::Net => {
                 let switch = SWITCH.call_once(|| Arc::new(Switch::new()));
                 let mac = vm_mac(index);

@@ -49,6 +49,9 @@ pub enum VirtioSpec {
     Console,
     /// A network device on the hypervisor's switch between VMs.
     Net,
+    /// A socket device (stream connections to other VMs by CID and to the
+    /// hypervisor's echo service); its CID is the VM's index + 3.
+    Vsock,
     /// A block device over `file` (in the bundle); its writes live in
     /// host RAM and are gone when the hypervisor stops.
     Disk { file: String, read_only: bool },
@@ -61,6 +64,7 @@ impl VirtioSpec {
             VirtioSpec::Rng => Some("rng"),
             VirtioSpec::Console => Some("console"),
             VirtioSpec::Net => Some("net"),
+            VirtioSpec::Vsock => Some("vsock"),
             VirtioSpec::Disk { .. } => None,
         }
     }
@@ -222,6 +226,7 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                         "rng" => VirtioSpec::Rng,
                         "console" => VirtioSpec::Console,
                         "net" => VirtioSpec::Net,
+                        "vsock" => VirtioSpec::Vsock,
                         _ => return Err(ConfigError::BadValue("virtio", value.into())),
                     });
                 }

@@ -41,7 +41,7 @@ pub struct DiskLine {
 }
 
 /// The `virtio=` words the kernel knows (`vmm::config::VirtioSpec::word`).
-pub const VIRTIO_WORDS: &[&str] = &["rng", "console", "net"];
+pub const VIRTIO_WORDS: &[&str] = &["rng", "console", "net", "vsock"];
 /// Virtio devices per VM, the disk included (`vmm::board::VIRTIO_SLOTS`).
 pub const VIRTIO_SLOTS: usize = 7;
 /// A disk image is a whole number of these (the kernel's block sectors).
@@ -695,7 +695,7 @@ mod tests {
         };
         let e = with(&["gpu"], None).render().unwrap_err();
         assert!(
-            e.contains("unknown virtio device \"gpu\" (known: rng, console, net)"),
+            e.contains("unknown virtio device \"gpu\" (known: rng, console, net, vsock)"),
             "{e}"
         );
         assert!(with(&[""], None).render().is_err());

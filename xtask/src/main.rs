@@ -286,7 +286,7 @@ struct RunArgs {
     #[arg(long = "guest", value_name = "FILE")]
     guests: Vec<PathBuf>,
     /// With --guest: virtio devices without a backing file for each guest
-    /// VM, a comma list (repeatable; known: rng, console, net).
+    /// VM, a comma list (repeatable; known: rng, console, net, vsock).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     virtio: Vec<String>,
     /// With --guest: a virtio block device over this raw disk image (whole
@@ -1051,7 +1051,7 @@ mod tests {
             .plan(Arch::Aarch64)
             .unwrap_err();
         assert!(
-            e.contains("unknown virtio device \"gpu\" (known: rng, console, net)"),
+            e.contains("unknown virtio device \"gpu\" (known: rng, console, net, vsock)"),
             "{e}"
         );
         let e = run_args(&["--guest", g, "--disk-readonly"])

@@ -144,6 +144,7 @@ proptest! {
                         "rng" => VirtioSpec::Rng,
                         "console" => VirtioSpec::Console,
                         "net" => VirtioSpec::Net,
+                        "vsock" => VirtioSpec::Vsock,
                         w => unreachable!("a virtio word this test does not map yet: {w:?}"),
                     })
                     .chain(v.disk.iter().map(|d| VirtioSpec::Disk {

@@ -15,6 +15,9 @@ use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
 use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::device::rng::VirtIORng;
+use virtio_drivers::device::socket::{
+    VirtIOSocket, VsockAddr, VsockConnectionManager, VsockEvent, VsockEventType,
+};
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 pub use virtio_drivers::transport::DeviceType;
 use virtio_drivers::transport::Transport;
@@ -543,3 +546,136 @@ pub fn net(r: &mut dyn Report, t: MmioTransport<'static>, role: &str, idle: &mut
     }
 }
 pub mod bench;
+
+/// Waits (`idle` between polls, at most `NET_WAIT` of them) for an event
+/// of `kind` from `peer`.
+fn vsock_wait(
+    m: &mut VsockConnectionManager<Dma, MmioTransport<'static>>,
+    peer: Option<VsockAddr>,
+    want: fn(&VsockEventType) -> bool,
+    idle: &mut dyn FnMut(),
+) -> Option<VsockEvent> {
+    for _ in 0..NET_WAIT {
+        match m.poll() {
+            Ok(Some(e)) if want(&e.event_type) && peer.is_none_or(|p| e.source == p) => {
+                return Some(e)
+            }
+            Ok(_) => idle(),
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// virtio-vsock. Role `a`: a stream to the hypervisor's echo service (CID
+/// 2, port 7) whose bytes come back, then a stream to VM `b` (CID
+/// `peer_cid`, port 1234): `ping` answered by `pong`. Role `b`: listens on
+/// port 1234 and answers `ping` with `pong`. `idle` yields the CPU.
+pub fn vsock(
+    r: &mut dyn Report,
+    t: MmioTransport<'static>,
+    role: &str,
+    peer_cid: u64,
+    idle: &mut dyn FnMut(),
+) {
+    let dev = match VirtIOSocket::<Dma, _>::new(t) {
+        Ok(d) => d,
+        Err(e) => return r.check(false, format_args!("virtio-vsock initialised ({e:?})")),
+    };
+    let mut m = VsockConnectionManager::new(dev);
+    r.say(format_args!("virtio-vsock {role}: CID {}", m.guest_cid()));
+    let mut buf = [0u8; 64];
+    if role == "a" {
+        let host = VsockAddr { cid: 2, port: 7 };
+        let c = m.connect(host, 1000);
+        let up = vsock_wait(
+            &mut m,
+            Some(host),
+            |e| matches!(e, VsockEventType::Connected),
+            idle,
+        );
+        r.check(
+            c.is_ok() && up.is_some(),
+            format_args!("connected to the echo service ({c:?})"),
+        );
+        let s = m.send(host, 1000, b"hello vsock");
+        let got = vsock_wait(
+            &mut m,
+            Some(host),
+            |e| matches!(e, VsockEventType::Received { .. }),
+            idle,
+        );
+        let n = m.recv(host, 1000, &mut buf).unwrap_or(0);
+        r.check(
+            s.is_ok() && got.is_some() && &buf[..n] == b"hello vsock",
+            format_args!(
+                "the echo service sent back {:?}",
+                core::str::from_utf8(&buf[..n])
+            ),
+        );
+        let peer = VsockAddr {
+            cid: peer_cid,
+            port: 1234,
+        };
+        let c = m.connect(peer, 1001);
+        let up = vsock_wait(
+            &mut m,
+            Some(peer),
+            |e| matches!(e, VsockEventType::Connected),
+            idle,
+        );
+        r.check(
+            c.is_ok() && up.is_some(),
+            format_args!("connected to VM b (CID {peer_cid})"),
+        );
+        let s = m.send(peer, 1001, b"ping");
+        let got = vsock_wait(
+            &mut m,
+            Some(peer),
+            |e| matches!(e, VsockEventType::Received { .. }),
+            idle,
+        );
+        let n = m.recv(peer, 1001, &mut buf).unwrap_or(0);
+        r.check(
+            s.is_ok() && got.is_some() && &buf[..n] == b"pong",
+            format_args!("VM b answered {:?}", core::str::from_utf8(&buf[..n])),
+        );
+        let _ = m.shutdown(peer, 1001);
+    } else {
+        m.listen(1234);
+        let req = vsock_wait(
+            &mut m,
+            None,
+            |e| matches!(e, VsockEventType::ConnectionRequest),
+            idle,
+        );
+        let Some(req) = req else {
+            return r.check(false, format_args!("a connection from VM a"));
+        };
+        let peer = req.source;
+        r.check(
+            true,
+            format_args!("accepted a connection from CID {}", peer.cid),
+        );
+        let got = vsock_wait(
+            &mut m,
+            Some(peer),
+            |e| matches!(e, VsockEventType::Received { .. }),
+            idle,
+        );
+        let n = m.recv(peer, 1234, &mut buf).unwrap_or(0);
+        r.check(
+            got.is_some() && &buf[..n] == b"ping",
+            format_args!("VM a sent {:?}", core::str::from_utf8(&buf[..n])),
+        );
+        let s = m.send(peer, 1234, b"pong");
+        r.check(s.is_ok(), format_args!("answered pong ({s:?})"));
+        // Stay until a has read the answer and shut the stream down.
+        let _ = vsock_wait(
+            &mut m,
+            Some(peer),
+            |e| matches!(e, VsockEventType::Disconnected { .. }),
+            idle,
+        );
+    }
+}

@@ -13,7 +13,7 @@ fn line() -> impl Strategy<Value = String> {
             "name=", "kernel=", "mem=", "smp=", "append=", "=", "\"", " ", "\t", "#", "\n",
             "0", "1", "64", "1048576", "1048577", "-1", "99999999999999999999", "a.elf",
             "/boot/", "x y", "\u{a0}", "é", "\r", "virtio=", "rng", ",", "disk=", ",ro",
-            "console", "net",
+            "console", "net", "vsock",
         ]).prop_map(String::from),
         2 => "[ -~]{1,6}",
         1 => any::<char>().prop_map(String::from),
@@ -32,7 +32,8 @@ fn spec() -> impl Strategy<Value = VmSpec> {
             prop_oneof![
                 Just(VirtioSpec::Rng),
                 Just(VirtioSpec::Console),
-                Just(VirtioSpec::Net)
+                Just(VirtioSpec::Net),
+                Just(VirtioSpec::Vsock)
             ],
             0..=4,
         ),

@@ -240,5 +240,54 @@ pub fn scenarios() -> Vec<Scenario> {
                 "HV-EXIT: success",
             ],
         ),
+        // Streams to the hypervisor's echo service and between two VMs
+        // (CIDs 3 and 4: the VM index + 3).
+        Scenario {
+            expect_each: &[
+                &[
+                    "vm vs-a: virtio-vsock CID 3",
+                    "[vs-a] ok: connected to the echo service",
+                    "[vs-a] ok: the echo service sent back Ok(\"hello vsock\")",
+                    "[vs-a] ok: connected to VM b (CID 4)",
+                    "[vs-a] ok: VM b answered Ok(\"pong\")",
+                    "[vs-a] PASS",
+                ],
+                &[
+                    "[vs-b] ok: accepted a connection from CID 3",
+                    "[vs-b] ok: VM a sent Ok(\"ping\")",
+                    "[vs-b] PASS",
+                ],
+            ],
+            ..x86(
+                "virtio-vsock-x86",
+                vec![
+                    vm("virtio_vsock", "vs-a").virtio("vsock").append("role=a peer=4"),
+                    vm("virtio_vsock", "vs-b").virtio("vsock").append("role=b"),
+                ],
+                &["HV-EXIT: success"],
+            )
+        },
+        Scenario {
+            expect_each: &[
+                &[
+                    "vm vs-a: virtio-vsock CID 3",
+                    "[vs-a] ok: the echo service sent back Ok(\"hello vsock\")",
+                    "[vs-a] ok: VM b answered Ok(\"pong\")",
+                    "[vs-a] virtio-vsock: ok",
+                ],
+                &[
+                    "[vs-b] ok: VM a sent Ok(\"ping\")",
+                    "[vs-b] virtio-vsock: ok",
+                ],
+            ],
+            ..arm(
+                "virtio-vsock-arm64",
+                vec![
+                    vm("virtio_vsock", "vs-a").virtio("vsock").append("role=a peer=4"),
+                    vm("virtio_vsock", "vs-b").virtio("vsock").append("role=b"),
+                ],
+                &["HV-EXIT: success"],
+            )
+        },
     ]
 }
