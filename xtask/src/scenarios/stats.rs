@@ -17,9 +17,10 @@ pub fn scenarios() -> Vec<Scenario> {
                     "[io] PASS",
                     "vm io: stopped: debug-exit, code 33",
                     // 648 port accesses of the io guest (its UART, scratch
-                    // and unclaimed-port checks) and nothing else.
-                    "vm io: exit statistics: 648 exits; reason, count, share, avg, max handling time",
-                    "vm io:   io                   648 100.0%  avg ",
+                    // and unclaimed-port checks); the total may hold a
+                    // time-slice end on a loaded host.
+                    "vm io: exit statistics: ",
+                    "vm io:   io                   648 ",
                     " us  max ",
                     "HV-EXIT: success",
                 ],
