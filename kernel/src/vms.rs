@@ -120,7 +120,7 @@ impl Backing for HostFrames {
 /// as one access; None for other sizes or alignments. The caller checked
 /// that [hpa, hpa+len) is this VM's RAM, mapped 1:1.
 fn single_load(hpa: u64, len: usize) -> Option<u64> {
-    let aligned = len.is_power_of_two() && hpa % len as u64 == 0;
+    let aligned = len.is_power_of_two() && hpa.is_multiple_of(len as u64);
     let v = match len {
         // SAFETY: checked guest RAM (caller), aligned to the access size.
         2 if aligned => u64::from(unsafe { (hpa as *const u16).read_volatile() }),
@@ -136,7 +136,7 @@ fn single_load(hpa: u64, len: usize) -> Option<u64> {
 /// The store counterpart of [`single_load`]; false if `data` is not one.
 fn single_store(hpa: u64, data: &[u8]) -> bool {
     let len = data.len();
-    if !(matches!(len, 2 | 4 | 8) && hpa % len as u64 == 0) {
+    if !(matches!(len, 2 | 4 | 8) && hpa.is_multiple_of(len as u64)) {
         return false;
     }
     let mut b = [0u8; 8];
@@ -273,10 +273,10 @@ fn collect(info: &BootInfo) -> (Vec<Pending>, usize) {
 
 /// The contents of `spec`'s disks, found by `find`; the first file it
 /// does not find is the error.
-fn disk_files<'a>(
-    spec: &'a VmSpec,
+fn disk_files(
+    spec: &VmSpec,
     find: impl Fn(&str) -> Option<&'static [u8]>,
-) -> Result<Vec<&'static [u8]>, &'a str> {
+) -> Result<Vec<&'static [u8]>, &str> {
     spec.virtio
         .iter()
         .filter_map(|d| match d {
