@@ -361,9 +361,9 @@ fn virtio_devices(
     let mut disks = p.disks.iter();
     for d in &p.spec.virtio {
         match d {
-            VirtioSpec::Vsock => {
+            VirtioSpec::Vsock { cid } => {
                 let hub = HUB.call_once(VsockHub::new);
-                let cid = index as u64 + 3;
+                let cid = cid.map_or(index as u64 + 3, u64::from);
                 let dev = VirtioVsock::new(cid, hub)
                     .map_err(|e| format!("virtio-vsock: CID {cid}: {e:?}"))?;
                 log::info!("vm {}: virtio-vsock CID {cid}", p.spec.name);

@@ -593,6 +593,20 @@ pub fn render_conf_line(spec: &VmSpec) -> Option<String> {
         spec.vcpus,
         (!spec.cmdline.contains('"')).then(|| format!("\"{}\"", spec.cmdline))?,
     );
+    // The syntax holds one `cid=`, for the first vsock device.
+    let first_vsock = spec
+        .virtio
+        .iter()
+        .position(|d| matches!(d, config::VirtioSpec::Vsock { .. }));
+    let with_cid = spec
+        .virtio
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| matches!(d, config::VirtioSpec::Vsock { cid: Some(_) }))
+        .map(|(i, _)| i);
+    if with_cid.clone().count() > 1 || with_cid.clone().any(|i| Some(i) != first_vsock) {
+        return None;
+    }
     // The syntax holds one disk, after the other devices.
     let disks = spec.virtio.iter().filter(|d| d.word().is_none()).count();
     if disks > 1 || (disks == 1 && spec.virtio.last().and_then(|d| d.word()).is_some()) {
@@ -603,6 +617,9 @@ pub fn render_conf_line(spec: &VmSpec) -> Option<String> {
         line.push_str(&format!(" virtio={}", words.join(",")));
     }
     for d in &spec.virtio {
+        if let config::VirtioSpec::Vsock { cid: Some(c) } = d {
+            line.push_str(&format!(" cid={c}"));
+        }
         if let config::VirtioSpec::Disk { file, read_only } = d {
             let ro = if *read_only { ",ro" } else { "" };
             line.push_str(&format!(" disk={}", value(&format!("{file}{ro}"))?));

@@ -18,7 +18,8 @@
 //! devices without backing files: `rng`, `console`), `disk` (a virtio block device
 //! over a file of the bundle, `disk=FILE` or read-only `disk=FILE,ro`).
 //! The VM's virtio devices are those of `virtio` in their order, then the
-//! disk. Unknown keys are errors: a typo must not silently give a VM
+//! disk; `cid` (3 to 2^32-2) is the vsock device's CID (default: the
+//! VM's index + 3). Unknown keys are errors: a typo must not silently give a VM
 //! other resources than asked for.
 
 use alloc::string::String;
@@ -50,8 +51,9 @@ pub enum VirtioSpec {
     /// A network device on the hypervisor's switch between VMs.
     Net,
     /// A socket device (stream connections to other VMs by CID and to the
-    /// hypervisor's echo service); its CID is the VM's index + 3.
-    Vsock,
+    /// hypervisor's echo service): its CID from `cid=`, else the VM's
+    /// index + 3.
+    Vsock { cid: Option<u32> },
     /// A block device over `file` (in the bundle); its writes live in
     /// host RAM and are gone when the hypervisor stops.
     Disk { file: String, read_only: bool },
@@ -64,7 +66,7 @@ impl VirtioSpec {
             VirtioSpec::Rng => Some("rng"),
             VirtioSpec::Console => Some("console"),
             VirtioSpec::Net => Some("net"),
-            VirtioSpec::Vsock => Some("vsock"),
+            VirtioSpec::Vsock { .. } => Some("vsock"),
             VirtioSpec::Disk { .. } => None,
         }
     }
@@ -172,9 +174,10 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<(), ConfigError> {
-    let mut seen = [false; 7];
+    let mut seen = [false; 8];
     let mut plain = Vec::new();
     let mut disk = None;
+    let mut cid = None;
     for w in words(words_of) {
         let (key, value) = w?;
         let (slot, key) = match key {
@@ -185,6 +188,7 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
             "append" => (4, "append"),
             "virtio" => (5, "virtio"),
             "disk" => (6, "disk"),
+            "cid" => (7, "cid"),
             _ => return Err(ConfigError::UnknownKey(key.into())),
         };
         if core::mem::replace(&mut seen[slot], true) {
@@ -226,10 +230,21 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                         "rng" => VirtioSpec::Rng,
                         "console" => VirtioSpec::Console,
                         "net" => VirtioSpec::Net,
-                        "vsock" => VirtioSpec::Vsock,
+                        "vsock" => VirtioSpec::Vsock { cid: None },
                         _ => return Err(ConfigError::BadValue("virtio", value.into())),
                     });
                 }
+            }
+            "cid" => {
+                // 0-2 are reserved (hypervisor, local, host), u32::MAX is
+                // VMADDR_CID_ANY.
+                cid = Some(
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|c| (3..u32::MAX).contains(c))
+                        .ok_or_else(|| ConfigError::BadValue("cid", value.into()))?,
+                );
             }
             "disk" => {
                 let (file, read_only) = match value.strip_suffix(",ro") {
@@ -245,6 +260,15 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                 });
             }
             _ => spec.cmdline = value.into(),
+        }
+    }
+    if let Some(c) = cid {
+        match plain
+            .iter_mut()
+            .find(|d| matches!(d, VirtioSpec::Vsock { .. }))
+        {
+            Some(VirtioSpec::Vsock { cid }) => *cid = Some(c),
+            _ => return Err(ConfigError::BadValue("cid", "without virtio=vsock".into())),
         }
     }
     if seen[5] || seen[6] {
@@ -352,6 +376,34 @@ mod tests {
             parse_module_line("/k disk=a disk=b"),
             Err(ConfigError::Duplicate("disk"))
         );
+    }
+
+    #[test]
+    fn vsock_cid() {
+        let s = parse_conf_line("kernel=k virtio=rng,vsock cid=42")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.virtio,
+            [VirtioSpec::Rng, VirtioSpec::Vsock { cid: Some(42) }]
+        );
+        let s = parse_module_line("/k virtio=vsock").unwrap();
+        assert_eq!(s.virtio, [VirtioSpec::Vsock { cid: None }]);
+        for bad in [
+            "cid=3",
+            "virtio=rng cid=4",
+            "virtio=vsock cid=2",
+            "virtio=vsock cid=4294967295",
+            "virtio=vsock cid=x",
+        ] {
+            assert!(
+                matches!(
+                    parse_module_line(&alloc::format!("/k {bad}")),
+                    Err(ConfigError::BadValue("cid", _))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -144,7 +144,7 @@ proptest! {
                         "rng" => VirtioSpec::Rng,
                         "console" => VirtioSpec::Console,
                         "net" => VirtioSpec::Net,
-                        "vsock" => VirtioSpec::Vsock,
+                        "vsock" => VirtioSpec::Vsock { cid: None },
                         w => unreachable!("a virtio word this test does not map yet: {w:?}"),
                     })
                     .chain(v.disk.iter().map(|d| VirtioSpec::Disk {

@@ -33,7 +33,8 @@ fn spec() -> impl Strategy<Value = VmSpec> {
                 Just(VirtioSpec::Rng),
                 Just(VirtioSpec::Console),
                 Just(VirtioSpec::Net),
-                Just(VirtioSpec::Vsock)
+                Just(VirtioSpec::Vsock { cid: None }),
+                (3u32..100).prop_map(|c| VirtioSpec::Vsock { cid: Some(c) })
             ],
             0..=4,
         ),
@@ -71,17 +72,17 @@ proptest! {
     #[test]
     fn prop_conf_line_round_trips_generated_specs(
         s in spec(),
-        order in Just((0..7).collect::<Vec<usize>>()).prop_shuffle(),
-        gaps in prop::collection::vec("[ \t]{1,3}", 8),
+        order in Just((0..8).collect::<Vec<usize>>()).prop_shuffle(),
+        gaps in prop::collection::vec("[ \t]{1,3}", 9),
     ) {
         let Some(rendered) = render_conf_line(&s) else {
             // A kernel name with both white space and a quote: nothing to say.
             return Ok(());
         };
         let words: Vec<&str> = split_words(&rendered);
-        // 5 words, then `virtio=` and `disk=` when the spec has them.
-        prop_assert!((5..=7).contains(&words.len()), "{}", rendered);
-        let mut line = gaps[7].clone();
+        // 5 words, then `virtio=`, `cid=` and `disk=` when the spec has them.
+        prop_assert!((5..=8).contains(&words.len()), "{}", rendered);
+        let mut line = gaps[8].clone();
         for (i, &w) in order.iter().filter(|&&w| w < words.len()).enumerate() {
             line.push_str(words[w]);
             line.push_str(&gaps[i]);
