@@ -66,6 +66,9 @@ pub fn kernel_main(info: &BootInfo) -> ! {
         selftest_crash();
     }
 
+    // The other CPUs: up and idle (the VMs still run on the boot CPU).
+    platform::start_cpus(info, &mut frames);
+
     match vms::run(info, &mut frames) {
         vms::Outcome::NoVms => {
             log::info!("no VMs given (boot modules / vms.cpio): stopping");

@@ -52,6 +52,14 @@ pub struct Options {
 /// [`Options::exit_timing`], for the VM layer.
 pub static EXIT_TIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// `smp=off` or `cpus=1`: leave the other CPUs parked (debugging); they
+/// are started by default.
+pub fn smp_wanted(cmdline: &str) -> bool {
+    !cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "smp=off" || w == "cpus=1")
+}
+
 impl Options {
     pub fn parse(cmdline: &str) -> Options {
         let mut o = Options {
