@@ -505,6 +505,25 @@ mod tests {
         assert_eq!(xapic_base(0xfee0_0100), None, "APIC disabled");
     }
 
+    /// INIT-SIPI-SIPI encodings (SDM Vol. 3A Figure 11-12) and delays.
+    #[test]
+    fn start_up_ipis() {
+        // INIT: delivery mode 101b (bits 10:8), level assert (bit 14),
+        // physical destination (bit 11 = 0), no shorthand.
+        assert_eq!(icr::INIT_ASSERT >> 8 & 7, 0b101);
+        assert_eq!(icr::INIT_ASSERT >> 14 & 1, 1);
+        assert_eq!(icr::INIT_ASSERT >> 11 & 1, 0);
+        assert_eq!(icr::INIT_ASSERT >> 18 & 3, 0);
+        // SIPI: delivery mode 110b, the vector = the trampoline's page.
+        assert_eq!(icr::startup(0x9e), 0x469e);
+        assert_eq!(icr::startup(0x9e) >> 8 & 7, 0b110);
+        // PIT counts at 1.193182 MHz.
+        let us = |count: u16| u64::from(count) * 1_000_000 / PIT_HZ;
+        assert_eq!(us(PIT_COUNT_10MS), 10_000);
+        assert_eq!(us(PIT_COUNT_200US), 200);
+        assert_eq!(us(PIT_COUNT_1MS), 999);
+    }
+
     #[test]
     fn calibration_arithmetic() {
         // 2 GHz TSC, 62.5 MHz timer (1 GHz bus / 16) over 10.0 ms.
