@@ -88,6 +88,12 @@ fn crash_handler(frame: &mut ExceptionFrame) {
                 );
             }
         }
+        if let Some((cpu, name)) = smp::guard_hit(cr2) {
+            let _ = writeln!(
+                w,
+                "CR2 is in the guard page below cpu {cpu}'s {name} (stack overflow)"
+            );
+        }
     }
     let _ = writeln!(w, "HV-EXIT: failure");
     exit(ExitStatus::Failure, crate::options::current_exit_method())

@@ -66,13 +66,40 @@ const PAGE: u64 = 4096;
 /// APs started at most (the MADT parser keeps 256 entries).
 const MAX_APS: usize = 255;
 
+// The trampoline page lies below the frame allocator's floor, so neither
+// the frame allocator nor the heap built on it can ever hand it out.
+const _: () = assert!(super::FRAME_FLOOR >= boot::smp::TRAMPOLINE_CEILING);
+
+/// The stacks of an AP, in the order of their guard pages in [`AP_GUARDS`].
+const STACK_NAMES: [&str; 4] = ["stack", "#DF IST stack", "NMI IST stack", "#MC IST stack"];
+/// Per CPU index: the guard page under each of its stacks (0: none), for
+/// the crash report.
+static AP_GUARDS: [[AtomicU64; 4]; MAX_APS + 1] =
+    [const { [const { AtomicU64::new(0) }; 4] }; MAX_APS + 1];
+
+/// Which AP stack's guard page holds `addr`, as (CPU index, stack name).
+pub fn guard_hit(addr: u64) -> Option<(usize, &'static str)> {
+    AP_GUARDS.iter().enumerate().find_map(|(cpu, guards)| {
+        guards.iter().zip(STACK_NAMES).find_map(|(g, name)| {
+            let g = g.load(Ordering::Relaxed);
+            (g != 0 && (g..g + PAGE).contains(&addr)).then_some((cpu, name))
+        })
+    })
+}
+
 /// A stack of `size` bytes from the frame allocator with an unmapped guard
-/// page below it; returns its top.
-fn guarded_stack(frames: &mut FrameAllocator, size: u64) -> Result<u64, &'static str> {
+/// page below it (recorded as `AP_GUARDS[index][slot]`); returns its top.
+fn guarded_stack(
+    frames: &mut FrameAllocator,
+    size: u64,
+    index: u32,
+    slot: usize,
+) -> Result<u64, &'static str> {
     let base = frames
         .alloc_contiguous(size + PAGE, PAGE)
         .ok_or("no memory for a stack")?;
     super::memory::unmap_page(frames, base).map_err(|_| "cannot unmap a stack guard page")?;
+    AP_GUARDS[index as usize][slot].store(base, Ordering::Relaxed);
     Ok(base + PAGE + size)
 }
 
@@ -175,10 +202,10 @@ fn start_one(
     apic_id: u32,
     vector: u8,
 ) -> Result<u32, &'static str> {
-    let stack = guarded_stack(frames, AP_STACK_SIZE)?;
+    let stack = guarded_stack(frames, AP_STACK_SIZE, index, 0)?;
     let mut ist_tops = [0; 3];
-    for t in &mut ist_tops {
-        *t = guarded_stack(frames, AP_IST_SIZE)?;
+    for (i, t) in ist_tops.iter_mut().enumerate() {
+        *t = guarded_stack(frames, AP_IST_SIZE, index, i + 1)?;
     }
     let cpu = CpuInfo::read(&Cpuid);
     let svm_ok = hw::svm_unusable_reason(
