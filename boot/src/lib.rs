@@ -16,6 +16,7 @@ pub mod memory;
 pub mod multiboot1;
 pub mod multiboot2;
 pub mod phys;
+pub mod smp;
 
 #[cfg(test)]
 mod proptests;

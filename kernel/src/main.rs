@@ -67,9 +67,7 @@ pub fn kernel_main(info: &BootInfo) -> ! {
     }
 
     // Every other CPU up and idle (unless `smp=off`); VMs still run on
-    // the boot CPU only. (x86: its own branch adds the same function; the
-    // cfg goes when both are in.)
-    #[cfg(target_arch = "aarch64")]
+    // the boot CPU only until the scheduler lands.
     platform::start_cpus(info, &mut frames);
 
     match vms::run(info, &mut frames) {

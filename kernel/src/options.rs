@@ -67,6 +67,16 @@ pub static SMP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool:
 /// [`Options::exit_timing`], for the VM layer.
 pub static EXIT_TIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// `smp=off` or `cpus=1`: leave the other CPUs parked (debugging); they
+/// are started by default.
+// Read by x86's start_cpus; arm64's will read it too.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub fn smp_wanted(cmdline: &str) -> bool {
+    !cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "smp=off" || w == "cpus=1")
+}
+
 impl Options {
     pub fn parse(cmdline: &str) -> Options {
         let mut o = Options {

@@ -40,6 +40,29 @@ pub mod reg {
     pub const DIVIDE_CONFIG: u64 = 0x3e0;
 }
 
+/// xAPIC interrupt command register (SDM Vol. 3A §11.6.1): low half at
+/// 0x300 (writing it sends), destination APIC ID in bits 31:24 at 0x310.
+/// In x2APIC mode the ICR is the one MSR 0x830, destination in bits 63:32.
+pub mod icr {
+    pub const LOW: u64 = 0x300;
+    pub const HIGH: u64 = 0x310;
+    pub const X2APIC_MSR: u32 = 0x830;
+    /// Delivery status (xAPIC only): 1 while the IPI is being sent.
+    pub const SEND_PENDING: u32 = 1 << 12;
+    /// INIT, level assert, physical destination (delivery mode 101b).
+    pub const INIT_ASSERT: u32 = 0x0000_4500;
+    /// Start-up IPI (delivery mode 110b) to the page `vector << 12`.
+    pub const fn startup(vector: u8) -> u32 {
+        0x0000_4600 | vector as u32
+    }
+}
+
+/// PIT channel 2 counts for the INIT-SIPI-SIPI delays (SDM Vol. 3A §9.4.4.1):
+/// 10 ms after INIT, 200 µs after each SIPI.
+pub const PIT_COUNT_10MS: u16 = 11_932;
+pub const PIT_COUNT_200US: u16 = 239;
+pub const PIT_COUNT_1MS: u16 = 1_193;
+
 /// SVR: APIC software enable (bit 8) and the spurious vector.
 pub const fn svr_value() -> u32 {
     (1 << 8) | SPURIOUS_VECTOR as u32
@@ -290,6 +313,94 @@ mod hw {
         })
     }
 
+    /// Runs PIT channel 2 for `count` ticks (as [`calibrate`]), polling
+    /// `done` meanwhile: true as soon as `done` is, false when the window
+    /// ended (or after a bounded number of polls on a machine without a
+    /// PIT).
+    pub fn pit_wait(count: u16, mut done: impl FnMut() -> bool) -> bool {
+        // SAFETY: as in `calibrate`: PIT channel 2 and its gate, used by
+        // nothing else.
+        unsafe {
+            use crate::x86_64::instr::{inb, outb};
+            outb(0x61, (inb(0x61) & !0x02) | 0x01);
+            outb(0x43, 0xb0);
+            outb(0x42, count as u8);
+            outb(0x42, (count >> 8) as u8);
+        }
+        for _ in 0..50_000_000u32 {
+            if done() {
+                return true;
+            }
+            // SAFETY: reading port 0x61 has no side effects.
+            if unsafe { crate::x86_64::instr::inb(0x61) } & 0x20 != 0 {
+                return done();
+            }
+        }
+        done()
+    }
+
+    /// Sends the IPI `low` (an [`icr`] value) to `apic_id` from this CPU's
+    /// local APIC, in xAPIC or x2APIC mode, whichever it is in. Fails if
+    /// the APIC is disabled, the ID cannot be addressed in xAPIC mode, or
+    /// the xAPIC never finishes sending.
+    pub fn send_ipi(apic_id: u32, low: u32) -> Result<(), &'static str> {
+        // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
+        let base_msr = unsafe { crate::x86_64::instr::rdmsr(0x1b) };
+        if base_msr & (1 << 11) == 0 {
+            return Err("local APIC disabled");
+        }
+        if base_msr & (1 << 10) != 0 {
+            // SAFETY: x2APIC mode is on, so the ICR MSR exists; the value is
+            // a fixed INIT/SIPI encoding.
+            unsafe {
+                crate::x86_64::instr::wrmsr(
+                    icr::X2APIC_MSR,
+                    u64::from(apic_id) << 32 | u64::from(low),
+                )
+            };
+            return Ok(());
+        }
+        let base = xapic_base(base_msr).ok_or("local APIC disabled")?;
+        if apic_id > 0xfe {
+            return Err("APIC ID above 254 needs x2APIC mode");
+        }
+        write(base, icr::HIGH, apic_id << 24);
+        write(base, icr::LOW, low);
+        for _ in 0..1_000_000u32 {
+            if read(base, icr::LOW) & icr::SEND_PENDING == 0 {
+                return Ok(());
+            }
+            core::hint::spin_loop();
+        }
+        Err("the IPI stayed pending")
+    }
+
+    /// Software-enables this CPU's local APIC (SVR, [`SPURIOUS_VECTOR`])
+    /// and sets the host task priority, as [`enable_slices`] does for the
+    /// boot CPU but without a timer. Returns the APIC ID, or `None` if the
+    /// APIC is disabled in IA32_APIC_BASE.
+    pub fn enable_this_cpu() -> Option<u32> {
+        // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
+        let base_msr = unsafe { crate::x86_64::instr::rdmsr(0x1b) };
+        if base_msr & (1 << 11) == 0 {
+            return None;
+        }
+        let id = if base_msr & (1 << 10) != 0 {
+            // SAFETY: x2APIC mode: the SVR (0x80f) and ID (0x802) MSRs exist.
+            unsafe {
+                crate::x86_64::instr::wrmsr(0x80f, u64::from(svr_value()));
+                crate::x86_64::instr::rdmsr(0x802) as u32
+            }
+        } else {
+            let base = xapic_base(base_msr)?;
+            write(base, reg::SVR, svr_value());
+            read(base, 0x20) >> 24
+        };
+        // SAFETY: CR8 only sets the task priority (see HOST_TPR).
+        unsafe { core::arch::asm!("mov cr8, {}", in(reg) HOST_TPR, options(nomem, nostack)) };
+        Some(id)
+    }
+
     /// Lets [`shorten_slice`] convert TSC deadlines into timer ticks.
     pub fn set_calibration(c: &Calibration) {
         if let Some(q) = c.timer_per_tsc_q32() {
@@ -392,6 +503,25 @@ mod tests {
         assert_eq!(xapic_base(0xfee0_0900), Some(0xfee0_0000));
         assert_eq!(xapic_base(0xfee0_0d00), None, "x2APIC mode has no MMIO");
         assert_eq!(xapic_base(0xfee0_0100), None, "APIC disabled");
+    }
+
+    /// INIT-SIPI-SIPI encodings (SDM Vol. 3A Figure 11-12) and delays.
+    #[test]
+    fn start_up_ipis() {
+        // INIT: delivery mode 101b (bits 10:8), level assert (bit 14),
+        // physical destination (bit 11 = 0), no shorthand.
+        assert_eq!(icr::INIT_ASSERT >> 8 & 7, 0b101);
+        assert_eq!(icr::INIT_ASSERT >> 14 & 1, 1);
+        assert_eq!(icr::INIT_ASSERT >> 11 & 1, 0);
+        assert_eq!(icr::INIT_ASSERT >> 18 & 3, 0);
+        // SIPI: delivery mode 110b, the vector = the trampoline's page.
+        assert_eq!(icr::startup(0x9e), 0x469e);
+        assert_eq!(icr::startup(0x9e) >> 8 & 7, 0b110);
+        // PIT counts at 1.193182 MHz.
+        let us = |count: u16| u64::from(count) * 1_000_000 / PIT_HZ;
+        assert_eq!(us(PIT_COUNT_10MS), 10_000);
+        assert_eq!(us(PIT_COUNT_200US), 200);
+        assert_eq!(us(PIT_COUNT_1MS), 999);
     }
 
     #[test]

@@ -273,6 +273,22 @@ fn check(what: &str, r: Result<(), MapError>) {
     }
 }
 
+/// Unmaps the 4 KiB page at `pa` from the kernel's (live) identity map,
+/// e.g. a stack guard page; a block around it is split, with table frames
+/// from `frames`. Only this CPU's TLB is flushed: call it before other CPUs
+/// use the map, or for a page no other CPU has touched.
+pub fn unmap_page(frames: &mut FrameAllocator, pa: u64) -> Result<(), MapError> {
+    let mut pt = PageTable::from_root(X86Long4, instr::read_cr3() & !0xfff);
+    let mut alloc = FrameTables {
+        frames,
+        limit: MAPPED_LIMIT.load(Ordering::Relaxed),
+        count: 0,
+    };
+    pt.unmap(&mut alloc, &mut IdentityTables, pa, PAGE)?;
+    instr::invlpg(pa);
+    Ok(())
+}
+
 /// Builds the kernel's page tables and switches to them.
 pub fn init_memory(info: &BootInfo, frames: &mut FrameAllocator) {
     let cpu = CpuInfo::read(&Cpuid);

@@ -5,6 +5,7 @@
 //! - `console_putc(u8)`: raw, polled UART output; usable from the first instruction of Rust code
 //! - `init_memory(&BootInfo, &mut FrameAllocator)`: the kernel's own page tables
 //! - `report_platform(&BootInfo)`: banner with CPU vendor, virtualization features, CPU list
+//! - `start_cpus(&BootInfo, &mut FrameAllocator)`: start the other CPUs (`smp.rs`)
 //! - `deliberate_fault()`: test hook for the crash-report scenarios
 //! - `exit(ExitStatus, ExitMethod) -> !`
 //!
@@ -13,6 +14,7 @@
 
 mod entry;
 mod memory;
+mod smp;
 pub mod virt;
 
 use crate::options::ExitMethod;
@@ -26,6 +28,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use memory::init_memory;
+pub use smp::start_cpus;
 
 pub const ARCH_NAME: &str = "x86_64";
 /// Keep real-mode memory (below 1 MiB) for the SMP start-up trampoline.
@@ -84,6 +87,12 @@ fn crash_handler(frame: &mut ExceptionFrame) {
                     "CR2 is in the guard page below the {name} (stack overflow or deliberate fault)"
                 );
             }
+        }
+        if let Some((cpu, name)) = smp::guard_hit(cr2) {
+            let _ = writeln!(
+                w,
+                "CR2 is in the guard page below cpu {cpu}'s {name} (stack overflow)"
+            );
         }
     }
     let _ = writeln!(w, "HV-EXIT: failure");

@@ -35,6 +35,35 @@ const ARM64_SMP2: &[&str] = &[
     "HV-EXIT: success",
 ];
 
+/// Every CPU of a 4-CPU EPYC machine started (INIT-SIPI-SIPI through the
+/// real-mode trampoline) with its own tables, PerCpu, LAPIC and SVM.
+const X86_SMP4: &[&str] = &[
+    "cpus: 4 (APIC IDs 0 1 2 3; boot CPU 0)",
+    "cpu 1: up (APIC ID 1), SVM on",
+    "cpu 2: up (APIC ID 2), SVM on",
+    "cpu 3: up (APIC ID 3), SVM on",
+    "cpus: 4 of 4 up",
+    "HV-EXIT: success",
+];
+
+/// `smp-x86-host*`: the host scenario of x86 SMP bring-up on `boot_path`.
+fn smp_x86(name: &'static str, boot_path: Boot, grub: bool, timeout: Duration) -> Scenario {
+    Scenario {
+        cpu: Some("EPYC,+svm,+npt"),
+        smp: 4,
+        grub,
+        expect: X86_SMP4,
+        forbid: &[
+            "*** EXCEPTION",
+            "panicked",
+            "!!!! ",
+            "HV-EXIT: failure",
+            "not started",
+        ],
+        ..boot(name, Arch::X86_64, boot_path, timeout)
+    }
+}
+
 /// The `hello` guest in a bundle on `boot_path`.
 fn bundle(
     name: &'static str,
@@ -65,6 +94,22 @@ pub fn scenarios() -> Vec<Scenario> {
             )
         },
         boot("boot-x86-uefi", X86_64, Uefi, UEFI_TIMEOUT),
+        // x86 SMP bring-up (issue 15's first step) on each boot path, and
+        // the debugging option that keeps the other CPUs parked.
+        smp_x86("smp-x86-host", Multiboot1, false, KERNEL_TIMEOUT),
+        smp_x86("smp-x86-host-grub", Multiboot1, true, KERNEL_TIMEOUT),
+        smp_x86("smp-x86-host-multiboot2", Multiboot2, false, KERNEL_TIMEOUT),
+        smp_x86("smp-x86-host-uefi", Uefi, false, UEFI_TIMEOUT),
+        Scenario {
+            append: "smp=off",
+            expect: &[
+                "cpus: 4 (APIC IDs 0 1 2 3; boot CPU 0)",
+                "cpus: application processors left parked",
+                "HV-EXIT: success",
+            ],
+            forbid: &["cpu 1: up", "*** EXCEPTION", "panicked", "HV-EXIT: failure"],
+            ..smp_x86("smp-x86-off", Multiboot1, false, KERNEL_TIMEOUT)
+        },
         Scenario {
             expect: ARM64_SMP2,
             ..boot("boot-arm64-image", Aarch64, Image, KERNEL_TIMEOUT)
