@@ -368,7 +368,98 @@ pub fn run(paths: &Paths) -> Result<i32> {
         ),
         None => println!("vbench: no exit statistics in the hypervisor's output"),
     }
+    net_run(paths, arch, &elf, &dir)?;
     Ok(0)
+}
+
+/// Frames per virtio-net figure.
+const NET_FRAMES: u32 = 2048;
+
+/// One `VBENCH net-<size> frames=N bytes=B ticks=T freq=F` line: (size,
+/// frames, bytes, ticks, freq).
+pub fn parse_net(serial: &str) -> Vec<(u64, u64, u64, u64, u64)> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("VBENCH net-").nth(1)?;
+            let mut words = rest.split_whitespace();
+            let size = words.next()?.parse().ok()?;
+            let get = |k: &str| -> Option<u64> {
+                words
+                    .clone()
+                    .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            };
+            let (frames, bytes, ticks, freq) =
+                (get("frames")?, get("bytes")?, get("ticks")?, get("freq")?);
+            (ticks > 0 && freq > 0).then_some((size, frames, bytes, ticks, freq))
+        })
+        .collect()
+}
+
+/// virtio-net between two VMs of ours on one host CPU (`virtio_net` guest,
+/// `mode=bench`): frames per second and MiB/s of virtual time for 1514-
+/// and 64-byte frames. No QEMU-direct twin (it would take two QEMU
+/// instances joined by a socket netdev, whose time is not one clock).
+fn net_run(paths: &Paths, arch: Arch, elf: &Path, dir: &Path) -> Result<()> {
+    crate::bench::build_guest_bin(paths, arch, "virtio_net")?;
+    println!(
+        "vbench: virtio-net: two VMs of ours on one host CPU, {NET_FRAMES} frames a to b in \
+         windows of 32 (each acknowledged), timed on a's virtual counter from the first frame \
+         to the last acknowledgement (both VMs' and the hypervisor's instructions count)"
+    );
+    for size in [1514u32, 64] {
+        let args_a: &'static str = Box::leak(
+            format!("role=a mode=bench frames={NET_FRAMES} size={size}").into_boxed_str(),
+        );
+        let args_b: &'static str = Box::leak(
+            format!("role=b mode=bench frames={NET_FRAMES} size={size}").into_boxed_str(),
+        );
+        let vms = [
+            vm("virtio_net", "net-a").virtio("net").append(args_a),
+            vm("virtio_net", "net-b").virtio("net").append(args_b),
+        ];
+        let bundle = dir.join(image::BUNDLE_NAME);
+        guests::scenario_bundle(paths, arch, true, &vms, &bundle)?;
+        let spec = image::BootSpec {
+            arch,
+            boot: arch.default_boot(),
+            cmdline: kernel_cmdline(arch, ""),
+            release: true,
+            test_hooks: false,
+            grub: false,
+            bundle: Some(bundle),
+        };
+        let media = image::make_media(paths, &spec, elf, None, dir)?;
+        let machine = Machine {
+            arch,
+            accel: Accel::Tcg,
+            smp: 1,
+            mem_mib: crate::scenarios::HV_MEM_MIB + 64,
+            media,
+            cpu: Some("max".into()),
+            cmdline: spec.cmdline.clone(),
+        };
+        let (program, mut args) = machine.command_line();
+        crate::bench::icount_args(&mut args, 0);
+        let serial = run_qemu(&program, &args, Duration::from_secs(600))?;
+        let log = dir.join(format!("net-{size}.log"));
+        let _ = std::fs::write(&log, &serial);
+        let Some(&(sz, frames, bytes, ticks, freq)) = parse_net(&serial).first() else {
+            return Err(format!(
+                "virtio-net {size}: no VBENCH line (log: {})",
+                Paths::show(&log)
+            ));
+        };
+        let secs = ticks as f64 / freq as f64;
+        let insns = ticks as f64 * 1e9 / freq as f64 / frames as f64;
+        println!(
+            "net-{sz:<10} {:>10.0} frames/s {:>8.1} MiB/s {:>9.0} insn/frame (under the hypervisor; no QEMU-direct figure)",
+            frames as f64 / secs,
+            bytes as f64 / secs / f64::from(1u32 << 20),
+            insns
+        );
+    }
+    Ok(())
 }
 
 /// QEMU booting the guest's flat image `flat` directly, with its own
@@ -460,6 +551,15 @@ mod tests {
         [INFO ] vm vbench:   hypercall              1   0.0%\n\
         [INFO ] all 1 VM(s) stopped (0 crashed)\n\
         [INFO ] vm vbench:   not a row 5\n";
+
+    #[test]
+    fn net_lines() {
+        let s = "[net-a] VBENCH net-1514 frames=2048 bytes=3100672 ticks=1000 freq=62500000\n\
+                 [net-b] VBENCH net-rx frames=2048\n\
+                 [net-a] VBENCH net-64 frames=2 bytes=128 ticks=0 freq=62500000\n";
+        assert_eq!(parse_net(s), [(1514, 2048, 3100672, 1000, 62500000)]);
+        assert!(parse_net("VBENCH net-64 frames=x").is_empty());
+    }
 
     #[test]
     fn parses_the_hypervisor_run() {

@@ -87,8 +87,9 @@ static mut HEAP_MEM: HeapMem = HeapMem([0; HEAP]);
 static mut HEAP_NEXT: usize = 0;
 
 /// The guests' global allocator, for `virtio-drivers`' `alloc` users (the
-/// console driver's receive buffer): a bump allocator over a `.bss`
-/// arena that never frees (no atomics, as for [`Dma`]).
+/// console driver's receive buffer, indirect descriptor tables): a bump
+/// allocator over a `.bss` arena that frees only its last allocation (no
+/// atomics, as for [`Dma`]).
 pub struct Heap;
 
 // SAFETY: `alloc` hands out distinct ranges of the arena, aligned as asked,
@@ -108,7 +109,19 @@ unsafe impl core::alloc::GlobalAlloc for Heap {
         unsafe { base.add(start) }
     }
 
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
+    /// Frees the most recent allocation (a stack, which is how the drivers
+    /// use it: an indirect table per request, freed when it completes);
+    /// anything else stays allocated.
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        let base = (&raw mut HEAP_MEM).cast::<u8>() as usize;
+        let start = ptr as usize - base;
+        // SAFETY: single-threaded (see `alloc`).
+        unsafe {
+            if start + layout.size() == HEAP_NEXT {
+                HEAP_NEXT = start;
+            }
+        }
+    }
 }
 
 #[cfg(target_os = "none")]
@@ -677,5 +690,88 @@ pub fn vsock(
             |e| matches!(e, VsockEventType::Disconnected { .. }),
             idle,
         );
+    }
+}
+
+/// Frames per acknowledgement in [`net_bench`]: below the switch's
+/// per-port backlog (64), so no frame is dropped while the receiver waits
+/// for its turn.
+const NET_BENCH_WINDOW: u32 = 32;
+
+/// virtio-net throughput between two VMs (`cargo xtask bench --virtio`).
+/// Role `a` sends `frames` frames of `size` bytes to `b` in windows of
+/// [`NET_BENCH_WINDOW`], waiting for `b`'s acknowledgement of each, and
+/// prints `VBENCH net-<size> frames=N bytes=B ticks=T freq=F` (ticks of
+/// `clock` from the first frame to the last acknowledgement). Role `b`
+/// counts and acknowledges. Both find each other with a broadcast first.
+pub fn net_bench(
+    r: &mut dyn Report,
+    t: MmioTransport<'static>,
+    role: &str,
+    frames: u32,
+    size: usize,
+    clock: &dyn Fn() -> (u64, u64),
+    idle: &mut dyn FnMut(),
+) {
+    let mut net = match VirtIONetRaw::<Dma, _, 16>::new(t) {
+        Ok(n) => n,
+        Err(e) => return r.say(format_args!("VBENCH FAIL virtio-net init {e:?}")),
+    };
+    let mac = net.mac_address();
+    let size = size.clamp(60, 1514);
+    let mut rx = [0u8; 2048];
+    let mut tx = [0u8; 1514];
+    let payload = [0x5au8; 1500];
+    if role == "a" {
+        let n = net_frame(&mut tx, &[0xff; 6], &mac, b"bench hello");
+        let _ = net.send(&tx[..n]);
+        let Some(f) = net_receive(&mut net, &mut rx, idle) else {
+            return r.say(format_args!("VBENCH FAIL no answer from b"));
+        };
+        let peer: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
+        let (start, freq) = clock();
+        let mut sent = 0u32;
+        while sent < frames {
+            let batch = NET_BENCH_WINDOW.min(frames - sent);
+            for _ in 0..batch {
+                let n = net_frame(&mut tx, &peer, &mac, &payload[..size - 14]);
+                if net.send(&tx[..n]).is_err() {
+                    return r.say(format_args!("VBENCH FAIL send"));
+                }
+            }
+            sent += batch;
+            if net_receive(&mut net, &mut rx, idle).is_none() {
+                return r.say(format_args!(
+                    "VBENCH FAIL no acknowledgement after {sent} frames"
+                ));
+            }
+        }
+        let (end, _) = clock();
+        r.say(format_args!(
+            "VBENCH net-{size} frames={frames} bytes={} ticks={} freq={freq}",
+            u64::from(frames) * size as u64,
+            end - start
+        ));
+        r.say(format_args!("VBENCH done"));
+    } else {
+        let Some(f) = net_receive(&mut net, &mut rx, idle) else {
+            return r.say(format_args!("VBENCH FAIL no hello from a"));
+        };
+        let peer: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
+        let n = net_frame(&mut tx, &peer, &mac, b"bench ready");
+        let _ = net.send(&tx[..n]);
+        let mut got = 0u32;
+        while got < frames {
+            let batch = NET_BENCH_WINDOW.min(frames - got);
+            for _ in 0..batch {
+                match net_receive(&mut net, &mut rx, idle) {
+                    Some(f) if f.len() == size => got += 1,
+                    _ => return r.say(format_args!("VBENCH FAIL frame {got}")),
+                }
+            }
+            let n = net_frame(&mut tx, &peer, &mac, b"ack");
+            let _ = net.send(&tx[..n]);
+        }
+        r.say(format_args!("VBENCH net-rx frames={got}"));
     }
 }
