@@ -47,8 +47,8 @@ pub struct Options {
     /// `stats`: measure exit handling times (the counts are always kept);
     /// see [`EXIT_TIMING`].
     pub exit_timing: bool,
-    /// `smp=off`: leave every CPU but the boot CPU off (default: start
-    /// them all; see [`SMP`]).
+    /// `smp=off` (or `cpus=1`): leave every CPU but the boot CPU off
+    /// (default: start them all; see [`SMP`]).
     pub smp: bool,
 }
 
@@ -66,16 +66,6 @@ pub static SMP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool:
 
 /// [`Options::exit_timing`], for the VM layer.
 pub static EXIT_TIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// `smp=off` or `cpus=1`: leave the other CPUs parked (debugging); they
-/// are started by default.
-// Read by x86's start_cpus; arm64's will read it too.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub fn smp_wanted(cmdline: &str) -> bool {
-    !cmdline
-        .split_ascii_whitespace()
-        .any(|w| w == "smp=off" || w == "cpus=1")
-}
 
 impl Options {
     pub fn parse(cmdline: &str) -> Options {
@@ -108,7 +98,7 @@ impl Options {
                 ("selftest", "ap-silent") => AP_SILENT.store(true, Ordering::Relaxed),
                 ("exitcode", "guest") => o.guest_exit_code = true,
                 ("stats", "") => o.exit_timing = true,
-                ("smp", "off") => o.smp = false,
+                ("smp", "off") | ("cpus", "1") => o.smp = false,
                 ("smp", "on") => o.smp = true,
                 _ => {}
             }

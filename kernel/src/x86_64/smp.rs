@@ -114,7 +114,7 @@ fn bsp_apic_id() -> u32 {
 
 /// Starts every other CPU of the MADT; logs `cpus: N of M up`.
 pub fn start_cpus(info: &BootInfo, frames: &mut FrameAllocator) {
-    if !crate::options::smp_wanted(info.cmdline.as_str()) {
+    if !crate::options::SMP.load(core::sync::atomic::Ordering::Relaxed) {
         log::info!("cpus: application processors left parked (smp=off / cpus=1)");
         return;
     }
