@@ -67,9 +67,9 @@ pub enum Outcome {
     Error,
 }
 
-/// Host access to one VM's RAM frames, which the kernel maps 1:1.
-/// Checks every access against the VM's own range (defence in depth below
-/// `vmm::mem`'s guest-physical checks).
+/// Host access to one VM's RAM frames (or one of its disks), which the
+/// kernel maps 1:1. Checks every access against that range (defence in
+/// depth below `vmm::mem`'s guest-physical checks).
 struct HostFrames {
     base: u64,
     len: u64,
@@ -98,9 +98,10 @@ impl Backing for HostFrames {
             buf.copy_from_slice(&v.to_le_bytes()[..buf.len()]);
             return Ok(());
         }
-        // SAFETY: [hpa, hpa+len) lies inside this VM's RAM, which the frame
-        // allocator gave to this VM alone and the kernel maps 1:1 as normal
-        // memory; `buf` is a distinct kernel buffer.
+        // SAFETY: [hpa, hpa+len) lies inside this VM's RAM (or disk), which
+        // the frame allocator gave to this VM alone (a read-only disk: its
+        // reserved boot module, never written) and the kernel maps 1:1 as
+        // normal memory; `buf` is a distinct kernel buffer.
         unsafe { core::ptr::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
@@ -292,44 +293,28 @@ fn disk_files(
 /// a read-only disk, the boot module itself (never written: the device
 /// refuses writes before they reach [`Disk::write`]).
 struct FrameDisk {
-    base: u64,
-    size: u64,
+    /// Its bytes: `base` to `base + len` (whole sectors), range-checked
+    /// at every access as a VM's RAM is.
+    frames: HostFrames,
     read_only: bool,
-}
-
-impl FrameDisk {
-    fn check(&self, offset: u64, len: usize) -> Result<u64, DiskError> {
-        let end = offset.checked_add(len as u64).ok_or(DiskError)?;
-        if end > self.size {
-            return Err(DiskError);
-        }
-        Ok(self.base + offset)
-    }
 }
 
 impl Disk for FrameDisk {
     fn size(&self) -> u64 {
-        self.size
+        self.frames.len
     }
 
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let at = self.check(offset, buf.len())?;
-        // SAFETY: [at, at+len) lies inside this disk's frames (or its
-        // reserved boot module), mapped 1:1 and used by this disk alone;
-        // `buf` is a distinct buffer.
-        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
+        let at = self.frames.base.checked_add(offset).ok_or(DiskError)?;
+        self.frames.read(at, buf).map_err(|_| DiskError)
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         if self.read_only {
             return Err(DiskError);
         }
-        let at = self.check(offset, data.len())?;
-        // SAFETY: as in `read`; a writable disk is a copy in frames that
-        // belong to it alone.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) };
-        Ok(())
+        let at = self.frames.base.checked_add(offset).ok_or(DiskError)?;
+        self.frames.write(at, data).map_err(|_| DiskError)
     }
 
     fn read_only(&self) -> bool {
@@ -425,8 +410,7 @@ fn virtio_devices(
                     base
                 };
                 out.push(VirtioModel::Device(Box::new(VirtioBlock::new(FrameDisk {
-                    base,
-                    size,
+                    frames: HostFrames { base, len: size },
                     read_only: *read_only,
                 }))));
             }

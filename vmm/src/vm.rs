@@ -518,6 +518,22 @@ pub struct Vm<B> {
     clock: Arc<dyn Clock>,
 }
 
+/// The line of the VM's interrupt controller that a board device's `irq`
+/// names: arm64 SPIs on the vGIC; x86 GSIs on the I/O APIC, ISA IRQs on
+/// the 8259 pair and the I/O APIC pin of the IRQ (`x86::wiring::ISA_LINE`).
+fn irq_line_of(irq: Option<Irq>, arm: &Option<Arm64Irq>, x86: &Option<X86Irq>) -> Option<IrqLine> {
+    match (irq?, arm, x86) {
+        (Irq::Spi(intid), Some(a), _) => Some(IrqLine::new(a.gic().clone(), intid, Trigger::Level)),
+        (Irq::Gsi(gsi), _, Some(x)) => Some(IrqLine::new(x.chip().clone(), gsi, Trigger::Level)),
+        (Irq::Isa(irq), _, Some(x)) => Some(IrqLine::new(
+            x.chip().clone(),
+            crate::x86::wiring::ISA_LINE + u32::from(irq),
+            Trigger::Level,
+        )),
+        _ => None,
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())
         && name
@@ -526,27 +542,13 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl<B: Backing + Send + Sync + 'static> Vm<B> {
-    /// [`Vm::new`] with virtio devices: each gets the board's next
-    /// virtio-mmio slot (address and interrupt line, listed in the arm64
-    /// device tree; [`Board::virtio_cmdline`] for x86 guests), a transport
-    /// on the MMIO bus, the VM's guest memory and its line.
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_devices<S: Stage2 + ?Sized>(
-        cfg: &VmConfig,
-        devices: Vec<Box<dyn VirtioDevice>>,
-        backing: B,
-        ram_hpa: u64,
-        s2: &mut S,
-        sink: Arc<dyn ConsoleSink>,
-        policy: Box<dyn ExitPolicy>,
-    ) -> Result<Vm<B>, VmError> {
-        let models = devices.into_iter().map(VirtioModel::Device).collect();
-        Self::with_virtio(cfg, models, backing, ram_hpa, s2, sink, policy)
-    }
-
-    /// [`Vm::with_devices`] with devices the VM builds itself from what
-    /// only it has ([`VirtioModel::Console`]: its console lines), in slot
-    /// order.
+    /// [`Vm::new`] with virtio devices, in slot order: each gets the
+    /// board's next virtio-mmio slot (address and interrupt line, listed in
+    /// the arm64 device tree; [`Board::virtio_cmdline`] for x86 guests), a
+    /// transport on the MMIO bus, the VM's guest memory and its line. A
+    /// [`VirtioModel::Device`] is built by the caller; the VM builds the
+    /// others from what only it has ([`VirtioModel::Console`]: its console
+    /// lines).
     #[allow(clippy::too_many_arguments)]
     pub fn with_virtio<S: Stage2 + ?Sized>(
         cfg: &VmConfig,
@@ -626,7 +628,7 @@ impl<B: Backing> Vm<B> {
 
     /// [`Vm::new`] with the board's virtio slots set aside for devices of
     /// types `virtio` (so the generated device tree lists them); their
-    /// transports are attached by [`Vm::with_devices`].
+    /// transports are attached by [`Vm::with_virtio`].
     fn build<S: Stage2 + ?Sized>(
         cfg: &VmConfig,
         virtio: &[u32],
@@ -707,22 +709,7 @@ impl<B: Backing> Vm<B> {
             )),
             GuestArch::Aarch64 => None,
         };
-        let line_of = |irq: Option<Irq>| -> Option<IrqLine> {
-            match (irq?, &arm, &x86) {
-                (Irq::Spi(intid), Some(a), _) => {
-                    Some(IrqLine::new(a.gic().clone(), intid, Trigger::Level))
-                }
-                (Irq::Gsi(gsi), _, Some(x)) => {
-                    Some(IrqLine::new(x.chip().clone(), gsi, Trigger::Level))
-                }
-                (Irq::Isa(irq), _, Some(x)) => Some(IrqLine::new(
-                    x.chip().clone(),
-                    crate::x86::wiring::ISA_LINE + u32::from(irq),
-                    Trigger::Level,
-                )),
-                _ => None,
-            }
-        };
+        let line_of = |irq: Option<Irq>| irq_line_of(irq, &arm, &x86);
         let mut resample = Vec::new();
         let device_clock = Arc::new(DeviceClock::default());
         let legacy = |port| -> Option<Box<dyn crate::bus::BusDevice>> {
@@ -794,7 +781,7 @@ impl<B: Backing> Vm<B> {
                         None => continue,
                     }
                 }
-                // The transports come with their devices (`with_devices`),
+                // The transports come with their devices (`with_virtio`),
                 // once guest memory can be shared.
                 DeviceKind::ArchTimer | DeviceKind::VirtioMmio(_) => continue,
             };
@@ -864,15 +851,7 @@ impl<B: Backing> Vm<B> {
     /// The level-triggered line of the VM's interrupt controller that a
     /// board device's `irq` names (SPIs on arm64, I/O APIC GSIs on x86).
     fn irq_line(&self, irq: Option<Irq>) -> Option<IrqLine> {
-        match (irq?, &self.arm, &self.x86) {
-            (Irq::Spi(intid), Some(a), _) => {
-                Some(IrqLine::new(a.gic().clone(), intid, Trigger::Level))
-            }
-            (Irq::Gsi(gsi), _, Some(x)) => {
-                Some(IrqLine::new(x.chip().clone(), gsi, Trigger::Level))
-            }
-            _ => None,
-        }
+        irq_line_of(irq, &self.arm, &self.x86)
     }
 
     /// Who to tell when another CPU must look at a vCPU (set once, before
@@ -2404,9 +2383,9 @@ pub(crate) mod tests {
         );
         let cfg = VmConfig::new("arm", GuestArch::Aarch64, 8 * MIB, &kernel);
         let rng = crate::virtio::rng::VirtioRng::new(crate::virtio::tests::Counter::endless());
-        Vm::with_devices(
+        Vm::with_virtio(
             &cfg,
-            vec![Box::new(rng) as Box<dyn VirtioDevice>],
+            vec![VirtioModel::Device(Box::new(rng))],
             VecBacking::new(0, cfg.mem_size as usize),
             0,
             &mut RecordingStage2::default(),
@@ -2541,12 +2520,12 @@ pub(crate) mod tests {
         let cfg = VmConfig::new("x", GuestArch::X86_64, 16 * MIB, &kernel);
         let devices = (0..=crate::board::VIRTIO_SLOTS)
             .map(|_| {
-                Box::new(crate::virtio::rng::VirtioRng::new(
+                VirtioModel::Device(Box::new(crate::virtio::rng::VirtioRng::new(
                     crate::virtio::tests::Counter::endless(),
-                )) as Box<dyn VirtioDevice>
+                )))
             })
             .collect();
-        let r = Vm::with_devices(
+        let r = Vm::with_virtio(
             &cfg,
             devices,
             VecBacking::new(0, cfg.mem_size as usize),

@@ -758,8 +758,13 @@ pub(crate) fn build_guest_bin(paths: &Paths, arch: Arch, bin: &str) -> Result<()
     Ok(())
 }
 
-/// Runs QEMU to its end (or `limit`) and returns the serial text.
-fn run_qemu(program: &str, args: &[String], limit: Duration) -> Result<String> {
+/// Runs QEMU to its end (or `limit`): the serial text and the exit status
+/// (None: killed at the limit).
+pub(crate) fn qemu_serial(
+    program: &str,
+    args: &[String],
+    limit: Duration,
+) -> Result<(String, Option<i32>)> {
     let secs = limit.as_secs().to_string();
     let out = Command::new("timeout")
         .args(["-s", "KILL", &secs, program])
@@ -768,14 +773,19 @@ fn run_qemu(program: &str, args: &[String], limit: Duration) -> Result<String> {
         .stderr(Stdio::null())
         .output()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
-    let serial = crate::test::clean_serial(&out.stdout);
-    match out.status.code() {
+    Ok((crate::test::clean_serial(&out.stdout), out.status.code()))
+}
+
+/// Runs QEMU to its end (or `limit`) and returns the serial text.
+fn run_qemu(program: &str, args: &[String], limit: Duration) -> Result<String> {
+    let (serial, code) = qemu_serial(program, args, limit)?;
+    match code {
         Some(33) => Ok(serial),
         Some(c) => Err(format!(
             "QEMU exited with status {c}, not 33 (the bench guest's PASS); last lines:\n{}",
             crate::test::tail(&serial, 10).join("\n")
         )),
-        None => Err(format!("QEMU was killed (timeout {secs}s)")),
+        None => Err(format!("QEMU was killed (timeout {}s)", limit.as_secs())),
     }
 }
 

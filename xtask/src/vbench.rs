@@ -37,7 +37,6 @@ use crate::qemu::Machine;
 use crate::scenarios::{vm, GuestVm, ImageForm};
 use crate::{deps, guests, image, kernel_cmdline, Accel, Arch, Paths, Result};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The disk: 4 MiB, every pass reads or writes all of it.
@@ -514,22 +513,14 @@ pub fn direct_args(flat: &Path, disk: &Path, append: &str) -> Vec<String> {
 /// Runs QEMU to its end (or `limit`) and returns the serial text; the exit
 /// status does not matter (the guest's `VBENCH` lines do).
 fn run_qemu(program: &str, args: &[String], limit: Duration) -> Result<String> {
-    let secs = limit.as_secs().to_string();
-    let out = Command::new("timeout")
-        .args(["-s", "KILL", &secs, program])
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
-    let serial = crate::test::clean_serial(&out.stdout);
-    if out.status.code().is_none() {
-        return Err(format!(
-            "QEMU was killed (timeout {secs}s); last lines:\n{}",
+    match crate::bench::qemu_serial(program, args, limit)? {
+        (serial, Some(_)) => Ok(serial),
+        (serial, None) => Err(format!(
+            "QEMU was killed (timeout {}s); last lines:\n{}",
+            limit.as_secs(),
             crate::test::tail(&serial, 10).join("\n")
-        ));
+        )),
     }
-    Ok(serial)
 }
 
 #[cfg(test)]

@@ -276,9 +276,9 @@ pub fn fdt_bootargs(dtb: u64) -> Option<&'static str> {
                 let val = p + 8;
                 p = val + len.next_multiple_of(4);
                 if in_chosen && name == b"bootargs" && len > 0 {
+                    let n = len as usize - 1;
                     // SAFETY: `len` bytes of the DTB; the value ends in a NUL.
-                    let v =
-                        unsafe { core::slice::from_raw_parts(val as *const u8, len as usize - 1) };
+                    let v = unsafe { core::slice::from_raw_parts(val as *const u8, n) };
                     return core::str::from_utf8(v).ok();
                 }
             }

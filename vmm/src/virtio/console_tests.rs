@@ -65,13 +65,7 @@ impl Con {
         self.t.write(off, B4, u64::from(v));
     }
     fn setup_queue(&mut self, i: u32, cfg: QueueConfig) {
-        self.w(REG_QUEUE_SEL, i);
-        self.w(REG_QUEUE_NUM, u32::from(cfg.size));
-        self.w(REG_QUEUE_DESC_LOW, cfg.desc as u32);
-        self.w(REG_QUEUE_DRIVER_LOW, cfg.driver as u32);
-        self.w(REG_QUEUE_DEVICE_LOW, cfg.device as u32);
-        self.w(REG_QUEUE_READY, 1);
-        assert_eq!(self.r(REG_QUEUE_READY), 1);
+        assert!(crate::virtio::tests::setup_queue(&mut self.t, i, cfg));
     }
     /// §3.1.1 with `queues` of the two (receiveq0, transmitq0) made ready.
     fn start_with(&mut self, features: u64, queues: [bool; 2]) {

@@ -713,6 +713,27 @@ impl IrqSink for RecSink {
     }
 }
 
+/// The driver's part of §4.2.3.2 for queue `i` of the transport `t`:
+/// size, the three ring addresses (both halves), QueueReady; whether it
+/// reads back ready.
+pub(crate) fn setup_queue(t: &mut impl BusDevice, i: u32, cfg: QueueConfig) -> bool {
+    let mut w = |off: u64, v: u64| {
+        t.write(off, B4, v & 0xffff_ffff);
+    };
+    w(REG_QUEUE_SEL, u64::from(i));
+    w(REG_QUEUE_NUM, u64::from(cfg.size));
+    for (low, v) in [
+        (REG_QUEUE_DESC_LOW, cfg.desc),
+        (REG_QUEUE_DRIVER_LOW, cfg.driver),
+        (REG_QUEUE_DEVICE_LOW, cfg.device),
+    ] {
+        w(low, v);
+        w(low + 4, v >> 32);
+    }
+    w(REG_QUEUE_READY, 1);
+    t.read(REG_QUEUE_READY, B4) == 1
+}
+
 /// An entropy source of counting bytes, with a budget (None: endless).
 pub(crate) struct Counter {
     next: u8,
@@ -784,16 +805,7 @@ impl<D: VirtioDevice + 'static> Setup<D> {
         self.status() & status::FEATURES_OK != 0
     }
     fn setup_queue(&mut self, i: u32, cfg: QueueConfig) -> bool {
-        self.w(REG_QUEUE_SEL, i);
-        self.w(REG_QUEUE_NUM, u32::from(cfg.size));
-        self.w(REG_QUEUE_DESC_LOW, cfg.desc as u32);
-        self.w(REG_QUEUE_DESC_HIGH, (cfg.desc >> 32) as u32);
-        self.w(REG_QUEUE_DRIVER_LOW, cfg.driver as u32);
-        self.w(REG_QUEUE_DRIVER_HIGH, (cfg.driver >> 32) as u32);
-        self.w(REG_QUEUE_DEVICE_LOW, cfg.device as u32);
-        self.w(REG_QUEUE_DEVICE_HIGH, (cfg.device >> 32) as u32);
-        self.w(REG_QUEUE_READY, 1);
-        self.r(REG_QUEUE_READY) == 1
+        setup_queue(&mut self.t, i, cfg)
     }
     fn driver_ok(&mut self) {
         let s = self.status();

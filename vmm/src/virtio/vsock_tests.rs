@@ -102,16 +102,7 @@ impl Vm {
     }
 
     fn setup_queue(&mut self, i: u32, cfg: QueueConfig) {
-        self.w(REG_QUEUE_SEL, i);
-        self.w(REG_QUEUE_NUM, u32::from(cfg.size));
-        self.w(REG_QUEUE_DESC_LOW, cfg.desc as u32);
-        self.w(REG_QUEUE_DESC_HIGH, (cfg.desc >> 32) as u32);
-        self.w(REG_QUEUE_DRIVER_LOW, cfg.driver as u32);
-        self.w(REG_QUEUE_DRIVER_HIGH, (cfg.driver >> 32) as u32);
-        self.w(REG_QUEUE_DEVICE_LOW, cfg.device as u32);
-        self.w(REG_QUEUE_DEVICE_HIGH, (cfg.device >> 32) as u32);
-        self.w(REG_QUEUE_READY, 1);
-        assert_eq!(self.r(REG_QUEUE_READY), 1);
+        assert!(crate::virtio::tests::setup_queue(&mut self.t, i, cfg));
     }
 
     /// Initialization (§3.1.1) with fresh (zeroed) rings, up to DRIVER_OK.
