@@ -783,7 +783,7 @@ fn run_qemu(program: &str, args: &[String], limit: Duration) -> Result<String> {
         Some(33) => Ok(serial),
         Some(c) => Err(format!(
             "QEMU exited with status {c}, not 33 (the bench guest's PASS); last lines:\n{}",
-            crate::test::tail(&serial, 10).join("\n")
+            crate::test::tail(&serial, 40).join("\n")
         )),
         None => Err(format!("QEMU was killed (timeout {}s)", limit.as_secs())),
     }
