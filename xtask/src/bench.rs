@@ -647,7 +647,27 @@ fn run_arch(
                 arch.name(),
                 if *n == 1 { "" } else { "s" }
             );
-            match run_qemu(&program, &args, Duration::from_secs(300)) {
+            let limit = Duration::from_secs(300);
+            let first = run_qemu(&program, &args, limit);
+            let outcome = match first {
+                Err(e) if e.starts_with("QEMU exited") => {
+                    // QEMU 7.2 TCG delivers an interrupt injected through
+                    // EVENTINJ a second time when its icount budget ends
+                    // right after the VMRUN (svm_helper.c delivers it
+                    // inline and leaves `exception_index` set, which the
+                    // CPU loop then delivers as well). Deterministic for
+                    // one build; another kernel command-line length moves
+                    // the budget ends. Printed, never hidden.
+                    println!(
+                        "bench: {cpu}: this run failed; once more with shifted timing \
+                         (QEMU 7.2 TCG re-delivers an EVENTINJ interrupt when its icount \
+                         budget ends at the VMRUN, README \"Benchmarks\"). The failure:\n{e}"
+                    );
+                    run_qemu(&program, &shifted_timing(&args), limit)
+                }
+                other => other,
+            };
+            match outcome {
                 Ok(s) => serials.push(s),
                 Err(e) => {
                     println!("bench: {cpu}: {e}");
@@ -774,6 +794,19 @@ pub(crate) fn qemu_serial(
         .output()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     Ok((crate::test::clean_serial(&out.stdout), out.status.code()))
+}
+
+/// The same QEMU arguments with a word added to the kernel command line:
+/// under icount a different command-line length moves where QEMU's
+/// instruction budgets end relative to the guest.
+fn shifted_timing(args: &[String]) -> Vec<String> {
+    let mut a = args.to_vec();
+    if let Some(i) = a.iter().position(|x| x == "-append") {
+        if let Some(c) = a.get_mut(i + 1) {
+            c.push_str(" bench-retry");
+        }
+    }
+    a
 }
 
 /// Runs QEMU to its end (or `limit`) and returns the serial text.
@@ -1019,6 +1052,17 @@ mod tests {
             guest_cmdline(&a, &figs),
             "iters=100 samples=8 timer timer-hlt"
         );
+    }
+
+    #[test]
+    fn shifted_timing_lengthens_only_the_kernel_command_line() {
+        let a: Vec<String> = ["-m", "272", "-append", "exit=debugexit", "-smp", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let b = shifted_timing(&a);
+        assert_eq!(b[3], "exit=debugexit bench-retry");
+        assert_eq!((&b[..3], &b[4..]), (&a[..3], &a[4..]));
     }
 
     #[test]
