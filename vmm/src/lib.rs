@@ -42,6 +42,7 @@ pub mod loader;
 pub mod mem;
 pub mod psci;
 pub mod regs;
+pub mod sched;
 pub mod smccc;
 pub mod stats;
 pub mod virtio;
