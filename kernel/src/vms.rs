@@ -5,11 +5,17 @@
 //! line is `<path> [name=..] [mem=MiB] [smp=N] [append="..."]`. Each VM gets
 //! its RAM as one physically contiguous, zeroed range from the frame
 //! allocator, its own stage-2 tables and vCPUs from the arch backend
-//! (`platform::virt`), and all VMs run round-robin on the boot CPU. A
-//! vCPU that waits for an interrupt (HLT/WFI) costs nothing: blocked vCPUs
-//! whose timer deadline passed are woken between turns, no turn lasts
-//! beyond the earliest such deadline (`Vcpu::cap_turn`), and when no vCPU
-//! of any VM can run, the CPU sleeps until it.
+//! (`platform::virt`). Every CPU that can run vCPUs (`platform::sched_cpus`:
+//! all on x86, the boot CPU on arm64 for now) runs the same loop
+//! ([`Runner::cpu_loop`]): the scheduler (`vmm::sched`, one lock taken at
+//! turn boundaries) names its next vCPU, which runs one turn (its time
+//! slice, an exit budget, or until it blocks or yields). A vCPU that waits
+//! for an interrupt (HLT/WFI) costs nothing: a VM's kick (an interrupt,
+//! a start-up, a timer deadline met by any CPU) wakes it in the scheduler
+//! and sends an IPI to the CPU that should run it; no turn lasts beyond
+//! the earliest timer deadline of a blocked vCPU (`Vcpu::cap_turn`); a CPU
+//! with nothing to run sleeps until a kick or that deadline. The boot CPU
+//! also reads the console keys and reports the VMs that stopped.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -19,6 +25,7 @@ use alloc::boxed::Box;
 use arch::entropy::{EntropyKind, HostEntropy};
 use boot::frame::FrameAllocator;
 use boot::{cpio, BootInfo};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use vmm::backend::GuestArch;
 use vmm::backend::Vcpu as _;
 use vmm::config::{self, VirtioSpec, VmSpec};
@@ -26,12 +33,13 @@ use vmm::console::CONSOLE_TURN_BUDGET;
 use vmm::devices::ConsoleSink;
 use vmm::hvconsole::{Action, HvConsole};
 use vmm::mem::{Backing, MemError};
+use vmm::sched::{After, CpuSet, Entity, Sched, Where, DEFAULT_WEIGHT};
 use vmm::virtio::block::{Disk, DiskError, VirtioBlock, SECTOR_SIZE};
 use vmm::virtio::net::VirtioNet;
 use vmm::virtio::rng::VirtioRng;
 use vmm::virtio::switch::Switch;
 use vmm::virtio::vsock::{VirtioVsock, VsockHub};
-use vmm::vm::{VcpuState, VirtioModel, Vm, VmConfig};
+use vmm::vm::{Kick, VcpuState, VirtioModel, Vm, VmConfig};
 
 use crate::platform::virt;
 
@@ -44,8 +52,6 @@ const GUEST_ARCH: GuestArch = GuestArch::Aarch64;
 /// does not exit is preempted by the backend's time-slice timer (x86: LAPIC
 /// one-shot, arm64: CNTHP), which ends its turn with `Flow::Yield`.
 const SLICE_EXITS: u64 = 256;
-/// All VMs run on the boot CPU until SMP scheduling lands.
-const BOOT_CPU: u32 = 0;
 /// Guest RAM is 2 MiB aligned so stage 2 can use 2 MiB blocks.
 const RAM_ALIGN: u64 = 2 << 20;
 
@@ -420,16 +426,24 @@ fn virtio_devices(
 }
 
 /// One VM as the run loop holds it: the shared VM state (reached through
-/// `&self`: later several CPUs at once) and the backend vCPUs, each used by
-/// whichever CPU runs it.
+/// `&self` by every CPU) and the backend vCPUs, each used by whichever CPU
+/// the scheduler gives it to (the lock is never contended: the scheduler
+/// runs a vCPU on one CPU at a time; it makes the exclusivity checked).
 struct Slot {
     vm: Vm<HostFrames>,
-    vcpus: Vec<virt::Vcpu>,
+    vcpus: Vec<spin::Mutex<virt::Vcpu>>,
     /// Kept alive as long as the VM: the vCPUs run on these tables.
-    _s2: virt::Stage2,
-    done: bool,
+    _s2: spin::Mutex<virt::Stage2>,
+    /// Stopped and reported (set by the boot CPU).
+    done: AtomicBool,
     /// The VM's index (ASID/VMID choice, per-CPU "current vCPU").
     index: usize,
+}
+
+impl Slot {
+    fn done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
 }
 
 fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot, String> {
@@ -471,7 +485,8 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     vm.set_exit_timing(crate::options::EXIT_TIMING.load(core::sync::atomic::Ordering::Relaxed));
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
     for i in 0..cfg.vcpus {
-        vcpus.push(virt::new_vcpu(frames, &s2, index, i, cfg.vcpus).map_err(String::from)?);
+        let v = virt::new_vcpu(frames, &s2, index, i, cfg.vcpus).map_err(String::from)?;
+        vcpus.push(spin::Mutex::new(v));
     }
     log::info!(
         "vm {}: {} MiB at {:#x}, {} vCPU(s), {:?} kernel, entry {:#x}",
@@ -485,52 +500,14 @@ fn create(index: usize, p: &Pending, frames: &mut FrameAllocator) -> Result<Slot
     Ok(Slot {
         vm,
         vcpus,
-        _s2: s2,
-        done: false,
+        _s2: spin::Mutex::new(s2),
+        done: AtomicBool::new(false),
         index,
     })
 }
 
-/// Runs one round-robin pass over the slot's runnable vCPUs (their state
-/// lives in the VM: a PSCI CPU_ON of one vCPU makes another runnable).
-/// `wake` is the earliest timer deadline of a blocked vCPU elsewhere: no
-/// turn lasts beyond it (nor beyond one of this VM's own).
-fn run_slot(slot: &mut Slot, wake: Option<u64>) {
-    let Slot {
-        vm, vcpus, index, ..
-    } = slot;
-    let cpu = arch::percpu::this_cpu();
-    for (i, vcpu) in vcpus.iter_mut().enumerate() {
-        if vm.vcpu_state(i as u32) != Some(VcpuState::Runnable) {
-            continue;
-        }
-        // Bind around each slice: VMX allows one current VMCS per CPU, and
-        // a later scheduler may move vCPUs between CPUs (rule `tlb_tag`).
-        if let Err(e) = vcpu.bind(BOOT_CPU) {
-            log::error!("vm {}: vCPU {i} cannot bind: {e:?}", vm.name());
-            continue;
-        }
-        cpu.set_current(Some((*index, i as u32)));
-        let cap = match (wake, vm.earliest_wake()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(d) = cap {
-            vcpu.cap_turn(d);
-        }
-        vm.run(i as u32, vcpu, SLICE_EXITS);
-        cpu.set_current(None);
-        let _ = vcpu.unbind();
-        // The console gets this VM's output at a bounded rate: a flood
-        // costs its own VM lines, not the other VMs' CPU time.
-        vm.drain_console(CONSOLE_TURN_BUDGET);
-        if vm.is_stopped() {
-            return;
-        }
-    }
-}
-
-/// Creates every VM from the boot modules and runs them until all stopped.
+/// Creates every VM from the boot modules and runs them on every CPU that
+/// can run vCPUs until all stopped.
 pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
     let (pending, mut errors) = collect(info);
     if pending.is_empty() {
@@ -560,37 +537,352 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         log::error!("{errors} VM(s) could not be set up; not running any");
         return Outcome::Error;
     }
-    log::info!("running {} VM(s)", slots.len());
-    let mut idle = IdleStats {
-        freq: virt::clock().frequency(),
-        ..IdleStats::default()
-    };
+    let cpus = crate::platform::sched_cpus();
+    let freq = virt::clock().frequency();
+    let mut sched = Sched::new(cpus.len(), (freq / 100).max(1));
+    let mut ents = Vec::new();
+    for (si, slot) in slots.iter_mut().enumerate() {
+        let first = ents.len();
+        for v in 0..slot.vm.vcpu_count() {
+            match sched.add(DEFAULT_WEIGHT, CpuSet::ALL) {
+                Ok(_) => ents.push((si, v)),
+                Err(e) => {
+                    log::error!("vm {}: vCPU {v} not schedulable: {e:?}", slot.vm.name());
+                    return Outcome::Error;
+                }
+            }
+        }
+        slot.vm.set_kick(Arc::new(SchedKick { first }));
+    }
+    log::info!(
+        "running {} VM(s), {} vCPU(s) on {} CPU(s)",
+        slots.len(),
+        ents.len(),
+        cpus.len()
+    );
+    let runner: &'static Runner = Box::leak(Box::new(Runner {
+        turns: cpus.iter().map(|_| AtomicU64::new(0)).collect(),
+        cpus,
+        slots,
+        ents,
+        sched: spin::Mutex::new(sched),
+        over: AtomicBool::new(false),
+        idle_sleeps: AtomicU64::new(0),
+        idle_ticks: AtomicU64::new(0),
+        freq,
+        in_loop: AtomicUsize::new(0),
+    }));
+    // The boot vCPUs are runnable from the start.
+    runner.reconcile(virt::counter());
+    RUNNER.call_once(|| runner);
+    // The other CPUs sleep in HLT/WFI: they look now.
+    for &c in &runner.cpus[1..] {
+        crate::platform::kick_cpu(c);
+    }
     let mut keys = Keys {
         console: HvConsole::new(),
         typed: alloc::collections::VecDeque::new(),
     };
-    loop {
-        console_keys(&mut keys, &mut slots);
-        let mut active = 0;
-        for i in 0..slots.len() {
-            if slots[i].done {
-                continue;
+    runner.cpu_loop(0, Some(&mut keys));
+    runner.finish()
+}
+
+/// The run shared by every CPU that runs vCPUs, set once by the boot CPU.
+static RUNNER: spin::Once<&'static Runner> = spin::Once::new();
+
+/// An application processor with nothing else to do: takes part in the
+/// VM run until it is over (returns at once if there is none, or if this
+/// CPU does not run vCPUs).
+pub fn ap_join() {
+    let Some(r) = RUNNER.get() else {
+        return;
+    };
+    let me = arch::percpu::this_cpu().index as u32;
+    let Some(n) = r.cpus.iter().position(|&c| c == me) else {
+        return;
+    };
+    if r.over.load(Ordering::Acquire) || n == 0 {
+        return;
+    }
+    virt::cpu_join();
+    r.cpu_loop(n, None);
+}
+
+/// The VM's [`Kick`]: a vCPU got a request (an interrupt, a start-up):
+/// the scheduler makes it runnable if it was blocked, and the CPU that
+/// runs or should run it gets an IPI.
+struct SchedKick {
+    /// The VM's first scheduler entity (vCPU n is `first + n`).
+    first: usize,
+}
+
+impl Kick for SchedKick {
+    fn kick(&self, vcpu: u32) {
+        if let Some(r) = RUNNER.get() {
+            r.kick(self.first + vcpu as usize);
+        }
+    }
+}
+
+/// Everything the vCPU CPUs share while VMs run. The scheduler's lock is
+/// taken at turn boundaries and wake-ups only, never inside a turn, and
+/// no VM method that may kick (`wake_due`, `make_request`) is called with
+/// it held.
+struct Runner {
+    slots: Vec<Slot>,
+    /// Scheduler entity -> (slot, vCPU index).
+    ents: Vec<(usize, u32)>,
+    sched: spin::Mutex<Sched>,
+    /// Scheduler CPU n is the kernel's CPU `cpus[n]` (its PerCpu index).
+    cpus: Vec<u32>,
+    /// Turns each CPU ran.
+    turns: Vec<AtomicU64>,
+    /// Every VM stopped: the CPUs leave the loop.
+    over: AtomicBool,
+    idle_sleeps: AtomicU64,
+    idle_ticks: AtomicU64,
+    freq: u64,
+    /// Application processors inside [`Runner::cpu_loop`].
+    in_loop: AtomicUsize,
+}
+
+impl Runner {
+    fn runnable(&self, e: Entity) -> bool {
+        let (s, v) = self.ents[e];
+        let slot = &self.slots[s];
+        !slot.done() && slot.vm.vcpu_state(v) == Some(VcpuState::Runnable)
+    }
+
+    /// This CPU's scheduler index (0 if it is none: only the boot CPU
+    /// runs the loop without one).
+    fn me_index(&self) -> usize {
+        let me = arch::percpu::this_cpu().index as u32;
+        self.cpus.iter().position(|&c| c == me).unwrap_or(0)
+    }
+
+    /// Sends the kick IPI to scheduler CPU `c` unless it is this one.
+    fn ipi(&self, c: usize) {
+        let cpu = self.cpus[c];
+        if cpu != arch::percpu::this_cpu().index as u32 {
+            crate::platform::kick_cpu(cpu);
+        }
+    }
+
+    fn kick(&self, e: Entity) {
+        if e >= self.ents.len() {
+            return;
+        }
+        let now = virt::counter();
+        let target = {
+            let mut s = self.sched.lock();
+            match s.state(e) {
+                // Running elsewhere: that CPU's guest exits and the vmm
+                // sees the request.
+                Where::Running(c) => Some(c),
+                Where::Blocked if self.runnable(e) => s.wake(e, now),
+                _ => None,
             }
-            // Wake what is due; no turn outlasts the next timer deadline of
-            // a blocked vCPU (which then runs within a pass).
+        };
+        if let Some(c) = target {
+            self.ipi(c);
+        }
+    }
+
+    /// vCPUs the VMs made runnable without a kick reaching the scheduler
+    /// (a wake-up between a turn's end and its `put`, a timer deadline):
+    /// queued now; vCPUs of stopped VMs leave the scheduler.
+    fn reconcile(&self, now: u64) {
+        let mut kicks = 0u64;
+        {
+            let mut s = self.sched.lock();
+            for e in 0..self.ents.len() {
+                match s.state(e) {
+                    Where::Gone => {}
+                    Where::Running(_) => {}
+                    _ if self.slots[self.ents[e].0].done() => s.remove(e),
+                    Where::Blocked if self.runnable(e) => {
+                        if let Some(c) = s.wake(e, now) {
+                            kicks |= 1 << c;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        while kicks != 0 {
+            let c = kicks.trailing_zeros() as usize;
+            kicks &= kicks - 1;
+            self.ipi(c);
+        }
+    }
+
+    /// The loop of scheduler CPU `me` (the boot CPU, `me` 0, with the
+    /// console's keys, also reports stopped VMs and ends the run).
+    fn cpu_loop(&self, me: usize, keys: Option<&mut Keys>) {
+        let ap = keys.is_none();
+        if ap {
+            self.in_loop.fetch_add(1, Ordering::AcqRel);
+        }
+        self.cpu_loop_inner(me, keys);
+        if ap {
+            self.in_loop.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn cpu_loop_inner(&self, me: usize, mut keys: Option<&mut Keys>) {
+        loop {
+            if self.over.load(Ordering::Acquire) {
+                return;
+            }
+            if let Some(k) = keys.as_deref_mut() {
+                if !self.housekeeping(k) {
+                    self.over.store(true, Ordering::Release);
+                    for c in 1..self.cpus.len() {
+                        self.ipi(c);
+                    }
+                    return;
+                }
+            }
+            // Wake what is due; no turn outlasts the next timer deadline
+            // of a blocked vCPU (which then runs within a pass).
             let now = virt::counter();
-            let wake = slots
+            let wake = self
+                .slots
                 .iter()
-                .filter(|s| !s.done)
+                .filter(|s| !s.done())
                 .filter_map(|s| s.vm.wake_due(now))
                 .min();
-            let slot = &mut slots[i];
-            run_slot(slot, wake);
-            // Device work put off to bound an exit (a virtio queue past its
-            // budget): the next part, between this VM's turns.
+            let (picked, helper) = {
+                let mut s = self.sched.lock();
+                let p = s.pick(me, now);
+                (p, s.idle_helper(me))
+            };
+            // Work left in this CPU's queue and a CPU idle: it steals.
+            if let Some(h) = helper {
+                self.ipi(h);
+            }
+            match picked {
+                Some(e) => self.turn(me, e, wake),
+                None => self.idle(wake, keys.is_some()),
+            }
+        }
+    }
+
+    /// One turn of entity `e` on scheduler CPU `me`.
+    fn turn(&self, me: usize, e: Entity, wake: Option<u64>) {
+        let (si, v) = self.ents[e];
+        let slot = &self.slots[si];
+        let mut after = After::Blocked;
+        if self.runnable(e) {
+            match slot.vcpus[v as usize].try_lock() {
+                Some(mut vcpu) => {
+                    let cpu = arch::percpu::this_cpu();
+                    // Bound around each turn: VMX allows one current VMCS
+                    // per CPU, and the next turn may be on another CPU
+                    // (rule `tlb_tag`: the backend flushes on a change).
+                    match vcpu.bind(cpu.index as u32) {
+                        Ok(()) => {
+                            cpu.set_current(Some((slot.index, v)));
+                            let cap = match (wake, slot.vm.earliest_wake()) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
+                            if let Some(d) = cap {
+                                vcpu.cap_turn(d);
+                            }
+                            slot.vm.run(v, &mut *vcpu, SLICE_EXITS);
+                            cpu.set_current(None);
+                            let _ = vcpu.unbind();
+                        }
+                        Err(err) => {
+                            log::error!("vm {}: vCPU {v} cannot bind: {err:?}", slot.vm.name())
+                        }
+                    }
+                }
+                None => log::error!(
+                    "vm {}: vCPU {v} picked while another CPU holds it (scheduler bug)",
+                    slot.vm.name()
+                ),
+            }
+            // The console gets this VM's output at a bounded rate: a flood
+            // costs its own VM lines, not the other VMs' CPU time.
+            slot.vm.drain_console(CONSOLE_TURN_BUDGET);
+            // Device work put off to bound an exit: the next part.
+            slot.vm.poll_devices();
+            after = if !self.runnable(e) {
+                After::Blocked
+            } else if slot.vm.take_yielded(v) {
+                After::Yielded
+            } else {
+                After::Runnable
+            };
+        }
+        self.turns[me].fetch_add(1, Ordering::Relaxed);
+        let now = virt::counter();
+        let kick = {
+            let mut s = self.sched.lock();
+            s.put_as(me, now, after);
+            // Woken between the end of its turn and here: its kick found
+            // it still running.
+            if after == After::Blocked && self.runnable(e) {
+                s.wake(e, now)
+            } else {
+                None
+            }
+        };
+        if let Some(c) = kick {
+            self.ipi(c);
+        }
+    }
+
+    /// Nothing to run on this CPU: sleep until a kick or the next timer
+    /// deadline of a blocked vCPU. The boot CPU looks at least every
+    /// 10 ms (VMs that stopped on other CPUs, console keys).
+    fn idle(&self, wake: Option<u64>, boot_cpu: bool) {
+        let now = virt::counter();
+        // Every wake-up reaches the scheduler through the VMs' kicks or
+        // the check after a turn; this pass is the safety net before a
+        // CPU sleeps.
+        self.reconcile(now);
+        if self.sched.lock().queued(self.me_index()) > 0 {
+            return;
+        }
+        let mut deadline = wake;
+        if boot_cpu {
+            if self
+                .slots
+                .iter()
+                .any(|s| !s.done() && s.vm.has_deferred_work())
+            {
+                return;
+            }
+            let tick = now + (self.freq / 100).max(1);
+            deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
+        }
+        virt::idle_once(deadline);
+        self.idle_sleeps.fetch_add(1, Ordering::Relaxed);
+        self.idle_ticks
+            .fetch_add(virt::counter().saturating_sub(now), Ordering::Relaxed);
+    }
+
+    /// The boot CPU's part between turns: console keys, device work, and
+    /// the report of VMs that stopped. False once every VM stopped.
+    fn housekeeping(&self, keys: &mut Keys) -> bool {
+        console_keys(keys, &self.slots);
+        let mut active = 0;
+        for slot in &self.slots {
+            if slot.done() {
+                continue;
+            }
             slot.vm.poll_devices();
             if let Some(stop) = slot.vm.stop() {
-                slot.done = true;
+                // Reported once no CPU is inside it any more (rule
+                // `teardown`): its last lines are out by then.
+                if self.inside(slot) {
+                    active += 1;
+                    continue;
+                }
+                slot.done.store(true, Ordering::Release);
                 let code = stop.reason.exit_code();
                 match code {
                     Some(c) => log::info!(
@@ -603,12 +895,13 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
                 if let Some(report) = &stop.report {
                     log::warn!("vm {}: registers: {report}", slot.vm.name());
                 }
+                slot.vm.drain_console(usize::MAX);
                 print_exit_stats(slot);
             } else if !slot.vm.can_progress() {
                 // Every vCPU waits for an interrupt with no timer armed:
                 // its devices act only on its own vCPUs' accesses, so
                 // nothing can wake it.
-                slot.done = true;
+                slot.done.store(true, Ordering::Release);
                 slot.vm.drain_console(usize::MAX);
                 log::warn!(
                     "vm {}: stopped: all vCPUs halted with nothing to wake them",
@@ -619,23 +912,52 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
                 active += 1;
             }
         }
-        if active == 0 {
-            break;
-        }
-        idle.sleep_if_nothing_runs(&slots);
+        active > 0
     }
-    let crashed = slots
-        .iter()
-        .filter(|s| s.vm.stop().is_none_or(|st| st.reason.is_crash()))
-        .count();
-    let first_code = slots[0].vm.stop().and_then(|s| s.reason.exit_code());
-    log::info!(
-        "all {} VM(s) stopped ({crashed} crashed); CPU idle {} time(s), {} ms",
-        slots.len(),
-        idle.sleeps,
-        idle.ticks / (idle.freq / 1000).max(1)
-    );
-    Outcome::AllStopped { first_code }
+
+    /// Whether a CPU is in a turn of one of the slot's vCPUs.
+    fn inside(&self, slot: &Slot) -> bool {
+        let s = self.sched.lock();
+        self.ents
+            .iter()
+            .enumerate()
+            .any(|(e, &(si, _))| si == slot.index && matches!(s.state(e), Where::Running(_)))
+    }
+
+    /// The end of the run: the other CPUs out of their loops (a turn ends
+    /// by its slice at the latest), what each CPU did, the outcome.
+    fn finish(&self) -> Outcome {
+        let start = virt::counter();
+        while self.in_loop.load(Ordering::Acquire) > 0
+            && virt::counter().saturating_sub(start) < self.freq
+        {
+            core::hint::spin_loop();
+        }
+        let slots = &self.slots;
+        let crashed = slots
+            .iter()
+            .filter(|s| s.vm.stop().is_none_or(|st| st.reason.is_crash()))
+            .count();
+        let first_code = slots[0].vm.stop().and_then(|s| s.reason.exit_code());
+        let turns: Vec<String> = self
+            .cpus
+            .iter()
+            .zip(&self.turns)
+            .map(|(c, t)| alloc::format!("cpu {c}: {}", t.load(Ordering::Relaxed)))
+            .collect();
+        log::info!(
+            "vCPU turns per CPU: {}; {} migration(s)",
+            turns.join(", "),
+            self.sched.lock().migrations()
+        );
+        log::info!(
+            "all {} VM(s) stopped ({crashed} crashed); CPU idle {} time(s), {} ms",
+            slots.len(),
+            self.idle_sleeps.load(Ordering::Relaxed),
+            self.idle_ticks.load(Ordering::Relaxed) / (self.freq / 1000).max(1)
+        );
+        Outcome::AllStopped { first_code }
+    }
 }
 
 /// A stopped VM's exits by reason (`vmm::stats`; handling times with the
@@ -656,7 +978,7 @@ struct Keys {
 fn deliver_typed(typed: &mut alloc::collections::VecDeque<(usize, u8)>, slots: &[Slot]) {
     let mut blocked = alloc::vec![false; slots.len()];
     typed.retain(|&(vm, b)| {
-        let Some(s) = slots.get(vm).filter(|s| !s.done) else {
+        let Some(s) = slots.get(vm).filter(|s| !s.done()) else {
             return false;
         };
         let stuck = blocked.get(vm).copied().unwrap_or(true);
@@ -673,7 +995,7 @@ fn deliver_typed(typed: &mut alloc::collections::VecDeque<(usize, u8)>, slots: &
 /// Keys typed on the hypervisor console (at most a line's worth per pass):
 /// input for the focused VM or Ctrl-A commands (`vmm::hvconsole`). Typed
 /// input reaches the VM's UART as fast as the guest makes room in it.
-fn console_keys(keys: &mut Keys, slots: &mut [Slot]) {
+fn console_keys(keys: &mut Keys, slots: &[Slot]) {
     // The common case costs one UART status read: nothing typed, nothing
     // on its way.
     if !keys.typed.is_empty() {
@@ -688,7 +1010,7 @@ fn console_keys(keys: &mut Keys, slots: &mut [Slot]) {
         match keys_console.key(b, slots.len()) {
             Action::None => {}
             Action::Input(b) => {
-                if slots.get(focus).is_some_and(|s| !s.done) {
+                if slots.get(focus).is_some_and(|s| !s.done()) {
                     if keys.typed.len() < TYPED_MAX {
                         keys.typed.push_back((focus, b));
                     } else {
@@ -723,7 +1045,7 @@ fn console_keys(keys: &mut Keys, slots: &mut [Slot]) {
                 }
             }
             Action::Stop => {
-                if let Some(s) = slots.get(focus).filter(|s| !s.done) {
+                if let Some(s) = slots.get(focus).filter(|s| !s.done()) {
                     log::warn!("console: stopping vm {}", s.vm.name());
                     s.vm.stop_by_host();
                 }
@@ -742,48 +1064,17 @@ fn print_exit_stats(slot: &Slot) {
     for line in vm.exit_stats_lines() {
         log::info!("vm {}: {line}", vm.name());
     }
-    let internal: u64 = slot.vcpus.iter().map(|v| v.internal_exits()).sum();
+    // A vCPU still in its last turn on another CPU is left out.
+    let internal: u64 = slot
+        .vcpus
+        .iter()
+        .filter_map(|v| v.try_lock().map(|v| v.internal_exits()))
+        .sum();
     if internal > 0 {
         log::info!(
             "vm {}:   handled in the backend (CPUID table, VMCB MSRs, DR moves, reflected exceptions): {internal}",
             vm.name()
         );
-    }
-}
-
-/// How often and how long the CPU slept with nothing to run.
-#[derive(Default)]
-struct IdleStats {
-    sleeps: u64,
-    ticks: u64,
-    freq: u64,
-}
-
-impl IdleStats {
-    /// When no vCPU of any VM is runnable, sleeps until the earliest
-    /// wake-up deadline of a blocked vCPU (then wakes it).
-    fn sleep_if_nothing_runs(&mut self, slots: &[Slot]) {
-        let live = || slots.iter().filter(|s| !s.done);
-        if live().any(|s| s.vm.has_runnable() || s.vm.has_deferred_work()) {
-            return;
-        }
-        let now = virt::counter();
-        let next = live().filter_map(|s| s.vm.wake_due(now)).min();
-        if live().any(|s| s.vm.has_runnable()) {
-            return;
-        }
-        // VMs that wait only for console input: look at the keyboard
-        // every 10 ms.
-        let next = next.or_else(|| {
-            live()
-                .any(|s| s.vm.waits_for_input())
-                .then(|| now + (self.freq / 100).max(1))
-        });
-        if let Some(deadline) = next {
-            virt::idle_until(deadline);
-            self.sleeps += 1;
-            self.ticks += virt::counter().saturating_sub(now);
-        }
     }
 }
 

@@ -92,6 +92,17 @@ struct Cpu {
     min_vruntime: u64,
 }
 
+/// How a turn ended, for [`Sched::put_as`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Still runnable (its slice or exit budget ran out).
+    Runnable,
+    /// Runnable, but it gave up the CPU on purpose.
+    Yielded,
+    /// Blocked (HLT/WFI, off, its VM stopped).
+    Blocked,
+}
+
 /// Errors of the configuration calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchedError {
@@ -362,6 +373,23 @@ impl Sched {
     /// The vCPU CPU `cpu` ran ends its turn at `now`; `runnable`: it goes
     /// on (queued again), else it blocked (HLT/WFI, off, stopped).
     pub fn put(&mut self, cpu: usize, now: u64, runnable: bool) {
+        self.put_as(
+            cpu,
+            now,
+            if runnable {
+                After::Runnable
+            } else {
+                After::Blocked
+            },
+        )
+    }
+
+    /// [`Sched::put`] with the reason: a vCPU that gave up the CPU on
+    /// purpose (a yield, a PAUSE loop: a lock holder may be waiting for a
+    /// turn) goes behind every vCPU that may run here instead, so a yield
+    /// really lets the others run whatever the virtual runtimes say.
+    pub fn put_as(&mut self, cpu: usize, now: u64, after: After) {
+        let runnable = after != After::Blocked;
         let Some(e) = self.cpus.get_mut(cpu).and_then(|c| c.current.take()) else {
             return;
         };
@@ -372,6 +400,17 @@ impl Sched {
         if x.removing {
             x.at = Where::Gone;
             return;
+        }
+        if after == After::Yielded {
+            let behind = (0..self.cpus.len())
+                .flat_map(|c| self.cpus[c].queue.iter())
+                .filter(|&&q| self.ents[q].affinity.contains(cpu))
+                .map(|&q| self.ents[q].vruntime)
+                .max();
+            if let Some(b) = behind {
+                let x = &mut self.ents[e];
+                x.vruntime = x.vruntime.max(b.saturating_add(1));
+            }
         }
         if runnable {
             // Stays here unless its pinning changed meanwhile.
@@ -393,6 +432,18 @@ impl Sched {
             let c = &mut self.cpus[cpu];
             c.min_vruntime = c.min_vruntime.max(f);
         }
+    }
+
+    /// An idle CPU (nothing running, nothing queued) that may take a vCPU
+    /// waiting in `cpu`'s queue: the one to kick so that it steals it.
+    pub fn idle_helper(&self, cpu: usize) -> Option<usize> {
+        let q = &self.cpus.get(cpu)?.queue;
+        (0..self.cpus.len()).find(|&o| {
+            o != cpu
+                && self.cpus[o].current.is_none()
+                && self.cpus[o].queue.is_empty()
+                && q.iter().any(|&e| self.ents[e].affinity.contains(o))
+        })
     }
 
     /// Whether CPU `cpu`'s current turn should end at `now` for a queued
@@ -645,6 +696,24 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_cpu_is_named_for_queued_work_it_may_take() {
+        let mut s = Sched::new(3, 100);
+        let a = s.add(DEFAULT_WEIGHT, CpuSet::ALL).unwrap();
+        let b = s.add(DEFAULT_WEIGHT, CpuSet(0b011)).unwrap();
+        s.wake(a, 0);
+        assert_eq!(s.pick(0, 0), Some(a));
+        assert_eq!(s.idle_helper(0), None);
+        s.ents[b].last_cpu = Some(0);
+        s.cpus[1].current = Some(usize::MAX - 1);
+        s.wake(b, 0);
+        assert_eq!(s.state(b), Where::Queued(0));
+        // CPU 2 is idle but b may not run there; CPU 1 is busy.
+        assert_eq!(s.idle_helper(0), None);
+        s.cpus[1].current = None;
+        assert_eq!(s.idle_helper(0), Some(1));
+    }
+
+    #[test]
     fn pinning_is_honoured() {
         let mut m = Sim::new(2, 100);
         let p = m.add(Load::Spin, DEFAULT_WEIGHT, CpuSet::single(1));
@@ -705,6 +774,32 @@ mod tests {
         assert_eq!(s.pick(7, 0), None);
         s.put(7, 0, true);
         assert_eq!(s.wake(42, 0), None);
+    }
+
+    #[test]
+    fn a_yield_lets_the_others_run_first() {
+        let mut s = Sched::new(1, 100);
+        let a = s.add(DEFAULT_WEIGHT, CpuSet::ALL).unwrap();
+        let b = s.add(DEFAULT_WEIGHT, CpuSet::ALL).unwrap();
+        let c = s.add(DEFAULT_WEIGHT, CpuSet::ALL).unwrap();
+        for e in [a, b, c] {
+            s.wake(e, 0);
+        }
+        // b and c ran a lot; a yields after a short turn.
+        s.ents[b].vruntime = 5_000;
+        s.ents[c].vruntime = 9_000;
+        assert_eq!(s.pick(0, 0), Some(a));
+        s.put_as(0, 1, After::Yielded);
+        assert_eq!(s.pick(0, 1), Some(b));
+        // Behind c too, which has run the most.
+        assert!(s.vruntime(a) > s.vruntime(c));
+        // Alone, a yielder runs again at once.
+        let mut s = Sched::new(1, 100);
+        let a = s.add(DEFAULT_WEIGHT, CpuSet::ALL).unwrap();
+        s.wake(a, 0);
+        assert_eq!(s.pick(0, 0), Some(a));
+        s.put_as(0, 1, After::Yielded);
+        assert_eq!(s.pick(0, 1), Some(a));
     }
 
     #[test]

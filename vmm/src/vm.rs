@@ -417,6 +417,9 @@ struct VcpuSlot {
     wake_at: AtomicU64,
     /// Exits by reason (written only by the CPU that runs the vCPU).
     stats: ExitStats,
+    /// The guest gave up the CPU on purpose (yield hypercall, WFE, PAUSE
+    /// loop): the scheduler puts it behind the others.
+    yielded: AtomicBool,
 }
 
 /// [`VcpuSlot::wake_at`] of a vCPU no timer wakes.
@@ -679,6 +682,7 @@ impl<B: Backing> Vm<B> {
                     }),
                     requests: AtomicU32::new(if i == 0 { request::START } else { 0 }),
                     wake_at: AtomicU64::new(NO_WAKE),
+                    yielded: AtomicBool::new(false),
                     stats: ExitStats::default(),
                 })
                 .collect(),
@@ -897,6 +901,22 @@ impl<B: Backing> Vm<B> {
     /// blocked (or off, for [`request::START`]), then kicks it.
     pub fn make_request(&self, index: u32, req: u32) {
         self.vcpus.make_request(index, req);
+    }
+
+    fn note_yield(&self, index: u32) {
+        if let Some(s) = self.vcpus.slots.get(index as usize) {
+            s.yielded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether vCPU `index`'s last turn ended because its guest gave up
+    /// the CPU (yield hypercall, WFE, PAUSE loop) rather than by its time
+    /// slice; reading clears it.
+    pub fn take_yielded(&self, index: u32) -> bool {
+        self.vcpus
+            .slots
+            .get(index as usize)
+            .is_some_and(|s| s.yielded.swap(false, Ordering::Relaxed))
     }
 
     /// Wakes a blocked vCPU (an interrupt or a timer deadline for it).
@@ -1472,6 +1492,7 @@ impl<B: Backing> Vm<B> {
             }
             Exit::Yield => {
                 vcpu.advance_pc()?;
+                self.note_yield(index);
                 Ok(Flow::Yield)
             }
             Exit::Hypercall(hc) => self.hypercall(index, vcpu, hypercall::decode(self.arch, &hc)),
@@ -1540,7 +1561,10 @@ impl<B: Backing> Vm<B> {
                 vcpu.advance_pc()?;
                 return Err(StopReason::Exit { code });
             }
-            Call::Yield => (0, Flow::Yield),
+            Call::Yield => {
+                self.note_yield(index);
+                (0, Flow::Yield)
+            }
             Call::Unknown => (HC_ERR_UNKNOWN, Flow::Continue),
             Call::Denied => (HC_ERR_PERM, Flow::Continue),
             Call::Undefined => return inject(vcpu, Event::Undefined),
@@ -2257,6 +2281,9 @@ pub(crate) mod tests {
         assert_eq!(call(&mut vm, HC_CONSOLE_WRITE, 0x9999_0000_0000, 0).1, 0);
         assert_eq!(call(&mut vm, 77, 0, 0), (Flow::Continue, HC_ERR_UNKNOWN));
         assert_eq!(call(&mut vm, HC_YIELD, 0, 0), (Flow::Yield, 0));
+        // The scheduler hears of it once.
+        assert!(vm.take_yielded(0));
+        assert!(!vm.take_yielded(0));
         assert_eq!(call(&mut vm, HC_EXIT, 5, 0).0, Flow::Stopped);
         assert_eq!(vm.stop().unwrap().reason, StopReason::Exit { code: 5 });
         // The partial console line was flushed at stop.

@@ -90,13 +90,16 @@ pub struct BenchArgs {
 ///   interrupt latencies and APIC round trips" (timer 1193, timer-hlt 823,
 ///   ipi 3576, ipi-hlt 3579, eoi 1925.0, x2apic-eoi 1120.6, self-ipi
 ///   3253.4; `max` is 0-11 higher). Every sample of a latency is the same
-///   to the instruction.
+///   to the instruction. The scheduler (issue 15) made each turn boundary
+///   about 400 instructions longer (pick and put under its lock, the
+///   check after a turn): the timer latencies' bounds follow its figures
+///   (timer 1724, timer-hlt 1396).
 const BOUNDS: &[(&str, f64)] = &[
     ("cpuid-exit-roundtrip", 420.0),
     ("vmmcall-roundtrip", 730.0),
     ("portio-out-roundtrip", 490.0),
-    ("x86-lapic-timer-latency", 1790.0),
-    ("x86-lapic-timer-hlt-latency", 1240.0),
+    ("x86-lapic-timer-latency", 2590.0),
+    ("x86-lapic-timer-hlt-latency", 2100.0),
     ("x86-ipi-latency", 5360.0),
     ("x86-ipi-hlt-latency", 5370.0),
     ("x86-eoi-roundtrip", 2890.0),

@@ -55,7 +55,16 @@ pub mod icr {
     pub const fn startup(vector: u8) -> u32 {
         0x0000_4600 | vector as u32
     }
+    /// A fixed interrupt at `vector`, level assert, physical destination.
+    pub const fn fixed(vector: u8) -> u32 {
+        0x0000_4000 | vector as u32
+    }
 }
+
+/// The host's kick IPI between CPUs (a vCPU got work, an idle CPU has
+/// something to run): registered as `HostIrq::Resync`, so a vCPU it
+/// interrupts goes on after the vmm had a look.
+pub const KICK_VECTOR: u8 = 0xee;
 
 /// PIT channel 2 counts for the INIT-SIPI-SIPI delays (SDM Vol. 3A §9.4.4.1):
 /// 10 ms after INIT, 200 µs after each SIPI.
@@ -451,6 +460,28 @@ mod hw {
             // writes EOI. Interrupts are off again afterwards.
             unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
         }
+    }
+
+    /// One sleep in HLT until the next interrupt: a kick, or this CPU's
+    /// timer set for TSC `deadline` when one is given (returns at once if
+    /// it passed). The caller looks again, whatever woke it.
+    pub fn idle_once(deadline: Option<u64>) {
+        if let Some(deadline) = deadline {
+            let q = TIMER_PER_TSC_Q32.load(Ordering::Relaxed);
+            let at = INITIAL_COUNT_AT.load(Ordering::Relaxed);
+            let now = rdtsc();
+            if now >= deadline {
+                return;
+            }
+            if q != 0 && at != 0 {
+                let ticks = ticks_until(deadline, now, q).min(u64::from(u32::MAX));
+                // SAFETY: the initial-count register of this CPU's xAPIC.
+                unsafe { core::ptr::write_volatile(at as *mut u32, ticks as u32) };
+            }
+        }
+        // SAFETY: as in `idle_until`: STI's shadow covers HLT, so a kick
+        // already pending wakes it; the stubs only record and EOI.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
 
     /// Whether this CPU's slice timer fired since it was last armed (its

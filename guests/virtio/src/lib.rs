@@ -449,6 +449,9 @@ const ETHERTYPE: u16 = 0x88b5;
 /// Yields (or other idle steps) a peer is waited for at most.
 const NET_WAIT: u32 = 200_000;
 
+/// Connection attempts to a peer VM that refuses (not listening yet).
+const CONNECT_TRIES: u32 = 100;
+
 /// Waits for a frame into `rx` (header included); returns the frame
 /// (without the virtio-net header), or None after `NET_WAIT` idle steps.
 fn net_receive<'a>(
@@ -630,13 +633,31 @@ pub fn vsock(
             cid: peer_cid,
             port: 1234,
         };
-        let c = m.connect(peer, 1001);
-        let up = vsock_wait(
-            &mut m,
-            Some(peer),
-            |e| matches!(e, VsockEventType::Connected),
-            idle,
-        );
+        // b may not listen yet (its VM runs on another CPU and may be
+        // slower to start): a refused connection (RST) is tried again.
+        let (mut c, mut up) = (Ok(()), None);
+        for _ in 0..CONNECT_TRIES {
+            c = m.connect(peer, 1001);
+            let ev = vsock_wait(
+                &mut m,
+                Some(peer),
+                |e| {
+                    matches!(
+                        e,
+                        VsockEventType::Connected | VsockEventType::Disconnected { .. }
+                    )
+                },
+                idle,
+            );
+            match ev {
+                Some(e) if e.event_type == VsockEventType::Connected => {
+                    up = Some(e);
+                    break;
+                }
+                Some(_) => (0..1000).for_each(|_| idle()),
+                None => break,
+            }
+        }
         r.check(
             c.is_ok() && up.is_some(),
             format_args!("connected to VM b (CID {peer_cid})"),

@@ -23,6 +23,16 @@ pub mod virt;
 
 pub use smp::start_cpus;
 
+/// The CPU indexes that run vCPUs: the boot CPU only until the other
+/// CPUs get their EL2 guest set-up (trap vectors, timer and maintenance
+/// interrupts); they stay idle in WFI.
+pub fn sched_cpus() -> alloc::vec::Vec<u32> {
+    alloc::vec![0]
+}
+
+/// Kick IPIs need a second vCPU CPU (see [`sched_cpus`]).
+pub fn kick_cpu(_index: u32) {}
+
 use crate::options::ExitMethod;
 use crate::ExitStatus;
 use arch::aarch64::id::{Midr, Mmfr0, Mmfr1, Pfr0};

@@ -328,6 +328,9 @@ extern "C" fn ap_main(b: &'static ApBoot) -> ! {
 /// no interrupt is enabled for this CPU yet.
 fn idle() -> ! {
     loop {
+        // VMs to run and this CPU among the vCPU CPUs (`sched_cpus`):
+        // it takes part until they stopped.
+        crate::vms::ap_join();
         // SAFETY: waiting for an interrupt has no memory effects.
         unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
     }

@@ -136,9 +136,16 @@ pub fn counter() -> u64 {
     hw::physical_count()
 }
 
-/// Waits for `deadline` (a counter value) with nothing to run.
-pub fn idle_until(deadline: u64) {
-    hw::idle_until(deadline);
+/// Another CPU joins the VM run: nothing yet (only the boot CPU runs
+/// vCPUs on arm64, see `sched_cpus`, so no other CPU gets here).
+pub fn cpu_join() {}
+
+/// Waits for `deadline` with nothing to run; without one, returns at once
+/// (the only vCPU CPU looks again: nobody would kick it).
+pub fn idle_once(deadline: Option<u64>) {
+    if let Some(d) = deadline {
+        hw::idle_until(d);
+    }
 }
 
 /// What a VM's platform takes from this CPU: the GIC's priority bits, the

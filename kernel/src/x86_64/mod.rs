@@ -28,7 +28,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use memory::init_memory;
-pub use smp::start_cpus;
+pub use smp::{kick_cpu, sched_cpus, start_cpus};
 
 pub const ARCH_NAME: &str = "x86_64";
 /// Keep real-mode memory (below 1 MiB) for the SMP start-up trampoline.

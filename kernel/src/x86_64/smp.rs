@@ -78,6 +78,30 @@ static AP_GUARDS: [[AtomicU64; 4]; MAX_APS + 1] =
     [const { [const { AtomicU64::new(0) }; 4] }; MAX_APS + 1];
 
 /// Which AP stack's guard page holds `addr`, as (CPU index, stack name).
+/// APIC ID of each CPU index that is up with SVM usable (`u32::MAX`:
+/// none), for the scheduler's CPU list and its kick IPIs.
+static RUNS_VCPUS: [AtomicU32; MAX_APS + 1] = [const { AtomicU32::new(u32::MAX) }; MAX_APS + 1];
+
+/// The CPU indexes that can run vCPUs (the boot CPU first).
+pub fn sched_cpus() -> alloc::vec::Vec<u32> {
+    (0..=MAX_APS as u32)
+        .filter(|&i| i == 0 || RUNS_VCPUS[i as usize].load(Ordering::Acquire) != u32::MAX)
+        .collect()
+}
+
+/// Sends the kick IPI to CPU `index` (nothing if it is not a vCPU CPU).
+pub fn kick_cpu(index: u32) {
+    let Some(id) = RUNS_VCPUS
+        .get(index as usize)
+        .map(|a| a.load(Ordering::Acquire))
+    else {
+        return;
+    };
+    if id != u32::MAX {
+        let _ = lapic::send_ipi(id, icr::fixed(lapic::KICK_VECTOR));
+    }
+}
+
 pub fn guard_hit(addr: u64) -> Option<(usize, &'static str)> {
     AP_GUARDS.iter().enumerate().find_map(|(cpu, guards)| {
         guards.iter().zip(STACK_NAMES).find_map(|(g, name)| {
@@ -119,6 +143,7 @@ pub fn start_cpus(info: &BootInfo, frames: &mut FrameAllocator) {
         return;
     }
     let bsp = bsp_apic_id();
+    RUNS_VCPUS[0].store(bsp, Ordering::Release);
     let Some(rsdp) = info.acpi_rsdp else {
         log::warn!("cpus: 1 of 1 up (no ACPI RSDP: other CPUs unknown, not started)");
         return;
@@ -300,6 +325,9 @@ extern "C" fn ap_entry(index: u32) -> ! {
         },
         None => "SVM off (not usable on this CPU)",
     };
+    if let (Some(id), "SVM on") = (apic, svm) {
+        RUNS_VCPUS[index as usize].store(id, Ordering::Release);
+    }
     match apic {
         Some(id) => log::info!("cpu {index}: up (APIC ID {id}), {svm}"),
         None => log::info!("cpu {index}: up (local APIC disabled), {svm}"),
@@ -313,6 +341,8 @@ extern "C" fn ap_entry(index: u32) -> ! {
 /// queue, sleeping in HLT when the queue is empty.
 fn ap_idle() -> ! {
     loop {
+        // VMs to run: this CPU takes part until they all stopped.
+        crate::vms::ap_join();
         // SAFETY: the IDT has gates for every vector the host TPR lets
         // through (the local APIC stubs) and the exceptions; STI;HLT wakes
         // on any interrupt without losing one between the two.

@@ -157,6 +157,10 @@ fn start_time_slices() -> u32 {
                 u32::from(arch::x86_64::lapic::TIMER_VECTOR),
                 arch::hostirq::HostIrq::EndOfTurn,
             );
+            arch::hostirq::TABLE.set(
+                u32::from(arch::x86_64::lapic::KICK_VECTOR),
+                arch::hostirq::HostIrq::Resync,
+            );
             arch::x86_64::lapic::enable_slices(base, SLICE_COUNT);
             log::info!(
                 "virt: guest time slices: LAPIC timer at {base:#x}, {SLICE_COUNT} ticks / 16"
@@ -265,9 +269,20 @@ pub fn counter() -> u64 {
     rdtsc()
 }
 
-/// Waits for `deadline` (a TSC value) with nothing to run, in HLT.
-pub fn idle_until(deadline: u64) {
-    arch::x86_64::lapic::idle_until(deadline);
+/// An application processor joins the VM run: its slice timer, like the
+/// boot CPU's from `virt_init` (the LVT is per CPU).
+pub fn cpu_join() {
+    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; reading it has no
+    // side effects.
+    let apic_base = unsafe { arch::x86_64::instr::rdmsr(0x1b) };
+    if let Some(base) = arch::x86_64::lapic::xapic_base(apic_base) {
+        arch::x86_64::lapic::enable_slices(base, SLICE_COUNT);
+    }
+}
+
+/// One sleep in HLT until an interrupt (a kick) or `deadline` (TSC).
+pub fn idle_once(deadline: Option<u64>) {
+    arch::x86_64::lapic::idle_once(deadline);
 }
 
 /// What a VM's platform takes from this CPU: the TSC frequency and the

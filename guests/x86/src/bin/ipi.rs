@@ -161,6 +161,14 @@ mod guest {
 
         // 3. All-excluding-self from the BSP, then from the last AP.
         send_ipi(0, icr::ALL_EXCLUDING_SELF | icr::ASSERT | u32::from(V_EXCL));
+        // Taken everywhere before the second broadcast: a vCPU that has
+        // not run since (the host may have fewer CPUs than the VM) still
+        // holds the first in IRR, and a second of the same vector merges
+        // with it (SDM §11.8.4), as on hardware with IF = 0 meanwhile.
+        sti();
+        let first = wait_ms(1000, || total(n, V_EXCL) >= n - 1);
+        cli();
+        check!(first, "the BSP's broadcast taken by every AP");
         let posted = post(n - 1, CMD_EXCL);
         check!(posted, "AP {} ran its broadcast command", n - 1);
         want = [2; MAX_CPUS];
