@@ -662,7 +662,7 @@ fn run_arch(
                     // one build; another kernel command-line length moves
                     // the budget ends. Printed, never hidden.
                     println!(
-                        "bench: {cpu}: this run failed; once more with shifted timing \
+                        "bench: note ({cpu}): this run failed; once more with shifted timing \
                          (QEMU 7.2 TCG re-delivers an EVENTINJ interrupt when its icount \
                          budget ends at the VMRUN, README \"Benchmarks\"). The failure:\n{e}"
                     );
