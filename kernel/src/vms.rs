@@ -541,16 +541,44 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
     let freq = virt::clock().frequency();
     let mut sched = Sched::new(cpus.len(), (freq / 100).max(1));
     let mut ents = Vec::new();
-    for (si, slot) in slots.iter_mut().enumerate() {
+    for (si, (slot, p)) in slots.iter_mut().zip(&pending).enumerate() {
         let first = ents.len();
+        // `cpus=` names the kernel's CPU indexes; the scheduler counts
+        // the CPUs that run vCPUs.
+        let set = CpuSet(
+            cpus.iter()
+                .enumerate()
+                .filter(|&(_, &c)| p.spec.cpus.contains(c as usize))
+                .fold(0, |m, (n, _)| m | 1 << n),
+        );
+        if set.0 == 0 {
+            log::error!(
+                "vm {}: cpus= names no CPU that runs vCPUs (those are {:?})",
+                slot.vm.name(),
+                cpus
+            );
+            return Outcome::Error;
+        }
         for v in 0..slot.vm.vcpu_count() {
-            match sched.add(DEFAULT_WEIGHT, CpuSet::ALL) {
+            match sched.add(p.spec.weight, set) {
                 Ok(_) => ents.push((si, v)),
                 Err(e) => {
                     log::error!("vm {}: vCPU {v} not schedulable: {e:?}", slot.vm.name());
                     return Outcome::Error;
                 }
             }
+        }
+        if p.spec.weight != DEFAULT_WEIGHT || set != CpuSet((1 << cpus.len().min(63)) - 1) {
+            log::info!(
+                "vm {}: weight {}, CPUs {:?}",
+                slot.vm.name(),
+                p.spec.weight,
+                cpus.iter()
+                    .enumerate()
+                    .filter(|&(n, _)| set.contains(n))
+                    .map(|(_, c)| *c)
+                    .collect::<Vec<u32>>()
+            );
         }
         slot.vm.set_kick(Arc::new(SchedKick { first }));
     }
@@ -562,6 +590,7 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
     );
     let runner: &'static Runner = Box::leak(Box::new(Runner {
         turns: cpus.iter().map(|_| AtomicU64::new(0)).collect(),
+        ran_on: ents.iter().map(|_| AtomicU64::new(0)).collect(),
         cpus,
         slots,
         ents,
@@ -577,7 +606,7 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
     RUNNER.call_once(|| runner);
     // The other CPUs sleep in HLT/WFI: they look now.
     for &c in &runner.cpus[1..] {
-        crate::platform::kick_cpu(c);
+        crate::platform::kick_cpu(c, false);
     }
     let mut keys = Keys {
         console: HvConsole::new(),
@@ -637,6 +666,8 @@ struct Runner {
     cpus: Vec<u32>,
     /// Turns each CPU ran.
     turns: Vec<AtomicU64>,
+    /// Per entity: the scheduler CPUs it ran on (bit n: CPU n).
+    ran_on: Vec<AtomicU64>,
     /// Every VM stopped: the CPUs leave the loop.
     over: AtomicBool,
     idle_sleeps: AtomicU64,
@@ -662,9 +693,19 @@ impl Runner {
 
     /// Sends the kick IPI to scheduler CPU `c` unless it is this one.
     fn ipi(&self, c: usize) {
+        self.send(c, false);
+    }
+
+    /// Sends the reschedule IPI to scheduler CPU `c` unless it is this
+    /// one: its current vCPU's turn ends (a woken vCPU preempts it).
+    fn resched(&self, c: usize) {
+        self.send(c, true);
+    }
+
+    fn send(&self, c: usize, resched: bool) {
         let cpu = self.cpus[c];
         if cpu != arch::percpu::this_cpu().index as u32 {
-            crate::platform::kick_cpu(cpu);
+            crate::platform::kick_cpu(cpu, resched);
         }
     }
 
@@ -678,13 +719,15 @@ impl Runner {
             match s.state(e) {
                 // Running elsewhere: that CPU's guest exits and the vmm
                 // sees the request.
-                Where::Running(c) => Some(c),
-                Where::Blocked if self.runnable(e) => s.wake(e, now),
+                Where::Running(c) => Some((c, false)),
+                Where::Blocked if self.runnable(e) => s.wake(e, now).map(|c| (c, true)),
                 _ => None,
             }
         };
-        if let Some(c) = target {
-            self.ipi(c);
+        match target {
+            Some((c, true)) => self.resched(c),
+            Some((c, false)) => self.ipi(c),
+            None => {}
         }
     }
 
@@ -712,7 +755,7 @@ impl Runner {
         while kicks != 0 {
             let c = kicks.trailing_zeros() as usize;
             kicks &= kicks - 1;
-            self.ipi(c);
+            self.resched(c);
         }
     }
 
@@ -790,6 +833,7 @@ impl Runner {
                             if let Some(d) = cap {
                                 vcpu.cap_turn(d);
                             }
+                            self.ran_on[e].fetch_or(1 << me, Ordering::Relaxed);
                             slot.vm.run(v, &mut *vcpu, SLICE_EXITS);
                             cpu.set_current(None);
                             let _ = vcpu.unbind();
@@ -831,7 +875,7 @@ impl Runner {
             }
         };
         if let Some(c) = kick {
-            self.ipi(c);
+            self.resched(c);
         }
     }
 
@@ -897,6 +941,7 @@ impl Runner {
                 }
                 slot.vm.drain_console(usize::MAX);
                 print_exit_stats(slot);
+                self.report_cpus(slot);
             } else if !slot.vm.can_progress() {
                 // Every vCPU waits for an interrupt with no timer armed:
                 // its devices act only on its own vCPUs' accesses, so
@@ -908,11 +953,31 @@ impl Runner {
                     slot.vm.name()
                 );
                 print_exit_stats(slot);
+                self.report_cpus(slot);
             } else {
                 active += 1;
             }
         }
         active > 0
+    }
+
+    /// The CPUs the slot's vCPUs ran on (pinning made visible).
+    fn report_cpus(&self, slot: &Slot) {
+        let mask = self
+            .ents
+            .iter()
+            .zip(&self.ran_on)
+            .filter(|(&(si, _), _)| si == slot.index)
+            .fold(0, |m, (_, r)| m | r.load(Ordering::Relaxed));
+        let list: Vec<String> = (0..self.cpus.len())
+            .filter(|&n| mask & (1 << n) != 0)
+            .map(|n| alloc::format!("{}", self.cpus[n]))
+            .collect();
+        log::info!(
+            "vm {}: vCPUs ran on CPU(s) {}",
+            slot.vm.name(),
+            list.join(" ")
+        );
     }
 
     /// Whether a CPU is in a turn of one of the slot's vCPUs.
@@ -945,6 +1010,19 @@ impl Runner {
             .zip(&self.turns)
             .map(|(c, t)| alloc::format!("cpu {c}: {}", t.load(Ordering::Relaxed)))
             .collect();
+        // A CPU that ran nothing although at least as many vCPUs as CPUs
+        // could use it: the balancing did not reach it.
+        {
+            let s = self.sched.lock();
+            for (n, (c, t)) in self.cpus.iter().zip(&self.turns).enumerate() {
+                let may = (0..self.ents.len())
+                    .filter(|&e| s.affinity(e).is_some_and(|a| a.contains(n)))
+                    .count();
+                if t.load(Ordering::Relaxed) == 0 && may > 0 && self.ents.len() >= self.cpus.len() {
+                    log::warn!("cpu {c}: ran no vCPU turn ({may} vCPUs may run there)");
+                }
+            }
+        }
         log::info!(
             "vCPU turns per CPU: {}; {} migration(s)",
             turns.join(", "),

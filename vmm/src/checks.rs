@@ -625,6 +625,16 @@ pub fn render_conf_line(spec: &VmSpec) -> Option<String> {
             line.push_str(&format!(" disk={}", value(&format!("{file}{ro}"))?));
         }
     }
+    if spec.weight != crate::sched::DEFAULT_WEIGHT {
+        line.push_str(&format!(" weight={}", spec.weight));
+    }
+    if spec.cpus != crate::sched::CpuSet::ALL {
+        let list: Vec<String> = (0..crate::sched::MAX_CPUS)
+            .filter(|&c| spec.cpus.contains(c))
+            .map(|c| c.to_string())
+            .collect();
+        line.push_str(&format!(" cpus={}", list.join(",")));
+    }
     Some(line)
 }
 

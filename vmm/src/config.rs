@@ -39,6 +39,33 @@ pub struct VmSpec {
     pub cmdline: String,
     /// The VM's virtio devices, in slot order.
     pub virtio: Vec<VirtioSpec>,
+    /// Its vCPUs' scheduling weight (`weight=`, 1-65535; default
+    /// [`crate::sched::DEFAULT_WEIGHT`]): CPU time in proportion to it.
+    pub weight: u32,
+    /// The physical CPUs its vCPUs may run on (`cpus=0,2-3`; default all).
+    pub cpus: crate::sched::CpuSet,
+}
+
+/// Parses a CPU list: indexes and ranges (`0`, `0,2`, `1-3`, `0,4-7`),
+/// each below [`crate::sched::MAX_CPUS`].
+pub fn parse_cpu_list(v: &str) -> Option<crate::sched::CpuSet> {
+    let mut set = 0u64;
+    for part in v.split(',') {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let a = part.parse::<usize>().ok()?;
+                (a, a)
+            }
+        };
+        if a > b || b >= crate::sched::MAX_CPUS {
+            return None;
+        }
+        for c in a..=b {
+            set |= 1 << c;
+        }
+    }
+    (set != 0).then_some(crate::sched::CpuSet(set))
 }
 
 /// One virtio device of a VM.
@@ -174,7 +201,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<(), ConfigError> {
-    let mut seen = [false; 8];
+    let mut seen = [false; 10];
     let mut plain = Vec::new();
     let mut disk = None;
     let mut cid = None;
@@ -189,6 +216,8 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
             "virtio" => (5, "virtio"),
             "disk" => (6, "disk"),
             "cid" => (7, "cid"),
+            "weight" => (8, "weight"),
+            "cpus" => (9, "cpus"),
             _ => return Err(ConfigError::UnknownKey(key.into())),
         };
         if core::mem::replace(&mut seen[slot], true) {
@@ -246,6 +275,17 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                         .ok_or_else(|| ConfigError::BadValue("cid", value.into()))?,
                 );
             }
+            "weight" => {
+                spec.weight = value
+                    .parse()
+                    .ok()
+                    .filter(|w| (1..=65535).contains(w))
+                    .ok_or_else(|| ConfigError::BadValue("weight", value.into()))?
+            }
+            "cpus" => {
+                spec.cpus = parse_cpu_list(value)
+                    .ok_or_else(|| ConfigError::BadValue("cpus", value.into()))?
+            }
             "disk" => {
                 let (file, read_only) = match value.strip_suffix(",ro") {
                     Some(f) => (f, true),
@@ -289,6 +329,8 @@ fn empty_spec() -> VmSpec {
         vcpus: 1,
         cmdline: String::new(),
         virtio: Vec::new(),
+        weight: crate::sched::DEFAULT_WEIGHT,
+        cpus: crate::sched::CpuSet::ALL,
     }
 }
 
@@ -423,8 +465,32 @@ mod tests {
                 vcpus: 2,
                 cmdline: "console=ttyS0 quiet".into(),
                 virtio: Vec::new(),
+                weight: crate::sched::DEFAULT_WEIGHT,
+                cpus: crate::sched::CpuSet::ALL,
             }
         );
+        let s = parse_conf_line("kernel=k weight=512 cpus=0,2-3")
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.weight, s.cpus), (512, crate::sched::CpuSet(0b1101)));
+        for bad in [
+            "weight=0",
+            "weight=65536",
+            "weight=x",
+            "cpus=",
+            "cpus=64",
+            "cpus=3-1",
+            "cpus=a",
+        ] {
+            let key = bad.split('=').next().unwrap();
+            assert!(
+                matches!(
+                    parse_conf_line(&alloc::format!("kernel=k {bad}")),
+                    Err(ConfigError::BadValue(k, _)) if k == key
+                ),
+                "{bad}"
+            );
+        }
         let s = parse_conf_line("kernel=guests/hello.elf").unwrap().unwrap();
         assert_eq!(
             (s.name.as_str(), s.mem_mib, s.vcpus),

@@ -196,6 +196,11 @@ impl Sched {
         self.cpus.get(cpu).map_or(0, |c| c.queue.len())
     }
 
+    /// The CPUs `e` may run on.
+    pub fn affinity(&self, e: Entity) -> Option<CpuSet> {
+        self.ents.get(e).map(|x| x.affinity)
+    }
+
     /// The virtual runtime of `e` (for reports and tests).
     pub fn vruntime(&self, e: Entity) -> Option<u64> {
         self.ents.get(e).map(|x| x.vruntime)

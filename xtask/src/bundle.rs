@@ -29,6 +29,39 @@ pub struct VmLine {
     pub virtio: Vec<String>,
     /// A virtio block device over a file of the bundle (after `virtio`).
     pub disk: Option<DiskLine>,
+    /// Its scheduling weight and CPU pinning.
+    pub sched: SchedLine,
+}
+
+/// `weight=` and `cpus=` of a VM line: the vCPUs' share of CPU time
+/// relative to other VMs' (default 256) and the physical CPUs they may
+/// run on (default all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchedLine {
+    pub weight: Option<u32>,
+    /// A CPU list: indexes and ranges, `0,2-3`.
+    pub cpus: Option<String>,
+}
+
+/// Why `v` is not a CPU list the kernel takes (`vmm::config::parse_cpu_list`:
+/// indexes and ranges below 64, separated by commas).
+pub fn cpu_list_error(v: &str) -> Option<String> {
+    let bad = || {
+        Some(format!(
+            "CPU list {v:?}: want indexes and ranges below 64, like 0,2-3"
+        ))
+    };
+    if v.is_empty() {
+        return bad();
+    }
+    for part in v.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        match (a.parse::<u32>(), b.parse::<u32>()) {
+            (Ok(a), Ok(b)) if a <= b && b < 64 => {}
+            _ => return bad(),
+        }
+    }
+    None
 }
 
 /// The `disk=` of a VM line.
@@ -108,6 +141,12 @@ impl VmLine {
                 VIRTIO_WORDS.join(", ")
             ));
         }
+        if let Some(w) = self.sched.weight.filter(|w| !(1..=65535).contains(w)) {
+            return Err(format!("VM {}: weight {w}: must be 1 to 65535", self.name));
+        }
+        if let Some(e) = self.sched.cpus.as_deref().and_then(cpu_list_error) {
+            return Err(format!("VM {}: cpus: {e}", self.name));
+        }
         let devices = self.virtio.len() + usize::from(self.disk.is_some());
         if devices > VIRTIO_SLOTS {
             return Err(format!(
@@ -146,6 +185,12 @@ impl VmLine {
             if d.read_only {
                 line.push_str(",ro");
             }
+        }
+        if let Some(w) = self.sched.weight {
+            line.push_str(&format!(" weight={w}"));
+        }
+        if let Some(c) = &self.sched.cpus {
+            line.push_str(&format!(" cpus={c}"));
         }
         Ok(line)
     }
@@ -407,6 +452,7 @@ mod tests {
 
     fn line(name: &str, file: &str, append: &str) -> VmLine {
         VmLine {
+            sched: Default::default(),
             name: name.into(),
             file: file.into(),
             mem_mib: 16,
@@ -499,6 +545,7 @@ mod tests {
         let vms = [
             line("hello", "hello", ""),
             VmLine {
+                sched: Default::default(),
                 mem_mib: 64,
                 smp: 2,
                 ..line(
@@ -523,6 +570,8 @@ mod tests {
                 vcpus: 1,
                 cmdline: String::new(),
                 virtio: Vec::new(),
+                weight: vmm::sched::DEFAULT_WEIGHT,
+                cpus: vmm::sched::CpuSet::ALL,
             }
         );
         assert_eq!(
@@ -534,6 +583,8 @@ mod tests {
                 vcpus: 2,
                 cmdline: "console=ttyS0 quiet a=b='c' $x;y \\n".into(),
                 virtio: Vec::new(),
+                weight: vmm::sched::DEFAULT_WEIGHT,
+                cpus: vmm::sched::CpuSet::ALL,
             }
         );
         assert_eq!(
@@ -549,6 +600,7 @@ mod tests {
     fn vms_conf_mem_within_the_kernels_limit() {
         assert_eq!(u64::from(MAX_MEM_MIB), vmm::config::MAX_MEM_MIB);
         let at = |mem_mib| VmLine {
+            sched: Default::default(),
             mem_mib,
             ..line("a", "a", "")
         };
@@ -573,12 +625,14 @@ mod tests {
         assert!(line("a", "..", "").render().is_err());
         assert!(line("a", "vms.conf", "").render().is_err());
         assert!(VmLine {
+            sched: Default::default(),
             mem_mib: 0,
             ..line("a", "a", "")
         }
         .render()
         .is_err());
         assert!(VmLine {
+            sched: Default::default(),
             smp: 0,
             ..line("a", "a", "")
         }
@@ -671,6 +725,7 @@ mod tests {
         ];
         for (virtio, disk, tail, want) in cases {
             let l = VmLine {
+                sched: Default::default(),
                 virtio,
                 disk,
                 ..line("vm", "k", "a b")
@@ -689,6 +744,7 @@ mod tests {
     #[test]
     fn virtio_and_disk_refusals() {
         let with = |virtio: &[&str], d: Option<DiskLine>| VmLine {
+            sched: Default::default(),
             virtio: virtio.iter().map(|w| w.to_string()).collect(),
             disk: d,
             ..line("a", "a", "")
@@ -716,10 +772,12 @@ mod tests {
     fn disks_go_into_the_bundle_once() {
         let vms = [
             VmLine {
+                sched: Default::default(),
                 disk: disk("root.img", false),
                 ..line("one", "hello", "")
             },
             VmLine {
+                sched: Default::default(),
                 disk: disk("root.img", true),
                 virtio: vec!["rng".into()],
                 ..line("two", "hello", "")
@@ -773,6 +831,7 @@ mod tests {
         let k = dir.join("k");
         fs::write(&k, b"kernel").unwrap();
         let vms = [VmLine {
+            sched: Default::default(),
             disk: disk("d.img", false),
             ..line("a", "k", "")
         }];

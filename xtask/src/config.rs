@@ -15,6 +15,8 @@
 //! disk = "disks/web.img"  # a virtio block device over this raw image
 //!                         # (relative to this file; whole 512-byte sectors)
 //! disk_readonly = true    # the guest cannot write it (default false)
+//! weight = 512            # share of CPU time against other VMs (default 256)
+//! cpus = "0,2-3"          # physical CPUs its vCPUs may run on (default all)
 //! ```
 //!
 //! A VM has at most 7 virtio devices, the disk included. VMs may share a
@@ -51,6 +53,8 @@ struct VmTable {
     virtio: Option<Vec<String>>,
     disk: Option<PathBuf>,
     disk_readonly: Option<bool>,
+    weight: Option<u32>,
+    cpus: Option<String>,
 }
 
 /// Defaults of a VM without `mem` / `smp` (the kernel's `vms.conf` defaults).
@@ -137,6 +141,10 @@ pub fn parse(
             append: t.append.clone().unwrap_or_default(),
             virtio: t.virtio.clone().unwrap_or_default(),
             disk,
+            sched: bundle::SchedLine {
+                weight: t.weight,
+                cpus: t.cpus.clone(),
+            },
         };
         // The bundle's own rules (name, mem and smp ranges, virtio words
         // and slots).
@@ -218,6 +226,35 @@ guest = "hello"
         assert_eq!(sources.len(), 2);
         assert_eq!(sources[0].1, PathBuf::from("/guests/hello"));
         assert_eq!(sources[1].1, PathBuf::from("/cfg/images/tboot.gz"));
+    }
+
+    #[test]
+    fn weight_and_cpus() {
+        let (lines, _) = p(r#"
+[[vm]]
+guest = "hello"
+weight = 512
+cpus = "0,2-3"
+"#)
+        .unwrap();
+        assert_eq!(
+            lines[0].sched,
+            bundle::SchedLine {
+                weight: Some(512),
+                cpus: Some("0,2-3".into())
+            }
+        );
+        assert!(lines[0]
+            .render()
+            .unwrap()
+            .ends_with(" weight=512 cpus=0,2-3"));
+        let e = p("[[vm]]\nguest = \"a\"\nweight = 0\n").unwrap_err();
+        assert!(
+            e.starts_with("/cfg/vms.toml:1:1: ") && e.contains("weight 0"),
+            "{e}"
+        );
+        let e = p("[[vm]]\nguest = \"a\"\ncpus = \"3-1\"\n").unwrap_err();
+        assert!(e.contains("CPU list \"3-1\""), "{e}");
     }
 
     #[test]

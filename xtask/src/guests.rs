@@ -128,6 +128,10 @@ pub fn disk_pattern(sectors: u32) -> Vec<u8> {
 /// bundle (its disk, if any, is `<name>.disk`).
 pub fn scenario_line(vm: &GuestVm, file: &str) -> VmLine {
     VmLine {
+        sched: bundle::SchedLine {
+            weight: vm.weight,
+            cpus: vm.cpus.map(String::from),
+        },
         name: vm.name.into(),
         file: file.into(),
         mem_mib: vm.mem_mib,
@@ -245,6 +249,7 @@ pub fn run_vms(
             _ => name.clone(),
         };
         let line = VmLine {
+            sched: Default::default(),
             name,
             file: file.clone(),
             mem_mib,

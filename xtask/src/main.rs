@@ -478,6 +478,7 @@ impl RunArgs {
             if !self.no_vms {
                 for &(bin, name, smp, append, virtio) in demo_vms(arch) {
                     plan.vms.push(bundle::VmLine {
+                        sched: Default::default(),
                         name: name.into(),
                         file: bin.into(),
                         mem_mib: 16,

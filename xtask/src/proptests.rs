@@ -2,7 +2,9 @@
 //! through the kernel's own readers: `vms.cpio` through `boot::cpio`,
 //! `vms.conf` lines through `vmm::config::parse_conf_line`.
 
-use crate::bundle::{vms_conf, CpioWriter, DiskLine, VmLine, VIRTIO_SLOTS, VIRTIO_WORDS};
+use crate::bundle::{
+    vms_conf, CpioWriter, DiskLine, SchedLine, VmLine, VIRTIO_SLOTS, VIRTIO_WORDS,
+};
 use boot::cpio;
 use proptest::prelude::*;
 use vmm::config::{parse_conf_line, VirtioSpec, VmSpec};
@@ -41,16 +43,24 @@ fn vm_line() -> impl Strategy<Value = VmLine> {
             ],
             any::<bool>(),
         )),
+        prop::option::of(prop_oneof![1u32..=65535, any::<u32>()]),
+        prop::option::of(prop_oneof![
+            "[0-9]{1,2}(-[0-9]{1,2})?(,[0-9]{1,2}(-[0-9]{1,2})?){0,2}",
+            "[ -~]{0,8}",
+        ]),
     )
-        .prop_map(|(name, file, mem_mib, smp, append, virtio, disk)| VmLine {
-            name,
-            file,
-            mem_mib,
-            smp,
-            append,
-            virtio,
-            disk: disk.map(|(file, read_only)| DiskLine { file, read_only }),
-        })
+        .prop_map(
+            |(name, file, mem_mib, smp, append, virtio, disk, weight, cpus)| VmLine {
+                sched: SchedLine { weight, cpus },
+                name,
+                file,
+                mem_mib,
+                smp,
+                append,
+                virtio,
+                disk: disk.map(|(file, read_only)| DiskLine { file, read_only }),
+            },
+        )
 }
 
 /// A disk file name the bundle cannot hold.
@@ -102,7 +112,8 @@ proptest! {
     /// (a repeated name, "." or "..", the bundle's own vms.conf, a size
     /// out of range, a quote or control character in the command line, an
     /// unknown virtio word, more than 7 devices, a disk name that is not a
-    /// bundle file name).
+    /// bundle file name, a weight out of range, a CPU list the kernel
+    /// refuses).
     #[test]
     fn prop_vms_conf_lines_parse_back_in_the_kernel(
         vms in prop::collection::vec(vm_line(), 1..4),
@@ -119,7 +130,9 @@ proptest! {
                         || v.append.contains(|c: char| c == '"' || c.is_control())
                         || v.virtio.iter().any(|w| !VIRTIO_WORDS.contains(&w.as_str()))
                         || v.virtio.len() + usize::from(v.disk.is_some()) > VIRTIO_SLOTS
-                        || v.disk.as_ref().is_some_and(|d| bad_disk_name(&d.file)));
+                        || v.disk.as_ref().is_some_and(|d| bad_disk_name(&d.file))
+                        || v.sched.weight.is_some_and(|w| !(1..=65535).contains(&w))
+                        || v.sched.cpus.as_deref().is_some_and(|c| vmm::config::parse_cpu_list(c).is_none()));
                 prop_assert!(explained, "refused without a reason: {e}");
                 return Ok(());
             }
@@ -152,6 +165,13 @@ proptest! {
                         read_only: d.read_only,
                     }))
                     .collect(),
+                weight: v.sched.weight.unwrap_or(vmm::sched::DEFAULT_WEIGHT),
+                cpus: v
+                    .sched
+                    .cpus
+                    .as_deref()
+                    .and_then(vmm::config::parse_cpu_list)
+                    .unwrap_or(vmm::sched::CpuSet::ALL),
             })
             .collect();
         prop_assert_eq!(specs, want);

@@ -185,6 +185,11 @@ pub fn check(sc: &Scenario, serial: &str, status: Option<i32>) -> Result<(), Str
             }
         }
     }
+    if let Some(judge) = sc.judge {
+        if let Err(e) = judge(serial) {
+            problems.push(e);
+        }
+    }
     if status != sc.expect_status {
         problems.push(format!(
             "exit status {status}, expected {}",

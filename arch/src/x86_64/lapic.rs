@@ -66,6 +66,11 @@ pub mod icr {
 /// interrupts goes on after the vmm had a look.
 pub const KICK_VECTOR: u8 = 0xee;
 
+/// The host's reschedule IPI: a woken vCPU should preempt the one this
+/// CPU runs. Registered as `HostIrq::EndOfTurn`: the turn ends and the
+/// CPU asks the scheduler again.
+pub const RESCHED_VECTOR: u8 = 0xed;
+
 /// PIT channel 2 counts for the INIT-SIPI-SIPI delays (SDM Vol. 3A §9.4.4.1):
 /// 10 ms after INIT, 200 µs after each SIPI.
 pub const PIT_COUNT_10MS: u16 = 11_932;

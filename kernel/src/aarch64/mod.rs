@@ -31,7 +31,7 @@ pub fn sched_cpus() -> alloc::vec::Vec<u32> {
 }
 
 /// Kick IPIs need a second vCPU CPU (see [`sched_cpus`]).
-pub fn kick_cpu(_index: u32) {}
+pub fn kick_cpu(_index: u32, _resched: bool) {}
 
 use crate::options::ExitMethod;
 use crate::ExitStatus;

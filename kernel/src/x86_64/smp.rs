@@ -89,16 +89,23 @@ pub fn sched_cpus() -> alloc::vec::Vec<u32> {
         .collect()
 }
 
-/// Sends the kick IPI to CPU `index` (nothing if it is not a vCPU CPU).
-pub fn kick_cpu(index: u32) {
+/// Sends the kick IPI to CPU `index` (nothing if it is not a vCPU CPU):
+/// with `resched`, the vCPU it runs ends its turn; otherwise it goes on
+/// after the vmm had a look.
+pub fn kick_cpu(index: u32, resched: bool) {
     let Some(id) = RUNS_VCPUS
         .get(index as usize)
         .map(|a| a.load(Ordering::Acquire))
     else {
         return;
     };
+    let vector = if resched {
+        lapic::RESCHED_VECTOR
+    } else {
+        lapic::KICK_VECTOR
+    };
     if id != u32::MAX {
-        let _ = lapic::send_ipi(id, icr::fixed(lapic::KICK_VECTOR));
+        let _ = lapic::send_ipi(id, icr::fixed(vector));
     }
 }
 

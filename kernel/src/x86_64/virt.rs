@@ -161,6 +161,10 @@ fn start_time_slices() -> u32 {
                 u32::from(arch::x86_64::lapic::KICK_VECTOR),
                 arch::hostirq::HostIrq::Resync,
             );
+            arch::hostirq::TABLE.set(
+                u32::from(arch::x86_64::lapic::RESCHED_VECTOR),
+                arch::hostirq::HostIrq::EndOfTurn,
+            );
             arch::x86_64::lapic::enable_slices(base, SLICE_COUNT);
             log::info!(
                 "virt: guest time slices: LAPIC timer at {base:#x}, {SLICE_COUNT} ticks / 16"

@@ -39,9 +39,11 @@ fn spec() -> impl Strategy<Value = VmSpec> {
             0..=4,
         ),
         prop::option::of(("[!-~&&[^\",]]{1,12}", any::<bool>())),
+        prop_oneof![Just(crate::sched::DEFAULT_WEIGHT), 1u32..=65535],
+        prop_oneof![Just(u64::MAX), 1u64..],
     )
         .prop_map(
-            |(name, kernel, mem_mib, vcpus, cmdline, plain, disk)| VmSpec {
+            |(name, kernel, mem_mib, vcpus, cmdline, plain, disk, weight, cpus)| VmSpec {
                 name,
                 kernel,
                 mem_mib,
@@ -51,6 +53,8 @@ fn spec() -> impl Strategy<Value = VmSpec> {
                     .into_iter()
                     .chain(disk.map(|(file, read_only)| VirtioSpec::Disk { file, read_only }))
                     .collect(),
+                weight,
+                cpus: crate::sched::CpuSet(cpus),
             },
         )
 }
@@ -72,17 +76,18 @@ proptest! {
     #[test]
     fn prop_conf_line_round_trips_generated_specs(
         s in spec(),
-        order in Just((0..8).collect::<Vec<usize>>()).prop_shuffle(),
-        gaps in prop::collection::vec("[ \t]{1,3}", 9),
+        order in Just((0..10).collect::<Vec<usize>>()).prop_shuffle(),
+        gaps in prop::collection::vec("[ \t]{1,3}", 11),
     ) {
         let Some(rendered) = render_conf_line(&s) else {
             // A kernel name with both white space and a quote: nothing to say.
             return Ok(());
         };
         let words: Vec<&str> = split_words(&rendered);
-        // 5 words, then `virtio=`, `cid=` and `disk=` when the spec has them.
-        prop_assert!((5..=8).contains(&words.len()), "{}", rendered);
-        let mut line = gaps[8].clone();
+        // 5 words, then `virtio=`, `cid=`, `disk=`, `weight=` and `cpus=`
+        // when the spec has them.
+        prop_assert!((5..=10).contains(&words.len()), "{}", rendered);
+        let mut line = gaps[10].clone();
         for (i, &w) in order.iter().filter(|&&w| w < words.len()).enumerate() {
             line.push_str(words[w]);
             line.push_str(&gaps[i]);

@@ -19,6 +19,7 @@ mod hostile;
 mod hvconsole;
 mod image;
 mod irq_x86;
+mod sched;
 mod stats;
 mod svm;
 mod virtio;
@@ -75,7 +76,13 @@ pub struct Scenario {
     /// Keys typed on the serial console: each `(marker, keys)` once
     /// `marker` has appeared (after the previous one), in order.
     pub input: &'static [(&'static str, &'static str)],
+    /// A check of the whole transcript beyond substrings (figures compared
+    /// across VMs): `Err` says what is wrong.
+    pub judge: Option<Judge>,
 }
+
+/// [`Scenario::judge`]: the transcript in, what is wrong out.
+pub type Judge = fn(&str) -> Result<(), String>;
 
 /// One VM of a scenario: a line of the bundle's `vms.conf`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +108,10 @@ pub struct GuestVm {
     /// A virtio block device over a generated disk image (after the
     /// `virtio` devices).
     pub disk: Option<GuestDisk>,
+    /// `weight=` (scheduling share; `None`: the default).
+    pub weight: Option<u32>,
+    /// `cpus=` (a CPU list the vCPUs are pinned to; `None`: all).
+    pub cpus: Option<&'static str>,
 }
 
 /// A scenario VM's disk: `scenario_bundle` writes `<vm name>.disk` next to
@@ -170,6 +181,8 @@ pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
         form: ImageForm::Elf,
         virtio: "",
         disk: None,
+        weight: None,
+        cpus: None,
     }
 }
 
@@ -237,6 +250,7 @@ pub fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Sc
         expect_each: &[],
         forbid: NO_CRASH,
         input: &[],
+        judge: None,
     }
 }
 
@@ -272,6 +286,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(hostile::scenarios());
     v.extend(image::scenarios());
     v.extend(irq_x86::scenarios());
+    v.extend(sched::scenarios());
     v.extend(stats::scenarios());
     v.extend(virtio::scenarios());
     v.extend(virtio_console::scenarios());

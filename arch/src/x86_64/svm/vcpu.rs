@@ -203,6 +203,8 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     vintr_unreliable: bool,
     /// The guest deadline the host timer was last shortened for.
     armed_wake_at: Option<u64>,
+    /// The deadline the next turn ends by at the latest ([`Vcpu::cap_turn`]).
+    turn_cap: Option<u64>,
     /// RIP at which the guest was last seen inside an STI/MOV SS shadow
     /// (an interrupt or window exit with INTERRUPT_SHADOW set, or a window
     /// asked for then). An interrupt or window exit at the same RIP made no
@@ -332,6 +334,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             vintr: vintr::V_INTR_MASKING,
             vintr_unreliable: false,
             armed_wake_at: None,
+            turn_cap: None,
             shadow_rip: None,
             premature_window: false,
             nmi_masked: false,
@@ -1221,6 +1224,16 @@ impl<H: Hw, A: TableAccess> vmm::backend::Vcpu for SvmVcpu<H, A> {
         self.turn_budget = budget;
         self.hw.arm_turn_deadline();
         self.armed_wake_at = None;
+        // No turn outlasts the run loop's cap (a blocked vCPU's timer
+        // deadline, which the loop must see to wake it).
+        if let Some(d) = self.turn_cap.take() {
+            self.armed_wake_at = Some(d);
+            self.hw.arm_deadline(d);
+        }
+    }
+
+    fn cap_turn(&mut self, deadline: u64) {
+        self.turn_cap = Some(deadline);
     }
 
     fn x86_interface(&mut self) -> Option<&mut X86Interface> {
@@ -2399,6 +2412,24 @@ mod tests {
         v.hw().fire_after_vmrun = true;
         assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
         assert_eq!(v.hw().seen.len(), 1, "one VMRUN, then the turn is over");
+    }
+
+    /// Found by `sched-wake-latency-x86`: without `cap_turn` a spinning
+    /// vCPU kept the CPU for its whole slice past another vCPU's timer
+    /// deadline (wake-ups up to 19 ms late). The cap shortens the turn's
+    /// deadline, for that turn only.
+    #[test]
+    fn a_capped_turn_ends_by_the_cap() {
+        let mut v = lstar_reader(3);
+        v.cap_turn(5_000);
+        v.begin_turn(100);
+        assert_eq!(v.hw().wake_deadlines, [5_000]);
+        v.begin_turn(100);
+        assert_eq!(
+            v.hw().wake_deadlines,
+            [5_000],
+            "the next turn is not capped"
+        );
     }
 
     /// Review finding 7: no IBPB when a CPU switched between VMs. Binding a
