@@ -442,31 +442,6 @@ mod hw {
         }
     }
 
-    /// Sleeps in HLT until TSC `deadline` (nothing to run until then): the
-    /// timer is armed for the deadline and re-armed after each wake-up.
-    /// Returns at once if slices are off or the timer is uncalibrated.
-    pub fn idle_until(deadline: u64) {
-        let q = TIMER_PER_TSC_Q32.load(Ordering::Relaxed);
-        let at = INITIAL_COUNT_AT.load(Ordering::Relaxed);
-        if q == 0 || at == 0 {
-            return;
-        }
-        loop {
-            let now = rdtsc();
-            if now >= deadline {
-                return;
-            }
-            let ticks = ticks_until(deadline, now, q).min(u64::from(u32::MAX));
-            // SAFETY: the initial-count register of this CPU's xAPIC.
-            unsafe { core::ptr::write_volatile(at as *mut u32, ticks as u32) };
-            // SAFETY: STI's shadow covers HLT, so an interrupt that is
-            // already pending wakes HLT rather than being taken before it;
-            // the only enabled source is this timer, whose stub only
-            // writes EOI. Interrupts are off again afterwards.
-            unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
-        }
-    }
-
     /// One sleep in HLT until the next interrupt: a kick, or this CPU's
     /// timer set for TSC `deadline` when one is given (returns at once if
     /// it passed). The caller looks again, whatever woke it.
@@ -478,14 +453,21 @@ mod hw {
             if now >= deadline {
                 return;
             }
-            if q != 0 && at != 0 {
-                let ticks = ticks_until(deadline, now, q).min(u64::from(u32::MAX));
-                // SAFETY: the initial-count register of this CPU's xAPIC.
-                unsafe { core::ptr::write_volatile(at as *mut u32, ticks as u32) };
+            if q == 0 || at == 0 {
+                // No calibrated timer to wake HLT: poll the TSC.
+                while rdtsc() < deadline {
+                    core::hint::spin_loop();
+                }
+                return;
             }
+            let ticks = ticks_until(deadline, now, q).min(u64::from(u32::MAX));
+            // SAFETY: the initial-count register of this CPU's xAPIC.
+            unsafe { core::ptr::write_volatile(at as *mut u32, ticks as u32) };
         }
-        // SAFETY: as in `idle_until`: STI's shadow covers HLT, so a kick
-        // already pending wakes it; the stubs only record and EOI.
+        // SAFETY: STI's shadow covers HLT, so an interrupt already pending
+        // (a kick) wakes HLT rather than being taken before it; the
+        // stubs only record the vector and write EOI. Interrupts are off
+        // again afterwards.
         unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
 

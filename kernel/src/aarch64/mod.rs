@@ -21,17 +21,7 @@ mod smp;
 mod start;
 pub mod virt;
 
-pub use smp::start_cpus;
-
-/// The CPU indexes that run vCPUs: the boot CPU only until the other
-/// CPUs get their EL2 guest set-up (trap vectors, timer and maintenance
-/// interrupts); they stay idle in WFI.
-pub fn sched_cpus() -> alloc::vec::Vec<u32> {
-    alloc::vec![0]
-}
-
-/// Kick IPIs need a second vCPU CPU (see [`sched_cpus`]).
-pub fn kick_cpu(_index: u32, _resched: bool) {}
+pub use smp::{kick_cpu, sched_cpus, start_cpus};
 
 use crate::options::ExitMethod;
 use crate::ExitStatus;

@@ -28,7 +28,7 @@ use arch::percpu::PerCpu;
 use boot::dtb::{CpuStart, EnableMethod, GicVersion};
 use boot::frame::FrameAllocator;
 use boot::BootInfo;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// What a starting CPU reads with its MMU off (x0 at [`__ap_entry`] is its
 /// address); the offsets are the assembly's.
@@ -281,6 +281,39 @@ fn start_one(
     Ok(b)
 }
 
+/// CPUs that can run vCPUs by index: their MPIDR affinity (`u64::MAX`:
+/// none), for the scheduler's CPU list and its kick SGIs.
+static RUNS_VCPUS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_CPUS];
+
+/// CPUs tracked for the scheduler (indexes 0..MAX_CPUS).
+const MAX_CPUS: usize = 64;
+
+/// The CPU indexes that run vCPUs (the boot CPU first).
+pub fn sched_cpus() -> alloc::vec::Vec<u32> {
+    RUNS_VCPUS[0].store(regs::mpidr_affinity(), Ordering::Release);
+    (0..MAX_CPUS as u32)
+        .filter(|&i| RUNS_VCPUS[i as usize].load(Ordering::Acquire) != u64::MAX)
+        .collect()
+}
+
+/// Sends CPU `index` the kick SGI, or with `resched` the reschedule SGI
+/// (nothing if it does not run vCPUs).
+pub fn kick_cpu(index: u32, resched: bool) {
+    let Some(mpidr) = RUNS_VCPUS
+        .get(index as usize)
+        .map(|a| a.load(Ordering::Acquire))
+        .filter(|&m| m != u64::MAX)
+    else {
+        return;
+    };
+    let sgi = if resched {
+        hw::RESCHED_SGI
+    } else {
+        hw::KICK_SGI
+    };
+    hw::send_sgi(sgi, mpidr);
+}
+
 /// A started CPU's first Rust code: MMU on, on its own stack, at EL2.
 #[no_mangle]
 extern "C" fn ap_main(b: &'static ApBoot) -> ! {
@@ -315,6 +348,9 @@ extern "C" fn ap_main(b: &'static ApBoot) -> ! {
         regs::mpidr_affinity(),
         regs::current_el()
     );
+    if let Some(slot) = RUNS_VCPUS.get(b.index as usize) {
+        slot.store(regs::mpidr_affinity(), Ordering::Release);
+    }
     b.state.store(UP, Ordering::Release);
     idle()
 }

@@ -69,6 +69,8 @@ pub fn virt_init(_frames: &mut FrameAllocator) -> Result<(), &'static str> {
     TABLE.set(hw::CNTHP_INTID, HostIrq::EndOfTurn);
     TABLE.set(hw::MAINTENANCE_PPI, HostIrq::Resync);
     TABLE.set(hw::VTIMER_PPI, HostIrq::Resync);
+    TABLE.set(hw::KICK_SGI, HostIrq::Resync);
+    TABLE.set(hw::RESCHED_SGI, HostIrq::EndOfTurn);
     let slices = enable_slices();
     let (lrs, pri_bits) = hw::gic_virtual_interface();
     log::info!(
@@ -136,16 +138,24 @@ pub fn counter() -> u64 {
     hw::physical_count()
 }
 
-/// Another CPU joins the VM run: nothing yet (only the boot CPU runs
-/// vCPUs on arm64, see `sched_cpus`, so no other CPU gets here).
-pub fn cpu_join() {}
-
-/// Waits for `deadline` with nothing to run; without one, returns at once
-/// (the only vCPU CPU looks again: nobody would kick it).
-pub fn idle_once(deadline: Option<u64>) {
-    if let Some(d) = deadline {
-        hw::idle_until(d);
+/// Another CPU joins the VM run: the EL2 guest set-up the boot CPU got in
+/// [`virt_init`] (vectors, trap registers, stale guest TLB entries gone)
+/// and its own timer, maintenance and kick interrupts in its
+/// redistributor.
+pub fn cpu_join() {
+    let _ = hw::install_vectors();
+    if let Err(e) = enable_slices() {
+        log::warn!(
+            "cpu {}: no guest time slices: {e}",
+            arch::percpu::this_cpu().index
+        );
     }
+}
+
+/// Waits for `deadline` with nothing to run, or without one until an
+/// interrupt (a kick SGI); the caller looks again either way.
+pub fn idle_once(deadline: Option<u64>) {
+    hw::idle_once(deadline);
 }
 
 /// What a VM's platform takes from this CPU: the GIC's priority bits, the

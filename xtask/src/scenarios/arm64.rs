@@ -323,9 +323,14 @@ pub fn scenarios() -> Vec<Scenario> {
             // with counter timeouts: deterministic under icount, whatever
             // the host's load (see irq_x86.rs).
             let timed = s.name.starts_with("irq-arm64") || s.name.starts_with("wfi-arm64");
-            Scenario {
+            let s = Scenario {
                 icount: timed.then_some(3).or(s.icount),
                 ..s
+            };
+            if timed {
+                on_cpu0(s)
+            } else {
+                s
             }
         })
         .collect()

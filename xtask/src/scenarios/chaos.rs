@@ -135,7 +135,7 @@ pub fn scenarios() -> Vec<Scenario> {
         .push(vm("chaos", "chaos2").append("seed=4 iters=2000 shared=1"));
     // A VM that spins for 3 s of counter time without a single exit, first
     // in the run order: the hello VM must still finish meanwhile.
-    let spin = Scenario {
+    let spin = on_cpu0(Scenario {
         forbid: FORBID,
         ..guests(
             "chaos-arm64-spin",
@@ -155,41 +155,44 @@ pub fn scenarios() -> Vec<Scenario> {
                 "HV-EXIT: success",
             ],
         )
-    };
+    });
     // Issue 11: a VM that exits (an ID register read, answered by the vmm)
     // every 9 ms, just before each 10 ms slice would end, first in the run
     // order, next to a VM spinning without exits for longer. Each measures
     // its turns from the jumps in the virtual counter; the exiting VM's
     // longest turn must stay under 100 ms. With the timer re-armed at each
     // entry its first turn lasted all of its 2 s (256 exits of 9 ms).
-    let exit_spin = |name: &'static str, cpu: &'static str| Scenario {
-        forbid: FORBID,
-        cpu: Some(cpu),
-        expect_each: &[
-            &[
-                "[exits] chaos: seed 9",
-                "[exits] chaos: spin over: ",
-                "[exits] chaos: done",
+    let exit_spin = |name: &'static str, cpu: &'static str| {
+        on_cpu0(Scenario {
+            forbid: FORBID,
+            cpu: Some(cpu),
+            expect_each: &[
+                &[
+                    "[exits] chaos: seed 9",
+                    "[exits] chaos: spin over: ",
+                    "[exits] chaos: done",
+                ],
+                &["[hello] hello: done", "vm hello: stopped: power off"],
+                &["[spin] chaos: spin over: 0 exits", "[spin] chaos: done"],
             ],
-            &["[hello] hello: done", "vm hello: stopped: power off"],
-            &["[spin] chaos: spin over: 0 exits", "[spin] chaos: done"],
-        ],
-        ..guests(
-            name,
-            Arch::Aarch64,
-            vec![
-                vm("chaos", "exits").append("seed=9 iters=100 spin=2 exit_us=9000 maxturn_ms=100"),
-                vm("hello", "hello"),
-                vm("chaos", "spin").append("seed=10 iters=100 spin=3"),
-            ],
-            &[
-                "virt: guest time slice",
-                "all 3 VM(s) stopped (0 crashed)",
-                "HV-EXIT: success",
-            ],
-        )
+            ..guests(
+                name,
+                Arch::Aarch64,
+                vec![
+                    vm("chaos", "exits")
+                        .append("seed=9 iters=100 spin=2 exit_us=9000 maxturn_ms=100"),
+                    vm("hello", "hello"),
+                    vm("chaos", "spin").append("seed=10 iters=100 spin=3"),
+                ],
+                &[
+                    "virt: guest time slice",
+                    "all 3 VM(s) stopped (0 crashed)",
+                    "HV-EXIT: success",
+                ],
+            )
+        })
     };
-    let spin_x86 = x86_vms(
+    let spin_x86 = on_cpu0(x86_vms(
         "chaos-x86-spin",
         vec![
             vm("chaos", "spin").append("seed=9 iters=100 spin=3"),
@@ -205,7 +208,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "all 2 VM(s) stopped (0 crashed)",
             "HV-EXIT: success",
         ],
-    );
+    ));
     vec![
         spin_x86,
         spin,

@@ -30,7 +30,8 @@ fn spin(name: &'static str, max_name: &'static str, append: &'static str) -> [Sc
         "[spin] hostile: spin over",
         "[spin] PASS",
     ]];
-    both(s, max_name)
+    // The point is sharing one CPU with the spinner.
+    both(on_cpu0(s), max_name)
 }
 
 pub fn scenarios() -> Vec<Scenario> {

@@ -339,9 +339,11 @@ pub fn scenarios() -> Vec<Scenario> {
     // under plain TCG; icount makes them deterministic.
     list.into_iter()
         .flatten()
-        .map(|s| Scenario {
-            icount: Some(3),
-            ..s
+        .map(|s| {
+            on_cpu0(Scenario {
+                icount: Some(3),
+                ..s
+            })
         })
         .collect()
 }

@@ -254,6 +254,19 @@ pub fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Sc
     }
 }
 
+/// Every VM of `s` pinned to CPU 0 (`cpus=0`). For scenarios about VMs
+/// sharing one CPU (a spinning or exit-looping VM next to one that must
+/// still finish, a deadline while another VM spins): with a scheduler on
+/// every CPU they would run side by side and test nothing. And for those
+/// under icount: QEMU's round-robin loop then runs one CPU until the next
+/// timer event while the others wait, which stretches their periods.
+pub fn on_cpu0(mut s: Scenario) -> Scenario {
+    for v in &mut s.vms {
+        v.cpus = Some("0");
+    }
+    s
+}
+
 /// A guest scenario: the architecture's default boot path, 2 CPUs,
 /// 512 MiB, `vms`, expecting `expect` and no crash. Override fields with
 /// `Scenario { cpu: Some("EPYC,+svm,+npt"), ..guests(...) }`, e.g.

@@ -194,6 +194,12 @@ static HAS_SME: AtomicBool = AtomicBool::new(false);
 static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
 /// The EL2 physical timer's PPI (Arm BSA; QEMU `virt` DTB `<1 10 4>`).
 pub const CNTHP_INTID: u32 = 26;
+/// The host's kick between CPUs (SGI 1): a vCPU running there got a
+/// request; it goes on after the vmm looked (`HostIrq::Resync`).
+pub const KICK_SGI: u32 = 1;
+/// The host's reschedule SGI (SGI 2): the vCPU running there ends its turn
+/// (`HostIrq::EndOfTurn`) for a woken one.
+pub const RESCHED_SGI: u32 = 2;
 /// The GIC virtual CPU interface's maintenance interrupt (QEMU `virt`:
 /// PPI 9).
 pub const MAINTENANCE_PPI: u32 = vmm::arm64::vgic::MAINTENANCE_INTID;
@@ -584,7 +590,7 @@ fn own_redistributor(gicr: u64, size: u64) -> Option<u64> {
 /// priority 0x80, enabled in the redistributor's SGI frame; the CPU
 /// interface at EL2 with system registers, PMR open, group 1 on. IRQs stay
 /// masked at EL2 (PSTATE.I): they are only taken while a guest runs
-/// (HCR_EL2.IMO), and they end an idle WFI ([`idle_until`]). Each is a
+/// (HCR_EL2.IMO), and they end an idle WFI ([`idle_once`]). Each is a
 /// guest exit: 26 the turn's end or a timer deadline of the vmm's, 25 the
 /// vGIC's list registers to refill, 27 the guest's virtual timer to
 /// deliver.
@@ -639,6 +645,19 @@ pub fn gic_cpu_on(gicr: u64, gicr_size: u64) -> Result<u64, &'static str> {
     crate::percpu::this_cpu()
         .gicr_sgi
         .store(sgi, Ordering::Relaxed);
+    // The host's kick and reschedule SGIs, from now on: an idle CPU's WFI
+    // ends on them (a disabled interrupt would not wake it).
+    for intid in [KICK_SGI, RESCHED_SGI] {
+        let bit = 1u32 << intid;
+        mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | bit); // IGROUPR0
+        let prio = sgi + 0x400 + u64::from(intid & !3); // IPRIORITYR
+        let shift = 8 * (intid & 3);
+        mmio_write32(
+            prio,
+            (mmio_read32(prio) & !(0xff << shift)) | (0x80 << shift),
+        );
+        mmio_write32(sgi + GICR_ISENABLER0, bit);
+    }
     // ICC_SRE_EL2.SRE|Enable keep the system-register interface
     // (and EL1's use of ICV_* under IMO); PMR/IGRPEN1 at EL2 are the
     // physical interface's, which no guest reaches (IMO/FMO are set). The
@@ -723,24 +742,45 @@ fn ack_irq() -> Option<u32> {
     (intid < 1020).then_some(intid as u32)
 }
 
-/// Waits on this CPU until the physical count reaches `deadline` (nothing
-/// to run meanwhile): CNTHP armed for it, WFI with IRQs still masked at EL2
-/// (a pending interrupt ends the WFI all the same), then disarmed. Without
-/// the GIC set up ([`enable_preemption`] failed) it polls the counter.
-pub fn idle_until(deadline: u64) {
-    if SLICE_TICKS.load(Ordering::Relaxed) == 0 {
-        while physical_count() < deadline {
-            core::hint::spin_loop();
+/// Sends SGI `intid` (0-15) to the CPU with affinity `mpidr` (Aff3..Aff0
+/// of its MPIDR_EL1) through ICC_SGI1R_EL1 (GICv3 §12.11.xx): Aff3, Aff2,
+/// Aff1 as fields, Aff0 as the bit of a 16-CPU target list in range
+/// selector Aff0 / 16.
+pub fn send_sgi(intid: u32, mpidr: u64) {
+    let aff0 = mpidr & 0xff;
+    let v = ((mpidr >> 32) & 0xff) << 48 // Aff3
+        | (aff0 >> 4) << 44 // RS
+        | ((mpidr >> 16) & 0xff) << 32 // Aff2
+        | u64::from(intid & 0xf) << 24
+        | ((mpidr >> 8) & 0xff) << 16 // Aff1
+        | 1 << (aff0 & 0xf);
+    // SAFETY: ICC_SGI1R_EL1 only generates a group-1 SGI; the barrier
+    // makes the caller's earlier stores visible before it arrives.
+    unsafe {
+        asm!("dsb ishst", "msr S3_0_C12_C11_5, {}", "isb", in(reg) v, options(nostack, preserves_flags))
+    };
+}
+
+/// One WFI with IRQs still masked at EL2 until an interrupt is pending (a
+/// kick SGI, or CNTHP at `deadline` when one is given), which is then
+/// acknowledged; the caller looks again, whatever woke it.
+pub fn idle_once(deadline: Option<u64>) {
+    if let Some(d) = deadline {
+        if physical_count() >= d {
+            return;
         }
-        return;
+        if SLICE_TICKS.load(Ordering::Relaxed) == 0 {
+            // No GIC for CNTHP: poll the counter.
+            while physical_count() < d {
+                core::hint::spin_loop();
+            }
+            return;
+        }
+        arm_turn_deadline(d);
     }
-    arm_turn_deadline(deadline);
-    while physical_count() < deadline {
-        // SAFETY: waiting for an interrupt has no memory effects; IRQs stay
-        // masked (PSTATE.I), so none is taken here.
-        unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
-        ack_irq();
-    }
+    // SAFETY: waiting for an interrupt has no memory effects; IRQs stay
+    // masked (PSTATE.I), so none is taken here.
+    unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
     let _ = end_slice(true);
 }
 
