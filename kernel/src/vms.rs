@@ -6,7 +6,7 @@
 //! its RAM as one physically contiguous, zeroed range from the frame
 //! allocator, its own stage-2 tables and vCPUs from the arch backend
 //! (`platform::virt`). Every CPU that can run vCPUs (`platform::sched_cpus`:
-//! all on x86, the boot CPU on arm64 for now) runs the same loop
+//! every CPU that came up with its virtualization extensions) runs the same loop
 //! ([`Runner::cpu_loop`]): the scheduler (`vmm::sched`, one lock taken at
 //! turn boundaries) names its next vCPU, which runs one turn (its time
 //! slice, an exit budget, or until it blocks or yields). A vCPU that waits

@@ -141,6 +141,24 @@ pub fn scenarios() -> Vec<Scenario> {
                 ],
             )
         },
+        // The same on arm64 (PSCI CPU_ON, the virtual counter).
+        Scenario {
+            smp: 2,
+            forbid: FORBID,
+            ..guests(
+                "sched-fairness-arm64",
+                Arch::Aarch64,
+                vec![fair("fair", 4, "cpus=4 ms=2000 min_jain=950")],
+                &[
+                    "running 1 VM(s), 4 vCPU(s) on 2 CPU(s)",
+                    "[fair] sched: 4 vCPUs, 2000 ms: iterations",
+                    "[fair] ok: every vCPU made progress; Jain's index at least 0.950",
+                    "vm fair: stopped: power off (exit code 0)",
+                    "vCPU turns per CPU: cpu 0: ",
+                    "HV-EXIT: success",
+                ],
+            )
+        },
         // 4 CPU-bound vCPUs on 2 CPUs: each gets half a CPU.
         Scenario {
             smp: 2,
