@@ -46,6 +46,21 @@ fn two_to_one(serial: &str) -> Result<(), String> {
     }
 }
 
+/// The scheduler moved vCPUs between CPUs (`...; N migration(s)`, N > 0).
+fn migrated(serial: &str) -> Result<(), String> {
+    let n = serial
+        .lines()
+        .find(|l| l.contains("vCPU turns per CPU: "))
+        .and_then(|l| l.rsplit("; ").next())
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    match n {
+        Some(n) if n > 0 => Ok(()),
+        Some(_) => Err("no vCPU migrated between CPUs: the scenario tested nothing".into()),
+        None => Err("no `vCPU turns per CPU: ...; N migration(s)` line".into()),
+    }
+}
+
 /// pin0's vCPUs ran on CPU 0 only, pin1's on CPU 1 only.
 fn pinned_where_told(serial: &str) -> Result<(), String> {
     for (vm, want) in [("pin0", "0"), ("pin1", "1")] {
@@ -159,6 +174,38 @@ pub fn scenarios() -> Vec<Scenario> {
                 ],
             )
         },
+        // 5 vCPUs of two VMs on 2 CPUs, each checking that its SSE and
+        // general registers survive every time slice (and migration).
+        Scenario {
+            forbid: FORBID,
+            judge: Some(migrated),
+            expect_each: &[
+                &[
+                    "[mig-a] ok: every vCPU ran rounds",
+                    "[mig-a] ok: XMM0-3 and R12-15 intact",
+                    "[mig-a] PASS",
+                ],
+                &[
+                    "[mig-b] ok: every vCPU ran rounds",
+                    "[mig-b] ok: XMM0-3 and R12-15 intact",
+                    "[mig-b] PASS",
+                ],
+            ],
+            ..x86(
+                "sched-migrate-x86",
+                vec![
+                    GuestVm {
+                        smp: 3,
+                        ..vm("sched_migrate", "mig-a").append("cpus=3 ms=2000")
+                    },
+                    GuestVm {
+                        smp: 2,
+                        ..vm("sched_migrate", "mig-b").append("cpus=2 ms=2000")
+                    },
+                ],
+                &["running 2 VM(s), 5 vCPU(s) on 2 CPU(s)", "HV-EXIT: success"],
+            )
+        },
         // 4 CPU-bound vCPUs on 2 CPUs: each gets half a CPU.
         Scenario {
             smp: 2,
@@ -234,5 +281,8 @@ mod tests {
         let wrong = p.replace("CPU(s) 1", "CPU(s) 0 1");
         assert!(pinned_where_told(&wrong).unwrap_err().contains("pin1"));
         assert!(pinned_where_told("vm pin0: vCPUs ran on CPU(s) 0\n").is_err());
+        assert!(migrated("[INFO ] vCPU turns per CPU: cpu 0: 5, cpu 1: 7; 3 migration(s)").is_ok());
+        assert!(migrated("vCPU turns per CPU: cpu 0: 5, cpu 1: 7; 0 migration(s)").is_err());
+        assert!(migrated("").is_err());
     }
 }
