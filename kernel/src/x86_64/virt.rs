@@ -92,14 +92,15 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
         return Err("the CPU reports fewer than 2 ASIDs");
     }
     log::info!(
-        "virt: SVM enabled, {} ASIDs (using {}), NRIPS={} decode-assists={} flush-by-ASID={} VMCB-clean={} 1G-NPT={}",
+        "virt: SVM enabled, {} ASIDs (using {}), NRIPS={} decode-assists={} flush-by-ASID={} VMCB-clean={} 1G-NPT={} pause-filter={}",
         info.asids,
         asids - 1,
         features.nrips as u8,
         features.decode_assists as u8,
         features.flush_by_asid as u8,
         info.vmcb_clean() as u8,
-        page_1g as u8
+        page_1g as u8,
+        features.pause_filter as u8
     );
     let tsc_khz = start_time_slices();
     GLOBALS.call_once(|| Globals {

@@ -90,6 +90,12 @@ pub struct Features {
     pub decode_assists: bool,
     /// Bit 5: the CPU honours the VMCB clean bits.
     pub vmcb_clean: bool,
+    /// Bit 10: the pause filter (a PAUSE exit only after PAUSE_FILTER_COUNT
+    /// PAUSEs).
+    pub pause_filter: bool,
+    /// Bit 12: the pause filter threshold (the count restarts when PAUSEs
+    /// are further apart than PAUSE_FILTER_THRESHOLD cycles).
+    pub pause_filter_threshold: bool,
 }
 
 impl Features {
@@ -99,8 +105,32 @@ impl Features {
             flush_by_asid: edx & (1 << 6) != 0,
             decode_assists: edx & (1 << 7) != 0,
             vmcb_clean: edx & (1 << 5) != 0,
+            pause_filter: edx & (1 << 10) != 0,
+            pause_filter_threshold: edx & (1 << 12) != 0,
         }
     }
+}
+
+/// PAUSEs in a row before a PAUSE exit (KVM's default): a spin-wait that
+/// long is a lock whose holder is likely preempted, and the vCPU yields
+/// (APM Vol. 2 §15.14.4).
+pub const PAUSE_FILTER_COUNT: u16 = 3000;
+/// Cycles between two PAUSEs beyond which the count starts again (KVM's
+/// default): only a tight loop counts.
+pub const PAUSE_FILTER_THRESHOLD: u16 = 128;
+
+/// The pause-loop intercept for `features`: the MISC1 bit, count and
+/// threshold. Without the filter nothing: a PAUSE exit each time would
+/// cost every short spin-wait an exit.
+pub fn pause_loop_exiting(features: &Features) -> Option<(u32, u16, u16)> {
+    features.pause_filter.then(|| {
+        let threshold = if features.pause_filter_threshold {
+            PAUSE_FILTER_THRESHOLD
+        } else {
+            0
+        };
+        (misc1::PAUSE, PAUSE_FILTER_COUNT, threshold)
+    })
 }
 
 /// Exceptions intercepted on every vCPU: #DB and #AC, whose delivery can
@@ -289,6 +319,14 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
                 | misc2::WBINVD
                 | misc2::RDPRU,
         );
+        // Pause-loop exiting: a vCPU spinning on a lock whose holder is
+        // preempted yields its turn (`Exit::Yield`).
+        if let Some((bit, count, threshold)) = pause_loop_exiting(&features) {
+            let m = vmcb.read32(ctrl::INTERCEPT_MISC1);
+            vmcb.write32(ctrl::INTERCEPT_MISC1, m | bit);
+            vmcb.write16(ctrl::PAUSE_FILTER_COUNT, count);
+            vmcb.write16(ctrl::PAUSE_FILTER_THRESHOLD, threshold);
+        }
         vmcb.write64(ctrl::IOPM_BASE_PA, iopm_pa);
         vmcb.write64(ctrl::MSRPM_BASE_PA, msrpm_pa);
         vmcb.write32(ctrl::GUEST_ASID, asid);
@@ -2430,6 +2468,49 @@ mod tests {
             [5_000],
             "the next turn is not capped"
         );
+    }
+
+    /// Pause-loop exiting only with the pause filter (a PAUSE exit on every
+    /// PAUSE would cost each short spin-wait an exit), with its threshold
+    /// where the CPU has one; the exit is a yield past the PAUSE.
+    #[test]
+    fn pause_loops_exit_only_with_the_filter() {
+        let misc = |v: &SvmVcpu<FakeHw, MemTables>| v.vmcb().read32(ctrl::INTERCEPT_MISC1);
+        let v = vcpu(&[], vec![], Features::default());
+        assert_eq!(misc(&v) & misc1::PAUSE, 0);
+        let f = Features {
+            pause_filter: true,
+            ..Features::default()
+        };
+        let v = vcpu(&[], vec![], f);
+        assert_ne!(misc(&v) & misc1::PAUSE, 0);
+        assert_eq!(
+            v.vmcb().read16(ctrl::PAUSE_FILTER_COUNT),
+            PAUSE_FILTER_COUNT
+        );
+        assert_eq!(v.vmcb().read16(ctrl::PAUSE_FILTER_THRESHOLD), 0);
+        let f = Features {
+            pause_filter: true,
+            pause_filter_threshold: true,
+            ..Features::default()
+        };
+        let v = vcpu(&[], vec![], f);
+        assert_eq!(
+            v.vmcb().read16(ctrl::PAUSE_FILTER_THRESHOLD),
+            PAUSE_FILTER_THRESHOLD
+        );
+        // CPUID 0x8000_000A EDX bits 10 and 12.
+        let f = Features::from_edx(1 << 10 | 1 << 12);
+        assert!(f.pause_filter && f.pause_filter_threshold);
+        // The exit: a yield, RIP past the two bytes of PAUSE (F3 90).
+        let mut v = vcpu(
+            &[0xf3, 0x90],
+            vec![exit(exitcode::PAUSE, 0, 0)],
+            Features::default(),
+        );
+        assert_eq!(v.run().unwrap(), Exit::Yield);
+        v.advance_pc().unwrap();
+        assert_eq!(v.vmcb().rip(), 0x1002);
     }
 
     /// Review finding 7: no IBPB when a CPU switched between VMs. Binding a
