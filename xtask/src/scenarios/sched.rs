@@ -206,6 +206,29 @@ pub fn scenarios() -> Vec<Scenario> {
                 &["running 2 VM(s), 5 vCPU(s) on 2 CPU(s)", "HV-EXIT: success"],
             )
         },
+        // Rule `teardown`: a 4-vCPU VM stops (its BSP's debug exit) while
+        // its other vCPUs count on both CPUs; it is reported once no CPU
+        // is inside it, and the VM beside it goes on to its end.
+        Scenario {
+            forbid: FORBID,
+            expect_each: &[
+                &[
+                    "[tear] sched: stopping the VM after 500 ms, 4 vCPUs still counting",
+                    "[tear] PASS",
+                    "vm tear: stopped: debug-exit, code 33",
+                    "vm tear: vCPUs ran on CPU(s) 0 1",
+                ],
+                &["[other] ok: every vCPU made progress", "[other] PASS"],
+            ],
+            ..x86(
+                "teardown-under-load-x86",
+                vec![
+                    fair("tear", 4, "cpus=4 ms=5000 stop_ms=500"),
+                    fair("other", 1, "cpus=1 ms=1500 min_jain=0"),
+                ],
+                &["all 2 VM(s) stopped (0 crashed)", "HV-EXIT: success"],
+            )
+        },
         // 4 CPU-bound vCPUs on 2 CPUs: each gets half a CPU.
         Scenario {
             smp: 2,

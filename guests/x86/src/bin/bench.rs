@@ -536,6 +536,12 @@ mod guest {
                 out("rax") _, out("rcx") _, out("rdx") _, options(nostack),
             )
         };
+        // MODE 3 (`yield-switch`): yield back at once, each time vCPU 0
+        // yields to it.
+        WAITING.store(3, SeqCst);
+        while MODE.load(SeqCst) == 3 {
+            hypercall(HC_YIELD, 0, 0);
+        }
     }
 
     /// Yields until `f()` holds (at most `tries` times).
@@ -686,6 +692,7 @@ mod guest {
             "ipi-hlt",
             "x2apic-eoi",
             "self-ipi",
+            "yield-switch",
         ];
         if !irq.iter().any(|w| want(w)) {
             return;
@@ -723,7 +730,7 @@ mod guest {
         if want("eoi") {
             round("eoi", eoi_roundtrip(n, false));
         }
-        if want("ipi") || want("ipi-hlt") {
+        if want("ipi") || want("ipi-hlt") || want("yield-switch") {
             let up = smp::start_ap(1, ap_main);
             expect!(
                 up,
@@ -739,6 +746,16 @@ mod guest {
                     // One more turn for vCPU 1 to reach its HLT.
                     hypercall(HC_YIELD, 0, 0);
                     ipi_latency(samples, "ipi-hlt").report("ipi-hlt");
+                }
+                if want("yield-switch") {
+                    // vCPU 1 leaves its HLT loop (an IPI wakes it if it
+                    // sleeps there) and yields back from then on.
+                    MODE.store(3, SeqCst);
+                    apic::send_ipi(1, icr::FIXED | icr::ASSERT | u32::from(V_IPI));
+                    let up = yield_until("vCPU 1 to yield", 1000, || WAITING.load(SeqCst) == 3);
+                    expect!(up, "vCPU 1 in its yield loop");
+                    let t = timed!("vmmcall", HC_YIELD, n);
+                    report(format_args!("BENCH yield-switch iters={} ticks={}", n, t));
                 }
             }
             MODE.store(2, SeqCst);

@@ -8,6 +8,9 @@
 //!
 //! The TSC runs on while a vCPU waits for a physical CPU, so a vCPU's
 //! count is proportional to the CPU time the host scheduler gave it.
+//!
+//! `stop_ms=N` (teardown under load): the BSP stops the VM N ms after the
+//! start while the APs still count, wherever they run.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -76,6 +79,16 @@ mod guest {
         }
         wait_ms(5000, || READY.load(SeqCst) == u64::from(up - 1));
         END.store(rdtsc() + ms_to_tsc(ms), SeqCst);
+        let stop_ms = arg(cmd, "stop_ms", 0);
+        if stop_ms > 0 {
+            delay_us(stop_ms * 1000);
+            println!(
+                "sched: stopping the VM after {} ms, {} vCPUs still counting",
+                stop_ms,
+                up - DONE.load(SeqCst) as u32
+            );
+            finish();
+        }
         count(0);
         // Each vCPU stops at the same TSC value; one descheduled then
         // finishes at its next turn.
