@@ -29,6 +29,16 @@ impl Boot {
         }
     }
 
+    /// The number of `key=N` on the command line, `default` without one
+    /// (or when N is not a number).
+    pub fn arg(&self, key: &str, default: u64) -> u64 {
+        self.cmdline()
+            .split_ascii_whitespace()
+            .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     /// The DTB's big-endian magic word, if there is a DTB.
     pub fn dtb_magic(&self) -> Option<u32> {
         if self.dtb == 0 {

@@ -15,6 +15,16 @@ impl Boot {
     pub fn cmdline(&self) -> &'static str {
         cstr(self.cmdline)
     }
+
+    /// The number of `key=N` on the command line, `default` without one
+    /// (or when N is not a number).
+    pub fn arg(&self, key: &str, default: u64) -> u64 {
+        self.cmdline()
+            .split_ascii_whitespace()
+            .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
 }
 
 /// A NUL-terminated string in guest memory (at most 4 KiB).

@@ -604,21 +604,27 @@ pub fn enable_preemption(
     mmio_write32(gicd, mmio_read32(gicd) | 0x3);
     let sgi = gic_cpu_on(gicr, gicr_size)?;
     for intid in [CNTHP_INTID, MAINTENANCE_PPI, VTIMER_PPI] {
-        let bit = 1u32 << intid;
-        mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | bit); // IGROUPR0
-        let prio = sgi + 0x400 + u64::from(intid & !3); // IPRIORITYR
-        let shift = 8 * (intid & 3);
-        mmio_write32(
-            prio,
-            (mmio_read32(prio) & !(0xff << shift)) | (0x80 << shift),
-        );
-        mmio_write32(sgi + GICR_ISENABLER0, bit);
+        enable_private_irq(sgi, intid);
     }
     crate::percpu::this_cpu()
         .vtimer_ppi_masked
         .store(false, Ordering::Relaxed);
     SLICE_TICKS.store(slice_ticks, Ordering::Relaxed);
     Ok(())
+}
+
+/// Enables SGI or PPI `intid` (0-31) in this CPU's redistributor (SGI
+/// frame `sgi`): group 1, priority 0x80.
+fn enable_private_irq(sgi: u64, intid: u32) {
+    let bit = 1u32 << intid;
+    mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | bit); // IGROUPR0
+    let prio = sgi + 0x400 + u64::from(intid & !3); // IPRIORITYR
+    let shift = 8 * (intid & 3);
+    mmio_write32(
+        prio,
+        (mmio_read32(prio) & !(0xff << shift)) | (0x80 << shift),
+    );
+    mmio_write32(sgi + GICR_ISENABLER0, bit);
 }
 
 /// Brings up the calling CPU's own part of a GICv3 (redistributor region
@@ -648,15 +654,7 @@ pub fn gic_cpu_on(gicr: u64, gicr_size: u64) -> Result<u64, &'static str> {
     // The host's kick and reschedule SGIs, from now on: an idle CPU's WFI
     // ends on them (a disabled interrupt would not wake it).
     for intid in [KICK_SGI, RESCHED_SGI] {
-        let bit = 1u32 << intid;
-        mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | bit); // IGROUPR0
-        let prio = sgi + 0x400 + u64::from(intid & !3); // IPRIORITYR
-        let shift = 8 * (intid & 3);
-        mmio_write32(
-            prio,
-            (mmio_read32(prio) & !(0xff << shift)) | (0x80 << shift),
-        );
-        mmio_write32(sgi + GICR_ISENABLER0, bit);
+        enable_private_irq(sgi, intid);
     }
     // ICC_SRE_EL2.SRE|Enable keep the system-register interface
     // (and EL1's use of ICV_* under IMO); PMR/IGRPEN1 at EL2 are the

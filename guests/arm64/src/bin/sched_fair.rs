@@ -47,13 +47,6 @@ mod guest {
         }
     }
 
-    fn arg(cmd: &str, key: &str, default: u64) -> u64 {
-        cmd.split_ascii_whitespace()
-            .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
     /// Waits until `f()` holds, at most `secs` seconds of counter time.
     fn wait(secs: u64, f: impl Fn() -> bool) -> bool {
         let end = cntvct() + secs * cntfrq();
@@ -67,10 +60,9 @@ mod guest {
     }
 
     fn main(boot: Boot) {
-        let cmd = boot.cmdline();
-        let n = (arg(cmd, "cpus", 4) as usize).clamp(1, MAX);
-        let ms = arg(cmd, "ms", 2000);
-        let min_jain = arg(cmd, "min_jain", 950);
+        let n = (boot.arg("cpus", 4) as usize).clamp(1, MAX);
+        let ms = boot.arg("ms", 2000);
+        let min_jain = boot.arg("min_jain", 950);
         for i in 1..n {
             let r = start_cpu(i, count);
             check!(r == 0, "CPU_ON({}) = {}", i, r as i64);

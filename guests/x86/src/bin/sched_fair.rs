@@ -52,18 +52,10 @@ mod guest {
         DONE.fetch_add(1, SeqCst);
     }
 
-    fn arg(cmd: &str, key: &str, default: u64) -> u64 {
-        cmd.split_ascii_whitespace()
-            .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
     fn main(boot: Boot) {
-        let cmd = boot.cmdline();
-        let n = arg(cmd, "cpus", 4) as u32;
-        let ms = arg(cmd, "ms", 2000);
-        let min_jain = arg(cmd, "min_jain", 950);
+        let n = boot.arg("cpus", 4) as u32;
+        let ms = boot.arg("ms", 2000);
+        let min_jain = boot.arg("min_jain", 950);
         init();
         if !(1..=MAX_CPUS as u32).contains(&n) {
             check!(false, "cpus={} in 1..={}", n, MAX_CPUS);
@@ -79,7 +71,7 @@ mod guest {
         }
         wait_ms(5000, || READY.load(SeqCst) == u64::from(up - 1));
         END.store(rdtsc() + ms_to_tsc(ms), SeqCst);
-        let stop_ms = arg(cmd, "stop_ms", 0);
+        let stop_ms = boot.arg("stop_ms", 0);
         if stop_ms > 0 {
             delay_us(stop_ms * 1000);
             println!(

@@ -87,13 +87,6 @@ mod guest {
         DONE.fetch_add(1, SeqCst);
     }
 
-    fn arg(cmd: &str, key: &str, default: u64) -> u64 {
-        cmd.split_ascii_whitespace()
-            .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
     /// CR0.MP on, EM off; CR4.OSFXSR and OSXMMEXCPT on: SSE instructions
     /// run (the APs copy CR0/CR4 from the BSP).
     fn enable_sse() {
@@ -114,9 +107,8 @@ mod guest {
     }
 
     fn main(boot: Boot) {
-        let cmd = boot.cmdline();
-        let n = (arg(cmd, "cpus", 3) as u32).clamp(1, MAX_CPUS as u32);
-        let ms = arg(cmd, "ms", 2000);
+        let n = (boot.arg("cpus", 3) as u32).clamp(1, MAX_CPUS as u32);
+        let ms = boot.arg("ms", 2000);
         init();
         enable_sse();
         let mut up = 1u32;

@@ -28,19 +28,11 @@ mod guest {
         eoi();
     }
 
-    fn arg(cmd: &str, key: &str, default: u64) -> u64 {
-        cmd.split_ascii_whitespace()
-            .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
     fn main(boot: Boot) {
-        let cmd = boot.cmdline();
-        let n = arg(cmd, "n", 100);
-        let period = arg(cmd, "period_us", 3000);
-        let max_us = arg(cmd, "max_us", 15_000);
-        let max_avg = arg(cmd, "max_avg_us", 3_000);
+        let n = boot.arg("n", 100);
+        let period = boot.arg("period_us", 3000);
+        let max_us = boot.arg("max_us", 15_000);
+        let max_avg = boot.arg("max_avg_us", 3_000);
         init();
         let offered = cpuid(1, 0)[2] & (1 << 24) != 0;
         check!(offered, "TSC-deadline mode offered (CPUID.1:ECX[24])");
