@@ -773,11 +773,18 @@ impl Runner {
     }
 
     fn cpu_loop_inner(&self, me: usize, mut keys: Option<&mut Keys>) {
+        // The boot CPU's housekeeping at most every millisecond (it scans
+        // every VM: on each turn boundary it cost the latencies that cross
+        // one), and whenever the CPU is about to idle.
+        let tick = (self.freq / 1000).max(1);
+        let mut next_look = 0u64;
         loop {
             if self.over.load(Ordering::Acquire) {
                 return;
             }
-            if let Some(k) = keys.as_deref_mut() {
+            let due = virt::counter() >= next_look;
+            if let Some(k) = keys.as_deref_mut().filter(|_| due) {
+                next_look = virt::counter() + tick;
                 if !self.housekeeping(k) {
                     self.over.store(true, Ordering::Release);
                     for c in 1..self.cpus.len() {
@@ -806,6 +813,10 @@ impl Runner {
             }
             match picked {
                 Some(e) => self.turn(me, e, wake),
+                None if keys.is_some() && !due => {
+                    // Nothing to run: look before sleeping.
+                    next_look = 0;
+                }
                 None => self.idle(wake, keys.is_some()),
             }
         }
