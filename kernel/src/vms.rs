@@ -104,10 +104,9 @@ impl Backing for HostFrames {
             buf.copy_from_slice(&v.to_le_bytes()[..buf.len()]);
             return Ok(());
         }
-        // SAFETY: [hpa, hpa+len) lies inside this VM's RAM (or disk), which
-        // the frame allocator gave to this VM alone (a read-only disk: its
-        // reserved boot module, never written) and the kernel maps 1:1 as
-        // normal memory; `buf` is a distinct kernel buffer.
+        // [hpa, hpa+len) is this VM's RAM or disk (checked above), given to
+        // it alone by the frame allocator and mapped 1:1 as normal memory.
+        // SAFETY: in-bounds identity-mapped memory; `buf` is a kernel buffer.
         unsafe { core::ptr::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
@@ -684,13 +683,6 @@ impl Runner {
         !slot.done() && slot.vm.vcpu_state(v) == Some(VcpuState::Runnable)
     }
 
-    /// This CPU's scheduler index (0 if it is none: only the boot CPU
-    /// runs the loop without one).
-    fn me_index(&self) -> usize {
-        let me = arch::percpu::this_cpu().index as u32;
-        self.cpus.iter().position(|&c| c == me).unwrap_or(0)
-    }
-
     /// Sends the kick IPI to scheduler CPU `c` unless it is this one.
     fn ipi(&self, c: usize) {
         self.send(c, false);
@@ -740,8 +732,7 @@ impl Runner {
             let mut s = self.sched.lock();
             for e in 0..self.ents.len() {
                 match s.state(e) {
-                    Where::Gone => {}
-                    Where::Running(_) => {}
+                    Where::Gone | Where::Running(_) => {}
                     _ if self.slots[self.ents[e].0].done() => s.remove(e),
                     Where::Blocked if self.runnable(e) => {
                         if let Some(c) = s.wake(e, now) {
@@ -817,7 +808,7 @@ impl Runner {
                     // Nothing to run: look before sleeping.
                     next_look = 0;
                 }
-                None => self.idle(wake, keys.is_some()),
+                None => self.idle(me, wake, keys.is_some()),
             }
         }
     }
@@ -893,13 +884,13 @@ impl Runner {
     /// Nothing to run on this CPU: sleep until a kick or the next timer
     /// deadline of a blocked vCPU. The boot CPU looks at least every
     /// 10 ms (VMs that stopped on other CPUs, console keys).
-    fn idle(&self, wake: Option<u64>, boot_cpu: bool) {
+    fn idle(&self, me: usize, wake: Option<u64>, boot_cpu: bool) {
         let now = virt::counter();
         // Every wake-up reaches the scheduler through the VMs' kicks or
         // the check after a turn; this pass is the safety net before a
         // CPU sleeps.
         self.reconcile(now);
-        if self.sched.lock().queued(self.me_index()) > 0 {
+        if self.sched.lock().queued(me) > 0 {
             return;
         }
         let mut deadline = wake;

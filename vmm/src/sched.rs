@@ -755,7 +755,7 @@ mod tests {
     }
 
     #[test]
-    fn removal_of_a_running_vcpu_waits_for_its_turn_to_end() {
+    fn inv_teardown_sched_removal_of_a_running_vcpu_waits_for_its_turn_to_end() {
         let mut s = Sched::new(1, 100);
         let a = s.add(DEFAULT_WEIGHT, CpuSet::ALL).unwrap();
         s.wake(a, 0);

@@ -464,10 +464,9 @@ mod hw {
             // SAFETY: the initial-count register of this CPU's xAPIC.
             unsafe { core::ptr::write_volatile(at as *mut u32, ticks as u32) };
         }
-        // SAFETY: STI's shadow covers HLT, so an interrupt already pending
-        // (a kick) wakes HLT rather than being taken before it; the
-        // stubs only record the vector and write EOI. Interrupts are off
-        // again afterwards.
+        // A pending kick wakes HLT (STI's shadow covers it); the stubs
+        // only record the vector and write EOI; interrupts are off after.
+        // SAFETY: waiting for an interrupt touches no memory (above).
         unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
 

@@ -211,10 +211,9 @@ fn prepare(info: &BootInfo) -> Result<u8, &'static str> {
     let start = &raw const ap_trampoline_start as u64;
     let len = (&raw const ap_trampoline_end as u64 - start) as usize;
     assert!(len <= PAGE as usize, "AP trampoline larger than a page");
-    // SAFETY: `page` is usable RAM below 640 KiB that the frame allocator
-    // never hands out (FRAME_FLOOR is 1 MiB) and no boot structure
-    // occupies (trampoline_page); it is identity-mapped writable. The
-    // source is the trampoline's bytes in the kernel's rodata.
+    // `page` is usable RAM below 640 KiB that the frame allocator never
+    // hands out (FRAME_FLOOR is 1 MiB) and no boot structure occupies.
+    // SAFETY: identity-mapped writable RAM (above); source: kernel rodata.
     unsafe { core::ptr::copy_nonoverlapping(start as *const u8, page as *mut u8, len) };
     let cr3 = instr::read_cr3() & !0xfff;
     let cr3 = u32::try_from(cr3).map_err(|_| "the kernel's page tables are above 4 GiB")?;
