@@ -709,6 +709,16 @@ mod guest {
         }
     }
 
+    /// The 4 KiB console writes may have filled this VM's console buffer
+    /// (the excess is dropped: the rate limit): give the hypervisor turns
+    /// to write it out (8 KiB, 256 bytes a turn) so that the line printed
+    /// next, which a scenario checks, is not dropped with the flood.
+    fn let_console_drain() {
+        for _ in 0..48 {
+            hypercall(HC_YIELD, 0, 0);
+        }
+    }
+
     fn main(boot: Boot) {
         let cmd = boot.cmdline();
         let seed = arg(cmd, "seed").unwrap_or(1);
@@ -753,15 +763,11 @@ mod guest {
                 _ => op_review(&mut r),
             }
             if i % 1000 == 0 {
+                let_console_drain();
                 println!("\nchaos: {}/{}", i, iters);
             }
         }
-        // The 4 KiB console writes may have filled this VM's console
-        // buffer: give the hypervisor turns to write it out (8 KiB, 256
-        // bytes a turn), so the summary below is not dropped with them.
-        for _ in 0..48 {
-            hypercall(HC_YIELD, 0, 0);
-        }
+        let_console_drain();
         let bad = BAD.load(Ordering::Relaxed);
         println!(
             "\nchaos: hypercall {} msr {} cpuid {} port {} mmio {} dr {} review {}; {} bad answer(s)",
