@@ -1,4 +1,4 @@
-//! The vCPU scheduler (issue 15) on x86: more CPU-bound vCPUs than
+//! The vCPU scheduler (issue 15) on x86 and arm64: more CPU-bound vCPUs than
 //! physical CPUs (QEMU `-smp`), each counting loop iterations over the same
 //! stretch of TSC time (`guests/x86/src/bin/sched_fair.rs`); the guest
 //! prints the counts and Jain's fairness index and checks both. Every
@@ -276,6 +276,146 @@ pub fn scenarios() -> Vec<Scenario> {
                 &[
                     "running 2 VM(s), 16 vCPU(s) on 4 CPU(s)",
                     "vCPU turns per CPU: cpu 0: ",
+                    "HV-EXIT: success",
+                ],
+            )
+        },
+        // The arm64 twins (PSCI CPU_ON for the guests' vCPUs, the virtual
+        // counter for their time, SGIs for the host's kicks).
+        Scenario {
+            forbid: FORBID,
+            judge: Some(two_to_one),
+            ..guests(
+                "sched-weights-arm64",
+                Arch::Aarch64,
+                vec![
+                    GuestVm {
+                        weight: Some(512),
+                        cpus: Some("0"),
+                        ..fair("heavy", 1, "cpus=1 ms=2000 min_jain=0")
+                    },
+                    GuestVm {
+                        weight: Some(256),
+                        cpus: Some("0"),
+                        ..fair("light", 1, "cpus=1 ms=2000 min_jain=0")
+                    },
+                ],
+                &[
+                    "vm heavy: weight 512, CPUs [0]",
+                    "vm light: weight 256, CPUs [0]",
+                    "HV-EXIT: success",
+                ],
+            )
+        },
+        Scenario {
+            forbid: FORBID,
+            expect_each: &[
+                &["[pin0] ok: every vCPU made progress"],
+                &["[pin1] ok: every vCPU made progress"],
+            ],
+            judge: Some(pinned_where_told),
+            ..guests(
+                "sched-pinning-arm64",
+                Arch::Aarch64,
+                vec![pinned("pin0", 2, "0"), pinned("pin1", 2, "1")],
+                &["vm pin0: weight 256, CPUs [0]", "HV-EXIT: success"],
+            )
+        },
+        Scenario {
+            smp: 4,
+            forbid: FORBID,
+            expect_each: &[
+                &["[over-a] ok: every vCPU made progress"],
+                &["[over-b] ok: every vCPU made progress"],
+            ],
+            ..guests(
+                "sched-overcommit-arm64",
+                Arch::Aarch64,
+                vec![
+                    fair("over-a", 8, "cpus=8 ms=2000 min_jain=800"),
+                    fair("over-b", 8, "cpus=8 ms=2000 min_jain=800"),
+                ],
+                &[
+                    "running 2 VM(s), 16 vCPU(s) on 4 CPU(s)",
+                    "vCPU turns per CPU: cpu 0: ",
+                    "HV-EXIT: success",
+                ],
+            )
+        },
+        Scenario {
+            forbid: FORBID,
+            expect_each: &[
+                &[
+                    "[tear] sched: stopping the VM after 500 ms, 4 vCPUs still counting",
+                    "vm tear: stopped: power off (exit code 0)",
+                    "vm tear: vCPUs ran on CPU(s) 0 1",
+                ],
+                &["[other] ok: every vCPU made progress"],
+            ],
+            ..guests(
+                "teardown-under-load-arm64",
+                Arch::Aarch64,
+                vec![
+                    fair("tear", 4, "cpus=4 ms=5000 stop_ms=500"),
+                    fair("other", 1, "cpus=1 ms=1500 min_jain=0"),
+                ],
+                &["all 2 VM(s) stopped (0 crashed)", "HV-EXIT: success"],
+            )
+        },
+        Scenario {
+            forbid: FORBID,
+            judge: Some(migrated),
+            expect_each: &[
+                &[
+                    "[mig-a] ok: every vCPU ran rounds",
+                    "[mig-a] ok: V0-V3 and X19-X28 intact",
+                    "[mig-a] PASS",
+                ],
+                &[
+                    "[mig-b] ok: every vCPU ran rounds",
+                    "[mig-b] ok: V0-V3 and X19-X28 intact",
+                    "[mig-b] PASS",
+                ],
+            ],
+            ..guests(
+                "sched-migrate-arm64",
+                Arch::Aarch64,
+                vec![
+                    GuestVm {
+                        smp: 3,
+                        ..vm("sched_migrate", "mig-a").append("cpus=3 ms=2000")
+                    },
+                    GuestVm {
+                        smp: 2,
+                        ..vm("sched_migrate", "mig-b").append("cpus=2 ms=2000")
+                    },
+                ],
+                &["running 2 VM(s), 5 vCPU(s) on 2 CPU(s)", "HV-EXIT: success"],
+            )
+        },
+        Scenario {
+            forbid: FORBID,
+            expect_each: &[
+                &["[spin-a] ok: every vCPU made progress"],
+                &["[spin-b] ok: every vCPU made progress"],
+                &["[spin-c] ok: every vCPU made progress"],
+            ],
+            ..guests(
+                "sched-wake-latency-arm64",
+                Arch::Aarch64,
+                vec![
+                    vm("sched_wake", "wake")
+                        .append("n=100 period_us=3000 max_avg_us=3000 max_us=15000"),
+                    fair("spin-a", 1, "cpus=1 ms=2500 min_jain=0"),
+                    fair("spin-b", 1, "cpus=1 ms=2500 min_jain=0"),
+                    fair("spin-c", 1, "cpus=1 ms=2500 min_jain=0"),
+                ],
+                &[
+                    "[wake] sched: 100 wake-ups every 3000 us: 95th percentile",
+                    "[wake] ok: average wake-up delay",
+                    "[wake] ok: every sleep ended by its timer (0 lost)",
+                    "[wake] ok: 95th-percentile wake-up delay",
+                    "[wake] PASS",
                     "HV-EXIT: success",
                 ],
             )

@@ -71,7 +71,24 @@ mod guest {
         let ready = || (1..n).all(|i| unsafe { load(&raw const READY[i]) } == 1);
         check!(wait(5, ready), "every vCPU ready");
         // END is written by vCPU 0 only.
-        store(&raw mut END, cntvct() + ms * cntfrq() / 1000);
+        let start = cntvct();
+        store(&raw mut END, start + ms * cntfrq() / 1000);
+        let stop_ms = boot.arg("stop_ms", 0);
+        if stop_ms > 0 {
+            while cntvct() < start + stop_ms * cntfrq() / 1000 {
+                core::hint::spin_loop();
+            }
+            // SAFETY: volatile reads of shared words.
+            let done = (0..n)
+                .filter(|&i| unsafe { load(&raw const DONE[i]) } == 1)
+                .count();
+            println!(
+                "sched: stopping the VM after {} ms, {} vCPUs still counting",
+                stop_ms,
+                n - done
+            );
+            system_off();
+        }
         count(0);
         // SAFETY: as above.
         let done = || (0..n).all(|i| unsafe { load(&raw const DONE[i]) } == 1);
