@@ -599,6 +599,7 @@ pub fn run(info: &BootInfo, frames: &mut FrameAllocator) -> Outcome {
         idle_ticks: AtomicU64::new(0),
         freq,
         in_loop: AtomicUsize::new(0),
+        look_now: AtomicBool::new(false),
     }));
     // The boot vCPUs are runnable from the start.
     runner.reconcile(virt::counter());
@@ -674,6 +675,8 @@ struct Runner {
     freq: u64,
     /// Application processors inside [`Runner::cpu_loop`].
     in_loop: AtomicUsize,
+    /// A VM stopped: the boot CPU's housekeeping is due now.
+    look_now: AtomicBool,
 }
 
 impl Runner {
@@ -766,14 +769,21 @@ impl Runner {
     fn cpu_loop_inner(&self, me: usize, mut keys: Option<&mut Keys>) {
         // The boot CPU's housekeeping at most every millisecond (it scans
         // every VM: on each turn boundary it cost the latencies that cross
-        // one), and whenever the CPU is about to idle.
+        // one, and before each idle period the wake-ups from WFI/HLT), and
+        // at once when a VM stopped.
         let tick = (self.freq / 1000).max(1);
         let mut next_look = 0u64;
+        // The vCPU whose turn ended, how, and when: put back at the next
+        // pick (it counts as running on this CPU until then).
+        let mut ended: Option<(Entity, After, u64)> = None;
         loop {
             if self.over.load(Ordering::Acquire) {
                 return;
             }
-            let due = virt::counter() >= next_look;
+            let due = virt::counter() >= next_look
+                || (keys.is_some()
+                    && self.look_now.load(Ordering::Relaxed)
+                    && self.look_now.swap(false, Ordering::AcqRel));
             if let Some(k) = keys.as_deref_mut().filter(|_| due) {
                 next_look = virt::counter() + tick;
                 if !self.housekeeping(k) {
@@ -793,28 +803,53 @@ impl Runner {
                 .filter(|s| !s.done())
                 .filter_map(|s| s.vm.wake_due(now))
                 .min();
-            let (picked, helper) = {
+            // The last turn's end and the next pick under one lock.
+            let (picked, helper, kick) = {
                 let mut s = self.sched.lock();
+                let kick = ended.take().and_then(|(e, after, end)| {
+                    s.put_as(me, end, after);
+                    // Woken between the end of its turn and here: its
+                    // kick found it still running.
+                    if after == After::Blocked && self.runnable(e) {
+                        s.wake(e, now)
+                    } else {
+                        None
+                    }
+                });
                 let p = s.pick(me, now);
-                (p, s.idle_helper(me))
+                (p, s.idle_helper(me), kick)
             };
+            if let Some(c) = kick {
+                self.resched(c);
+            }
             // Work left in this CPU's queue and a CPU idle: it steals.
             if let Some(h) = helper {
                 self.ipi(h);
             }
             match picked {
-                Some(e) => self.turn(me, e, wake),
-                None if keys.is_some() && !due => {
-                    // Nothing to run: look before sleeping.
-                    next_look = 0;
+                Some(e) => {
+                    let (after, stopped) = self.turn(me, e, wake);
+                    if stopped {
+                        // Its VM stopped: out of the scheduler now, and the
+                        // boot CPU looks now (it reports the VM once no CPU
+                        // is inside, and ends the run after the last).
+                        self.sched
+                            .lock()
+                            .put_as(me, virt::counter(), After::Blocked);
+                        self.look_now.store(true, Ordering::Release);
+                        self.ipi(0);
+                    } else {
+                        ended = Some((e, after, virt::counter()));
+                    }
                 }
                 None => self.idle(me, wake, keys.is_some()),
             }
         }
     }
 
-    /// One turn of entity `e` on scheduler CPU `me`.
-    fn turn(&self, me: usize, e: Entity, wake: Option<u64>) {
+    /// One turn of entity `e` on scheduler CPU `me`; says how it ended
+    /// (for the scheduler's put) and whether its VM stopped.
+    fn turn(&self, me: usize, e: Entity, wake: Option<u64>) -> (After, bool) {
         let (si, v) = self.ents[e];
         let slot = &self.slots[si];
         let mut after = After::Blocked;
@@ -828,11 +863,10 @@ impl Runner {
                     match vcpu.bind(cpu.index as u32) {
                         Ok(()) => {
                             cpu.set_current(Some((slot.index, v)));
-                            let cap = match (wake, slot.vm.earliest_wake()) {
-                                (Some(a), Some(b)) => Some(a.min(b)),
-                                (a, b) => a.or(b),
-                            };
-                            if let Some(d) = cap {
+                            // `wake` covers every vCPU blocked when this
+                            // pass began; one blocked since then is in the
+                            // next pass of the CPU that blocked it.
+                            if let Some(d) = wake {
                                 vcpu.cap_turn(d);
                             }
                             self.ran_on[e].fetch_or(1 << me, Ordering::Relaxed);
@@ -864,21 +898,7 @@ impl Runner {
             };
         }
         self.turns[me].fetch_add(1, Ordering::Relaxed);
-        let now = virt::counter();
-        let kick = {
-            let mut s = self.sched.lock();
-            s.put_as(me, now, after);
-            // Woken between the end of its turn and here: its kick found
-            // it still running.
-            if after == After::Blocked && self.runnable(e) {
-                s.wake(e, now)
-            } else {
-                None
-            }
-        };
-        if let Some(c) = kick {
-            self.resched(c);
-        }
+        (after, slot.vm.is_stopped())
     }
 
     /// Nothing to run on this CPU: sleep until a kick or the next timer

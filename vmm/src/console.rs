@@ -83,6 +83,13 @@ impl ConsoleBuffer {
     /// notice of dropped output where the drops happened. Returns the
     /// bytes written.
     pub fn drain(&self, vm: &str, budget: usize, out: &dyn ConsoleSink) -> usize {
+        // Nothing to write (most turns): no second lock, no line buffer.
+        {
+            let r = self.ring.lock();
+            if r.len == 0 && r.drop_at.is_none() {
+                return 0;
+            }
+        }
         let _in_order = self.draining.lock();
         let mut line = [0u8; LINE_MAX];
         let mut done = 0;

@@ -326,8 +326,13 @@ impl Sched {
     }
 
     fn vdelta(&self, e: Entity, ticks: u64) -> u64 {
-        let w = u128::from(self.ents[e].weight.max(1));
-        (u128::from(ticks) * UNIT / w).min(u128::from(u64::MAX)) as u64
+        let w = self.ents[e].weight.max(1);
+        // In 64 bits when it fits (every turn: a 128-bit division is a
+        // library call of about a hundred instructions on the turn path).
+        match ticks.checked_mul(UNIT as u64) {
+            Some(t) => t / u64::from(w),
+            None => (u128::from(ticks) * UNIT / u128::from(w)).min(u128::from(u64::MAX)) as u64,
+        }
     }
 
     /// The lowest-virtual-runtime vCPU in `cpu`'s queue that may run there.

@@ -936,13 +936,6 @@ impl<B: Backing> Vm<B> {
         (d != NO_WAKE).then_some(d)
     }
 
-    /// The earliest timer deadline of a blocked vCPU, if any.
-    pub fn earliest_wake(&self) -> Option<u64> {
-        (0..self.vcpu_count())
-            .filter_map(|i| self.wake_deadline(i))
-            .min()
-    }
-
     /// Wakes every blocked vCPU whose timer deadline is `now` or earlier;
     /// returns the earliest deadline of those still blocked (when the run
     /// loop must look again), if any.

@@ -37,7 +37,13 @@
 //!
 //! On each CPU model, an architecture's guest runs in a VM of the vCPUs
 //! its figures need: arm64 all in one of 2; x86 the IPI figures in a VM of
-//! 2, the others in a run of their own in a VM of 1 ([`ArchBench`]).
+//! 2, the others in a run of their own in a VM of 1 ([`ArchBench`]). One
+//! figure needs a second host CPU (`x86-ipi-remote-latency`: the kick of
+//! a vCPU that sleeps on another CPU) and has a run of its own on QEMU
+//! `-smp 2`: icount then runs the two CPUs in turn, switching when one
+//! kicks or halts, so the path stays exact to a few instructions (the
+//! rare sample that meets a timer interrupt of the host is longer; the
+//! figure is the average).
 //!
 //! The run is deterministic: with icount there is no timer noise, and the
 //! same build gives the same numbers on every machine.
@@ -108,6 +114,10 @@ const BOUNDS: &[(&str, f64)] = &[
     // Issue 15's scheduler: 3149 (EPYC) / 3171 (max) at its first
     // measurement.
     ("x86-yield-switch-roundtrip", 4760.0),
+    // 1252.7 (EPYC) / 1263.7 (max) and 3542.2 / 3546.3 at their first
+    // measurement (the put and pick of a turn boundary under one lock).
+    ("x86-yield-self-roundtrip", 1880.0),
+    ("x86-ipi-remote-latency", 5320.0),
     ("arm64-hvc-roundtrip", 2140.0),
     ("arm64-mmio-roundtrip", 2170.0),
     ("arm64-eoi-roundtrip", 2390.0),
@@ -169,6 +179,14 @@ pub const FIGURES: &[Figure] = &[
     ),
     fig(
         Arch::X86_64,
+        "yield",
+        "x86-yield-self-roundtrip",
+        "YIELD hypercall of a VM's only vCPU, alone on its CPU: the turn ends and the \
+         scheduler picks the same vCPU again (beyond a null VMMCALL: the cost of a turn \
+         boundary, the scheduler's put and pick under its lock and the checks around a turn)",
+    ),
+    fig(
+        Arch::X86_64,
         "timer",
         "x86-lapic-timer-latency",
         "LAPIC timer in TSC-deadline mode: the deadline (IA32_TSC_DEADLINE) to the first \
@@ -192,6 +210,13 @@ pub const FIGURES: &[Figure] = &[
         "ipi-hlt",
         "x86-ipi-hlt-latency",
         "the same, vCPU 1 in `sti; hlt`",
+    ),
+    fig(
+        Arch::X86_64,
+        "ipi-remote",
+        "x86-ipi-remote-latency",
+        "the same, vCPU 1 in `sti; hlt` on the other of 2 host CPUs (idle in HLT) and vCPU 0 \
+         spinning: the scheduler's kick IPI, the other CPU's wake-up, pick and entry",
     ),
     fig(
         Arch::X86_64,
@@ -290,6 +315,9 @@ struct ArchBench {
     /// to each x86 exit round trip). `None`: every figure runs in the VM
     /// of `vcpus`.
     smp_figures: Option<&'static [&'static str]>,
+    /// The figures that need a host CPU per vCPU (QEMU `-smp 2`, in a run
+    /// of their own; every other figure runs on one host CPU).
+    host_smp_figures: &'static [&'static str],
     method: &'static str,
 }
 
@@ -298,10 +326,12 @@ const ARCHES: &[ArchBench] = &[
         arch: Arch::X86_64,
         cpus: &["EPYC,+svm,+npt", "max"],
         vcpus: 2,
-        smp_figures: Some(&["ipi", "ipi-hlt", "yield-switch"]),
+        smp_figures: Some(&["ipi", "ipi-hlt", "ipi-remote", "yield-switch"]),
+        host_smp_figures: &["ipi-remote"],
         method: "guest RDTSC under QEMU TCG -icount shift=0,sleep=off (1 TSC tick = 1 \
-                 instruction, checked by a calibration loop), release kernel, 1 CPU, a VM of \
-                 1 vCPU (2 for the IPI figures, in a run of their own); round trip = \
+                 instruction, checked by a calibration loop), release kernel, 1 CPU (2 for the \
+                 remote IPI), a VM of 1 vCPU (2 for the IPI figures, in a run of their own); \
+                 round trip = \
                  instructions per iteration of a loop with the exiting instruction minus the same \
                  loop with a NOP in its place; latency = average of samples, each exact",
     },
@@ -310,6 +340,7 @@ const ARCHES: &[ArchBench] = &[
         cpus: &["max", "cortex-a72"],
         vcpus: 2,
         smp_figures: None,
+        host_smp_figures: &[],
         method: "guest CNTVCT_EL0 under QEMU TCG virt,virtualization=on,gic-version=3 \
                  -icount shift=0,sleep=off (1 instruction = 1 ns; instructions = ticks * 1e9 / \
                  CNTFRQ, checked by a calibration loop), release kernel, 1 host CPU, a VM of \
@@ -324,6 +355,15 @@ impl ArchBench {
         match self.smp_figures {
             Some(l) if !l.contains(&guest) => 1,
             _ => self.vcpus,
+        }
+    }
+
+    /// The host CPUs (QEMU `-smp`) of the run of figure `guest`.
+    fn host_cpus(&self, guest: &str) -> u32 {
+        if self.host_smp_figures.contains(&guest) {
+            2
+        } else {
+            1
         }
     }
 }
@@ -601,22 +641,23 @@ fn run_arch(
         Arch::Aarch64 => paths.out.join("bench-aarch64"),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    // One VM (and QEMU run per CPU model) per vCPU count the figures need.
-    let mut groups: Vec<(u32, Vec<&Figure>)> = Vec::new();
+    // One VM (and QEMU run per CPU model) per vCPU and host CPU count the
+    // figures need.
+    let mut groups: Vec<((u32, u32), Vec<&Figure>)> = Vec::new();
     for f in figures {
-        let n = ab.vm_vcpus(f.guest);
-        match groups.iter_mut().find(|g| g.0 == n) {
+        let key = (ab.vm_vcpus(f.guest), ab.host_cpus(f.guest));
+        match groups.iter_mut().find(|g| g.0 == key) {
             Some(g) => g.1.push(f),
-            None => groups.push((n, vec![f])),
+            None => groups.push((key, vec![f])),
         }
     }
     groups.sort_by_key(|g| g.0);
     let mut runs = Vec::new();
-    for (n, group) in &groups {
-        let gdir = if groups.len() > 1 {
-            dir.join(format!("vcpus{n}"))
-        } else {
-            dir.clone()
+    for ((n, host), group) in &groups {
+        let gdir = match (groups.len() > 1, host) {
+            (false, _) => dir.clone(),
+            (true, 1) => dir.join(format!("vcpus{n}")),
+            (true, h) => dir.join(format!("vcpus{n}-cpus{h}")),
         };
         std::fs::create_dir_all(&gdir)
             .map_err(|e| format!("cannot create {}: {e}", gdir.display()))?;
@@ -638,17 +679,17 @@ fn run_arch(
             bundle: Some(bundle),
         };
         let media = image::make_media(paths, &spec, &elf, None, &gdir)?;
-        runs.push((*n, spec.cmdline, media));
+        runs.push((*n, *host, spec.cmdline, media));
     }
     println!("bench: method: {}, {} iterations", ab.method, a.iters);
     let mut failed = 0;
     'cpus: for &cpu in cpus {
         let mut serials = Vec::new();
-        for (n, cmdline, media) in &runs {
+        for (n, host, cmdline, media) in &runs {
             let machine = Machine {
                 arch,
                 accel: Accel::Tcg,
-                smp: 1,
+                smp: *host,
                 mem_mib: crate::scenarios::HV_MEM_MIB + 16,
                 media: media.clone(),
                 cpu: Some(cpu.to_string()),
@@ -657,9 +698,10 @@ fn run_arch(
             let (program, mut args) = machine.command_line();
             icount_args(&mut args, 0);
             println!(
-                "bench: running the {} guest on -cpu {cpu} (a VM of {n} vCPU{}) ...",
+                "bench: running the {} guest on -cpu {cpu} (a VM of {n} vCPU{}{}) ...",
                 arch.name(),
-                if *n == 1 { "" } else { "s" }
+                if *n == 1 { "" } else { "s" },
+                if *host == 1 { "" } else { ", 2 host CPUs" }
             );
             let limit = Duration::from_secs(300);
             let first = run_qemu(&program, &args, limit);
@@ -1053,6 +1095,21 @@ mod tests {
             assert!(FIGURES
                 .iter()
                 .any(|f| f.arch == Arch::X86_64 && f.guest == *g));
+        }
+        // Only the remote IPI runs on two host CPUs (icount then runs the
+        // CPUs in turn: nothing else is timed there), in a VM of two.
+        for f in FIGURES {
+            let ab = if f.arch == Arch::X86_64 { x86 } else { arm };
+            let want = if f.guest == "ipi-remote" { 2 } else { 1 };
+            assert_eq!(ab.host_cpus(f.guest), want, "{}", f.name);
+        }
+        assert_eq!(x86.vm_vcpus("ipi-remote"), 2);
+    }
+
+    #[test]
+    fn every_figure_has_a_bound() {
+        for f in FIGURES {
+            assert!(BOUNDS.iter().any(|b| b.0 == f.name), "{}", f.name);
         }
     }
 

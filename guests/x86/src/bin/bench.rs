@@ -557,44 +557,79 @@ mod guest {
         ok
     }
 
+    /// Spins until `f()` holds or the TSC passes `limit`.
+    fn spin_until(limit: u64, f: impl Fn() -> bool) -> bool {
+        while !f() {
+            if rdtsc() > limit {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+        true
+    }
+
     /// Fixed IPI from vCPU 0 to APIC ID 1: from the ICR write to vCPU 1's
     /// handler. vCPU 0 makes the YIELD hypercall right after the write
     /// (3 instructions later): vCPU 1 runs only when vCPU 0 gives up the
     /// hypervisor's one CPU, so the path includes that exit and the switch.
-    fn ipi_latency(samples: u64, name: &str) -> Lat {
+    ///
+    /// `remote`: vCPU 0 spins instead of yielding (the hypervisor has a
+    /// CPU for each vCPU, so vCPU 1 sleeps in the other CPU's HLT: the
+    /// path is the kick, the other CPU's wake-up, its pick and entry).
+    fn ipi_latency(samples: u64, name: &str, remote: bool) -> Lat {
         let mut lat = Lat::new();
         let low = icr::FIXED | icr::ASSERT | u32::from(V_IPI);
         let first = IPI_STAMP.n.load(SeqCst);
         for i in 0..=samples {
             let n0 = IPI_STAMP.n.load(SeqCst);
             let (lo, hi): (u64, u64);
-            // SAFETY: writes this CPU's xAPIC ICR (destination, then the
-            // low half, which sends) and makes the YIELD hypercall (result
-            // in RAX; RBX and RCX are its unused arguments).
-            unsafe {
-                asm!(
-                    "mov dword ptr [rsi + 0x310], edi",
-                    "rdtsc",
-                    "mov dword ptr [rsi + 0x300], ecx",
-                    "mov r9, rax",
-                    "mov r10, rdx",
-                    "mov eax, {y}",
-                    "vmmcall",
-                    y = const HC_YIELD,
-                    in("rsi") apic::LAPIC_BASE,
-                    in("edi") 1u32 << 24,
-                    inout("ecx") low => _,
-                    out("rax") _,
-                    out("rdx") _,
-                    out("r9") lo,
-                    out("r10") hi,
-                    options(nostack),
-                )
-            };
+            if remote {
+                // SAFETY: as below, without the hypercall.
+                unsafe {
+                    asm!(
+                        "mov dword ptr [rsi + 0x310], edi",
+                        "rdtsc",
+                        "mov dword ptr [rsi + 0x300], ecx",
+                        in("rsi") apic::LAPIC_BASE,
+                        in("edi") 1u32 << 24,
+                        inout("ecx") low => _,
+                        out("rax") lo,
+                        out("rdx") hi,
+                        options(nostack),
+                    )
+                };
+            } else {
+                // SAFETY: writes this CPU's xAPIC ICR (destination, then
+                // the low half, which sends) and makes the YIELD hypercall
+                // (result in RAX; RBX and RCX are its unused arguments).
+                unsafe {
+                    asm!(
+                        "mov dword ptr [rsi + 0x310], edi",
+                        "rdtsc",
+                        "mov dword ptr [rsi + 0x300], ecx",
+                        "mov r9, rax",
+                        "mov r10, rdx",
+                        "mov eax, {y}",
+                        "vmmcall",
+                        y = const HC_YIELD,
+                        in("rsi") apic::LAPIC_BASE,
+                        in("edi") 1u32 << 24,
+                        inout("ecx") low => _,
+                        out("rax") _,
+                        out("rdx") _,
+                        out("r9") lo,
+                        out("r10") hi,
+                        options(nostack),
+                    )
+                };
+            }
             let start = hi << 32 | lo;
-            let got = yield_until("vCPU 1's interrupt", 1000, || {
-                IPI_STAMP.n.load(SeqCst) != n0
-            });
+            let arrived = || IPI_STAMP.n.load(SeqCst) != n0;
+            let got = if remote {
+                spin_until(start + 1_000_000_000, arrived)
+            } else {
+                yield_until("vCPU 1's interrupt", 1000, arrived)
+            };
             let (n1, end) = (IPI_STAMP.n.load(SeqCst), IPI_STAMP.tsc.load(SeqCst));
             expect!(
                 got && n1 == n0 + 1,
@@ -683,6 +718,12 @@ mod guest {
             let t = timed!("out 0x80, al", DUMMY_PORT, n);
             report(format_args!("BENCH out iters={} ticks={}", n, t));
         }
+        if want("yield") {
+            // The only vCPU on its CPU yields: its turn ends and the
+            // scheduler picks it again (the turn boundary's cost).
+            let t = timed!("vmmcall", HC_YIELD, n);
+            report(format_args!("BENCH yield iters={} ticks={}", n, t));
+        }
 
         let irq = [
             "timer",
@@ -690,6 +731,7 @@ mod guest {
             "eoi",
             "ipi",
             "ipi-hlt",
+            "ipi-remote",
             "x2apic-eoi",
             "self-ipi",
             "yield-switch",
@@ -730,7 +772,7 @@ mod guest {
         if want("eoi") {
             round("eoi", eoi_roundtrip(n, false));
         }
-        if want("ipi") || want("ipi-hlt") || want("yield-switch") {
+        if want("ipi") || want("ipi-hlt") || want("ipi-remote") || want("yield-switch") {
             let up = smp::start_ap(1, ap_main);
             expect!(
                 up,
@@ -738,14 +780,27 @@ mod guest {
             );
             if up && yield_until("vCPU 1 to spin", 1000, || WAITING.load(SeqCst) == 1) {
                 if want("ipi") {
-                    ipi_latency(samples.min(IPI_SPIN_SAMPLES), "ipi").report("ipi");
+                    ipi_latency(samples.min(IPI_SPIN_SAMPLES), "ipi", false).report("ipi");
                 }
                 if want("ipi-hlt") {
                     MODE.store(1, SeqCst);
                     yield_until("vCPU 1 to halt", 1000, || WAITING.load(SeqCst) == 2);
                     // One more turn for vCPU 1 to reach its HLT.
                     hypercall(HC_YIELD, 0, 0);
-                    ipi_latency(samples, "ipi-hlt").report("ipi-hlt");
+                    ipi_latency(samples, "ipi-hlt", false).report("ipi-hlt");
+                }
+                if want("ipi-remote") {
+                    // vCPU 1 runs on the other CPU: wait in time, not in
+                    // yields (under icount QEMU runs one CPU at a time, and
+                    // this one's yields alone may come before the other's
+                    // next instruction).
+                    MODE.store(1, SeqCst);
+                    let halted = spin_until(rdtsc() + 1_000_000_000, || WAITING.load(SeqCst) == 2);
+                    expect!(halted, "vCPU 1 in its HLT loop");
+                    // Its HLT: 10 ms later at the latest (a time slice).
+                    let t = rdtsc();
+                    spin_until(t + 10_000_000, || false);
+                    ipi_latency(samples, "ipi-remote", true).report("ipi-remote");
                 }
                 if want("yield-switch") {
                     // vCPU 1 leaves its HLT loop (an IPI wakes it if it
