@@ -620,6 +620,30 @@ mod tests {
         assert!(m.s.migrations() > 0);
     }
 
+    /// The virtual-runtime step is 64-bit arithmetic when it fits and
+    /// exact 128-bit (saturating) when it does not: the same answer.
+    #[test]
+    fn vruntime_steps_agree_in_64_and_128_bits() {
+        let mut s = Sched::new(1, 100);
+        let light = s.add(1, CpuSet::ALL).unwrap();
+        let heavy = s.add(65535, CpuSet::ALL).unwrap();
+        for ticks in [
+            0,
+            1,
+            999,
+            1 << 40,
+            u64::MAX / UNIT as u64,
+            u64::MAX / UNIT as u64 + 1,
+            u64::MAX,
+        ] {
+            for e in [light, heavy] {
+                let w = u128::from(s.ents[e].weight);
+                let want = (u128::from(ticks) * UNIT / w).min(u128::from(u64::MAX)) as u64;
+                assert_eq!(s.vdelta(e, ticks), want, "{ticks} ticks, weight {w}");
+            }
+        }
+    }
+
     #[test]
     fn weights_two_to_one_give_two_to_one() {
         let mut m = Sim::new(1, 100);
