@@ -1,4 +1,5 @@
-//! Boot paths and crash reports: no VMs.
+//! Boot paths and crash reports (no VMs), and host SMP on each boot path
+//! (4 CPUs running the vCPUs of a 4-vCPU VM).
 
 use super::*;
 
@@ -46,12 +47,45 @@ const X86_SMP4: &[&str] = &[
     "HV-EXIT: success",
 ];
 
-/// `smp-x86-host*`: the host scenario of x86 SMP bring-up on `boot_path`.
+/// Four CPU-bound vCPUs (300 ms of counting) for a 4-CPU machine: every
+/// CPU that came up must then run vCPU turns ([`every_cpu_ran_turns`]).
+fn four_spinners() -> Vec<GuestVm> {
+    vec![GuestVm {
+        smp: 4,
+        ..vm("sched_fair", "spin").append("cpus=4 ms=300 min_jain=0")
+    }]
+}
+
+/// The end-of-run line `vCPU turns per CPU: cpu 0: N, cpu 1: M, ...`
+/// names 4 CPUs, each with turns.
+fn every_cpu_ran_turns(serial: &str) -> Result<(), String> {
+    let line = serial
+        .lines()
+        .find_map(|l| l.split("vCPU turns per CPU: ").nth(1))
+        .ok_or("no `vCPU turns per CPU:` line")?;
+    let list = line.split(';').next().unwrap_or("");
+    let turns: Vec<u64> = list
+        .split(", ")
+        .filter_map(|c| c.rsplit(": ").next()?.trim().parse().ok())
+        .collect();
+    if turns.len() != 4 {
+        return Err(format!("turns of {} CPU(s), not 4: {list}", turns.len()));
+    }
+    if turns.contains(&0) {
+        return Err(format!("a CPU ran no vCPU turn: {list}"));
+    }
+    Ok(())
+}
+
+/// `smp-x86-host*`: the host scenario of x86 SMP bring-up on `boot_path`,
+/// every CPU then running vCPUs.
 fn smp_x86(name: &'static str, boot_path: Boot, grub: bool, timeout: Duration) -> Scenario {
     Scenario {
         cpu: Some("EPYC,+svm,+npt"),
         smp: 4,
         grub,
+        vms: four_spinners(),
+        judge: Some(every_cpu_ran_turns),
         expect: X86_SMP4,
         forbid: &[
             "*** EXCEPTION",
@@ -59,6 +93,7 @@ fn smp_x86(name: &'static str, boot_path: Boot, grub: bool, timeout: Duration) -
             "!!!! ",
             "HV-EXIT: failure",
             "not started",
+            "ran no vCPU turn",
         ],
         ..boot(name, Arch::X86_64, boot_path, timeout)
     }
@@ -108,6 +143,8 @@ pub fn scenarios() -> Vec<Scenario> {
                 "HV-EXIT: success",
             ],
             forbid: &["cpu 1: up", "*** EXCEPTION", "panicked", "HV-EXIT: failure"],
+            vms: Vec::new(),
+            judge: None,
             ..smp_x86("smp-x86-off", Multiboot1, false, KERNEL_TIMEOUT)
         },
         Scenario {
@@ -118,18 +155,22 @@ pub fn scenarios() -> Vec<Scenario> {
             expect: ARM64_SMP2,
             ..boot("boot-arm64-uefi", Aarch64, Uefi, UEFI_TIMEOUT)
         },
-        // Every CPU of the DTB up through PSCI CPU_ON, on both boot paths
-        // (no scheduler yet: they idle), and `smp=off` keeping them off.
+        // Every CPU of the DTB up through PSCI CPU_ON, on both boot paths,
+        // each then running vCPUs; and `smp=off` keeping them off.
         Scenario {
             smp: 4,
             expect: ARM64_SMP4,
             expect_each: ARM64_SMP4_EACH,
+            vms: four_spinners(),
+            judge: Some(every_cpu_ran_turns),
             ..boot("smp-arm64-host", Aarch64, Image, KERNEL_TIMEOUT)
         },
         Scenario {
             smp: 4,
             expect: ARM64_SMP4,
             expect_each: ARM64_SMP4_EACH,
+            vms: four_spinners(),
+            judge: Some(every_cpu_ran_turns),
             ..boot("smp-arm64-host-uefi", Aarch64, Uefi, UEFI_TIMEOUT)
         },
         Scenario {
@@ -223,4 +264,23 @@ pub fn scenarios() -> Vec<Scenario> {
             ..boot("uefi-loader-suite", X86_64, Uefi, UEFI_TIMEOUT)
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cpu_ran_turns_reads_the_end_of_run_line() {
+        let ok =
+            "[INFO ] vCPU turns per CPU: cpu 0: 5, cpu 1: 7, cpu 2: 1, cpu 3: 9; 3 migration(s)";
+        assert!(every_cpu_ran_turns(ok).is_ok());
+        let idle = ok.replace("cpu 2: 1", "cpu 2: 0");
+        assert!(every_cpu_ran_turns(&idle)
+            .unwrap_err()
+            .contains("no vCPU turn"));
+        let two = "vCPU turns per CPU: cpu 0: 5, cpu 1: 7; 0 migration(s)";
+        assert!(every_cpu_ran_turns(two).unwrap_err().contains("2 CPU(s)"));
+        assert!(every_cpu_ran_turns("").is_err());
+    }
 }
