@@ -67,6 +67,15 @@ pub static SMP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool:
 /// [`Options::exit_timing`], for the VM layer.
 pub static EXIT_TIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// `bench-bare`: the benchmark's bare loop (x86: CPUID leaf 0x4000_00FF,
+/// arm64: HVC function 0xC600_7FFE re-enter the guest at once; issue 17).
+/// For `cargo xtask bench` only: those calls then do nothing.
+static BENCH_BARE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn bench_bare() -> bool {
+    BENCH_BARE.load(Ordering::Relaxed)
+}
+
 impl Options {
     pub fn parse(cmdline: &str) -> Options {
         let mut o = Options {
@@ -98,6 +107,7 @@ impl Options {
                 ("selftest", "ap-silent") => AP_SILENT.store(true, Ordering::Relaxed),
                 ("exitcode", "guest") => o.guest_exit_code = true,
                 ("stats", "") => o.exit_timing = true,
+                ("bench-bare", "") => BENCH_BARE.store(true, Ordering::Relaxed),
                 ("smp", "off") | ("cpus", "1") => o.smp = false,
                 ("smp", "on") => o.smp = true,
                 _ => {}

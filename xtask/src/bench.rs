@@ -117,6 +117,10 @@ const BOUNDS: &[(&str, f64)] = &[
     // 1252.7 (EPYC) / 1263.7 (max) and 3542.2 / 3546.3 at their first
     // measurement (the put and pick of a turn boundary under one lock).
     ("x86-yield-self-roundtrip", 1880.0),
+    // The bare loops (the floor of the round trips): 108.0 and 81.0 at
+    // their first measurement.
+    ("x86-bare-loop", 162.0),
+    ("arm64-bare-loop", 122.0),
     ("x86-ipi-remote-latency", 5320.0),
     ("arm64-hvc-roundtrip", 2140.0),
     ("arm64-mmio-roundtrip", 2170.0),
@@ -127,6 +131,17 @@ const BOUNDS: &[(&str, f64)] = &[
     ("arm64-ipi-latency", 5130.0),
     ("arm64-ipi-wfi-latency", 5140.0),
 ];
+
+/// `, 2.92x the bare loop` for an exit round trip when the run measured
+/// the bare loop (issue 17's measure); nothing for the other figures.
+fn ratio_note(fig: &str, per: f64, bare: Option<f64>) -> String {
+    match bare {
+        Some(b) if b > 0.0 && fig.ends_with("-roundtrip") => {
+            format!(", {:.2}x the bare loop", per / b)
+        }
+        _ => String::new(),
+    }
+}
 
 /// The `--check` verdict for one figure: `Err` says what exceeded which bound.
 pub fn check_bound(fig: &str, per: f64) -> std::result::Result<(), String> {
@@ -159,6 +174,14 @@ const fn fig(arch: Arch, guest: &'static str, name: &'static str, what: &'static
 }
 
 pub const FIGURES: &[Figure] = &[
+    fig(
+        Arch::X86_64,
+        "bare",
+        "x86-bare-loop",
+        "the hypervisor's bare loop (kernel option `bench-bare`): CPUID leaf 0x4000_00FF \
+         re-entered at once with RIP + 2, VMRUN and #VMEXIT through svm_vmrun_asm and nothing \
+         else; the floor of the round trips, which print their ratio to it",
+    ),
     fig(
         Arch::X86_64,
         "cpuid",
@@ -245,6 +268,14 @@ pub const FIGURES: &[Figure] = &[
         "x86-self-ipi-roundtrip",
         "x2APIC SELF IPI (WRMSR 0x83F), the interrupt taken at once, its handler \
          (count, WRMSR EOI, IRETQ)",
+    ),
+    fig(
+        Arch::Aarch64,
+        "bare",
+        "arm64-bare-loop",
+        "the hypervisor's bare loop (kernel option `bench-bare`): HVC #0 with function \
+         0xC600_7FFE re-entered at once, through the EL2 entry and exit code and nothing else \
+         (no EL1 state switched); the floor of the round trips",
     ),
     fig(
         Arch::Aarch64,
@@ -633,8 +664,21 @@ fn run_arch(
         arch,
         test_hooks: false,
         release: true,
+        bench_bare: false,
     };
     let elf = build::build_kernel(paths, &kb, true)?;
+    // The bare loop runs on a kernel of its own, built with the loop's
+    // check: in the kernel of the other figures it is not even compiled
+    // (a test of a flag after each VMRUN cost CPUID 27 instructions).
+    let bare_elf = if figures.iter().any(|f| f.guest == "bare") {
+        let kb = KernelBuild {
+            bench_bare: true,
+            ..kb
+        };
+        Some(build::build_kernel(paths, &kb, true)?)
+    } else {
+        None
+    };
     build_guest_bin(paths, arch, "bench")?;
     let dir = match arch {
         Arch::X86_64 => paths.out.join("bench"),
@@ -642,10 +686,14 @@ fn run_arch(
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     // One VM (and QEMU run per CPU model) per vCPU and host CPU count the
-    // figures need.
-    let mut groups: Vec<((u32, u32), Vec<&Figure>)> = Vec::new();
+    // figures need, and one for the bare loop.
+    let mut groups: Vec<((bool, u32, u32), Vec<&Figure>)> = Vec::new();
     for f in figures {
-        let key = (ab.vm_vcpus(f.guest), ab.host_cpus(f.guest));
+        let key = (
+            f.guest == "bare",
+            ab.vm_vcpus(f.guest),
+            ab.host_cpus(f.guest),
+        );
         match groups.iter_mut().find(|g| g.0 == key) {
             Some(g) => g.1.push(f),
             None => groups.push((key, vec![f])),
@@ -653,11 +701,12 @@ fn run_arch(
     }
     groups.sort_by_key(|g| g.0);
     let mut runs = Vec::new();
-    for ((n, host), group) in &groups {
-        let gdir = match (groups.len() > 1, host) {
-            (false, _) => dir.clone(),
-            (true, 1) => dir.join(format!("vcpus{n}")),
-            (true, h) => dir.join(format!("vcpus{n}-cpus{h}")),
+    for ((bare, n, host), group) in &groups {
+        let gdir = match (groups.len() > 1, bare, host) {
+            (false, _, _) => dir.clone(),
+            (true, true, _) => dir.join("bare"),
+            (true, false, 1) => dir.join(format!("vcpus{n}")),
+            (true, false, h) => dir.join(format!("vcpus{n}-cpus{h}")),
         };
         std::fs::create_dir_all(&gdir)
             .map_err(|e| format!("cannot create {}: {e}", gdir.display()))?;
@@ -672,20 +721,31 @@ fn run_arch(
         let spec = image::BootSpec {
             arch,
             boot,
-            cmdline: kernel_cmdline(arch, "exitcode=guest"),
+            cmdline: kernel_cmdline(
+                arch,
+                if *bare {
+                    "exitcode=guest bench-bare"
+                } else {
+                    "exitcode=guest"
+                },
+            ),
             release: true,
             test_hooks: false,
             grub: false,
             bundle: Some(bundle),
         };
-        let media = image::make_media(paths, &spec, &elf, None, &gdir)?;
-        runs.push((*n, *host, spec.cmdline, media));
+        let kernel = match (bare, &bare_elf) {
+            (true, Some(e)) => e,
+            _ => &elf,
+        };
+        let media = image::make_media(paths, &spec, kernel, None, &gdir)?;
+        runs.push((*bare, *n, *host, spec.cmdline, media));
     }
     println!("bench: method: {}, {} iterations", ab.method, a.iters);
     let mut failed = 0;
     'cpus: for &cpu in cpus {
         let mut serials = Vec::new();
-        for (n, host, cmdline, media) in &runs {
+        for (bare, n, host, cmdline, media) in &runs {
             let machine = Machine {
                 arch,
                 accel: Accel::Tcg,
@@ -698,10 +758,15 @@ fn run_arch(
             let (program, mut args) = machine.command_line();
             icount_args(&mut args, 0);
             println!(
-                "bench: running the {} guest on -cpu {cpu} (a VM of {n} vCPU{}{}) ...",
+                "bench: running the {} guest on -cpu {cpu} (a VM of {n} vCPU{}{}{}) ...",
                 arch.name(),
                 if *n == 1 { "" } else { "s" },
-                if *host == 1 { "" } else { ", 2 host CPUs" }
+                if *host == 1 { "" } else { ", 2 host CPUs" },
+                if *bare {
+                    ", the kernel with the bare loop"
+                } else {
+                    ""
+                }
             );
             let limit = Duration::from_secs(300);
             let first = run_qemu(&program, &args, limit);
@@ -756,6 +821,7 @@ fn run_arch(
                         ),
                     }
                 }
+                let bare = list.iter().find(|(g, _)| g == "bare").map(|x| x.1);
                 for (guest_name, per) in &list {
                     let Some(f) = FIGURES
                         .iter()
@@ -764,7 +830,12 @@ fn run_arch(
                         continue;
                     };
                     if matches(f.name) || matches(arch.name()) || matches(cpu) {
-                        println!("{}: {per:.1} instructions ({cpu})  [{}]", f.name, f.what);
+                        println!(
+                            "{}: {per:.1} instructions ({cpu}){}  [{}]",
+                            f.name,
+                            ratio_note(f.name, *per, bare),
+                            f.what
+                        );
                         let lat = results
                             .iter()
                             .flat_map(|r| &r.latencies)
@@ -1107,10 +1178,17 @@ mod tests {
     }
 
     #[test]
-    fn every_figure_has_a_bound() {
-        for f in FIGURES {
-            assert!(BOUNDS.iter().any(|b| b.0 == f.name), "{}", f.name);
-        }
+    fn round_trips_print_their_ratio_to_the_bare_loop() {
+        assert_eq!(
+            ratio_note("cpuid-exit-roundtrip", 300.0, Some(100.0)),
+            ", 3.00x the bare loop"
+        );
+        assert_eq!(
+            ratio_note("x86-lapic-timer-latency", 300.0, Some(100.0)),
+            ""
+        );
+        assert_eq!(ratio_note("cpuid-exit-roundtrip", 300.0, None), "");
+        assert_eq!(ratio_note("x86-bare-loop", 100.0, Some(100.0)), "");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct KernelBuild {
     /// The `test-hooks` feature (deliberate faults for the crash scenarios).
     pub test_hooks: bool,
     pub release: bool,
+    /// The `bench-bare` feature (the benchmark's bare loop: `bench` only).
+    pub bench_bare: bool,
 }
 
 pub fn kernel_triple(arch: Arch) -> &'static str {
@@ -42,10 +44,11 @@ impl KernelBuild {
     /// Builds with and without test-hooks get separate target directories so
     /// that switching between `run` and `test` never rebuilds everything.
     pub fn target_dir(&self, paths: &Paths) -> PathBuf {
-        if self.test_hooks {
-            paths.target.join("test-hooks")
-        } else {
-            paths.target.clone()
+        match (self.test_hooks, self.bench_bare) {
+            (true, false) => paths.target.join("test-hooks"),
+            (false, true) => paths.target.join("bench-bare"),
+            (true, true) => paths.target.join("test-hooks-bench-bare"),
+            (false, false) => paths.target.clone(),
         }
     }
 
@@ -62,8 +65,16 @@ impl KernelBuild {
             .map(|s| s.to_string())
             .collect();
         args.push(kernel_triple(self.arch).into());
-        if self.test_hooks {
-            args.extend(["--features".into(), "test-hooks".into()]);
+        let features: Vec<&str> = [
+            (self.test_hooks, "test-hooks"),
+            (self.bench_bare, "bench-bare"),
+        ]
+        .iter()
+        .filter(|f| f.0)
+        .map(|f| f.1)
+        .collect();
+        if !features.is_empty() {
+            args.extend(["--features".into(), features.join(",")]);
         }
         if self.release {
             args.push("--release".into());
@@ -78,7 +89,12 @@ impl KernelBuild {
             "{} ({}{})",
             kernel_triple(self.arch),
             profile_dir(self.release),
-            if self.test_hooks { ", test-hooks" } else { "" }
+            match (self.test_hooks, self.bench_bare) {
+                (true, true) => ", test-hooks, bench-bare",
+                (true, false) => ", test-hooks",
+                (false, true) => ", bench-bare",
+                (false, false) => "",
+            }
         )
     }
 }
@@ -188,6 +204,7 @@ mod tests {
             arch: Arch::Aarch64,
             test_hooks: false,
             release: false,
+            bench_bare: false,
         };
         assert_eq!(
             k.cargo_args(&p).join(" "),
@@ -201,6 +218,7 @@ mod tests {
             arch: Arch::X86_64,
             test_hooks: true,
             release: true,
+            bench_bare: false,
         };
         assert_eq!(
             k.cargo_args(&p).join(" "),

@@ -32,6 +32,7 @@ impl BootSpec {
             arch: self.arch,
             test_hooks: self.test_hooks,
             release: self.release,
+            bench_bare: false,
         }
     }
 

@@ -639,6 +639,7 @@ fn cmd_build(paths: &Paths, a: BuildArgs) -> Result<i32> {
             arch,
             test_hooks: a.test_hooks,
             release: a.release,
+            bench_bare: false,
         };
         let elf = build::build_kernel(paths, &k, false)?;
         println!("kernel: {}", Paths::show(&elf));

@@ -249,6 +249,7 @@ pub fn run(paths: &Paths) -> Result<i32> {
         arch,
         test_hooks: false,
         release: true,
+        bench_bare: false,
     };
     let elf = build::build_kernel(paths, &kb, true)?;
     crate::bench::build_guest_bin(paths, arch, "vbench")?;

@@ -228,7 +228,16 @@ pub fn new_vcpu(
     vcpu_index: u32,
     _nr_vcpus: u32,
 ) -> Result<Vcpu, &'static str> {
-    El2Vcpu::new(s2.config(), s2.root(), vcpu_index)
+    let mut vcpu = El2Vcpu::new(s2.config(), s2.root(), vcpu_index)?;
+    if crate::options::bench_bare() && vcpu_index == 0 {
+        if cfg!(feature = "bench-bare") {
+            log::warn!("virt: bench-bare: HVC function 0xc600_7ffe re-enters the guest at once (benchmark only)");
+        } else {
+            log::warn!("virt: bench-bare ignored: this kernel was built without its feature");
+        }
+    }
+    vcpu.set_bare_loop(crate::options::bench_bare());
+    Ok(vcpu)
 }
 
 /// The arm64 exit policy: the ID registers (trapped by HCR_EL2.TID3) read

@@ -232,6 +232,14 @@ pub fn new_vcpu(
             .with_tsc_khz(g.tsc_khz)
             .cpuid_table_for(vcpu_index, nr_vcpus),
     );
+    if crate::options::bench_bare() && vcpu_index == 0 {
+        if cfg!(feature = "bench-bare") {
+            log::warn!("virt: bench-bare: CPUID leaf 0x4000_00ff re-enters the guest at once (benchmark only)");
+        } else {
+            log::warn!("virt: bench-bare ignored: this kernel was built without its feature");
+        }
+    }
+    vcpu.set_bare_loop(crate::options::bench_bare());
     if INTERCEPT_PF.load(core::sync::atomic::Ordering::Relaxed) {
         vcpu.set_intercept_pf(true);
         log::info!("virt: vm {vm_index}: guest #PF intercepted and reflected (svm-intercept-pf)");

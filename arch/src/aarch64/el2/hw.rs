@@ -1137,9 +1137,26 @@ pub struct El2Vcpu {
     turn: Option<TurnDeadline>,
     /// The scheduler's limit for the next turn (`cap_turn`).
     turn_cap: Option<u64>,
+    /// The benchmark's bare loop ([`BARE_LOOP_FN`]) is on.
+    bare_loop: bool,
 }
 
+/// The SMCCC function ID of the benchmark's bare loop
+/// ([`El2Vcpu::set_bare_loop`]): in the hypervisor's vendor range, beside
+/// the unimplemented call the bench times as a null hypercall.
+pub const BARE_LOOP_FN: u64 = 0xc600_7ffe;
+
 impl El2Vcpu {
+    /// Turns the benchmark's bare loop on (kernel option `bench-bare`, in a
+    /// kernel built with the feature of that name):
+    /// `HVC #0` with x0 = [`BARE_LOOP_FN`] then re-enters the guest at
+    /// once, through the entry and exit code alone (no EL1 state switched,
+    /// no GIC or timer work, no decode): the floor every other exit round
+    /// trip is compared with (issue 17). For the bench guest only.
+    pub fn set_bare_loop(&mut self, on: bool) {
+        self.bare_loop = on;
+    }
+
     /// vCPU `index` of the VM whose stage 2 is `cfg` with root `s2_root`.
     pub fn new(cfg: &S2Config, s2_root: u64, index: u32) -> Result<Self, &'static str> {
         let aff = vmm::psci::mpidr_of(index).ok_or("vCPU index beyond 255")?;
@@ -1169,6 +1186,117 @@ impl El2Vcpu {
             gic: VcpuInterface::new(ICH_LRS.load(Ordering::Relaxed)),
             turn: None,
             turn_cap: None,
+            bare_loop: false,
+        })
+    }
+
+    /// The benchmark's bare loop: while the guest's exit is `HVC #0` with
+    /// x0 = [`BARE_LOOP_FN`], enter it again at once (its EL1 state is
+    /// still loaded and ELR already past the HVC); returns the vector of
+    /// the first other exit. Only in kernels built with the `bench-bare`
+    /// feature.
+    #[cold]
+    #[inline(never)]
+    fn bare_hvc_loop(&mut self, mut vector: u64) -> u64 {
+        while vector == 8
+            && self.ctx.x[0] == BARE_LOOP_FN
+            && (self.ctx.esr >> 26) & 0x3f == super::ec::HVC64
+        {
+            // SAFETY: as for the entry in `run_inner`: the guest runs under
+            // this VM's stage 2 and every exit returns here.
+            vector = unsafe { __el2_guest_enter(&mut self.ctx) };
+        }
+        vector
+    }
+
+    /// One entry and exit ([`Vcpu::run`]).
+    #[inline(always)]
+    fn run_inner(&mut self) -> Result<Exit, BackendError> {
+        if self.bound.is_none() {
+            return Err(BackendError::NotBound);
+        }
+        self.deliver()?;
+        let pauth = HAS_PAUTH.load(Ordering::Relaxed);
+        if self.vserror {
+            mmu::write_hcr_el2(guest_hcr() | HCR_VSE);
+        }
+        // A run without begin_turn (not the vmm's order) starts a turn, so
+        // a guest is never entered without its deadline.
+        let turn = match self.turn {
+            Some(t) => t,
+            None => {
+                self.begin_turn(0);
+                self.turn.unwrap_or_default()
+            }
+        };
+        // The turn's end, or earlier a deadline of the vmm's (the emulated
+        // physical timer): either is a CNTHP interrupt.
+        let cnthp = turn.cval_with(self.gic.wake_at);
+        if let Some(cval) = cnthp {
+            arm_turn_deadline(cval);
+        }
+        gic_enter(&self.gic);
+        load_el1(&self.el1);
+        if pauth {
+            load_pauth(&self.el1.pauth);
+        }
+        load_optional(&self.el1);
+        // The context is a valid GuestContext; the guest runs at
+        // EL1 under this VM's stage 2 (installed by `bind`), so it can only
+        // reach its own RAM; every exception from it comes back through
+        // GUEST_VECTORS, which restores the callee-saved registers and SP
+        // saved here and returns to this call.
+        // SAFETY: the guest runs under this VM's stage 2 and every exit returns here (above).
+        let mut vector = unsafe { __el2_guest_enter(&mut self.ctx) };
+        if cfg!(feature = "bench-bare") && self.bare_loop {
+            vector = self.bare_hvc_loop(vector);
+        }
+        let host_irq = if cnthp.is_some() || vector == 9 {
+            end_slice(vector == 9)
+        } else {
+            None
+        };
+        gic_exit(&mut self.gic);
+        save_el1(&mut self.el1);
+        if pauth {
+            save_pauth(&mut self.el1.pauth);
+        }
+        save_optional(&mut self.el1);
+        if self.vserror {
+            // The virtual SError was taken (or is still pending in VSE,
+            // which we drop: one delivery attempt).
+            self.vserror = false;
+            mmu::write_hcr_el2(guest_hcr());
+        }
+        let regs = ExitRegs {
+            esr: self.ctx.esr,
+            far: self.ctx.far,
+            hpfar: self.ctx.hpfar,
+        };
+        Ok(match vector {
+            8 => {
+                // HVC: ELR_EL2 is the next instruction; normalize to the
+                // HVC itself (see vmm::backend::Vcpu::advance_pc).
+                if (regs.esr >> 26) & 0x3f == super::ec::HVC64 {
+                    self.ctx.pc = self.ctx.pc.wrapping_sub(4);
+                }
+                decode_sync(&regs, &self.ctx.x)
+            }
+            // An IRQ: the host's table says what its INTID means; a turn
+            // whose deadline passed ends whatever came.
+            9 if turn.passed(physical_count()) => Exit::PreemptionTimer,
+            9 => match host_irq {
+                Some(line) if crate::hostirq::TABLE.get(line) != HostIrq::EndOfTurn => {
+                    Exit::HostInterrupt { line }
+                }
+                // CNTHP before its deadline (a shortened turn), or gone.
+                _ => Exit::ExternalInterrupt,
+            },
+            10 => Exit::ExternalInterrupt,
+            v => Exit::Unknown {
+                reason: regs.esr,
+                qualification: v,
+            },
         })
     }
 
@@ -1219,89 +1347,7 @@ impl Vcpu for El2Vcpu {
     }
 
     fn run(&mut self) -> Result<Exit, BackendError> {
-        if self.bound.is_none() {
-            return Err(BackendError::NotBound);
-        }
-        self.deliver()?;
-        let pauth = HAS_PAUTH.load(Ordering::Relaxed);
-        if self.vserror {
-            mmu::write_hcr_el2(guest_hcr() | HCR_VSE);
-        }
-        // A run without begin_turn (not the vmm's order) starts a turn, so
-        // a guest is never entered without its deadline.
-        let turn = match self.turn {
-            Some(t) => t,
-            None => {
-                self.begin_turn(0);
-                self.turn.unwrap_or_default()
-            }
-        };
-        // The turn's end, or earlier a deadline of the vmm's (the emulated
-        // physical timer): either is a CNTHP interrupt.
-        let cnthp = turn.cval_with(self.gic.wake_at);
-        if let Some(cval) = cnthp {
-            arm_turn_deadline(cval);
-        }
-        gic_enter(&self.gic);
-        load_el1(&self.el1);
-        if pauth {
-            load_pauth(&self.el1.pauth);
-        }
-        load_optional(&self.el1);
-        // The context is a valid GuestContext; the guest runs at
-        // EL1 under this VM's stage 2 (installed by `bind`), so it can only
-        // reach its own RAM; every exception from it comes back through
-        // GUEST_VECTORS, which restores the callee-saved registers and SP
-        // saved here and returns to this call.
-        // SAFETY: the guest runs under this VM's stage 2 and every exit returns here (above).
-        let vector = unsafe { __el2_guest_enter(&mut self.ctx) };
-        let host_irq = if cnthp.is_some() || vector == 9 {
-            end_slice(vector == 9)
-        } else {
-            None
-        };
-        gic_exit(&mut self.gic);
-        save_el1(&mut self.el1);
-        if pauth {
-            save_pauth(&mut self.el1.pauth);
-        }
-        save_optional(&mut self.el1);
-        if self.vserror {
-            // The virtual SError was taken (or is still pending in VSE,
-            // which we drop: one delivery attempt).
-            self.vserror = false;
-            mmu::write_hcr_el2(guest_hcr());
-        }
-        let regs = ExitRegs {
-            esr: self.ctx.esr,
-            far: self.ctx.far,
-            hpfar: self.ctx.hpfar,
-        };
-        Ok(match vector {
-            8 => {
-                // HVC: ELR_EL2 is the next instruction; normalize to the
-                // HVC itself (see vmm::backend::Vcpu::advance_pc).
-                if (regs.esr >> 26) & 0x3f == super::ec::HVC64 {
-                    self.ctx.pc = self.ctx.pc.wrapping_sub(4);
-                }
-                decode_sync(&regs, &self.ctx.x)
-            }
-            // An IRQ: the host's table says what its INTID means; a turn
-            // whose deadline passed ends whatever came.
-            9 if turn.passed(physical_count()) => Exit::PreemptionTimer,
-            9 => match host_irq {
-                Some(line) if crate::hostirq::TABLE.get(line) != HostIrq::EndOfTurn => {
-                    Exit::HostInterrupt { line }
-                }
-                // CNTHP before its deadline (a shortened turn), or gone.
-                _ => Exit::ExternalInterrupt,
-            },
-            10 => Exit::ExternalInterrupt,
-            v => Exit::Unknown {
-                reason: regs.esr,
-                qualification: v,
-            },
-        })
+        self.run_inner()
     }
 
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError> {

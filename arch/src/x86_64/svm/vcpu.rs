@@ -182,6 +182,9 @@ pub const MSRPM_SIZE: usize = 8192;
 pub const IOPM_SIZE: usize = 12288;
 
 /// One SVM vCPU.
+/// The CPUID leaf of the benchmark's bare loop ([`SvmVcpu::set_bare_loop`]).
+pub const BARE_LOOP_LEAF: u32 = 0x4000_00ff;
+
 pub struct SvmVcpu<H: Hw, A: TableAccess> {
     vmcb: &'static mut Vmcb,
     gprs: Gprs,
@@ -235,6 +238,8 @@ pub struct SvmVcpu<H: Hw, A: TableAccess> {
     armed_wake_at: Option<u64>,
     /// The deadline the next turn ends by at the latest ([`Vcpu::cap_turn`]).
     turn_cap: Option<u64>,
+    /// The benchmark's bare loop ([`BARE_LOOP_LEAF`]) is on.
+    bare_loop: bool,
     /// RIP at which the guest was last seen inside an STI/MOV SS shadow
     /// (an interrupt or window exit with INTERRUPT_SHADOW set, or a window
     /// asked for then). An interrupt or window exit at the same RIP made no
@@ -373,6 +378,7 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             vintr_unreliable: false,
             armed_wake_at: None,
             turn_cap: None,
+            bare_loop: false,
             shadow_rip: None,
             premature_window: false,
             nmi_masked: false,
@@ -611,6 +617,9 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
             // The CLEAN field stays 0 from VMCB setup: nothing is cached.
             self.hw.vmrun(cpu, self.vmcb, &mut self.gprs);
         }
+        if cfg!(feature = "bench-bare") && self.bare_loop {
+            self.bare_cpuid_loop(cpu);
+        }
         self.vmcb.write64(ctrl::EVENTINJ, 0);
         self.vmcb.write8(ctrl::TLB_CONTROL, tlb::DO_NOTHING);
         let info = self.vmcb.read64(ctrl::EXITINTINFO);
@@ -619,6 +628,32 @@ impl<H: Hw, A: TableAccess> SvmVcpu<H, A> {
         }
         self.next_rip = None;
         self.decode_exit(out)
+    }
+
+    /// The benchmark's bare loop: CPUID of leaf [`BARE_LOOP_LEAF`] is
+    /// answered by re-entering at once with RIP + 2, nothing else done (no
+    /// event, TLB or clean-bit work, no decode, no check of the bytes at
+    /// RIP): the cost of VMRUN and #VMEXIT through `svm_vmrun_asm` alone,
+    /// the floor every other exit round trip is compared with (issue 17).
+    /// Only in kernels built with the `bench-bare` feature.
+    #[cold]
+    #[inline(never)]
+    fn bare_cpuid_loop(&mut self, cpu: PhysCpu) {
+        while self.vmcb.exitcode() == exitcode::CPUID
+            && self.vmcb.read64(save::RAX) as u32 == BARE_LOOP_LEAF
+        {
+            let rip = self.vmcb.rip();
+            self.vmcb.write64(save::RIP, rip.wrapping_add(2));
+            self.hw.vmrun(cpu, self.vmcb, &mut self.gprs);
+        }
+    }
+
+    /// Turns the benchmark's bare loop on (kernel option `bench-bare`, in a
+    /// kernel built with the feature of that name):
+    /// CPUID leaf [`BARE_LOOP_LEAF`] then returns nothing and skips two
+    /// bytes, whatever its prefixes: for the bench guest only.
+    pub fn set_bare_loop(&mut self, on: bool) {
+        self.bare_loop = on;
     }
 
     /// Decodes the exit into `out`: `Ok(true)` when it needs the vmm,

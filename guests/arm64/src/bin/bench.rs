@@ -41,6 +41,8 @@ mod guest {
     /// An SMCCC fast call of our owner that nobody implements: the
     /// hypervisor answers NOT_SUPPORTED at once.
     const HC_NULL: u64 = 0xc600_7fff;
+    /// The hypervisor's bare-loop call (only with its option `bench-bare`).
+    const BARE_LOOP_FN: u64 = 0xc600_7ffe;
     /// The SGI of the IPI figures.
     const IPI_SGI: u32 = 1;
     /// The virtual timer's deadline this many ticks after it is armed.
@@ -535,6 +537,13 @@ __bench_vectors:
             let b = timed!("nop", 0u64, n);
             let t = timed!("hvc #0", HC_NULL, n);
             round("hvc", t, b);
+        }
+        if want("bare") {
+            // The hypervisor's bare loop (kernel option `bench-bare`): this
+            // HVC re-enters at once, the floor of every exit round trip.
+            let b = timed!("nop", 0u64, n);
+            let t = timed!("hvc #0", BARE_LOOP_FN, n);
+            round("bare", t, b);
         }
         if want("mmio") {
             let b = timed!("nop", 0u64, n);

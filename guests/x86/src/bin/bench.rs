@@ -68,6 +68,9 @@ mod guest {
     /// The timer's deadline this many TSC ticks after it is armed (the
     /// WRMSR exit and getting into HLT take far less).
     const TIMER_DELAY: u64 = 20_000;
+    /// The hypervisor's bare-loop CPUID leaf (only with its option
+    /// `bench-bare`).
+    const BARE_LOOP_LEAF: u32 = 0x4000_00ff;
     /// Iterations of a wait loop before it gives up (a lost interrupt).
     const WAIT_LIMIT: u64 = 100_000_000;
     const EOI_ADDR: u64 = apic::LAPIC_BASE + 0xb0;
@@ -706,6 +709,12 @@ mod guest {
         let _ = timed!("cpuid", 0, 16);
         let base = timed!("nop", 0, n);
         report(format_args!("BENCH nop iters={} ticks={}", n, base));
+        if want("bare") {
+            // The hypervisor's bare loop (kernel option `bench-bare`): this
+            // CPUID re-enters at once, the floor of every exit round trip.
+            let t = timed!("cpuid", BARE_LOOP_LEAF, n);
+            report(format_args!("BENCH bare iters={} ticks={}", n, t));
+        }
         if want("cpuid") {
             let t = timed!("cpuid", 0x4000_0000u32, n);
             report(format_args!("BENCH cpuid iters={} ticks={}", n, t));
