@@ -132,6 +132,10 @@ const BOUNDS: &[(&str, f64)] = &[
     ("arm64-ipi-wfi-latency", 5140.0),
 ];
 
+/// What sets a bench run apart: the bare-loop kernel, the VM's vCPUs, the
+/// host CPUs.
+type RunKey = (bool, u32, u32);
+
 /// `, 2.92x the bare loop` for an exit round trip when the run measured
 /// the bare loop (issue 17's measure); nothing for the other figures.
 fn ratio_note(fig: &str, per: f64, bare: Option<f64>) -> String {
@@ -687,7 +691,7 @@ fn run_arch(
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     // One VM (and QEMU run per CPU model) per vCPU and host CPU count the
     // figures need, and one for the bare loop.
-    let mut groups: Vec<((bool, u32, u32), Vec<&Figure>)> = Vec::new();
+    let mut groups: Vec<(RunKey, Vec<&Figure>)> = Vec::new();
     for f in figures {
         let key = (
             f.guest == "bare",
