@@ -1139,6 +1139,13 @@ pub struct El2Vcpu {
     turn_cap: Option<u64>,
     /// The benchmark's bare loop ([`BARE_LOOP_FN`]) is on.
     bare_loop: bool,
+    /// The EL1 state ([`El1Regs`]) is in this CPU's registers, loaded at
+    /// an entry and not saved since: the exits that do not look at it
+    /// skip the world switch of about 35 system registers each way
+    /// (issue 17; KVM's load/put). Any access to `el1` puts it back first
+    /// ([`El2Vcpu::put_el1`]), and `unbind` does, so the next vCPU on the
+    /// CPU always loads its own.
+    el1_live: bool,
 }
 
 /// The SMCCC function ID of the benchmark's bare loop
@@ -1187,6 +1194,7 @@ impl El2Vcpu {
             turn: None,
             turn_cap: None,
             bare_loop: false,
+            el1_live: false,
         })
     }
 
@@ -1236,11 +1244,14 @@ impl El2Vcpu {
             arm_turn_deadline(cval);
         }
         gic_enter(&self.gic);
-        load_el1(&self.el1);
-        if pauth {
-            load_pauth(&self.el1.pauth);
+        if !self.el1_live {
+            load_el1(&self.el1);
+            if pauth {
+                load_pauth(&self.el1.pauth);
+            }
+            load_optional(&self.el1);
+            self.el1_live = true;
         }
-        load_optional(&self.el1);
         // The context is a valid GuestContext; the guest runs at
         // EL1 under this VM's stage 2 (installed by `bind`), so it can only
         // reach its own RAM; every exception from it comes back through
@@ -1257,11 +1268,6 @@ impl El2Vcpu {
             None
         };
         gic_exit(&mut self.gic);
-        save_el1(&mut self.el1);
-        if pauth {
-            save_pauth(&mut self.el1.pauth);
-        }
-        save_optional(&mut self.el1);
         if self.vserror {
             // The virtual SError was taken (or is still pending in VSE,
             // which we drop: one delivery attempt).
@@ -1300,11 +1306,26 @@ impl El2Vcpu {
         })
     }
 
+    /// Saves the EL1 state that an entry loaded into `el1` (a no-op when
+    /// it is not live): before anything reads or writes `el1`, and before
+    /// another vCPU may run on this CPU.
+    fn put_el1(&mut self) {
+        if self.el1_live {
+            save_el1(&mut self.el1);
+            if HAS_PAUTH.load(Ordering::Relaxed) {
+                save_pauth(&mut self.el1.pauth);
+            }
+            save_optional(&mut self.el1);
+            self.el1_live = false;
+        }
+    }
+
     /// Delivers the next pending event into the saved state.
     fn deliver(&mut self) -> Result<(), BackendError> {
         let Some(ev) = self.events.take(true, true) else {
             return Ok(());
         };
+        self.put_el1();
         let esr = match ev {
             Event::Undefined => ESR_UNDEFINED,
             Event::Arm64Sync { esr, .. } => esr,
@@ -1351,6 +1372,9 @@ impl Vcpu for El2Vcpu {
     }
 
     fn reg(&mut self, reg: Reg) -> Result<u64, BackendError> {
+        if is_el1_state(reg) {
+            self.put_el1();
+        }
         Ok(match reg {
             Reg::X(n) if n <= 30 => self.ctx.x[usize::from(n)],
             Reg::Xzr => 0,
@@ -1367,6 +1391,9 @@ impl Vcpu for El2Vcpu {
     }
 
     fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), BackendError> {
+        if is_el1_state(reg) {
+            self.put_el1();
+        }
         match reg {
             Reg::X(n) if n <= 30 => self.ctx.x[usize::from(n)] = value,
             Reg::Xzr => {}
@@ -1405,6 +1432,8 @@ impl Vcpu for El2Vcpu {
             return Err(BackendError::EntryFailed("not an arm64 EL1h boot state"));
         }
         self.ctx.x = [0; 31];
+        // All of it replaced: what the registers hold is not wanted.
+        self.el1_live = false;
         self.el1 = El1Regs {
             sctlr: SCTLR_EL1_RESET,
             ..El1Regs::default()
@@ -1443,11 +1472,14 @@ impl Vcpu for El2Vcpu {
         let _ = midr;
         fp_load(&self.fp);
         vgic_load(&self.vgic);
+        // The CPU's EL1 registers hold another vCPU's state (or none).
+        self.el1_live = false;
         self.bound = Some(cpu);
         Ok(())
     }
 
     fn unbind(&mut self) -> Result<(), BackendError> {
+        self.put_el1();
         if self.bound.take().is_some() {
             fp_save(&mut self.fp);
             vgic_save(&mut self.vgic);
@@ -1463,6 +1495,14 @@ impl Vcpu for El2Vcpu {
             None
         }
     }
+}
+
+/// The registers kept in [`El1Regs`] (the lazily switched EL1 state).
+fn is_el1_state(r: Reg) -> bool {
+    matches!(
+        r,
+        Reg::SpEl1 | Reg::ElrEl1 | Reg::SpsrEl1 | Reg::EsrEl1 | Reg::FarEl1 | Reg::VbarEl1
+    )
 }
 
 /// Table memory through the kernel's 1:1 map of RAM.
