@@ -1323,9 +1323,11 @@ impl<B: Backing> Vm<B> {
         let Some(ci) = vcpu.gic_interface() else {
             return;
         };
-        let mut eois = EoiList::new();
-        arm.after_exit(index as usize, ci, &mut eois);
-        self.resample(&eois);
+        if arm.after_exit(index as usize, ci) {
+            let mut eois = EoiList::new();
+            arm.fold_lrs(index as usize, ci, &mut eois);
+            self.resample(&eois);
+        }
     }
 
     /// HLT/WFI of vCPU `index`: goes on if an interrupt is there to take,

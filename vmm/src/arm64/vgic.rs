@@ -1172,6 +1172,16 @@ impl Vgic {
     /// Calls `f(key)` for every interrupt vCPU `v` should have in its list
     /// registers: its active ones, and the deliverable pending ones routed
     /// to it and in no other vCPU's list registers.
+    /// A cheap superset test of [`Vgic::for_each_candidate`]: false only
+    /// when vCPU `v` has nothing active or deliverable in its own bank and
+    /// no SPI is pending or active at all.
+    fn may_have_candidates(&self, v: usize) -> bool {
+        let b = &self.redist[v].bank;
+        b.active != 0
+            || self.deliverable(b) != 0
+            || self.spi.iter().any(|b| b.pending() | b.active != 0)
+    }
+
     fn for_each_candidate(&self, v: usize, mut f: impl FnMut(u32)) {
         let r = &self.redist[v];
         let b = &r.bank;
@@ -1280,6 +1290,11 @@ impl Vgic {
         if self.redist[v].nr_slots != 0 {
             self.refold(v);
         }
+        if !self.may_have_candidates(v) {
+            // Nothing pending or active anywhere it could come from (most
+            // entries): the list registers stay empty.
+            return FillResult::default();
+        }
         let mut top = TopN::new(lrs.len());
         self.for_each_candidate(v, |k| top.push(k));
         let single = top.cap == 1 && top.dropped_pending;
@@ -1314,6 +1329,13 @@ impl Vgic {
             more_pending: top.dropped_pending,
             active_overflow: top.dropped_active,
         }
+    }
+
+    /// Whether [`Vgic::fill`] put nothing in vCPU `v`'s list registers
+    /// (then [`Vgic::sync_full`] has nothing to fold unless EOIcount says
+    /// the guest ended interrupts that were not there).
+    pub fn lrs_empty(&self, v: usize) -> bool {
+        self.redist.get(v).is_none_or(|r| r.nr_slots == 0)
     }
 
     /// A fill whose list registers never ran: put back what it took.
@@ -1363,6 +1385,12 @@ impl Vgic {
             return res;
         }
         let n = self.redist[v].nr_slots;
+        if n == 0 && eoicount == 0 {
+            // Nothing was in the list registers (fill wrote them all
+            // invalid, and the hardware never makes one valid) and no EOI
+            // missed them: most exits.
+            return res;
+        }
         let mut in_lrs = [u32::MAX; MAX_LRS];
         for (i, held) in in_lrs.iter_mut().enumerate().take(n) {
             let s = self.redist[v].slots[i];

@@ -204,18 +204,30 @@ impl Arm64Irq {
         ci.wake_at = t.phys_deadline(now).filter(|&d| d > now);
     }
 
-    /// After vCPU `v` exits: the virtual timer saved, the list registers
-    /// folded back with EOIcount, VMCR recorded; the level lines the guest
-    /// ended go to `eois` (for their devices, after this returns), and the
-    /// vCPUs to kick are woken.
-    pub fn after_exit(&self, v: usize, ci: &VcpuInterface, eois: &mut EoiList) {
+    /// After vCPU `v` exits: the virtual timer saved, VMCR recorded.
+    /// Returns whether the list registers must be folded back
+    /// ([`Self::fold_lrs`]): not when none was in use and no EOI came
+    /// (most exits), which then cost no lock beyond this one and no list.
+    pub fn after_exit(&self, v: usize, ci: &VcpuInterface) -> bool {
         let Some(t) = self.timers.get(v) else {
-            return;
+            return false;
         };
         t.lock().save_virt(ci.cntv_ctl, ci.cntv_cval);
         let eoicount = hcr::eoicount(ci.hcr);
-        let kick = self.gic.with(|g| {
+        self.gic.with(|g| {
             g.set_vmcr(v, Vmcr(ci.vmcr));
+            eoicount != 0 || !g.lrs_empty(v)
+        })
+    }
+
+    /// The list registers of vCPU `v` folded back after its exit, with
+    /// EOIcount: the level lines the guest ended go to `eois` (for their
+    /// devices, after this returns), and the vCPUs to kick are woken. Only
+    /// vCPU `v`'s own entry and exit change what this folds, so the lock
+    /// dropped since [`Self::after_exit`] lost nothing.
+    pub fn fold_lrs(&self, v: usize, ci: &VcpuInterface, eois: &mut EoiList) {
+        let eoicount = hcr::eoicount(ci.hcr);
+        let kick = self.gic.with(|g| {
             g.sync_full(v, ci.lrs(), eoicount, |intid| {
                 // The timers are resampled at every entry; devices hear of
                 // their lines.
@@ -384,6 +396,16 @@ mod tests {
             .collect()
     }
 
+    /// An exit as the VM core does it: the quick look, and the fold when
+    /// it asks for one.
+    fn exit(irq: &Arm64Irq, v: usize, ci: &VcpuInterface) -> EoiList {
+        let mut eois = EoiList::new();
+        if irq.after_exit(v, ci) {
+            irq.fold_lrs(v, ci, &mut eois);
+        }
+        eois
+    }
+
     #[test]
     fn virtual_timer_reaches_the_list_registers_and_masks_the_ppi() {
         let irq = Arm64Irq::new(1, 5, FRQ, 1000, Arc::new(NoWaker)).unwrap();
@@ -393,8 +415,7 @@ mod tests {
         ci.cntv_ctl = timer::CTL_ENABLE;
         ci.cntv_cval = 500;
         ci.vmcr = VMCR_OPEN;
-        let mut eois = EoiList::new();
-        irq.after_exit(0, &ci, &mut eois);
+        exit(&irq, 0, &ci);
         irq.before_entry(0, &mut ci, 1400);
         assert!(lr_intids(&ci).is_empty() && !ci.vtimer_masked);
         assert_eq!((ci.cntv_ctl, ci.cntv_cval, ci.cntvoff), (1, 500, 1000));
@@ -415,7 +436,7 @@ mod tests {
         // the line drops at the next entry and the PPI is unmasked.
         ci.lr[0] &= !(3 << 62); // acknowledged and deactivated: State = Invalid
         ci.cntv_cval = 9000;
-        irq.after_exit(0, &ci, &mut eois);
+        let eois = exit(&irq, 0, &ci);
         assert!(eois.is_empty(), "timer EOIs are not device EOIs");
         irq.before_entry(0, &mut ci, 1600);
         assert!(lr_intids(&ci).is_empty() && !ci.vtimer_masked);
@@ -451,7 +472,7 @@ mod tests {
         assert_eq!(r(timer::CNTV_CTL_EL0, None, 0), SysRegResult::NotOurs);
         let mut ci = VcpuInterface::new(4);
         ci.vmcr = VMCR_OPEN;
-        irq.after_exit(0, &ci, &mut EoiList::new());
+        exit(&irq, 0, &ci);
         irq.before_entry(0, &mut ci, 60);
         assert_eq!(ci.wake_at, Some(150), "the backend exits by the deadline");
         assert_eq!(
@@ -476,7 +497,7 @@ mod tests {
         ci.cntv_cval = 10;
         // PMR 0: the guest masks everything.
         ci.vmcr = 2;
-        irq.after_exit(0, &ci, &mut EoiList::new());
+        exit(&irq, 0, &ci);
         assert_eq!(irq.wfi(0, 20), Wfi::Block { deadline: None });
         assert_eq!(irq.next_deadline(0, 20), Some(20));
     }
@@ -499,7 +520,7 @@ mod tests {
         );
         let mut ci = VcpuInterface::new(4);
         ci.vmcr = VMCR_OPEN;
-        irq.after_exit(2, &ci, &mut EoiList::new());
+        exit(&irq, 2, &ci);
         assert!(irq.has_interrupt(2, 0) && !irq.has_interrupt(1, 0));
         irq.before_entry(2, &mut ci, 0);
         assert_eq!(lr_intids(&ci), vec![(5, LrState::Pending)]);
@@ -523,14 +544,13 @@ mod tests {
         assert_eq!(d.read(0x104, AccessSize::B4), 1 << 16);
         let mut ci = VcpuInterface::new(4);
         ci.vmcr = VMCR_OPEN;
-        irq.after_exit(0, &ci, &mut EoiList::new());
+        exit(&irq, 0, &ci);
         irq.gic.update(|g| g.set_line(48, true));
         irq.before_entry(0, &mut ci, 0);
         assert_eq!(lr_intids(&ci), vec![(48, LrState::Pending)]);
         // The guest acknowledged and deactivated it: an EOI for the device.
         ci.lr[0] &= !(3 << 62); // acknowledged and deactivated: State = Invalid
-        let mut eois = EoiList::new();
-        irq.after_exit(0, &ci, &mut eois);
+        let eois = exit(&irq, 0, &ci);
         assert_eq!(eois.as_slice(), &[48]);
         // Still high: pending again at the next entry.
         irq.before_entry(0, &mut ci, 0);
@@ -548,7 +568,7 @@ mod tests {
         let mut ci = VcpuInterface::new(99);
         assert_eq!(ci.nr_lrs, 16);
         irq.before_entry(5, &mut ci, 0);
-        irq.after_exit(5, &ci, &mut EoiList::new());
+        exit(&irq, 5, &ci);
         assert_eq!(irq.wfi(5, 0), Wfi::Block { deadline: None });
         assert_eq!(
             irq.sysreg(5, timer::CNTP_CTL_EL0, None, 0),
