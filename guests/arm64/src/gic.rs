@@ -133,6 +133,19 @@ pub fn cntfrq() -> u64 {
     v
 }
 
+/// Waits until `f()` holds, at most `secs` seconds of virtual-counter time;
+/// false if it never did.
+pub fn wait_secs(secs: u64, f: impl Fn() -> bool) -> bool {
+    let end = cntvct() + secs * cntfrq();
+    while !f() {
+        if cntvct() > end {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
 /// Counter ticks to microseconds.
 pub fn ticks_to_us(t: u64) -> u64 {
     t * 1_000_000 / cntfrq().max(1)

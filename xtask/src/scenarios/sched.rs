@@ -78,109 +78,251 @@ fn pinned_where_told(serial: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn scenarios() -> Vec<Scenario> {
-    let fair = |name: &'static str, vcpus: u32, append: &'static str| GuestVm {
+/// `fair`'s VM: `vcpus` CPU-bound vCPUs of `sched_fair`.
+fn fair(name: &'static str, vcpus: u32, append: &'static str) -> GuestVm {
+    GuestVm {
         smp: vcpus,
         ..vm("sched_fair", name).append(append)
+    }
+}
+
+/// A scheduler scenario on `arch` (x86: SVM on EPYC; arm64: `-cpu max`),
+/// with the scheduler's forbidden lines.
+fn on(
+    arch: Arch,
+    name: &'static str,
+    vms: Vec<GuestVm>,
+    expect: &'static [&'static str],
+) -> Scenario {
+    let s = match arch {
+        Arch::X86_64 => x86(name, vms, expect),
+        Arch::Aarch64 => guests(name, arch, vms, expect),
     };
-    let pinned = |name: &'static str, vcpus: u32, cpus: &'static str| GuestVm {
+    Scenario {
+        forbid: FORBID,
+        ..s
+    }
+}
+
+/// Two spinning VMs pinned to CPU 0 with weights 2:1 (CPU 1 idles): their
+/// iteration counts within 10 % of 2:1.
+fn weights(arch: Arch, name: &'static str) -> Scenario {
+    let vm = |name, weight| GuestVm {
+        weight: Some(weight),
+        cpus: Some("0"),
+        ..fair(name, 1, "cpus=1 ms=2000 min_jain=0")
+    };
+    Scenario {
+        judge: Some(two_to_one),
+        ..on(
+            arch,
+            name,
+            vec![vm("heavy", 512), vm("light", 256)],
+            &[
+                "vm heavy: weight 512, CPUs [0]",
+                "vm light: weight 256, CPUs [0]",
+                "HV-EXIT: success",
+            ],
+        )
+    }
+}
+
+/// Two 2-vCPU VMs, one pinned to each CPU: each VM's vCPUs run only there
+/// (and share it fairly); `each`: what each VM must print.
+fn pinning(arch: Arch, name: &'static str, each: &'static [&'static [&'static str]]) -> Scenario {
+    let pinned = |name, cpus| GuestVm {
         cpus: Some(cpus),
-        ..fair(name, vcpus, "cpus=2 ms=1000 min_jain=900")
+        ..fair(name, 2, "cpus=2 ms=1000 min_jain=900")
     };
+    Scenario {
+        expect_each: each,
+        judge: Some(pinned_where_told),
+        ..on(
+            arch,
+            name,
+            vec![pinned("pin0", "0"), pinned("pin1", "1")],
+            &["vm pin0: weight 256, CPUs [0]", "HV-EXIT: success"],
+        )
+    }
+}
+
+/// A timer-driven VM next to three spinning VMs on 2 CPUs: the average
+/// wake-up delay within 3 ms and the 95th percentile within one 10 ms
+/// slice plus slack (the woken vCPU is owed time, so it preempts a
+/// spinner at once). Not under icount: QEMU's round-robin CPU loop then
+/// runs one CPU until the next timer event while the other waits (a vCPU
+/// stalled for its whole 3 ms period). With a thread per CPU the host's
+/// load shows in the worst case instead (32 ms once in CI), which is only
+/// printed.
+fn wake_latency(
+    arch: Arch,
+    name: &'static str,
+    expect: &'static [&'static str],
+    each: &'static [&'static [&'static str]],
+) -> Scenario {
+    Scenario {
+        expect_each: each,
+        ..on(
+            arch,
+            name,
+            vec![
+                vm("sched_wake", "wake")
+                    .append("n=100 period_us=3000 max_avg_us=3000 max_us=15000"),
+                fair("spin-a", 1, "cpus=1 ms=2500 min_jain=0"),
+                fair("spin-b", 1, "cpus=1 ms=2500 min_jain=0"),
+                fair("spin-c", 1, "cpus=1 ms=2500 min_jain=0"),
+            ],
+            expect,
+        )
+    }
+}
+
+/// 5 vCPUs of two VMs on 2 CPUs, each checking that its vector and
+/// general registers survive every time slice and migration.
+fn migrate(arch: Arch, name: &'static str, each: &'static [&'static [&'static str]]) -> Scenario {
+    let mig = |name, n: u32, append| GuestVm {
+        smp: n,
+        ..vm("sched_migrate", name).append(append)
+    };
+    Scenario {
+        judge: Some(migrated),
+        expect_each: each,
+        ..on(
+            arch,
+            name,
+            vec![
+                mig("mig-a", 3, "cpus=3 ms=2000"),
+                mig("mig-b", 2, "cpus=2 ms=2000"),
+            ],
+            &["running 2 VM(s), 5 vCPU(s) on 2 CPU(s)", "HV-EXIT: success"],
+        )
+    }
+}
+
+/// Rule `teardown`: a 4-vCPU VM stops (its BSP) while its other vCPUs
+/// count on both CPUs; it is reported once no CPU is inside it, and the VM
+/// beside it goes on to its end.
+fn teardown(arch: Arch, name: &'static str, each: &'static [&'static [&'static str]]) -> Scenario {
+    Scenario {
+        expect_each: each,
+        ..on(
+            arch,
+            name,
+            vec![
+                fair("tear", 4, "cpus=4 ms=5000 stop_ms=500"),
+                fair("other", 1, "cpus=1 ms=1500 min_jain=0"),
+            ],
+            &["all 2 VM(s) stopped (0 crashed)", "HV-EXIT: success"],
+        )
+    }
+}
+
+/// 4 CPU-bound vCPUs on 2 CPUs: each gets half a CPU.
+fn fairness(arch: Arch, name: &'static str, expect: &'static [&'static str]) -> Scenario {
+    Scenario {
+        smp: 2,
+        ..on(
+            arch,
+            name,
+            vec![fair("fair", 4, "cpus=4 ms=2000 min_jain=950")],
+            expect,
+        )
+    }
+}
+
+/// 16 vCPUs of two SMP guests on 4 CPUs: all make progress (and stay
+/// roughly fair, though 4 QEMU CPUs share this machine's 2 cores with the
+/// other scenarios).
+fn overcommit(
+    arch: Arch,
+    name: &'static str,
+    each: &'static [&'static [&'static str]],
+) -> Scenario {
+    Scenario {
+        smp: 4,
+        expect_each: each,
+        ..on(
+            arch,
+            name,
+            vec![
+                fair("over-a", 8, "cpus=8 ms=2000 min_jain=800"),
+                fair("over-b", 8, "cpus=8 ms=2000 min_jain=800"),
+            ],
+            &[
+                "running 2 VM(s), 16 vCPU(s) on 4 CPU(s)",
+                "vCPU turns per CPU: cpu 0: ",
+                "HV-EXIT: success",
+            ],
+        )
+    }
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    use Arch::{Aarch64, X86_64};
     vec![
-        // Two spinning VMs pinned to CPU 0 with weights 2:1 (CPU 1 idles):
-        // their iteration counts within 10 % of 2:1.
-        Scenario {
-            forbid: FORBID,
-            judge: Some(two_to_one),
-            ..x86(
-                "sched-weights-x86",
-                vec![
-                    GuestVm {
-                        weight: Some(512),
-                        cpus: Some("0"),
-                        ..fair("heavy", 1, "cpus=1 ms=2000 min_jain=0")
-                    },
-                    GuestVm {
-                        weight: Some(256),
-                        cpus: Some("0"),
-                        ..fair("light", 1, "cpus=1 ms=2000 min_jain=0")
-                    },
-                ],
-                &[
-                    "vm heavy: weight 512, CPUs [0]",
-                    "vm light: weight 256, CPUs [0]",
-                    "HV-EXIT: success",
-                ],
-            )
-        },
-        // Two 2-vCPU VMs, one pinned to each CPU: each VM's vCPUs run
-        // only there (and share it fairly).
-        Scenario {
-            forbid: FORBID,
-            expect_each: &[&["[pin0] PASS"], &["[pin1] PASS"]],
-            judge: Some(pinned_where_told),
-            ..x86(
-                "sched-pinning-x86",
-                vec![pinned("pin0", 2, "0"), pinned("pin1", 2, "1")],
-                &["vm pin0: weight 256, CPUs [0]", "HV-EXIT: success"],
-            )
-        },
-        // A timer-driven VM next to three spinning VMs on 2 CPUs: the
-        // average wake-up delay within 3 ms and the 95th percentile within
-        // one 10 ms slice plus slack (the woken vCPU is owed time, so it
-        // preempts a spinner at once). Not under icount: QEMU's
-        // round-robin CPU loop then runs one CPU until the next timer
-        // event while the other waits (a vCPU stalled for its whole 3 ms
-        // period). With a thread per CPU the host's load shows in the
-        // worst case instead (32 ms once in CI), which is only printed.
-        Scenario {
-            forbid: FORBID,
-            expect_each: &[&["[spin-a] PASS"], &["[spin-b] PASS"], &["[spin-c] PASS"]],
-            ..x86(
-                "sched-wake-latency-x86",
-                vec![
-                    vm("sched_wake", "wake")
-                        .append("n=100 period_us=3000 max_avg_us=3000 max_us=15000"),
-                    fair("spin-a", 1, "cpus=1 ms=2500 min_jain=0"),
-                    fair("spin-b", 1, "cpus=1 ms=2500 min_jain=0"),
-                    fair("spin-c", 1, "cpus=1 ms=2500 min_jain=0"),
-                ],
-                &[
-                    "[wake] ok: TSC-deadline mode offered",
-                    "[wake] sched: 100 wake-ups every 3000 us: 95th percentile",
-                    "[wake] ok: average wake-up delay",
-                    "[wake] ok: every sleep ended by its timer (0 lost)",
-                    "[wake] ok: 95th-percentile wake-up delay",
-                    "[wake] PASS",
-                    "HV-EXIT: success",
-                ],
-            )
-        },
-        // The same on arm64 (PSCI CPU_ON, the virtual counter).
-        Scenario {
-            smp: 2,
-            forbid: FORBID,
-            ..guests(
-                "sched-fairness-arm64",
-                Arch::Aarch64,
-                vec![fair("fair", 4, "cpus=4 ms=2000 min_jain=950")],
-                &[
-                    "running 1 VM(s), 4 vCPU(s) on 2 CPU(s)",
-                    "[fair] sched: 4 vCPUs, 2000 ms: iterations",
-                    "[fair] ok: every vCPU made progress; Jain's index at least 0.950",
-                    "vm fair: stopped: power off (exit code 0)",
-                    "vCPU turns per CPU: cpu 0: ",
-                    "HV-EXIT: success",
-                ],
-            )
-        },
-        // 5 vCPUs of two VMs on 2 CPUs, each checking that its SSE and
-        // general registers survive every time slice (and migration).
-        Scenario {
-            forbid: FORBID,
-            judge: Some(migrated),
-            expect_each: &[
+        weights(X86_64, "sched-weights-x86"),
+        weights(Aarch64, "sched-weights-arm64"),
+        // The x86 guests end with `PASS`; the arm64 ones print what held.
+        pinning(
+            X86_64,
+            "sched-pinning-x86",
+            &[&["[pin0] PASS"], &["[pin1] PASS"]],
+        ),
+        pinning(
+            Aarch64,
+            "sched-pinning-arm64",
+            &[
+                &["[pin0] ok: every vCPU made progress"],
+                &["[pin1] ok: every vCPU made progress"],
+            ],
+        ),
+        wake_latency(
+            X86_64,
+            "sched-wake-latency-x86",
+            &[
+                "[wake] ok: TSC-deadline mode offered",
+                "[wake] sched: 100 wake-ups every 3000 us: 95th percentile",
+                "[wake] ok: average wake-up delay",
+                "[wake] ok: every sleep ended by its timer (0 lost)",
+                "[wake] ok: 95th-percentile wake-up delay",
+                "[wake] PASS",
+                "HV-EXIT: success",
+            ],
+            &[&["[spin-a] PASS"], &["[spin-b] PASS"], &["[spin-c] PASS"]],
+        ),
+        wake_latency(
+            Aarch64,
+            "sched-wake-latency-arm64",
+            &[
+                "[wake] sched: 100 wake-ups every 3000 us: 95th percentile",
+                "[wake] ok: average wake-up delay",
+                "[wake] ok: every sleep ended by its timer (0 lost)",
+                "[wake] ok: 95th-percentile wake-up delay",
+                "[wake] PASS",
+                "HV-EXIT: success",
+            ],
+            &[
+                &["[spin-a] ok: every vCPU made progress"],
+                &["[spin-b] ok: every vCPU made progress"],
+                &["[spin-c] ok: every vCPU made progress"],
+            ],
+        ),
+        fairness(
+            Aarch64,
+            "sched-fairness-arm64",
+            &[
+                "running 1 VM(s), 4 vCPU(s) on 2 CPU(s)",
+                "[fair] sched: 4 vCPUs, 2000 ms: iterations",
+                "[fair] ok: every vCPU made progress; Jain's index at least 0.950",
+                "vm fair: stopped: power off (exit code 0)",
+                "vCPU turns per CPU: cpu 0: ",
+                "HV-EXIT: success",
+            ],
+        ),
+        migrate(
+            X86_64,
+            "sched-migrate-x86",
+            &[
                 &[
                     "[mig-a] ok: every vCPU ran rounds",
                     "[mig-a] ok: XMM0-3 and R12-15 intact",
@@ -192,180 +334,11 @@ pub fn scenarios() -> Vec<Scenario> {
                     "[mig-b] PASS",
                 ],
             ],
-            ..x86(
-                "sched-migrate-x86",
-                vec![
-                    GuestVm {
-                        smp: 3,
-                        ..vm("sched_migrate", "mig-a").append("cpus=3 ms=2000")
-                    },
-                    GuestVm {
-                        smp: 2,
-                        ..vm("sched_migrate", "mig-b").append("cpus=2 ms=2000")
-                    },
-                ],
-                &["running 2 VM(s), 5 vCPU(s) on 2 CPU(s)", "HV-EXIT: success"],
-            )
-        },
-        // Rule `teardown`: a 4-vCPU VM stops (its BSP's debug exit) while
-        // its other vCPUs count on both CPUs; it is reported once no CPU
-        // is inside it, and the VM beside it goes on to its end.
-        Scenario {
-            forbid: FORBID,
-            expect_each: &[
-                &[
-                    "[tear] sched: stopping the VM after 500 ms, 4 vCPUs still counting",
-                    "[tear] PASS",
-                    "vm tear: stopped: debug-exit, code 33",
-                    "vm tear: vCPUs ran on CPU(s) 0 1",
-                ],
-                &["[other] ok: every vCPU made progress", "[other] PASS"],
-            ],
-            ..x86(
-                "teardown-under-load-x86",
-                vec![
-                    fair("tear", 4, "cpus=4 ms=5000 stop_ms=500"),
-                    fair("other", 1, "cpus=1 ms=1500 min_jain=0"),
-                ],
-                &["all 2 VM(s) stopped (0 crashed)", "HV-EXIT: success"],
-            )
-        },
-        // 4 CPU-bound vCPUs on 2 CPUs: each gets half a CPU.
-        Scenario {
-            smp: 2,
-            forbid: FORBID,
-            ..x86(
-                "sched-fairness-x86",
-                vec![fair("fair", 4, "cpus=4 ms=2000 min_jain=950")],
-                &[
-                    "running 1 VM(s), 4 vCPU(s) on 2 CPU(s)",
-                    "[fair] ok: every vCPU finished counting",
-                    "[fair] sched: 4 vCPUs, 2000 ms: iterations",
-                    "[fair] ok: every vCPU made progress",
-                    "[fair] ok: Jain's fairness index",
-                    "[fair] PASS",
-                    "vCPU turns per CPU: cpu 0: ",
-                    "HV-EXIT: success",
-                ],
-            )
-        },
-        // 16 vCPUs of two SMP guests on 4 CPUs: all make progress (and
-        // stay roughly fair, though 4 QEMU CPUs share this machine's 2
-        // cores with the other scenarios).
-        Scenario {
-            smp: 4,
-            forbid: FORBID,
-            expect_each: &[
-                &[
-                    "[over-a] ok: every vCPU finished counting",
-                    "[over-a] ok: every vCPU made progress",
-                    "[over-a] PASS",
-                ],
-                &[
-                    "[over-b] ok: every vCPU finished counting",
-                    "[over-b] ok: every vCPU made progress",
-                    "[over-b] PASS",
-                ],
-            ],
-            ..x86(
-                "sched-overcommit-x86",
-                vec![
-                    fair("over-a", 8, "cpus=8 ms=2000 min_jain=800"),
-                    fair("over-b", 8, "cpus=8 ms=2000 min_jain=800"),
-                ],
-                &[
-                    "running 2 VM(s), 16 vCPU(s) on 4 CPU(s)",
-                    "vCPU turns per CPU: cpu 0: ",
-                    "HV-EXIT: success",
-                ],
-            )
-        },
-        // The arm64 twins (PSCI CPU_ON for the guests' vCPUs, the virtual
-        // counter for their time, SGIs for the host's kicks).
-        Scenario {
-            forbid: FORBID,
-            judge: Some(two_to_one),
-            ..guests(
-                "sched-weights-arm64",
-                Arch::Aarch64,
-                vec![
-                    GuestVm {
-                        weight: Some(512),
-                        cpus: Some("0"),
-                        ..fair("heavy", 1, "cpus=1 ms=2000 min_jain=0")
-                    },
-                    GuestVm {
-                        weight: Some(256),
-                        cpus: Some("0"),
-                        ..fair("light", 1, "cpus=1 ms=2000 min_jain=0")
-                    },
-                ],
-                &[
-                    "vm heavy: weight 512, CPUs [0]",
-                    "vm light: weight 256, CPUs [0]",
-                    "HV-EXIT: success",
-                ],
-            )
-        },
-        Scenario {
-            forbid: FORBID,
-            expect_each: &[
-                &["[pin0] ok: every vCPU made progress"],
-                &["[pin1] ok: every vCPU made progress"],
-            ],
-            judge: Some(pinned_where_told),
-            ..guests(
-                "sched-pinning-arm64",
-                Arch::Aarch64,
-                vec![pinned("pin0", 2, "0"), pinned("pin1", 2, "1")],
-                &["vm pin0: weight 256, CPUs [0]", "HV-EXIT: success"],
-            )
-        },
-        Scenario {
-            smp: 4,
-            forbid: FORBID,
-            expect_each: &[
-                &["[over-a] ok: every vCPU made progress"],
-                &["[over-b] ok: every vCPU made progress"],
-            ],
-            ..guests(
-                "sched-overcommit-arm64",
-                Arch::Aarch64,
-                vec![
-                    fair("over-a", 8, "cpus=8 ms=2000 min_jain=800"),
-                    fair("over-b", 8, "cpus=8 ms=2000 min_jain=800"),
-                ],
-                &[
-                    "running 2 VM(s), 16 vCPU(s) on 4 CPU(s)",
-                    "vCPU turns per CPU: cpu 0: ",
-                    "HV-EXIT: success",
-                ],
-            )
-        },
-        Scenario {
-            forbid: FORBID,
-            expect_each: &[
-                &[
-                    "[tear] sched: stopping the VM after 500 ms, 4 vCPUs still counting",
-                    "vm tear: stopped: power off (exit code 0)",
-                    "vm tear: vCPUs ran on CPU(s) 0 1",
-                ],
-                &["[other] ok: every vCPU made progress"],
-            ],
-            ..guests(
-                "teardown-under-load-arm64",
-                Arch::Aarch64,
-                vec![
-                    fair("tear", 4, "cpus=4 ms=5000 stop_ms=500"),
-                    fair("other", 1, "cpus=1 ms=1500 min_jain=0"),
-                ],
-                &["all 2 VM(s) stopped (0 crashed)", "HV-EXIT: success"],
-            )
-        },
-        Scenario {
-            forbid: FORBID,
-            judge: Some(migrated),
-            expect_each: &[
+        ),
+        migrate(
+            Aarch64,
+            "sched-migrate-arm64",
+            &[
                 &[
                     "[mig-a] ok: every vCPU ran rounds",
                     "[mig-a] ok: V0-V3 and X19-X28 intact",
@@ -377,49 +350,70 @@ pub fn scenarios() -> Vec<Scenario> {
                     "[mig-b] PASS",
                 ],
             ],
-            ..guests(
-                "sched-migrate-arm64",
-                Arch::Aarch64,
-                vec![
-                    GuestVm {
-                        smp: 3,
-                        ..vm("sched_migrate", "mig-a").append("cpus=3 ms=2000")
-                    },
-                    GuestVm {
-                        smp: 2,
-                        ..vm("sched_migrate", "mig-b").append("cpus=2 ms=2000")
-                    },
+        ),
+        teardown(
+            X86_64,
+            "teardown-under-load-x86",
+            &[
+                &[
+                    "[tear] sched: stopping the VM after 500 ms, 4 vCPUs still counting",
+                    "[tear] PASS",
+                    "vm tear: stopped: debug-exit, code 33",
+                    "vm tear: vCPUs ran on CPU(s) 0 1",
                 ],
-                &["running 2 VM(s), 5 vCPU(s) on 2 CPU(s)", "HV-EXIT: success"],
-            )
-        },
-        Scenario {
-            forbid: FORBID,
-            expect_each: &[
-                &["[spin-a] ok: every vCPU made progress"],
-                &["[spin-b] ok: every vCPU made progress"],
-                &["[spin-c] ok: every vCPU made progress"],
+                &["[other] ok: every vCPU made progress", "[other] PASS"],
             ],
-            ..guests(
-                "sched-wake-latency-arm64",
-                Arch::Aarch64,
-                vec![
-                    vm("sched_wake", "wake")
-                        .append("n=100 period_us=3000 max_avg_us=3000 max_us=15000"),
-                    fair("spin-a", 1, "cpus=1 ms=2500 min_jain=0"),
-                    fair("spin-b", 1, "cpus=1 ms=2500 min_jain=0"),
-                    fair("spin-c", 1, "cpus=1 ms=2500 min_jain=0"),
+        ),
+        teardown(
+            Aarch64,
+            "teardown-under-load-arm64",
+            &[
+                &[
+                    "[tear] sched: stopping the VM after 500 ms, 4 vCPUs still counting",
+                    "vm tear: stopped: power off (exit code 0)",
+                    "vm tear: vCPUs ran on CPU(s) 0 1",
+                ],
+                &["[other] ok: every vCPU made progress"],
+            ],
+        ),
+        fairness(
+            X86_64,
+            "sched-fairness-x86",
+            &[
+                "running 1 VM(s), 4 vCPU(s) on 2 CPU(s)",
+                "[fair] ok: every vCPU finished counting",
+                "[fair] sched: 4 vCPUs, 2000 ms: iterations",
+                "[fair] ok: every vCPU made progress",
+                "[fair] ok: Jain's fairness index",
+                "[fair] PASS",
+                "vCPU turns per CPU: cpu 0: ",
+                "HV-EXIT: success",
+            ],
+        ),
+        overcommit(
+            X86_64,
+            "sched-overcommit-x86",
+            &[
+                &[
+                    "[over-a] ok: every vCPU finished counting",
+                    "[over-a] ok: every vCPU made progress",
+                    "[over-a] PASS",
                 ],
                 &[
-                    "[wake] sched: 100 wake-ups every 3000 us: 95th percentile",
-                    "[wake] ok: average wake-up delay",
-                    "[wake] ok: every sleep ended by its timer (0 lost)",
-                    "[wake] ok: 95th-percentile wake-up delay",
-                    "[wake] PASS",
-                    "HV-EXIT: success",
+                    "[over-b] ok: every vCPU finished counting",
+                    "[over-b] ok: every vCPU made progress",
+                    "[over-b] PASS",
                 ],
-            )
-        },
+            ],
+        ),
+        overcommit(
+            Aarch64,
+            "sched-overcommit-arm64",
+            &[
+                &["[over-a] ok: every vCPU made progress"],
+                &["[over-b] ok: every vCPU made progress"],
+            ],
+        ),
     ]
 }
 

@@ -147,18 +147,6 @@ mod guest {
         }
     }
 
-    /// Waits until `f()` holds, at most `secs` seconds of counter time.
-    fn wait(secs: u64, f: impl Fn() -> bool) -> bool {
-        let end = cntvct() + secs * cntfrq();
-        while !f() {
-            if cntvct() > end {
-                return false;
-            }
-            core::hint::spin_loop();
-        }
-        true
-    }
-
     fn main(boot: Boot) {
         let n = (boot.arg("cpus", 3) as usize).clamp(1, MAX);
         let ms = boot.arg("ms", 2000);
@@ -168,13 +156,13 @@ mod guest {
         }
         // SAFETY: volatile reads of shared words.
         let ready = || (1..n).all(|i| unsafe { load(&raw const READY[i]) } == 1);
-        check!(wait(5, ready), "every vCPU ready");
+        check!(wait_secs(5, ready), "every vCPU ready");
         // END is written by vCPU 0 only.
         store(&raw mut END, cntvct() + ms * cntfrq() / 1000);
         run(0);
         // SAFETY: as above.
         let done = || (0..n).all(|i| unsafe { load(&raw const DONE[i]) } == 1);
-        check!(wait(10, done), "every vCPU finished");
+        check!(wait_secs(10, done), "every vCPU finished");
         // SAFETY: as above.
         let rounds: [u64; MAX] = core::array::from_fn(|i| unsafe { load(&raw const ROUNDS[i]) });
         // SAFETY: as above.
