@@ -31,6 +31,9 @@ pub struct VmLine {
     pub disk: Option<DiskLine>,
     /// Its scheduling weight and CPU pinning.
     pub sched: SchedLine,
+    /// The vsock device's CID (`cid=`; default: the kernel's, from the
+    /// VM's index).
+    pub cid: Option<u32>,
 }
 
 /// `weight=` and `cpus=` of a VM line: the vCPUs' share of CPU time
@@ -147,6 +150,24 @@ impl VmLine {
         if let Some(e) = self.sched.cpus.as_deref().and_then(cpu_list_error) {
             return Err(format!("VM {}: cpus: {e}", self.name));
         }
+        if let Some(c) = self.cid {
+            // 0-2 are reserved (hypervisor, local, host), u32::MAX is
+            // VMADDR_CID_ANY (as the kernel's vms.conf parser checks).
+            if !(3..u32::MAX).contains(&c) {
+                return Err(format!(
+                    "VM {}: cid {c}: must be 3 to {} (0-2 and {} are reserved)",
+                    self.name,
+                    u32::MAX - 1,
+                    u32::MAX
+                ));
+            }
+            if !self.virtio.iter().any(|w| w == "vsock") {
+                return Err(format!(
+                    "VM {}: cid {c} without a vsock device (virtio = [\"vsock\"])",
+                    self.name
+                ));
+            }
+        }
         let devices = self.virtio.len() + usize::from(self.disk.is_some());
         if devices > VIRTIO_SLOTS {
             return Err(format!(
@@ -191,6 +212,9 @@ impl VmLine {
         }
         if let Some(c) = &self.sched.cpus {
             line.push_str(&format!(" cpus={c}"));
+        }
+        if let Some(c) = self.cid {
+            line.push_str(&format!(" cid={c}"));
         }
         Ok(line)
     }
@@ -453,6 +477,7 @@ mod tests {
     fn line(name: &str, file: &str, append: &str) -> VmLine {
         VmLine {
             sched: Default::default(),
+            cid: None,
             name: name.into(),
             file: file.into(),
             mem_mib: 16,

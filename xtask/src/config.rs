@@ -17,6 +17,8 @@
 //! disk_readonly = true    # the guest cannot write it (default false)
 //! weight = 512            # share of CPU time against other VMs (default 256)
 //! cpus = "0,2-3"          # physical CPUs its vCPUs may run on (default all)
+//! cid = 7                 # the vsock device's CID (with virtio "vsock";
+//!                         # default 3 + the VM's index)
 //! ```
 //!
 //! A VM has at most 7 virtio devices, the disk included. VMs may share a
@@ -55,6 +57,7 @@ struct VmTable {
     disk_readonly: Option<bool>,
     weight: Option<u32>,
     cpus: Option<String>,
+    cid: Option<u32>,
 }
 
 /// Defaults of a VM without `mem` / `smp` (the kernel's `vms.conf` defaults).
@@ -145,6 +148,7 @@ pub fn parse(
                 weight: t.weight,
                 cpus: t.cpus.clone(),
             },
+            cid: t.cid,
         };
         // The bundle's own rules (name, mem and smp ranges, virtio words
         // and slots).
@@ -255,6 +259,20 @@ cpus = "0,2-3"
         );
         let e = p("[[vm]]\nguest = \"a\"\ncpus = \"3-1\"\n").unwrap_err();
         assert!(e.contains("CPU list \"3-1\""), "{e}");
+    }
+
+    #[test]
+    fn vsock_cid() {
+        let (lines, _) = p("[[vm]]\nguest = \"a\"\nvirtio = [\"vsock\"]\ncid = 42\n").unwrap();
+        assert_eq!(lines[0].cid, Some(42));
+        assert!(lines[0].render().unwrap().ends_with(" virtio=vsock cid=42"));
+        let e = p("[[vm]]\nguest = \"a\"\ncid = 42\n").unwrap_err();
+        assert!(
+            e.starts_with("/cfg/vms.toml:1:1: ") && e.contains("without a vsock device"),
+            "{e}"
+        );
+        let e = p("[[vm]]\nguest = \"a\"\nvirtio = [\"vsock\"]\ncid = 2\n").unwrap_err();
+        assert!(e.contains("cid 2: must be 3 to 4294967294"), "{e}");
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub fn scenario_line(vm: &GuestVm, file: &str) -> VmLine {
             weight: vm.weight,
             cpus: vm.cpus.map(String::from),
         },
+        cid: vm.cid,
         name: vm.name.into(),
         file: file.into(),
         mem_mib: vm.mem_mib,
@@ -250,6 +251,7 @@ pub fn run_vms(
         };
         let line = VmLine {
             sched: Default::default(),
+            cid: None,
             name,
             file: file.clone(),
             mem_mib,

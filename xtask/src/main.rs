@@ -294,6 +294,14 @@ struct RunArgs {
     /// each VM gets its own copy and its writes are lost when QEMU ends.
     #[arg(long, value_name = "FILE")]
     disk: Option<PathBuf>,
+    /// With --guest: each guest VM's share of CPU time against the other
+    /// VMs' (1-65535, default 256: a VM of 512 gets twice the CPU).
+    #[arg(long, requires = "guests", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    weight: Option<u32>,
+    /// With --guest: the physical CPUs the guests' vCPUs may run on, a
+    /// list of indexes and ranges such as 0,2-3 (default all).
+    #[arg(long, requires = "guests", value_name = "LIST")]
+    cpus: Option<String>,
     /// With --disk: the guests cannot write the disk.
     #[arg(long)]
     disk_readonly: bool,
@@ -479,6 +487,7 @@ impl RunArgs {
                 for &(bin, name, smp, append, virtio) in demo_vms(arch) {
                     plan.vms.push(bundle::VmLine {
                         sched: Default::default(),
+                        cid: None,
                         name: name.into(),
                         file: bin.into(),
                         mem_mib: 16,
@@ -505,7 +514,7 @@ impl RunArgs {
         }
         let guest_mem = self.mem.unwrap_or(GUEST_MEM_MIB);
         let guest_smp = self.smp.unwrap_or(GUEST_SMP);
-        let (vms, sources) = guests::run_vms(
+        let (mut vms, sources) = guests::run_vms(
             arch,
             &self.guests,
             guest_mem,
@@ -514,6 +523,13 @@ impl RunArgs {
             &self.virtio,
             self.disk.as_deref().map(|d| (d, self.disk_readonly)),
         )?;
+        for vm in &mut vms {
+            vm.sched = bundle::SchedLine {
+                weight: self.weight,
+                cpus: self.cpus.clone(),
+            };
+            vm.check()?;
+        }
         let mem_mib = (vms.len() as u64 * u64::from(guest_mem))
             .checked_add(u64::from(HV_MEM_MIB) + disk_ram_mib(&vms, &sources))
             .filter(|&m| m <= 1 << 20)

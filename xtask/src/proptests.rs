@@ -48,10 +48,12 @@ fn vm_line() -> impl Strategy<Value = VmLine> {
             "[0-9]{1,2}(-[0-9]{1,2})?(,[0-9]{1,2}(-[0-9]{1,2})?){0,2}",
             "[ -~]{0,8}",
         ]),
+        prop::option::of(prop_oneof![3u32..u32::MAX, any::<u32>()]),
     )
         .prop_map(
-            |(name, file, mem_mib, smp, append, virtio, disk, weight, cpus)| VmLine {
+            |(name, file, mem_mib, smp, append, virtio, disk, weight, cpus, cid)| VmLine {
                 sched: SchedLine { weight, cpus },
+                cid,
                 name,
                 file,
                 mem_mib,
@@ -113,7 +115,7 @@ proptest! {
     /// out of range, a quote or control character in the command line, an
     /// unknown virtio word, more than 7 devices, a disk name that is not a
     /// bundle file name, a weight out of range, a CPU list the kernel
-    /// refuses).
+    /// refuses, a CID out of range or without a vsock device).
     #[test]
     fn prop_vms_conf_lines_parse_back_in_the_kernel(
         vms in prop::collection::vec(vm_line(), 1..4),
@@ -132,7 +134,9 @@ proptest! {
                         || v.virtio.len() + usize::from(v.disk.is_some()) > VIRTIO_SLOTS
                         || v.disk.as_ref().is_some_and(|d| bad_disk_name(&d.file))
                         || v.sched.weight.is_some_and(|w| !(1..=65535).contains(&w))
-                        || v.sched.cpus.as_deref().is_some_and(|c| vmm::config::parse_cpu_list(c).is_none()));
+                        || v.sched.cpus.as_deref().is_some_and(|c| vmm::config::parse_cpu_list(c).is_none())
+                        || v.cid.is_some_and(|c| !(3..u32::MAX).contains(&c)
+                            || !v.virtio.iter().any(|w| w == "vsock")));
                 prop_assert!(explained, "refused without a reason: {e}");
                 return Ok(());
             }
@@ -153,10 +157,15 @@ proptest! {
                 virtio: v
                     .virtio
                     .iter()
-                    .map(|w| match w.as_str() {
+                    .enumerate()
+                    .map(|(i, w)| match w.as_str() {
                         "rng" => VirtioSpec::Rng,
                         "console" => VirtioSpec::Console,
                         "net" => VirtioSpec::Net,
+                        // `cid=` is the first vsock device's.
+                        "vsock" if v.virtio.iter().position(|x| x == "vsock") == Some(i) => {
+                            VirtioSpec::Vsock { cid: v.cid }
+                        }
                         "vsock" => VirtioSpec::Vsock { cid: None },
                         w => unreachable!("a virtio word this test does not map yet: {w:?}"),
                     })

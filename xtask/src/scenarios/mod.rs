@@ -110,6 +110,8 @@ pub struct GuestVm {
     pub disk: Option<GuestDisk>,
     /// `weight=` (scheduling share; `None`: the default).
     pub weight: Option<u32>,
+    /// `cid=` (the vsock device's CID; `None`: the default).
+    pub cid: Option<u32>,
     /// `cpus=` (a CPU list the vCPUs are pinned to; `None`: all).
     pub cpus: Option<&'static str>,
 }
@@ -182,6 +184,7 @@ pub const fn vm(bin: &'static str, name: &'static str) -> GuestVm {
         virtio: "",
         disk: None,
         weight: None,
+        cid: None,
         cpus: None,
     }
 }

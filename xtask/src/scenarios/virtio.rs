@@ -6,7 +6,7 @@
 
 use super::arm64::arm;
 use super::svm::x86;
-use super::{vm, Scenario};
+use super::{vm, GuestVm, Scenario};
 
 pub fn scenarios() -> Vec<Scenario> {
     vec![
@@ -270,7 +270,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             expect_each: &[
                 &[
-                    "vm vs-a: virtio-vsock CID 3",
+                    "vm vs-a: virtio-vsock CID 42",
                     "[vs-a] ok: the echo service sent back Ok(\"hello vsock\")",
                     "[vs-a] ok: VM b answered Ok(\"pong\")",
                     "[vs-a] virtio-vsock: ok",
@@ -282,9 +282,16 @@ pub fn scenarios() -> Vec<Scenario> {
             ],
             ..arm(
                 "virtio-vsock-arm64",
+                // CIDs from the VM config (`cid=`; x86 keeps the defaults).
                 vec![
-                    vm("virtio_vsock", "vs-a").virtio("vsock").append("role=a peer=4"),
-                    vm("virtio_vsock", "vs-b").virtio("vsock").append("role=b"),
+                    GuestVm {
+                        cid: Some(42),
+                        ..vm("virtio_vsock", "vs-a").virtio("vsock").append("role=a peer=77")
+                    },
+                    GuestVm {
+                        cid: Some(77),
+                        ..vm("virtio_vsock", "vs-b").virtio("vsock").append("role=b")
+                    },
                 ],
                 &["HV-EXIT: success"],
             )
