@@ -81,9 +81,12 @@ pub struct BenchArgs {
 }
 
 /// Regression bounds for `--check` (figure name, most instructions), about
-/// 1.5x the figure when it was set, so that only a real regression of the
-/// path fails, not a few instructions of new checks. Lower them when the
-/// path gets shorter.
+/// 1.3x the figure when it was set (issue 17 asks for about 1.2x; the
+/// figures move by a few instructions with unrelated code), so that a real
+/// regression of the path fails. Lower them when the path gets shorter.
+/// Since issue 15/17 (December 2026) every bound is 1.3x of the higher of
+/// the two CPU models' figures of that commit, except CPUID's (420, 1.3x
+/// already).
 /// - x86: the figures of commit "svm: CPUID fast path" (cpuid 279.0,
 ///   vmmcall 486.6, out 324.6).
 /// - arm64: the `-cpu max` figures of commit "bench: arm64 exit round
@@ -105,26 +108,26 @@ pub struct BenchArgs {
 ///   (timer 1724, timer-hlt 1396).
 const BOUNDS: &[(&str, f64)] = &[
     ("cpuid-exit-roundtrip", 420.0),
-    ("vmmcall-roundtrip", 730.0),
-    ("portio-out-roundtrip", 490.0),
-    ("x86-lapic-timer-latency", 2590.0),
-    ("x86-lapic-timer-hlt-latency", 2100.0),
-    ("x86-ipi-latency", 5360.0),
-    ("x86-ipi-hlt-latency", 5370.0),
-    ("x86-eoi-roundtrip", 2890.0),
-    ("x86-x2apic-eoi-roundtrip", 1680.0),
-    ("x86-self-ipi-roundtrip", 4880.0),
+    ("vmmcall-roundtrip", 640.0),
+    ("portio-out-roundtrip", 500.0),
+    ("x86-lapic-timer-latency", 2080.0),
+    ("x86-lapic-timer-hlt-latency", 1750.0),
+    ("x86-ipi-latency", 5300.0),
+    ("x86-ipi-hlt-latency", 5570.0),
+    ("x86-eoi-roundtrip", 2600.0),
+    ("x86-x2apic-eoi-roundtrip", 1590.0),
+    ("x86-self-ipi-roundtrip", 4420.0),
     // Issue 15's scheduler: 3149 (EPYC) / 3171 (max) at its first
     // measurement.
-    ("x86-yield-switch-roundtrip", 4760.0),
+    ("x86-yield-switch-roundtrip", 3690.0),
     // 1252.7 (EPYC) / 1263.7 (max) and 3542.2 / 3546.3 at their first
     // measurement (the put and pick of a turn boundary under one lock).
-    ("x86-yield-self-roundtrip", 1880.0),
+    ("x86-yield-self-roundtrip", 1650.0),
     // The bare loops (the floor of the round trips): 108.0 and 81.0 at
     // their first measurement.
-    ("x86-bare-loop", 162.0),
-    ("arm64-bare-loop", 122.0),
-    ("x86-ipi-remote-latency", 5320.0),
+    ("x86-bare-loop", 141.0),
+    ("arm64-bare-loop", 106.0),
+    ("x86-ipi-remote-latency", 4620.0),
     ("arm64-hvc-roundtrip", 950.0),
     ("arm64-mmio-roundtrip", 1210.0),
     ("arm64-eoi-roundtrip", 1790.0),
