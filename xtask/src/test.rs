@@ -483,10 +483,17 @@ fn run_scenario(paths: &Paths, sc: &Scenario, program: &str, args: &[String]) ->
     }
     let result = check(sc, &serial, code);
     let mut lines: Vec<String> = Vec::new();
+    let mut log = log;
     if result.is_err() {
         lines = tail(&serial, 30).into_iter().map(String::from).collect();
         for l in tail(&stderr, 5) {
             lines.push(format!("stderr: {l}"));
+        }
+        // A failure's log is kept apart: the next run of the scenario
+        // (a retry by hand) would overwrite `<name>.log`, and a failure
+        // that does not come back is the one whose log matters most.
+        if let Some(kept) = keep_failed_log(paths, sc.name, &log) {
+            log = kept;
         }
     }
     Outcome {
@@ -496,6 +503,18 @@ fn run_scenario(paths: &Paths, sc: &Scenario, program: &str, args: &[String]) ->
         tail: lines,
         log: Some(log),
     }
+}
+
+/// Copies a failed scenario's log to `logs/failed/<name>-<unix seconds>.log`.
+fn keep_failed_log(paths: &Paths, name: &str, log: &Path) -> Option<PathBuf> {
+    let dir = paths.out.join("logs").join("failed");
+    std::fs::create_dir_all(&dir).ok()?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = dir.join(format!("{name}-{secs}.log"));
+    std::fs::copy(log, &kept).ok()?;
+    Some(kept)
 }
 
 /// Builds every kernel, loader and guest crate the scenarios need (each
@@ -702,6 +721,30 @@ pub fn run(paths: &Paths, a: TestArgs) -> Result<i32> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_failed_scenarios_log_is_kept_apart() {
+        let dir = std::env::temp_dir().join(format!("xtask-kept-{}", std::process::id()));
+        let paths = Paths {
+            root: dir.clone(),
+            target: dir.clone(),
+            out: dir.clone(),
+        };
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let log = dir.join("logs/s.log");
+        std::fs::write(&log, "serial text").unwrap();
+        let kept = keep_failed_log(&paths, "s", &log).unwrap();
+        assert!(
+            kept.starts_with(dir.join("logs/failed")),
+            "{}",
+            kept.display()
+        );
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "serial text");
+        // The next run overwrites `s.log`; the kept copy stays.
+        std::fs::write(&log, "another run").unwrap();
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "serial text");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     use super::*;
 
     fn boot_sc() -> Scenario {
