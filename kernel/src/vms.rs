@@ -390,7 +390,11 @@ fn virtio_devices(
             }
             // The VM makes it: it prints to the VM's own console lines.
             VirtioSpec::Console => out.push(VirtioModel::Console),
-            VirtioSpec::Disk { file, read_only } => {
+            VirtioSpec::Disk {
+                file,
+                read_only,
+                queues,
+            } => {
                 let data = disks.next().ok_or("internal: disk contents missing")?;
                 let size = data.len() as u64 & !(SECTOR_SIZE - 1);
                 if size == 0 {
@@ -414,10 +418,20 @@ fn virtio_devices(
                     };
                     base
                 };
-                out.push(VirtioModel::Device(Box::new(VirtioBlock::new(FrameDisk {
+                let disk = FrameDisk {
                     frames: HostFrames { base, len: size },
                     read_only: *read_only,
-                }))));
+                };
+                // The config parser admits 1 to MAX_QUEUES only.
+                let dev = VirtioBlock::with_queues(disk, *queues)
+                    .ok_or_else(|| format!("disk {file:?}: {queues} queues"))?;
+                if *queues > 1 {
+                    log::info!(
+                        "vm {}: disk {file:?}: {queues} request queues (VIRTIO_BLK_F_MQ)",
+                        p.spec.name
+                    );
+                }
+                out.push(VirtioModel::Device(Box::new(dev)));
             }
         }
     }

@@ -620,9 +620,17 @@ pub fn render_conf_line(spec: &VmSpec) -> Option<String> {
         if let config::VirtioSpec::Vsock { cid: Some(c) } = d {
             line.push_str(&format!(" cid={c}"));
         }
-        if let config::VirtioSpec::Disk { file, read_only } = d {
+        if let config::VirtioSpec::Disk {
+            file,
+            read_only,
+            queues,
+        } = d
+        {
             let ro = if *read_only { ",ro" } else { "" };
             line.push_str(&format!(" disk={}", value(&format!("{file}{ro}"))?));
+            if *queues != 1 {
+                line.push_str(&format!(" queues={queues}"));
+            }
         }
     }
     if spec.weight != crate::sched::DEFAULT_WEIGHT {

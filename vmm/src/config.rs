@@ -19,7 +19,8 @@
 //! over a file of the bundle, `disk=FILE` or read-only `disk=FILE,ro`).
 //! The VM's virtio devices are those of `virtio` in their order, then the
 //! disk; `cid` (3 to 2^32-2) is the vsock device's CID (default: the
-//! VM's index + 3). Unknown keys are errors: a typo must not silently give a VM
+//! VM's index + 3); `queues` (1 to 8) the disk's request queues (default
+//! 1; above 1 the device offers VIRTIO_BLK_F_MQ). Unknown keys are errors: a typo must not silently give a VM
 //! other resources than asked for.
 
 use alloc::string::String;
@@ -82,8 +83,14 @@ pub enum VirtioSpec {
     /// index + 3.
     Vsock { cid: Option<u32> },
     /// A block device over `file` (in the bundle); its writes live in
-    /// host RAM and are gone when the hypervisor stops.
-    Disk { file: String, read_only: bool },
+    /// host RAM and are gone when the hypervisor stops. `queues` request
+    /// queues (`queues=`, 1 to [`crate::virtio::block::MAX_QUEUES`];
+    /// above 1 the device offers VIRTIO_BLK_F_MQ).
+    Disk {
+        file: String,
+        read_only: bool,
+        queues: u16,
+    },
 }
 
 impl VirtioSpec {
@@ -201,10 +208,11 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<(), ConfigError> {
-    let mut seen = [false; 10];
+    let mut seen = [false; 11];
     let mut plain = Vec::new();
     let mut disk = None;
     let mut cid = None;
+    let mut queues = None;
     for w in words(words_of) {
         let (key, value) = w?;
         let (slot, key) = match key {
@@ -218,6 +226,7 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
             "cid" => (7, "cid"),
             "weight" => (8, "weight"),
             "cpus" => (9, "cpus"),
+            "queues" => (10, "queues"),
             _ => return Err(ConfigError::UnknownKey(key.into())),
         };
         if core::mem::replace(&mut seen[slot], true) {
@@ -264,6 +273,15 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                     });
                 }
             }
+            "queues" => {
+                queues = Some(
+                    value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| (1..=crate::virtio::block::MAX_QUEUES).contains(n))
+                        .ok_or_else(|| ConfigError::BadValue("queues", value.into()))?,
+                );
+            }
             "cid" => {
                 // 0-2 are reserved (hypervisor, local, host), u32::MAX is
                 // VMADDR_CID_ANY.
@@ -297,6 +315,7 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
                 disk = Some(VirtioSpec::Disk {
                     file: file.into(),
                     read_only,
+                    queues: 1,
                 });
             }
             _ => spec.cmdline = value.into(),
@@ -309,6 +328,12 @@ fn apply(spec: &mut VmSpec, words_of: &str, seen_kernel: &mut bool) -> Result<()
         {
             Some(VirtioSpec::Vsock { cid }) => *cid = Some(c),
             _ => return Err(ConfigError::BadValue("cid", "without virtio=vsock".into())),
+        }
+    }
+    if let Some(n) = queues {
+        match disk.as_mut() {
+            Some(VirtioSpec::Disk { queues, .. }) => *queues = n,
+            _ => return Err(ConfigError::BadValue("queues", "without disk=".into())),
         }
     }
     if seen[5] || seen[6] {
@@ -381,6 +406,36 @@ mod tests {
     }
 
     #[test]
+    fn disk_queues() {
+        let s = parse_module_line("/k queues=4 disk=d.img").unwrap();
+        assert_eq!(
+            s.virtio,
+            [VirtioSpec::Disk {
+                file: "d.img".into(),
+                read_only: false,
+                queues: 4
+            }]
+        );
+        for bad in [
+            "queues=0",
+            "queues=9",
+            "queues=x",
+            "queues=2 disk=d queues=2",
+        ] {
+            let line = if bad.contains("disk") {
+                format!("/k {bad}")
+            } else {
+                format!("/k disk=d {bad}")
+            };
+            assert!(parse_module_line(&line).is_err(), "{line}");
+        }
+        assert!(
+            parse_module_line("/k queues=2").is_err(),
+            "queues without a disk"
+        );
+    }
+
+    #[test]
     fn virtio_devices() {
         let s = parse_conf_line("kernel=k disk=d.img virtio=rng,rng")
             .unwrap()
@@ -388,6 +443,7 @@ mod tests {
         let disk = |ro| VirtioSpec::Disk {
             file: "d.img".into(),
             read_only: ro,
+            queues: 1,
         };
         assert_eq!(s.virtio, [VirtioSpec::Rng, VirtioSpec::Rng, disk(false)]);
         let s = parse_module_line("/k disk=d.img,ro").unwrap();

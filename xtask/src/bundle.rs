@@ -67,6 +67,10 @@ pub fn cpu_list_error(v: &str) -> Option<String> {
     None
 }
 
+/// Request queues of a disk at most (the kernel's
+/// `vmm::virtio::block::MAX_QUEUES`, checked by a test).
+pub const DISK_QUEUES_MAX: u16 = 8;
+
 /// The `disk=` of a VM line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskLine {
@@ -74,6 +78,9 @@ pub struct DiskLine {
     pub file: String,
     /// `disk=FILE,ro`: the guest cannot write it.
     pub read_only: bool,
+    /// `queues=N`: request queues (1 to 8; above 1 the device offers
+    /// VIRTIO_BLK_F_MQ).
+    pub queues: u16,
 }
 
 /// The `virtio=` words the kernel knows (`vmm::config::VirtioSpec::word`).
@@ -176,6 +183,12 @@ impl VmLine {
             ));
         }
         if let Some(d) = &self.disk {
+            if !(1..=DISK_QUEUES_MAX).contains(&d.queues) {
+                return Err(format!(
+                    "VM {}: disk queues {}: must be 1 to {DISK_QUEUES_MAX}",
+                    self.name, d.queues
+                ));
+            }
             check_token("disk file name", &d.file, 100)?;
             if d.file == CONF_NAME || d.file == TRAILER {
                 return Err(format!(
@@ -205,6 +218,9 @@ impl VmLine {
             line.push_str(&d.file);
             if d.read_only {
                 line.push_str(",ro");
+            }
+            if d.queues != 1 {
+                line.push_str(&format!(" queues={}", d.queues));
             }
         }
         if let Some(w) = self.sched.weight {
@@ -686,10 +702,16 @@ mod tests {
         assert!(bundle_bytes(&[line("x", "missing", "")], &images).is_err());
     }
 
+    #[test]
+    fn disk_queue_limit_is_the_kernels() {
+        assert_eq!(DISK_QUEUES_MAX, vmm::virtio::block::MAX_QUEUES);
+    }
+
     fn disk(file: &str, read_only: bool) -> Option<DiskLine> {
         Some(DiskLine {
             file: file.into(),
             read_only,
+            queues: 1,
         })
     }
 
@@ -722,6 +744,7 @@ mod tests {
                     VirtioSpec::Disk {
                         file: "root.img".into(),
                         read_only: false,
+                        queues: 1,
                     },
                 ],
             ),
@@ -732,6 +755,7 @@ mod tests {
                 vec![VirtioSpec::Disk {
                     file: "d".into(),
                     read_only: true,
+                    queues: 1,
                 }],
             ),
             (
@@ -743,6 +767,7 @@ mod tests {
                     vec![VirtioSpec::Disk {
                         file: "x.disk".into(),
                         read_only: true,
+                        queues: 1,
                     }],
                 ]
                 .concat(),

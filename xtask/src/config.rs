@@ -15,6 +15,7 @@
 //! disk = "disks/web.img"  # a virtio block device over this raw image
 //!                         # (relative to this file; whole 512-byte sectors)
 //! disk_readonly = true    # the guest cannot write it (default false)
+//! disk_queues = 4         # its request queues, 1-8 (default 1)
 //! weight = 512            # share of CPU time against other VMs (default 256)
 //! cpus = "0,2-3"          # physical CPUs its vCPUs may run on (default all)
 //! cid = 7                 # the vsock device's CID (with virtio "vsock";
@@ -58,6 +59,7 @@ struct VmTable {
     weight: Option<u32>,
     cpus: Option<String>,
     cid: Option<u32>,
+    disk_queues: Option<u16>,
 }
 
 /// Defaults of a VM without `mem` / `smp` (the kernel's `vms.conf` defaults).
@@ -124,15 +126,17 @@ pub fn parse(
         // Two VMs may share an image or a disk; different files need
         // different names.
         let file_name = bundle::add_source(&mut sources, &path, &stored);
-        let disk = match (&t.disk, t.disk_readonly) {
-            (None, None) => None,
-            (None, Some(_)) => return Err(err("`disk_readonly` without `disk`".into())),
-            (Some(d), read_only) => {
+        let disk = match (&t.disk, t.disk_readonly, t.disk_queues) {
+            (None, None, None) => None,
+            (None, Some(_), _) => return Err(err("`disk_readonly` without `disk`".into())),
+            (None, _, Some(_)) => return Err(err("`disk_queues` without `disk`".into())),
+            (Some(d), read_only, queues) => {
                 let p = relative(d);
                 let file = bundle::add_source(&mut sources, &p, &bundle::disk_name_for(&p));
                 Some(DiskLine {
                     file,
                     read_only: read_only.unwrap_or(false),
+                    queues: queues.unwrap_or(1),
                 })
             }
         };
@@ -259,6 +263,17 @@ cpus = "0,2-3"
         );
         let e = p("[[vm]]\nguest = \"a\"\ncpus = \"3-1\"\n").unwrap_err();
         assert!(e.contains("CPU list \"3-1\""), "{e}");
+    }
+
+    #[test]
+    fn disk_queues() {
+        let (lines, _) = p("[[vm]]\nguest = \"a\"\ndisk = \"d.img\"\ndisk_queues = 4\n").unwrap();
+        assert_eq!(lines[0].disk.as_ref().map(|d| d.queues), Some(4));
+        assert!(lines[0].render().unwrap().contains(" disk=d.img queues=4"));
+        let e = p("[[vm]]\nguest = \"a\"\ndisk_queues = 4\n").unwrap_err();
+        assert!(e.contains("`disk_queues` without `disk`"), "{e}");
+        let e = p("[[vm]]\nguest = \"a\"\ndisk = \"d.img\"\ndisk_queues = 9\n").unwrap_err();
+        assert!(e.contains("disk queues 9: must be 1 to 8"), "{e}");
     }
 
     #[test]

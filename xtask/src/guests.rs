@@ -146,6 +146,7 @@ pub fn scenario_line(vm: &GuestVm, file: &str) -> VmLine {
         disk: vm.disk.map(|d| bundle::DiskLine {
             file: format!("{}.disk", vm.name),
             read_only: d.read_only,
+            queues: d.queues,
         }),
     }
 }
@@ -270,6 +271,7 @@ pub fn run_vms(
             line.disk = Some(bundle::DiskLine {
                 file: file.clone(),
                 read_only,
+                queues: 1,
             });
         }
     }
@@ -835,7 +837,8 @@ mod tests {
             vms[0].disk,
             Some(GuestDisk {
                 sectors: 3,
-                read_only: false
+                read_only: false,
+                queues: 1,
             })
         );
         let out = p.out.join("vms.cpio");

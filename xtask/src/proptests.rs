@@ -42,6 +42,7 @@ fn vm_line() -> impl Strategy<Value = VmLine> {
                 1 => "[ -~]{0,12}",
             ],
             any::<bool>(),
+            prop_oneof![3 => Just(1u16), 1 => 0u16..=10],
         )),
         prop::option::of(prop_oneof![1u32..=65535, any::<u32>()]),
         prop::option::of(prop_oneof![
@@ -60,7 +61,11 @@ fn vm_line() -> impl Strategy<Value = VmLine> {
                 smp,
                 append,
                 virtio,
-                disk: disk.map(|(file, read_only)| DiskLine { file, read_only }),
+                disk: disk.map(|(file, read_only, queues)| DiskLine {
+                    file,
+                    read_only,
+                    queues,
+                }),
             },
         )
 }
@@ -114,8 +119,9 @@ proptest! {
     /// (a repeated name, "." or "..", the bundle's own vms.conf, a size
     /// out of range, a quote or control character in the command line, an
     /// unknown virtio word, more than 7 devices, a disk name that is not a
-    /// bundle file name, a weight out of range, a CPU list the kernel
-    /// refuses, a CID out of range or without a vsock device).
+    /// bundle file name or with a queue count out of range, a weight out
+    /// of range, a CPU list the kernel refuses, a CID out of range or
+    /// without a vsock device).
     #[test]
     fn prop_vms_conf_lines_parse_back_in_the_kernel(
         vms in prop::collection::vec(vm_line(), 1..4),
@@ -132,7 +138,8 @@ proptest! {
                         || v.append.contains(|c: char| c == '"' || c.is_control())
                         || v.virtio.iter().any(|w| !VIRTIO_WORDS.contains(&w.as_str()))
                         || v.virtio.len() + usize::from(v.disk.is_some()) > VIRTIO_SLOTS
-                        || v.disk.as_ref().is_some_and(|d| bad_disk_name(&d.file))
+                        || v.disk.as_ref().is_some_and(|d| bad_disk_name(&d.file)
+                            || !(1..=vmm::virtio::block::MAX_QUEUES).contains(&d.queues))
                         || v.sched.weight.is_some_and(|w| !(1..=65535).contains(&w))
                         || v.sched.cpus.as_deref().is_some_and(|c| vmm::config::parse_cpu_list(c).is_none())
                         || v.cid.is_some_and(|c| !(3..u32::MAX).contains(&c)
@@ -172,6 +179,7 @@ proptest! {
                     .chain(v.disk.iter().map(|d| VirtioSpec::Disk {
                         file: d.file.clone(),
                         read_only: d.read_only,
+                        queues: d.queues,
                     }))
                     .collect(),
                 weight: v.sched.weight.unwrap_or(vmm::sched::DEFAULT_WEIGHT),

@@ -38,7 +38,11 @@ fn spec() -> impl Strategy<Value = VmSpec> {
             ],
             0..=4,
         ),
-        prop::option::of(("[!-~&&[^\",]]{1,12}", any::<bool>())),
+        prop::option::of((
+            "[!-~&&[^\",]]{1,12}",
+            any::<bool>(),
+            prop_oneof![Just(1u16), 1u16..=crate::virtio::block::MAX_QUEUES],
+        )),
         prop_oneof![Just(crate::sched::DEFAULT_WEIGHT), 1u32..=65535],
         prop_oneof![Just(u64::MAX), 1u64..],
     )
@@ -51,7 +55,11 @@ fn spec() -> impl Strategy<Value = VmSpec> {
                 cmdline,
                 virtio: plain
                     .into_iter()
-                    .chain(disk.map(|(file, read_only)| VirtioSpec::Disk { file, read_only }))
+                    .chain(disk.map(|(file, read_only, queues)| VirtioSpec::Disk {
+                        file,
+                        read_only,
+                        queues,
+                    }))
                     .collect(),
                 weight,
                 cpus: crate::sched::CpuSet(cpus),
@@ -76,18 +84,18 @@ proptest! {
     #[test]
     fn prop_conf_line_round_trips_generated_specs(
         s in spec(),
-        order in Just((0..10).collect::<Vec<usize>>()).prop_shuffle(),
-        gaps in prop::collection::vec("[ \t]{1,3}", 11),
+        order in Just((0..11).collect::<Vec<usize>>()).prop_shuffle(),
+        gaps in prop::collection::vec("[ \t]{1,3}", 12),
     ) {
         let Some(rendered) = render_conf_line(&s) else {
             // A kernel name with both white space and a quote: nothing to say.
             return Ok(());
         };
         let words: Vec<&str> = split_words(&rendered);
-        // 5 words, then `virtio=`, `cid=`, `disk=`, `weight=` and `cpus=`
-        // when the spec has them.
-        prop_assert!((5..=10).contains(&words.len()), "{}", rendered);
-        let mut line = gaps[10].clone();
+        // 5 words, then `virtio=`, `cid=`, `disk=`, `queues=`, `weight=`
+        // and `cpus=` when the spec has them.
+        prop_assert!((5..=11).contains(&words.len()), "{}", rendered);
+        let mut line = gaps[11].clone();
         for (i, &w) in order.iter().filter(|&&w| w < words.len()).enumerate() {
             line.push_str(words[w]);
             line.push_str(&gaps[i]);

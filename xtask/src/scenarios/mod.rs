@@ -127,6 +127,8 @@ pub struct GuestDisk {
     pub sectors: u32,
     /// `disk=FILE,ro`: the guest cannot write it.
     pub read_only: bool,
+    /// `queues=` (request queues of the device).
+    pub queues: u16,
 }
 
 /// How a scenario VM's image is made from the `[[bin]]` cargo built (an
@@ -209,7 +211,22 @@ impl GuestVm {
     /// The same VM with a generated disk of `sectors` 512-byte sectors.
     pub const fn disk(self, sectors: u32, read_only: bool) -> GuestVm {
         GuestVm {
-            disk: Some(GuestDisk { sectors, read_only }),
+            disk: Some(GuestDisk {
+                sectors,
+                read_only,
+                queues: 1,
+            }),
+            ..self
+        }
+    }
+
+    /// The disk with `queues` request queues (after [`GuestVm::disk`]).
+    pub const fn disk_queues(self, queues: u16) -> GuestVm {
+        GuestVm {
+            disk: match self.disk {
+                Some(d) => Some(GuestDisk { queues, ..d }),
+                None => None,
+            },
             ..self
         }
     }

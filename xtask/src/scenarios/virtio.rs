@@ -75,6 +75,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             expect_each: &[
                 &[
+                    "vm blk: disk \"blk.disk\": 2 request queues (VIRTIO_BLK_F_MQ)",
                     "[blk] virtio-blk: 64 sectors, read-write",
                     "[blk] ok: read 64 sectors with the image's contents",
                     "[blk] ok: GET_ID \"hv-vblk0\"",
@@ -94,9 +95,12 @@ pub fn scenarios() -> Vec<Scenario> {
             ],
             ..arm(
                 "virtio-blk-arm64",
+                // The writable disk with 2 request queues (VIRTIO_BLK_F_MQ
+                // offered; virtio-drivers takes queue 0 only).
                 vec![
                     vm("virtio_blk", "blk")
                         .disk(64, false)
+                        .disk_queues(2)
                         .append("sectors=64 ro=0"),
                     vm("virtio_blk", "blk-ro")
                         .disk(40, true)
