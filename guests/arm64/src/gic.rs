@@ -300,6 +300,18 @@ pub fn store(p: *mut u64, v: u64) {
     unsafe { core::ptr::write_volatile(p, v) }
 }
 
+/// Spins until the shared word at `p` (another vCPU writes it) is not
+/// zero; returns it.
+pub fn await_nonzero(p: *const u64) -> u64 {
+    loop {
+        let v = load(p);
+        if v != 0 {
+            return v;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// Gives up the CPU to the hypervisor (YIELD hypercall): lets the vCPUs
 /// we wait for run.
 pub fn yield_cpu() {

@@ -221,3 +221,14 @@ pub fn start_ap(id: u32, main: fn(u32)) -> bool {
 pub fn online(id: u32) -> bool {
     ONLINE.load(Ordering::SeqCst) & (1 << id) != 0
 }
+
+/// Spins until `w` (another vCPU writes it) is not zero; returns it.
+pub fn await_nonzero(w: &core::sync::atomic::AtomicU64) -> u64 {
+    loop {
+        let v = w.load(core::sync::atomic::Ordering::SeqCst);
+        if v != 0 {
+            return v;
+        }
+        core::hint::spin_loop();
+    }
+}

@@ -8,28 +8,10 @@
 use super::*;
 
 /// A guest that fails a check prints `FAIL:`; any crash is forbidden too.
-const FORBID: &[&str] = &[
-    "*** EXCEPTION",
-    "panicked",
-    "HV-EXIT: failure",
-    "FAIL",
-    "stopped: unknown exit",
-    "stopped: unhandled",
-    "stopped: backend",
-];
+const FORBID: &[&str] = guest_forbid!();
 
 /// [`FORBID`], and a CPU that never slept while a VM waited in WFI.
-const FORBID_IDLE: &[&str] = &[
-    "*** EXCEPTION",
-    "panicked",
-    "HV-EXIT: failure",
-    "FAIL",
-    "stopped: unknown exit",
-    "stopped: unhandled",
-    "stopped: backend",
-    "CPU idle 0 time(s)",
-    "all vCPUs halted",
-];
+const FORBID_IDLE: &[&str] = guest_forbid!("CPU idle 0 time(s)", "all vCPUs halted");
 
 pub(super) fn both(s: Scenario, a72_name: &'static str) -> [Scenario; 2] {
     let a72 = Scenario {

@@ -18,17 +18,7 @@ use super::*;
 
 /// [`super::svm`]'s forbidden strings, and a CPU that never idled while
 /// the only VM waited in HLT.
-const FORBID_IDLE: &[&str] = &[
-    "*** EXCEPTION",
-    "panicked",
-    "HV-EXIT: failure",
-    "FAIL",
-    "stopped: unknown exit",
-    "stopped: unhandled",
-    "stopped: backend",
-    "stopped: invalid guest state",
-    "CPU idle 0 time(s)",
-];
+const FORBID_IDLE: &[&str] = guest_forbid!("CPU idle 0 time(s)");
 
 fn single(
     name: &'static str,

@@ -11,6 +11,25 @@
 use crate::{Arch, Boot};
 use std::time::Duration;
 
+/// The strings no guest scenario may print (a crash, a failed guest check,
+/// a VM stopped for a reason nobody asked for), then `extra`: a
+/// `&'static [&str]` for [`Scenario::forbid`].
+macro_rules! guest_forbid {
+    ($($extra:literal),* $(,)?) => {
+        &[
+            "*** EXCEPTION",
+            "panicked",
+            "HV-EXIT: failure",
+            "FAIL",
+            "stopped: unknown exit",
+            "stopped: unhandled",
+            "stopped: backend",
+            "stopped: invalid guest state",
+            $($extra),*
+        ]
+    };
+}
+
 mod arm64;
 mod boot;
 mod chaos;

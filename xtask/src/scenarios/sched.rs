@@ -9,18 +9,7 @@ use super::svm::x86;
 #[allow(unused_imports)]
 use super::*;
 
-const FORBID: &[&str] = &[
-    "*** EXCEPTION",
-    "panicked",
-    "HV-EXIT: failure",
-    "FAIL",
-    "stopped: unknown exit",
-    "stopped: unhandled",
-    "stopped: backend",
-    "stopped: invalid guest state",
-    "ran no vCPU turn",
-    "scheduler bug",
-];
+const FORBID: &[&str] = guest_forbid!("ran no vCPU turn", "scheduler bug");
 
 /// The iterations a `sched_fair` VM reported: `[name] sched: 1 vCPUs,
 /// ... iterations [N], ...`.

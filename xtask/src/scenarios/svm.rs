@@ -11,16 +11,7 @@
 use super::*;
 
 /// A failed check, a crash, or a VM stopped for a reason nobody asked for.
-const FORBID: &[&str] = &[
-    "*** EXCEPTION",
-    "panicked",
-    "HV-EXIT: failure",
-    "FAIL",
-    "stopped: unknown exit",
-    "stopped: unhandled",
-    "stopped: backend",
-    "stopped: invalid guest state",
-];
+const FORBID: &[&str] = guest_forbid!();
 
 pub(super) fn x86(
     name: &'static str,

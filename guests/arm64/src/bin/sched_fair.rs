@@ -28,13 +28,7 @@ mod guest {
         // vCPU (END by vCPU 0, the others' slots by their owner).
         unsafe {
             store(&raw mut READY[me], 1);
-            let end = loop {
-                let e = load(&raw const END);
-                if e != 0 {
-                    break e;
-                }
-                core::hint::spin_loop();
-            };
+            let end = await_nonzero(&raw const END);
             let mut n = 0u64;
             while cntvct() < end {
                 for _ in 0..BATCH {
@@ -67,9 +61,8 @@ mod guest {
                 core::hint::spin_loop();
             }
             // SAFETY: volatile reads of shared words.
-            let done = (0..n)
-                .filter(|&i| unsafe { load(&raw const DONE[i]) } == 1)
-                .count();
+            let finished = |i: usize| unsafe { load(&raw const DONE[i]) } == 1;
+            let done = (0..n).filter(|&i| finished(i)).count();
             println!(
                 "sched: stopping the VM after {} ms, {} vCPUs still counting",
                 stop_ms,

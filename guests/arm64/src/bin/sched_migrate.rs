@@ -112,13 +112,7 @@ mod guest {
         // vCPU (END by vCPU 0, the others' slots by their owner).
         unsafe {
             store(&raw mut READY[me], 1);
-            let end = loop {
-                let e = load(&raw const END);
-                if e != 0 {
-                    break e;
-                }
-                core::hint::spin_loop();
-            };
+            let end = await_nonzero(&raw const END);
             let mut want = Regs([0; WORDS]);
             let mut got = Regs([0; WORDS]);
             let (mut k, mut bad) = (0u64, 0u64);

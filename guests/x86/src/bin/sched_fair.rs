@@ -33,13 +33,7 @@ mod guest {
 
     fn count(cpu: u32) {
         READY.fetch_add(1, SeqCst);
-        let end = loop {
-            let e = END.load(SeqCst);
-            if e != 0 {
-                break e;
-            }
-            core::hint::spin_loop();
-        };
+        let end = await_nonzero(&END);
         let mut n = 0u64;
         while rdtsc() < end {
             for _ in 0..BATCH {

@@ -69,13 +69,7 @@ mod guest {
 
     fn run(cpu: u32) {
         READY.fetch_add(1, SeqCst);
-        let end = loop {
-            let e = END.load(SeqCst);
-            if e != 0 {
-                break e;
-            }
-            core::hint::spin_loop();
-        };
+        let end = await_nonzero(&END);
         let mut k = 0u64;
         while rdtsc() < end {
             k += 1;
