@@ -7,6 +7,7 @@
 
 extern crate alloc;
 
+pub mod copy;
 pub mod entropy;
 pub mod hostirq;
 pub mod paging;

@@ -106,8 +106,9 @@ impl Backing for HostFrames {
         }
         // [hpa, hpa+len) is this VM's RAM or disk (checked above), given to
         // it alone by the frame allocator and mapped 1:1 as normal memory.
-        // SAFETY: in-bounds identity-mapped memory; `buf` is a kernel buffer.
-        unsafe { core::ptr::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: in-bounds identity-mapped memory; `buf` is a kernel buffer
+        // (or a disk's frames, distinct from every VM's RAM).
+        unsafe { arch::copy::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
 
@@ -117,7 +118,7 @@ impl Backing for HostFrames {
             return Ok(());
         }
         // SAFETY: as in `read`; the range belongs to this VM only.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), hpa as *mut u8, data.len()) };
+        unsafe { arch::copy::copy_nonoverlapping(data.as_ptr(), hpa as *mut u8, data.len()) };
         Ok(())
     }
 }
@@ -296,34 +297,56 @@ fn disk_files(
 /// A virtio-blk disk in host memory: a copy of its image in frames of its
 /// own (writes live there and are gone when the hypervisor stops), or, for
 /// a read-only disk, the boot module itself (never written: the device
-/// refuses writes before they reach [`Disk::write`]).
-struct FrameDisk {
-    /// Its bytes: `base` to `base + len` (whole sectors), range-checked
-    /// at every access as a VM's RAM is.
-    frames: HostFrames,
-    read_only: bool,
+/// refuses writes before they reach [`Disk::write`]). IN and OUT requests
+/// copy between these bytes and guest memory directly ([`Disk::bytes`]).
+enum FrameDisk {
+    ReadOnly(&'static [u8]),
+    Writable(&'static mut [u8]),
+}
+
+impl FrameDisk {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            FrameDisk::ReadOnly(b) => b,
+            FrameDisk::Writable(b) => b,
+        }
+    }
 }
 
 impl Disk for FrameDisk {
     fn size(&self) -> u64 {
-        self.frames.len
+        self.as_slice().len() as u64
     }
 
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let at = self.frames.base.checked_add(offset).ok_or(DiskError)?;
-        self.frames.read(at, buf).map_err(|_| DiskError)
+        let src = self.bytes(offset, buf.len() as u64).ok_or(DiskError)?;
+        buf.copy_from_slice(src);
+        Ok(())
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
-        if self.read_only {
-            return Err(DiskError);
-        }
-        let at = self.frames.base.checked_add(offset).ok_or(DiskError)?;
-        self.frames.write(at, data).map_err(|_| DiskError)
+        let dst = self.bytes_mut(offset, data.len() as u64).ok_or(DiskError)?;
+        dst.copy_from_slice(data);
+        Ok(())
     }
 
     fn read_only(&self) -> bool {
-        self.read_only
+        matches!(self, FrameDisk::ReadOnly(_))
+    }
+
+    fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let b = self.as_slice();
+        b.get(vmm::virtio::block::byte_range(b.len(), offset, len)?)
+    }
+
+    fn bytes_mut(&mut self, offset: u64, len: u64) -> Option<&mut [u8]> {
+        match self {
+            FrameDisk::ReadOnly(_) => None,
+            FrameDisk::Writable(b) => {
+                let r = vmm::virtio::block::byte_range(b.len(), offset, len)?;
+                b.get_mut(r)
+            }
+        }
     }
 }
 
@@ -400,27 +423,20 @@ fn virtio_devices(
                 if size == 0 {
                     return Err(format!("disk {file:?}: smaller than one 512-byte sector"));
                 }
-                let base = if *read_only {
-                    data.as_ptr() as u64
+                let disk = if *read_only {
+                    FrameDisk::ReadOnly(&data[..size as usize])
                 } else {
                     let base = frames
                         .alloc_contiguous(size.next_multiple_of(4096), 4096)
                         .ok_or_else(|| format!("disk {file:?}: no {size} bytes of RAM left"))?;
                     // SAFETY: [base, base+size) was just taken from the frame
-                    // allocator for this disk alone and is mapped 1:1; the
-                    // module is reserved and distinct from it.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(
-                            data.as_ptr(),
-                            base as *mut u8,
-                            size as usize,
-                        )
-                    };
-                    base
-                };
-                let disk = FrameDisk {
-                    frames: HostFrames { base, len: size },
-                    read_only: *read_only,
+                    // allocator for this disk alone, is never given back, and
+                    // is mapped 1:1 as normal memory; the module is reserved
+                    // and distinct from it. The slice is the only reference.
+                    let bytes =
+                        unsafe { core::slice::from_raw_parts_mut(base as *mut u8, size as usize) };
+                    bytes.copy_from_slice(&data[..size as usize]);
+                    FrameDisk::Writable(bytes)
                 };
                 // The config parser admits 1 to MAX_QUEUES only.
                 let dev = VirtioBlock::with_queues(disk, *queues)

@@ -107,7 +107,17 @@ fn walk(
     if len == 0 {
         return Ok(());
     }
-    gpa.checked_add(len - 1).ok_or(MemError::OutOfRange)?;
+    let last = gpa.checked_add(len - 1).ok_or(MemError::OutOfRange)?;
+    // The common case, one region holds the whole range: one lookup and
+    // one call (`cargo xtask bench --virtio`: the two passes below cost a
+    // 4 KiB block request about 1,700 instructions in its ring, descriptor
+    // and buffer accesses).
+    let i = regions.partition_point(|r| r.gpa <= gpa);
+    if let Some(r) = i.checked_sub(1).map(|i| &regions[i]) {
+        if r.contains(gpa) && last <= r.last() {
+            return f(r.hpa + (gpa - r.gpa), 0, len);
+        }
+    }
     for pass in 0..2 {
         let mut done = 0u64;
         while done < len {

@@ -78,6 +78,21 @@ impl Pass {
         self.busy() as f64 * 1e9 / self.freq.max(1) as f64 / self.reqs.max(1) as f64
     }
 
+    /// Microseconds of guest time per request, all of it (waits included):
+    /// the wall-clock figure.
+    pub fn us_per_req(&self) -> f64 {
+        self.ticks as f64 * 1e6 / self.freq.max(1) as f64 / self.reqs.max(1) as f64
+    }
+
+    /// MiB per second of all guest time (waits included).
+    pub fn mib_per_s_total(&self) -> f64 {
+        let secs = self.ticks as f64 / self.freq.max(1) as f64;
+        if secs == 0.0 {
+            return f64::INFINITY;
+        }
+        self.bytes as f64 / secs / (1u64 << 20) as f64
+    }
+
     /// MiB per second of busy guest time.
     pub fn mib_per_s(&self) -> f64 {
         let secs = self.busy() as f64 / self.freq.max(1) as f64;
@@ -216,9 +231,27 @@ pub fn parse(serial: &str, vm: &str) -> Run {
 
 /// The pass of median busy time among the runs' passes named `name`.
 pub fn median<'a>(runs: &'a [Run], name: &str) -> Option<&'a Pass> {
+    median_by(runs, name, Pass::busy)
+}
+
+/// The pass of median `key` among the runs' passes named `name`.
+pub fn median_by<'a>(runs: &'a [Run], name: &str, key: fn(&Pass) -> u64) -> Option<&'a Pass> {
     let mut v: Vec<&Pass> = runs.iter().filter_map(|r| r.pass(name)).collect();
-    v.sort_by_key(|p| p.busy());
+    v.sort_by_key(|p| key(p));
     v.get(v.len().checked_sub(1)? / 2).copied()
+}
+
+/// One row of the wall-clock table: figure, ours, QEMU's, ratio (QEMU's
+/// time per pass / ours, i.e. our throughput / QEMU's), all guest time.
+pub fn wall_row(name: &str, ours: &Pass, direct: &Pass) -> String {
+    let ratio = direct.ticks as f64 / ours.ticks.max(1) as f64;
+    format!(
+        "{name:<14} {:>10.1} MiB/s {:>8.1} us/req     {:>10.1} MiB/s {:>6.1} us/req   {ratio:>6.2}",
+        ours.mib_per_s_total(),
+        ours.us_per_req(),
+        direct.mib_per_s_total(),
+        direct.us_per_req(),
+    )
 }
 
 /// One table row: figure, ours, QEMU's, ratio (QEMU busy time / ours,
@@ -283,15 +316,11 @@ pub fn run(paths: &Paths) -> Result<i32> {
         cpu: Some("max".into()),
         cmdline: spec.cmdline.clone(),
     };
-    let (program, mut args) = machine.command_line();
+    let (program, wall_args) = machine.command_line();
+    let mut args = wall_args.clone();
     crate::bench::icount_args(&mut args, 0);
     println!("vbench: the guest in a VM of ours (QEMU TCG -icount shift=0,sleep=off) ...");
-    let serial = run_qemu(&program, &args, Duration::from_secs(600))?;
-    let log = dir.join("hypervisor.log");
-    let _ = std::fs::write(&log, &serial);
-    let ours = parse(&serial, VM_NAME);
-    ours.check()
-        .map_err(|e| format!("under the hypervisor: {e} (log: {})", Paths::show(&log)))?;
+    let ours = ours_once(&program, &args, &dir.join("hypervisor.log"))?;
 
     // QEMU direct.
     let flat_vm: GuestVm = vm("vbench", VM_NAME).form(ImageForm::Flat);
@@ -301,24 +330,18 @@ pub fn run(paths: &Paths) -> Result<i32> {
         &guests::guest_path(paths, arch, true, "vbench"),
         &dir,
     )?;
-    let disk = dir.join("direct.disk");
     let mut direct = Vec::new();
     for i in 0..DIRECT_RUNS {
-        // Fresh: the previous run wrote it.
-        std::fs::write(&disk, guests::disk_pattern(DISK_SECTORS))
-            .map_err(|e| format!("cannot write {}: {e}", disk.display()))?;
         println!(
             "vbench: the guest booted directly by QEMU (its own virtio-blk), run {} of {DIRECT_RUNS} ...",
             i + 1
         );
-        let args = direct_args(&flat, &disk, &format!("bytes={BYTES}"));
-        let serial = run_qemu("qemu-system-aarch64", &args, Duration::from_secs(300))?;
-        let log = dir.join(format!("direct-{}.log", i + 1));
-        let _ = std::fs::write(&log, &serial);
-        let r = parse(&serial, VM_NAME);
-        r.check()
-            .map_err(|e| format!("QEMU direct: {e} (log: {})", Paths::show(&log)))?;
-        direct.push(r);
+        direct.push(direct_once(
+            &dir,
+            &flat,
+            true,
+            &format!("direct-{}", i + 1),
+        )?);
     }
 
     println!(
@@ -368,8 +391,90 @@ pub fn run(paths: &Paths) -> Result<i32> {
         ),
         None => println!("vbench: no exit statistics in the hypervisor's output"),
     }
+    wall_clock(&dir, &program, &wall_args, &flat)?;
     net_run(paths, arch, &elf, &dir)?;
     Ok(0)
+}
+
+/// Runs of each side for the wall-clock table (the median counts).
+const WALL_RUNS: usize = 3;
+
+/// The same two guests without `-icount`: TCG at host speed, so the
+/// guest's counter follows real time and QEMU's own device work (its
+/// block layer, the completion interrupt) takes guest time, as it would
+/// for a user. The figure is all guest time per pass, waits included.
+fn wall_clock(dir: &Path, program: &str, ours_args: &[String], flat: &Path) -> Result<()> {
+    println!(
+        "vbench: wall clock: the same runs without -icount (guest time = real time, waits \
+         included), {WALL_RUNS} of each ..."
+    );
+    let mut ours = Vec::new();
+    let mut direct = Vec::new();
+    for i in 0..WALL_RUNS {
+        let log = dir.join(format!("hypervisor-wall-{}.log", i + 1));
+        ours.push(ours_once(program, ours_args, &log)?);
+        direct.push(direct_once(
+            dir,
+            flat,
+            false,
+            &format!("direct-wall-{}", i + 1),
+        )?);
+    }
+    println!(
+        "{:<14} {:>35}   {:>35}   {:>6}",
+        "figure", "under the hypervisor", "QEMU direct", "ratio"
+    );
+    for f in FIGURES {
+        let by_ticks = |p: &Pass| p.ticks;
+        let (Some(o), Some(d)) = (
+            median_by(&ours, f, by_ticks),
+            median_by(&direct, f, by_ticks),
+        ) else {
+            continue;
+        };
+        println!("{}", wall_row(f, o, d));
+    }
+    for f in FIGURES {
+        let each = |runs: &[Run]| -> String {
+            runs.iter()
+                .filter_map(|r| r.pass(f))
+                .map(|p| format!("{:.1}", p.us_per_req()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "vbench: {f} wall clock us/req per run: ours {}; QEMU direct {}",
+            each(&ours),
+            each(&direct)
+        );
+    }
+    Ok(())
+}
+
+/// One run of the guest in a VM of ours; its serial output goes to `log`.
+fn ours_once(program: &str, args: &[String], log: &Path) -> Result<Run> {
+    let serial = run_qemu(program, args, Duration::from_secs(600))?;
+    let _ = std::fs::write(log, &serial);
+    let r = parse(&serial, VM_NAME);
+    r.check()
+        .map_err(|e| format!("under the hypervisor: {e} (log: {})", Paths::show(log)))?;
+    Ok(r)
+}
+
+/// One run of the guest booted directly by QEMU on a fresh disk (a run
+/// writes it); the serial output goes to `dir/<name>.log`.
+fn direct_once(dir: &Path, flat: &Path, icount: bool, name: &str) -> Result<Run> {
+    let disk = dir.join("direct.disk");
+    std::fs::write(&disk, guests::disk_pattern(DISK_SECTORS))
+        .map_err(|e| format!("cannot write {}: {e}", disk.display()))?;
+    let args = direct_args(flat, &disk, &format!("bytes={BYTES}"), icount);
+    let serial = run_qemu("qemu-system-aarch64", &args, Duration::from_secs(300))?;
+    let log = dir.join(format!("{name}.log"));
+    let _ = std::fs::write(&log, &serial);
+    let r = parse(&serial, VM_NAME);
+    r.check()
+        .map_err(|e| format!("QEMU direct: {e} (log: {})", Paths::show(&log)))?;
+    Ok(r)
 }
 
 /// Frames per virtio-net figure.
@@ -463,8 +568,9 @@ fn net_run(paths: &Paths, arch: Arch, elf: &Path, dir: &Path) -> Result<()> {
 }
 
 /// QEMU booting the guest's flat image `flat` directly, with its own
-/// virtio-blk over `disk` and guest command line `append`.
-pub fn direct_args(flat: &Path, disk: &Path, append: &str) -> Vec<String> {
+/// virtio-blk over `disk` and guest command line `append`; under
+/// `-icount shift=0,sleep=off` if `icount`.
+pub fn direct_args(flat: &Path, disk: &Path, append: &str, icount: bool) -> Vec<String> {
     let drive = format!(
         "if=none,id=d,format=raw,cache=unsafe,file={}",
         disk.display()
@@ -507,7 +613,9 @@ pub fn direct_args(flat: &Path, disk: &Path, append: &str) -> Vec<String> {
         .iter()
         .map(|s| s.to_string()),
     );
-    crate::bench::icount_args(&mut a, 0);
+    if icount {
+        crate::bench::icount_args(&mut a, 0);
+    }
     a
 }
 
@@ -603,6 +711,32 @@ mod tests {
         // 33840 / 200000.
         assert!(line.trim_end().ends_with("0.169"), "{line}");
         assert!(line.contains("3125 insn/req") && line.contains("529 insn/req"));
+        // All guest time: 90330 ticks at 62.5 MHz for 1024 requests is
+        // 1.41 us each; ours 200000 ticks, 3.125 us; QEMU / ours 0.45.
+        assert!((p.us_per_req() - 1.4114).abs() < 1e-3);
+        let wall = wall_row("blk-read-4k", o.pass("blk-read-4k").unwrap(), p);
+        assert!(wall.trim_end().ends_with("0.45"), "{wall}");
+        assert!(
+            wall.contains("3.1 us/req") && wall.contains("1.4 us/req"),
+            "{wall}"
+        );
+        // The median by all ticks, not busy ones.
+        let runs = [
+            parse(DIRECT, "vbench"),
+            parse(OURS, "vbench"),
+            parse(OURS, "vbench"),
+        ];
+        assert_eq!(
+            median_by(&runs, "blk-read-4k", |p| p.ticks).unwrap().ticks,
+            200000
+        );
+        assert_eq!(median(&runs, "blk-read-4k").unwrap().ticks, 200000);
+        assert_eq!(
+            median_by(&runs[..1], "blk-read-4k", |p| p.ticks)
+                .unwrap()
+                .ticks,
+            90330
+        );
     }
 
     #[test]
@@ -642,9 +776,17 @@ mod tests {
             Path::new("/o/vbench.bin"),
             Path::new("/o/d.disk"),
             "bytes=8",
+            true,
         );
         let s = a.join(" ");
         assert!(s.starts_with("-machine virt,gic-version=3 -icount shift=0,sleep=off -accel tcg"));
+        let wall = direct_args(
+            Path::new("/o/vbench.bin"),
+            Path::new("/o/d.disk"),
+            "bytes=8",
+            false,
+        );
+        assert_eq!(wall.join(" "), s.replace("-icount shift=0,sleep=off ", ""));
         assert!(s.contains("-kernel /o/vbench.bin -append bytes=8"));
         assert!(s.contains("-drive if=none,id=d,format=raw,cache=unsafe,file=/o/d.disk"));
         assert!(s.contains("-device virtio-blk-device,drive=d"));

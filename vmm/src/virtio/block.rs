@@ -163,6 +163,20 @@ pub trait Disk: Send {
         }
         Ok(())
     }
+    /// The `len` bytes at `offset` when the disk lives in host memory, so
+    /// that an IN request copies them straight into guest memory (one copy,
+    /// no bounce buffer); `None` (the default, or a range outside the disk)
+    /// makes the device use [`Self::read`].
+    fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let _ = (offset, len);
+        None
+    }
+    /// As [`Self::bytes`], for an OUT request to copy guest memory straight
+    /// into; `None` for a read-only disk.
+    fn bytes_mut(&mut self, offset: u64, len: u64) -> Option<&mut [u8]> {
+        let _ = (offset, len);
+        None
+    }
     /// The GET_ID string (zero-padded).
     fn id(&self) -> [u8; ID_LEN] {
         let mut id = [0; ID_LEN];
@@ -221,6 +235,24 @@ impl<D: Disk + ?Sized> Disk for Metered<'_, D> {
         self.count(len);
         self.disk.write_zeroes(offset, len)
     }
+    fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let b = self.disk.bytes(offset, len)?;
+        self.count(len);
+        Some(b)
+    }
+    fn bytes_mut(&mut self, offset: u64, len: u64) -> Option<&mut [u8]> {
+        let b = self.disk.bytes_mut(offset, len)?;
+        self.moved
+            .fetch_add(len, core::sync::atomic::Ordering::Relaxed);
+        Some(b)
+    }
+}
+
+/// `len` bytes at `offset` of a disk of `size` bytes, as indices.
+pub fn byte_range(size: usize, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    (end <= size).then_some(start..end)
 }
 
 /// A disk in host memory (tests, fuzzing, RAM disks).
@@ -228,6 +260,9 @@ pub struct MemDisk {
     pub bytes: Vec<u8>,
     pub read_only: bool,
     pub flushes: u32,
+    /// No [`Disk::bytes`]: requests go through `read` and `write` and a
+    /// bounce buffer, as for a disk that is not in host memory (tests).
+    pub bounce: bool,
 }
 
 impl MemDisk {
@@ -236,16 +271,12 @@ impl MemDisk {
             bytes,
             read_only: false,
             flushes: 0,
+            bounce: false,
         }
     }
 
     fn range(&self, offset: u64, len: usize) -> Result<core::ops::Range<usize>, DiskError> {
-        let start = usize::try_from(offset).map_err(|_| DiskError)?;
-        let end = start.checked_add(len).ok_or(DiskError)?;
-        if end > self.bytes.len() {
-            return Err(DiskError);
-        }
-        Ok(start..end)
+        byte_range(self.bytes.len(), offset, len as u64).ok_or(DiskError)
     }
 }
 
@@ -279,6 +310,19 @@ impl Disk for MemDisk {
         let r = self.range(offset, len)?;
         self.bytes[r].fill(0);
         Ok(())
+    }
+    fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        if self.bounce {
+            return None;
+        }
+        self.bytes.get(byte_range(self.bytes.len(), offset, len)?)
+    }
+    fn bytes_mut(&mut self, offset: u64, len: u64) -> Option<&mut [u8]> {
+        if self.read_only || self.bounce {
+            return None;
+        }
+        let r = byte_range(self.bytes.len(), offset, len)?;
+        self.bytes.get_mut(r)
     }
 }
 
@@ -389,6 +433,56 @@ fn discard_write_zeroes<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
     VIRTIO_BLK_S_OK
 }
 
+/// An IN request's data through a bounce buffer, for a disk that does not
+/// live in host memory ([`Disk::bytes`] is `None`): `len` bytes from disk
+/// offset `start` to the chain's writable stream; `moved` counts them.
+fn read_bounced<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
+    chain: &DescriptorChain,
+    mem: &M,
+    disk: &mut D,
+    start: u64,
+    len: u64,
+    moved: &mut u32,
+) -> Result<(), ChainError> {
+    let mut buf = [0u8; COPY_CHUNK];
+    chain.for_each_piece(mem, true, 0, len, |gpa, off, n| {
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(buf.len() as u64) as usize;
+            disk.read(start + off + done, &mut buf[..k])
+                .map_err(|_| ChainError::Malformed)?;
+            mem.write(gpa + done, &buf[..k])?;
+            done += k as u64;
+            *moved += k as u32;
+        }
+        Ok(())
+    })
+}
+
+/// An OUT request's data through a bounce buffer ([`read_bounced`]'s
+/// twin): `len` bytes of the chain's readable stream after the header to
+/// disk offset `start`.
+fn write_bounced<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
+    chain: &DescriptorChain,
+    mem: &M,
+    disk: &mut D,
+    start: u64,
+    len: u64,
+) -> Result<(), ChainError> {
+    let mut buf = [0u8; COPY_CHUNK];
+    chain.for_each_piece(mem, false, u64::from(HEADER_LEN), len, |gpa, off, n| {
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(buf.len() as u64) as usize;
+            mem.read(gpa + done, &mut buf[..k])?;
+            disk.write(start + off + done, &buf[..k])
+                .map_err(|_| ChainError::Malformed)?;
+            done += k as u64;
+        }
+        Ok(())
+    })
+}
+
 /// Serves one request with every request type this device offers
 /// ([`handle_request_with`] with DISCARD and WRITE_ZEROES negotiated).
 pub fn handle_request<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
@@ -431,20 +525,16 @@ pub fn handle_request_with<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
             VIRTIO_BLK_T_IN => match data_range(sector, data_in, disk.size()) {
                 None => (VIRTIO_BLK_S_IOERR, 0),
                 Some(start) => {
-                    let mut buf = [0u8; COPY_CHUNK];
                     let mut moved = 0u32;
-                    let r = chain.for_each_piece(mem, true, 0, data_in, |gpa, off, n| {
-                        let mut done = 0;
-                        while done < n {
-                            let k = (n - done).min(buf.len() as u64) as usize;
-                            disk.read(start + off + done, &mut buf[..k])
-                                .map_err(|_| ChainError::Malformed)?;
-                            mem.write(gpa + done, &buf[..k])?;
-                            done += k as u64;
-                            moved += k as u32;
-                        }
-                        Ok(())
-                    });
+                    let r = if let Some(src) = disk.bytes(start, data_in) {
+                        chain.for_each_piece(mem, true, 0, data_in, |gpa, off, n| {
+                            mem.write(gpa, &src[off as usize..(off + n) as usize])?;
+                            moved += n as u32;
+                            Ok(())
+                        })
+                    } else {
+                        read_bounced(chain, mem, disk, start, data_in, &mut moved)
+                    };
                     match r {
                         Ok(()) => (VIRTIO_BLK_S_OK, moved),
                         Err(_) => (VIRTIO_BLK_S_IOERR, moved),
@@ -453,24 +543,20 @@ pub fn handle_request_with<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
             },
             VIRTIO_BLK_T_OUT => match data_range(sector, data_out, disk.size()) {
                 Some(start) if !disk.read_only() => {
-                    let mut buf = [0u8; COPY_CHUNK];
-                    let r = chain.for_each_piece(
-                        mem,
-                        false,
-                        u64::from(HEADER_LEN),
-                        data_out,
-                        |gpa, off, n| {
-                            let mut done = 0;
-                            while done < n {
-                                let k = (n - done).min(buf.len() as u64) as usize;
-                                mem.read(gpa + done, &mut buf[..k])?;
-                                disk.write(start + off + done, &buf[..k])
-                                    .map_err(|_| ChainError::Malformed)?;
-                                done += k as u64;
-                            }
-                            Ok(())
-                        },
-                    );
+                    let r = if let Some(dst) = disk.bytes_mut(start, data_out) {
+                        chain.for_each_piece(
+                            mem,
+                            false,
+                            u64::from(HEADER_LEN),
+                            data_out,
+                            |gpa, off, n| {
+                                mem.read(gpa, &mut dst[off as usize..(off + n) as usize])?;
+                                Ok(())
+                            },
+                        )
+                    } else {
+                        write_bounced(chain, mem, disk, start, data_out)
+                    };
                     (
                         if r.is_ok() {
                             VIRTIO_BLK_S_OK

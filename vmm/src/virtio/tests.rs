@@ -421,6 +421,72 @@ fn wrong_flags_and_indirect_rules() {
 }
 
 #[test]
+fn a_summarised_chain_is_served_from_the_buffers_it_had() {
+    // Header 4 bytes readable at BUF, 8 writable at BUF + 0x100.
+    let mem = ram();
+    let r = Ring::new(&*mem, 16);
+    r.set_desc(2, BUF, 4, VIRTQ_DESC_F_NEXT, 3);
+    r.set_desc(3, BUF + 0x100, 8, VIRTQ_DESC_F_WRITE, 0);
+    mem.write(BUF, &[1, 2, 3, 4]).unwrap();
+    mem.write(BUF + 0x200, &[9, 9, 9, 9]).unwrap();
+    let c = chain_at(2, false);
+    let s = c.summary(&*mem).unwrap();
+    assert_eq!((s.readable, s.writable, s.descriptors), (4, 8, 2));
+    // The guest now points the chain elsewhere and makes it longer: the
+    // request goes on with the buffers it had when it was summarised.
+    r.set_desc(2, BUF + 0x200, 4, VIRTQ_DESC_F_NEXT, 3);
+    r.set_desc(3, BUF + 0x300, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 4);
+    r.set_desc(4, BUF + 0x400, 8, VIRTQ_DESC_F_WRITE, 0);
+    let mut b = [0u8; 4];
+    c.read_at(&*mem, 0, &mut b).unwrap();
+    assert_eq!(b, [1, 2, 3, 4]);
+    c.write_at(&*mem, 4, &[7; 4]).unwrap();
+    assert_eq!(mem.read_u32(BUF + 0x104).unwrap(), 0x0707_0707);
+    assert_eq!(mem.read_u32(BUF + 0x304).unwrap(), 0);
+    assert_eq!(c.summary(&*mem).unwrap(), s);
+    assert_eq!(c.write_at(&*mem, 8, &[7]), Err(ChainError::Malformed));
+    // A clone keeps them; a fresh chain at the same head sees the new ones.
+    assert_eq!(c.clone().summary(&*mem).unwrap(), s);
+    let s2 = chain_at(2, false).summary(&*mem).unwrap();
+    assert_eq!((s2.readable, s2.writable, s2.descriptors), (4, 16, 3));
+}
+
+#[test]
+fn a_partly_walked_chain_is_not_served_from_memory() {
+    let mem = ram();
+    let r = Ring::new(&*mem, 16);
+    r.set_desc(0, BUF, 4, VIRTQ_DESC_F_NEXT, 1);
+    r.set_desc(1, BUF + 0x100, 8, VIRTQ_DESC_F_WRITE, 0);
+    let mut c = chain_at(0, false);
+    assert_eq!(c.summary(&*mem).unwrap().descriptors, 2);
+    assert_eq!(c.next(&*mem).unwrap().map(|d| d.len), Some(4));
+    // The rest of the chain only, as before the first summary.
+    let s = c.summary(&*mem).unwrap();
+    assert_eq!((s.readable, s.writable, s.descriptors), (0, 8, 1));
+}
+
+#[test]
+fn chains_longer_than_the_remembered_buffers_are_walked_each_time() {
+    // 12 readable descriptors of 4 bytes, bytes 0..48 in order.
+    let mem = ram();
+    let r = Ring::new(&*mem, 16);
+    for i in 0..12u16 {
+        let flags = if i < 11 { VIRTQ_DESC_F_NEXT } else { 0 };
+        r.set_desc(i, BUF + 0x10 * u64::from(i), 4, flags, i + 1);
+        let v: Vec<u8> = (0..4).map(|k| (4 * i + k) as u8).collect();
+        mem.write(BUF + 0x10 * u64::from(i), &v).unwrap();
+    }
+    let c = chain_at(0, false);
+    assert_eq!(c.summary(&*mem).unwrap().readable, 48);
+    let mut b = [0u8; 48];
+    c.read_at(&*mem, 0, &mut b).unwrap();
+    assert!(b.iter().enumerate().all(|(i, &v)| v == i as u8));
+    // Not remembered: a shorter chain now is seen as such.
+    r.set_desc(5, BUF + 0x50, 4, 0, 0);
+    assert_eq!(c.summary(&*mem).unwrap().readable, 24);
+}
+
+#[test]
 fn chains_longer_than_4_gib_fail() {
     // 8 MiB of RAM; an indirect table of 600 readable descriptors, each
     // all of RAM: the 512th brings the total to 2^32 bytes.
@@ -1249,10 +1315,18 @@ fn inv_vq_scaling_queues_are_served_independently() {
 // ------------------------------------------------------------------ block
 
 fn blk(sectors: usize) -> Setup<VirtioBlock<MemDisk>> {
+    blk_with(sectors, false)
+}
+
+/// `bounce`: the disk offers no [`Disk::bytes`], so data moves through
+/// the device's bounce buffer.
+fn blk_with(sectors: usize, bounce: bool) -> Setup<VirtioBlock<MemDisk>> {
     let bytes = (0..sectors * 512)
         .map(|i| (i / 512) as u8 ^ i as u8)
         .collect();
-    let mut s = transport(VirtioBlock::new(MemDisk::new(bytes)));
+    let mut disk = MemDisk::new(bytes);
+    disk.bounce = bounce;
+    let mut s = transport(VirtioBlock::new(disk));
     s.start(features::VERSION_1 | VIRTIO_BLK_F_FLUSH);
     s
 }
@@ -1296,7 +1370,16 @@ fn request(
 
 #[test]
 fn blk_reads_writes_flushes_and_names_itself() {
-    let mut s = blk(8);
+    blk_reads_writes_flushes_and_names_itself_with(false);
+}
+
+#[test]
+fn blk_reads_writes_flushes_and_names_itself_through_a_bounce_buffer() {
+    blk_reads_writes_flushes_and_names_itself_with(true);
+}
+
+fn blk_reads_writes_flushes_and_names_itself_with(bounce: bool) {
+    let mut s = blk_with(8, bounce);
     assert_eq!(s.r(REG_DEVICE_ID), device_id::BLOCK);
     assert_eq!(s.t.read(CONFIG_SPACE, B8), 8, "capacity in sectors");
     assert_eq!(s.t.read(CONFIG_SPACE + 4, B4), 0);
@@ -1325,7 +1408,16 @@ fn blk_reads_writes_flushes_and_names_itself() {
 
 #[test]
 fn blk_hostile_requests() {
-    let mut s = blk(8);
+    blk_hostile_requests_with(false);
+}
+
+#[test]
+fn blk_hostile_requests_through_a_bounce_buffer() {
+    blk_hostile_requests_with(true);
+}
+
+fn blk_hostile_requests_with(bounce: bool) {
+    let mut s = blk_with(8, bounce);
     let before = s.t.device().disk().bytes.clone();
     s.mem.fill(DATA, 0x2000, 0x11).unwrap();
     // Beyond the end, at the end, sector arithmetic overflowing.
