@@ -318,7 +318,7 @@ impl Disk for FrameDisk {
         self.as_slice().len() as u64
     }
 
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let src = self.bytes(offset, buf.len() as u64).ok_or(DiskError)?;
         buf.copy_from_slice(src);
         Ok(())

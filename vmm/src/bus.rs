@@ -10,6 +10,7 @@
 //! Dispatch is a binary search over a sorted table and never allocates.
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::any::Any;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,16 @@ pub trait BusDevice: Any + Send {
     }
 }
 
+/// A register of a device that is written without the device's lock
+/// ([`Bus::register_with_doorbell`]): a virtio transport's QueueNotify, so
+/// that notifications of different queues of one device are served on
+/// different CPUs at the same time (rule `vq_scaling`).
+pub trait Doorbell: Send + Sync {
+    /// A write of `value` (`size` bytes) at `offset` of the device's range:
+    /// true if handled here, false to pass it to the device under its lock.
+    fn ring(&self, offset: u64, size: AccessSize, value: u64) -> bool;
+}
+
 /// Handle returned by [`Bus::register`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceId(usize);
@@ -64,6 +75,7 @@ struct Slot {
     base: u64,
     last: u64,
     id: usize,
+    doorbell: Option<Arc<dyn Doorbell>>,
 }
 
 /// One bus: ports (last address 0xFFFF) or MMIO (last address u64::MAX).
@@ -118,6 +130,17 @@ impl Bus {
         len: u64,
         dev: Box<dyn BusDevice>,
     ) -> Result<DeviceId, BusError> {
+        self.register_with_doorbell(base, len, dev, None)
+    }
+
+    /// [`Self::register`], with writes offered to `doorbell` first.
+    pub fn register_with_doorbell(
+        &mut self,
+        base: u64,
+        len: u64,
+        dev: Box<dyn BusDevice>,
+        doorbell: Option<Arc<dyn Doorbell>>,
+    ) -> Result<DeviceId, BusError> {
         if len == 0 {
             return Err(BusError::ZeroLength);
         }
@@ -134,7 +157,15 @@ impl Bus {
         let id = self.devices.len();
         self.devices.push(spin::Mutex::new(dev));
         let i = self.map.partition_point(|s| s.base < base);
-        self.map.insert(i, Slot { base, last, id });
+        self.map.insert(
+            i,
+            Slot {
+                base,
+                last,
+                id,
+                doorbell,
+            },
+        );
         if let Some(index) = self.port_index.as_mut() {
             // Rebuilt whole: inserting shifted the map's later entries.
             index.fill(0);
@@ -180,11 +211,7 @@ impl Bus {
 
     /// The device that fully contains `[addr, addr+size)` and the offset.
     #[inline(always)]
-    fn claim(
-        &self,
-        addr: u64,
-        size: AccessSize,
-    ) -> Option<(&spin::Mutex<Box<dyn BusDevice>>, u64)> {
+    fn claim(&self, addr: u64, size: AccessSize) -> Option<(&Slot, u64)> {
         let last = addr.checked_add(size.bytes() as u64 - 1)?;
         let i = if let Some(index) = &self.port_index {
             usize::from(*index.get(addr as usize)?).checked_sub(1)?
@@ -198,14 +225,13 @@ impl Bus {
         if last > s.last {
             return None;
         }
-        let off = addr - s.base;
-        Some((&self.devices[s.id], off))
+        Some((s, addr - s.base))
     }
 
     /// A read; all ones of `size` if unclaimed (rule `master_abort`).
     pub fn read(&self, addr: u64, size: AccessSize) -> u64 {
         match self.claim(addr, size) {
-            Some((dev, off)) => dev.lock().read(off, size) & size.mask(),
+            Some((s, off)) => self.devices[s.id].lock().read(off, size) & size.mask(),
             None => {
                 self.unclaimed.fetch_add(1, Ordering::Relaxed);
                 size.mask()
@@ -216,7 +242,15 @@ impl Bus {
     /// A write; dropped if unclaimed (rule `master_abort`).
     pub fn write(&self, addr: u64, size: AccessSize, value: u64) -> IoOutcome {
         match self.claim(addr, size) {
-            Some((dev, off)) => dev.lock().write(off, size, value & size.mask()),
+            Some((s, off)) => {
+                let value = value & size.mask();
+                if let Some(d) = &s.doorbell {
+                    if d.ring(off, size, value) {
+                        return IoOutcome::Done;
+                    }
+                }
+                self.devices[s.id].lock().write(off, size, value)
+            }
             None => {
                 self.unclaimed.fetch_add(1, Ordering::Relaxed);
                 IoOutcome::Done

@@ -572,8 +572,15 @@ impl<B: Backing + Send + Sync + 'static> Vm<B> {
             let id = match model {
                 VirtioModel::Device(d) => {
                     let transport = MmioTransport::new(d, mem.clone(), line);
-                    vm.mmio
-                        .register(slot.base, slot.size, Box::new(transport))?
+                    // A device serving its queues in parallel gets its
+                    // QueueNotify writes without the transport's lock.
+                    let doorbell = transport.doorbell();
+                    vm.mmio.register_with_doorbell(
+                        slot.base,
+                        slot.size,
+                        Box::new(transport),
+                        doorbell,
+                    )?
                 }
                 VirtioModel::Console => {
                     let lines: Arc<dyn ConsoleSink> = vm.out.clone();

@@ -3,11 +3,18 @@
 //! ([`VirtioBlock::new`]) or up to [`MAX_QUEUES`]
 //! ([`VirtioBlock::with_queues`], `VIRTIO_BLK_F_MQ` with `num_queues`).
 //! Rule `vq_scaling`: a notification serves its own queue and no other
-//! (within the [`serve_queue`] budget), so queues could be served on
-//! several CPUs once the host is SMP; they share the [`Disk`], which
-//! would then need a lock of its own. The driver may make fewer queues
-//! ready than declared (queue 0 is needed); without `VIRTIO_BLK_F_MQ`
-//! only queue 0 is served.
+//! (within the [`serve_queue_bounded`] budget), under that queue's lock: the
+//! transport hands QueueNotify writes to the device past its own lock
+//! ([`ParallelQueues`], [`crate::bus::Doorbell`]), so vCPUs on different
+//! CPUs notifying different queues are served at the same time. They
+//! share the [`Disk`] behind a reader-writer lock taken per request: IN
+//! and GET_ID read it together, the other requests have it alone. The
+//! driver may make fewer queues ready than declared (queue 0 is needed);
+//! without `VIRTIO_BLK_F_MQ` only queue 0 is served.
+//!
+//! Data moves in one copy between guest memory and a disk that lives in
+//! host memory ([`Disk::bytes`]; through a 4 KiB bounce buffer for other
+//! disks).
 //!
 //! A request (§5.2.6) is a device-readable header `{le32 type, le32
 //! reserved, le64 sector}`, data (device-readable for OUT, DISCARD and
@@ -37,12 +44,13 @@
 //! sectors), `num_queues` (with more than one queue), the discard and
 //! write-zeroes limits; the other fields read as 0.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::queue::{ChainError, DescriptorChain, Queue};
 use super::{
     device_id, features, read_config_bytes, serve_queue_bounded, ActivateError, Activation,
-    IrqTrigger, MemHandle, QueueMemory, VirtioDevice,
+    IrqTrigger, MemHandle, ParallelQueues, QueueMemory, VirtioDevice,
 };
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -130,10 +138,12 @@ static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 pub struct DiskError;
 
 /// The storage behind a block device.
-pub trait Disk: Send {
+pub trait Disk: Send + Sync {
     /// Bytes; the device exposes whole sectors of it.
     fn size(&self) -> u64;
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
+    /// Through `&self`: reads of requests on different queues run at the
+    /// same time (the device's disk lock is shared for them).
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), DiskError>;
     fn flush(&mut self) -> Result<(), DiskError> {
         Ok(())
@@ -210,7 +220,7 @@ impl<D: Disk + ?Sized> Disk for Metered<'_, D> {
     fn size(&self) -> u64 {
         self.disk.size()
     }
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.count(buf.len() as u64);
         self.disk.read(offset, buf)
     }
@@ -284,7 +294,7 @@ impl Disk for MemDisk {
     fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let r = self.range(offset, buf.len())?;
         buf.copy_from_slice(&self.bytes[r]);
         Ok(())
@@ -508,15 +518,57 @@ pub fn handle_request_with<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
     disk: &mut D,
     features: u64,
 ) -> Result<u32, ChainError> {
-    let s = chain.summary(mem)?;
+    let p = Parsed::read(chain, mem)?;
+    handle_parsed(chain, mem, disk, features, &p)
+}
+
+/// What a request's handling reads of it first, once: the chain's byte
+/// counts and the header.
+struct Parsed {
+    summary: super::queue::ChainSummary,
+    /// `None`: fewer readable bytes than a header.
+    header: Option<[u8; HEADER_LEN as usize]>,
+}
+
+impl Parsed {
+    /// A chain without a writable byte for the status is
+    /// [`ChainError::Malformed`].
+    fn read<M: QueueMemory + ?Sized>(
+        chain: &DescriptorChain,
+        mem: &M,
+    ) -> Result<Parsed, ChainError> {
+        let summary = chain.summary(mem)?;
+        if summary.writable == 0 {
+            return Err(ChainError::Malformed);
+        }
+        let header = if summary.readable < HEADER_LEN {
+            None
+        } else {
+            let mut h = [0u8; HEADER_LEN as usize];
+            chain.read_at(mem, 0, &mut h)?;
+            Some(h)
+        };
+        Ok(Parsed { summary, header })
+    }
+
+    fn kind(&self) -> Option<u32> {
+        self.header
+            .map(|h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]))
+    }
+}
+
+fn handle_parsed<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
+    chain: &DescriptorChain,
+    mem: &M,
+    disk: &mut D,
+    features: u64,
+    p: &Parsed,
+) -> Result<u32, ChainError> {
+    let s = p.summary;
     let Some(status_at) = s.writable.checked_sub(1) else {
         return Err(ChainError::Malformed);
     };
-    let (status, written) = if s.readable < HEADER_LEN {
-        (VIRTIO_BLK_S_IOERR, 0)
-    } else {
-        let mut h = [0u8; HEADER_LEN as usize];
-        chain.read_at(mem, 0, &mut h)?;
+    let (status, written) = if let Some(h) = p.header {
         let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let sector = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
         let data_in = u64::from(status_at);
@@ -585,71 +637,148 @@ pub fn handle_request_with<M: QueueMemory + ?Sized, D: Disk + ?Sized>(
             }
             _ => (VIRTIO_BLK_S_UNSUPP, 0),
         }
+    } else {
+        (VIRTIO_BLK_S_IOERR, 0)
     };
     chain.write_at(mem, u64::from(status_at), &[status])?;
     Ok(written + 1)
 }
 
-struct Active {
+/// One active request queue with what serving it needs.
+struct ActiveQueue {
+    queue: Queue,
     mem: MemHandle,
     irq: IrqTrigger,
-    /// Queues with requests left over when their budget ran out
-    /// ([`BYTES_PER_TURN`]): served again by `poll`.
-    deferred: Vec<bool>,
-    /// The request queues in use: one per queue the device declared with
-    /// VIRTIO_BLK_F_MQ negotiated (`None`: not made ready), else one.
-    queues: Vec<Option<Queue>>,
     /// The negotiated features.
     features: u64,
+    /// Requests were left over when the budget ran out
+    /// ([`BYTES_PER_TURN`]): served again by `poll`.
+    deferred: bool,
 }
 
-/// A virtio block device over a [`Disk`], with one or more request
-/// queues.
-pub struct VirtioBlock<D> {
-    disk: D,
-    config: [u8; config::LEN],
-    num_queues: u16,
-    queue_sizes: [u16; MAX_QUEUES as usize],
-    active: Option<Active>,
+/// What the request queues of one device share, each queue under its own
+/// lock (rule `vq_scaling`): notifications of different queues are served
+/// on different CPUs at the same time ([`ParallelQueues`]). The disk is
+/// behind a reader-writer lock held for one request at a time: IN and
+/// GET_ID requests of several queues read it together, the others have it
+/// alone. Lock order: a queue, then the disk, then the interrupt
+/// (`Signals`, then the interrupt controller); a reset or `poll` holds the
+/// transport's lock before a queue's.
+struct Shared<D> {
+    disk: spin::RwLock<D>,
+    /// One slot per declared queue; `Some` while it is active.
+    queues: Vec<spin::Mutex<Option<ActiveQueue>>>,
 }
 
-impl<D: Disk> VirtioBlock<D> {
+/// A disk seen through a shared lock, for IN and GET_ID requests (their
+/// header is read once, so the type cannot change under the lock).
+struct ReadView<'a, D: ?Sized>(&'a D);
+
+impl<D: Disk + ?Sized> Disk for ReadView<'_, D> {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.0.read(offset, buf)
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) -> Result<(), DiskError> {
+        Err(DiskError)
+    }
+    fn flush(&mut self) -> Result<(), DiskError> {
+        Err(DiskError)
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn discard(&mut self, _offset: u64, _len: u64) -> Result<(), DiskError> {
+        Err(DiskError)
+    }
+    fn write_zeroes(&mut self, _offset: u64, _len: u64) -> Result<(), DiskError> {
+        Err(DiskError)
+    }
+    fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        self.0.bytes(offset, len)
+    }
+    fn id(&self) -> [u8; ID_LEN] {
+        self.0.id()
+    }
+}
+
+impl<D: Disk> Shared<D> {
     /// Serves queue `index` until it is empty or [`BYTES_PER_TURN`] of
     /// disk data moved; in the second case the queue is left for `poll`.
-    fn serve(&mut self, index: u16) {
-        let Some(a) = self.active.as_mut() else {
+    fn serve(&self, index: u16) {
+        let Some(slot) = self.queues.get(usize::from(index)) else {
             return;
         };
-        let i = usize::from(index);
-        let Some(Some(queue)) = a.queues.get_mut(i) else {
+        let mut slot = slot.lock();
+        let Some(a) = slot.as_mut() else {
             return;
         };
         let moved = core::sync::atomic::AtomicU64::new(0);
-        let mut disk = Metered {
-            disk: &mut self.disk,
-            moved: &moved,
-        };
         let (mem, f) = (&*a.mem, a.features);
         let spent = || moved.load(core::sync::atomic::Ordering::Relaxed) >= BYTES_PER_TURN;
         let r = serve_queue_bounded(
-            queue,
+            &mut a.queue,
             mem,
             &a.irq,
-            |c| handle_request_with(c, mem, &mut disk, f),
+            |c| self.request(c, mem, f, &moved),
             spent,
         );
-        let more = match r {
+        a.deferred = match r {
             Ok(s) => s.more,
             Err(e) => {
                 log::debug!("virtio-blk: queue {index} broken: {e:?}");
                 false
             }
         };
-        if let Some(d) = a.deferred.get_mut(i) {
-            *d = more;
-        }
     }
 
+    /// One request under the disk lock it needs.
+    fn request(
+        &self,
+        chain: &DescriptorChain,
+        mem: &(dyn QueueMemory + Send + Sync),
+        features: u64,
+        moved: &core::sync::atomic::AtomicU64,
+    ) -> Result<u32, ChainError> {
+        let p = Parsed::read(chain, mem)?;
+        if matches!(p.kind(), Some(VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID)) {
+            let d = self.disk.read();
+            let mut view = ReadView(&*d);
+            let mut disk = Metered {
+                disk: &mut view,
+                moved,
+            };
+            handle_parsed(chain, mem, &mut disk, features, &p)
+        } else {
+            let mut d = self.disk.write();
+            let mut disk = Metered {
+                disk: &mut *d,
+                moved,
+            };
+            handle_parsed(chain, mem, &mut disk, features, &p)
+        }
+    }
+}
+
+impl<D: Disk> ParallelQueues for Shared<D> {
+    fn notify(&self, index: u16) {
+        self.serve(index);
+    }
+}
+
+/// A virtio block device over a [`Disk`], with one or more request
+/// queues.
+pub struct VirtioBlock<D> {
+    shared: Arc<Shared<D>>,
+    read_only: bool,
+    config: [u8; config::LEN],
+    num_queues: u16,
+    queue_sizes: [u16; MAX_QUEUES as usize],
+}
+
+impl<D: Disk> VirtioBlock<D> {
     /// A device with one request queue (no VIRTIO_BLK_F_MQ).
     pub fn new(disk: D) -> VirtioBlock<D> {
         Self::build(disk, 1)
@@ -657,9 +786,10 @@ impl<D: Disk> VirtioBlock<D> {
 
     /// A device with `n` request queues, 1 to [`MAX_QUEUES`] (else
     /// `None`); above 1 it offers VIRTIO_BLK_F_MQ with `num_queues` = `n`.
-    /// Each queue is served on its own notification only (rule
-    /// `vq_scaling`); a driver may make fewer of them ready (queue 0 is
-    /// needed), and without VIRTIO_BLK_F_MQ only queue 0 is used.
+    /// Each queue is served on its own notification only, under its own
+    /// lock (rule `vq_scaling`); a driver may make fewer of them ready
+    /// (queue 0 is needed), and without VIRTIO_BLK_F_MQ only queue 0 is
+    /// used.
     pub fn with_queues(disk: D, n: u16) -> Option<VirtioBlock<D>> {
         (1..=MAX_QUEUES).contains(&n).then(|| Self::build(disk, n))
     }
@@ -681,11 +811,14 @@ impl<D: Disk> VirtioBlock<D> {
             c[at..][..4].copy_from_slice(&v.to_le_bytes());
         }
         VirtioBlock {
-            disk,
+            read_only: disk.read_only(),
+            shared: Arc::new(Shared {
+                disk: spin::RwLock::new(disk),
+                queues: (0..num_queues).map(|_| spin::Mutex::new(None)).collect(),
+            }),
             config: c,
             num_queues,
             queue_sizes: [QUEUE_SIZE; MAX_QUEUES as usize],
-            active: None,
         }
     }
 
@@ -694,16 +827,25 @@ impl<D: Disk> VirtioBlock<D> {
         self.num_queues
     }
 
-    pub fn disk(&self) -> &D {
-        &self.disk
+    /// The disk (its lock held while the guard lives).
+    pub fn disk(&self) -> spin::RwLockReadGuard<'_, D> {
+        self.shared.disk.read()
     }
 
-    pub fn disk_mut(&mut self) -> &mut D {
-        &mut self.disk
+    /// The disk, to change it (its lock held while the guard lives).
+    pub fn disk_mut(&mut self) -> spin::RwLockWriteGuard<'_, D> {
+        self.shared.disk.write()
+    }
+
+    /// Drops every queue, each under its lock (waits for a CPU serving it).
+    fn drop_queues(&self) {
+        for q in &self.shared.queues {
+            *q.lock() = None;
+        }
     }
 }
 
-impl<D: Disk> VirtioDevice for VirtioBlock<D> {
+impl<D: Disk + 'static> VirtioDevice for VirtioBlock<D> {
     fn name(&self) -> &'static str {
         "virtio-blk"
     }
@@ -713,11 +855,7 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
     }
 
     fn features(&self) -> u64 {
-        let ro = if self.disk.read_only() {
-            VIRTIO_BLK_F_RO
-        } else {
-            0
-        };
+        let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
         let mq = if self.num_queues > 1 {
             VIRTIO_BLK_F_MQ
         } else {
@@ -749,40 +887,49 @@ impl<D: Disk> VirtioDevice for VirtioBlock<D> {
         if !matches!(queues.first(), Some(Some(_))) {
             return Err(ActivateError::QueueNotReady(0));
         }
-        self.active = Some(Active {
-            mem: a.mem,
-            irq: a.irq,
-            deferred: alloc::vec![false; queues.len()],
-            queues,
-            features: a.features,
-        });
+        for (slot, q) in self.shared.queues.iter().zip(queues) {
+            *slot.lock() = q.map(|queue| ActiveQueue {
+                queue,
+                mem: a.mem.clone(),
+                irq: a.irq.clone(),
+                features: a.features,
+                deferred: false,
+            });
+        }
         Ok(())
     }
 
     /// Queues whose budget ran out: the next [`BYTES_PER_TURN`] of each.
     fn poll(&mut self) -> bool {
-        let Some(a) = self.active.as_ref() else {
-            return false;
-        };
-        let pending: Vec<u16> = (0..a.deferred.len() as u16)
-            .filter(|&i| a.deferred[usize::from(i)])
-            .collect();
-        for i in &pending {
-            self.serve(*i);
+        let mut more = false;
+        for (i, q) in self.shared.queues.iter().enumerate() {
+            if q.lock().as_ref().is_some_and(|a| a.deferred) {
+                self.shared.serve(i as u16);
+                more |= q.lock().as_ref().is_some_and(|a| a.deferred);
+            }
         }
-        self.active
-            .as_ref()
-            .is_some_and(|a| a.deferred.iter().any(|&d| d))
+        more
     }
 
     /// Serves queue `index` alone (rule `vq_scaling`): the other queues'
     /// requests wait for their own notifications.
     fn queue_notify(&mut self, index: u16) {
-        self.serve(index);
+        self.shared.serve(index);
+    }
+
+    fn queue_stop(&mut self, index: u16) {
+        if let Some(q) = self.shared.queues.get(usize::from(index)) {
+            *q.lock() = None;
+        }
+    }
+
+    fn parallel_queues(&self) -> Option<Arc<dyn ParallelQueues>> {
+        let q: Arc<dyn ParallelQueues> = self.shared.clone();
+        Some(q)
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        self.drop_queues();
     }
 }
 

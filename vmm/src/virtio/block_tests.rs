@@ -36,8 +36,8 @@ fn ring(mem: &Mem, q: u16) -> Ring<'_, Mem> {
 }
 
 /// A block device behind a virtio-mmio transport, with a small driver.
-struct Dev {
-    t: MmioTransport<VirtioBlock<MemDisk>>,
+struct Dev<D: Disk + 'static = MemDisk> {
+    t: MmioTransport<VirtioBlock<D>>,
     mem: Arc<Mem>,
     next_area: u64,
     next_head: [u16; NQ],
@@ -52,10 +52,10 @@ fn disk(sectors: usize) -> MemDisk {
     )
 }
 
-impl Dev {
+impl<D: Disk + 'static> Dev<D> {
     /// Negotiates `features` (with VERSION_1), makes queues `ready` ready
     /// and sets DRIVER_OK.
-    fn new(blk: VirtioBlock<MemDisk>, features: u64, ready: &[u16]) -> Dev {
+    fn new(blk: VirtioBlock<D>, features: u64, ready: &[u16]) -> Dev<D> {
         let mem = Arc::new(guest_ram(RAM, RAM_LEN, 48));
         let sink = Arc::new(RecSink::default());
         let line = IrqLine::new(sink, 48, Trigger::Level);
@@ -92,15 +92,6 @@ impl Dev {
         d
     }
 
-    /// A single-queue device with DISCARD and WRITE_ZEROES negotiated.
-    fn dwz(sectors: usize) -> Dev {
-        Dev::new(
-            VirtioBlock::new(disk(sectors)),
-            VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES,
-            &[0],
-        )
-    }
-
     fn r(&mut self, off: u64) -> u32 {
         self.t.read(off, B4) as u32
     }
@@ -111,10 +102,6 @@ impl Dev {
 
     fn config32(&mut self, off: usize) -> u32 {
         self.t.read(CONFIG_SPACE + off as u64, B4) as u32
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.t.device().disk().bytes.clone()
     }
 
     /// A fresh request area: (header address, data address, status
@@ -269,7 +256,22 @@ fn blk_write_zeroes_and_discard_serve_every_segment() {
     assert_eq!(d.status() & status::DEVICE_NEEDS_RESET, 0);
 }
 
-impl Dev {
+impl Dev<MemDisk> {
+    /// A single-queue device with DISCARD and WRITE_ZEROES negotiated.
+    fn dwz(sectors: usize) -> Dev {
+        Dev::new(
+            VirtioBlock::new(disk(sectors)),
+            VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES,
+            &[0],
+        )
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.t.device().disk().bytes.clone()
+    }
+}
+
+impl<D: Disk + 'static> Dev<D> {
     fn status(&mut self) -> u32 {
         self.r(REG_STATUS)
     }
@@ -449,7 +451,7 @@ impl Disk for PlainDisk {
     fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let o = offset as usize;
         let end = o.checked_add(buf.len()).ok_or(DiskError)?;
         buf.copy_from_slice(self.bytes.get(o..end).ok_or(DiskError)?);
@@ -715,4 +717,144 @@ fn inv_bounded_work_blk_one_full_budget_request_per_turn() {
     d.notify(0);
     d.w(REG_STATUS, 0);
     assert!(!d.t.deferred_work());
+}
+
+// ------------------------------------------------- queues in parallel
+
+/// A disk whose reads wait, up to 10 s, until `want` of them are inside
+/// `read` at the same time, and record whether that happened.
+struct Rendezvous {
+    inner: MemDisk,
+    want: usize,
+    inside: core::sync::atomic::AtomicUsize,
+    met: core::sync::atomic::AtomicBool,
+}
+
+impl Disk for Rendezvous {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        use core::sync::atomic::Ordering::SeqCst;
+        self.inside.fetch_add(1, SeqCst);
+        let t = std::time::Instant::now();
+        // Until `want` are inside, or another reader saw them and left.
+        while !self.met.load(SeqCst) && t.elapsed().as_secs() < 10 {
+            if self.inside.load(SeqCst) >= self.want {
+                self.met.store(true, SeqCst);
+            }
+            std::thread::yield_now();
+        }
+        let r = self.inner.read(offset, buf);
+        self.inside.fetch_sub(1, SeqCst);
+        r
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.inner.write(offset, data)
+    }
+}
+
+impl<D: Disk + 'static> Dev<D> {
+    /// An IN request of `len` bytes at `sector` on queue `q`: (data
+    /// address, status address).
+    fn push_in(&mut self, q: u16, sector: u64, len: u32) -> (u64, u64) {
+        let (hdr, at, status) = self.area(VIRTIO_BLK_T_IN, sector);
+        self.push_raw(q, &[(hdr, 16, false), (at, len, true), (status, 1, true)]);
+        (at, status)
+    }
+}
+
+/// Rule `vq_scaling` with host SMP: two CPUs notifying two queues of one
+/// disk through the doorbell (no transport lock) are inside the disk at
+/// the same time. Serving the queues one after the other (one lock for
+/// the device, or the disk's lock taken for writing) fails this: the
+/// first read then waits 10 s alone.
+#[test]
+fn inv_vq_scaling_blk_queues_served_in_parallel() {
+    let disk = Rendezvous {
+        inner: disk(32),
+        want: 2,
+        inside: Default::default(),
+        met: Default::default(),
+    };
+    let blk = VirtioBlock::with_queues(disk, 2).unwrap();
+    let mut d = Dev::new(blk, MQ_DWZ, &[0, 1]);
+    let (a0, s0) = d.push_in(0, 3, 512);
+    let (a1, s1) = d.push_in(1, 9, 1024);
+    let bell =
+        d.t.doorbell()
+            .expect("virtio-blk serves its queues in parallel");
+    std::thread::scope(|sc| {
+        for q in [0u64, 1] {
+            let bell = &bell;
+            sc.spawn(move || assert!(bell.ring(REG_QUEUE_NOTIFY, B4, q)));
+        }
+    });
+    assert!(d
+        .t
+        .device()
+        .disk()
+        .met
+        .load(core::sync::atomic::Ordering::SeqCst));
+    assert_eq!((d.used_idx(0), d.used_idx(1)), (1, 1));
+    assert_eq!(d.mem.read_u8(s0).unwrap(), OK);
+    assert_eq!(d.mem.read_u8(s1).unwrap(), OK);
+    let want =
+        |sector: usize, len: usize| d.t.device().disk().inner.bytes[sector * 512..][..len].to_vec();
+    let mut got = vec![0u8; 1024];
+    d.mem.read(a0, &mut got[..512]).unwrap();
+    assert_eq!(got[..512], want(3, 512)[..]);
+    d.mem.read(a1, &mut got).unwrap();
+    assert_eq!(got, want(9, 1024));
+}
+
+/// The doorbell serves only what the transport would: nothing before
+/// DRIVER_OK, after a reset, for a stopped queue, for a queue index the
+/// device does not have, or with DEVICE_NEEDS_RESET; other registers and
+/// sizes go to the transport.
+#[test]
+fn blk_doorbell_serves_active_queues_only() {
+    let blk = VirtioBlock::with_queues(disk(32), 2).unwrap();
+    let mut d = Dev::new(blk, MQ_DWZ, &[0, 1]);
+    let bell = d.t.doorbell().unwrap();
+    assert!(!bell.ring(REG_QUEUE_SEL, B4, 1), "not a doorbell register");
+    assert!(!bell.ring(REG_QUEUE_NOTIFY, B2, 0), "not a 4-byte write");
+    for q in [2u64, 0xffff, 1 << 16] {
+        assert!(bell.ring(REG_QUEUE_NOTIFY, B4, q));
+    }
+    // Queue 1 stopped by the driver (QueueReady = 0).
+    let (_, s1) = d.push_in(1, 0, 512);
+    d.w(REG_QUEUE_SEL, 1);
+    d.w(REG_QUEUE_READY, 0);
+    assert!(bell.ring(REG_QUEUE_NOTIFY, B4, 1));
+    assert_eq!((d.used_idx(1), d.mem.read_u8(s1).unwrap()), (0, 0xee));
+    // Queue 0 works through the doorbell...
+    let (_, s0) = d.push_in(0, 0, 512);
+    assert!(bell.ring(REG_QUEUE_NOTIFY, B4, 0));
+    assert_eq!((d.used_idx(0), d.mem.read_u8(s0).unwrap()), (1, OK));
+    // ... not with DEVICE_NEEDS_RESET (queue 0's avail.idx 17 ahead of a
+    // 16-entry queue broke it) ...
+    let avail = ring(&d.mem, 0).avail;
+    let idx = d.mem.read_u16(avail + 2).unwrap();
+    d.mem.write_u16(avail + 2, idx.wrapping_add(17)).unwrap();
+    assert!(bell.ring(REG_QUEUE_NOTIFY, B4, 0));
+    assert_ne!(d.status() & status::DEVICE_NEEDS_RESET, 0);
+    d.mem.write_u16(avail + 2, idx).unwrap();
+    let (_, s0) = d.push_in(0, 0, 512);
+    assert!(bell.ring(REG_QUEUE_NOTIFY, B4, 0));
+    assert_eq!((d.used_idx(0), d.mem.read_u8(s0).unwrap()), (1, 0xee));
+    // ... and not after a reset.
+    let (_, s0) = d.push_in(0, 0, 512);
+    d.w(REG_STATUS, 0);
+    assert!(bell.ring(REG_QUEUE_NOTIFY, B4, 0));
+    assert_eq!((d.used_idx(0), d.mem.read_u8(s0).unwrap()), (1, 0xee));
+    // A device set up again but not yet DRIVER_OK: nothing either.
+    let blk = VirtioBlock::with_queues(disk(32), 2).unwrap();
+    let mut d = Dev::new(blk, MQ_DWZ, &[0, 1]);
+    let bell = d.t.doorbell().unwrap();
+    d.w(REG_STATUS, 0);
+    d.w(REG_STATUS, status::ACKNOWLEDGE);
+    let (_, s0) = d.push_in(0, 0, 512);
+    assert!(bell.ring(REG_QUEUE_NOTIFY, B4, 0));
+    assert_eq!(d.mem.read_u8(s0).unwrap(), 0xee);
 }

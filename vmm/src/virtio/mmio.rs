@@ -44,7 +44,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::queue::{Queue, QueueConfig};
-use super::{features, status, Activation, IrqTrigger, MemHandle, Signals, VirtioDevice};
+use super::{
+    features, status, Activation, IrqTrigger, MemHandle, ParallelQueues, Signals, VirtioDevice,
+};
 use crate::bus::{BusDevice, IoOutcome};
 use crate::irq::IrqLine;
 use crate::regs::AccessSize;
@@ -105,6 +107,32 @@ pub struct MmioTransport<D> {
     active: bool,
 }
 
+/// QueueNotify of a device with [`ParallelQueues`]. What the transport's
+/// own `notify` checks under its lock is checked here without it: the
+/// device's queues are active only between DRIVER_OK and a reset (or
+/// QueueReady = 0), which the transport tells the device under its lock
+/// and the device records under each queue's lock; DEVICE_NEEDS_RESET is
+/// read from the shared signals.
+struct NotifyDoorbell {
+    queues: Arc<dyn ParallelQueues>,
+    signals: Arc<Signals>,
+}
+
+impl crate::bus::Doorbell for NotifyDoorbell {
+    fn ring(&self, offset: u64, size: AccessSize, value: u64) -> bool {
+        if offset != REG_QUEUE_NOTIFY || size != AccessSize::B4 {
+            return false;
+        }
+        // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index.
+        if !self.signals.needs_reset() {
+            if let Ok(i) = u16::try_from(value) {
+                self.queues.notify(i);
+            }
+        }
+        true
+    }
+}
+
 /// Splits `v` into the word `sel` of 32 bits (0 beyond 64 bits).
 fn word(v: u64, sel: u32) -> u32 {
     match sel {
@@ -123,6 +151,19 @@ fn set_high(v: &mut u64, high: u32) {
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
+    /// The doorbell to register with the transport on the bus
+    /// ([`crate::bus::Bus::register_with_doorbell`]) when the device
+    /// serves its queues in parallel ([`VirtioDevice::parallel_queues`]):
+    /// QueueNotify writes then reach the device without this transport's
+    /// lock.
+    pub fn doorbell(&self) -> Option<Arc<dyn crate::bus::Doorbell>> {
+        let queues = self.device.parallel_queues()?;
+        Some(Arc::new(NotifyDoorbell {
+            queues,
+            signals: self.signals.clone(),
+        }))
+    }
+
     /// The transport of `device`, with guest memory `mem` and its level
     /// interrupt `line`.
     pub fn new(device: D, mem: MemHandle, line: IrqLine) -> MmioTransport<D> {

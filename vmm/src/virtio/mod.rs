@@ -165,6 +165,17 @@ pub struct Activation {
     pub irq: IrqTrigger,
 }
 
+/// The queues of a device that serves each of them under its own lock
+/// (rule `vq_scaling`): its transport routes QueueNotify writes straight
+/// here, past the transport's lock ([`crate::bus::Doorbell`]), so that
+/// vCPUs on different CPUs notifying different queues are served at the
+/// same time. A queue that is not active (before DRIVER_OK, after a reset
+/// or QueueReady = 0) ignores its notifications.
+pub trait ParallelQueues: Send + Sync {
+    /// The driver notified queue `index`.
+    fn notify(&self, index: u16);
+}
+
 /// A device model behind a virtio transport.
 ///
 /// Calls come from the transport under its lock (one at a time). A device
@@ -195,6 +206,12 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError>;
     /// The driver notified queue `index` (a ready queue of this device).
     fn queue_notify(&mut self, index: u16);
+    /// Queues served without the transport's lock, if the device has them
+    /// (default: none, every notification comes through
+    /// [`Self::queue_notify`]).
+    fn parallel_queues(&self) -> Option<Arc<dyn ParallelQueues>> {
+        None
+    }
     /// The driver stopped queue `index` after DRIVER_OK (QueueReady = 0,
     /// §4.2.2.2): the device must not use its buffers any more, also for
     /// work that does not come from a notification (default: nothing to
@@ -241,6 +258,9 @@ impl VirtioDevice for alloc::boxed::Box<dyn VirtioDevice> {
     }
     fn queue_notify(&mut self, index: u16) {
         (**self).queue_notify(index)
+    }
+    fn parallel_queues(&self) -> Option<Arc<dyn ParallelQueues>> {
+        (**self).parallel_queues()
     }
     fn queue_stop(&mut self, index: u16) {
         (**self).queue_stop(index)

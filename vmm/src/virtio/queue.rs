@@ -182,7 +182,7 @@ const WALKED: usize = 8;
 /// only; cloning restarts nothing (clone before walking to walk twice).
 ///
 /// [`DescriptorChain::summary`] of a chain at its start remembers the
-/// buffers it found (at most [`WALKED`]), and the later walks of that
+/// buffers it found (at most 8), and the later walks of that
 /// chain ([`DescriptorChain::for_each_piece`], `read_at`, `write_at`, a
 /// second `summary`) use them instead of reading and checking the tables
 /// again (`cargo xtask bench --virtio`: a 4 KiB block request read its
