@@ -507,6 +507,13 @@ pub fn parse_net(serial: &str) -> Vec<(u64, u64, u64, u64, u64)> {
 /// instances joined by a socket netdev, whose time is not one clock).
 fn net_run(paths: &Paths, arch: Arch, elf: &Path, dir: &Path) -> Result<()> {
     crate::bench::build_guest_bin(paths, arch, "virtio_net")?;
+    let flat_vm: GuestVm = vm("virtio_net", "net-a").form(ImageForm::Flat);
+    let flat = guests::image_in_form(
+        paths,
+        &flat_vm,
+        &guests::guest_path(paths, arch, true, "virtio_net"),
+        dir,
+    )?;
     println!(
         "vbench: virtio-net: two VMs of ours on one host CPU, {NET_FRAMES} frames a to b in \
          windows of 32 (each acknowledged), timed on a's virtual counter from the first frame \
@@ -545,6 +552,7 @@ fn net_run(paths: &Paths, arch: Arch, elf: &Path, dir: &Path) -> Result<()> {
             cmdline: spec.cmdline.clone(),
         };
         let (program, mut args) = machine.command_line();
+        let wall = Machine { smp: 2, ..machine }.command_line().1;
         crate::bench::icount_args(&mut args, 0);
         let serial = run_qemu(&program, &args, Duration::from_secs(600))?;
         let log = dir.join(format!("net-{size}.log"));
@@ -558,13 +566,162 @@ fn net_run(paths: &Paths, arch: Arch, elf: &Path, dir: &Path) -> Result<()> {
         let secs = ticks as f64 / freq as f64;
         let insns = ticks as f64 * 1e9 / freq as f64 / frames as f64;
         println!(
-            "net-{sz:<10} {:>10.0} frames/s {:>8.1} MiB/s {:>9.0} insn/frame (under the hypervisor; no QEMU-direct figure)",
+            "net-{sz:<10} {:>10.0} frames/s {:>8.1} MiB/s {:>9.0} insn/frame (under the hypervisor, icount)",
             frames as f64 / secs,
             bytes as f64 / secs / f64::from(1u32 << 20),
             insns
         );
+        // Wall clock: ours on 2 host CPUs, and QEMU direct.
+        let mut ours = Vec::new();
+        let mut direct = Vec::new();
+        for i in 0..NET_WALL_RUNS {
+            let log = dir.join(format!("net-{size}-wall-{}.log", i + 1));
+            ours.push(net_once(&program, &wall, &log)?);
+            direct.push(net_direct_once(dir, &flat, size, i + 1)?);
+        }
+        let (o, d) = (median_fps(&ours), median_fps(&direct));
+        let each = |v: &[NetFigure]| {
+            v.iter()
+                .map(|f| format!("{:.0}", f.frames_per_s()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "net-{size:<10} wall clock: {o:>10.0} frames/s under the hypervisor (2 host CPUs), \
+             {d:>10.0} frames/s QEMU direct (two QEMU processes, socket netdev), ratio {:.2} \
+             (medians of {NET_WALL_RUNS}); per run: ours {}, QEMU direct {}",
+            o / d.max(1.0),
+            each(&ours),
+            each(&direct)
+        );
     }
     Ok(())
+}
+
+/// Wall-clock runs of each side per virtio-net figure: QEMU direct varies
+/// by a factor of 3 between runs (two processes on the 2 host cores).
+const NET_WALL_RUNS: usize = 5;
+
+/// One virtio-net figure: (frame size, frames, bytes, ticks, freq).
+type NetFigure = (u64, u64, u64, u64, u64);
+
+trait FramesPerS {
+    fn frames_per_s(&self) -> f64;
+}
+
+impl FramesPerS for NetFigure {
+    fn frames_per_s(&self) -> f64 {
+        self.1 as f64 * self.4.max(1) as f64 / self.3.max(1) as f64
+    }
+}
+
+/// The median frames per second of `v` (0 if empty).
+fn median_fps(v: &[NetFigure]) -> f64 {
+    let mut f: Vec<f64> = v.iter().map(|x| x.frames_per_s()).collect();
+    f.sort_by(f64::total_cmp);
+    f.get(f.len().saturating_sub(1) / 2).copied().unwrap_or(0.0)
+}
+
+/// One run of the two VMs of ours; the first figure line of its output.
+fn net_once(program: &str, args: &[String], log: &Path) -> Result<NetFigure> {
+    let serial = run_qemu(program, args, Duration::from_secs(600))?;
+    let _ = std::fs::write(log, &serial);
+    parse_net(&serial)
+        .first()
+        .copied()
+        .ok_or_else(|| format!("virtio-net: no VBENCH line (log: {})", Paths::show(log)))
+}
+
+/// The virtio_net guest booted directly by QEMU twice (roles a and b),
+/// joined by a socket netdev on a free local port; a's figure. b starts
+/// first and listens; a connects (QEMU holds frames a guest has no buffer
+/// for yet, so nothing is lost while the other boots).
+fn net_direct_once(dir: &Path, flat: &Path, size: u32, run: usize) -> Result<NetFigure> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free local port: {e}"))?
+        .port();
+    let args = |role: &str, netdev: String, mac: &str| -> Vec<String> {
+        let append = format!("direct role={role} mode=bench frames={NET_FRAMES} size={size}");
+        let device = format!("virtio-net-device,netdev=n,mac={mac}");
+        [
+            "-machine",
+            "virt,gic-version=3",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "128M",
+            "-smp",
+            "1",
+            "-kernel",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([flat.display().to_string()])
+        .chain(
+            [
+                "-append",
+                &append,
+                "-netdev",
+                &netdev,
+                "-device",
+                &device,
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-monitor",
+                "none",
+                "-no-reboot",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        )
+        .collect()
+    };
+    let b_log = dir.join(format!("net-{size}-direct-b-{run}.log"));
+    let out = std::fs::File::create(&b_log)
+        .map_err(|e| format!("cannot create {}: {e}", b_log.display()))?;
+    let mut b = std::process::Command::new("qemu-system-aarch64")
+        .args(args(
+            "b",
+            format!("socket,id=n,listen=127.0.0.1:{port}"),
+            "52:54:00:00:00:0b",
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run qemu-system-aarch64: {e}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let a = run_qemu(
+        "qemu-system-aarch64",
+        &args(
+            "a",
+            format!("socket,id=n,connect=127.0.0.1:{port}"),
+            "52:54:00:00:00:0a",
+        ),
+        Duration::from_secs(120),
+    );
+    // b ends with SYSTEM_OFF after its last acknowledgement; never leave it.
+    let t = std::time::Instant::now();
+    while b.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = b.kill();
+    let _ = b.wait();
+    let a = a?;
+    let log = dir.join(format!("net-{size}-direct-a-{run}.log"));
+    let _ = std::fs::write(&log, &a);
+    parse_net(&a).first().copied().ok_or_else(|| {
+        format!(
+            "virtio-net QEMU direct: no VBENCH line (logs: {}, {})",
+            Paths::show(&log),
+            Paths::show(&b_log)
+        )
+    })
 }
 
 /// QEMU booting the guest's flat image `flat` directly, with its own

@@ -152,7 +152,16 @@ pub(crate) fn write32(addr: u64, v: u32) {
 /// The first device of type `want` in the slots at `base`: (slot, its
 /// base, transport).
 pub fn find(base: u64, want: DeviceType) -> Option<(u32, u64, MmioTransport<'static>)> {
-    for n in 0..SLOTS {
+    find_in(base, SLOTS, want)
+}
+
+/// [`find`] in `count` slots (QEMU `virt` has 32 at 0x0a00_0000).
+pub fn find_in(
+    base: u64,
+    count: u32,
+    want: DeviceType,
+) -> Option<(u32, u64, MmioTransport<'static>)> {
+    for n in 0..count {
         let at = base + u64::from(n) * SLOT_SIZE;
         if read32(at) != MAGIC {
             continue;
@@ -459,12 +468,22 @@ fn net_receive<'a>(
     rx: &'a mut [u8],
     idle: &mut dyn FnMut(),
 ) -> Option<&'a [u8]> {
+    net_receive_for(net, rx, idle, NET_WAIT)
+}
+
+/// [`net_receive`] with at most `waits` idle steps.
+fn net_receive_for<'a>(
+    net: &mut VirtIONetRaw<Dma, MmioTransport<'static>, 16>,
+    rx: &'a mut [u8],
+    idle: &mut dyn FnMut(),
+    waits: u32,
+) -> Option<&'a [u8]> {
     // SAFETY: `rx` is not touched until `receive_complete` (or dropped
     // with the device, which stops its queues first).
     let token = unsafe { net.receive_begin(rx) }.ok()?;
     let mut waited = 0;
     while net.poll_receive() != Some(token) {
-        if waited == NET_WAIT {
+        if waited == waits {
             return None;
         }
         waited += 1;
@@ -725,6 +744,10 @@ const NET_BENCH_WINDOW: u32 = 32;
 /// prints `VBENCH net-<size> frames=N bytes=B ticks=T freq=F` (ticks of
 /// `clock` from the first frame to the last acknowledgement). Role `b`
 /// counts and acknowledges. Both find each other with a broadcast first.
+///
+/// `hello_waits`: idle steps the two wait for each other's first frame
+/// (two QEMU processes joined by a socket start one after the other).
+#[allow(clippy::too_many_arguments)]
 pub fn net_bench(
     r: &mut dyn Report,
     t: MmioTransport<'static>,
@@ -733,6 +756,7 @@ pub fn net_bench(
     size: usize,
     clock: &dyn Fn() -> (u64, u64),
     idle: &mut dyn FnMut(),
+    hello_waits: u32,
 ) {
     let mut net = match VirtIONetRaw::<Dma, _, 16>::new(t) {
         Ok(n) => n,
@@ -746,7 +770,7 @@ pub fn net_bench(
     if role == "a" {
         let n = net_frame(&mut tx, &[0xff; 6], &mac, b"bench hello");
         let _ = net.send(&tx[..n]);
-        let Some(f) = net_receive(&mut net, &mut rx, idle) else {
+        let Some(f) = net_receive_for(&mut net, &mut rx, idle, hello_waits) else {
             return r.say(format_args!("VBENCH FAIL no answer from b"));
         };
         let peer: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
@@ -775,7 +799,7 @@ pub fn net_bench(
         ));
         r.say(format_args!("VBENCH done"));
     } else {
-        let Some(f) = net_receive(&mut net, &mut rx, idle) else {
+        let Some(f) = net_receive_for(&mut net, &mut rx, idle, hello_waits) else {
             return r.say(format_args!("VBENCH FAIL no hello from a"));
         };
         let peer: [u8; 6] = f[6..12].try_into().unwrap_or([0; 6]);
