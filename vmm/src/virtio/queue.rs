@@ -174,15 +174,16 @@ pub struct Descriptor {
 
 /// Buffers a chain remembers from its first complete walk
 /// ([`DescriptorChain::summary`]): a block request has three, a network
-/// frame one or two.
-const WALKED: usize = 8;
+/// frame one or two. A chain is moved a few times per request (popped,
+/// handed to the device): 16 bytes more each.
+const WALKED: usize = 4;
 
 /// A descriptor chain being walked (§2.7.5), one descriptor read from
 /// guest memory per [`DescriptorChain::next`]. It holds guest addresses
 /// only; cloning restarts nothing (clone before walking to walk twice).
 ///
 /// [`DescriptorChain::summary`] of a chain at its start remembers the
-/// buffers it found (at most 8), and the later walks of that
+/// buffers it found (at most 4), and the later walks of that
 /// chain ([`DescriptorChain::for_each_piece`], `read_at`, `write_at`, a
 /// second `summary`) use them instead of reading and checking the tables
 /// again (`cargo xtask bench --virtio`: a 4 KiB block request read its
@@ -191,6 +192,16 @@ const WALKED: usize = 8;
 /// buffer access still goes through [`QueueMemory`]'s checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DescriptorChain {
+    walk: Walk,
+    /// The buffers of the first complete walk from the start, and how many
+    /// (`None`: not walked yet, or more than [`WALKED`]).
+    walked: [Cell<Descriptor>; WALKED],
+    walked_len: Cell<Option<u8>>,
+}
+
+/// Where a walk of a chain is (copied alone to walk a chain again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Walk {
     head: u16,
     /// The table being walked and its number of entries.
     table: u64,
@@ -203,10 +214,6 @@ pub struct DescriptorChain {
     total: u64,
     seen_writable: bool,
     error: Option<ChainError>,
-    /// The buffers of the first complete walk from the start, and how many
-    /// (`None`: not walked yet, or more than [`WALKED`]).
-    walked: [Cell<Descriptor>; WALKED],
-    walked_len: Cell<Option<u8>>,
 }
 
 impl DescriptorChain {
@@ -214,16 +221,18 @@ impl DescriptorChain {
     /// `queue_size` entries.
     pub fn new(table: u64, queue_size: u16, head: u16, indirect_ok: bool) -> DescriptorChain {
         DescriptorChain {
-            head,
-            table,
-            table_len: u32::from(queue_size),
-            in_indirect: false,
-            indirect_ok,
-            next: Some(u32::from(head)),
-            count: 0,
-            total: 0,
-            seen_writable: false,
-            error: None,
+            walk: Walk {
+                head,
+                table,
+                table_len: u32::from(queue_size),
+                in_indirect: false,
+                indirect_ok,
+                next: Some(u32::from(head)),
+                count: 0,
+                total: 0,
+                seen_writable: false,
+                error: None,
+            },
             walked: Default::default(),
             walked_len: Cell::new(None),
         }
@@ -231,7 +240,8 @@ impl DescriptorChain {
 
     /// Whether nothing of the chain was walked yet (by [`Self::next`]).
     fn at_start(&self) -> bool {
-        self.count == 0 && !self.in_indirect && self.next == Some(u32::from(self.head))
+        let w = &self.walk;
+        w.count == 0 && !w.in_indirect && w.next == Some(u32::from(w.head))
     }
 
     /// The buffers remembered by [`Self::summary`], if this chain is at its
@@ -245,13 +255,7 @@ impl DescriptorChain {
 
     /// The head index: the id returned in the used ring.
     pub fn head(&self) -> u16 {
-        self.head
-    }
-
-    fn fail(&mut self, e: ChainError) -> Result<Option<Descriptor>, ChainError> {
-        self.error = Some(e);
-        self.next = None;
-        Err(e)
+        self.walk.head
     }
 
     /// The next buffer, `Ok(None)` at the end of the chain. After an
@@ -261,6 +265,126 @@ impl DescriptorChain {
         &mut self,
         mem: &M,
     ) -> Result<Option<Descriptor>, ChainError> {
+        self.walk.next(mem)
+    }
+
+    /// Walks a copy of the chain to its end: the device-readable and
+    /// device-writable byte counts, or the chain's error.
+    pub fn summary<M: QueueMemory + ?Sized>(&self, mem: &M) -> Result<ChainSummary, ChainError> {
+        let mut s = ChainSummary::default();
+        let mut add = |d: Descriptor| {
+            if d.writable {
+                s.writable += d.len;
+            } else {
+                s.readable += d.len;
+            }
+            s.descriptors += 1;
+        };
+        if let Some(w) = self.remembered() {
+            w.iter().for_each(|d| add(d.get()));
+            return Ok(s);
+        }
+        let record = self.at_start();
+        let mut c = self.walk.clone();
+        let mut n = 0usize;
+        while let Some(d) = c.next(mem)? {
+            add(d);
+            if let Some(slot) = self.walked.get(n).filter(|_| record) {
+                slot.set(d);
+            }
+            n += 1;
+        }
+        if record && n <= WALKED {
+            self.walked_len.set(Some(n as u8));
+        }
+        Ok(s)
+    }
+
+    /// Calls `f(gpa, stream_offset, n)` for each piece of the window
+    /// `[start, start+len)` of the readable (or writable) byte stream of a
+    /// copy of the chain (§2.7.4: the device assumes no particular
+    /// framing). Fails with [`ChainError::Malformed`] if the stream is
+    /// shorter than the window.
+    pub fn for_each_piece<M: QueueMemory + ?Sized>(
+        &self,
+        mem: &M,
+        writable: bool,
+        start: u64,
+        len: u64,
+        mut f: impl FnMut(u64, u64, u64) -> Result<(), ChainError>,
+    ) -> Result<(), ChainError> {
+        let end = start.checked_add(len).ok_or(ChainError::Malformed)?;
+        let remembered = self.remembered();
+        let mut c = remembered.is_none().then(|| self.walk.clone());
+        let mut k = 0;
+        let mut pos = 0u64;
+        let mut done = start;
+        while done < end {
+            let d = match (&mut c, remembered) {
+                (Some(c), _) => c.next(mem)?,
+                (None, Some(w)) => w.get(k).map(Cell::get),
+                (None, None) => None,
+            };
+            k += 1;
+            let Some(d) = d else {
+                return Err(ChainError::Malformed);
+            };
+            if d.writable != writable {
+                continue;
+            }
+            let (lo, hi) = (pos, pos + u64::from(d.len));
+            pos = hi;
+            if hi <= done {
+                continue;
+            }
+            let n = hi.min(end) - done;
+            f(d.addr + (done - lo), done - start, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of the readable stream.
+    pub fn read_at<M: QueueMemory + ?Sized>(
+        &self,
+        mem: &M,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), ChainError> {
+        self.for_each_piece(mem, false, offset, buf.len() as u64, |gpa, o, n| {
+            mem.read(gpa, &mut buf[o as usize..(o + n) as usize])
+                .map_err(|_| ChainError::BufferNotRam {
+                    addr: gpa,
+                    len: n as u32,
+                })
+        })
+    }
+
+    /// Writes `data` at `offset` of the writable stream.
+    pub fn write_at<M: QueueMemory + ?Sized>(
+        &self,
+        mem: &M,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), ChainError> {
+        self.for_each_piece(mem, true, offset, data.len() as u64, |gpa, o, n| {
+            mem.write(gpa, &data[o as usize..(o + n) as usize])
+                .map_err(|_| ChainError::BufferNotRam {
+                    addr: gpa,
+                    len: n as u32,
+                })
+        })
+    }
+}
+
+impl Walk {
+    fn fail(&mut self, e: ChainError) -> Result<Option<Descriptor>, ChainError> {
+        self.error = Some(e);
+        self.next = None;
+        Err(e)
+    }
+
+    fn next<M: QueueMemory + ?Sized>(&mut self, mem: &M) -> Result<Option<Descriptor>, ChainError> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -333,114 +457,6 @@ impl DescriptorChain {
                 writable,
             }));
         }
-    }
-
-    /// Walks a copy of the chain to its end: the device-readable and
-    /// device-writable byte counts, or the chain's error.
-    pub fn summary<M: QueueMemory + ?Sized>(&self, mem: &M) -> Result<ChainSummary, ChainError> {
-        let mut s = ChainSummary::default();
-        let mut add = |d: Descriptor| {
-            if d.writable {
-                s.writable += d.len;
-            } else {
-                s.readable += d.len;
-            }
-            s.descriptors += 1;
-        };
-        if let Some(w) = self.remembered() {
-            w.iter().for_each(|d| add(d.get()));
-            return Ok(s);
-        }
-        let record = self.at_start();
-        let mut c = self.clone();
-        let mut n = 0usize;
-        while let Some(d) = c.next(mem)? {
-            add(d);
-            if let Some(slot) = self.walked.get(n).filter(|_| record) {
-                slot.set(d);
-            }
-            n += 1;
-        }
-        if record && n <= WALKED {
-            self.walked_len.set(Some(n as u8));
-        }
-        Ok(s)
-    }
-
-    /// Calls `f(gpa, stream_offset, n)` for each piece of the window
-    /// `[start, start+len)` of the readable (or writable) byte stream of a
-    /// copy of the chain (§2.7.4: the device assumes no particular
-    /// framing). Fails with [`ChainError::Malformed`] if the stream is
-    /// shorter than the window.
-    pub fn for_each_piece<M: QueueMemory + ?Sized>(
-        &self,
-        mem: &M,
-        writable: bool,
-        start: u64,
-        len: u64,
-        mut f: impl FnMut(u64, u64, u64) -> Result<(), ChainError>,
-    ) -> Result<(), ChainError> {
-        let end = start.checked_add(len).ok_or(ChainError::Malformed)?;
-        let remembered = self.remembered();
-        let mut c = remembered.is_none().then(|| self.clone());
-        let mut k = 0;
-        let mut pos = 0u64;
-        let mut done = start;
-        while done < end {
-            let d = match (&mut c, remembered) {
-                (Some(c), _) => c.next(mem)?,
-                (None, Some(w)) => w.get(k).map(Cell::get),
-                (None, None) => None,
-            };
-            k += 1;
-            let Some(d) = d else {
-                return Err(ChainError::Malformed);
-            };
-            if d.writable != writable {
-                continue;
-            }
-            let (lo, hi) = (pos, pos + u64::from(d.len));
-            pos = hi;
-            if hi <= done {
-                continue;
-            }
-            let n = hi.min(end) - done;
-            f(d.addr + (done - lo), done - start, n)?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Reads `buf.len()` bytes at `offset` of the readable stream.
-    pub fn read_at<M: QueueMemory + ?Sized>(
-        &self,
-        mem: &M,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), ChainError> {
-        self.for_each_piece(mem, false, offset, buf.len() as u64, |gpa, o, n| {
-            mem.read(gpa, &mut buf[o as usize..(o + n) as usize])
-                .map_err(|_| ChainError::BufferNotRam {
-                    addr: gpa,
-                    len: n as u32,
-                })
-        })
-    }
-
-    /// Writes `data` at `offset` of the writable stream.
-    pub fn write_at<M: QueueMemory + ?Sized>(
-        &self,
-        mem: &M,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), ChainError> {
-        self.for_each_piece(mem, true, offset, data.len() as u64, |gpa, o, n| {
-            mem.write(gpa, &data[o as usize..(o + n) as usize])
-                .map_err(|_| ChainError::BufferNotRam {
-                    addr: gpa,
-                    len: n as u32,
-                })
-        })
     }
 }
 
