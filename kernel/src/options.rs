@@ -14,6 +14,10 @@ pub enum ExitMethod {
     Semihosting = 2,
     /// arm64: PSCI SYSTEM_OFF (QEMU exits with status 0 either way).
     Psci = 3,
+    /// x86 under Bochs: success is the magic breakpoint (`xchg bx, bx`,
+    /// with `magic_break: enabled=1` the debugger's `quit` ends Bochs
+    /// with status 0), failure the shutdown port 0x8900 (status 1).
+    Bochs = 4,
 }
 
 impl ExitMethod {
@@ -22,6 +26,7 @@ impl ExitMethod {
             1 => ExitMethod::DebugExit,
             2 => ExitMethod::Semihosting,
             3 => ExitMethod::Psci,
+            4 => ExitMethod::Bochs,
             _ => ExitMethod::Halt,
         }
     }
@@ -101,6 +106,7 @@ impl Options {
                 ("exit", "debugexit") => o.exit = ExitMethod::DebugExit,
                 ("exit", "semihosting") => o.exit = ExitMethod::Semihosting,
                 ("exit", "psci") => o.exit = ExitMethod::Psci,
+                ("exit", "bochs") => o.exit = ExitMethod::Bochs,
                 ("exit", "halt") => o.exit = ExitMethod::Halt,
                 ("selftest", "crash") => o.selftest_crash = true,
                 ("selftest", "crash-ap") => SELFTEST_CRASH_AP.store(true, Ordering::Relaxed),

@@ -39,6 +39,16 @@ const fn path(name: &'static str, package: &'static str) -> Need {
     }
 }
 
+/// A program looked up in PATH, from `package` (for other modules).
+pub const fn program_need(name: &'static str, package: &'static str) -> Need {
+    program(name, package)
+}
+
+/// A file or directory from `package` (for other modules).
+pub const fn path_need(name: &'static str, package: &'static str) -> Need {
+    path(name, package)
+}
+
 const GRUB: &[Need] = &[
     program("grub-mkrescue", "grub-common"),
     program("xorriso", "xorriso"),

@@ -11,6 +11,7 @@
 //! Everything it writes goes under `<target dir>/xtask/` (`target/xtask/` by default).
 
 mod bench;
+mod bochs;
 mod build;
 mod bundle;
 mod config;

@@ -46,13 +46,20 @@ pub struct TestArgs {
 
 impl Scenario {
     fn spec(&self, release: bool) -> BootSpec {
+        let (boot, grub, cmdline) = if self.bochs.is_some() {
+            // Bochs boots the GRUB ISO and ends through its own ports.
+            let words = [crate::bochs::EXIT_WORD, self.append].join(" ");
+            (crate::Boot::Multiboot1, true, words.trim().to_string())
+        } else {
+            (self.boot, self.grub, kernel_cmdline(self.arch, self.append))
+        };
         BootSpec {
             arch: self.arch,
-            boot: self.boot,
-            cmdline: kernel_cmdline(self.arch, self.append),
+            boot,
+            cmdline,
             release,
             test_hooks: self.test_hooks,
-            grub: self.grub,
+            grub,
             bundle: None,
         }
     }
@@ -636,6 +643,11 @@ pub fn run(paths: &Paths, a: TestArgs) -> Result<i32> {
                 continue;
             }
             let spec = sc.spec(a.release);
+            if sc.bochs.is_some() {
+                needs.extend(deps::for_image(true));
+                needs.extend(crate::bochs::needs());
+                continue;
+            }
             needs.extend(deps::for_run(sc.arch, sc.boot, spec.uses_grub()));
         }
         deps::ensure(&needs)?;
@@ -677,6 +689,20 @@ pub fn run(paths: &Paths, a: TestArgs) -> Result<i32> {
                             let args: Vec<String> =
                                 script.iter().skip(1).map(|s| s.to_string()).collect();
                             run_scenario(paths, sc, &program.display().to_string(), &args)
+                        }
+                        Ok(Some(Media::Cdrom(iso))) if sc.bochs.is_some() => {
+                            let dir = paths.out.join("scenarios").join(sc.name);
+                            let model = sc.bochs.unwrap_or_default();
+                            match crate::bochs::prepare(&dir, model, sc.mem_mib, iso) {
+                                Ok((program, args)) => run_scenario(paths, sc, &program, &args),
+                                Err(e) => Outcome {
+                                    name: sc.name.into(),
+                                    secs: 0.0,
+                                    result: Err(e),
+                                    tail: Vec::new(),
+                                    log: None,
+                                },
+                            }
                         }
                         Ok(Some(m)) => {
                             let machine = Machine {

@@ -1,7 +1,7 @@
 //! The two devices the kernel itself uses on x86: the COM1 UART (through
 //! `uart_16550`, polled) and QEMU's `isa-debug-exit` port.
 
-use super::instr::{inb, outl};
+use super::instr::{inb, outb, outl};
 use uart_16550::SerialPort;
 
 pub const COM1: u16 = 0x3f8;
@@ -76,6 +76,22 @@ pub const DEBUG_EXIT_FAILURE: u32 = 0x11;
 pub unsafe fn debug_exit(value: u32) {
     // SAFETY: the caller vouches that port 0xF4 is QEMU's debug-exit device.
     unsafe { outl(DEBUG_EXIT_PORT, value) };
+}
+
+/// Ends a run under Bochs (kernel option `exit=bochs`): success with the
+/// magic breakpoint `xchg bx, bx` (Bochs' `magic_break: enabled=1` stops
+/// in its debugger, whose script then quits: status 0), failure with
+/// "Shutdown" on port 0x8900 (a Bochs panic: status 1). On anything else
+/// both do nothing and the caller halts.
+pub fn bochs_exit(success: bool) {
+    if success {
+        // SAFETY: `xchg bx, bx` only swaps a register with itself.
+        unsafe { core::arch::asm!("xchg bx, bx", options(nomem, nostack, preserves_flags)) };
+    }
+    for b in b"Shutdown" {
+        // SAFETY: port 0x8900 is Bochs' shutdown port, unused elsewhere.
+        unsafe { outb(0x8900, *b) };
+    }
 }
 
 /// The host's CMOS clock: register B and the time registers (seconds,

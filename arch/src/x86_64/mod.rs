@@ -1,4 +1,4 @@
-//! x86_64: CPU setup, paging formats, exceptions, SVM (and later VMX).
+//! x86_64: CPU setup, paging formats, exceptions, SVM (and the first steps of VMX).
 //!
 //! Pure parts (descriptor encodings, exception frames and reports, CPUID
 //! decoding) compile everywhere and are host-tested; the parts that execute
@@ -22,6 +22,8 @@ pub mod lapic;
 /// AMD SVM + NPT backend (its decoder dependency is x86-only).
 #[cfg(target_arch = "x86_64")]
 pub mod svm;
+/// Intel VMX (first steps: capabilities, VMXON).
+pub mod vmx;
 pub mod xstate;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]

@@ -387,9 +387,9 @@ pub fn exit(status: ExitStatus, method: ExitMethod) -> ! {
             halt()
         }
         ExitMethod::Psci => psci_off_or_halt(),
-        ExitMethod::DebugExit => {
+        ExitMethod::DebugExit | ExitMethod::Bochs => {
             crate::console::emergency_println(format_args!(
-                "exit=debugexit is x86-only (isa-debug-exit); halting"
+                "exit=debugexit and exit=bochs are x86-only; halting"
             ));
             halt()
         }

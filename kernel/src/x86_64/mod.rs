@@ -185,6 +185,9 @@ pub fn deliberate_fault() {
 /// (`(v << 1) | 1`): an even `status` comes out as `status | 1`.
 pub fn exit_with_status(status: u8, method: ExitMethod) -> ! {
     devices::serial_flush();
+    if method == ExitMethod::Bochs {
+        devices::bochs_exit(status == 0);
+    }
     if method == ExitMethod::DebugExit {
         // SAFETY: the command line said exit=debugexit, i.e. port 0xF4 is
         // QEMU's isa-debug-exit device.
@@ -195,6 +198,9 @@ pub fn exit_with_status(status: u8, method: ExitMethod) -> ! {
 
 pub fn exit(status: ExitStatus, method: ExitMethod) -> ! {
     devices::serial_flush();
+    if method == ExitMethod::Bochs {
+        devices::bochs_exit(status == ExitStatus::Success);
+    }
     if method == ExitMethod::DebugExit {
         let v = match status {
             ExitStatus::Success => devices::DEBUG_EXIT_SUCCESS,

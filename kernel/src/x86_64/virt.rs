@@ -1,5 +1,6 @@
 //! The x86 virtualization backend as the kernel's VM layer (`vms.rs`) sees
-//! it: AMD SVM with nested paging (`arch::x86_64::svm`).
+//! it: AMD SVM with nested paging (`arch::x86_64::svm`); on an Intel CPU
+//! the first steps of VMX (`arch::x86_64::vmx`: capabilities, VMXON).
 //!
 //! Global state set up once by [`virt_init`] on the boot CPU: SVM enabled
 //! (EFER.SVME, VM_HSAVE_PA, host VMSAVE area), one MSR permission map and one
@@ -61,6 +62,9 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
     }
     let cpu = CpuInfo::read(&Cpuid);
     let svm = cpu.svm.as_ref();
+    if svm.is_none() && cpu.vmx {
+        return Err(vmx_first_steps(frames));
+    }
     if let Some(why) =
         hw::svm_unusable_reason(svm.is_some(), svm.is_some_and(|s| s.nested_paging()))
     {
@@ -112,6 +116,47 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
         iopm,
     });
     Ok(())
+}
+
+/// An Intel CPU: what the VMX backend does so far (issue 16). It reads
+/// the capabilities, enters VMX operation on this CPU and leaves it again,
+/// then says why no VM runs: the VMCS, EPT and exit handling come next.
+fn vmx_first_steps(frames: &mut FrameAllocator) -> &'static str {
+    use arch::x86_64::vmx::{self, hw as vhw};
+    let caps = vhw::read_caps();
+    log::info!("vmx: {caps}");
+    log::debug!(
+        "vmx: MSRs basic {:#x} pin {:#x} proc {:#x} proc2 {:x?} exit {:#x} entry {:#x} misc {:#x} ept/vpid {:x?} cr0 fixed {:x?} cr4 fixed {:x?} feature control {:#x}",
+        caps.basic,
+        caps.pinbased,
+        caps.procbased,
+        caps.procbased2,
+        caps.exit,
+        caps.entry,
+        caps.misc,
+        caps.ept_vpid,
+        caps.cr0_fixed,
+        caps.cr4_fixed,
+        caps.feature_control
+    );
+    if vmx::feature_control(caps.feature_control) != vmx::FeatureControl::Ready {
+        log::info!("vmx: IA32_FEATURE_CONTROL {:#x}", caps.feature_control);
+    }
+    let Some(region) = frames.alloc_frame() else {
+        return "no frame for the VMXON region";
+    };
+    fill(region, PAGE as usize, 0);
+    // SAFETY: `region` is a fresh frame that stays this CPU's; the kernel
+    // runs in long mode with PE, PG and NE set.
+    match unsafe { vhw::vmxon(&caps, region) } {
+        Ok(()) => {
+            log::info!("vmx: VMXON on CPU 0 ok (region {region:#x}); VMXOFF");
+            // SAFETY: VMXON just succeeded and no VMCS exists.
+            unsafe { vhw::vmxoff() };
+            "the VMX backend runs no guests yet (VMXON works; VMCS, EPT and exits are issue 16's next steps)"
+        }
+        Err(e) => e,
+    }
 }
 
 /// LAPIC timer ticks (bus clock / 16) per guest time slice: 10 ms on QEMU

@@ -43,6 +43,7 @@ mod stats;
 mod svm;
 mod virtio;
 mod virtio_console;
+mod vmx;
 
 /// One emulator run and what it must show.
 #[derive(Clone, Debug)]
@@ -59,6 +60,9 @@ pub struct Scenario {
     /// QEMU `-cpu` model under TCG (`None`: `max`), e.g. `EPYC,+svm,+npt`
     /// or `cortex-a72`. KVM always uses `-cpu host`.
     pub cpu: Option<&'static str>,
+    /// Run in Bochs with this CPU model instead of QEMU (x86: the GRUB
+    /// ISO, `exit=bochs`; exit status 0 for success, 1 for failure).
+    pub bochs: Option<&'static str>,
     pub smp: u32,
     /// Run QEMU with `-icount shift=N,sleep=off` (TCG): guest time is the
     /// instruction count (2^N ns each), so checks of timing (a PIT window
@@ -277,6 +281,7 @@ pub fn boot(name: &'static str, arch: Arch, boot: Boot, timeout: Duration) -> Sc
         test_hooks: true,
         grub: false,
         cpu: None,
+        bochs: None,
         smp: 2,
         icount: None,
         mem_mib: 512,
@@ -342,6 +347,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(stats::scenarios());
     v.extend(virtio::scenarios());
     v.extend(virtio_console::scenarios());
+    v.extend(vmx::scenarios());
     v.extend(hvconsole::scenarios());
     v
 }

@@ -1,0 +1,47 @@
+//! Intel VMX in Bochs (issue 16). So far the backend's first steps: the
+//! capability MSRs, IA32_FEATURE_CONTROL, the CR0/CR4 fixed bits, VMXON
+//! and VMXOFF on the boot CPU. No guest runs on VMX yet, so the run ends
+//! with the kernel's "cannot run VMs" and Bochs' failure status (1); what
+//! the scenario checks is that the bring-up got that far and said so.
+
+use super::*;
+
+/// Bochs' CPU model with VMX, EPT, VPID and unrestricted guest.
+pub const HASWELL: &str = "corei7_haswell_4770";
+
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        // The kernel on an Intel CPU model, no VM: the success path of
+        // `exit=bochs` (magic breakpoint, status 0).
+        Scenario {
+            bochs: Some(HASWELL),
+            smp: 1,
+            timeout: Duration::from_secs(120),
+            expect_status: 0,
+            expect: &[
+                "booting via multiboot1",
+                "cpu: GenuineIntel",
+                "virt: SVM no; VMX yes",
+                "no VMs given",
+                "HV-EXIT: success",
+            ],
+            ..boot("boot-x86-bochs", Arch::X86_64, Boot::Multiboot1, KERNEL_TIMEOUT)
+        },
+        Scenario {
+        bochs: Some(HASWELL),
+        smp: 1,
+        timeout: Duration::from_secs(120),
+        expect_status: 1,
+        expect: &[
+            "booting via multiboot1",
+            "virt: SVM no; VMX yes (EPT yes, VPID yes, unrestricted-guest yes)",
+            "vmx: revision 0x2b, region 4096 bytes, true controls yes, EPT yes (2M pages yes, 1G pages yes), VPID yes (INVVPID yes), unrestricted guest yes, preemption timer TSC/2^0",
+            "vmx: VMXON on CPU 0 ok",
+            "cannot run VMs: the VMX backend runs no guests yet",
+            "HV-EXIT: failure",
+        ],
+        forbid: &["*** EXCEPTION", "panicked", "VMXON failed"],
+        ..guests("vmx-bringup", Arch::X86_64, vec![vm("hello", "hello")], &[])
+        },
+    ]
+}
