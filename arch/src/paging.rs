@@ -124,6 +124,11 @@ impl Attrs {
         ..Attrs::RW
     };
 
+    /// Accessible from the less privileged level too.
+    pub const fn with_user(self) -> Self {
+        Attrs { user: true, ..self }
+    }
+
     pub const fn global(self) -> Self {
         Attrs {
             global: true,
@@ -873,6 +878,126 @@ impl Format for X86Long4 {
                 MemType::Normal
             },
             global: e & Self::G != 0,
+        }
+    }
+    fn hw_updated_bits(&self) -> u64 {
+        Self::A | Self::D
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Intel EPT, 4-level (SDM Vol. 3C 29.3.2, tables 29-1 to 29-6).
+
+/// Extended page tables, 4-level, 48-bit guest-physical addresses.
+///
+/// An entry is present when any of R, W, X is set. Table entries allow
+/// everything (the leaf decides). Leaves carry the EPT memory type: WB (6)
+/// for RAM, with the guest's PAT still combining (IPAT = 0), and UC (0)
+/// with IPAT = 1 for device memory, so the guest cannot make it
+/// cacheable. Write without read is a misconfiguration, and execute-only
+/// needs a capability this kernel does not ask for: unreadable mappings
+/// are refused. 1 GiB leaves need IA32_VMX_EPT_VPID_CAP bit 17 (the caller
+/// passes a smaller `max_block` otherwise).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ept4;
+
+impl Ept4 {
+    pub const R: u64 = 1 << 0;
+    pub const W: u64 = 1 << 1;
+    pub const X: u64 = 1 << 2;
+    /// Memory type, bits 5:3 of a leaf.
+    pub const MT_SHIFT: u32 = 3;
+    pub const MT_UC: u64 = 0;
+    pub const MT_WB: u64 = 6;
+    /// Ignore the guest PAT (leaf).
+    pub const IPAT: u64 = 1 << 6;
+    /// This PDE / PDPTE maps a 2 MiB / 1 GiB page.
+    pub const LARGE: u64 = 1 << 7;
+    /// Accessed and dirty, set by the CPU when EPTP enables them.
+    pub const A: u64 = 1 << 8;
+    pub const D: u64 = 1 << 9;
+    /// Physical-address bits 51:12.
+    pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+    /// EPTP (SDM 24.6.11) for the PML4 at `root`: write-back paging
+    /// structures, a 4-level walk, accessed/dirty flags if `ad`.
+    pub const fn eptp(root: u64, ad: bool) -> u64 {
+        (root & Self::ADDR) | Self::MT_WB | (4 - 1) << 3 | if ad { 1 << 6 } else { 0 }
+    }
+}
+
+impl Format for Ept4 {
+    fn levels(&self) -> usize {
+        4
+    }
+    fn input_bits(&self) -> u32 {
+        48
+    }
+    fn output_bits(&self) -> u32 {
+        52
+    }
+    fn leaf_allowed(&self, height: usize) -> bool {
+        height <= 2
+    }
+    fn check_attrs(&self, attrs: &Attrs) -> Result<(), MapError> {
+        if attrs.read {
+            Ok(())
+        } else {
+            Err(MapError::UnsupportedAttrs)
+        }
+    }
+    fn table_entry(&self, _height: usize, table_pa: u64) -> u64 {
+        (table_pa & Self::ADDR) | Self::R | Self::W | Self::X
+    }
+    fn leaf_entry(&self, height: usize, pa: u64, a: &Attrs) -> u64 {
+        let mut e = (pa & Self::ADDR) | Self::R;
+        if height > 0 {
+            e |= Self::LARGE;
+        }
+        if a.write {
+            e |= Self::W;
+        }
+        if a.execute {
+            e |= Self::X;
+        }
+        e | match a.mem {
+            MemType::Normal => Self::MT_WB << Self::MT_SHIFT,
+            MemType::Device => Self::MT_UC << Self::MT_SHIFT | Self::IPAT,
+        }
+    }
+    fn decode(&self, height: usize, e: u64) -> Desc {
+        if e & (Self::R | Self::W | Self::X) == 0 {
+            return Desc::Invalid;
+        }
+        match height {
+            0 => Desc::Leaf(e & Self::ADDR),
+            1 | 2 if e & Self::LARGE != 0 => {
+                let low = (1u64 << shift(height)) - 1;
+                if e & Self::ADDR & low != 0 {
+                    Desc::Reserved
+                } else {
+                    Desc::Leaf(e & Self::ADDR & !low)
+                }
+            }
+            // Bit 7 is reserved in a PML4E.
+            _ if e & Self::LARGE != 0 => Desc::Reserved,
+            _ => Desc::Table(e & Self::ADDR),
+        }
+    }
+    fn leaf_attrs(&self, _height: usize, e: u64) -> Attrs {
+        Attrs {
+            read: e & Self::R != 0,
+            write: e & Self::W != 0,
+            execute: e & Self::X != 0,
+            // Not an EPT notion; kept true so that a mapping compares
+            // equal to the request the stage-2 wrappers make.
+            user: true,
+            mem: if e >> Self::MT_SHIFT & 7 == Self::MT_WB {
+                MemType::Normal
+            } else {
+                MemType::Device
+            },
+            global: false,
         }
     }
     fn hw_updated_bits(&self) -> u64 {
@@ -2268,5 +2393,61 @@ mod tests {
         );
         w.map(0, (1 << 40) - K4, K4, Attrs::RW, PageSize::Size4K)
             .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod ept_tests {
+    use super::*;
+
+    #[test]
+    fn ept_entries() {
+        let f = Ept4;
+        // RAM: R/W/X as asked, WB, guest PAT combining.
+        let rwx = f.leaf_entry(0, 0x1234_5000, &Attrs::RWX.with_user());
+        assert_eq!(rwx, 0x1234_5000 | 0b111 | 6 << 3);
+        assert_eq!(f.decode(0, rwx), Desc::Leaf(0x1234_5000));
+        assert_eq!(f.leaf_attrs(0, rwx), Attrs::RWX.with_user());
+        // Read-only, not executable.
+        let ro = f.leaf_entry(0, 0x1000, &Attrs::RO);
+        assert_eq!(ro & 0b111, Ept4::R);
+        // Device: UC with IPAT, so the guest PAT cannot make it WB.
+        let dev = f.leaf_entry(1, 0x20_0000, &Attrs::DEVICE);
+        assert_eq!(
+            dev,
+            0x20_0000 | Ept4::R | Ept4::W | Ept4::IPAT | Ept4::LARGE
+        );
+        assert_eq!(f.leaf_attrs(1, dev).mem, MemType::Device);
+        // Not readable: refused (W without R is a misconfiguration).
+        let no_read = Attrs {
+            read: false,
+            ..Attrs::RW
+        };
+        assert_eq!(f.check_attrs(&no_read), Err(MapError::UnsupportedAttrs));
+        // Tables allow everything; an empty entry is not present.
+        assert_eq!(f.table_entry(3, 0x5000), 0x5000 | 0b111);
+        assert_eq!(f.decode(3, 0x5000 | 0b111), Desc::Table(0x5000));
+        assert_eq!(f.decode(2, 0x5000), Desc::Invalid);
+        // A large page with address bits below its size, and a large PML4E.
+        assert_eq!(
+            f.decode(1, 0x20_1000 | Ept4::R | Ept4::LARGE),
+            Desc::Reserved
+        );
+        assert_eq!(
+            f.decode(3, 0x4000_0000 | Ept4::R | Ept4::LARGE),
+            Desc::Reserved
+        );
+        assert_eq!(
+            f.decode(2, 0x4000_0000 | Ept4::R | Ept4::LARGE),
+            Desc::Leaf(0x4000_0000)
+        );
+        assert_eq!(f.hw_updated_bits(), 0x300);
+    }
+
+    #[test]
+    fn eptp_encoding() {
+        // WB (6), walk length 4 - 1 in bits 5:3, A/D in bit 6.
+        assert_eq!(Ept4::eptp(0x12_3000, false), 0x12_3000 | 6 | 3 << 3);
+        assert_eq!(Ept4::eptp(0x12_3fff, true), 0x12_3000 | 6 | 3 << 3 | 1 << 6);
     }
 }

@@ -19,10 +19,12 @@ pub mod exception;
 pub mod guest;
 pub mod kmap;
 pub mod lapic;
+/// Second-stage tables (NPT, EPT) as a `vmm` Stage2.
+pub mod stage2;
 /// AMD SVM + NPT backend (its decoder dependency is x86-only).
 #[cfg(target_arch = "x86_64")]
 pub mod svm;
-/// Intel VMX (first steps: capabilities, VMXON).
+/// Intel VMX (first steps: capabilities, VMXON, EPT).
 pub mod vmx;
 pub mod xstate;
 

@@ -5,12 +5,14 @@
 //! values derived from them ([`adjust`], SDM A.3-A.5 with the TRUE_*
 //! MSRs when IA32_VMX_BASIC bit 55 says so), the CR0/CR4 fixed bits
 //! (A.7, A.8), the IA32_FEATURE_CONTROL decision ([`feature_control`])
-//! and, on bare metal, VMXON/VMXOFF on the boot CPU (`hw`). Guests do not
-//! run on VMX yet: the VMCS, EPT and the exit handling come next.
+//! and, on bare metal, VMXON/VMXOFF on the boot CPU (`hw`); the EPT
+//! ([`ept`], host-tested). Guests do not run on VMX yet: the VMCS and the
+//! exit handling come next.
 //!
 //! Everything but `hw` is pure and host-tested; the values in the tests
 //! are those Bochs 2.7's `corei7_haswell_4770` reports (PLATFORM.md).
 
+pub mod ept;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod hw;
 
@@ -183,6 +185,11 @@ impl Caps {
     pub fn preemption_timer_shift(&self) -> Option<u32> {
         ((self.pinbased >> 32) as u32 & PIN_PREEMPTION_TIMER != 0)
             .then_some(self.misc as u32 & 0x1f)
+    }
+
+    /// 1 GiB EPT leaves allowed (A.10 bit 17).
+    pub fn ept_1g(&self) -> bool {
+        self.ept_cap(17)
     }
 
     fn ept_cap(&self, bit: u32) -> bool {
