@@ -1,8 +1,10 @@
 //! Intel VMX in Bochs (issue 16). So far the backend's first steps: the
-//! capability MSRs, IA32_FEATURE_CONTROL, the CR0/CR4 fixed bits, VMXON
-//! and VMXOFF on the boot CPU. No guest runs on VMX yet, so the run ends
-//! with the kernel's "cannot run VMs" and Bochs' failure status (1); what
-//! the scenario checks is that the bring-up got that far and said so.
+//! capability MSRs, IA32_FEATURE_CONTROL, the CR0/CR4 fixed bits, VMXON,
+//! a VMCS with the controls, guest and host state, EPT, and one VMLAUNCH
+//! of an 8-byte self-test guest whose first VM exit must be its OUT to
+//! COM1; then VMXOFF. No VM runs on VMX yet, so the run ends with the
+//! kernel's "cannot run VMs" and Bochs' failure status (1); what the
+//! scenario checks is that the bring-up got that far and said so.
 
 use super::*;
 
@@ -37,10 +39,14 @@ pub fn scenarios() -> Vec<Scenario> {
             "virt: SVM no; VMX yes (EPT yes, VPID yes, unrestricted-guest yes)",
             "vmx: revision 0x2b, region 4096 bytes, true controls yes, EPT yes (2M pages yes, 1G pages yes), VPID yes (INVVPID yes), unrestricted guest yes, preemption timer TSC/2^0",
             "vmx: VMXON on CPU 0 ok",
+            "vmx: controls pin ",
+            // The 8-byte guest's `out dx, al` at 0x1006 exits to us.
+            "vmx: self-test VMLAUNCH: VM exit reason 30 (I/O: 30), qualification 0x3f80000 (port 0x3f8, out), guest RIP 0x1006",
+            "vmx: VMXOFF",
             "cannot run VMs: the VMX backend runs no guests yet",
             "HV-EXIT: failure",
         ],
-        forbid: &["*** EXCEPTION", "panicked", "VMXON failed"],
+        forbid: &["*** EXCEPTION", "panicked", "VMXON failed", "self-test failed"],
         ..guests("vmx-bringup", Arch::X86_64, vec![vm("hello", "hello")], &[])
         },
     ]

@@ -84,3 +84,185 @@ pub unsafe fn vmxoff() {
         instr::write_cr4(instr::read_cr4() & !CR4_VMXE);
     }
 }
+
+/// A VMX instruction failed (SDM 30.2): VMfailInvalid (no current VMCS)
+/// or VMfailValid with the VM-instruction error number (SDM 30.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmFail {
+    Invalid,
+    Valid(u64),
+}
+
+/// CF (VMfailInvalid) and ZF (VMfailValid) after a VMX instruction.
+fn vm_result(cf: u8, zf: u8) -> Result<(), VmFail> {
+    match (cf, zf) {
+        (0, 0) => Ok(()),
+        (1, _) => Err(VmFail::Invalid),
+        _ => Err(VmFail::Valid(
+            vmread(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR).unwrap_or(0),
+        )),
+    }
+}
+
+/// VMCLEAR of the VMCS at `pa`: written back, not launched, not current.
+///
+/// # Safety
+/// VMX root operation; `pa` is a VMCS region of this hypervisor.
+pub unsafe fn vmclear(pa: u64) -> Result<(), VmFail> {
+    let (cf, zf): (u8, u8);
+    // SAFETY: the caller's contract; flags read right after.
+    unsafe {
+        core::arch::asm!("vmclear [{p}]", "setc {c}", "setz {z}", p = in(reg) &pa, c = out(reg_byte) cf, z = out(reg_byte) zf, options(nostack));
+    }
+    vm_result(cf, zf)
+}
+
+/// VMPTRLD: the VMCS at `pa` becomes current on this CPU.
+///
+/// # Safety
+/// As [`vmclear`]; the region carries the revision identifier.
+pub unsafe fn vmptrld(pa: u64) -> Result<(), VmFail> {
+    let (cf, zf): (u8, u8);
+    // SAFETY: the caller's contract; flags read right after.
+    unsafe {
+        core::arch::asm!("vmptrld [{p}]", "setc {c}", "setz {z}", p = in(reg) &pa, c = out(reg_byte) cf, z = out(reg_byte) zf, options(nostack));
+    }
+    vm_result(cf, zf)
+}
+
+/// VMWRITE of `value` to `field` of the current VMCS.
+///
+/// # Safety
+/// VMX root operation with a current VMCS; the value is the caller's
+/// (a host-state field decides where the next VM exit lands).
+pub unsafe fn vmwrite(field: u32, value: u64) -> Result<(), VmFail> {
+    let (cf, zf): (u8, u8);
+    // SAFETY: the caller's contract; flags read right after.
+    unsafe {
+        core::arch::asm!("vmwrite {f}, {v}", "setc {c}", "setz {z}", f = in(reg) u64::from(field), v = in(reg) value, c = out(reg_byte) cf, z = out(reg_byte) zf, options(nostack));
+    }
+    vm_result(cf, zf)
+}
+
+/// VMREAD of `field` of the current VMCS (VMfailInvalid without one).
+pub fn vmread(field: u32) -> Result<u64, VmFail> {
+    let (v, cf, zf): (u64, u8, u8);
+    // SAFETY: VMREAD only reads the current VMCS; outside VMX operation
+    // it would #UD, and the callers are in VMX root operation.
+    unsafe {
+        core::arch::asm!("vmread {v}, {f}", "setc {c}", "setz {z}", f = in(reg) u64::from(field), v = out(reg) v, c = out(reg_byte) cf, z = out(reg_byte) zf, options(nostack));
+    }
+    match (cf, zf) {
+        (0, 0) => Ok(v),
+        (1, _) => Err(VmFail::Invalid),
+        // The error number itself is a VMREAD; no recursion for it.
+        _ => Err(VmFail::Valid(0)),
+    }
+}
+
+/// The host-state fields (SDM 24.5, 26.2.2-26.2.4) from this CPU's
+/// current state: control registers, segment selectors, FS/GS/TR bases,
+/// GDTR/IDTR bases, SYSENTER MSRs, EFER and PAT. HOST_RSP and HOST_RIP
+/// are written by [`launch_once`].
+pub fn host_state() -> [(u32, u64); 20] {
+    use x86::vmx::vmcs::host;
+    let sel = |s: u16| u64::from(s & !7);
+    let (cs, ss, ds, es, fs, gs, tr): (u16, u16, u16, u16, u16, u16, u16);
+    let mut gdtr = [0u8; 10];
+    let mut idtr = [0u8; 10];
+    // SAFETY: reading segment registers, TR and the descriptor-table
+    // registers has no side effects.
+    unsafe {
+        core::arch::asm!("mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es", "mov {4:x}, fs", "mov {5:x}, gs", "str {6:x}",
+            out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs, out(reg) tr, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("sgdt [{0}]", "sidt [{1}]", in(reg) gdtr.as_mut_ptr(), in(reg) idtr.as_mut_ptr(), options(nostack, preserves_flags));
+    }
+    let gdt_base = u64::from_le_bytes(gdtr[2..10].try_into().unwrap_or_default());
+    let idt_base = u64::from_le_bytes(idtr[2..10].try_into().unwrap_or_default());
+    // The TSS descriptor (16 bytes in long mode) gives TR's base.
+    let at = gdt_base + u64::from(tr & !7);
+    // SAFETY: TR selects a TSS descriptor inside the loaded GDT, which is
+    // mapped kernel memory.
+    let (lo, hi) = unsafe {
+        (
+            (at as *const u64).read_unaligned(),
+            ((at + 8) as *const u64).read_unaligned(),
+        )
+    };
+    let tr_base = (lo >> 16 & 0xff_ffff) | (lo >> 56 & 0xff) << 24 | (hi & 0xffff_ffff) << 32;
+    // SAFETY: these MSRs exist on every x86_64 CPU with VMX.
+    let msr = |m: u32| unsafe { instr::rdmsr(m) };
+    [
+        (host::CR0, instr::read_cr0()),
+        (host::CR3, instr::read_cr3()),
+        (host::CR4, instr::read_cr4()),
+        (host::ES_SELECTOR, sel(es)),
+        (host::CS_SELECTOR, sel(cs)),
+        (host::SS_SELECTOR, sel(ss)),
+        (host::DS_SELECTOR, sel(ds)),
+        (host::FS_SELECTOR, sel(fs)),
+        (host::GS_SELECTOR, sel(gs)),
+        (host::TR_SELECTOR, sel(tr)),
+        (host::FS_BASE, msr(0xc000_0100)),
+        (host::GS_BASE, msr(0xc000_0101)),
+        (host::TR_BASE, tr_base),
+        (host::GDTR_BASE, gdt_base),
+        (host::IDTR_BASE, idt_base),
+        (host::IA32_SYSENTER_CS, msr(0x174)),
+        (host::IA32_SYSENTER_ESP, msr(0x175)),
+        (host::IA32_SYSENTER_EIP, msr(0x176)),
+        (host::IA32_EFER_FULL, msr(0xc000_0080)),
+        (host::IA32_PAT_FULL, msr(0x277)),
+    ]
+}
+
+/// VMLAUNCH of the current VMCS, returning at its first VM exit (`Ok`)
+/// or with the VMfail. HOST_RSP and HOST_RIP are set here to this call's
+/// stack and landing point; the callee-saved registers the guest may
+/// change are saved around it, the others are declared clobbered. The
+/// guest's registers are not kept (a self-test guest).
+///
+/// # Safety
+/// VMX root operation with a current, never-launched VMCS whose other
+/// host-state fields describe this CPU ([`host_state`]) and whose guest
+/// runs only in the memory EPT gives it.
+pub unsafe fn launch_once() -> Result<(), VmFail> {
+    let (cf, zf): (u8, u8);
+    // SAFETY: the caller's contract. RBX and RBP cannot be operands, so
+    // they are pushed with R12-R15; at the VM exit RSP is the value
+    // written to HOST_RSP (after the pushes) and RIP the label.
+    unsafe {
+        core::arch::asm!(
+            "push rbx",
+            "push rbp",
+            "push r12",
+            "push r13",
+            "push r14",
+            "push r15",
+            "mov rax, 0x6c14", // HOST_RSP
+            "vmwrite rax, rsp",
+            "mov rax, 0x6c16", // HOST_RIP
+            "lea rdx, [rip + 2f]",
+            "vmwrite rax, rdx",
+            "vmlaunch",
+            // Only a failed VMLAUNCH gets here.
+            "setc cl",
+            "setz dl",
+            "jmp 3f",
+            "2:",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "3:",
+            "pop r15",
+            "pop r14",
+            "pop r13",
+            "pop r12",
+            "pop rbp",
+            "pop rbx",
+            out("cl") cf,
+            out("dl") zf,
+            clobber_abi("C"),
+        );
+    }
+    vm_result(cf, zf)
+}

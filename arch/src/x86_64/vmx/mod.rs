@@ -15,6 +15,12 @@
 pub mod ept;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod hw;
+/// Its field encodings come from the `x86` crate, an x86-only dependency.
+#[cfg(target_arch = "x86_64")]
+pub mod vmcs;
+/// The VMCS field encodings (SDM Vol. 3D appendix B), from the `x86` crate.
+#[cfg(target_arch = "x86_64")]
+pub use x86::vmx::vmcs as fields;
 
 use core::fmt;
 
@@ -257,14 +263,14 @@ impl fmt::Display for Caps {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Bochs 2.7 `corei7_haswell_4770`, as the kernel read them there
     /// (`loglevel=debug`: the `vmx: MSRs` line). Its TRUE_* MSRs equal
     /// the plain ones but for PROCBASED (default-1 bits 13-14, CR3
     /// load/store exiting, may be 0).
-    fn haswell(msr: u32) -> u64 {
+    pub(crate) fn haswell(msr: u32) -> u64 {
         match msr {
             IA32_FEATURE_CONTROL => 0x5,
             IA32_VMX_BASIC => 0x00d8_1000_0000_002b,
