@@ -323,6 +323,17 @@ struct RunArgs {
     /// statistics, printed when it stops, get average and maximum times.
     #[arg(long)]
     stats: bool,
+    /// The emulator: QEMU, or (x86) Bochs with an Intel CPU model that has
+    /// VMX and EPT (booting the GRUB ISO; the serial console is output only).
+    #[arg(long, value_enum, default_value = "qemu")]
+    emulator: Emulator,
+}
+
+/// `run --emulator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Emulator {
+    Qemu,
+    Bochs,
 }
 
 /// RAM the hypervisor gets on top of its guests' RAM and disks (`run --guest`).
@@ -683,6 +694,15 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
         plan.hv_words.clone()
     };
     let mut spec = a.target.spec_with(&words)?;
+    if a.emulator == Emulator::Bochs {
+        if spec.arch != Arch::X86_64 {
+            return Err("--emulator bochs runs x86_64 only".into());
+        }
+        // GRUB's `multiboot` from an ISO, ending through Bochs' own ports.
+        spec.boot = Boot::Multiboot1;
+        spec.grub = true;
+        spec.cmdline = format!("{} {words}", bochs::EXIT_WORD).trim().to_string();
+    }
     let accel = a.accel.unwrap_or_else(|| Accel::detect(spec.arch));
     if accel == Accel::Kvm && spec.arch != Arch::host() {
         return Err(format!(
@@ -691,8 +711,23 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
             Arch::host().name()
         ));
     }
-    deps::ensure(&deps::for_run(spec.arch, spec.boot, spec.uses_grub()))?;
-    let out_dir = a.target.out_dir(paths)?;
+    if a.emulator == Emulator::Bochs {
+        let mut needs = deps::for_image(true);
+        needs.extend(bochs::needs());
+        deps::ensure(&needs)?;
+    } else {
+        deps::ensure(&deps::for_run(spec.arch, spec.boot, spec.uses_grub()))?;
+    }
+    let mut out_dir = a.target.out_dir(paths)?;
+    if a.emulator == Emulator::Bochs {
+        out_dir = out_dir.with_file_name(format!(
+            "{}-bochs",
+            out_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("x86_64")
+        ));
+    }
     if plan.demo {
         println!(
             "xtask: no --guest: a demo of {} test guests side by side (--no-vms boots none)",
@@ -747,6 +782,29 @@ fn cmd_run(paths: &Paths, a: RunArgs) -> Result<i32> {
         spec.bundle = Some(cpio);
     }
     let media = image::prepare(paths, &spec, &out_dir, false)?;
+    if a.emulator == Emulator::Bochs {
+        let qemu::Media::Cdrom(iso) = &media else {
+            return Err("internal: Bochs needs the GRUB ISO".into());
+        };
+        let (program, args) = bochs::prepare(&out_dir, scenarios::BOCHS_CPU, plan.mem_mib, iso)?;
+        println!(
+            "xtask: booting x86_64 via GRUB in Bochs ({}, 1 CPU, {} MiB); the kernel runs no VMs on VMX yet",
+            scenarios::BOCHS_CPU,
+            plan.mem_mib
+        );
+        println!("xtask: {}", qemu::shell_words(&program, &args));
+        let (status, _) = run_tee(&program, &args)?;
+        let code = status.code().unwrap_or(128);
+        println!(
+            "xtask: Bochs exited with status {code} → {}",
+            match code {
+                0 => "success",
+                1 => "failure",
+                _ => "no status from the kernel",
+            }
+        );
+        return Ok(code);
+    }
     let machine = qemu::Machine {
         arch: spec.arch,
         accel,

@@ -265,6 +265,9 @@ pub const BANNER_AND_SUCCESS: &[&str] = &["cpu:", "virt:", "cpus: 2", "HV-EXIT: 
 pub const NO_CRASH: &[&str] = &["*** EXCEPTION", "panicked", "!!!! ", "HV-EXIT: failure"];
 pub const NO_SUCCESS: &[&str] = &["HV-EXIT: success", "panicked"];
 
+/// The Bochs CPU model of the VMX scenarios and `run --emulator bochs`:
+/// VMX with EPT, VPID and unrestricted guest (PLATFORM.md x86.6).
+pub const BOCHS_CPU: &str = "corei7_haswell_4770";
 pub const KERNEL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const UEFI_TIMEOUT: Duration = Duration::from_secs(120);
 /// RAM the hypervisor itself gets on top of its VMs' RAM.

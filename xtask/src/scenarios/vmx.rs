@@ -9,7 +9,7 @@
 use super::*;
 
 /// Bochs' CPU model with VMX, EPT, VPID and unrestricted guest.
-pub const HASWELL: &str = "corei7_haswell_4770";
+pub const HASWELL: &str = super::BOCHS_CPU;
 
 pub fn scenarios() -> Vec<Scenario> {
     vec![
