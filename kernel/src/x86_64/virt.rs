@@ -176,6 +176,7 @@ fn vmx_self_test(
 ) -> Result<alloc::string::String, alloc::string::String> {
     use alloc::format;
     use arch::x86_64::vmx::ept::{eptp, Ept};
+    use arch::x86_64::vmx::exits;
     use arch::x86_64::vmx::fields::{control, guest, ro};
     use arch::x86_64::vmx::hw as vhw;
     use arch::x86_64::vmx::vmcs::{check_guest_state, guest_state, Controls};
@@ -254,15 +255,37 @@ fn vmx_self_test(
     );
     // SAFETY: the VMCS is this function's; clearing makes it not current.
     let _ = unsafe { vhw::vmclear(vmcs) };
-    launched.map_err(|e| format!("VMLAUNCH: {e:?}"))?;
-    if reason & (1 << 31) != 0 {
-        return Err(format!("VM entry failed: exit reason {reason:#x} (33: invalid guest state, 34: MSR loading), qualification {qual:#x}"));
+    launched.map_err(|e| match e {
+        vhw::VmFail::Valid(n) => format!(
+            "VMLAUNCH failed: error {n}, {}",
+            exits::instruction_error_name(n)
+        ),
+        vhw::VmFail::Invalid => "VMLAUNCH failed: no current VMCS".into(),
+    })?;
+    let r = exits::ExitReason::from_field(reason);
+    if r.entry_failure {
+        return Err(format!(
+            "VM entry failed: {} ({}), qualification {qual:#x}",
+            r.name(),
+            r.basic
+        ));
     }
+    let what = match (r.basic, exits::decode_io(qual, 0)) {
+        (exits::reason::IO_INSTRUCTION, Some(io)) => format!(
+            ": {} {} byte(s) port {:#x}",
+            match io.op {
+                vmm::exit::IoOp::In => "IN",
+                vmm::exit::IoOp::Out(_) => "OUT",
+            },
+            io.size.bytes(),
+            io.port
+        ),
+        _ => format!(", qualification {qual:#x}"),
+    };
     Ok(format!(
-        "self-test VMLAUNCH: VM exit reason {} (I/O: 30), qualification {qual:#x} (port {:#x}, {}), guest RIP {rip:#x}",
-        reason & 0xffff,
-        qual >> 16 & 0xffff,
-        if qual & 8 != 0 { "in" } else { "out" }
+        "self-test VMLAUNCH: VM exit {} ({}){what} at guest RIP {rip:#x}",
+        r.name(),
+        r.basic
     ))
 }
 

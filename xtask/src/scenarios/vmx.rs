@@ -41,7 +41,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "vmx: VMXON on CPU 0 ok",
             "vmx: controls pin ",
             // The 8-byte guest's `out dx, al` at 0x1006 exits to us.
-            "vmx: self-test VMLAUNCH: VM exit reason 30 (I/O: 30), qualification 0x3f80000 (port 0x3f8, out), guest RIP 0x1006",
+            "vmx: self-test VMLAUNCH: VM exit I/O instruction (30): OUT 1 byte(s) port 0x3f8 at guest RIP 0x1006",
             "vmx: VMXOFF",
             "cannot run VMs: the VMX backend runs no guests yet",
             "HV-EXIT: failure",

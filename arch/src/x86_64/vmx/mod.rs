@@ -13,6 +13,7 @@
 //! are those Bochs 2.7's `corei7_haswell_4770` reports (PLATFORM.md).
 
 pub mod ept;
+pub mod exits;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod hw;
 /// Its field encodings come from the `x86` crate, an x86-only dependency.
