@@ -171,7 +171,7 @@ impl Interruption {
 
     /// `None` when bit 31 (valid) is clear.
     pub fn from_field(v: u64) -> Option<Interruption> {
-        (v & (1 << 31) != 0).then(|| Interruption {
+        (v & (1 << 31) != 0).then_some(Interruption {
             vector: v as u8,
             kind: (v >> 8 & 7) as u8,
             has_error_code: v & (1 << 11) != 0,
