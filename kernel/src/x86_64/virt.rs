@@ -164,12 +164,15 @@ fn vmx_first_steps(frames: &mut FrameAllocator) -> &'static str {
     }
 }
 
-/// One VMLAUNCH of an 8-byte guest in 32-bit protected mode without paging
-/// (unrestricted guest) at GPA 0x1000, behind EPT, which writes a byte to
-/// COM1's data port: its first VM exit must be an I/O exit (reason 30) for
-/// port 0x3f8. Exercises the VMCS controls, guest and host state, EPT and
-/// the launch path on the machine. Its frames are not given back (once per
-/// boot, a few pages).
+/// A two-exit guest in 32-bit protected mode without paging (unrestricted
+/// guest) at GPA 0x1000, behind EPT: `mov eax, 0x40000000; cpuid` exits
+/// (the guest's EAX must arrive in the saved registers), the hypervisor
+/// answers EBX = 0x57 and resumes past the CPUID by the exit's instruction
+/// length, then `mov dx, 0x3f8; mov eax, ebx; out dx, al` exits with that
+/// value in AL (it must have gone into the guest and come back). Exercises
+/// the VMCS controls, guest and host state, EPT, VMLAUNCH, VMRESUME and
+/// the guest registers both ways on the machine. Its frames are not given
+/// back (once per boot, a few pages).
 fn vmx_self_test(
     caps: &arch::x86_64::vmx::Caps,
     frames: &mut FrameAllocator,
@@ -181,8 +184,11 @@ fn vmx_self_test(
     use arch::x86_64::vmx::hw as vhw;
     use arch::x86_64::vmx::vmcs::{check_guest_state, guest_state, Controls};
     use vmm::backend::{x86_mode_state, EntryMode, S2Attrs, Stage2};
-    /// `mov dx, 0x3f8; mov al, 'V'; out dx, al; hlt` (32-bit code).
-    const CODE: [u8; 8] = [0x66, 0xba, 0xf8, 0x03, 0xb0, 0x56, 0xee, 0xf4];
+    /// `mov eax, 0x40000000; cpuid; mov dx, 0x3f8; mov eax, ebx; out dx,
+    /// al; hlt` (32-bit code).
+    const CODE: [u8; 15] = [
+        0xb8, 0x00, 0x00, 0x00, 0x40, 0x0f, 0xa2, 0x66, 0xba, 0xf8, 0x03, 0x89, 0xd8, 0xee, 0xf4,
+    ];
     const GUEST_RIP: u64 = 0x1000;
     let c = Controls::for_caps(caps)
         .map_err(|m| format!("the {} controls lack {:#x}", m.field, m.bits))?;
@@ -244,49 +250,60 @@ fn vmx_self_test(
         // describe this CPU (`host_state`), HOST_RSP/RIP come with the launch.
         unsafe { vhw::vmwrite(f, v) }.map_err(|e| format!("VMWRITE {f:#x} = {v:#x}: {e:?}"))?;
     }
-    // SAFETY: a fresh VMCS with host state of this CPU and a guest confined
-    // to the one page EPT maps.
-    let launched = unsafe { vhw::launch_once() };
-    let read = |f: u32| vhw::vmread(f).unwrap_or(u64::MAX);
-    let (reason, qual, rip) = (
-        read(ro::EXIT_REASON),
-        read(ro::EXIT_QUALIFICATION),
-        read(guest::RIP),
-    );
-    // SAFETY: the VMCS is this function's; clearing makes it not current.
-    let _ = unsafe { vhw::vmclear(vmcs) };
-    launched.map_err(|e| match e {
+    let fail = |what: &str, e: vhw::VmFail| match e {
         vhw::VmFail::Valid(n) => format!(
-            "VMLAUNCH failed: error {n}, {}",
+            "{what} failed: error {n}, {}",
             exits::instruction_error_name(n)
         ),
-        vhw::VmFail::Invalid => "VMLAUNCH failed: no current VMCS".into(),
-    })?;
-    let r = exits::ExitReason::from_field(reason);
-    if r.entry_failure {
-        return Err(format!(
-            "VM entry failed: {} ({}), qualification {qual:#x}",
-            r.name(),
-            r.basic
-        ));
-    }
-    let what = match (r.basic, exits::decode_io(qual, 0)) {
-        (exits::reason::IO_INSTRUCTION, Some(io)) => format!(
-            ": {} {} byte(s) port {:#x}",
-            match io.op {
-                vmm::exit::IoOp::In => "IN",
-                vmm::exit::IoOp::Out(_) => "OUT",
-            },
-            io.size.bytes(),
-            io.port
-        ),
-        _ => format!(", qualification {qual:#x}"),
+        vhw::VmFail::Invalid => format!("{what} failed: no current VMCS"),
     };
-    Ok(format!(
-        "self-test VMLAUNCH: VM exit {} ({}){what} at guest RIP {rip:#x}",
-        r.name(),
-        r.basic
-    ))
+    let read = |f: u32| vhw::vmread(f).unwrap_or(u64::MAX);
+    let exit = |want: u16| -> Result<(u64, u64), alloc::string::String> {
+        let r = exits::ExitReason::from_field(read(ro::EXIT_REASON));
+        let (qual, rip) = (read(ro::EXIT_QUALIFICATION), read(guest::RIP));
+        if r.entry_failure || r.basic != want {
+            return Err(format!(
+                "VM exit {} ({}{}), qualification {qual:#x}, guest RIP {rip:#x}; expected reason {want}",
+                r.name(),
+                r.basic,
+                if r.entry_failure { ", VM entry failed" } else { "" }
+            ));
+        }
+        Ok((qual, rip))
+    };
+    let mut gprs = vhw::GuestGprs::default();
+    // SAFETY: a fresh VMCS with host state of this CPU and a guest confined
+    // to the one page EPT maps; not launched since its VMCLEAR.
+    let first = unsafe { vhw::enter(&mut gprs, false) }.map_err(|e| fail("VMLAUNCH", e));
+    let cpuid = first.and_then(|()| exit(exits::reason::CPUID));
+    let result = cpuid.and_then(|(_, rip)| {
+        let len = read(ro::VMEXIT_INSTRUCTION_LEN);
+        let eax = gprs.rax;
+        if eax != 0x4000_0000 {
+            return Err(format!("CPUID exit with EAX {eax:#x}, not the guest's 0x40000000"));
+        }
+        gprs.rbx = 0x57;
+        // SAFETY: the current VMCS is this function's; moving RIP past the
+        // CPUID the guest executed.
+        unsafe { vhw::vmwrite(guest::RIP, rip + len) }.map_err(|e| fail("VMWRITE RIP", e))?;
+        // SAFETY: as for the launch; it was launched once.
+        unsafe { vhw::enter(&mut gprs, true) }.map_err(|e| fail("VMRESUME", e))?;
+        let (qual, out_rip) = exit(exits::reason::IO_INSTRUCTION)?;
+        let io = exits::decode_io(qual, gprs.rax).ok_or(format!("I/O qualification {qual:#x}"))?;
+        let vmm::exit::IoOp::Out(al) = io.op else {
+            return Err(format!("{io:?}: not an OUT"));
+        };
+        if (io.port, al) != (0x3f8, 0x57) {
+            return Err(format!("{io:?}: not OUT 0x57 to 0x3f8"));
+        }
+        Ok(format!(
+            "self-test: CPUID exit at guest RIP {rip:#x} (EAX {eax:#x}, length {len}) answered with EBX 0x57, VMRESUME, then OUT {al:#x} to port {:#x} at {out_rip:#x}",
+            io.port
+        ))
+    });
+    // SAFETY: the VMCS is this function's; clearing makes it not current.
+    let _ = unsafe { vhw::vmclear(vmcs) };
+    result
 }
 
 /// LAPIC timer ticks (bus clock / 16) per guest time slice: 10 ms on QEMU

@@ -1,8 +1,8 @@
 //! Intel VMX in Bochs (issue 16). So far the backend's first steps: the
 //! capability MSRs, IA32_FEATURE_CONTROL, the CR0/CR4 fixed bits, VMXON,
-//! a VMCS with the controls, guest and host state, EPT, and one VMLAUNCH
-//! of an 8-byte self-test guest whose first VM exit must be its OUT to
-//! COM1; then VMXOFF. No VM runs on VMX yet, so the run ends with the
+//! a VMCS with the controls, guest and host state, EPT, and a self-test
+//! guest run through VMLAUNCH and VMRESUME with its registers going in and
+//! out (a CPUID answered, the answer written to COM1); then VMXOFF. No VM runs on VMX yet, so the run ends with the
 //! kernel's "cannot run VMs" and Bochs' failure status (1); what the
 //! scenario checks is that the bring-up got that far and said so.
 
@@ -40,8 +40,9 @@ pub fn scenarios() -> Vec<Scenario> {
             "vmx: revision 0x2b, region 4096 bytes, true controls yes, EPT yes (2M pages yes, 1G pages yes), VPID yes (INVVPID yes), unrestricted guest yes, preemption timer TSC/2^0",
             "vmx: VMXON on CPU 0 ok",
             "vmx: controls pin ",
-            // The 8-byte guest's `out dx, al` at 0x1006 exits to us.
-            "vmx: self-test VMLAUNCH: VM exit I/O instruction (30): OUT 1 byte(s) port 0x3f8 at guest RIP 0x1006",
+            // The two-exit guest: its CPUID at 0x1005 and, after the
+            // answer went in through EBX, its OUT of it at 0x100d.
+            "vmx: self-test: CPUID exit at guest RIP 0x1005 (EAX 0x40000000, length 2) answered with EBX 0x57, VMRESUME, then OUT 0x57 to port 0x3f8 at 0x100d",
             "vmx: VMXOFF",
             "cannot run VMs: the VMX backend runs no guests yet",
             "HV-EXIT: failure",

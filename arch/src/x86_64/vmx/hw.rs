@@ -163,7 +163,7 @@ pub fn vmread(field: u32) -> Result<u64, VmFail> {
 /// The host-state fields (SDM 24.5, 26.2.2-26.2.4) from this CPU's
 /// current state: control registers, segment selectors, FS/GS/TR bases,
 /// GDTR/IDTR bases, SYSENTER MSRs, EFER and PAT. HOST_RSP and HOST_RIP
-/// are written by [`launch_once`].
+/// are written by [`enter`].
 pub fn host_state() -> [(u32, u64); 20] {
     use x86::vmx::vmcs::host;
     let sel = |s: u16| u64::from(s & !7);
@@ -216,21 +216,45 @@ pub fn host_state() -> [(u32, u64); 20] {
     ]
 }
 
-/// VMLAUNCH of the current VMCS, returning at its first VM exit (`Ok`)
-/// or with the VMfail. HOST_RSP and HOST_RIP are set here to this call's
-/// stack and landing point; the callee-saved registers the guest may
-/// change are saved around it, the others are declared clobbered. The
-/// guest's registers are not kept (a self-test guest).
+/// The guest's general-purpose registers across a VM entry and exit (RSP
+/// and RIP are VMCS fields). The layout is the entry assembly's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestGprs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+/// VM entry of the current VMCS with the guest's registers from `gprs`
+/// (VMLAUNCH the first time, VMRESUME after `launched`), back at the VM
+/// exit with the guest's registers saved into `gprs` (`Ok`), or with the
+/// VMfail (the registers untouched). HOST_RSP and HOST_RIP are written
+/// here; the other host-state fields must describe this CPU.
 ///
 /// # Safety
-/// VMX root operation with a current, never-launched VMCS whose other
-/// host-state fields describe this CPU ([`host_state`]) and whose guest
-/// runs only in the memory EPT gives it.
-pub unsafe fn launch_once() -> Result<(), VmFail> {
+/// VMX root operation with a current VMCS whose host state is this
+/// CPU's ([`host_state`]) and whose guest is confined by its EPT;
+/// `launched` says truly whether it was launched since its VMCLEAR.
+pub unsafe fn enter(gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> {
     let (cf, zf): (u8, u8);
-    // SAFETY: the caller's contract. RBX and RBP cannot be operands, so
-    // they are pushed with R12-R15; at the VM exit RSP is the value
-    // written to HOST_RSP (after the pushes) and RIP the label.
+    // SAFETY: the caller's contract. The callee-saved registers and the
+    // pointer to `gprs` are pushed; HOST_RSP points at that pointer, so the
+    // VM exit (RSP = HOST_RSP, RIP = the label) finds it, swaps it with the
+    // guest's RAX and stores the 15 registers. MOVs between the TEST and
+    // VMLAUNCH/VMRESUME leave the flags alone.
     unsafe {
         core::arch::asm!(
             "push rbx",
@@ -239,17 +263,59 @@ pub unsafe fn launch_once() -> Result<(), VmFail> {
             "push r13",
             "push r14",
             "push r15",
+            "push rdi",
             "mov rax, 0x6c14", // HOST_RSP
             "vmwrite rax, rsp",
             "mov rax, 0x6c16", // HOST_RIP
             "lea rdx, [rip + 2f]",
             "vmwrite rax, rdx",
+            "mov rax, rdi",
+            "test sil, sil",
+            "mov rbx, [rax + 8]",
+            "mov rcx, [rax + 16]",
+            "mov rdx, [rax + 24]",
+            "mov rsi, [rax + 32]",
+            "mov rdi, [rax + 40]",
+            "mov rbp, [rax + 48]",
+            "mov r8, [rax + 56]",
+            "mov r9, [rax + 64]",
+            "mov r10, [rax + 72]",
+            "mov r11, [rax + 80]",
+            "mov r12, [rax + 88]",
+            "mov r13, [rax + 96]",
+            "mov r14, [rax + 104]",
+            "mov r15, [rax + 112]",
+            "mov rax, [rax]",
+            "jnz 4f",
             "vmlaunch",
-            // Only a failed VMLAUNCH gets here.
+            "jmp 5f",
+            "4:",
+            "vmresume",
+            "5:",
+            // VMfail: the flags say which; drop the pointer.
             "setc cl",
             "setz dl",
+            "add rsp, 8",
             "jmp 3f",
+            // VM exit.
             "2:",
+            "xchg rax, [rsp]",
+            "mov [rax + 8], rbx",
+            "mov [rax + 16], rcx",
+            "mov [rax + 24], rdx",
+            "mov [rax + 32], rsi",
+            "mov [rax + 40], rdi",
+            "mov [rax + 48], rbp",
+            "mov [rax + 56], r8",
+            "mov [rax + 64], r9",
+            "mov [rax + 72], r10",
+            "mov [rax + 80], r11",
+            "mov [rax + 88], r12",
+            "mov [rax + 96], r13",
+            "mov [rax + 104], r14",
+            "mov [rax + 112], r15",
+            "pop rcx",
+            "mov [rax], rcx",
             "xor ecx, ecx",
             "xor edx, edx",
             "3:",
@@ -259,6 +325,8 @@ pub unsafe fn launch_once() -> Result<(), VmFail> {
             "pop r12",
             "pop rbp",
             "pop rbx",
+            in("rdi") gprs as *mut GuestGprs,
+            in("rsi") u64::from(launched),
             out("cl") cf,
             out("dl") zf,
             clobber_abi("C"),
