@@ -155,14 +155,41 @@ pub fn finish() -> ! {
     }
 }
 
-/// A call of the hypercall ABI (`vmm::hypercall`): nr in RAX, args in RBX, RCX.
+/// Which instruction calls the hypervisor: 0 not known yet, 1 VMMCALL
+/// (AMD SVM), 2 VMCALL (Intel VMX; VMMCALL is #UD there).
+static HYPERCALL_INSN: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// Whether the CPU is Intel's (CPUID leaf 0's vendor; the hypervisor
+/// passes it through), looked up once.
+fn intel() -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    match HYPERCALL_INSN.load(Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let v = cpuid(0, 0);
+            let intel = [v[1], v[3], v[2]] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e];
+            HYPERCALL_INSN.store(if intel { 2 } else { 1 }, Relaxed);
+            intel
+        }
+    }
+}
+
+/// A call of the hypercall ABI (`vmm::hypercall`): nr in RAX, args in RBX,
+/// RCX; VMMCALL on AMD, VMCALL on Intel (same ABI).
 pub fn hypercall(nr: u64, a0: u64, a1: u64) -> u64 {
     let ret: u64;
-    // SAFETY: VMMCALL traps to the hypervisor, which returns in RAX. RBX is
-    // reserved by LLVM, so it is swapped through a scratch register.
+    // SAFETY: VMMCALL / VMCALL traps to the hypervisor, which returns in
+    // RAX. RBX is reserved by LLVM, so it is swapped through a scratch
+    // register.
     unsafe {
-        asm!("xchg rbx, {a0}", "vmmcall", "xchg rbx, {a0}", a0 = inout(reg) a0 => _,
-             inout("rax") nr => ret, in("rcx") a1, options(nostack))
+        if intel() {
+            asm!("xchg rbx, {a0}", "vmcall", "xchg rbx, {a0}", a0 = inout(reg) a0 => _,
+                 inout("rax") nr => ret, in("rcx") a1, options(nostack))
+        } else {
+            asm!("xchg rbx, {a0}", "vmmcall", "xchg rbx, {a0}", a0 = inout(reg) a0 => _,
+                 inout("rax") nr => ret, in("rcx") a1, options(nostack))
+        }
     };
     ret
 }
