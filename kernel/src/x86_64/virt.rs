@@ -250,12 +250,12 @@ fn vmx_self_test(
         // describe this CPU (`host_state`), HOST_RSP/RIP come with the launch.
         unsafe { vhw::vmwrite(f, v) }.map_err(|e| format!("VMWRITE {f:#x} = {v:#x}: {e:?}"))?;
     }
-    let fail = |what: &str, e: vhw::VmFail| match e {
-        vhw::VmFail::Valid(n) => format!(
+    let fail = |what: &str, e: arch::x86_64::vmx::VmFail| match e {
+        arch::x86_64::vmx::VmFail::Valid(n) => format!(
             "{what} failed: error {n}, {}",
             exits::instruction_error_name(n)
         ),
-        vhw::VmFail::Invalid => format!("{what} failed: no current VMCS"),
+        arch::x86_64::vmx::VmFail::Invalid => format!("{what} failed: no current VMCS"),
     };
     let read = |f: u32| vhw::vmread(f).unwrap_or(u64::MAX);
     let exit = |want: u16| -> Result<(u64, u64), alloc::string::String> {
@@ -271,7 +271,7 @@ fn vmx_self_test(
         }
         Ok((qual, rip))
     };
-    let mut gprs = vhw::GuestGprs::default();
+    let mut gprs = arch::x86_64::vmx::GuestGprs::default();
     // SAFETY: a fresh VMCS with host state of this CPU and a guest confined
     // to the one page EPT maps; not launched since its VMCLEAR.
     let first = unsafe { vhw::enter(&mut gprs, false) }.map_err(|e| fail("VMLAUNCH", e));

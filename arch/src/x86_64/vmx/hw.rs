@@ -1,7 +1,9 @@
 //! VMX on the bare-metal CPU: IA32_FEATURE_CONTROL, CR0/CR4 fixed bits,
 //! VMXON and VMXOFF (SDM Vol. 3C 24.7, 24.8, 31.5).
 
-use super::{feature_control, fixed_cr, Caps, FeatureControl, IA32_FEATURE_CONTROL};
+use super::{
+    feature_control, fixed_cr, Caps, FeatureControl, GuestGprs, VmFail, IA32_FEATURE_CONTROL,
+};
 use crate::x86_64::instr;
 
 /// CR4.VMXE.
@@ -83,14 +85,6 @@ pub unsafe fn vmxoff() {
         core::arch::asm!("vmxoff", options(nostack));
         instr::write_cr4(instr::read_cr4() & !CR4_VMXE);
     }
-}
-
-/// A VMX instruction failed (SDM 30.2): VMfailInvalid (no current VMCS)
-/// or VMfailValid with the VM-instruction error number (SDM 30.4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmFail {
-    Invalid,
-    Valid(u64),
 }
 
 /// CF (VMfailInvalid) and ZF (VMfailValid) after a VMX instruction.
@@ -216,28 +210,6 @@ pub fn host_state() -> [(u32, u64); 20] {
     ]
 }
 
-/// The guest's general-purpose registers across a VM entry and exit (RSP
-/// and RIP are VMCS fields). The layout is the entry assembly's.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GuestGprs {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-}
-
 /// VM entry of the current VMCS with the guest's registers from `gprs`
 /// (VMLAUNCH the first time, VMRESUME after `launched`), back at the VM
 /// exit with the guest's registers saved into `gprs` (`Ok`), or with the
@@ -270,6 +242,9 @@ pub unsafe fn enter(gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> 
             "lea rdx, [rip + 2f]",
             "vmwrite rax, rdx",
             "mov rax, rdi",
+            // CR2 is not in the VMCS: the guest's goes in here.
+            "mov rcx, [rax + 120]",
+            "mov cr2, rcx",
             "test sil, sil",
             "mov rbx, [rax + 8]",
             "mov rcx, [rax + 16]",
@@ -316,6 +291,8 @@ pub unsafe fn enter(gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> 
             "mov [rax + 112], r15",
             "pop rcx",
             "mov [rax], rcx",
+            "mov rcx, cr2",
+            "mov [rax + 120], rcx",
             "xor ecx, ecx",
             "xor edx, edx",
             "3:",

@@ -16,6 +16,9 @@ pub mod ept;
 pub mod exits;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod hw;
+/// The vCPU (over a VMCS; its machine side in `hw`).
+#[cfg(target_arch = "x86_64")]
+pub mod vcpu;
 /// Its field encodings come from the `x86` crate, an x86-only dependency.
 #[cfg(target_arch = "x86_64")]
 pub mod vmcs;
@@ -55,6 +58,39 @@ pub const PROC2_VPID: u32 = 1 << 5;
 pub const PROC2_UNRESTRICTED: u32 = 1 << 7;
 /// Pin-based control: activate the VMX-preemption timer (A.3.1).
 pub const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
+
+/// A VMX instruction failed (SDM 30.2): VMfailInvalid (no current VMCS)
+/// or VMfailValid with the VM-instruction error number (SDM 30.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmFail {
+    Invalid,
+    Valid(u64),
+}
+
+/// The guest's general-purpose registers across a VM entry and exit (RSP
+/// and RIP are VMCS fields). The layout is the entry assembly's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestGprs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    /// CR2, which VM entry and exit do not switch: loaded before the entry
+    /// and saved after the exit with the registers (never another VM's).
+    pub cr2: u64,
+}
 
 /// What to do about IA32_FEATURE_CONTROL before VMXON.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,819 @@
+//! The VMX vCPU, first version (issue 16): a [`vmm::backend::Vcpu`] over
+//! a VMCS, through [`VmxHw`] (the machine's VMREAD/VMWRITE/VM entry, or a
+//! fake in the host tests).
+//!
+//! What it does: boot states of every entry mode (guest state checked
+//! before the first entry, [`check_guest_state`]), the guest's registers,
+//! exits for CPUID, HLT, VMCALL (the hypercall ABI with the CPL rule),
+//! port I/O, RDMSR/WRMSR, EPT violations (as stage-2 faults), triple
+//! faults and failed VM entries, external interrupts (turn end, host
+//! interrupts), the interrupt window; events injected through the VM-entry
+//! interruption information; #AC and #DB intercepted and reflected (rule
+//! `benign_exception`); a guest's VMX instructions get #UD. Not yet (the
+//! SVM backend has them): MMIO instruction decoding, the MSRs the VMCS and
+//! the CPU hold (FS/GS base, EFER, PAT, SYSCALL MSRs) on RDMSR/WRMSR, CR8
+//! and the TPR, NMI blocking, DR6 on #DB delivery, FPU switching.
+
+use alloc::vec::Vec;
+
+use super::exits::{self, reason, ExitReason, Interruption};
+use super::fields::{control, guest, ro};
+use super::vmcs::{bits, check_guest_state, guest_state, Controls};
+use super::{Caps, GuestGprs, VmFail};
+use crate::hostirq::HostIrq;
+use vmm::backend::{x86_mode_state, BackendError, BootState, PhysCpu};
+use vmm::event::{Event, Payload, PendingEvents, Queued};
+use vmm::exit::{AccessKind, Conduit, Exit, Hypercall, ShutdownKind};
+use vmm::regs::Reg;
+use vmm::x86::wiring::X86Interface;
+
+/// The machine side of a VMX vCPU.
+pub trait VmxHw {
+    /// VMPTRLD: the VMCS at `pa` becomes current on this CPU.
+    fn load(&mut self, vmcs: u64) -> Result<(), VmFail>;
+    /// VMCLEAR (written back, not current, launch state clear).
+    fn clear(&mut self, vmcs: u64) -> Result<(), VmFail>;
+    fn vmread(&self, field: u32) -> u64;
+    fn vmwrite(&mut self, field: u32, value: u64);
+    /// The host-state fields of this CPU (HOST_RSP/RIP excepted).
+    fn host_state(&self) -> Vec<(u32, u64)>;
+    /// VM entry with `gprs` (VMLAUNCH unless `launched`) until the next
+    /// VM exit; host interrupts that came meanwhile are taken before it
+    /// returns.
+    fn enter(&mut self, gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail>;
+    /// Arms the turn's deadline (an external-interrupt exit).
+    fn arm_turn_deadline(&mut self);
+    /// The vector of the last host interrupt this CPU took.
+    fn last_host_irq(&mut self) -> Option<u32>;
+}
+
+const RFLAGS_IF: u64 = 1 << 9;
+/// Interruptibility state (SDM 24.4.2): blocking by STI, by MOV SS.
+const SHADOW: u64 = 0b11;
+/// Exceptions always intercepted: #DB and #AC, whose delivery can fault
+/// again forever inside the CPU (CVE-2015-5307, CVE-2015-8104; rule
+/// `benign_exception`).
+pub const EXCEPTION_BITMAP: u32 = 1 << 1 | 1 << 17;
+/// VM-entry fields (SDM 24.8.3).
+const ENTRY_EXCEPTION_ERROR_CODE: u32 = 0x4018;
+const ENTRY_INSTRUCTION_LEN: u32 = 0x401a;
+/// VM-exit interruption error code (SDM 24.9.2).
+const EXIT_INTERRUPTION_ERROR_CODE: u32 = 0x4406;
+
+/// One vCPU on VMX.
+pub struct VmxVcpu<H: VmxHw> {
+    hw: H,
+    vmcs: u64,
+    gprs: GuestGprs,
+    launched: bool,
+    bound: Option<PhysCpu>,
+    caps: Caps,
+    controls: Controls,
+    /// Execution-control fields written at every bind: EPTP, VPID, the
+    /// I/O and MSR bitmaps, the exception bitmap, zero counts.
+    fixed: Vec<(u32, u64)>,
+    /// A boot state's fields, written at the next entry.
+    pending: Vec<(u32, u64)>,
+    events: PendingEvents,
+    x86: X86Interface,
+    /// The instruction length of the last exit (advance_pc).
+    exit_len: u64,
+    /// The guest's EFER (entry controls follow its LMA).
+    efer: u64,
+    budget: u64,
+    internal: u64,
+}
+
+impl<H: VmxHw> VmxVcpu<H> {
+    /// A vCPU on the VMCS region at `vmcs` (zeroed, revision written by
+    /// the caller), with the VM's `eptp`, a `vpid` (not 0 when VPID is
+    /// on) and all-ones I/O bitmaps A/B and MSR bitmap at the given pages.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        hw: H,
+        vmcs: u64,
+        caps: Caps,
+        controls: Controls,
+        eptp: u64,
+        vpid: u16,
+        io_bitmaps: (u64, u64),
+        msr_bitmap: u64,
+    ) -> VmxVcpu<H> {
+        let fixed = alloc::vec![
+            (control::EPTP_FULL, eptp),
+            (control::VPID, u64::from(vpid)),
+            (control::IO_BITMAP_A_ADDR_FULL, io_bitmaps.0),
+            (control::IO_BITMAP_B_ADDR_FULL, io_bitmaps.1),
+            (control::MSR_BITMAPS_ADDR_FULL, msr_bitmap),
+            (control::EXCEPTION_BITMAP, u64::from(EXCEPTION_BITMAP)),
+            (control::PAGE_FAULT_ERR_CODE_MASK, 0),
+            (control::PAGE_FAULT_ERR_CODE_MATCH, 0),
+            (control::CR3_TARGET_COUNT, 0),
+            (control::VMEXIT_MSR_STORE_COUNT, 0),
+            (control::VMEXIT_MSR_LOAD_COUNT, 0),
+            (control::VMENTRY_MSR_LOAD_COUNT, 0),
+            (control::VMENTRY_INTERRUPTION_INFO_FIELD, 0),
+        ];
+        VmxVcpu {
+            hw,
+            vmcs,
+            gprs: GuestGprs::default(),
+            launched: false,
+            bound: None,
+            caps,
+            controls,
+            fixed,
+            pending: Vec::new(),
+            events: PendingEvents::new(),
+            x86: X86Interface::default(),
+            exit_len: 0,
+            efer: 0,
+            budget: 0,
+            internal: 0,
+        }
+    }
+
+    pub fn hw(&mut self) -> &mut H {
+        &mut self.hw
+    }
+
+    fn gpr(&self, r: Reg) -> Option<u64> {
+        let g = &self.gprs;
+        Some(match r {
+            Reg::Rax => g.rax,
+            Reg::Rbx => g.rbx,
+            Reg::Rcx => g.rcx,
+            Reg::Rdx => g.rdx,
+            Reg::Rsi => g.rsi,
+            Reg::Rdi => g.rdi,
+            Reg::Rbp => g.rbp,
+            Reg::R8 => g.r8,
+            Reg::R9 => g.r9,
+            Reg::R10 => g.r10,
+            Reg::R11 => g.r11,
+            Reg::R12 => g.r12,
+            Reg::R13 => g.r13,
+            Reg::R14 => g.r14,
+            Reg::R15 => g.r15,
+            _ => return None,
+        })
+    }
+
+    fn gpr_mut(&mut self, r: Reg) -> Option<&mut u64> {
+        let g = &mut self.gprs;
+        Some(match r {
+            Reg::Rax => &mut g.rax,
+            Reg::Rbx => &mut g.rbx,
+            Reg::Rcx => &mut g.rcx,
+            Reg::Rdx => &mut g.rdx,
+            Reg::Rsi => &mut g.rsi,
+            Reg::Rdi => &mut g.rdi,
+            Reg::Rbp => &mut g.rbp,
+            Reg::R8 => &mut g.r8,
+            Reg::R9 => &mut g.r9,
+            Reg::R10 => &mut g.r10,
+            Reg::R11 => &mut g.r11,
+            Reg::R12 => &mut g.r12,
+            Reg::R13 => &mut g.r13,
+            Reg::R14 => &mut g.r14,
+            Reg::R15 => &mut g.r15,
+            _ => return None,
+        })
+    }
+
+    /// The guest can take a maskable interrupt now: RFLAGS.IF and no
+    /// STI/MOV SS shadow (SDM 24.4.2).
+    fn interruptible(&self) -> bool {
+        self.hw.vmread(guest::RFLAGS) & RFLAGS_IF != 0
+            && self.hw.vmread(guest::INTERRUPTIBILITY_STATE) & SHADOW == 0
+    }
+
+    /// The guest's CPL: SS.DPL (SDM 24.4.1).
+    fn cpl(&self) -> u8 {
+        (self.hw.vmread(guest::SS_ACCESS_RIGHTS) >> 5 & 3) as u8
+    }
+
+    /// Writes the next event to deliver into the VM-entry interruption
+    /// fields (one per entry), the interrupt from the interface first
+    /// moved into the queue; arms the interrupt window when an interrupt
+    /// waits for the guest to open it.
+    fn deliver(&mut self) -> Result<(), BackendError> {
+        if self.x86.load {
+            self.x86.load = false;
+            if let Some(v) = self.x86.inject.take() {
+                self.events.queue(Event::Interrupt { vector: v })?;
+            }
+        }
+        let open = self.interruptible();
+        let mut proc = self.controls.proc & !bits::PROC_INTERRUPT_WINDOW;
+        if let Some(e) = self.events.take(false, open) {
+            let (info, code) = match e {
+                Event::Exception {
+                    vector,
+                    error_code,
+                    payload,
+                } => {
+                    if let Payload::Cr2(cr2) = payload {
+                        self.gprs.cr2 = cr2;
+                    }
+                    (
+                        Interruption {
+                            vector,
+                            kind: Interruption::HARDWARE_EXCEPTION,
+                            has_error_code: error_code.is_some(),
+                        },
+                        error_code,
+                    )
+                }
+                Event::Undefined => (
+                    Interruption {
+                        vector: vmm::event::vector::UD,
+                        kind: Interruption::HARDWARE_EXCEPTION,
+                        has_error_code: false,
+                    },
+                    None,
+                ),
+                Event::Interrupt { vector } => (
+                    Interruption {
+                        vector,
+                        kind: Interruption::EXTERNAL,
+                        has_error_code: false,
+                    },
+                    None,
+                ),
+                Event::Nmi => (
+                    Interruption {
+                        vector: 2,
+                        kind: Interruption::NMI,
+                        has_error_code: false,
+                    },
+                    None,
+                ),
+                _ => {
+                    return Err(BackendError::BadEvent(
+                        vmm::event::EventError::PayloadMismatch,
+                    ))
+                }
+            };
+            self.hw
+                .vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, info.to_field());
+            if let Some(c) = code {
+                self.hw.vmwrite(ENTRY_EXCEPTION_ERROR_CODE, u64::from(c));
+            }
+            self.hw.vmwrite(ENTRY_INSTRUCTION_LEN, 0);
+        }
+        if !self.events.is_empty() || (self.x86.window && !open) {
+            proc |= bits::PROC_INTERRUPT_WINDOW;
+        }
+        self.hw
+            .vmwrite(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(proc));
+        Ok(())
+    }
+
+    /// One entry and the exit's decoding: `None` for an exit handled here
+    /// (the loop enters again while the turn's budget lasts).
+    fn run_once(&mut self) -> Result<Option<Exit>, BackendError> {
+        if !self.pending.is_empty() {
+            for (f, v) in core::mem::take(&mut self.pending) {
+                self.hw.vmwrite(f, v);
+            }
+        }
+        self.deliver()?;
+        self.hw
+            .enter(&mut self.gprs, self.launched)
+            .map_err(|e| match e {
+                VmFail::Valid(n) => BackendError::EntryFailed(exits::instruction_error_name(n)),
+                VmFail::Invalid => BackendError::EntryFailed("no current VMCS"),
+            })?;
+        self.launched = true;
+        // An event written for this entry was delivered (or came back in
+        // the IDT-vectoring information, re-queued below).
+        self.hw.vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
+        let r = ExitReason::from_field(self.hw.vmread(ro::EXIT_REASON));
+        let qual = self.hw.vmread(ro::EXIT_QUALIFICATION);
+        self.exit_len = self.hw.vmread(ro::VMEXIT_INSTRUCTION_LEN);
+        if let Some(i) = Interruption::from_field(self.hw.vmread(ro::IDT_VECTORING_INFO)) {
+            // An event whose delivery this exit interrupted: again first.
+            let code = i.has_error_code.then(|| self.hw.vmread(0x4410) as u32);
+            let e = match i.kind {
+                Interruption::EXTERNAL => Event::Interrupt { vector: i.vector },
+                Interruption::NMI => Event::Nmi,
+                _ => Event::Exception {
+                    vector: i.vector,
+                    error_code: code,
+                    payload: Payload::None,
+                },
+            };
+            let _ = self.events.queue(e);
+        }
+        if r.entry_failure {
+            return Ok(Some(Exit::Shutdown(ShutdownKind::InvalidState)));
+        }
+        let g = self.gprs;
+        let exit = match r.basic {
+            reason::EXTERNAL_INTERRUPT => match self.hw.last_host_irq() {
+                Some(line) if crate::hostirq::TABLE.get(line) != HostIrq::EndOfTurn => {
+                    Exit::HostInterrupt { line }
+                }
+                _ => Exit::PreemptionTimer,
+            },
+            reason::INTERRUPT_WINDOW => {
+                self.x86.sync = true;
+                Exit::ExternalInterrupt
+            }
+            reason::TRIPLE_FAULT => Exit::Shutdown(ShutdownKind::TripleFault),
+            reason::CPUID => Exit::Cpuid {
+                leaf: g.rax as u32,
+                subleaf: g.rcx as u32,
+            },
+            reason::HLT => Exit::Halt,
+            reason::VMCALL => Exit::Hypercall(Hypercall {
+                conduit: Conduit::Vmcall,
+                // VMCALL works at any CPL: only the guest kernel may call.
+                privileged: self.cpl() == 0,
+                imm: 0,
+                nr: g.rax,
+                args: [g.rbx, g.rcx, g.rdx, g.rsi, g.rdi, g.r8],
+            }),
+            reason::IO_INSTRUCTION => match exits::decode_io(qual, g.rax) {
+                Some(io) => Exit::PortIo(io),
+                None => Exit::Unknown {
+                    reason: u64::from(r.basic),
+                    qualification: qual,
+                },
+            },
+            reason::RDMSR => Exit::MsrRead { msr: g.rcx as u32 },
+            reason::WRMSR => Exit::MsrWrite {
+                msr: g.rcx as u32,
+                value: g.rdx << 32 | (g.rax & 0xffff_ffff),
+            },
+            reason::EPT_VIOLATION => Exit::Stage2Fault {
+                gpa: self.hw.vmread(ro::GUEST_PHYSICAL_ADDR_FULL),
+                // Bit 7: the guest-linear address field is valid.
+                gva: (qual & (1 << 7) != 0).then(|| self.hw.vmread(ro::GUEST_LINEAR_ADDR)),
+                access: AccessKind::from_ept_qualification(qual),
+            },
+            reason::EXCEPTION_OR_NMI => {
+                let info = Interruption::from_field(self.hw.vmread(ro::VMEXIT_INTERRUPTION_INFO));
+                match info {
+                    Some(i) if i.kind == Interruption::NMI => Exit::ExternalInterrupt,
+                    Some(i) => {
+                        // #DB / #AC: reflected as they came.
+                        let code = i
+                            .has_error_code
+                            .then(|| self.hw.vmread(EXIT_INTERRUPTION_ERROR_CODE) as u32);
+                        self.events.queue(Event::Exception {
+                            vector: i.vector,
+                            error_code: code,
+                            payload: Payload::None,
+                        })?;
+                        return Ok(None);
+                    }
+                    None => Exit::Unknown {
+                        reason: u64::from(r.basic),
+                        qualification: qual,
+                    },
+                }
+            }
+            _ if r.is_vmx_instruction() => {
+                self.events.queue(Event::Undefined)?;
+                return Ok(None);
+            }
+            b => Exit::Unknown {
+                reason: u64::from(b),
+                qualification: qual,
+            },
+        };
+        self.x86.rflags_if = self.hw.vmread(guest::RFLAGS) & RFLAGS_IF != 0;
+        Ok(Some(exit))
+    }
+}
+
+impl<H: VmxHw> vmm::backend::Vcpu for VmxVcpu<H> {
+    fn begin_turn(&mut self, budget: u64) {
+        self.budget = budget;
+        self.hw.arm_turn_deadline();
+    }
+
+    fn run(&mut self) -> Result<Exit, BackendError> {
+        if self.bound.is_none() {
+            return Err(BackendError::NotBound);
+        }
+        loop {
+            if let Some(e) = self.run_once()? {
+                return Ok(e);
+            }
+            self.internal += 1;
+            if self.budget == 0 {
+                // Exits handled here count against the turn: a guest that
+                // loops on them still loses the CPU.
+                return Ok(Exit::PreemptionTimer);
+            }
+            self.budget -= 1;
+        }
+    }
+
+    fn internal_exits(&self) -> u64 {
+        self.internal
+    }
+
+    fn x86_interface(&mut self) -> Option<&mut X86Interface> {
+        Some(&mut self.x86)
+    }
+
+    fn x86_refresh(&mut self) {
+        if self.bound.is_some() {
+            self.x86.interruptible = self.interruptible() && self.events.is_empty();
+            self.x86.rflags_if = self.hw.vmread(guest::RFLAGS) & RFLAGS_IF != 0;
+        }
+    }
+
+    fn reg(&mut self, reg: Reg) -> Result<u64, BackendError> {
+        if let Some(v) = self.gpr(reg) {
+            return Ok(v);
+        }
+        let field = |f: u32| self.hw.vmread(f);
+        Ok(match reg {
+            Reg::Rsp => field(guest::RSP),
+            Reg::Rip => field(guest::RIP),
+            Reg::Rflags => field(guest::RFLAGS),
+            // What the guest reads: its own bits where the host owns them.
+            Reg::Cr0 => {
+                let m = field(control::CR0_GUEST_HOST_MASK);
+                field(guest::CR0) & !m | field(control::CR0_READ_SHADOW) & m
+            }
+            Reg::Cr4 => {
+                let m = field(control::CR4_GUEST_HOST_MASK);
+                field(guest::CR4) & !m | field(control::CR4_READ_SHADOW) & m
+            }
+            Reg::Cr3 => field(guest::CR3),
+            Reg::Cr2 => self.gprs.cr2,
+            Reg::Efer => field(guest::IA32_EFER_FULL),
+            Reg::Dr7 => field(guest::DR7),
+            r => return Err(BackendError::NoSuchRegister(r)),
+        })
+    }
+
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), BackendError> {
+        if let Some(r) = self.gpr_mut(reg) {
+            *r = value;
+            return Ok(());
+        }
+        match reg {
+            Reg::Rsp => self.hw.vmwrite(guest::RSP, value),
+            Reg::Rip => self.hw.vmwrite(guest::RIP, value),
+            Reg::Rflags => self.hw.vmwrite(guest::RFLAGS, value | 2),
+            Reg::Cr3 => self.hw.vmwrite(guest::CR3, value),
+            r => return Err(BackendError::NoSuchRegister(r)),
+        }
+        Ok(())
+    }
+
+    fn advance_pc(&mut self) -> Result<(), BackendError> {
+        let rip = self.hw.vmread(guest::RIP);
+        self.hw.vmwrite(guest::RIP, rip.wrapping_add(self.exit_len));
+        // The instruction completed: an STI/MOV SS shadow ends with it.
+        let s = self.hw.vmread(guest::INTERRUPTIBILITY_STATE);
+        self.hw.vmwrite(guest::INTERRUPTIBILITY_STATE, s & !SHADOW);
+        Ok(())
+    }
+
+    fn inject(&mut self, event: Event) -> Result<Queued, BackendError> {
+        Ok(self.events.queue(event)?)
+    }
+
+    fn apply_boot_state(&mut self, st: &BootState) -> Result<(), BackendError> {
+        let ms =
+            x86_mode_state(st.mode).ok_or(BackendError::EntryFailed("not an x86 entry mode"))?;
+        let fields = guest_state(&ms, st.pc, &self.caps, &self.controls);
+        let entry = self.controls.entry_for(ms.efer);
+        check_guest_state(&fields, entry, &self.caps, self.controls.unrestricted())
+            .map_err(|b| BackendError::EntryFailed(b.rule))?;
+        self.efer = ms.efer;
+        self.pending = fields;
+        self.pending.extend(self.controls.fields(ms.efer));
+        self.gprs = GuestGprs::default();
+        for &(r, v) in st.regs() {
+            if let Some(slot) = self.gpr_mut(r) {
+                *slot = v;
+            } else if r == Reg::Rsp {
+                self.pending.push((guest::RSP, v));
+            } else {
+                return Err(BackendError::NoSuchRegister(r));
+            }
+        }
+        Ok(())
+    }
+
+    fn bind(&mut self, cpu: PhysCpu) -> Result<(), BackendError> {
+        if let Some(c) = self.bound {
+            return Err(BackendError::AlreadyBound(c));
+        }
+        self.hw
+            .load(self.vmcs)
+            .map_err(|_| BackendError::EntryFailed("VMPTRLD failed"))?;
+        for (f, v) in self.hw.host_state() {
+            self.hw.vmwrite(f, v);
+        }
+        for i in 0..self.fixed.len() {
+            let (f, v) = self.fixed[i];
+            self.hw.vmwrite(f, v);
+        }
+        if !self.launched {
+            // A VMCS fresh from VMCLEAR: every control field again.
+            for (f, v) in self.controls.fields(self.efer) {
+                self.hw.vmwrite(f, v);
+            }
+        }
+        self.bound = Some(cpu);
+        Ok(())
+    }
+
+    fn unbind(&mut self) -> Result<(), BackendError> {
+        if self.bound.take().is_some() {
+            // Written back to memory so another CPU may load it; VMLAUNCH
+            // next time (SDM 24.11.3).
+            self.hw
+                .clear(self.vmcs)
+                .map_err(|_| BackendError::EntryFailed("VMCLEAR failed"))?;
+            self.launched = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::haswell;
+    use super::*;
+    use std::collections::HashMap;
+    use vmm::backend::{EntryMode, Vcpu};
+    use vmm::exit::{IoOp, PortIo};
+    use vmm::regs::AccessSize;
+
+    /// One scripted VM entry: what the guest did until its exit.
+    type Step = Box<dyn FnMut(&mut HashMap<u32, u64>, &mut GuestGprs)>;
+
+    /// A VMCS in a map; each entry runs the next scripted exit.
+    #[derive(Default)]
+    struct Fake {
+        fields: HashMap<u32, u64>,
+        script: Vec<Step>,
+        entries: Vec<bool>,
+        loaded: Option<u64>,
+        host_irq: Option<u32>,
+    }
+
+    impl VmxHw for Fake {
+        fn load(&mut self, vmcs: u64) -> Result<(), VmFail> {
+            self.loaded = Some(vmcs);
+            Ok(())
+        }
+        fn clear(&mut self, _vmcs: u64) -> Result<(), VmFail> {
+            self.loaded = None;
+            Ok(())
+        }
+        fn vmread(&self, field: u32) -> u64 {
+            self.fields.get(&field).copied().unwrap_or(0)
+        }
+        fn vmwrite(&mut self, field: u32, value: u64) {
+            self.fields.insert(field, value);
+        }
+        fn host_state(&self) -> Vec<(u32, u64)> {
+            alloc::vec![(0x6c00, 0x8000_0031)]
+        }
+        fn enter(&mut self, gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> {
+            if self.loaded.is_none() {
+                return Err(VmFail::Invalid);
+            }
+            self.entries.push(launched);
+            let mut step = self.script.remove(0);
+            for f in [ro::IDT_VECTORING_INFO, ro::VMEXIT_INTERRUPTION_INFO] {
+                self.fields.insert(f, 0);
+            }
+            step(&mut self.fields, gprs);
+            Ok(())
+        }
+        fn arm_turn_deadline(&mut self) {}
+        fn last_host_irq(&mut self) -> Option<u32> {
+            self.host_irq
+        }
+    }
+
+    fn exit(reason: u16, qual: u64, len: u64) -> Step {
+        Box::new(move |f, _| {
+            f.insert(ro::EXIT_REASON, u64::from(reason));
+            f.insert(ro::EXIT_QUALIFICATION, qual);
+            f.insert(ro::VMEXIT_INSTRUCTION_LEN, len);
+        })
+    }
+
+    fn vcpu(script: Vec<Step>) -> VmxVcpu<Fake> {
+        let caps = Caps::read(haswell);
+        let c = Controls::for_caps(&caps).unwrap();
+        let hw = Fake {
+            script,
+            ..Fake::default()
+        };
+        let mut v = VmxVcpu::new(
+            hw,
+            0x5000,
+            caps,
+            c,
+            0x9000_001e,
+            1,
+            (0x6000, 0x7000),
+            0x8000,
+        );
+        let st = BootState::new(EntryMode::X86Long64 { cr3: 0x2000 }, 0x10_0000)
+            .with(Reg::Rsi, 0x1234)
+            .unwrap();
+        v.apply_boot_state(&st).unwrap();
+        v.bind(0).unwrap();
+        v.begin_turn(8);
+        v
+    }
+
+    #[test]
+    fn boot_state_bind_and_the_first_entries() {
+        let mut v = vcpu(vec![
+            Box::new(|f, g| {
+                // The guest state was written before the first entry.
+                assert_eq!(f[&guest::RIP], 0x10_0000);
+                assert_eq!(f[&guest::CR3], 0x2000);
+                assert_eq!(g.rsi, 0x1234);
+                assert_eq!(f[&control::EPTP_FULL], 0x9000_001e);
+                assert_ne!(
+                    f[&control::VMENTRY_CONTROLS] & u64::from(bits::ENTRY_IA32E_GUEST),
+                    0
+                );
+                assert_eq!(f[&control::EXCEPTION_BITMAP], u64::from(EXCEPTION_BITMAP));
+                assert_eq!(f[&0x6c00], 0x8000_0031, "host state");
+                g.rax = 0x4000_0000;
+                g.rcx = 3;
+                f.insert(ro::EXIT_REASON, u64::from(reason::CPUID));
+                f.insert(ro::VMEXIT_INSTRUCTION_LEN, 2);
+            }),
+            exit(reason::HLT, 0, 1),
+        ]);
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::Cpuid {
+                leaf: 0x4000_0000,
+                subleaf: 3
+            }
+        );
+        v.set_reg(Reg::Rbx, 0x57).unwrap();
+        v.advance_pc().unwrap();
+        assert_eq!(v.reg(Reg::Rip).unwrap(), 0x10_0002);
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.hw().entries, [false, true], "VMLAUNCH, then VMRESUME");
+        // Unbind clears the VMCS: the next entry launches again.
+        v.unbind().unwrap();
+        assert_eq!(v.run(), Err(BackendError::NotBound));
+        assert!(v.hw().loaded.is_none());
+    }
+
+    #[test]
+    fn io_vmcall_msr_and_ept_exits() {
+        let mut v = vcpu(vec![
+            Box::new(|f, g| {
+                g.rax = 0x1234_5641;
+                f.insert(ro::EXIT_REASON, u64::from(reason::IO_INSTRUCTION));
+                f.insert(ro::EXIT_QUALIFICATION, 0x03f8_0000);
+            }),
+            Box::new(|f, g| {
+                g.rax = 7;
+                g.rbx = 0x10;
+                g.rcx = 0x20;
+                f.insert(ro::EXIT_REASON, u64::from(reason::VMCALL));
+                // CPL 3: SS.DPL = 3.
+                f.insert(guest::SS_ACCESS_RIGHTS, 0xf3);
+            }),
+            Box::new(|f, g| {
+                g.rcx = 0xc000_0080;
+                g.rdx = 0x1;
+                g.rax = 0xffff_ffff_0000_0d01;
+                f.insert(ro::EXIT_REASON, u64::from(reason::WRMSR));
+            }),
+            Box::new(|f, _| {
+                f.insert(ro::EXIT_REASON, u64::from(reason::EPT_VIOLATION));
+                f.insert(ro::EXIT_QUALIFICATION, 0b10 | 1 << 7);
+                f.insert(ro::GUEST_PHYSICAL_ADDR_FULL, 0xfee0_0030);
+                f.insert(ro::GUEST_LINEAR_ADDR, 0xffff_8000_fee0_0030);
+            }),
+        ]);
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::PortIo(PortIo {
+                port: 0x3f8,
+                size: AccessSize::B1,
+                op: IoOp::Out(0x41)
+            })
+        );
+        match v.run().unwrap() {
+            Exit::Hypercall(h) => {
+                assert_eq!(
+                    (h.conduit, h.nr, h.args[0], h.args[1]),
+                    (Conduit::Vmcall, 7, 0x10, 0x20)
+                );
+                assert!(!h.privileged, "a CPL 3 caller");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::MsrWrite {
+                msr: 0xc000_0080,
+                value: 0x1_0000_0d01
+            }
+        );
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::Stage2Fault {
+                gpa: 0xfee0_0030,
+                gva: Some(0xffff_8000_fee0_0030),
+                access: AccessKind::Write
+            }
+        );
+    }
+
+    #[test]
+    fn inv_benign_exception_vmx_ac_is_reflected_and_vmx_instructions_ud() {
+        let mut v = vcpu(vec![
+            Box::new(|f, _| {
+                f.insert(ro::EXIT_REASON, u64::from(reason::EXCEPTION_OR_NMI));
+                f.insert(ro::VMEXIT_INTERRUPTION_INFO, 0x8000_0b11);
+                f.insert(EXIT_INTERRUPTION_ERROR_CODE, 0);
+            }),
+            Box::new(|f, _| {
+                // #AC went back in with its error code.
+                assert_eq!(f[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0x8000_0b11);
+                assert_eq!(f[&ENTRY_EXCEPTION_ERROR_CODE], 0);
+                f.insert(ro::EXIT_REASON, u64::from(reason::VMXON));
+            }),
+            Box::new(|f, _| {
+                // #UD for the guest's VMXON.
+                assert_eq!(f[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0x8000_0306);
+                f.insert(ro::EXIT_REASON, u64::from(reason::HLT));
+            }),
+        ]);
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.internal_exits(), 2);
+    }
+
+    #[test]
+    fn interrupts_wait_for_the_window_and_turns_end() {
+        let mut v = vcpu(vec![
+            Box::new(|f, _| {
+                // RFLAGS.IF = 0: not injected, the window armed.
+                assert_eq!(f[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0);
+                assert_ne!(
+                    f[&control::PRIMARY_PROCBASED_EXEC_CONTROLS]
+                        & u64::from(bits::PROC_INTERRUPT_WINDOW),
+                    0
+                );
+                f.insert(guest::RFLAGS, 0x202);
+                f.insert(ro::EXIT_REASON, u64::from(reason::INTERRUPT_WINDOW));
+            }),
+            Box::new(|f, _| {
+                assert_eq!(f[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0x8000_0030);
+                assert_eq!(
+                    f[&control::PRIMARY_PROCBASED_EXEC_CONTROLS]
+                        & u64::from(bits::PROC_INTERRUPT_WINDOW),
+                    0
+                );
+                f.insert(ro::EXIT_REASON, u64::from(reason::EXTERNAL_INTERRUPT));
+            }),
+            exit(reason::TRIPLE_FAULT, 0, 0),
+            Box::new(|f, _| {
+                f.insert(
+                    ro::EXIT_REASON,
+                    1 << 31 | u64::from(reason::INVALID_GUEST_STATE),
+                );
+            }),
+        ]);
+        v.hw().fields.insert(guest::RFLAGS, 0x2);
+        let ci = v.x86_interface().unwrap();
+        ci.inject = Some(0x30);
+        ci.load = true;
+        assert_eq!(v.run().unwrap(), Exit::ExternalInterrupt);
+        assert!(v.x86_interface().unwrap().sync);
+        crate::hostirq::TABLE.set(0xef, HostIrq::EndOfTurn);
+        v.hw().host_irq = Some(0xef);
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert_eq!(v.run().unwrap(), Exit::Shutdown(ShutdownKind::TripleFault));
+        assert_eq!(v.run().unwrap(), Exit::Shutdown(ShutdownKind::InvalidState));
+    }
+
+    #[test]
+    fn internal_exits_spend_the_turn_budget() {
+        let script = (0..20)
+            .map(|_| exit(reason::VMCLEAR, 0, 3))
+            .collect::<Vec<_>>();
+        let mut v = vcpu(script);
+        v.begin_turn(3);
+        assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert_eq!(v.internal_exits(), 4);
+    }
+}
