@@ -1,11 +1,13 @@
 //! The x86 virtualization backend as the kernel's VM layer (`vms.rs`) sees
-//! it: AMD SVM with nested paging (`arch::x86_64::svm`); on an Intel CPU
-//! the first steps of VMX (`arch::x86_64::vmx`: capabilities, VMXON).
+//! it, chosen at run time by the CPU: AMD SVM with nested paging
+//! (`arch::x86_64::svm`) or Intel VMX with EPT (`arch::x86_64::vmx`, first
+//! version: on the boot CPU only, see [`Vcpu`]).
 //!
 //! Global state set up once by [`virt_init`] on the boot CPU: SVM enabled
 //! (EFER.SVME, VM_HSAVE_PA, host VMSAVE area), one MSR permission map and one
 //! I/O permission map shared by every vCPU (all ones: every MSR and port is
-//! intercepted), and the SVM features the vCPUs adapt to.
+//! intercepted), and the SVM features the vCPUs adapt to; or VMX operation
+//! with the controls every VMCS gets and all-ones I/O and MSR bitmaps.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -16,17 +18,147 @@ use arch::x86_64::svm::hw::{self, Machine, PhysTables, MAX_TRACKED_ASIDS};
 use arch::x86_64::svm::npt::Npt;
 use arch::x86_64::svm::vcpu::{Features, SvmVcpu, IOPM_SIZE, MSRPM_SIZE};
 use arch::x86_64::svm::vmcb::Vmcb;
+use arch::x86_64::vmx::ept::Ept;
+use arch::x86_64::vmx::hw::VmxMachine;
+use arch::x86_64::vmx::vcpu::VmxVcpu;
+use arch::x86_64::vmx::vmcs::Controls;
+use arch::x86_64::vmx::Caps;
 use boot::frame::FrameAllocator;
 
-pub type Vcpu = SvmVcpu<Machine, PhysTables>;
-pub type Stage2 = Npt<PhysTables>;
+/// A vCPU of the backend this CPU has. On VMX only the boot CPU runs
+/// vCPUs for now: the application processors do not enter VMX operation
+/// (their start-up enables SVM only), so they are not offered vCPUs.
+pub enum Vcpu {
+    Svm(SvmVcpu<Machine, PhysTables>),
+    Vmx(VmxVcpu<VmxMachine>),
+}
+
+/// A VM's second-stage tables: NPT or EPT.
+pub enum Stage2 {
+    Npt(Npt<PhysTables>),
+    Ept(Ept<PhysTables>),
+}
+
+macro_rules! each_vcpu {
+    ($v:expr, $x:ident => $e:expr) => {
+        match $v {
+            Vcpu::Svm($x) => $e,
+            Vcpu::Vmx($x) => $e,
+        }
+    };
+}
+
+macro_rules! each_s2 {
+    ($v:expr, $x:ident => $e:expr) => {
+        match $v {
+            Stage2::Npt($x) => $e,
+            Stage2::Ept($x) => $e,
+        }
+    };
+}
+
+impl vmm::backend::Vcpu for Vcpu {
+    #[inline]
+    fn begin_turn(&mut self, budget: u64) {
+        each_vcpu!(self, v => v.begin_turn(budget))
+    }
+    #[inline]
+    fn cap_turn(&mut self, deadline: u64) {
+        each_vcpu!(self, v => v.cap_turn(deadline))
+    }
+    #[inline]
+    fn run(&mut self) -> Result<vmm::exit::Exit, vmm::backend::BackendError> {
+        each_vcpu!(self, v => v.run())
+    }
+    #[inline]
+    fn reg(&mut self, reg: vmm::regs::Reg) -> Result<u64, vmm::backend::BackendError> {
+        each_vcpu!(self, v => v.reg(reg))
+    }
+    #[inline]
+    fn set_reg(
+        &mut self,
+        reg: vmm::regs::Reg,
+        value: u64,
+    ) -> Result<(), vmm::backend::BackendError> {
+        each_vcpu!(self, v => v.set_reg(reg, value))
+    }
+    #[inline]
+    fn advance_pc(&mut self) -> Result<(), vmm::backend::BackendError> {
+        each_vcpu!(self, v => v.advance_pc())
+    }
+    fn inject(
+        &mut self,
+        event: vmm::event::Event,
+    ) -> Result<vmm::event::Queued, vmm::backend::BackendError> {
+        each_vcpu!(self, v => v.inject(event))
+    }
+    fn apply_boot_state(
+        &mut self,
+        state: &vmm::backend::BootState,
+    ) -> Result<(), vmm::backend::BackendError> {
+        each_vcpu!(self, v => v.apply_boot_state(state))
+    }
+    fn bind(&mut self, cpu: vmm::backend::PhysCpu) -> Result<(), vmm::backend::BackendError> {
+        each_vcpu!(self, v => v.bind(cpu))
+    }
+    fn unbind(&mut self) -> Result<(), vmm::backend::BackendError> {
+        each_vcpu!(self, v => v.unbind())
+    }
+    fn internal_exits(&self) -> u64 {
+        each_vcpu!(self, v => v.internal_exits())
+    }
+    #[inline]
+    fn x86_interface(&mut self) -> Option<&mut vmm::x86::wiring::X86Interface> {
+        each_vcpu!(self, v => v.x86_interface())
+    }
+    fn x86_refresh(&mut self) {
+        each_vcpu!(self, v => v.x86_refresh())
+    }
+}
+
+impl vmm::backend::Stage2 for Stage2 {
+    fn map(
+        &mut self,
+        gpa: u64,
+        hpa: u64,
+        len: u64,
+        attrs: vmm::backend::S2Attrs,
+    ) -> Result<(), vmm::backend::Stage2Error> {
+        each_s2!(self, t => t.map(gpa, hpa, len, attrs))
+    }
+    fn unmap(&mut self, gpa: u64, len: u64) -> Result<(), vmm::backend::Stage2Error> {
+        each_s2!(self, t => t.unmap(gpa, len))
+    }
+    fn protect(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        attrs: vmm::backend::S2Attrs,
+    ) -> Result<(), vmm::backend::Stage2Error> {
+        each_s2!(self, t => t.protect(gpa, len, attrs))
+    }
+    fn flush(&mut self) {
+        each_s2!(self, t => t.flush())
+    }
+}
 
 /// Table frames each VM's NPT may use (RAM is mapped with 2 MiB / 1 GiB
 /// blocks where allowed, so a few tables suffice).
 const NPT_POOL_FRAMES: usize = 64;
 const PAGE: u64 = 4096;
 
+/// What every VMX vCPU gets.
+struct VmxGlobals {
+    caps: Caps,
+    controls: Controls,
+    io_bitmaps: (u64, u64),
+    msr_bitmap: u64,
+}
+
 struct Globals {
+    /// Some: the VMX backend (then `features`, `asids`, `msrpm`, `iopm`
+    /// are unused).
+    vmx: Option<VmxGlobals>,
     features: Features,
     /// The TSC frequency (guests get it in CPUID), kHz.
     tsc_khz: u32,
@@ -63,7 +195,18 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
     let cpu = CpuInfo::read(&Cpuid);
     let svm = cpu.svm.as_ref();
     if svm.is_none() && cpu.vmx {
-        return Err(vmx_first_steps(frames));
+        let v = vmx_first_steps(frames)?;
+        let tsc_khz = start_time_slices();
+        GLOBALS.call_once(|| Globals {
+            vmx: Some(v),
+            features: Features::from_edx(0),
+            tsc_khz,
+            asids: 0,
+            page_1g: false,
+            msrpm: 0,
+            iopm: 0,
+        });
+        return Ok(());
     }
     if let Some(why) =
         hw::svm_unusable_reason(svm.is_some(), svm.is_some_and(|s| s.nested_paging()))
@@ -108,6 +251,7 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
     );
     let tsc_khz = start_time_slices();
     GLOBALS.call_once(|| Globals {
+        vmx: None,
         features,
         tsc_khz,
         asids,
@@ -121,7 +265,7 @@ pub fn virt_init(frames: &mut FrameAllocator) -> Result<(), &'static str> {
 /// An Intel CPU: what the VMX backend does so far (issue 16). It reads
 /// the capabilities, enters VMX operation on this CPU and leaves it again,
 /// then says why no VM runs: the VMCS, EPT and exit handling come next.
-fn vmx_first_steps(frames: &mut FrameAllocator) -> &'static str {
+fn vmx_first_steps(frames: &mut FrameAllocator) -> Result<VmxGlobals, &'static str> {
     use arch::x86_64::vmx::{self, hw as vhw};
     let caps = vhw::read_caps();
     log::info!("vmx: {caps}");
@@ -143,7 +287,7 @@ fn vmx_first_steps(frames: &mut FrameAllocator) -> &'static str {
         log::info!("vmx: IA32_FEATURE_CONTROL {:#x}", caps.feature_control);
     }
     let Some(region) = frames.alloc_frame() else {
-        return "no frame for the VMXON region";
+        return Err("no frame for the VMXON region");
     };
     fill(region, PAGE as usize, 0);
     // SAFETY: `region` is a fresh frame that stays this CPU's; the kernel
@@ -151,16 +295,34 @@ fn vmx_first_steps(frames: &mut FrameAllocator) -> &'static str {
     match unsafe { vhw::vmxon(&caps, region) } {
         Ok(()) => {
             log::info!("vmx: VMXON on CPU 0 ok (region {region:#x})");
-            match vmx_self_test(&caps, frames) {
-                Ok(line) => log::info!("vmx: {line}"),
-                Err(e) => log::error!("vmx: self-test failed: {e}"),
+            if let Err(e) = vmx_self_test(&caps, frames).map(|line| log::info!("vmx: {line}")) {
+                log::error!("vmx: self-test failed: {e}");
+                // SAFETY: VMXON succeeded and the self-test's VMCS was cleared.
+                unsafe { vhw::vmxoff() };
+                return Err("the VMX self-test failed");
             }
-            // SAFETY: VMXON succeeded and the self-test's VMCS was cleared.
-            unsafe { vhw::vmxoff() };
-            log::info!("vmx: VMXOFF");
-            "the VMX backend runs no guests yet (VMXON, a VMCS, EPT and VMLAUNCH of a self-test guest work; the vCPU and its exits are issue 16's next steps)"
+            let controls = Controls::for_caps(&caps)
+                .map_err(|_| "the CPU lacks a VMX control this hypervisor needs")?;
+            let mut page = |b: u8| -> Result<u64, &'static str> {
+                let f = frames.alloc_frame().ok_or("no frame for a VMX bitmap")?;
+                fill(f, PAGE as usize, b);
+                Ok(f)
+            };
+            // Every port and MSR exits (all ones), as on SVM.
+            let v = VmxGlobals {
+                caps,
+                controls,
+                io_bitmaps: (page(0xff)?, page(0xff)?),
+                msr_bitmap: page(0xff)?,
+            };
+            log::info!(
+                "virt: VMX enabled on CPU 0 (EPT, VPID {}, unrestricted guest {}); the other CPUs run no vCPUs on VMX yet",
+                caps.vpid() as u8,
+                controls.unrestricted() as u8
+            );
+            Ok(v)
         }
-        Err(e) => e,
+        Err(e) => Err(e),
     }
 }
 
@@ -383,7 +545,10 @@ pub fn new_stage2(
     for _ in 0..NPT_POOL_FRAMES {
         pool.push(frames.alloc_frame().ok_or("no frames for the NPT")?);
     }
-    Npt::new(PhysTables, pool, addr_bits, g.page_1g)
+    match &g.vmx {
+        Some(v) => Ept::new(PhysTables, pool, addr_bits, v.caps.ept_1g()).map(Stage2::Ept),
+        None => Npt::new(PhysTables, pool, addr_bits, g.page_1g).map(Stage2::Npt),
+    }
 }
 
 pub fn new_vcpu(
@@ -394,6 +559,29 @@ pub fn new_vcpu(
     nr_vcpus: u32,
 ) -> Result<Vcpu, &'static str> {
     let g = globals()?;
+    let s2 = match (s2, &g.vmx) {
+        (Stage2::Ept(ept), Some(v)) => {
+            let pa = frames.alloc_frame().ok_or("no frame for a VMCS")?;
+            fill(pa, PAGE as usize, 0);
+            // SAFETY: a fresh frame of this vCPU alone; the revision
+            // identifier goes at the start of a VMCS region (SDM 24.2).
+            unsafe { (pa as *mut u32).write_volatile(v.caps.revision()) };
+            // One VPID per VM (rule `tlb_tag`), never 0 (the host's).
+            let vpid = (vm_index % 0xfffe) as u16 + 1;
+            return Ok(Vcpu::Vmx(VmxVcpu::new(
+                VmxMachine,
+                pa,
+                v.caps,
+                v.controls,
+                arch::x86_64::vmx::ept::eptp(ept, false),
+                vpid,
+                v.io_bitmaps,
+                v.msr_bitmap,
+            )));
+        }
+        (Stage2::Npt(npt), None) => npt,
+        _ => return Err("internal: stage 2 of the other backend"),
+    };
     if !hw::enabled_on_this_cpu() {
         return Err("SVM is not enabled on the boot CPU");
     }
@@ -436,7 +624,7 @@ pub fn new_vcpu(
         vcpu.set_intercept_pf(true);
         log::info!("virt: vm {vm_index}: guest #PF intercepted and reflected (svm-intercept-pf)");
     }
-    Ok(vcpu)
+    Ok(Vcpu::Svm(vcpu))
 }
 
 fn rdtsc() -> u64 {

@@ -311,3 +311,67 @@ pub unsafe fn enter(gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> 
     }
     vm_result(cf, zf)
 }
+
+/// The real machine as a VMX vCPU uses it ([`super::vcpu::VmxHw`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VmxMachine;
+
+impl super::vcpu::VmxHw for VmxMachine {
+    fn load(&mut self, vmcs: u64) -> Result<(), VmFail> {
+        // SAFETY: `vmcs` is the vCPU's own region (revision written at
+        // creation); the vCPU is bound to this CPU, in VMX root operation.
+        unsafe { vmptrld(vmcs) }
+    }
+
+    fn clear(&mut self, vmcs: u64) -> Result<(), VmFail> {
+        // SAFETY: as in `load`.
+        unsafe { vmclear(vmcs) }
+    }
+
+    #[inline]
+    fn vmread(&self, field: u32) -> u64 {
+        vmread(field).unwrap_or(0)
+    }
+
+    #[inline]
+    fn vmwrite(&mut self, field: u32, value: u64) {
+        // SAFETY: the vCPU's VMCS is current (bound); the fields written
+        // are guest state, controls and this CPU's host state. A refused
+        // field (unsupported) shows as a failed VM entry.
+        let _ = unsafe { vmwrite(field, value) };
+    }
+
+    fn host_state(&self) -> alloc::vec::Vec<(u32, u64)> {
+        host_state().to_vec()
+    }
+
+    fn enter(&mut self, gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> {
+        let rflags: u64;
+        // SAFETY: reading RFLAGS has no side effects.
+        unsafe {
+            core::arch::asm!("pushfq", "pop {}", out(reg) rflags, options(nomem, preserves_flags))
+        };
+        // SAFETY: the vCPU's VMCS is current with this CPU's host state and
+        // its VM's EPT; `launched` is the vCPU's record since its VMCLEAR.
+        // Interrupts stay off around the entry; VM exit clears RFLAGS.IF.
+        let r = unsafe {
+            core::arch::asm!("cli", options(nomem, nostack));
+            enter(gprs, launched)
+        };
+        if rflags & (1 << 9) != 0 {
+            // SAFETY: restoring the caller's IF; an interrupt that caused
+            // the exit (external-interrupt exiting, not acknowledged) is
+            // taken here through the IDT, whose stub records its vector.
+            unsafe { core::arch::asm!("sti", "nop", options(nomem, nostack)) };
+        }
+        r
+    }
+
+    fn arm_turn_deadline(&mut self) {
+        crate::x86_64::lapic::arm_slice();
+    }
+
+    fn last_host_irq(&mut self) -> Option<u32> {
+        crate::x86_64::lapic::last_host_irq()
+    }
+}

@@ -67,7 +67,9 @@ pub struct Missing {
 
 impl Controls {
     /// What this hypervisor needs, with the CPU's default-1 bits added:
-    /// external interrupts and NMIs exit (the host keeps its CPU), HLT,
+    /// external interrupts and NMIs exit (the host keeps its CPU; an
+    /// interrupt is not acknowledged at the exit but taken through the
+    /// host's IDT once the exit path enables interrupts, as on SVM), HLT,
     /// MOV DR, every port and MSR through bitmaps, EPT; VPID, unrestricted
     /// guest, RDTSCP and INVPCID where the CPU has them (the guest may use
     /// the last two natively); EFER and PAT switched at entry and exit.
@@ -102,12 +104,7 @@ impl Controls {
         let exit = need(
             "VM-exit",
             caps.exit,
-            EXIT_HOST_64
-                | EXIT_ACK_INTERRUPT
-                | EXIT_SAVE_PAT
-                | EXIT_LOAD_PAT
-                | EXIT_SAVE_EFER
-                | EXIT_LOAD_EFER,
+            EXIT_HOST_64 | EXIT_SAVE_PAT | EXIT_LOAD_PAT | EXIT_SAVE_EFER | EXIT_LOAD_EFER,
         )?;
         let entry = need("VM-entry", caps.entry, ENTRY_LOAD_PAT | ENTRY_LOAD_EFER)?;
         // "IA-32e mode guest" must be allowed to be 1 for long-mode guests;
