@@ -25,14 +25,14 @@ const BRINGUP: &[&str] = &[
 
 /// The `svm-*` guest scenarios that have a VMX twin, with its name. Not
 /// yet: `svm-mmio` and `svm-isolation` (MMIO instruction decoding: an EPT
-/// violation outside RAM stops the VM), `svm-msr` (the MSRs the VMCS and
-/// the CPU hold, FS/GS base, EFER, PAT, SYSCALL), `svm-multiboot` (a
+/// violation outside RAM stops the VM), `svm-multiboot` (a
 /// 32-bit guest that turns paging and long mode on itself: CR0 writes and
 /// the IA-32e entry control).
 const TWINS: &[(&str, &str)] = &[
     ("svm-hello", "vmx-hello"),
     ("svm-cpuid", "vmx-cpuid"),
     ("svm-io", "vmx-io"),
+    ("svm-msr", "vmx-msr"),
     ("svm-triple-fault", "vmx-triple-fault"),
 ];
 

@@ -371,6 +371,13 @@ impl super::vcpu::VmxHw for VmxMachine {
         crate::x86_64::lapic::arm_slice();
     }
 
+    fn wrmsr(&mut self, msr: u32, value: u64) {
+        // SAFETY: only the SYSCALL MSRs and KERNEL_GS_BASE come here, with
+        // values checked like the guest's WRMSR (canonical addresses); the
+        // hypervisor never uses them (no SYSCALL, no SWAPGS).
+        unsafe { instr::wrmsr(msr, value) };
+    }
+
     fn last_host_irq(&mut self) -> Option<u32> {
         crate::x86_64::lapic::last_host_irq()
     }

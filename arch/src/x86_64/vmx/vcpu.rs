@@ -5,7 +5,8 @@
 //! What it does: boot states of every entry mode (guest state checked
 //! before the first entry, [`check_guest_state`]), the guest's registers,
 //! exits for CPUID, HLT, VMCALL (the hypercall ABI with the CPL rule),
-//! port I/O, RDMSR/WRMSR, EPT violations (as stage-2 faults), triple
+//! port I/O, RDMSR/WRMSR (the MSRs the VMCS holds and the SYSCALL MSRs
+//! here, the others through the vmm), EPT violations (as stage-2 faults), triple
 //! faults and failed VM entries, external interrupts (turn end, host
 //! interrupts), the interrupt window; events injected through the VM-entry
 //! interruption information; #AC and #DB intercepted and reflected (rule
@@ -27,6 +28,25 @@ use vmm::exit::{AccessKind, Conduit, Exit, Hypercall, ShutdownKind};
 use vmm::regs::Reg;
 use vmm::x86::wiring::X86Interface;
 
+use crate::x86_64::guest::msrs;
+
+/// The SYSCALL MSRs and KERNEL_GS_BASE: neither in the VMCS nor switched
+/// by VM entry and exit. Each vCPU keeps the guest's values and loads them
+/// into the CPU when it is bound (the hypervisor never uses them), so no
+/// VM sees another's.
+const SOFT_MSRS: [u32; 5] = [
+    msrs::STAR,
+    msrs::LSTAR,
+    msrs::CSTAR,
+    msrs::SFMASK,
+    msrs::KERNEL_GS_BASE,
+];
+/// EFER bits a guest may set: SCE, LME, LMA (the CPU's), NXE, FFXSR.
+const EFER_GUEST_BITS: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 14;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const CR0_PG: u64 = 1 << 31;
+
 /// The machine side of a VMX vCPU.
 pub trait VmxHw {
     /// VMPTRLD: the VMCS at `pa` becomes current on this CPU.
@@ -43,6 +63,9 @@ pub trait VmxHw {
     fn enter(&mut self, gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail>;
     /// Arms the turn's deadline (an external-interrupt exit).
     fn arm_turn_deadline(&mut self);
+    /// WRMSR on this CPU: the guest's SYSCALL MSRs, which VM entry does
+    /// not load (the hypervisor itself never uses them).
+    fn wrmsr(&mut self, msr: u32, value: u64);
     /// The vector of the last host interrupt this CPU took.
     fn last_host_irq(&mut self) -> Option<u32>;
 }
@@ -82,6 +105,8 @@ pub struct VmxVcpu<H: VmxHw> {
     efer: u64,
     budget: u64,
     internal: u64,
+    /// The guest's [`SOFT_MSRS`].
+    soft_msrs: [u64; 5],
 }
 
 impl<H: VmxHw> VmxVcpu<H> {
@@ -130,7 +155,83 @@ impl<H: VmxHw> VmxVcpu<H> {
             efer: 0,
             budget: 0,
             internal: 0,
+            soft_msrs: [0; 5],
         }
+    }
+
+    /// RDMSR of an MSR the VMCS or this vCPU holds.
+    fn msr_read(&self, msr: u32) -> Option<u64> {
+        let f = |field: u32| self.hw.vmread(field);
+        Some(match msr {
+            msrs::EFER => f(guest::IA32_EFER_FULL),
+            msrs::PAT => f(guest::IA32_PAT_FULL),
+            msrs::FS_BASE => f(guest::FS_BASE),
+            msrs::GS_BASE => f(guest::GS_BASE),
+            msrs::SYSENTER_CS => f(guest::IA32_SYSENTER_CS),
+            msrs::SYSENTER_ESP => f(guest::IA32_SYSENTER_ESP),
+            msrs::SYSENTER_EIP => f(guest::IA32_SYSENTER_EIP),
+            m => self.soft_msrs[SOFT_MSRS.iter().position(|&s| s == m)?],
+        })
+    }
+
+    /// WRMSR of such an MSR: `Some(false)` for an invalid value (#GP), as
+    /// the SVM backend decides it.
+    fn msr_write(&mut self, msr: u32, val: u64) -> Option<bool> {
+        let canonical = ((val as i64) << 16 >> 16) as u64 == val;
+        let field = match msr {
+            msrs::EFER => {
+                let cur = self.hw.vmread(guest::IA32_EFER_FULL);
+                // Reserved bits, or LME changed with paging on (SDM 2.2.1).
+                if val & !EFER_GUEST_BITS != 0
+                    || ((val ^ cur) & EFER_LME != 0 && self.hw.vmread(guest::CR0) & CR0_PG != 0)
+                {
+                    return Some(false);
+                }
+                // LMA is the CPU's.
+                self.hw
+                    .vmwrite(guest::IA32_EFER_FULL, val & !EFER_LMA | cur & EFER_LMA);
+                return Some(true);
+            }
+            msrs::PAT => {
+                if !val
+                    .to_le_bytes()
+                    .iter()
+                    .all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7))
+                {
+                    return Some(false);
+                }
+                guest::IA32_PAT_FULL
+            }
+            msrs::SYSENTER_CS => guest::IA32_SYSENTER_CS,
+            msrs::FS_BASE | msrs::GS_BASE | msrs::SYSENTER_ESP | msrs::SYSENTER_EIP
+                if !canonical =>
+            {
+                return Some(false)
+            }
+            msrs::FS_BASE => guest::FS_BASE,
+            msrs::GS_BASE => guest::GS_BASE,
+            msrs::SYSENTER_ESP => guest::IA32_SYSENTER_ESP,
+            msrs::SYSENTER_EIP => guest::IA32_SYSENTER_EIP,
+            m => {
+                let i = SOFT_MSRS.iter().position(|&s| s == m)?;
+                if m != msrs::STAR && m != msrs::SFMASK && !canonical {
+                    return Some(false);
+                }
+                self.soft_msrs[i] = val;
+                self.hw.wrmsr(m, val);
+                return Some(true);
+            }
+        };
+        self.hw.vmwrite(field, val);
+        Some(true)
+    }
+
+    /// Completes an exit's instruction here: RIP past it.
+    fn skip(&mut self) {
+        let rip = self.hw.vmread(guest::RIP);
+        self.hw.vmwrite(guest::RIP, rip.wrapping_add(self.exit_len));
+        let s = self.hw.vmread(guest::INTERRUPTIBILITY_STATE);
+        self.hw.vmwrite(guest::INTERRUPTIBILITY_STATE, s & !SHADOW);
     }
 
     pub fn hw(&mut self) -> &mut H {
@@ -342,11 +443,32 @@ impl<H: VmxHw> VmxVcpu<H> {
                     qualification: qual,
                 },
             },
-            reason::RDMSR => Exit::MsrRead { msr: g.rcx as u32 },
-            reason::WRMSR => Exit::MsrWrite {
-                msr: g.rcx as u32,
-                value: g.rdx << 32 | (g.rax & 0xffff_ffff),
+            reason::RDMSR => match self.msr_read(g.rcx as u32) {
+                Some(v) => {
+                    self.gprs.rax = v & 0xffff_ffff;
+                    self.gprs.rdx = v >> 32;
+                    self.skip();
+                    return Ok(None);
+                }
+                None => Exit::MsrRead { msr: g.rcx as u32 },
             },
+            reason::WRMSR => {
+                let value = g.rdx << 32 | (g.rax & 0xffff_ffff);
+                match self.msr_write(g.rcx as u32, value) {
+                    Some(true) => {
+                        self.skip();
+                        return Ok(None);
+                    }
+                    Some(false) => {
+                        self.events.queue(Event::general_protection(0))?;
+                        return Ok(None);
+                    }
+                    None => Exit::MsrWrite {
+                        msr: g.rcx as u32,
+                        value,
+                    },
+                }
+            }
             reason::EPT_VIOLATION => Exit::Stage2Fault {
                 gpa: self.hw.vmread(ro::GUEST_PHYSICAL_ADDR_FULL),
                 // Bit 7: the guest-linear address field is valid.
@@ -470,11 +592,8 @@ impl<H: VmxHw> vmm::backend::Vcpu for VmxVcpu<H> {
     }
 
     fn advance_pc(&mut self) -> Result<(), BackendError> {
-        let rip = self.hw.vmread(guest::RIP);
-        self.hw.vmwrite(guest::RIP, rip.wrapping_add(self.exit_len));
         // The instruction completed: an STI/MOV SS shadow ends with it.
-        let s = self.hw.vmread(guest::INTERRUPTIBILITY_STATE);
-        self.hw.vmwrite(guest::INTERRUPTIBILITY_STATE, s & !SHADOW);
+        self.skip();
         Ok(())
     }
 
@@ -519,6 +638,9 @@ impl<H: VmxHw> vmm::backend::Vcpu for VmxVcpu<H> {
             let (f, v) = self.fixed[i];
             self.hw.vmwrite(f, v);
         }
+        for (i, m) in SOFT_MSRS.into_iter().enumerate() {
+            self.hw.wrmsr(m, self.soft_msrs[i]);
+        }
         if !self.launched {
             // A VMCS fresh from VMCLEAR: every control field again.
             for (f, v) in self.controls.fields(self.efer) {
@@ -562,6 +684,7 @@ mod tests {
         entries: Vec<bool>,
         loaded: Option<u64>,
         host_irq: Option<u32>,
+        msrs: Vec<(u32, u64)>,
     }
 
     impl VmxHw for Fake {
@@ -595,6 +718,9 @@ mod tests {
             Ok(())
         }
         fn arm_turn_deadline(&mut self) {}
+        fn wrmsr(&mut self, msr: u32, value: u64) {
+            self.msrs.push((msr, value));
+        }
         fn last_host_irq(&mut self) -> Option<u32> {
             self.host_irq
         }
@@ -691,7 +817,7 @@ mod tests {
                 f.insert(guest::SS_ACCESS_RIGHTS, 0xf3);
             }),
             Box::new(|f, g| {
-                g.rcx = 0xc000_0080;
+                g.rcx = 0x1234;
                 g.rdx = 0x1;
                 g.rax = 0xffff_ffff_0000_0d01;
                 f.insert(ro::EXIT_REASON, u64::from(reason::WRMSR));
@@ -724,7 +850,7 @@ mod tests {
         assert_eq!(
             v.run().unwrap(),
             Exit::MsrWrite {
-                msr: 0xc000_0080,
+                msr: 0x1234,
                 value: 0x1_0000_0d01
             }
         );
@@ -804,6 +930,51 @@ mod tests {
         assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
         assert_eq!(v.run().unwrap(), Exit::Shutdown(ShutdownKind::TripleFault));
         assert_eq!(v.run().unwrap(), Exit::Shutdown(ShutdownKind::InvalidState));
+    }
+
+    #[test]
+    fn msrs_of_the_vmcs_and_the_syscall_msrs_are_handled_here() {
+        let wr = |msr: u64, v: u64| -> Step {
+            Box::new(move |f, g| {
+                (g.rcx, g.rdx, g.rax) = (msr, v >> 32, v & 0xffff_ffff);
+                f.insert(ro::EXIT_REASON, u64::from(reason::WRMSR));
+                f.insert(ro::VMEXIT_INSTRUCTION_LEN, 2);
+            })
+        };
+        let mut v = vcpu(vec![
+            wr(0xc000_0080, 0x501),
+            wr(0xc000_0082, 0xffff_8000_1234_5000),
+            Box::new(|f, g| {
+                g.rcx = 0xc000_0082;
+                f.insert(ro::EXIT_REASON, u64::from(reason::RDMSR));
+            }),
+            // RDMSR's result arrived; then a non-canonical FS_BASE: #GP,
+            // RIP unchanged.
+            Box::new(|f, g| {
+                assert_eq!((g.rax, g.rdx), (0x1234_5000, 0xffff_8000));
+                (g.rcx, g.rdx, g.rax) = (0xc000_0100, 0x8000_0000, 0);
+                f.insert(ro::EXIT_REASON, u64::from(reason::WRMSR));
+            }),
+            Box::new(|f, _| {
+                assert_eq!(f[&guest::IA32_EFER_FULL], 0x501, "SCE set, LME/LMA kept");
+                assert_eq!(f[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0x8000_0b0d);
+                assert_eq!(
+                    f[&guest::RIP],
+                    0x10_0006,
+                    "three 2-byte MSR instructions done"
+                );
+                f.insert(ro::EXIT_REASON, u64::from(reason::HLT));
+            }),
+        ]);
+        v.hw().fields.insert(guest::CR0, 0x8000_0031);
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.internal_exits(), 4);
+        assert!(v.hw().msrs.contains(&(0xc000_0082, 0xffff_8000_1234_5000)));
+        // Rebound on another CPU: the guest's LSTAR goes into that CPU.
+        v.unbind().unwrap();
+        v.hw().msrs.clear();
+        v.bind(1).unwrap();
+        assert!(v.hw().msrs.contains(&(0xc000_0082, 0xffff_8000_1234_5000)));
     }
 
     #[test]
