@@ -30,7 +30,7 @@ use boot::frame::FrameAllocator;
 /// (their start-up enables SVM only), so they are not offered vCPUs.
 pub enum Vcpu {
     Svm(SvmVcpu<Machine, PhysTables>),
-    Vmx(VmxVcpu<VmxMachine>),
+    Vmx(VmxVcpu<VmxMachine, PhysTables>),
 }
 
 /// A VM's second-stage tables: NPT or EPT.
@@ -573,7 +573,7 @@ pub fn new_vcpu(
                 pa,
                 v.caps,
                 v.controls,
-                arch::x86_64::vmx::ept::eptp(ept, false),
+                (ept.root(), PhysTables, ept.generation()),
                 vpid,
                 v.io_bitmaps,
                 v.msr_bitmap,

@@ -24,8 +24,7 @@ const BRINGUP: &[&str] = &[
 ];
 
 /// The `svm-*` guest scenarios that have a VMX twin, with its name. Not
-/// yet: `svm-mmio` and `svm-isolation` (MMIO instruction decoding: an EPT
-/// violation outside RAM stops the VM), `svm-multiboot` (a
+/// yet: `svm-multiboot` (a
 /// 32-bit guest that turns paging and long mode on itself: CR0 writes and
 /// the IA-32e entry control).
 const TWINS: &[(&str, &str)] = &[
@@ -33,6 +32,8 @@ const TWINS: &[(&str, &str)] = &[
     ("svm-cpuid", "vmx-cpuid"),
     ("svm-io", "vmx-io"),
     ("svm-msr", "vmx-msr"),
+    ("svm-mmio", "vmx-mmio"),
+    ("svm-isolation", "vmx-isolation"),
     ("svm-triple-fault", "vmx-triple-fault"),
 ];
 

@@ -316,6 +316,21 @@ pub unsafe fn enter(gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VmxMachine;
 
+impl crate::x86_64::guest::walk::HostPhys for VmxMachine {
+    fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool {
+        // SAFETY: callers pass addresses found in this VM's EPT (its own RAM
+        // frames, identity-mapped); `buf` is a distinct kernel buffer.
+        unsafe { core::ptr::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+
+    #[inline]
+    fn read_phys_u64(&self, hpa: u64) -> Option<u64> {
+        // SAFETY: as in read_phys: an address found in this VM's EPT.
+        Some(unsafe { (hpa as *const u64).read_unaligned() })
+    }
+}
+
 impl super::vcpu::VmxHw for VmxMachine {
     fn load(&mut self, vmcs: u64) -> Result<(), VmFail> {
         // SAFETY: `vmcs` is the vCPU's own region (revision written at

@@ -6,7 +6,8 @@
 //! before the first entry, [`check_guest_state`]), the guest's registers,
 //! exits for CPUID, HLT, VMCALL (the hypercall ABI with the CPL rule),
 //! port I/O, RDMSR/WRMSR (the MSRs the VMCS holds and the SYSCALL MSRs
-//! here, the others through the vmm), EPT violations (as stage-2 faults), triple
+//! here, the others through the vmm), EPT violations (a load or store
+//! outside RAM decoded by the shared decoder into an MMIO exit), triple
 //! faults and failed VM entries, external interrupts (turn end, host
 //! interrupts), the interrupt window; events injected through the VM-entry
 //! interruption information; #AC and #DB intercepted and reflected (rule
@@ -28,6 +29,14 @@ use vmm::exit::{AccessKind, Conduit, Exit, Hypercall, ShutdownKind};
 use vmm::regs::Reg;
 use vmm::x86::wiring::X86Interface;
 
+use crate::paging::{Ept4, PageTable, TableAccess};
+use crate::x86_64::guest::decode::{mmio_exit, MAX_INSN};
+use crate::x86_64::guest::fetch::fetch_at_rip;
+use crate::x86_64::guest::walk::{HostPhys, LeafHint, Stage2Phys};
+use crate::x86_64::guest::GuestState;
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::x86_64::guest::msrs;
 
 /// The SYSCALL MSRs and KERNEL_GS_BASE: neither in the VMCS nor switched
@@ -47,8 +56,9 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const CR0_PG: u64 = 1 << 31;
 
-/// The machine side of a VMX vCPU.
-pub trait VmxHw {
+/// The machine side of a VMX vCPU (host-physical reads for the guest page
+/// walk of MMIO decoding included).
+pub trait VmxHw: HostPhys {
     /// VMPTRLD: the VMCS at `pa` becomes current on this CPU.
     fn load(&mut self, vmcs: u64) -> Result<(), VmFail>;
     /// VMCLEAR (written back, not current, launch state clear).
@@ -83,9 +93,73 @@ const ENTRY_INSTRUCTION_LEN: u32 = 0x401a;
 /// VM-exit interruption error code (SDM 24.9.2).
 const EXIT_INTERRUPTION_ERROR_CODE: u32 = 0x4406;
 
+/// The guest-state fields the shared decoder reads, copied out of the
+/// VMCS at an EPT violation ([`GuestState`] over them; writes change the
+/// copy only, and the decoding path makes none).
+#[derive(Clone, Copy, Debug, Default)]
+struct Snapshot {
+    rip: u64,
+    rflags: u64,
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    cs_base: u64,
+    cs_ar: u64,
+    ss_ar: u64,
+}
+
+impl GuestState for Snapshot {
+    fn rip(&self) -> u64 {
+        self.rip
+    }
+    fn set_rip(&mut self, rip: u64) {
+        self.rip = rip;
+    }
+    fn rflags(&self) -> u64 {
+        self.rflags
+    }
+    fn cr0(&self) -> u64 {
+        self.cr0
+    }
+    fn cr3(&self) -> u64 {
+        self.cr3
+    }
+    fn cr4(&self) -> u64 {
+        self.cr4
+    }
+    fn efer(&self) -> u64 {
+        self.efer
+    }
+    fn cpl(&self) -> u8 {
+        (self.ss_ar >> 5 & 3) as u8
+    }
+    fn cs_base(&self) -> u64 {
+        self.cs_base
+    }
+    fn cs_l_db(&self) -> (bool, bool) {
+        (self.cs_ar & (1 << 13) != 0, self.cs_ar & (1 << 14) != 0)
+    }
+    fn dr6(&self) -> u64 {
+        0
+    }
+    fn set_dr6(&mut self, _v: u64) {}
+    fn set_dr7(&mut self, _v: u64) {}
+    fn interrupt_shadow(&self) -> bool {
+        false
+    }
+    fn clear_interrupt_shadow(&mut self) {}
+}
+
 /// One vCPU on VMX.
-pub struct VmxVcpu<H: VmxHw> {
+pub struct VmxVcpu<H: VmxHw, A: TableAccess> {
     hw: H,
+    /// Its VM's EPT, read for the guest page walk behind MMIO decoding,
+    /// and the generation its changes bump.
+    ept: PageTable<Ept4>,
+    ept_access: A,
+    ept_generation: alloc::sync::Arc<AtomicU64>,
+    ept_hint: Cell<LeafHint>,
     vmcs: u64,
     gprs: GuestGprs,
     launched: bool,
@@ -109,21 +183,24 @@ pub struct VmxVcpu<H: VmxHw> {
     soft_msrs: [u64; 5],
 }
 
-impl<H: VmxHw> VmxVcpu<H> {
+impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
     /// A vCPU on the VMCS region at `vmcs` (zeroed, revision written by
-    /// the caller), with the VM's `eptp`, a `vpid` (not 0 when VPID is
-    /// on) and all-ones I/O bitmaps A/B and MSR bitmap at the given pages.
+    /// the caller), with its VM's EPT (root, table access, generation), a
+    /// `vpid` (not 0 when VPID is on) and all-ones I/O bitmaps A/B and MSR
+    /// bitmap at the given pages.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         hw: H,
         vmcs: u64,
         caps: Caps,
         controls: Controls,
-        eptp: u64,
+        ept: (u64, A, alloc::sync::Arc<AtomicU64>),
         vpid: u16,
         io_bitmaps: (u64, u64),
         msr_bitmap: u64,
-    ) -> VmxVcpu<H> {
+    ) -> VmxVcpu<H, A> {
+        let (ept_root, ept_access, ept_generation) = ept;
+        let eptp = Ept4::eptp(ept_root, false);
         let fixed = alloc::vec![
             (control::EPTP_FULL, eptp),
             (control::VPID, u64::from(vpid)),
@@ -141,6 +218,10 @@ impl<H: VmxHw> VmxVcpu<H> {
         ];
         VmxVcpu {
             hw,
+            ept: PageTable::from_root(Ept4, ept_root),
+            ept_access,
+            ept_generation,
+            ept_hint: Cell::new(LeafHint::default()),
             vmcs,
             gprs: GuestGprs::default(),
             launched: false,
@@ -224,6 +305,58 @@ impl<H: VmxHw> VmxVcpu<H> {
         };
         self.hw.vmwrite(field, val);
         Some(true)
+    }
+
+    /// An EPT violation: a load or store outside RAM decoded into an MMIO
+    /// exit (its length becomes the exit's, for `advance_pc`), anything
+    /// else a stage-2 fault. Not decoded: a fault on RAM, a fault while
+    /// delivering an event (not the instruction at RIP), a fetch. The
+    /// access kind is THIS exit's (rule `exit_qual`).
+    fn ept_violation(&mut self, qual: u64, vectoring: bool) -> Exit {
+        let gpa = self.hw.vmread(ro::GUEST_PHYSICAL_ADDR_FULL);
+        let access = AccessKind::from_ept_qualification(qual);
+        let fault = Exit::Stage2Fault {
+            gpa,
+            // Bit 7: the guest-linear address field is valid.
+            gva: (qual & (1 << 7) != 0).then(|| self.hw.vmread(ro::GUEST_LINEAR_ADDR)),
+            access,
+        };
+        if vectoring || self.ept.translate(&self.ept_access, gpa).is_some() {
+            return fault;
+        }
+        let f = |field: u32| self.hw.vmread(field);
+        let snap = Snapshot {
+            rip: f(guest::RIP),
+            rflags: f(guest::RFLAGS),
+            cr0: f(guest::CR0),
+            cr3: f(guest::CR3),
+            cr4: f(guest::CR4),
+            efer: f(guest::IA32_EFER_FULL),
+            cs_base: f(guest::CS_BASE),
+            cs_ar: f(guest::CS_ACCESS_RIGHTS),
+            ss_ar: f(guest::SS_ACCESS_RIGHTS),
+        };
+        let phys = Stage2Phys::new(
+            &self.hw,
+            &self.ept,
+            &self.ept_access,
+            self.ept_generation.load(Ordering::Acquire),
+            &self.ept_hint,
+        );
+        let mut buf = [0u8; MAX_INSN];
+        let n = fetch_at_rip(&snap, &phys, &mut buf);
+        let rsp = f(guest::RSP);
+        let (exit, len) = mmio_exit(access, gpa, &buf[..n], snap.bitness(), |r| {
+            self.gpr(r).unwrap_or(if r == Reg::Rsp { rsp } else { 0 })
+        });
+        match (exit, len) {
+            (Exit::Mmio(m), Some(l)) => {
+                self.exit_len = l as u64;
+                Exit::Mmio(m)
+            }
+            // Not emulated: the fault as the exit reported it.
+            _ => fault,
+        }
     }
 
     /// Completes an exit's instruction here: RIP past it.
@@ -393,7 +526,8 @@ impl<H: VmxHw> VmxVcpu<H> {
         let r = ExitReason::from_field(self.hw.vmread(ro::EXIT_REASON));
         let qual = self.hw.vmread(ro::EXIT_QUALIFICATION);
         self.exit_len = self.hw.vmread(ro::VMEXIT_INSTRUCTION_LEN);
-        if let Some(i) = Interruption::from_field(self.hw.vmread(ro::IDT_VECTORING_INFO)) {
+        let vectoring = Interruption::from_field(self.hw.vmread(ro::IDT_VECTORING_INFO));
+        if let Some(i) = vectoring {
             // An event whose delivery this exit interrupted: again first.
             let code = i.has_error_code.then(|| self.hw.vmread(0x4410) as u32);
             let e = match i.kind {
@@ -469,12 +603,7 @@ impl<H: VmxHw> VmxVcpu<H> {
                     },
                 }
             }
-            reason::EPT_VIOLATION => Exit::Stage2Fault {
-                gpa: self.hw.vmread(ro::GUEST_PHYSICAL_ADDR_FULL),
-                // Bit 7: the guest-linear address field is valid.
-                gva: (qual & (1 << 7) != 0).then(|| self.hw.vmread(ro::GUEST_LINEAR_ADDR)),
-                access: AccessKind::from_ept_qualification(qual),
-            },
+            reason::EPT_VIOLATION => self.ept_violation(qual, vectoring.is_some()),
             reason::EXCEPTION_OR_NMI => {
                 let info = Interruption::from_field(self.hw.vmread(ro::VMEXIT_INTERRUPTION_INFO));
                 match info {
@@ -511,7 +640,7 @@ impl<H: VmxHw> VmxVcpu<H> {
     }
 }
 
-impl<H: VmxHw> vmm::backend::Vcpu for VmxVcpu<H> {
+impl<H: VmxHw, A: TableAccess> vmm::backend::Vcpu for VmxVcpu<H, A> {
     fn begin_turn(&mut self, budget: u64) {
         self.budget = budget;
         self.hw.arm_turn_deadline();
@@ -666,9 +795,12 @@ impl<H: VmxHw> vmm::backend::Vcpu for VmxVcpu<H> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ept::Ept;
     use super::super::tests::haswell;
     use super::*;
+    use crate::x86_64::svm::npt::tests::MemTables;
     use std::collections::HashMap;
+    use vmm::backend::Stage2;
     use vmm::backend::{EntryMode, Vcpu};
     use vmm::exit::{IoOp, PortIo};
     use vmm::regs::AccessSize;
@@ -685,6 +817,17 @@ mod tests {
         loaded: Option<u64>,
         host_irq: Option<u32>,
         msrs: Vec<(u32, u64)>,
+        /// Host-physical bytes (guest RAM behind the EPT).
+        phys: HashMap<u64, u8>,
+    }
+
+    impl HostPhys for Fake {
+        fn read_phys(&self, hpa: u64, buf: &mut [u8]) -> bool {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = self.phys.get(&(hpa + i as u64)).copied().unwrap_or(0);
+            }
+            true
+        }
     }
 
     impl VmxHw for Fake {
@@ -734,26 +877,36 @@ mod tests {
         })
     }
 
-    fn vcpu(script: Vec<Step>) -> VmxVcpu<Fake> {
+    fn vcpu(script: Vec<Step>) -> VmxVcpu<Fake, MemTables> {
+        vcpu_at(script, EntryMode::X86Long64 { cr3: 0x2000 }, 0x10_0000, &[])
+    }
+
+    /// A vCPU entered in `mode` at `rip`, whose EPT maps `code` at GPA
+    /// 0x1000 (host 0x40_1000) when not empty.
+    fn vcpu_at(
+        script: Vec<Step>,
+        mode: EntryMode,
+        rip: u64,
+        code: &[u8],
+    ) -> VmxVcpu<Fake, MemTables> {
         let caps = Caps::read(haswell);
         let c = Controls::for_caps(&caps).unwrap();
-        let hw = Fake {
+        let mut hw = Fake {
             script,
             ..Fake::default()
         };
-        let mut v = VmxVcpu::new(
-            hw,
-            0x5000,
-            caps,
-            c,
-            0x9000_001e,
-            1,
-            (0x6000, 0x7000),
-            0x8000,
-        );
-        let st = BootState::new(EntryMode::X86Long64 { cr3: 0x2000 }, 0x10_0000)
-            .with(Reg::Rsi, 0x1234)
-            .unwrap();
+        let pool = (0..16u64).map(|i| 0x100_0000 + i * 0x1000).collect();
+        let mut ept: Ept<MemTables> = Ept::new(MemTables::default(), pool, 48, true).unwrap();
+        if !code.is_empty() {
+            ept.map(0x1000, 0x40_1000, 0x1000, vmm::backend::S2Attrs::RAM)
+                .unwrap();
+            for (i, b) in code.iter().enumerate() {
+                hw.phys.insert(0x40_1000 + i as u64, *b);
+            }
+        }
+        let e = (ept.root(), ept.access().clone(), ept.generation());
+        let mut v = VmxVcpu::new(hw, 0x5000, caps, c, e, 1, (0x6000, 0x7000), 0x8000);
+        let st = BootState::new(mode, rip).with(Reg::Rsi, 0x1234).unwrap();
         v.apply_boot_state(&st).unwrap();
         v.bind(0).unwrap();
         v.begin_turn(8);
@@ -768,7 +921,7 @@ mod tests {
                 assert_eq!(f[&guest::RIP], 0x10_0000);
                 assert_eq!(f[&guest::CR3], 0x2000);
                 assert_eq!(g.rsi, 0x1234);
-                assert_eq!(f[&control::EPTP_FULL], 0x9000_001e);
+                assert_eq!(f[&control::EPTP_FULL] & 0xfff, 0x1e, "WB, 4 levels");
                 assert_ne!(
                     f[&control::VMENTRY_CONTROLS] & u64::from(bits::ENTRY_IA32E_GUEST),
                     0
@@ -975,6 +1128,49 @@ mod tests {
         v.hw().msrs.clear();
         v.bind(1).unwrap();
         assert!(v.hw().msrs.contains(&(0xc000_0082, 0xffff_8000_1234_5000)));
+    }
+
+    #[test]
+    fn mmio_outside_ram_is_decoded_and_ram_faults_are_not() {
+        // 32-bit protected mode, no paging: `mov [edi], eax` at 0x1000.
+        let code = [0x89, 0x07, 0xf4];
+        let mut v = vcpu_at(
+            vec![
+                Box::new(|f, g| {
+                    g.rax = 0xdead_beef;
+                    g.rdi = 0xfeb0_0010;
+                    f.insert(ro::EXIT_REASON, u64::from(reason::EPT_VIOLATION));
+                    f.insert(ro::EXIT_QUALIFICATION, 0b010);
+                    f.insert(ro::GUEST_PHYSICAL_ADDR_FULL, 0xfeb0_0010);
+                }),
+                Box::new(|f, _| {
+                    assert_eq!(f[&guest::RIP], 0x1002, "past the 2-byte store");
+                    // A fault on RAM (the code page): not emulated.
+                    f.insert(ro::EXIT_REASON, u64::from(reason::EPT_VIOLATION));
+                    f.insert(ro::EXIT_QUALIFICATION, 0b001);
+                    f.insert(ro::GUEST_PHYSICAL_ADDR_FULL, 0x1000);
+                }),
+            ],
+            EntryMode::X86Protected32,
+            0x1000,
+            &code,
+        );
+        match v.run().unwrap() {
+            Exit::Mmio(m) => {
+                assert_eq!((m.gpa, m.size), (0xfeb0_0010, AccessSize::B4));
+                assert_eq!(m.op, vmm::exit::MmioOp::Write(0xdead_beef));
+            }
+            e => panic!("{e:?}"),
+        }
+        v.advance_pc().unwrap();
+        assert_eq!(
+            v.run().unwrap(),
+            Exit::Stage2Fault {
+                gpa: 0x1000,
+                gva: None,
+                access: AccessKind::Read
+            }
+        );
     }
 
     #[test]
