@@ -23,12 +23,10 @@ const BRINGUP: &[&str] = &[
     "virt: VMX enabled on CPU 0",
 ];
 
-/// The `svm-*` guest scenarios that have a VMX twin, with its name. Not
-/// yet: `svm-multiboot` (a
-/// 32-bit guest that turns paging and long mode on itself: CR0 writes and
-/// the IA-32e entry control).
+/// The `svm-*` guest scenarios that have a VMX twin, with its name.
 const TWINS: &[(&str, &str)] = &[
     ("svm-hello", "vmx-hello"),
+    ("svm-multiboot", "vmx-multiboot"),
     ("svm-cpuid", "vmx-cpuid"),
     ("svm-io", "vmx-io"),
     ("svm-msr", "vmx-msr"),

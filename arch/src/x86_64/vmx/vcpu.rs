@@ -770,12 +770,9 @@ impl<H: VmxHw, A: TableAccess> vmm::backend::Vcpu for VmxVcpu<H, A> {
         for (i, m) in SOFT_MSRS.into_iter().enumerate() {
             self.hw.wrmsr(m, self.soft_msrs[i]);
         }
-        if !self.launched {
-            // A VMCS fresh from VMCLEAR: every control field again.
-            for (f, v) in self.controls.fields(self.efer) {
-                self.hw.vmwrite(f, v);
-            }
-        }
+        // The control fields stay in the VMCS across VMCLEAR and VMPTRLD
+        // (the boot state writes them before the first entry; the CPU keeps
+        // "IA-32e mode guest" equal to the guest's EFER.LMA at every exit).
         self.bound = Some(cpu);
         Ok(())
     }

@@ -171,6 +171,17 @@ pub fn guest_cr0(cr0: u64, caps: &Caps, unrestricted: bool) -> u64 {
     fixed_cr(cr0, fixed0, fixed1)
 }
 
+/// The CR0 bits the host owns: the fixed ones, but PE and PG with
+/// unrestricted guest.
+pub fn cr0_mask(caps: &Caps, unrestricted: bool) -> u64 {
+    let m = caps.cr0_fixed.0 | !caps.cr0_fixed.1;
+    if unrestricted {
+        m & !(CR0_PE | CR0_PG)
+    } else {
+        m
+    }
+}
+
 /// The CR4 a guest runs with (VMXE among the fixed-1 bits).
 pub fn guest_cr4(cr4: u64, caps: &Caps) -> u64 {
     fixed_cr(cr4, caps.cr4_fixed.0, caps.cr4_fixed.1)
@@ -190,10 +201,13 @@ pub fn guest_state(ms: &X86ModeState, rip: u64, caps: &Caps, c: &Controls) -> Ve
         (guest::CR3, ms.cr3),
         (guest::CR4, cr4),
         // Every bit the hypervisor forces is the host's: reads see the
-        // shadow, writes of them exit.
+        // shadow, writes of them exit. With unrestricted guest PE and PG
+        // are the guest's own (it turns paging and long mode on itself: the
+        // CPU keeps EFER.LMA and saves it into the "IA-32e mode guest"
+        // entry control at every exit, SDM 27.2).
         (
             control::CR0_GUEST_HOST_MASK,
-            caps.cr0_fixed.0 | !caps.cr0_fixed.1,
+            cr0_mask(caps, c.unrestricted()),
         ),
         (control::CR0_READ_SHADOW, ms.cr0),
         (
