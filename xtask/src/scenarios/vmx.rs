@@ -103,5 +103,34 @@ pub fn scenarios() -> Vec<Scenario> {
             v.push(twin(s, name));
         }
     }
+    let more = super::irq_x86::scenarios()
+        .into_iter()
+        .chain(super::hostile::scenarios())
+        .chain(super::chaos::scenarios())
+        .chain(super::image::scenarios())
+        .chain(super::svm::scenarios());
+    for s in more {
+        if let Some(&(_, name)) = OTHER_TWINS.iter().find(|(from, _)| *from == s.name) {
+            v.push(twin(s, name));
+        }
+    }
     v
 }
+
+/// Other x86 scenarios with a VMX twin. Not yet on VMX: the guest
+/// interrupt scenarios (`irq-x86-*`, `smp-x86-init-sipi`: the guests wait
+/// for interrupts that do not come yet), NMIs, XSETBV, MOV DR and ICEBP
+/// (`hostile-x86-xcr0`, `inv_dr_intercept`, `hostile-x86-icebp`), guest
+/// #PF interception (`inv_exc_payload`), and the chaos guest (it checks
+/// AMD's VMMCALL forms).
+const OTHER_TWINS: &[(&str, &str)] = &[
+    ("legacy-x86", "vmx-legacy"),
+    ("halt-x86-wake", "vmx-halt-wake"),
+    ("hostile-x86-user-cpuid-spin", "vmx-hostile-user-cpuid-spin"),
+    ("hostile-x86-kernel-msr-spin", "vmx-hostile-kernel-msr-spin"),
+    ("hostile-x86-user-vmmcall", "vmx-hostile-user-vmcall"),
+    ("hostile-console-flood", "vmx-hostile-console-flood"),
+    ("hostile-x86-spec-ctrl", "vmx-hostile-spec-ctrl"),
+    ("image-x86-mb1-elf32", "vmx-image-mb1-elf32"),
+    ("inv_master_abort", "vmx-inv_master_abort"),
+];

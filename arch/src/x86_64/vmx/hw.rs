@@ -386,6 +386,10 @@ impl super::vcpu::VmxHw for VmxMachine {
         crate::x86_64::lapic::arm_slice();
     }
 
+    fn arm_deadline(&mut self, tsc: u64) {
+        crate::x86_64::lapic::shorten_slice(tsc);
+    }
+
     fn wrmsr(&mut self, msr: u32, value: u64) {
         // SAFETY: only the SYSCALL MSRs and KERNEL_GS_BASE come here, with
         // values checked like the guest's WRMSR (canonical addresses); the

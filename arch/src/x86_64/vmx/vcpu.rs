@@ -50,6 +50,27 @@ const SOFT_MSRS: [u32; 5] = [
     msrs::SFMASK,
     msrs::KERNEL_GS_BASE,
 ];
+/// General-purpose registers by their number in exit qualifications.
+const GPR_ORDER: [Reg; 16] = [
+    Reg::Rax,
+    Reg::Rcx,
+    Reg::Rdx,
+    Reg::Rbx,
+    Reg::Rsp,
+    Reg::Rbp,
+    Reg::Rsi,
+    Reg::Rdi,
+    Reg::R8,
+    Reg::R9,
+    Reg::R10,
+    Reg::R11,
+    Reg::R12,
+    Reg::R13,
+    Reg::R14,
+    Reg::R15,
+];
+const CR4_PAE: u64 = 1 << 5;
+const CR4_VMXE: u64 = 1 << 13;
 /// EFER bits a guest may set: SCE, LME, LMA (the CPU's), NXE, FFXSR.
 const EFER_GUEST_BITS: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 14;
 const EFER_LME: u64 = 1 << 8;
@@ -73,6 +94,9 @@ pub trait VmxHw: HostPhys {
     fn enter(&mut self, gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail>;
     /// Arms the turn's deadline (an external-interrupt exit).
     fn arm_turn_deadline(&mut self);
+    /// Makes the guest exit by TSC value `tsc` at the latest (its local
+    /// APIC timer), if that is before the turn's deadline.
+    fn arm_deadline(&mut self, tsc: u64);
     /// WRMSR on this CPU: the guest's SYSCALL MSRs, which VM entry does
     /// not load (the hypervisor itself never uses them).
     fn wrmsr(&mut self, msr: u32, value: u64);
@@ -181,6 +205,8 @@ pub struct VmxVcpu<H: VmxHw, A: TableAccess> {
     internal: u64,
     /// The guest's [`SOFT_MSRS`].
     soft_msrs: [u64; 5],
+    /// The guest timer deadline armed in this turn.
+    armed_wake_at: Option<u64>,
 }
 
 impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
@@ -237,6 +263,7 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
             budget: 0,
             internal: 0,
             soft_msrs: [0; 5],
+            armed_wake_at: None,
         }
     }
 
@@ -357,6 +384,91 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
             // Not emulated: the fault as the exit reported it.
             _ => fault,
         }
+    }
+
+    /// A control-register access (SDM 28.2.1, Table 28-3): MOV to CR0
+    /// and CR4 of bits the host owns (the read shadows keep the guest's
+    /// view; entering paging with EFER.LME turns long mode on, as the CPU
+    /// would), MOV to and from CR8 (the local APIC model's TPR through the
+    /// interface). `None` with the exit when it is not one of those.
+    fn cr_access(&mut self, qual: u64) -> Result<Option<Exit>, BackendError> {
+        let cr = qual & 0xf;
+        let kind = qual >> 4 & 3;
+        let reg = GPR_ORDER[(qual >> 8 & 0xf) as usize];
+        let value = match reg {
+            Reg::Rsp => self.hw.vmread(guest::RSP),
+            r => self.gpr(r).unwrap_or(0),
+        };
+        match (kind, cr) {
+            // MOV to CR0.
+            (0, 0) => {
+                let efer = self.hw.vmread(guest::IA32_EFER_FULL);
+                let cr4 = self.hw.vmread(guest::CR4);
+                let pg = value & CR0_PG != 0;
+                // SDM 2.5: PG without PE, paging with LME but not PAE, and
+                // reserved bits 63:32 are #GP.
+                if value >> 32 != 0
+                    || (pg && value & 1 == 0)
+                    || (pg && efer & EFER_LME != 0 && cr4 & CR4_PAE == 0)
+                {
+                    self.events.queue(Event::general_protection(0))?;
+                    return Ok(None);
+                }
+                let lma = pg && efer & EFER_LME != 0;
+                let efer = if lma {
+                    efer | EFER_LMA
+                } else {
+                    efer & !EFER_LMA
+                };
+                self.hw.vmwrite(guest::IA32_EFER_FULL, efer);
+                self.hw.vmwrite(
+                    control::VMENTRY_CONTROLS,
+                    u64::from(self.controls.entry_for(efer)),
+                );
+                self.hw.vmwrite(control::CR0_READ_SHADOW, value);
+                self.hw.vmwrite(
+                    guest::CR0,
+                    super::vmcs::guest_cr0(value, &self.caps, self.controls.unrestricted()),
+                );
+            }
+            // MOV to CR4: a guest cannot have VMX.
+            (0, 4) => {
+                if value & CR4_VMXE != 0 || value >> 32 != 0 {
+                    self.events.queue(Event::general_protection(0))?;
+                    return Ok(None);
+                }
+                self.hw.vmwrite(control::CR4_READ_SHADOW, value);
+                self.hw
+                    .vmwrite(guest::CR4, super::vmcs::guest_cr4(value, &self.caps));
+            }
+            (0, 8) => {
+                if value > 15 {
+                    self.events.queue(Event::general_protection(0))?;
+                    return Ok(None);
+                }
+                self.x86.cr8 = value as u8;
+                self.x86.sync = true;
+            }
+            (1, 8) => {
+                let v = u64::from(self.x86.cr8);
+                match reg {
+                    Reg::Rsp => self.hw.vmwrite(guest::RSP, v),
+                    r => {
+                        if let Some(g) = self.gpr_mut(r) {
+                            *g = v;
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Ok(Some(Exit::Unknown {
+                    reason: u64::from(reason::CR_ACCESS),
+                    qualification: qual,
+                }))
+            }
+        }
+        self.skip();
+        Ok(None)
     }
 
     /// Completes an exit's instruction here: RIP past it.
@@ -499,6 +611,14 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
         if !self.events.is_empty() || (self.x86.window && !open) {
             proc |= bits::PROC_INTERRUPT_WINDOW;
         }
+        // The guest's local APIC timer: exit by its expiry (the host's
+        // one-shot shortened, only when the deadline moved earlier).
+        if let Some(d) = self.x86.wake_at {
+            if self.armed_wake_at.is_none_or(|a| d < a) {
+                self.armed_wake_at = Some(d);
+                self.hw.arm_deadline(d);
+            }
+        }
         self.hw
             .vmwrite(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(proc));
         Ok(())
@@ -604,6 +724,10 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
                 }
             }
             reason::EPT_VIOLATION => self.ept_violation(qual, vectoring.is_some()),
+            reason::CR_ACCESS => match self.cr_access(qual)? {
+                Some(e) => e,
+                None => return Ok(None),
+            },
             reason::EXCEPTION_OR_NMI => {
                 let info = Interruption::from_field(self.hw.vmread(ro::VMEXIT_INTERRUPTION_INFO));
                 match info {
@@ -643,6 +767,7 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
 impl<H: VmxHw, A: TableAccess> vmm::backend::Vcpu for VmxVcpu<H, A> {
     fn begin_turn(&mut self, budget: u64) {
         self.budget = budget;
+        self.armed_wake_at = None;
         self.hw.arm_turn_deadline();
     }
 
@@ -816,6 +941,7 @@ mod tests {
         msrs: Vec<(u32, u64)>,
         /// Host-physical bytes (guest RAM behind the EPT).
         phys: HashMap<u64, u8>,
+        deadlines: Vec<u64>,
     }
 
     impl HostPhys for Fake {
@@ -858,6 +984,9 @@ mod tests {
             Ok(())
         }
         fn arm_turn_deadline(&mut self) {}
+        fn arm_deadline(&mut self, tsc: u64) {
+            self.deadlines.push(tsc);
+        }
         fn wrmsr(&mut self, msr: u32, value: u64) {
             self.msrs.push((msr, value));
         }
@@ -1073,11 +1202,19 @@ mod tests {
         let ci = v.x86_interface().unwrap();
         ci.inject = Some(0x30);
         ci.load = true;
+        ci.wake_at = Some(5000);
         assert_eq!(v.run().unwrap(), Exit::ExternalInterrupt);
+        v.x86_interface().unwrap().wake_at = Some(4000);
+        assert_eq!(
+            v.hw().deadlines,
+            [5000],
+            "the guest timer's deadline armed once"
+        );
         assert!(v.x86_interface().unwrap().sync);
         crate::hostirq::TABLE.set(0xef, HostIrq::EndOfTurn);
         v.hw().host_irq = Some(0xef);
         assert_eq!(v.run().unwrap(), Exit::PreemptionTimer);
+        assert_eq!(v.hw().deadlines, [5000, 4000], "an earlier one armed again");
         assert_eq!(v.run().unwrap(), Exit::Shutdown(ShutdownKind::TripleFault));
         assert_eq!(v.run().unwrap(), Exit::Shutdown(ShutdownKind::InvalidState));
     }
@@ -1167,6 +1304,68 @@ mod tests {
                 gva: None,
                 access: AccessKind::Read
             }
+        );
+    }
+
+    #[test]
+    fn control_register_moves() {
+        let cr = |q: u64| -> Step {
+            Box::new(move |f, _| {
+                f.insert(ro::EXIT_REASON, u64::from(reason::CR_ACCESS));
+                f.insert(ro::EXIT_QUALIFICATION, q);
+                f.insert(ro::VMEXIT_INSTRUCTION_LEN, 3);
+            })
+        };
+        // 32-bit protected mode, EFER.LME and CR4.PAE set by the guest,
+        // then `mov cr0, rax` with PG: long mode comes on.
+        let mut v = vcpu_at(
+            vec![
+                Box::new(|f, g| {
+                    f.insert(guest::IA32_EFER_FULL, EFER_LME);
+                    f.insert(guest::CR4, 0x2020);
+                    g.rax = 0x8000_0011;
+                    f.insert(ro::EXIT_REASON, u64::from(reason::CR_ACCESS));
+                    f.insert(ro::EXIT_QUALIFICATION, 0);
+                    f.insert(ro::VMEXIT_INSTRUCTION_LEN, 3);
+                }),
+                // mov cr8, rbx (reg 3) with 9; then mov rcx, cr8 (type 1).
+                Box::new(|f, g| {
+                    assert_eq!(f[&guest::IA32_EFER_FULL], EFER_LME | EFER_LMA);
+                    assert_ne!(
+                        f[&control::VMENTRY_CONTROLS] & u64::from(bits::ENTRY_IA32E_GUEST),
+                        0
+                    );
+                    assert_eq!(f[&control::CR0_READ_SHADOW], 0x8000_0011);
+                    assert_eq!(f[&guest::CR0], 0x8000_0031, "NE forced, shadowed");
+                    g.rbx = 9;
+                    f.insert(ro::EXIT_REASON, u64::from(reason::CR_ACCESS));
+                    f.insert(ro::EXIT_QUALIFICATION, 8 | 3 << 8);
+                }),
+                cr(8 | 1 << 4 | 1 << 8),
+                // mov cr4, rax with VMXE: #GP.
+                Box::new(|f, g| {
+                    assert_eq!(g.rcx, 9);
+                    g.rax = CR4_VMXE;
+                    f.insert(ro::EXIT_REASON, u64::from(reason::CR_ACCESS));
+                    f.insert(ro::EXIT_QUALIFICATION, 4);
+                }),
+                Box::new(|f, _| {
+                    assert_eq!(f[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0x8000_0b0d);
+                    f.insert(ro::EXIT_REASON, u64::from(reason::HLT));
+                }),
+            ],
+            EntryMode::X86Protected32,
+            0x1000,
+            &[0x0f, 0x22, 0xc0],
+        );
+        assert_eq!(v.run().unwrap(), Exit::Halt);
+        assert_eq!(v.x86_interface().unwrap().cr8, 9);
+        assert!(v.x86_interface().unwrap().sync);
+        // CR8 moves exit (they would reach the host's APIC otherwise).
+        let c = Controls::for_caps(&Caps::read(haswell)).unwrap();
+        assert_eq!(
+            c.proc & (bits::PROC_CR8_LOAD | bits::PROC_CR8_STORE),
+            bits::PROC_CR8_LOAD | bits::PROC_CR8_STORE
         );
     }
 

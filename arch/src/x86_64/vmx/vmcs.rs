@@ -21,6 +21,8 @@ pub mod bits {
 
     pub const PROC_INTERRUPT_WINDOW: u32 = 1 << 2;
     pub const PROC_HLT: u32 = 1 << 7;
+    pub const PROC_CR8_LOAD: u32 = 1 << 19;
+    pub const PROC_CR8_STORE: u32 = 1 << 20;
     pub const PROC_NMI_WINDOW: u32 = 1 << 22;
     pub const PROC_MOV_DR: u32 = 1 << 23;
     pub const PROC_IO_BITMAPS: u32 = 1 << 25;
@@ -86,7 +88,15 @@ impl Controls {
         let proc = need(
             "processor-based",
             caps.procbased,
-            PROC_HLT | PROC_MOV_DR | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_SECONDARY,
+            // CR8 moves exit: without a TPR shadow they would reach the
+            // host's own local APIC (SDM 29.3).
+            PROC_HLT
+                | PROC_CR8_LOAD
+                | PROC_CR8_STORE
+                | PROC_MOV_DR
+                | PROC_IO_BITMAPS
+                | PROC_MSR_BITMAPS
+                | PROC_SECONDARY,
         )?;
         let cap2 = caps.procbased2.ok_or(Missing {
             field: "secondary processor-based",
