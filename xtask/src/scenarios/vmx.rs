@@ -117,13 +117,17 @@ pub fn scenarios() -> Vec<Scenario> {
     v
 }
 
-/// Other x86 scenarios with a VMX twin. Not yet on VMX: the guest
-/// interrupt scenarios (`irq-x86-*`, `smp-x86-init-sipi`: the guests wait
-/// for interrupts that do not come yet), NMIs, XSETBV, MOV DR and ICEBP
-/// (`hostile-x86-xcr0`, `inv_dr_intercept`, `hostile-x86-icebp`), guest
-/// #PF interception (`inv_exc_payload`), and the chaos guest (it checks
-/// AMD's VMMCALL forms).
+/// Other x86 scenarios with a VMX twin. Not yet on VMX: guest SMP
+/// (`irq-x86-ipi`, `smp-x86-init-sipi`: the application processors do not
+/// come up after INIT-SIPI-SIPI), the STI/MOV SS shadow and CR8 checks of
+/// `irq-x86-window`, NMIs, XSETBV, MOV DR and ICEBP (`hostile-x86-xcr0`,
+/// `inv_dr_intercept`, `hostile-x86-icebp`), guest #PF interception
+/// (`inv_exc_payload`), and the chaos guest (it checks AMD's VMMCALL
+/// forms).
 const OTHER_TWINS: &[(&str, &str)] = &[
+    ("irq-x86-lapic-timer", "vmx-irq-lapic-timer"),
+    ("irq-x86-ioapic-level", "vmx-irq-ioapic-level"),
+    ("irq-x86-x2apic", "vmx-irq-x2apic"),
     ("legacy-x86", "vmx-legacy"),
     ("halt-x86-wake", "vmx-halt-wake"),
     ("hostile-x86-user-cpuid-spin", "vmx-hostile-user-cpuid-spin"),

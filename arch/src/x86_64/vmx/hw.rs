@@ -272,8 +272,18 @@ pub unsafe fn enter(gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> 
             "setz dl",
             "add rsp, 8",
             "jmp 3f",
-            // VM exit.
+            // VM exit. Overwrite the return stack buffer before the first
+            // RET: the guest may have filled it with return targets that
+            // would steer the host's returns speculatively (SpectreRSB; as
+            // after #VMEXIT on SVM): 32 CALLs whose speculative returns land
+            // on INT3, then drop the 32 return addresses.
             "2:",
+            ".rept 32",
+            "call 6f",
+            "int3",
+            "6:",
+            ".endr",
+            "add rsp, 256",
             "xchg rax, [rsp]",
             "mov [rax + 8], rbx",
             "mov [rax + 16], rcx",
@@ -361,24 +371,17 @@ impl super::vcpu::VmxHw for VmxMachine {
     }
 
     fn enter(&mut self, gprs: &mut GuestGprs, launched: bool) -> Result<(), VmFail> {
-        let rflags: u64;
-        // SAFETY: reading RFLAGS has no side effects.
-        unsafe {
-            core::arch::asm!("pushfq", "pop {}", out(reg) rflags, options(nomem, preserves_flags))
-        };
         // SAFETY: the vCPU's VMCS is current with this CPU's host state and
         // its VM's EPT; `launched` is the vCPU's record since its VMCLEAR.
-        // Interrupts stay off around the entry; VM exit clears RFLAGS.IF.
-        let r = unsafe {
-            core::arch::asm!("cli", options(nomem, nostack));
-            enter(gprs, launched)
-        };
-        if rflags & (1 << 9) != 0 {
-            // SAFETY: restoring the caller's IF; an interrupt that caused
-            // the exit (external-interrupt exiting, not acknowledged) is
-            // taken here through the IDT, whose stub records its vector.
-            unsafe { core::arch::asm!("sti", "nop", options(nomem, nostack)) };
-        }
+        let r = unsafe { enter(gprs, launched) };
+        // The host runs vCPUs with interrupts off. A physical interrupt
+        // while the guest ran was an external-interrupt exit, not
+        // acknowledged: it is taken here through the IDT (its stub records
+        // the vector for the exit's decoding) and ended, as after STGI on
+        // SVM.
+        // SAFETY: the IDT has gates for every vector the host's TPR lets
+        // through; one instruction with IF = 1, then off again.
+        unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
         r
     }
 
