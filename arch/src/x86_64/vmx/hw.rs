@@ -393,6 +393,14 @@ impl super::vcpu::VmxHw for VmxMachine {
         crate::x86_64::lapic::shorten_slice(tsc);
     }
 
+    fn fpu_save(&mut self, area: &mut crate::x86_64::guest::fpu::FpuArea) {
+        crate::x86_64::guest::fpu::save(area);
+    }
+
+    fn fpu_restore(&mut self, area: &crate::x86_64::guest::fpu::FpuArea) {
+        crate::x86_64::guest::fpu::restore(area);
+    }
+
     fn wrmsr(&mut self, msr: u32, value: u64) {
         // SAFETY: only the SYSCALL MSRs and KERNEL_GS_BASE come here, with
         // values checked like the guest's WRMSR (canonical addresses); the

@@ -32,6 +32,7 @@ use vmm::x86::wiring::X86Interface;
 use crate::paging::{Ept4, PageTable, TableAccess};
 use crate::x86_64::guest::decode::{mmio_exit, MAX_INSN};
 use crate::x86_64::guest::fetch::fetch_at_rip;
+use crate::x86_64::guest::fpu::FpuArea;
 use crate::x86_64::guest::walk::{HostPhys, LeafHint, Stage2Phys};
 use crate::x86_64::guest::GuestState;
 use core::cell::Cell;
@@ -100,6 +101,12 @@ pub trait VmxHw: HostPhys {
     /// WRMSR on this CPU: the guest's SYSCALL MSRs, which VM entry does
     /// not load (the hypervisor itself never uses them).
     fn wrmsr(&mut self, msr: u32, value: u64);
+    /// FXSAVE (and PKRU) of the guest's x87/SSE state when its vCPU leaves
+    /// the CPU: VM entry and exit do not switch it, and the hypervisor
+    /// never uses it, so it stays live while the vCPU is bound.
+    fn fpu_save(&mut self, area: &mut FpuArea);
+    /// FXRSTOR (and PKRU) when the vCPU is bound.
+    fn fpu_restore(&mut self, area: &FpuArea);
     /// The vector of the last host interrupt this CPU took.
     fn last_host_irq(&mut self) -> Option<u32>;
 }
@@ -207,6 +214,9 @@ pub struct VmxVcpu<H: VmxHw, A: TableAccess> {
     soft_msrs: [u64; 5],
     /// The guest timer deadline armed in this turn.
     armed_wake_at: Option<u64>,
+    /// The guest's x87/SSE state while the vCPU is not bound (no VM sees
+    /// another's registers).
+    fpu: alloc::boxed::Box<FpuArea>,
 }
 
 impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
@@ -264,6 +274,7 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
             internal: 0,
             soft_msrs: [0; 5],
             armed_wake_at: None,
+            fpu: alloc::boxed::Box::default(),
         }
     }
 
@@ -895,6 +906,7 @@ impl<H: VmxHw, A: TableAccess> vmm::backend::Vcpu for VmxVcpu<H, A> {
         for (i, m) in SOFT_MSRS.into_iter().enumerate() {
             self.hw.wrmsr(m, self.soft_msrs[i]);
         }
+        self.hw.fpu_restore(&self.fpu);
         // The control fields stay in the VMCS across VMCLEAR and VMPTRLD
         // (the boot state writes them before the first entry; the CPU keeps
         // "IA-32e mode guest" equal to the guest's EFER.LMA at every exit).
@@ -904,6 +916,7 @@ impl<H: VmxHw, A: TableAccess> vmm::backend::Vcpu for VmxVcpu<H, A> {
 
     fn unbind(&mut self) -> Result<(), BackendError> {
         if self.bound.take().is_some() {
+            self.hw.fpu_save(&mut self.fpu);
             // Written back to memory so another CPU may load it; VMLAUNCH
             // next time (SDM 24.11.3).
             self.hw
@@ -942,6 +955,8 @@ mod tests {
         /// Host-physical bytes (guest RAM behind the EPT).
         phys: HashMap<u64, u8>,
         deadlines: Vec<u64>,
+        /// One byte standing for the CPU's x87/SSE registers.
+        fpu_live: u8,
     }
 
     impl HostPhys for Fake {
@@ -989,6 +1004,12 @@ mod tests {
         }
         fn wrmsr(&mut self, msr: u32, value: u64) {
             self.msrs.push((msr, value));
+        }
+        fn fpu_save(&mut self, area: &mut FpuArea) {
+            area.0[0] = self.fpu_live;
+        }
+        fn fpu_restore(&mut self, area: &FpuArea) {
+            self.fpu_live = area.0[0];
         }
         fn last_host_irq(&mut self) -> Option<u32> {
             self.host_irq
@@ -1257,11 +1278,15 @@ mod tests {
         assert_eq!(v.run().unwrap(), Exit::Halt);
         assert_eq!(v.internal_exits(), 4);
         assert!(v.hw().msrs.contains(&(0xc000_0082, 0xffff_8000_1234_5000)));
-        // Rebound on another CPU: the guest's LSTAR goes into that CPU.
+        // Rebound on another CPU: the guest's LSTAR and FPU state go into
+        // that CPU, whatever ran there meanwhile.
+        v.hw().fpu_live = 0x42;
         v.unbind().unwrap();
         v.hw().msrs.clear();
+        v.hw().fpu_live = 0x99;
         v.bind(1).unwrap();
         assert!(v.hw().msrs.contains(&(0xc000_0082, 0xffff_8000_1234_5000)));
+        assert_eq!(v.hw().fpu_live, 0x42);
     }
 
     #[test]
