@@ -393,14 +393,8 @@ fn vmx_self_test(
         (control::IO_BITMAP_B_ADDR_FULL, io_b),
         (control::MSR_BITMAPS_ADDR_FULL, msr),
         (control::EXCEPTION_BITMAP, 0),
-        (control::PAGE_FAULT_ERR_CODE_MASK, 0),
-        (control::PAGE_FAULT_ERR_CODE_MATCH, 0),
-        (control::CR3_TARGET_COUNT, 0),
-        (control::VMEXIT_MSR_STORE_COUNT, 0),
-        (control::VMEXIT_MSR_LOAD_COUNT, 0),
-        (control::VMENTRY_MSR_LOAD_COUNT, 0),
-        (control::VMENTRY_INTERRUPTION_INFO_FIELD, 0),
     ]);
+    fields.extend(arch::x86_64::vmx::vmcs::ZERO_FIELDS.map(|f| (f, 0)));
     // SAFETY: VMX root operation (the caller's VMXON); `vmcs` is this
     // function's region with the revision identifier.
     unsafe {

@@ -51,25 +51,6 @@ const SOFT_MSRS: [u32; 5] = [
     msrs::SFMASK,
     msrs::KERNEL_GS_BASE,
 ];
-/// General-purpose registers by their number in exit qualifications.
-const GPR_ORDER: [Reg; 16] = [
-    Reg::Rax,
-    Reg::Rcx,
-    Reg::Rdx,
-    Reg::Rbx,
-    Reg::Rsp,
-    Reg::Rbp,
-    Reg::Rsi,
-    Reg::Rdi,
-    Reg::R8,
-    Reg::R9,
-    Reg::R10,
-    Reg::R11,
-    Reg::R12,
-    Reg::R13,
-    Reg::R14,
-    Reg::R15,
-];
 const CR4_PAE: u64 = 1 << 5;
 const CR4_VMXE: u64 = 1 << 13;
 /// EFER bits a guest may set: SCE, LME, LMA (the CPU's), NXE, FFXSR.
@@ -237,21 +218,15 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
     ) -> VmxVcpu<H, A> {
         let (ept_root, ept_access, ept_generation) = ept;
         let eptp = Ept4::eptp(ept_root, false);
-        let fixed = alloc::vec![
+        let mut fixed = alloc::vec![
             (control::EPTP_FULL, eptp),
             (control::VPID, u64::from(vpid)),
             (control::IO_BITMAP_A_ADDR_FULL, io_bitmaps.0),
             (control::IO_BITMAP_B_ADDR_FULL, io_bitmaps.1),
             (control::MSR_BITMAPS_ADDR_FULL, msr_bitmap),
             (control::EXCEPTION_BITMAP, u64::from(EXCEPTION_BITMAP)),
-            (control::PAGE_FAULT_ERR_CODE_MASK, 0),
-            (control::PAGE_FAULT_ERR_CODE_MATCH, 0),
-            (control::CR3_TARGET_COUNT, 0),
-            (control::VMEXIT_MSR_STORE_COUNT, 0),
-            (control::VMEXIT_MSR_LOAD_COUNT, 0),
-            (control::VMENTRY_MSR_LOAD_COUNT, 0),
-            (control::VMENTRY_INTERRUPTION_INFO_FIELD, 0),
         ];
+        fixed.extend(super::vmcs::ZERO_FIELDS.map(|f| (f, 0)));
         VmxVcpu {
             hw,
             ept: PageTable::from_root(Ept4, ept_root),
@@ -405,7 +380,8 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
     fn cr_access(&mut self, qual: u64) -> Result<Option<Exit>, BackendError> {
         let cr = qual & 0xf;
         let kind = qual >> 4 & 3;
-        let reg = GPR_ORDER[(qual >> 8 & 0xf) as usize];
+        // Bits 11:8: the register, numbered as in ModRM (0 RAX .. 15 R15).
+        let reg = Reg::x86_gpr((qual >> 8 & 0xf) as u8).unwrap_or(Reg::Rax);
         let value = match reg {
             Reg::Rsp => self.hw.vmread(guest::RSP),
             r => self.gpr(r).unwrap_or(0),

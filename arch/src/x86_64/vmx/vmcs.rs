@@ -309,6 +309,20 @@ pub fn guest_state(ms: &X86ModeState, rip: u64, caps: &Caps, c: &Controls) -> Ve
     v
 }
 
+/// Control fields this hypervisor keeps at 0 (SDM 24.6-24.8): no #PF
+/// error-code filter, no CR3 targets, no MSR load/store lists, no event
+/// to inject yet. Written explicitly: VMCLEAR leaves a VMCS's contents
+/// undefined.
+pub const ZERO_FIELDS: [u32; 7] = [
+    control::PAGE_FAULT_ERR_CODE_MASK,
+    control::PAGE_FAULT_ERR_CODE_MATCH,
+    control::CR3_TARGET_COUNT,
+    control::VMEXIT_MSR_STORE_COUNT,
+    control::VMEXIT_MSR_LOAD_COUNT,
+    control::VMENTRY_MSR_LOAD_COUNT,
+    control::VMENTRY_INTERRUPTION_INFO_FIELD,
+];
+
 /// Access rights: the segment is unusable (SDM 24.4.1).
 pub const AR_UNUSABLE: u64 = 1 << 16;
 
