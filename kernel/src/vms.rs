@@ -429,12 +429,12 @@ fn virtio_devices(
                     let base = frames
                         .alloc_contiguous(size.next_multiple_of(4096), 4096)
                         .ok_or_else(|| format!("disk {file:?}: no {size} bytes of RAM left"))?;
+                    let (ptr, len) = (base as *mut u8, size as usize);
                     // SAFETY: [base, base+size) was just taken from the frame
                     // allocator for this disk alone, is never given back, and
                     // is mapped 1:1 as normal memory; the module is reserved
                     // and distinct from it. The slice is the only reference.
-                    let bytes =
-                        unsafe { core::slice::from_raw_parts_mut(base as *mut u8, size as usize) };
+                    let bytes = unsafe { core::slice::from_raw_parts_mut(ptr, len) };
                     bytes.copy_from_slice(&data[..size as usize]);
                     FrameDisk::Writable(bytes)
                 };

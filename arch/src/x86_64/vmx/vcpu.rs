@@ -195,6 +195,10 @@ pub struct VmxVcpu<H: VmxHw, A: TableAccess> {
     soft_msrs: [u64; 5],
     /// The guest timer deadline armed in this turn.
     armed_wake_at: Option<u64>,
+    /// Interrupt-window exiting is on in the VMCS.
+    window_armed: bool,
+    /// An event was written for the next entry.
+    injected: bool,
     /// The guest's x87/SSE state while the vCPU is not bound (no VM sees
     /// another's registers).
     fpu: alloc::boxed::Box<FpuArea>,
@@ -249,6 +253,8 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
             internal: 0,
             soft_msrs: [0; 5],
             armed_wake_at: None,
+            window_armed: false,
+            injected: false,
             fpu: alloc::boxed::Box::default(),
         }
     }
@@ -537,6 +543,11 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
                 self.events.queue(Event::Interrupt { vector: v })?;
             }
         }
+        // The common exit has nothing to deliver and no window to open or
+        // close: no VMCS access then.
+        if self.events.is_empty() && !self.x86.window && !self.window_armed {
+            return self.arm_wake();
+        }
         let open = self.interruptible();
         let mut proc = self.controls.proc & !bits::PROC_INTERRUPT_WINDOW;
         if let Some(e) = self.events.take(false, open) {
@@ -590,6 +601,7 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
             };
             self.hw
                 .vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, info.to_field());
+            self.injected = true;
             if let Some(c) = code {
                 self.hw.vmwrite(ENTRY_EXCEPTION_ERROR_CODE, u64::from(c));
             }
@@ -598,16 +610,24 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
         if !self.events.is_empty() || (self.x86.window && !open) {
             proc |= bits::PROC_INTERRUPT_WINDOW;
         }
-        // The guest's local APIC timer: exit by its expiry (the host's
-        // one-shot shortened, only when the deadline moved earlier).
+        let window = proc & bits::PROC_INTERRUPT_WINDOW != 0;
+        if window != self.window_armed {
+            self.window_armed = window;
+            self.hw
+                .vmwrite(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(proc));
+        }
+        self.arm_wake()
+    }
+
+    /// The guest's local APIC timer: exit by its expiry (the host's
+    /// one-shot shortened, only when the deadline moved earlier).
+    fn arm_wake(&mut self) -> Result<(), BackendError> {
         if let Some(d) = self.x86.wake_at {
             if self.armed_wake_at.is_none_or(|a| d < a) {
                 self.armed_wake_at = Some(d);
                 self.hw.arm_deadline(d);
             }
         }
-        self.hw
-            .vmwrite(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(proc));
         Ok(())
     }
 
@@ -629,7 +649,9 @@ impl<H: VmxHw, A: TableAccess> VmxVcpu<H, A> {
         self.launched = true;
         // An event written for this entry was delivered (or came back in
         // the IDT-vectoring information, re-queued below).
-        self.hw.vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
+        if core::mem::take(&mut self.injected) {
+            self.hw.vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
+        }
         let r = ExitReason::from_field(self.hw.vmread(ro::EXIT_REASON));
         let qual = self.hw.vmread(ro::EXIT_QUALIFICATION);
         self.exit_len = self.hw.vmread(ro::VMEXIT_INSTRUCTION_LEN);
@@ -1266,7 +1288,7 @@ mod tests {
     }
 
     #[test]
-    fn mmio_outside_ram_is_decoded_and_ram_faults_are_not() {
+    fn inv_exit_qual_vmx_mmio_decoded_with_this_exits_access() {
         // 32-bit protected mode, no paging: `mov [edi], eax` at 0x1000.
         let code = [0x89, 0x07, 0xf4];
         let mut v = vcpu_at(
